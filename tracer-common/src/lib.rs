@@ -1,0 +1,175 @@
+//! Types shared by the kernel side (`tracer-ebpf`) and the collector (`tracer`).
+//!
+//! Everything here is `#[repr(C)]` and plain old data: the kernel writes these
+//! bytes into maps and the ring buffer, the collector reads them back.
+//! Naming follows the lockdep design document: a *lock instance* is one lock
+//! object (here: its address in one process); a *dependency* `A -> B` means
+//! that B was requested while A was held.
+#![no_std]
+
+/// Locks one thread can hold at once that the kernel side tracks; deeper
+/// nesting is counted in [`Counter::HeldOverflow`], never silently ignored.
+pub const MAX_HELD: usize = 16;
+
+/// Bytes of user stack copied, from the stack pointer up, when a new
+/// dependency is emitted: the collector unwinds them with `.eh_frame` (libc
+/// has no frame pointers, so the kernel's own stack walk stops too early).
+pub const STACK_BYTES: usize = 12288;
+/// The stack is copied in page-sized chunks so that a stack ending less than
+/// `STACK_BYTES` above the stack pointer is still captured up to its end.
+pub const STACK_CHUNK: usize = 4096;
+
+pub const COMM_LEN: usize = 16;
+
+/// What kind of lock an address is.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKind {
+    Mutex = 1,
+}
+
+impl LockKind {
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Mutex),
+            _ => None,
+        }
+    }
+}
+
+/// The lock was taken with a try operation: it is held, but its acquisition
+/// could not block, so it adds no dependency of its own (lockdep's rule).
+pub const HELD_FLAG_TRY: u32 = 1;
+
+/// A lock a thread holds, with where it was taken.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldLock {
+    /// Address of the lock object in the holder's address space.
+    pub addr: u64,
+    /// Return address into the code that called the lock function.
+    pub callsite: u64,
+    /// A [`LockKind`] as `u32`.
+    pub kind: u32,
+    /// `HELD_FLAG_*` bits.
+    pub flags: u32,
+}
+
+/// The held-lock stack of one thread (map `HELD`, keyed by tid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HeldStack {
+    pub depth: u32,
+    pub _pad: u32,
+    pub locks: [HeldLock; MAX_HELD],
+}
+
+/// Key of the kernel-side dependency cache (map `DEPENDENCIES`): a dependency
+/// is sent to the collector once per process, so a steady workload costs no
+/// ring-buffer traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DependencyKey {
+    pub pid: u32,
+    pub _pad: u32,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Ring-buffer event kinds (first `u32` of every event).
+pub const EVENT_DEPENDENCY: u32 = 1;
+
+/// Emitted when a thread requests `to` while holding locks it has not been
+/// seen to nest `to` under before: one event carries every such new
+/// dependency `from[i] -> to` and the stack of the request.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DependencyEvent {
+    pub event: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// Valid entries in `from`.
+    pub n_from: u32,
+    pub timestamp_ns: u64,
+    /// The thread's name.
+    pub comm: [u8; COMM_LEN],
+    /// The lock requested, and where.
+    pub to: HeldLock,
+    /// Registers at the probe, for unwinding the copied stack.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The held locks for which `from[i] -> to` is new.
+    pub from: [HeldLock; MAX_HELD],
+    /// Valid bytes in `stack` (copied from `sp` upwards).
+    pub stack_len: u32,
+    pub _pad: u32,
+    pub stack: [u8; STACK_BYTES],
+}
+
+/// Per-CPU counters (map `COUNTERS`, one slot per variant): everything the
+/// kernel side sees or cannot handle is counted, and the collector reports it.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Lock acquisitions (including successful try operations).
+    Acquire = 0,
+    /// Lock releases.
+    Release = 1,
+    /// Dependency events written to the ring buffer.
+    DependencyEvents = 2,
+    /// Events dropped because the ring buffer was full.
+    LostEvents = 3,
+    /// Acquisitions not tracked because a thread held `MAX_HELD` locks.
+    HeldOverflow = 4,
+    /// Releases of a lock the thread was not seen to hold (taken before the
+    /// tracer started, or past `MAX_HELD`).
+    UnmatchedRelease = 5,
+    /// Dependency events whose stack copy had to stop early.
+    StackTruncated = 6,
+    /// Dependency-cache inserts that failed (the cache is an LRU: this only
+    /// happens under memory pressure).
+    DependencyCacheFull = 7,
+}
+
+pub const NUM_COUNTERS: u32 = 8;
+
+impl Counter {
+    pub const ALL: [Counter; NUM_COUNTERS as usize] = [
+        Counter::Acquire,
+        Counter::Release,
+        Counter::DependencyEvents,
+        Counter::LostEvents,
+        Counter::HeldOverflow,
+        Counter::UnmatchedRelease,
+        Counter::StackTruncated,
+        Counter::DependencyCacheFull,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Acquire => "acquisitions",
+            Counter::Release => "releases",
+            Counter::DependencyEvents => "dependency_events",
+            Counter::LostEvents => "lost_events",
+            Counter::HeldOverflow => "held_overflow",
+            Counter::UnmatchedRelease => "unmatched_releases",
+            Counter::StackTruncated => "stack_truncated",
+            Counter::DependencyCacheFull => "dependency_cache_full",
+        }
+    }
+}
+
+/// Which processes the kernel side traces (global `FILTER_MODE`).
+pub const FILTER_ALL: u32 = 0;
+/// Only the tgids in map `TRACED` (and, through fork, their children).
+pub const FILTER_TRACED: u32 = 1;
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain `#[repr(C)]` data, valid for any bit pattern.
+    unsafe impl aya::Pod for HeldLock {}
+    unsafe impl aya::Pod for HeldStack {}
+    unsafe impl aya::Pod for DependencyKey {}
+}

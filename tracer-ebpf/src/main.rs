@@ -1,0 +1,474 @@
+//! locktrace, kernel side: uprobes on libc's lock functions keep a held-lock
+//! stack per thread and emit each new lock-order dependency once per process;
+//! sched tracepoints follow forks, execs and exits.
+//!
+//! Cost matters (every lock operation of every traced thread pays a uprobe
+//! hit): the hot path is a few O(1) map operations; the stack is copied only
+//! when a dependency is new.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_probe_read_user as probe_read_user_raw,
+    },
+    macros::{map, tracepoint, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use aya_log_ebpf::warn;
+use tracer_common::{
+    Counter, DependencyEvent, DependencyKey, HeldLock, HeldStack, LockKind, COMM_LEN,
+    EVENT_DEPENDENCY, FILTER_ALL, HELD_FLAG_TRY, MAX_HELD, NUM_COUNTERS, STACK_BYTES, STACK_CHUNK,
+};
+
+// Set by the collector at load time (EbpfLoader::set_global).
+/// The collector's own tgid: its own lock calls must never be traced (its
+/// futex and lock traffic would feed back into the ring buffer).
+#[no_mangle]
+static TRACER_TGID: u32 = 0;
+/// `FILTER_ALL` or `FILTER_TRACED`.
+#[no_mangle]
+static FILTER_MODE: u32 = FILTER_ALL;
+/// Non-zero when map `COMMS` holds command names to trace from exec on.
+#[no_mangle]
+static COMM_FILTER: u32 = 0;
+/// Field offsets of the sched tracepoints, read from tracefs by the collector
+/// (they differ between kernel versions).
+#[no_mangle]
+static FORK_CHILD_PID_OFFSET: u32 = 20;
+#[no_mangle]
+static EXIT_GROUP_DEAD_OFFSET: u32 = 32;
+
+/// Held-lock stack of every thread that took a lock (by tid).
+#[map]
+static HELD: HashMap<u32, HeldStack> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+/// Held-lock stack of a forking thread, for the child's main thread (by child
+/// pid): the child inherits the parent's memory, so it holds those locks.
+#[map]
+static INHERIT: HashMap<u32, HeldStack> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+/// Try operations between entry and return (by tid).
+#[map]
+static PENDING_TRY: HashMap<u32, HeldLock> = HashMap::with_max_entries(16384, 0);
+/// Dependencies already sent to the collector (LRU: an evicted entry is only
+/// sent again).
+#[map]
+static DEPENDENCIES: LruHashMap<DependencyKey, u8> = LruHashMap::with_max_entries(262144, 0);
+/// Traced tgids when `FILTER_MODE == FILTER_TRACED`.
+#[map]
+static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+/// Command names (comm) whose processes are traced from exec on.
+#[map]
+static COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(64, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+/// A zeroed held stack to create new `HELD` entries from (too large for the
+/// 512-byte BPF stack).
+#[map]
+static EMPTY: PerCpuArray<HeldStack> = PerCpuArray::with_max_entries(1, 0);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[inline(always)]
+fn global(v: &'static u32) -> u32 {
+    // SAFETY: reading a global the loader may have rewritten; volatile so the
+    // compiler does not fold the default value in.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn is_traced(tgid: u32) -> bool {
+    if tgid == global(&TRACER_TGID) {
+        return false;
+    }
+    if global(&FILTER_MODE) == FILTER_ALL {
+        return true;
+    }
+    // SAFETY: the value is not used, only its presence.
+    unsafe { TRACED.get(&tgid).is_some() }
+}
+
+/// (tgid, tid) of the current thread if it is traced.
+#[inline(always)]
+fn current_traced() -> Option<(u32, u32)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if is_traced(tgid) {
+        Some((tgid, pid_tgid as u32))
+    } else {
+        None
+    }
+}
+
+/// The caller's return address: at `[rsp]` on function entry, and still there
+/// wherever the probe is placed before the function changes `rsp`.
+#[inline(always)]
+fn return_address(ctx: &ProbeContext) -> u64 {
+    // SAFETY: reading user memory through the helper, which handles faults.
+    unsafe { bpf_probe_read_user((*ctx.regs).rsp as *const u64) }.unwrap_or(0)
+}
+
+/// The thread's held-lock stack, created on its first lock.
+#[inline(always)]
+fn held_stack(tgid: u32, tid: u32) -> Option<&'static mut HeldStack> {
+    if let Some(held) = HELD.get_ptr_mut(&tid) {
+        // SAFETY: map value; only this thread writes its own entry.
+        return Some(unsafe { &mut *held });
+    }
+    // A forked child's main thread (tid == tgid) starts with what the forking
+    // thread held; any other new thread holds nothing.
+    let inherited = if tid == tgid {
+        INHERIT.get_ptr(&tid)
+    } else {
+        None
+    };
+    let init = match inherited {
+        Some(p) => p,
+        None => EMPTY.get_ptr(0)?,
+    };
+    // SAFETY: both are map values of the right type.
+    HELD.insert(&tid, unsafe { &*init }, 0).ok()?;
+    if inherited.is_some() {
+        let _ = INHERIT.remove(&tid);
+    }
+    HELD.get_ptr_mut(&tid).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn push(held: &mut HeldStack, lock: HeldLock) {
+    let depth = held.depth as usize;
+    match held.locks.get_mut(depth) {
+        Some(slot) => {
+            *slot = lock;
+            held.depth = depth as u32 + 1;
+        }
+        None => count(Counter::HeldOverflow),
+    }
+}
+
+/// A blocking acquisition of `to`: emit the dependencies `held -> to` that are
+/// new for this process, then record `to` as held.
+#[inline(always)]
+fn acquire(ctx: &ProbeContext, to: HeldLock, blocking: bool) -> u32 {
+    let Some((tgid, tid)) = current_traced() else {
+        return 0;
+    };
+    count(Counter::Acquire);
+    let Some(held) = held_stack(tgid, tid) else {
+        return 0;
+    };
+    if blocking && held.depth > 0 {
+        emit_new_dependencies(ctx, held, tgid, tid, &to);
+    }
+    push(held, to);
+    0
+}
+
+#[inline(always)]
+fn emit_new_dependencies(
+    ctx: &ProbeContext,
+    held: &HeldStack,
+    tgid: u32,
+    tid: u32,
+    to: &HeldLock,
+) {
+    let depth = held.depth as usize;
+    let mut new: u32 = 0;
+    for i in 0..MAX_HELD {
+        if i >= depth {
+            break;
+        }
+        let from = &held.locks[i];
+        if from.addr == to.addr {
+            continue;
+        }
+        let key = DependencyKey {
+            pid: tgid,
+            _pad: 0,
+            from: from.addr,
+            to: to.addr,
+        };
+        // SAFETY: presence check only.
+        if unsafe { DEPENDENCIES.get(&key) }.is_none() {
+            if DEPENDENCIES.insert(&key, &0, 0).is_err() {
+                count(Counter::DependencyCacheFull);
+            }
+            new |= 1 << i;
+        }
+    }
+    if new == 0 {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<DependencyEvent>(0) else {
+        count(Counter::LostEvents);
+        // Forget them so that the next occurrence is sent again.
+        forget_dependencies(held, tgid, to, new);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a reserved, exclusively owned ring-buffer slot.
+    unsafe {
+        let regs = &*ctx.regs;
+        (*ev).event = EVENT_DEPENDENCY;
+        (*ev).pid = tgid;
+        (*ev).tid = tid;
+        (*ev).timestamp_ns = bpf_ktime_get_ns();
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        (*ev).to = *to;
+        (*ev).ip = regs.rip;
+        (*ev).sp = regs.rsp;
+        (*ev).bp = regs.rbp;
+        let mut n = 0usize;
+        for i in 0..MAX_HELD {
+            if new & (1 << i) != 0 {
+                if let Some(slot) = (*ev).from.get_mut(n) {
+                    *slot = held.locks[i];
+                    n += 1;
+                }
+            }
+        }
+        (*ev).n_from = n as u32;
+        (*ev).stack_len = copy_stack(&mut (*ev).stack, regs.rsp);
+    }
+    entry.submit(0);
+    count(Counter::DependencyEvents);
+}
+
+#[inline(always)]
+fn forget_dependencies(held: &HeldStack, tgid: u32, to: &HeldLock, new: u32) {
+    for i in 0..MAX_HELD {
+        if new & (1 << i) != 0 {
+            let key = DependencyKey {
+                pid: tgid,
+                _pad: 0,
+                from: held.locks[i].addr,
+                to: to.addr,
+            };
+            let _ = DEPENDENCIES.remove(&key);
+        }
+    }
+}
+
+/// Copies the user stack from `sp` up: first to the end of `sp`'s page, then
+/// whole pages, stopping at the first page that cannot be read (the end of the
+/// stack mapping). Returns the bytes copied.
+#[inline(always)]
+fn copy_stack(buf: &mut [u8; STACK_BYTES], sp: u64) -> u32 {
+    let first = STACK_CHUNK - (sp as usize & (STACK_CHUNK - 1));
+    let base = buf.as_mut_ptr();
+    // SAFETY: first <= STACK_CHUNK and the later chunks end at most at
+    // first + 2 * STACK_CHUNK <= STACK_BYTES.
+    unsafe {
+        if probe_read_user_raw(base.cast(), first as u32, sp as *const _) != 0 {
+            count(Counter::StackTruncated);
+            return 0;
+        }
+        let mut copied = first;
+        for _ in 0..(STACK_BYTES / STACK_CHUNK - 1) {
+            if copied + STACK_CHUNK > STACK_BYTES {
+                break;
+            }
+            let dst = base.add(copied);
+            let src = (sp as usize + copied) as *const _;
+            if probe_read_user_raw(dst.cast(), STACK_CHUNK as u32, src) != 0 {
+                break;
+            }
+            copied += STACK_CHUNK;
+        }
+        copied as u32
+    }
+}
+
+/// Removes `lock` from the thread's held stack (the topmost entry for it:
+/// locks need not be released in LIFO order).
+#[inline(always)]
+fn release(lock: u64) -> u32 {
+    let Some((_, tid)) = current_traced() else {
+        return 0;
+    };
+    count(Counter::Release);
+    let Some(held) = HELD.get_ptr_mut(&tid) else {
+        count(Counter::UnmatchedRelease);
+        return 0;
+    };
+    // SAFETY: map value; only this thread writes its own entry.
+    let held = unsafe { &mut *held };
+    let depth = (held.depth as usize).min(MAX_HELD);
+    let mut found = MAX_HELD;
+    for k in 0..MAX_HELD {
+        if k >= depth {
+            break;
+        }
+        let i = depth - 1 - k;
+        if let Some(h) = held.locks.get(i) {
+            if h.addr == lock {
+                found = i;
+                break;
+            }
+        }
+    }
+    if found >= depth {
+        count(Counter::UnmatchedRelease);
+        return 0;
+    }
+    for j in 0..MAX_HELD - 1 {
+        if j < found {
+            continue;
+        }
+        if j + 1 >= depth {
+            break;
+        }
+        held.locks[j] = held.locks[j + 1];
+    }
+    held.depth = depth as u32 - 1;
+    0
+}
+
+#[inline(always)]
+fn lock_arg(ctx: &ProbeContext) -> u64 {
+    ctx.arg::<u64>(0).unwrap_or(0)
+}
+
+#[uprobe]
+pub fn mutex_lock(ctx: ProbeContext) -> u32 {
+    let to = HeldLock {
+        addr: lock_arg(&ctx),
+        callsite: return_address(&ctx),
+        kind: LockKind::Mutex as u32,
+        flags: 0,
+    };
+    acquire(&ctx, to, true)
+}
+
+#[uprobe]
+pub fn mutex_unlock(ctx: ProbeContext) -> u32 {
+    release(lock_arg(&ctx))
+}
+
+/// Entry of a try operation: remember the lock until the return says whether
+/// it was taken.
+#[uprobe]
+pub fn mutex_trylock(ctx: ProbeContext) -> u32 {
+    let Some((_, tid)) = current_traced() else {
+        return 0;
+    };
+    let pending = HeldLock {
+        addr: lock_arg(&ctx),
+        callsite: return_address(&ctx),
+        kind: LockKind::Mutex as u32,
+        flags: HELD_FLAG_TRY,
+    };
+    let _ = PENDING_TRY.insert(&tid, &pending, 0);
+    0
+}
+
+/// Return of a try operation: a successful one holds the lock, and adds no
+/// dependency of its own (it could not block).
+#[uretprobe]
+pub fn mutex_trylock_ret(ctx: RetProbeContext) -> u32 {
+    let Some((tgid, tid)) = current_traced() else {
+        return 0;
+    };
+    // SAFETY: copied out before the entry is removed.
+    let Some(pending) = (unsafe { PENDING_TRY.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_TRY.remove(&tid);
+    let ret: i64 = ctx.ret();
+    if ret as i32 != 0 {
+        return 0;
+    }
+    count(Counter::Acquire);
+    if let Some(held) = held_stack(tgid, tid) {
+        push(held, pending);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    if !is_traced(tgid) {
+        return 0;
+    }
+    // SAFETY: offset read from this kernel's tracepoint format.
+    let Ok(child) = (unsafe { ctx.read_at::<u32>(global(&FORK_CHILD_PID_OFFSET) as usize) })
+    else {
+        return 0;
+    };
+    if global(&FILTER_MODE) != FILTER_ALL {
+        // Threads are added too (their tid is never a tgid unless they exec,
+        // and then they are the same program): harmless, removed at exit.
+        let _ = TRACED.insert(&child, &1, 0);
+    }
+    if let Some(held) = HELD.get_ptr(&tid) {
+        // SAFETY: map value.
+        let held = unsafe { &*held };
+        if held.depth > 0 && INHERIT.insert(&child, held, 0).is_err() {
+            warn!(&ctx, "locktrace: cannot record locks held across fork by {}", tid);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    // A new program holds no locks.
+    let _ = HELD.remove(&tid);
+    let _ = INHERIT.remove(&tid);
+    if global(&COMM_FILTER) != 0 {
+        if let Ok(comm) = bpf_get_current_comm() {
+            // SAFETY: presence check only.
+            if unsafe { COMMS.get(&comm) }.is_some() {
+                let _ = TRACED.insert(&tgid, &1, 0);
+            }
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn process_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    let _ = HELD.remove(&tid);
+    let _ = PENDING_TRY.remove(&tid);
+    let _ = INHERIT.remove(&tid);
+    if tid != tgid {
+        let _ = TRACED.remove(&tid);
+    }
+    // SAFETY: offset read from this kernel's tracepoint format.
+    let group_dead =
+        unsafe { ctx.read_at::<u8>(global(&EXIT_GROUP_DEAD_OFFSET) as usize) }.unwrap_or(0);
+    if group_dead != 0 {
+        let _ = TRACED.remove(&tgid);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";
