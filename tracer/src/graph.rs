@@ -1,0 +1,482 @@
+//! The lock-order graph: nodes are lock instances ([`LockId`]), an edge
+//! `from -> to` is the first [`Dependency`] observed for that pair. Cycles are
+//! found incrementally, lockdep style: inserting `from -> to` closes a cycle
+//! iff `from` is reachable from `to`, and every cycle it closes goes through
+//! the new edge, so each cycle is reported exactly once, when its last edge
+//! appears.
+//!
+//! Enumeration of the simple cycles through a new edge is bounded (cycle
+//! length and cycles per insert, plus a work budget against pathological
+//! graphs); inserts whose enumeration was cut are counted in
+//! [`LockOrderGraph::truncated_searches`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use petgraph::graphmap::DiGraphMap;
+use petgraph::Direction;
+
+use crate::model::{Dependency, LockId};
+
+/// At most this many new cycles are returned by one [`LockOrderGraph::insert`].
+pub const MAX_CYCLES_PER_INSERT: usize = 16;
+/// Longer cycles (in edges, i.e. locks) are not enumerated.
+pub const MAX_CYCLE_LEN: usize = 16;
+/// Nodes the cycle enumeration of one insert may expand before giving up.
+const SEARCH_BUDGET: usize = 100_000;
+
+/// A potential deadlock: `edges[i].to == edges[i + 1].from` and
+/// `edges.last().to == edges[0].from`, rotated so that `edges[0].from` is the
+/// smallest [`LockId`] of the cycle.
+#[derive(Clone, Debug)]
+pub struct Cycle {
+    pub edges: Vec<Dependency>,
+}
+
+impl Cycle {
+    /// The locks of the cycle, in order (`edges[i].from`).
+    pub fn locks(&self) -> Vec<LockId> {
+        self.edges.iter().map(|d| d.from).collect()
+    }
+
+    /// Number of edges (= number of locks).
+    pub fn len(&self) -> usize {
+        self.edges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.edges.is_empty()
+    }
+
+    /// Identity of the cycle independent of rotation: its sorted edge pairs.
+    fn key(&self) -> Vec<(LockId, LockId)> {
+        let mut key: Vec<_> = self.edges.iter().map(|d| (d.from, d.to)).collect();
+        key.sort_unstable();
+        key
+    }
+}
+
+#[derive(Default)]
+pub struct LockOrderGraph {
+    graph: DiGraphMap<LockId, Dependency>,
+    /// Nodes of each process, for [`Self::forget_process`].
+    by_pid: HashMap<u32, HashSet<LockId>>,
+    /// Keys ([`Cycle::key`]) of the cycles reported and still in the graph.
+    reported: HashSet<Vec<(LockId, LockId)>>,
+    cycles: usize,
+    truncated_searches: u64,
+}
+
+impl LockOrderGraph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lock instances in the graph.
+    pub fn lock_count(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    /// Distinct `(from, to)` dependencies in the graph (self-edges included).
+    pub fn dependency_count(&self) -> usize {
+        self.graph.edge_count()
+    }
+
+    /// Cycles reported since the graph was created (not decreased by
+    /// [`Self::forget_process`]).
+    pub fn cycle_count(&self) -> usize {
+        self.cycles
+    }
+
+    /// Inserts whose cycle enumeration was cut by [`MAX_CYCLES_PER_INSERT`],
+    /// [`MAX_CYCLE_LEN`] or the work budget: some cycles may be unreported.
+    pub fn truncated_searches(&self) -> u64 {
+        self.truncated_searches
+    }
+
+    /// The dependency kept for `from -> to`, if any.
+    pub fn dependency(&self, from: LockId, to: LockId) -> Option<&Dependency> {
+        self.graph.edge_weight(from, to)
+    }
+
+    /// Add `dep` and return the cycles it closes that were not reported
+    /// before. A `(from, to)` pair already in the graph is a no-op; a
+    /// self-edge is recorded but never part of a cycle.
+    pub fn insert(&mut self, dep: Dependency) -> Vec<Cycle> {
+        let (from, to) = (dep.from, dep.to);
+        if self.graph.contains_edge(from, to) {
+            return Vec::new();
+        }
+        for n in [from, to] {
+            if !self.graph.contains_node(n) {
+                self.graph.add_node(n);
+                self.by_pid.entry(n.pid).or_default().insert(n);
+            }
+        }
+        self.graph.add_edge(from, to, dep);
+        if from == to {
+            return Vec::new();
+        }
+
+        // Nodes with a path to `from`: the only ones a path `to ~> from` can
+        // use. Empty of `to` means the new edge closes no cycle.
+        let ancestors = self.ancestors(from);
+        if !ancestors.contains(&to) {
+            return Vec::new();
+        }
+
+        let mut search = Search {
+            graph: &self.graph,
+            ancestors: &ancestors,
+            target: from,
+            path: vec![to],
+            on_path: HashSet::from([to]),
+            found: Vec::new(),
+            budget: SEARCH_BUDGET,
+            truncated: false,
+        };
+        search.dfs(to);
+        let (paths, mut truncated) = (search.found, search.truncated);
+        if paths.len() > MAX_CYCLES_PER_INSERT {
+            truncated = true;
+        }
+
+        let mut cycles = Vec::new();
+        for path in paths.into_iter().take(MAX_CYCLES_PER_INSERT) {
+            // path = [to, .., from]; the cycle is from -> to -> .. -> from.
+            let mut nodes = Vec::with_capacity(path.len());
+            nodes.push(from);
+            nodes.extend_from_slice(&path[..path.len() - 1]);
+            let start = (0..nodes.len()).min_by_key(|&i| nodes[i]).unwrap_or(0);
+            nodes.rotate_left(start);
+            let edges = (0..nodes.len())
+                .map(|i| {
+                    let (a, b) = (nodes[i], nodes[(i + 1) % nodes.len()]);
+                    self.graph
+                        .edge_weight(a, b)
+                        .expect("cycle edge is in the graph")
+                        .clone()
+                })
+                .collect();
+            let cycle = Cycle { edges };
+            if self.reported.insert(cycle.key()) {
+                self.cycles += 1;
+                cycles.push(cycle);
+            }
+        }
+        if truncated {
+            self.truncated_searches += 1;
+        }
+        cycles
+    }
+
+    /// Remove every lock of process `pid`, with its dependencies (the process
+    /// exited; its pid may be reused by an unrelated process).
+    pub fn forget_process(&mut self, pid: u32) {
+        let Some(nodes) = self.by_pid.remove(&pid) else {
+            return;
+        };
+        for n in nodes {
+            self.graph.remove_node(n);
+        }
+        self.reported
+            .retain(|key| key.iter().all(|(a, b)| a.pid != pid && b.pid != pid));
+    }
+
+    /// All nodes with a path to `n`, `n` included.
+    fn ancestors(&self, n: LockId) -> HashSet<LockId> {
+        let mut seen = HashSet::from([n]);
+        let mut queue = VecDeque::from([n]);
+        while let Some(v) = queue.pop_front() {
+            for p in self.graph.neighbors_directed(v, Direction::Incoming) {
+                if seen.insert(p) {
+                    queue.push_back(p);
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// Enumeration of the simple paths `path[0] ~> target`.
+struct Search<'a> {
+    graph: &'a DiGraphMap<LockId, Dependency>,
+    ancestors: &'a HashSet<LockId>,
+    target: LockId,
+    path: Vec<LockId>,
+    on_path: HashSet<LockId>,
+    /// Up to `MAX_CYCLES_PER_INSERT + 1` paths (one more tells "cut").
+    found: Vec<Vec<LockId>>,
+    budget: usize,
+    truncated: bool,
+}
+
+impl Search<'_> {
+    /// Returns false to stop the whole search.
+    fn dfs(&mut self, v: LockId) -> bool {
+        if v == self.target {
+            self.found.push(self.path.clone());
+            return self.found.len() <= MAX_CYCLES_PER_INSERT;
+        }
+        // The path has `path.len()` nodes; with the new edge, extending it
+        // gives a cycle of at least `path.len() + 1` locks.
+        if self.path.len() >= MAX_CYCLE_LEN {
+            self.truncated = true;
+            return true;
+        }
+        if self.budget == 0 {
+            self.truncated = true;
+            return false;
+        }
+        self.budget -= 1;
+        let graph = self.graph;
+        for w in graph.neighbors_directed(v, Direction::Outgoing) {
+            if !self.ancestors.contains(&w) || self.on_path.contains(&w) {
+                continue;
+            }
+            self.path.push(w);
+            self.on_path.insert(w);
+            let go_on = self.dfs(w);
+            self.on_path.remove(&w);
+            self.path.pop();
+            if !go_on {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LockKind;
+
+    const PID: u32 = 100;
+
+    fn lock(addr: u64) -> LockId {
+        LockId { pid: PID, addr }
+    }
+
+    fn dep_in(pid: u32, from: u64, to: u64) -> Dependency {
+        Dependency {
+            from: LockId { pid, addr: from },
+            to: LockId { pid, addr: to },
+            from_kind: LockKind::Mutex,
+            to_kind: LockKind::Mutex,
+            pid,
+            tid: pid + 1,
+            thread: "t".into(),
+            timestamp_ns: 0,
+            held_callsite: 0x1000 + from,
+            stack: vec![0x2000 + to],
+        }
+    }
+
+    fn dep(from: u64, to: u64) -> Dependency {
+        dep_in(PID, from, to)
+    }
+
+    fn pairs(c: &Cycle) -> Vec<(u64, u64)> {
+        c.edges.iter().map(|d| (d.from.addr, d.to.addr)).collect()
+    }
+
+    fn check_shape(c: &Cycle) {
+        let n = c.edges.len();
+        for i in 0..n {
+            assert_eq!(c.edges[i].to, c.edges[(i + 1) % n].from);
+        }
+        let min = c.locks().into_iter().min().unwrap();
+        assert_eq!(c.edges[0].from, min);
+    }
+
+    #[test]
+    fn ab_ba_reported_once() {
+        let mut g = LockOrderGraph::new();
+        assert!(g.insert(dep(0xa, 0xb)).is_empty());
+        let cycles = g.insert(dep(0xb, 0xa));
+        assert_eq!(cycles.len(), 1);
+        check_shape(&cycles[0]);
+        assert_eq!(pairs(&cycles[0]), [(0xa, 0xb), (0xb, 0xa)]);
+        // Re-inserting either edge is a no-op.
+        assert!(g.insert(dep(0xb, 0xa)).is_empty());
+        assert!(g.insert(dep(0xa, 0xb)).is_empty());
+        assert_eq!(g.cycle_count(), 1);
+        assert_eq!(g.lock_count(), 2);
+        assert_eq!(g.dependency_count(), 2);
+    }
+
+    #[test]
+    fn first_dependency_is_kept() {
+        let mut g = LockOrderGraph::new();
+        g.insert(dep(0xa, 0xb));
+        let mut again = dep(0xa, 0xb);
+        again.tid = 999;
+        g.insert(again);
+        assert_eq!(g.dependency(lock(0xa), lock(0xb)).unwrap().tid, PID + 1);
+    }
+
+    #[test]
+    fn three_cycle_on_closing_insert() {
+        let mut g = LockOrderGraph::new();
+        assert!(g.insert(dep(0xb, 0xc)).is_empty());
+        assert!(g.insert(dep(0xc, 0xa)).is_empty());
+        let cycles = g.insert(dep(0xa, 0xb));
+        assert_eq!(cycles.len(), 1);
+        check_shape(&cycles[0]);
+        assert_eq!(pairs(&cycles[0]), [(0xa, 0xb), (0xb, 0xc), (0xc, 0xa)]);
+        // The edge kept is the one observed, with its own stack.
+        assert_eq!(cycles[0].edges[2].stack, [0x2000 + 0xa]);
+        for (f, t) in [(0xa, 0xb), (0xb, 0xc), (0xc, 0xa)] {
+            assert!(g.insert(dep(f, t)).is_empty());
+        }
+        assert_eq!(g.cycle_count(), 1);
+    }
+
+    #[test]
+    fn rotation_starts_at_smallest_lock() {
+        let mut g = LockOrderGraph::new();
+        g.insert(dep(0x30, 0x10));
+        g.insert(dep(0x10, 0x20));
+        let cycles = g.insert(dep(0x20, 0x30));
+        assert_eq!(cycles.len(), 1);
+        assert_eq!(
+            pairs(&cycles[0]),
+            [(0x10, 0x20), (0x20, 0x30), (0x30, 0x10)]
+        );
+    }
+
+    #[test]
+    fn consistent_order_has_no_cycle() {
+        let mut g = LockOrderGraph::new();
+        // A total order over 20 locks, every pair in order: a DAG.
+        for i in 0..20u64 {
+            for j in i + 1..20 {
+                assert!(g.insert(dep(i, j)).is_empty());
+                assert!(g.insert(dep(i, j)).is_empty());
+            }
+        }
+        assert_eq!(g.dependency_count(), 190);
+        assert_eq!(g.lock_count(), 20);
+        assert_eq!(g.cycle_count(), 0);
+        assert_eq!(g.truncated_searches(), 0);
+    }
+
+    #[test]
+    fn self_edge_is_no_cycle() {
+        let mut g = LockOrderGraph::new();
+        assert!(g.insert(dep(0xa, 0xa)).is_empty());
+        assert!(g.insert(dep(0xa, 0xb)).is_empty());
+        assert!(g.insert(dep(0xb, 0xb)).is_empty());
+        assert_eq!(g.cycle_count(), 0);
+        assert_eq!(g.dependency_count(), 3);
+    }
+
+    #[test]
+    fn two_cycles_sharing_an_edge() {
+        let mut g = LockOrderGraph::new();
+        // a -> b shared; b -> a and b -> c -> a close two distinct cycles.
+        assert!(g.insert(dep(0xb, 0xa)).is_empty());
+        assert!(g.insert(dep(0xb, 0xc)).is_empty());
+        assert!(g.insert(dep(0xc, 0xa)).is_empty());
+        let mut cycles = g.insert(dep(0xa, 0xb));
+        assert_eq!(cycles.len(), 2);
+        cycles.sort_by_key(|c| c.len());
+        cycles.iter().for_each(check_shape);
+        assert_eq!(pairs(&cycles[0]), [(0xa, 0xb), (0xb, 0xa)]);
+        assert_eq!(pairs(&cycles[1]), [(0xa, 0xb), (0xb, 0xc), (0xc, 0xa)]);
+        assert_eq!(g.cycle_count(), 2);
+
+        // Later cycles through the shared edge are still found, old ones not.
+        let cycles = g.insert(dep(0xb, 0xd));
+        assert!(cycles.is_empty());
+        let cycles = g.insert(dep(0xd, 0xa));
+        assert_eq!(cycles.len(), 1);
+        assert_eq!(pairs(&cycles[0]), [(0xa, 0xb), (0xb, 0xd), (0xd, 0xa)]);
+        assert_eq!(g.cycle_count(), 3);
+    }
+
+    #[test]
+    fn same_address_in_two_processes() {
+        let mut g = LockOrderGraph::new();
+        assert!(g.insert(dep_in(1, 0xa, 0xb)).is_empty());
+        assert!(g.insert(dep_in(2, 0xb, 0xa)).is_empty());
+        assert_eq!(g.lock_count(), 4);
+        assert_eq!(g.cycle_count(), 0);
+        // Within one process it is a cycle, with that process's edges only.
+        let cycles = g.insert(dep_in(2, 0xa, 0xb));
+        assert_eq!(cycles.len(), 1);
+        assert!(cycles[0].edges.iter().all(|d| d.pid == 2));
+    }
+
+    #[test]
+    fn forget_process() {
+        let mut g = LockOrderGraph::new();
+        g.insert(dep_in(1, 0xa, 0xb));
+        assert_eq!(g.insert(dep_in(1, 0xb, 0xa)).len(), 1);
+        g.insert(dep_in(2, 0xa, 0xb));
+        g.forget_process(1);
+        g.forget_process(3);
+        assert_eq!(g.lock_count(), 2);
+        assert_eq!(g.dependency_count(), 1);
+        // A new process reusing pid 1 gets its own report.
+        g.insert(dep_in(1, 0xa, 0xb));
+        assert_eq!(g.insert(dep_in(1, 0xb, 0xa)).len(), 1);
+        assert_eq!(g.cycle_count(), 2);
+    }
+
+    #[test]
+    fn cycles_per_insert_bound() {
+        let mut g = LockOrderGraph::new();
+        // b -> m_i -> a for 20 middles, then a -> b closes 20 3-cycles.
+        for m in 0..20 {
+            assert!(g.insert(dep(0xb, 0x100 + m)).is_empty());
+            assert!(g.insert(dep(0x100 + m, 0xa)).is_empty());
+        }
+        let cycles = g.insert(dep(0xa, 0xb));
+        assert_eq!(cycles.len(), MAX_CYCLES_PER_INSERT);
+        cycles.iter().for_each(check_shape);
+        let keys: HashSet<_> = cycles.iter().map(Cycle::key).collect();
+        assert_eq!(keys.len(), MAX_CYCLES_PER_INSERT);
+        assert_eq!(g.truncated_searches(), 1);
+        assert_eq!(g.cycle_count(), MAX_CYCLES_PER_INSERT);
+    }
+
+    #[test]
+    fn cycle_length_bound() {
+        // A ring of exactly MAX_CYCLE_LEN locks is found ...
+        let mut g = LockOrderGraph::new();
+        let n = MAX_CYCLE_LEN as u64;
+        for i in 0..n - 1 {
+            assert!(g.insert(dep(i, i + 1)).is_empty());
+        }
+        let cycles = g.insert(dep(n - 1, 0));
+        assert_eq!(cycles.len(), 1);
+        assert_eq!(cycles[0].len(), MAX_CYCLE_LEN);
+        check_shape(&cycles[0]);
+        assert_eq!(g.truncated_searches(), 0);
+
+        // ... one lock more is cut, and counted.
+        let mut g = LockOrderGraph::new();
+        for i in 0..n {
+            assert!(g.insert(dep(i, i + 1)).is_empty());
+        }
+        assert!(g.insert(dep(n, 0)).is_empty());
+        assert_eq!(g.truncated_searches(), 1);
+        assert_eq!(g.cycle_count(), 0);
+    }
+
+    #[test]
+    fn dense_graph_is_bounded() {
+        // A complete graph on 40 locks: exponentially many simple cycles.
+        let mut g = LockOrderGraph::new();
+        for i in 0..40u64 {
+            for j in 0..40u64 {
+                if i != j {
+                    assert!(g.insert(dep(i, j)).len() <= MAX_CYCLES_PER_INSERT);
+                }
+            }
+        }
+        assert!(g.truncated_searches() > 0);
+        assert_eq!(g.dependency_count(), 40 * 39);
+    }
+}

@@ -1,0 +1,776 @@
+//! Findings and their renderings: JSON Lines (one object per line, for
+//! machines) and text in the spirit of lockdep and ThreadSanitizer (for the
+//! engineer on call). A [`Reporter`] writes both kinds of record, a finding
+//! as soon as it is made and a [`Summary`] at the end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde::Serialize;
+use tracer_common::Counter;
+
+use crate::graph::Cycle;
+use crate::model::{hex, Frame, LockId, LockKind, Resolve};
+
+/// Name of a lock kind as printed (`"mutex"`).
+pub fn kind_name(kind: LockKind) -> &'static str {
+    match kind {
+        LockKind::Mutex => "mutex",
+    }
+}
+
+/// One report, serialized with its `"type"` first.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Finding {
+    LockOrderInversion(Inversion),
+}
+
+impl Finding {
+    pub fn id(&self) -> u64 {
+        match self {
+            Finding::LockOrderInversion(inv) => inv.id,
+        }
+    }
+}
+
+/// A cycle in the lock-order graph: a potential deadlock.
+#[derive(Clone, Debug, Serialize)]
+pub struct Inversion {
+    pub id: u64,
+    /// The process of the cycle (of its first edge if it spans processes).
+    pub pid: u32,
+    pub comm: String,
+    /// The locks of the cycle, in order: `cycle[i].from`.
+    pub locks: Vec<Lock>,
+    pub cycle: Vec<Edge>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lock {
+    #[serde(serialize_with = "hex")]
+    pub addr: u64,
+    pub kind: &'static str,
+    /// The symbol of the lock object, if it is in a mapped file.
+    pub name: Option<String>,
+    #[serde(skip)]
+    pub pid: u32,
+}
+
+impl Lock {
+    /// The name if known, else the address.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => format!("{:#x}", self.addr),
+        }
+    }
+}
+
+/// One dependency of a cycle: thread `tid` requested `to` while holding
+/// `from`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Edge {
+    pub from: Lock,
+    pub to: Lock,
+    pub pid: u32,
+    pub tid: u32,
+    /// The process's name.
+    pub comm: String,
+    /// The thread's name.
+    pub thread: String,
+    /// Where `to` was requested, innermost first.
+    pub stack: Vec<Frame>,
+    /// Where `from` was taken (its call site).
+    pub held_stack: Vec<Frame>,
+}
+
+/// Caches names so that each lock and process is resolved once per finding.
+struct Names<'a> {
+    resolve: &'a mut dyn Resolve,
+    locks: HashMap<LockId, Option<String>>,
+    comms: HashMap<u32, String>,
+}
+
+impl Names<'_> {
+    fn lock(&mut self, id: LockId, kind: LockKind) -> Lock {
+        let resolve = &mut *self.resolve;
+        let name = self
+            .locks
+            .entry(id)
+            .or_insert_with(|| resolve.lock_name(id.pid, id.addr))
+            .clone();
+        Lock {
+            addr: id.addr,
+            kind: kind_name(kind),
+            name,
+            pid: id.pid,
+        }
+    }
+
+    fn comm(&mut self, pid: u32) -> String {
+        let resolve = &mut *self.resolve;
+        self.comms
+            .entry(pid)
+            .or_insert_with(|| resolve.process_name(pid))
+            .clone()
+    }
+}
+
+/// The finding for `cycle`, symbolized with `resolve`.
+pub fn inversion(cycle: &Cycle, resolve: &mut dyn Resolve, id: u64) -> Finding {
+    let mut names = Names {
+        resolve,
+        locks: HashMap::new(),
+        comms: HashMap::new(),
+    };
+    let locks = cycle
+        .edges
+        .iter()
+        .map(|d| names.lock(d.from, d.from_kind))
+        .collect();
+    let edges: Vec<Edge> = cycle
+        .edges
+        .iter()
+        .map(|d| Edge {
+            from: names.lock(d.from, d.from_kind),
+            to: names.lock(d.to, d.to_kind),
+            pid: d.pid,
+            tid: d.tid,
+            comm: names.comm(d.pid),
+            thread: d.thread.clone(),
+            stack: names.resolve.frames(d.pid, &d.stack, true),
+            held_stack: names.resolve.frames(d.pid, &[d.held_callsite], false),
+        })
+        .collect();
+    let (pid, comm) = match edges.first() {
+        Some(e) => (e.pid, e.comm.clone()),
+        None => (0, String::new()),
+    };
+    Finding::LockOrderInversion(Inversion {
+        id,
+        pid,
+        comm,
+        locks,
+        cycle: edges,
+    })
+}
+
+/// End-of-run statistics.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(tag = "type", rename = "summary")]
+pub struct Summary {
+    /// Dependency events received.
+    pub events: u64,
+    /// Distinct dependencies in the lock-order graph.
+    pub dependencies: u64,
+    /// Lock instances in the lock-order graph.
+    pub locks: u64,
+    /// Cycles reported.
+    pub cycles: u64,
+    /// Events lost (ring buffer full).
+    pub lost_events: u64,
+    /// Cycle searches cut by the enumeration bounds (some cycles may be
+    /// unreported): `LockOrderGraph::truncated_searches`.
+    pub truncated_cycle_searches: u64,
+    /// Kernel counters by [`Counter::name`]; see [`counters`].
+    pub counters: BTreeMap<String, u64>,
+    pub duration_s: f64,
+}
+
+/// The counter map of a [`Summary`].
+pub fn counters(values: impl IntoIterator<Item = (Counter, u64)>) -> BTreeMap<String, u64> {
+    values
+        .into_iter()
+        .map(|(c, v)| (c.name().to_string(), v))
+        .collect()
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "locktrace: {}, {}, {}, {}, {} in {:.1}s",
+            plural(self.events, "event", "events"),
+            plural(self.dependencies, "dependency", "dependencies"),
+            plural(self.locks, "lock", "locks"),
+            plural(self.cycles, "cycle", "cycles"),
+            plural(self.lost_events, "lost event", "lost events"),
+            self.duration_s,
+        )?;
+        // Non-zero counters, kernel order first, then any others.
+        let known = Counter::ALL.iter().map(|c| c.name());
+        let others = self
+            .counters
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !Counter::ALL.iter().any(|c| c.name() == *k));
+        let shown: Vec<String> = known
+            .chain(others)
+            .filter(|&k| k != Counter::LostEvents.name())
+            .filter_map(|k| match self.counters.get(k) {
+                Some(&v) if v != 0 => Some(format!("{k}={v}")),
+                _ => None,
+            })
+            .collect();
+        if !shown.is_empty() {
+            write!(f, "; {}", shown.join(", "))?;
+        }
+        if self.truncated_cycle_searches != 0 {
+            write!(
+                f,
+                "; {} (some cycles may be unreported)",
+                plural(
+                    self.truncated_cycle_searches,
+                    "truncated cycle search",
+                    "truncated cycle searches"
+                )
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `lib.so.6` for `/usr/lib/x86_64-linux-gnu/lib.so.6`.
+fn basename(path: &str) -> &str {
+    Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(path)
+}
+
+/// One frame: `0x55d0c0a00123  worker_ab+0x1a  /src/ab_ba.c:22  (ab_ba)`.
+fn write_frame(f: &mut fmt::Formatter<'_>, indent: &str, i: usize, fr: &Frame) -> fmt::Result {
+    let addr = format!("{:#x}", fr.addr);
+    write!(f, "{indent}#{i:<2} {addr:<14}  ")?;
+    match (&fr.function, fr.offset) {
+        (Some(func), Some(off)) if off != 0 => write!(f, "{func}+{off:#x}")?,
+        (Some(func), _) => write!(f, "{func}")?,
+        (None, _) => write!(f, "??")?,
+    }
+    match (&fr.file, fr.line) {
+        (Some(file), Some(line)) => write!(f, "  {file}:{line}")?,
+        (Some(file), None) => write!(f, "  {file}")?,
+        _ => {}
+    }
+    match (&fr.module, &fr.function, fr.offset) {
+        (Some(module), None, Some(off)) => write!(f, "  ({}+{off:#x})", basename(module))?,
+        (Some(module), _, _) => write!(f, "  ({})", basename(module))?,
+        (None, _, _) => {}
+    }
+    writeln!(f)
+}
+
+fn write_stack(f: &mut fmt::Formatter<'_>, indent: &str, frames: &[Frame]) -> fmt::Result {
+    if frames.is_empty() {
+        return writeln!(f, "{indent}(no stack)");
+    }
+    for (i, fr) in frames.iter().enumerate() {
+        write_frame(f, indent, i, fr)?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Inversion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Processes of the cycle, in order of appearance.
+        let mut procs: Vec<(u32, &str)> = Vec::new();
+        for e in &self.cycle {
+            if !procs.iter().any(|(p, _)| *p == e.pid) {
+                procs.push((e.pid, &e.comm));
+            }
+        }
+        if procs.is_empty() {
+            procs.push((self.pid, &self.comm));
+        }
+        let where_: Vec<String> = procs.iter().map(|(p, c)| format!("{c} [{p}]")).collect();
+        writeln!(
+            f,
+            "WARNING: potential deadlock: lock-order inversion between {} in {}",
+            plural(self.locks.len() as u64, "lock", "locks"),
+            where_.join(", ")
+        )?;
+        writeln!(f)?;
+
+        let chain: Vec<String> = self
+            .locks
+            .iter()
+            .map(|l| match &l.name {
+                Some(name) => format!("{name} ({} {:#x})", l.kind, l.addr),
+                None => format!("{} {:#x}", l.kind, l.addr),
+            })
+            .collect();
+        let first = self.locks.first().map(Lock::label).unwrap_or_default();
+        writeln!(f, "  {} -> {first}", chain.join(" -> "))?;
+        writeln!(f)?;
+
+        let multi = procs.len() > 1;
+        for (i, e) in self.cycle.iter().enumerate() {
+            let (from, to) = (e.from.label(), e.to.label());
+            write!(f, "  #{} thread {} [{}]", i + 1, e.thread, e.tid)?;
+            if multi {
+                write!(f, " of {} [{}]", e.comm, e.pid)?;
+            }
+            writeln!(f, " requested {to} while holding {from}")?;
+            writeln!(f, "     {from} was taken at:")?;
+            write_stack(f, "       ", &e.held_stack)?;
+            writeln!(f, "     {to} requested at:")?;
+            write_stack(f, "       ", &e.stack)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::LockOrderInversion(inv) => inv.fmt(f),
+        }
+    }
+}
+
+/// Output format of a [`Reporter`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable reports.
+    #[default]
+    Text,
+    /// JSON Lines: one object per line.
+    Json,
+}
+
+/// Writes findings and the summary to `out`, flushing after each record so
+/// that findings appear while tracing goes on.
+pub struct Reporter {
+    format: Format,
+    out: Box<dyn Write + Send>,
+}
+
+impl Reporter {
+    pub fn new(format: Format, out: Box<dyn Write + Send>) -> Self {
+        Self { format, out }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn finding(&mut self, f: &Finding) -> io::Result<()> {
+        match self.format {
+            // The text of a finding ends with a newline; one more separates
+            // findings.
+            Format::Text => writeln!(self.out, "{f}")?,
+            Format::Json => self.json(f)?,
+        }
+        self.out.flush()
+    }
+
+    pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        match self.format {
+            Format::Text => writeln!(self.out, "{s}")?,
+            Format::Json => self.json(s)?,
+        }
+        self.out.flush()
+    }
+
+    fn json<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
+        // Compact JSON escapes newlines in strings: one record, one line.
+        serde_json::to_writer(&mut self.out, value)?;
+        self.out.write_all(b"\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::LockOrderGraph;
+    use crate::model::Dependency;
+    use serde_json::Value;
+    use std::sync::{Arc, Mutex};
+
+    const PID: u32 = 4242;
+    const MUTEX_A: u64 = 0x55d0c0a01040;
+    const MUTEX_B: u64 = 0x55d0c0a01080;
+
+    /// Symbolization from tables; unknown addresses give bare frames.
+    #[derive(Default)]
+    struct FakeResolve {
+        frames: HashMap<(u32, u64), Frame>,
+        locks: HashMap<(u32, u64), String>,
+        procs: HashMap<u32, String>,
+        /// Every `frames` call: (pid, addrs, first_is_ip).
+        calls: Vec<(u32, Vec<u64>, bool)>,
+    }
+
+    impl FakeResolve {
+        fn frame(
+            mut self,
+            pid: u32,
+            addr: u64,
+            func: &str,
+            file: Option<(&str, u32)>,
+            module: &str,
+        ) -> Self {
+            let frame = Frame {
+                addr,
+                module: Some(module.into()),
+                function: Some(func.into()),
+                offset: Some(if file.is_some() { 0x1a } else { 0 }),
+                file: file.map(|(f, _)| f.into()),
+                line: file.map(|(_, l)| l),
+            };
+            self.frames.insert((pid, addr), frame);
+            self
+        }
+    }
+
+    impl Resolve for FakeResolve {
+        fn frames(&mut self, pid: u32, addrs: &[u64], first_is_ip: bool) -> Vec<Frame> {
+            self.calls.push((pid, addrs.to_vec(), first_is_ip));
+            addrs
+                .iter()
+                .map(|&addr| {
+                    self.frames.get(&(pid, addr)).cloned().unwrap_or(Frame {
+                        addr,
+                        ..Frame::default()
+                    })
+                })
+                .collect()
+        }
+        fn lock_name(&mut self, pid: u32, addr: u64) -> Option<String> {
+            self.locks.get(&(pid, addr)).cloned()
+        }
+        fn process_name(&mut self, pid: u32) -> String {
+            self.procs.get(&pid).cloned().unwrap_or_else(|| "?".into())
+        }
+    }
+
+    fn dep(
+        pid: u32,
+        tid: u32,
+        thread: &str,
+        from: u64,
+        to: u64,
+        held: u64,
+        stack: &[u64],
+    ) -> Dependency {
+        Dependency {
+            from: LockId { pid, addr: from },
+            to: LockId { pid, addr: to },
+            from_kind: LockKind::Mutex,
+            to_kind: LockKind::Mutex,
+            pid,
+            tid,
+            thread: thread.into(),
+            timestamp_ns: 1,
+            held_callsite: held,
+            stack: stack.to_vec(),
+        }
+    }
+
+    const LOCK_IP: u64 = 0x7f00_0008_a0f0;
+    const START_THREAD: u64 = 0x7f00_0008_9134;
+
+    /// The ab_ba fixture: worker1 takes a then b, worker2 b then a.
+    fn ab_ba() -> (Cycle, FakeResolve) {
+        let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+        let bin = "/src/tests/fixtures/ab_ba";
+        let src = "/src/tests/fixtures/ab_ba.c";
+        let mut r = FakeResolve::default()
+            .frame(PID, LOCK_IP, "pthread_mutex_lock", None, libc)
+            .frame(PID, START_THREAD, "start_thread", None, libc)
+            .frame(PID, 0x55d0_c0a0_0100, "worker_ab", Some((src, 21)), bin)
+            .frame(PID, 0x55d0_c0a0_0110, "worker_ab", Some((src, 22)), bin)
+            .frame(PID, 0x55d0_c0a0_0200, "worker_ba", Some((src, 31)), bin)
+            .frame(PID, 0x55d0_c0a0_0210, "worker_ba", Some((src, 32)), bin);
+        r.locks.insert((PID, MUTEX_A), "mutex_a".into());
+        r.locks.insert((PID, MUTEX_B), "mutex_b".into());
+        r.procs.insert(PID, "ab_ba".into());
+
+        let mut g = LockOrderGraph::new();
+        let stack_ab = [LOCK_IP, 0x55d0_c0a0_0110, START_THREAD];
+        let stack_ba = [LOCK_IP, 0x55d0_c0a0_0210, START_THREAD];
+        assert!(g
+            .insert(dep(
+                PID,
+                PID + 1,
+                "worker1",
+                MUTEX_A,
+                MUTEX_B,
+                0x55d0_c0a0_0100,
+                &stack_ab
+            ))
+            .is_empty());
+        let mut cycles = g.insert(dep(
+            PID,
+            PID + 2,
+            "worker2",
+            MUTEX_B,
+            MUTEX_A,
+            0x55d0_c0a0_0200,
+            &stack_ba,
+        ));
+        assert_eq!(cycles.len(), 1);
+        (cycles.remove(0), r)
+    }
+
+    /// A `Write` whose bytes the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn summary() -> Summary {
+        Summary {
+            events: 1234,
+            dependencies: 2,
+            locks: 2,
+            cycles: 1,
+            lost_events: 0,
+            truncated_cycle_searches: 0,
+            counters: counters(Counter::ALL.iter().map(|&c| {
+                let v = match c {
+                    Counter::Acquire => 5000,
+                    Counter::HeldOverflow => 3,
+                    _ => 0,
+                };
+                (c, v)
+            })),
+            duration_s: 2.5,
+        }
+    }
+
+    #[test]
+    fn inversion_resolves_stacks() {
+        let (cycle, mut r) = ab_ba();
+        let finding = inversion(&cycle, &mut r, 7);
+        assert_eq!(finding.id(), 7);
+        // Request stacks start at an instruction pointer, held call sites
+        // are return addresses.
+        assert_eq!(r.calls.len(), 4);
+        assert!(r.calls.iter().all(|(pid, _, _)| *pid == PID));
+        assert_eq!(
+            r.calls
+                .iter()
+                .filter(|(_, a, ip)| *ip && a.len() == 3)
+                .count(),
+            2
+        );
+        assert_eq!(
+            r.calls
+                .iter()
+                .filter(|(_, a, ip)| !*ip && a.len() == 1)
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn json_has_every_field() {
+        let (cycle, mut r) = ab_ba();
+        let finding = inversion(&cycle, &mut r, 1);
+        let out = Shared::default();
+        let mut rep = Reporter::new(Format::Json, Box::new(out.clone()));
+        rep.finding(&finding).unwrap();
+        rep.summary(&summary()).unwrap();
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(text.ends_with('\n'));
+
+        let v: Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["type"], "lock_order_inversion");
+        assert_eq!(v["id"], 1);
+        assert_eq!(v["pid"], PID);
+        assert_eq!(v["comm"], "ab_ba");
+        let lock_a =
+            serde_json::json!({"addr": "0x55d0c0a01040", "kind": "mutex", "name": "mutex_a"});
+        let lock_b =
+            serde_json::json!({"addr": "0x55d0c0a01080", "kind": "mutex", "name": "mutex_b"});
+        assert_eq!(
+            v["locks"],
+            Value::Array(vec![lock_a.clone(), lock_b.clone()])
+        );
+        let edges = v["cycle"].as_array().unwrap();
+        assert_eq!(edges.len(), 2);
+        for (e, from, to, tid, thread) in [
+            (&edges[0], &lock_a, &lock_b, PID + 1, "worker1"),
+            (&edges[1], &lock_b, &lock_a, PID + 2, "worker2"),
+        ] {
+            let keys: Vec<&str> = e.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+            for k in [
+                "from",
+                "to",
+                "pid",
+                "tid",
+                "comm",
+                "thread",
+                "stack",
+                "held_stack",
+            ] {
+                assert!(keys.contains(&k), "{k} missing in {e}");
+            }
+            assert_eq!(&e["from"], from);
+            assert_eq!(&e["to"], to);
+            assert_eq!(e["pid"], PID);
+            assert_eq!(e["tid"], tid);
+            assert_eq!(e["comm"], "ab_ba");
+            assert_eq!(e["thread"], thread);
+            let stack = e["stack"].as_array().unwrap();
+            assert_eq!(stack.len(), 3);
+            assert_eq!(stack[0]["function"], "pthread_mutex_lock");
+            assert_eq!(stack[2]["function"], "start_thread");
+            let held = e["held_stack"].as_array().unwrap();
+            assert_eq!(held.len(), 1);
+            for fr in stack.iter().chain(held) {
+                for k in ["addr", "module", "function", "offset", "file", "line"] {
+                    assert!(fr.get(k).is_some(), "{k} missing in {fr}");
+                }
+                assert!(fr["addr"].as_str().unwrap().starts_with("0x"));
+            }
+        }
+        assert_eq!(edges[0]["stack"][1]["file"], "/src/tests/fixtures/ab_ba.c");
+        assert_eq!(edges[0]["stack"][1]["line"], 22);
+        assert_eq!(edges[0]["held_stack"][0]["line"], 21);
+
+        let s: Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(s["type"], "summary");
+        for (k, n) in [
+            ("events", 1234),
+            ("dependencies", 2),
+            ("locks", 2),
+            ("cycles", 1),
+            ("lost_events", 0),
+            ("truncated_cycle_searches", 0),
+        ] {
+            assert_eq!(s[k], n, "{k}");
+        }
+        assert_eq!(s["duration_s"], 2.5);
+        assert_eq!(s["counters"]["held_overflow"], 3);
+        assert_eq!(s["counters"].as_object().unwrap().len(), Counter::ALL.len());
+    }
+
+    #[test]
+    fn json_unnamed_lock_is_null() {
+        let (cycle, mut r) = ab_ba();
+        r.locks.clear();
+        let Finding::LockOrderInversion(inv) = inversion(&cycle, &mut r, 1);
+        let v = serde_json::to_value(&inv.locks[0]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"addr": "0x55d0c0a01040", "kind": "mutex", "name": null})
+        );
+        let text = inv.to_string();
+        assert!(
+            text.contains("mutex 0x55d0c0a01040 -> mutex 0x55d0c0a01080 -> 0x55d0c0a01040"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn text_rendering() {
+        let (cycle, mut r) = ab_ba();
+        let finding = inversion(&cycle, &mut r, 1);
+        let out = Shared::default();
+        let mut rep = Reporter::new(Format::Text, Box::new(out.clone()));
+        rep.finding(&finding).unwrap();
+        rep.summary(&summary()).unwrap();
+        let text = out.text();
+        for needle in [
+            "WARNING: potential deadlock: lock-order inversion between 2 locks in ab_ba [4242]\n",
+            "  mutex_a (mutex 0x55d0c0a01040) -> mutex_b (mutex 0x55d0c0a01080) -> mutex_a\n",
+            "  #1 thread worker1 [4243] requested mutex_b while holding mutex_a\n",
+            "  #2 thread worker2 [4244] requested mutex_a while holding mutex_b\n",
+            "     mutex_a was taken at:\n       #0  0x55d0c0a00100  worker_ab+0x1a  /src/tests/fixtures/ab_ba.c:21  (ab_ba)\n",
+            "     mutex_b requested at:\n       #0  0x7f000008a0f0  pthread_mutex_lock  (libc.so.6)\n",
+            "       #1  0x55d0c0a00110  worker_ab+0x1a  /src/tests/fixtures/ab_ba.c:22  (ab_ba)\n",
+            "       #2  0x7f0000089134  start_thread  (libc.so.6)\n",
+            "worker_ba+0x1a  /src/tests/fixtures/ab_ba.c:32",
+            "\n\nlocktrace: 1234 events, 2 dependencies, 2 locks, 1 cycle, 0 lost events in 2.5s; acquisitions=5000, held_overflow=3\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(!text.contains("lost_events="));
+    }
+
+    #[test]
+    fn text_frames_without_symbols() {
+        let (cycle, _) = ab_ba();
+        let mut r = FakeResolve::default();
+        r.frames.insert(
+            (PID, LOCK_IP),
+            Frame {
+                addr: LOCK_IP,
+                module: Some("/lib/libc.so.6".into()),
+                offset: Some(0x8a0f0),
+                ..Frame::default()
+            },
+        );
+        let text = inversion(&cycle, &mut r, 1).to_string();
+        assert!(
+            text.contains("#0  0x7f000008a0f0  ??  (libc.so.6+0x8a0f0)\n"),
+            "{text}"
+        );
+        assert!(text.contains("#2  0x7f0000089134  ??\n"), "{text}");
+        assert!(text.contains("between 2 locks in ? [4242]"), "{text}");
+    }
+
+    #[test]
+    fn text_cross_process_cycle() {
+        let (mut cycle, mut r) = ab_ba();
+        cycle.edges[1].pid = 77;
+        r.procs.insert(77, "other".into());
+        let Finding::LockOrderInversion(inv) = inversion(&cycle, &mut r, 1);
+        assert_eq!((inv.pid, inv.comm.as_str()), (PID, "ab_ba"));
+        let text = inv.to_string();
+        assert!(text.contains("in ab_ba [4242], other [77]\n"), "{text}");
+        assert!(
+            text.contains("thread worker2 [4244] of other [77] requested"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn summary_text() {
+        let mut s = Summary {
+            events: 1,
+            dependencies: 1,
+            locks: 2,
+            cycles: 0,
+            lost_events: 1,
+            truncated_cycle_searches: 2,
+            counters: counters([(Counter::LostEvents, 1), (Counter::StackTruncated, 0)]),
+            duration_s: 0.04,
+        };
+        assert_eq!(
+            s.to_string(),
+            "locktrace: 1 event, 1 dependency, 2 locks, 0 cycles, 1 lost event in 0.0s; \
+             2 truncated cycle searches (some cycles may be unreported)"
+        );
+        s.truncated_cycle_searches = 0;
+        s.counters.insert("future_counter".into(), 9);
+        assert!(s
+            .to_string()
+            .ends_with("lost event in 0.0s; future_counter=9"));
+    }
+}
