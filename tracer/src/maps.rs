@@ -1,0 +1,924 @@
+//! Process address spaces that stay resolvable after the process exits.
+//!
+//! Like `perf record`, we open a software dummy perf event per online CPU
+//! (host-wide, `pid = -1`) that only emits side-band records: MMAP2 (every
+//! mapping, executable or data), COMM (with the exec flag: the address space
+//! is replaced), FORK (a child process inherits a copy of its parent's
+//! mappings) and EXIT. [`AddressSpaces::sync`] drains those records and
+//! replays them, in timestamp order, onto a per-process table of mappings.
+//! Processes that already existed when tracking started are seeded from
+//! `/proc/PID/maps` the first time they are seen (a record or a query).
+//! Exited processes stay resolvable for a grace period (or until
+//! [`AddressSpaces::forget`]), then are dropped.
+//!
+//! If `perf_event_open` is not permitted, tracking falls back to reading
+//! `/proc/PID/maps` on demand (short-lived processes are then lost).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// How long an exited process stays resolvable after its EXIT record.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
+
+/// Ring buffer data pages per CPU (must be a power of two): 512 KiB.
+const RING_PAGES: usize = 128;
+
+/// Pseudo path of anonymous mappings (as `perf` names them).
+pub const ANON_PATH: &str = "//anon";
+
+/// One mapping of a process: `[start, end)` maps `path` from `file_offset`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+    /// The mapped file, or a pseudo name: `[heap]`, `[stack]`, `[vdso]`,
+    /// `//anon` (anonymous memory).
+    pub path: PathBuf,
+    /// Device of the file (`libc::makedev(major, minor)`), 0 if none.
+    pub dev: u64,
+    /// Inode of the file, 0 for anonymous and pseudo mappings.
+    pub inode: u64,
+    /// Mapped with PROT_EXEC.
+    pub executable: bool,
+}
+
+impl Mapping {
+    /// Backed by a regular file (that we may open to read ELF data from).
+    pub fn is_file(&self) -> bool {
+        self.inode != 0 && self.path.is_absolute()
+    }
+
+    /// The file offset that `addr` (inside this mapping) maps.
+    pub fn file_offset_of(&self, addr: u64) -> u64 {
+        addr - self.start + self.file_offset
+    }
+
+    /// A key identifying the mapped file for caches: (dev, inode, path).
+    pub fn file_key(&self) -> FileKey {
+        FileKey {
+            dev: self.dev,
+            inode: self.inode,
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// Identifies a mapped file across processes (cache key).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    pub dev: u64,
+    pub inode: u64,
+    pub path: PathBuf,
+}
+
+/// A PT_LOAD program header of an ELF file: how file offsets map to the
+/// addresses stated in the file (SVMAs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadSegment {
+    pub vaddr: u64,
+    pub memsz: u64,
+    pub offset: u64,
+    pub filesz: u64,
+    pub executable: bool,
+}
+
+/// The PT_LOAD segments of an ELF image.
+pub fn load_segments(elf: &object::File<'_>) -> Vec<LoadSegment> {
+    use object::{Object as _, ObjectSegment as _, SegmentFlags};
+    elf.segments()
+        .filter_map(|s| {
+            let (offset, filesz) = s.file_range();
+            let executable = match s.flags() {
+                SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
+                _ => false,
+            };
+            (s.size() > 0).then_some(LoadSegment {
+                vaddr: s.address(),
+                memsz: s.size(),
+                offset,
+                filesz,
+                executable,
+            })
+        })
+        .collect()
+}
+
+/// The load bias of the ELF image that `mapping` maps (process address =
+/// bias + address stated in the file), computed from the PT_LOAD segment
+/// that the mapping's file offset falls into. A segment whose executable
+/// flag matches the mapping's is preferred (pages shared by two segments).
+pub fn load_bias(mapping: &Mapping, loads: &[LoadSegment]) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    let off = mapping.file_offset;
+    let containing = |s: &&LoadSegment| {
+        let lo = s.offset & !(PAGE - 1);
+        let hi = (s.offset + s.filesz.max(1)).max(lo + 1);
+        (lo..hi).contains(&off)
+    };
+    let seg = loads
+        .iter()
+        .filter(containing)
+        .find(|s| s.executable == mapping.executable)
+        .or_else(|| loads.iter().find(containing))?;
+    // svma(start) = vaddr + (off - offset); bias = start - svma(start).
+    let svma_start = seg.vaddr.wrapping_add(off).wrapping_sub(seg.offset);
+    Some(mapping.start.wrapping_sub(svma_start))
+}
+
+#[derive(Debug, Default)]
+struct Space {
+    /// Mappings keyed by start address; never overlapping.
+    maps: BTreeMap<u64, Mapping>,
+    name: Option<String>,
+    exited: Option<Instant>,
+}
+
+impl Space {
+    /// Insert `m`, trimming or removing whatever it overlaps (a new mmap
+    /// replaces the old pages, as `perf` does it).
+    fn insert(&mut self, m: Mapping) {
+        if m.end <= m.start {
+            return;
+        }
+        let overlapping: Vec<u64> = self
+            .maps
+            .range(..m.end)
+            .rev()
+            .take_while(|(_, o)| o.end > m.start)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in overlapping {
+            let old = self.maps.remove(&s).expect("present");
+            if old.start < m.start {
+                let mut left = old.clone();
+                left.end = m.start;
+                self.maps.insert(left.start, left);
+            }
+            if old.end > m.end {
+                let mut right = old;
+                if right.inode != 0 {
+                    right.file_offset += m.end - right.start;
+                }
+                right.start = m.end;
+                self.maps.insert(right.start, right);
+            }
+        }
+        self.maps.insert(m.start, m);
+    }
+
+    fn find(&self, addr: u64) -> Option<&Mapping> {
+        self.maps
+            .range(..=addr)
+            .next_back()
+            .map(|(_, m)| m)
+            .filter(|m| addr < m.end)
+    }
+}
+
+/// Per-process address spaces, kept up to date from perf side-band records.
+pub struct AddressSpaces {
+    spaces: HashMap<u32, Space>,
+    rings: Vec<Ring>,
+    self_pid: u32,
+    grace: Duration,
+    lost: u64,
+    last_purge: Instant,
+}
+
+impl AddressSpaces {
+    /// Start tracking. If perf events are not available, logs a warning and
+    /// falls back to `/proc/PID/maps` only.
+    pub fn new() -> anyhow::Result<Self> {
+        let rings = match open_rings() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot track mappings with perf events ({e:#}); falling back to \
+                     /proc/PID/maps: short-lived processes will not be symbolized"
+                );
+                Vec::new()
+            }
+        };
+        Ok(Self::with_rings(rings))
+    }
+
+    /// Without perf events: `/proc/PID/maps` only (tests, fallback).
+    pub fn proc_only() -> Self {
+        Self::with_rings(Vec::new())
+    }
+
+    fn with_rings(rings: Vec<Ring>) -> Self {
+        Self {
+            spaces: HashMap::new(),
+            rings,
+            self_pid: std::process::id(),
+            grace: DEFAULT_GRACE,
+            lost: 0,
+            last_purge: Instant::now(),
+        }
+    }
+
+    /// Change how long exited processes stay resolvable.
+    pub fn set_grace(&mut self, grace: Duration) {
+        self.grace = grace;
+    }
+
+    /// Whether mappings are tracked with perf events (else /proc only).
+    pub fn is_tracking(&self) -> bool {
+        !self.rings.is_empty()
+    }
+
+    /// Number of side-band records the kernel dropped (ring buffer full).
+    pub fn lost_records(&self) -> u64 {
+        self.lost
+    }
+
+    /// Consume all pending perf records and apply them, in time order.
+    pub fn sync(&mut self) {
+        let mut records = Vec::new();
+        for ring in &mut self.rings {
+            ring.drain(&mut records);
+        }
+        records.sort_by_key(|r| r.time);
+        for r in records {
+            self.apply(r);
+        }
+        if self.last_purge.elapsed() >= Duration::from_secs(1) {
+            self.purge();
+        }
+    }
+
+    /// Drop exited processes whose grace period is over.
+    fn purge(&mut self) {
+        let now = Instant::now();
+        self.last_purge = now;
+        let grace = self.grace;
+        self.spaces
+            .retain(|_, s| s.exited.is_none_or(|t| now.duration_since(t) < grace));
+    }
+
+    /// Forget a process now (e.g. once all its events are reported).
+    pub fn forget(&mut self, pid: u32) {
+        self.spaces.remove(&pid);
+    }
+
+    /// The mapping of `pid` containing `addr`.
+    pub fn find(&mut self, pid: u32, addr: u64) -> Option<&Mapping> {
+        let fresh = self.ensure(pid);
+        // Our own records are ignored: re-read /proc on a miss.
+        if !fresh && pid == self.self_pid && self.spaces.get(&pid)?.find(addr).is_none() {
+            self.seed(pid);
+        }
+        self.spaces.get(&pid)?.find(addr)
+    }
+
+    /// All mappings of `pid`, sorted by address.
+    pub fn mappings(&mut self, pid: u32) -> impl Iterator<Item = &Mapping> {
+        self.ensure(pid);
+        self.spaces
+            .get(&pid)
+            .into_iter()
+            .flat_map(|s| s.maps.values())
+    }
+
+    /// The name (comm) of the process, as of its last exec or rename.
+    pub fn process_name(&mut self, pid: u32) -> Option<String> {
+        self.ensure(pid);
+        self.spaces.get(&pid)?.name.clone()
+    }
+
+    /// Whether the process is known to have exited.
+    pub fn has_exited(&self, pid: u32) -> bool {
+        self.spaces.get(&pid).is_some_and(|s| s.exited.is_some())
+    }
+
+    /// Seed an unknown pid from /proc; true if it was just seeded.
+    fn ensure(&mut self, pid: u32) -> bool {
+        if self.spaces.contains_key(&pid) {
+            return false;
+        }
+        self.seed(pid)
+    }
+
+    /// (Re)load the mappings of a live process from /proc/PID/maps.
+    fn seed(&mut self, pid: u32) -> bool {
+        let Ok(proc) = procfs::process::Process::new(pid as i32) else {
+            return false;
+        };
+        let Ok(maps) = proc.maps() else {
+            return false;
+        };
+        let mut space = Space {
+            name: read_comm(pid),
+            ..Space::default()
+        };
+        for m in maps {
+            use procfs::process::{MMPermissions, MMapPath};
+            let path = match m.pathname {
+                MMapPath::Path(p) => p,
+                MMapPath::Heap => "[heap]".into(),
+                MMapPath::Stack | MMapPath::TStack(_) => "[stack]".into(),
+                MMapPath::Vdso => "[vdso]".into(),
+                MMapPath::Vvar => "[vvar]".into(),
+                MMapPath::Vsyscall => "[vsyscall]".into(),
+                MMapPath::Other(s) => s.into(),
+                _ => ANON_PATH.into(),
+            };
+            space.insert(Mapping {
+                start: m.address.0,
+                end: m.address.1,
+                file_offset: m.offset,
+                path,
+                dev: libc::makedev(m.dev.0 as u32, m.dev.1 as u32),
+                inode: m.inode,
+                executable: m.perms.contains(MMPermissions::EXECUTE),
+            });
+        }
+        // A process seeded now may have been known and exited: keep that.
+        if let Some(old) = self.spaces.get(&pid) {
+            space.exited = old.exited;
+        }
+        self.spaces.insert(pid, space);
+        true
+    }
+
+    fn apply(&mut self, r: Record) {
+        match r.kind {
+            RecordKind::Mmap(m) => {
+                if r.pid == self.self_pid {
+                    return;
+                }
+                self.ensure(r.pid);
+                self.spaces.entry(r.pid).or_default().insert(m);
+            }
+            RecordKind::Comm { exec, tid, name } => {
+                if r.pid == self.self_pid {
+                    return;
+                }
+                if exec {
+                    // The address space is replaced; the new image's mmap
+                    // records follow.
+                    let space = self.spaces.entry(r.pid).or_default();
+                    space.maps.clear();
+                    space.exited = None;
+                    space.name = Some(name);
+                } else if tid == r.pid {
+                    self.ensure(r.pid);
+                    self.spaces.entry(r.pid).or_default().name = Some(name);
+                }
+            }
+            RecordKind::Fork { ppid } => {
+                if r.pid == ppid || r.pid == self.self_pid {
+                    return; // a new thread
+                }
+                // The parent may be a process we never saw: seed it (or us).
+                if !self.spaces.contains_key(&ppid) {
+                    self.seed(ppid);
+                }
+                let child = match self.spaces.get(&ppid) {
+                    Some(p) => Space {
+                        maps: p.maps.clone(),
+                        name: p.name.clone(),
+                        exited: None,
+                    },
+                    None => Space::default(),
+                };
+                self.spaces.insert(r.pid, child);
+            }
+            RecordKind::Exit { tid } => {
+                if tid != r.pid || r.pid == self.self_pid {
+                    return; // a thread, not the process
+                }
+                if let Some(s) = self.spaces.get_mut(&r.pid) {
+                    s.exited = Some(Instant::now());
+                }
+            }
+            RecordKind::Lost(n) => {
+                if self.lost == 0 {
+                    tracing::warn!("perf side-band records lost: mappings may be incomplete");
+                }
+                self.lost += n;
+            }
+        }
+    }
+}
+
+/// A path through which the file mapped by `m` can be opened: its own path,
+/// else (for a live process in another mount namespace, or a deleted file)
+/// through `/proc/PID/root` or `/proc/PID/map_files`.
+pub fn readable_path(pid: u32, m: &Mapping) -> Option<PathBuf> {
+    if !m.is_file() {
+        return None;
+    }
+    if m.path.exists() {
+        return Some(m.path.clone());
+    }
+    let rooted = Path::new("/proc")
+        .join(pid.to_string())
+        .join("root")
+        .join(m.path.strip_prefix("/").ok()?);
+    if rooted.exists() {
+        return Some(rooted);
+    }
+    let by_range = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
+    by_range.exists().then_some(by_range)
+}
+
+fn read_comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end_matches('\n').to_string())
+}
+
+// ---------------------------------------------------------------------------
+// perf_event_open side-band records
+
+const PERF_TYPE_SOFTWARE: u32 = 1;
+const PERF_COUNT_SW_DUMMY: u64 = 9;
+const PERF_SAMPLE_TID: u64 = 1 << 1;
+const PERF_SAMPLE_TIME: u64 = 1 << 2;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+
+// perf_event_attr flag bits.
+const ATTR_MMAP: u64 = 1 << 8;
+const ATTR_COMM: u64 = 1 << 9;
+const ATTR_TASK: u64 = 1 << 13;
+const ATTR_WATERMARK: u64 = 1 << 14;
+const ATTR_MMAP_DATA: u64 = 1 << 17;
+const ATTR_SAMPLE_ID_ALL: u64 = 1 << 18;
+const ATTR_MMAP2: u64 = 1 << 23;
+const ATTR_COMM_EXEC: u64 = 1 << 24;
+
+const PERF_RECORD_MMAP: u32 = 1;
+const PERF_RECORD_LOST: u32 = 2;
+const PERF_RECORD_COMM: u32 = 3;
+const PERF_RECORD_EXIT: u32 = 4;
+const PERF_RECORD_FORK: u32 = 7;
+const PERF_RECORD_MMAP2: u32 = 10;
+const PERF_RECORD_MISC_COMM_EXEC: u16 = 1 << 13;
+const PERF_RECORD_MISC_MMAP_BUILD_ID: u16 = 1 << 14;
+
+/// `struct perf_event_attr` up to `config2` (PERF_ATTR_SIZE_VER1, 72 bytes)
+/// plus the later fields, zeroed (VER5, 112 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_watermark: u32,
+    bp_type: u32,
+    config1: u64,
+    config2: u64,
+    branch_sample_type: u64,
+    sample_regs_user: u64,
+    sample_stack_user: u32,
+    clockid: i32,
+    sample_regs_intr: u64,
+    aux_watermark: u32,
+    sample_max_stack: u16,
+    reserved_2: u16,
+    aux_sample_size: u32,
+    reserved_3: u32,
+}
+
+/// Offsets in `struct perf_event_mmap_page`.
+const DATA_HEAD: usize = 1024;
+const DATA_TAIL: usize = 1032;
+const DATA_OFFSET: usize = 1040;
+const DATA_SIZE: usize = 1048;
+
+struct Ring {
+    _fd: OwnedFd,
+    base: *mut u8,
+    len: usize,
+    data_offset: usize,
+    data_size: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only accessed through
+// `&mut self`; the kernel is the only other writer.
+unsafe impl Send for Ring {}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` come from a successful mmap.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+fn online_cpus() -> anyhow::Result<Vec<u32>> {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .context("reading /sys/devices/system/cpu/online")?;
+    let mut cpus = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<u32>()?..=b.parse::<u32>()?),
+            None => cpus.push(part.parse()?),
+        }
+    }
+    Ok(cpus)
+}
+
+fn open_rings() -> anyhow::Result<Vec<Ring>> {
+    let cpus = online_cpus()?;
+    let mut rings = Vec::with_capacity(cpus.len());
+    for cpu in cpus {
+        rings.push(Ring::open(cpu).with_context(|| format!("perf_event_open on cpu {cpu}"))?);
+    }
+    Ok(rings)
+}
+
+impl Ring {
+    fn open(cpu: u32) -> anyhow::Result<Self> {
+        let page = page_size();
+        let attr = PerfEventAttr {
+            type_: PERF_TYPE_SOFTWARE,
+            size: std::mem::size_of::<PerfEventAttr>() as u32,
+            config: PERF_COUNT_SW_DUMMY,
+            sample_period: 1,
+            sample_type: PERF_SAMPLE_TID | PERF_SAMPLE_TIME,
+            flags: ATTR_MMAP
+                | ATTR_MMAP_DATA
+                | ATTR_MMAP2
+                | ATTR_COMM
+                | ATTR_COMM_EXEC
+                | ATTR_TASK
+                | ATTR_SAMPLE_ID_ALL
+                | ATTR_WATERMARK,
+            // We never poll: wake-ups are irrelevant, keep them rare.
+            wakeup_watermark: (RING_PAGES * page / 2) as u32,
+            ..Default::default()
+        };
+        // SAFETY: a valid perf_event_attr of the declared size.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                &attr as *const PerfEventAttr,
+                -1 as libc::pid_t,
+                cpu as libc::c_int,
+                -1 as libc::c_int,
+                PERF_FLAG_FD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        // SAFETY: a fresh fd that we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let len = (RING_PAGES + 1) * page;
+        // SAFETY: mapping a perf fd as documented in perf_event_open(2).
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error()).context("mmap of the perf ring buffer");
+        }
+        let base = base.cast::<u8>();
+        // SAFETY: the header page is mapped.
+        let (data_offset, data_size) = unsafe {
+            (
+                std::ptr::read_volatile(base.add(DATA_OFFSET) as *const u64) as usize,
+                std::ptr::read_volatile(base.add(DATA_SIZE) as *const u64) as usize,
+            )
+        };
+        // Kernels before 4.1 leave these 0: the data follows the first page.
+        let (data_offset, data_size) = if data_size == 0 {
+            (page, RING_PAGES * page)
+        } else {
+            (data_offset, data_size)
+        };
+        Ok(Ring {
+            _fd: fd,
+            base,
+            len,
+            data_offset,
+            data_size,
+        })
+    }
+
+    fn head(&self) -> &AtomicU64 {
+        // SAFETY: aligned u64 inside the mapped header page.
+        unsafe { &*(self.base.add(DATA_HEAD) as *const AtomicU64) }
+    }
+
+    fn tail(&self) -> &AtomicU64 {
+        // SAFETY: as for `head`.
+        unsafe { &*(self.base.add(DATA_TAIL) as *const AtomicU64) }
+    }
+
+    /// Copy `len` bytes at ring position `pos` (wrapping) into `out`.
+    fn copy(&self, pos: u64, len: usize, out: &mut Vec<u8>) {
+        out.clear();
+        let size = self.data_size;
+        let at = (pos % size as u64) as usize;
+        let first = len.min(size - at);
+        // SAFETY: both ranges lie inside the data area.
+        unsafe {
+            let data = self.base.add(self.data_offset);
+            out.extend_from_slice(std::slice::from_raw_parts(data.add(at), first));
+            out.extend_from_slice(std::slice::from_raw_parts(data, len - first));
+        }
+    }
+
+    /// Parse every record between tail and head, then release them.
+    fn drain(&mut self, out: &mut Vec<Record>) {
+        let head = self.head().load(Ordering::Acquire);
+        let mut tail = self.tail().load(Ordering::Relaxed);
+        let mut buf = Vec::with_capacity(256);
+        while tail + 8 <= head {
+            self.copy(tail, 8, &mut buf);
+            let size = u16::from_ne_bytes([buf[6], buf[7]]) as usize;
+            if size < 8 || tail + size as u64 > head {
+                break;
+            }
+            self.copy(tail, size, &mut buf);
+            if let Some(r) = parse_record(&buf) {
+                out.push(r);
+            }
+            tail += size as u64;
+        }
+        self.tail().store(tail, Ordering::Release);
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+#[derive(Debug)]
+struct Record {
+    pid: u32,
+    time: u64,
+    kind: RecordKind,
+}
+
+#[derive(Debug)]
+enum RecordKind {
+    Mmap(Mapping),
+    Comm { exec: bool, tid: u32, name: String },
+    Fork { ppid: u32 },
+    Exit { tid: u32 },
+    Lost(u64),
+}
+
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(b.get(off..off + 8)?.try_into().ok()?))
+}
+
+fn cstr_at(b: &[u8], off: usize) -> Option<&[u8]> {
+    let s = b.get(off..)?;
+    Some(&s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())])
+}
+
+fn bytes_to_path(b: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
+    Path::new(std::ffi::OsStr::from_bytes(b)).to_path_buf()
+}
+
+/// Parse one record (header included). With `sample_id_all` and
+/// `sample_type = TID | TIME`, every non-sample record ends with
+/// `{ u32 pid, tid; u64 time }`.
+fn parse_record(b: &[u8]) -> Option<Record> {
+    let ty = u32_at(b, 0)?;
+    let misc = u16::from_ne_bytes([b[4], b[5]]);
+    let trailer_time = || u64_at(b, b.len().checked_sub(8)?);
+    let (pid, kind) = match ty {
+        PERF_RECORD_MMAP2 | PERF_RECORD_MMAP => {
+            let pid = u32_at(b, 8)?;
+            let start = u64_at(b, 16)?;
+            let len = u64_at(b, 24)?;
+            let pgoff = u64_at(b, 32)?;
+            let (dev, inode, executable, name_off) = if ty == PERF_RECORD_MMAP2 {
+                let (dev, inode) = if misc & PERF_RECORD_MISC_MMAP_BUILD_ID != 0 {
+                    (0, 0)
+                } else {
+                    (
+                        libc::makedev(u32_at(b, 40)?, u32_at(b, 44)?),
+                        u64_at(b, 48)?,
+                    )
+                };
+                let prot = u32_at(b, 64)?;
+                (dev, inode, prot & libc::PROT_EXEC as u32 != 0, 72)
+            } else {
+                (0, 0, true, 40)
+            };
+            let name = cstr_at(b, name_off)?;
+            let path = bytes_to_path(name);
+            let anon = !path.is_absolute();
+            Some((
+                pid,
+                RecordKind::Mmap(Mapping {
+                    start,
+                    end: start.checked_add(len)?,
+                    file_offset: if anon { 0 } else { pgoff },
+                    path,
+                    dev,
+                    // Old MMAP records carry no inode: fake one for files.
+                    inode: if ty == PERF_RECORD_MMAP && !anon {
+                        1
+                    } else {
+                        inode
+                    },
+                    executable,
+                }),
+            ))
+        }
+        PERF_RECORD_COMM => {
+            let pid = u32_at(b, 8)?;
+            let tid = u32_at(b, 12)?;
+            let name = String::from_utf8_lossy(cstr_at(b, 16)?).into_owned();
+            Some((
+                pid,
+                RecordKind::Comm {
+                    exec: misc & PERF_RECORD_MISC_COMM_EXEC != 0,
+                    tid,
+                    name,
+                },
+            ))
+        }
+        PERF_RECORD_FORK | PERF_RECORD_EXIT => {
+            let pid = u32_at(b, 8)?;
+            let ppid = u32_at(b, 12)?;
+            let tid = u32_at(b, 16)?;
+            let time = u64_at(b, 24)?;
+            let kind = if ty == PERF_RECORD_FORK {
+                RecordKind::Fork { ppid }
+            } else {
+                RecordKind::Exit { tid }
+            };
+            return Some(Record { pid, time, kind });
+        }
+        PERF_RECORD_LOST => Some((0, RecordKind::Lost(u64_at(b, 16)?))),
+        _ => None,
+    }?;
+    Some(Record {
+        pid,
+        time: trailer_time()?,
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn mapping(start: u64, end: u64, off: u64, path: &str) -> Mapping {
+        Mapping {
+            start,
+            end,
+            file_offset: off,
+            path: path.into(),
+            dev: 1,
+            inode: 7,
+            executable: false,
+        }
+    }
+
+    #[test]
+    fn insert_splits_overlaps() {
+        let mut s = Space::default();
+        s.insert(mapping(0x1000, 0x5000, 0, "/a"));
+        s.insert(mapping(0x2000, 0x3000, 0, "/b"));
+        let v: Vec<_> = s.maps.values().cloned().collect();
+        assert_eq!(
+            v,
+            vec![
+                mapping(0x1000, 0x2000, 0, "/a"),
+                mapping(0x2000, 0x3000, 0, "/b"),
+                mapping(0x3000, 0x5000, 0x2000, "/a"),
+            ]
+        );
+        assert_eq!(s.find(0x3fff).unwrap().path, Path::new("/a"));
+        assert!(s.find(0x5000).is_none());
+        assert!(s.find(0xfff).is_none());
+        // Covering several.
+        s.insert(mapping(0x1800, 0x4000, 0x10, "/c"));
+        let v: Vec<_> = s.maps.values().map(|m| (m.start, m.end)).collect();
+        assert_eq!(
+            v,
+            vec![(0x1000, 0x1800), (0x1800, 0x4000), (0x4000, 0x5000)]
+        );
+        assert_eq!(s.find(0x4000).unwrap().file_offset, 0x3000);
+    }
+
+    #[test]
+    fn bias_from_segments() {
+        let loads = [
+            LoadSegment {
+                vaddr: 0,
+                memsz: 0x600,
+                offset: 0,
+                filesz: 0x600,
+                executable: false,
+            },
+            LoadSegment {
+                vaddr: 0x1000,
+                memsz: 0x200,
+                offset: 0x1000,
+                filesz: 0x200,
+                executable: true,
+            },
+            LoadSegment {
+                vaddr: 0x3df0,
+                memsz: 0x300,
+                offset: 0x2df0,
+                filesz: 0x250,
+                executable: false,
+            },
+        ];
+        let mut m = mapping(0x5555_0000_1000, 0x5555_0000_2000, 0x1000, "/x");
+        m.executable = true;
+        assert_eq!(load_bias(&m, &loads), Some(0x5555_0000_0000));
+        // The data segment: file page 0x2000 is mapped at svma 0x3000.
+        let m = mapping(0x5555_0000_3000, 0x5555_0000_4000, 0x2000, "/x");
+        assert_eq!(load_bias(&m, &loads), Some(0x5555_0000_0000));
+        // A non-PIE executable: svma == avma.
+        let mut m = mapping(0x1000, 0x2000, 0x1000, "/x");
+        m.executable = true;
+        assert_eq!(load_bias(&m, &loads), Some(0));
+        // Not a loaded part of the file.
+        let m = mapping(0x9000, 0xa000, 0x8000, "/x");
+        assert_eq!(load_bias(&m, &loads), None);
+    }
+
+    #[test]
+    fn proc_seed_finds_own_code() {
+        let mut spaces = AddressSpaces::proc_only();
+        let f = proc_seed_finds_own_code as *const () as u64;
+        let m = spaces.find(std::process::id(), f).expect("own code mapped");
+        assert!(m.is_file() && m.executable, "{m:?}");
+        assert!(spaces.process_name(std::process::id()).is_some());
+    }
+
+    /// A child that runs briefly is still resolvable after it was reaped.
+    #[test]
+    fn short_lived_child_stays_resolvable() {
+        let mut spaces = AddressSpaces::new().unwrap();
+        if !spaces.is_tracking() {
+            eprintln!("perf events unavailable: skipping");
+            return;
+        }
+        let child = Command::new("/bin/sleep").arg("0.3").spawn().unwrap();
+        let pid = child.id();
+        let mut found = None;
+        for _ in 0..200 {
+            spaces.sync();
+            if let Some(space) = spaces.spaces.get(&pid) {
+                if let Some(m) = space
+                    .maps
+                    .values()
+                    .find(|m| m.executable && m.path.ends_with("sleep"))
+                {
+                    found = Some(m.clone());
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let m = found.expect("sleep's text mapping seen through perf records");
+        let mut child = child;
+        child.wait().unwrap();
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        spaces.sync();
+        assert!(spaces.has_exited(pid));
+        assert_eq!(spaces.find(pid, m.start + 16), Some(&m));
+        assert_eq!(spaces.process_name(pid).as_deref(), Some("sleep"));
+        // libc is mapped too.
+        assert!(spaces
+            .mappings(pid)
+            .any(|m| m.path.to_string_lossy().contains("libc.so")));
+        spaces.set_grace(Duration::ZERO);
+        spaces.purge();
+        assert!(spaces.find(pid, m.start + 16).is_none());
+    }
+}
