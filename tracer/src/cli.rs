@@ -1,0 +1,130 @@
+//! The command line: a thin layer over the library modules.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Host-wide lock-order tracer: finds lock-order inversions (potential
+/// deadlocks) in running programs, with the stacks of both sides, without
+/// rebuilding or restarting them.
+#[derive(Debug, Parser)]
+#[command(name = "locktrace", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start CMD with the probes already attached, trace it and every process
+    /// it forks, and stop when it exits. Exits with CMD's status (or with
+    /// --exit-code when anything was reported).
+    Run(RunArgs),
+    /// Trace the whole host, or the processes named by --pid/--comm and their
+    /// children, until Ctrl-C, SIGTERM or the end of --duration.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The command to run, after `--`.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Trace this process and its children (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Trace processes with this command name, running or started later
+    /// (repeatable; names are cut to the kernel's 15 characters).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Stop after this long (e.g. 30s, 500ms, 5m, 1h; a bare number is seconds).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Report format: human-readable text, or JSON Lines (one object per line).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write the report to FILE instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Exit with this status when anything was reported (for CI gating).
+    #[arg(long, value_name = "N")]
+    pub exit_code: Option<i32>,
+    /// The libc whose lock functions are probed (default: the host's libc.so.6).
+    #[arg(long, value_name = "PATH")]
+    pub libc: Option<PathBuf>,
+    /// Kernel BTF to require (default /sys/kernel/btf/vmlinux).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub kernel_btf: Option<PathBuf>,
+    /// Put every probe on its function's first instruction instead of the
+    /// first one the kernel emulates (slower; for comparisons).
+    #[arg(long, hide = true)]
+    pub probe_at_entry: bool,
+    /// More diagnostics on standard error (-v: probe placement and progress,
+    /// -vv: every event).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (examples: 30s, 500ms, 5m, 1h)"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("`{s}` has an unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("`{s}` is not a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("0").is_err());
+    }
+
+    #[test]
+    fn run_takes_the_command_after_the_separator() {
+        let cli = Cli::try_parse_from(["locktrace", "run", "--format", "json", "--", "prog", "-x", "--y"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!() };
+        assert_eq!(run.command, ["prog", "-x", "--y"]);
+        assert_eq!(run.common.format, Format::Json);
+        assert!(Cli::try_parse_from(["locktrace", "run", "--format", "xml", "--", "p"]).is_err());
+        assert!(Cli::try_parse_from(["locktrace", "run"]).is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! Decoding ring-buffer records into the collector's types.
+
+use anyhow::{bail, Result};
+use tracer_common::{DependencyEvent, HeldLock, LockKind, EVENT_DEPENDENCY, MAX_HELD, STACK_BYTES};
+
+/// A `DependencyEvent`, decoded: the lock `to` was requested while each lock
+/// of `from` was held, and none of those dependencies had been seen before.
+#[derive(Clone, Debug)]
+pub struct DependencyRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub thread: String,
+    pub timestamp_ns: u64,
+    pub to: HeldLock,
+    pub from: Vec<HeldLock>,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// User stack bytes from `sp` up.
+    pub stack: Vec<u8>,
+}
+
+pub enum Record {
+    Dependency(DependencyRecord),
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Record> {
+    let Some(kind) = bytes.get(..4).map(|b| u32::from_ne_bytes(b.try_into().unwrap())) else {
+        bail!("empty ring-buffer record");
+    };
+    match kind {
+        EVENT_DEPENDENCY => decode_dependency(bytes).map(Record::Dependency),
+        other => bail!("unknown ring-buffer record kind {other}"),
+    }
+}
+
+fn decode_dependency(bytes: &[u8]) -> Result<DependencyRecord> {
+    if bytes.len() < size_of::<DependencyEvent>() {
+        bail!("short dependency record: {} bytes", bytes.len());
+    }
+    // SAFETY: the size is checked and DependencyEvent is plain data; the ring
+    // buffer gives no alignment guarantee beyond 8, so read unaligned.
+    let ev: Box<DependencyEvent> = unsafe {
+        let mut b = Box::<DependencyEvent>::new_uninit();
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), b.as_mut_ptr().cast::<u8>(), size_of::<DependencyEvent>());
+        b.assume_init()
+    };
+    let n_from = (ev.n_from as usize).min(MAX_HELD);
+    let stack_len = (ev.stack_len as usize).min(STACK_BYTES);
+    Ok(DependencyRecord {
+        pid: ev.pid,
+        tid: ev.tid,
+        thread: comm_to_string(&ev.comm),
+        timestamp_ns: ev.timestamp_ns,
+        to: ev.to,
+        from: ev.from[..n_from].to_vec(),
+        ip: ev.ip,
+        sp: ev.sp,
+        bp: ev.bp,
+        stack: ev.stack[..stack_len].to_vec(),
+    })
+}
+
+pub fn lock_kind(raw: u32) -> LockKind {
+    LockKind::from_raw(raw).unwrap_or(LockKind::Mutex)
+}
+
+fn comm_to_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_dependency_event() {
+        // SAFETY: all-zero is a valid DependencyEvent.
+        let mut ev: Box<DependencyEvent> = unsafe { Box::new_zeroed().assume_init() };
+        ev.event = EVENT_DEPENDENCY;
+        ev.pid = 10;
+        ev.tid = 11;
+        ev.n_from = 2;
+        ev.comm[..4].copy_from_slice(b"work");
+        ev.to = HeldLock { addr: 0x3000, callsite: 0x400, kind: 1, flags: 0 };
+        ev.from[0].addr = 0x1000;
+        ev.from[1].addr = 0x2000;
+        ev.stack_len = 16;
+        ev.stack[..16].copy_from_slice(&[7; 16]);
+        // SAFETY: viewing plain data as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&*ev as *const DependencyEvent).cast::<u8>(), size_of::<DependencyEvent>())
+        };
+        let Record::Dependency(d) = decode(bytes).unwrap();
+        assert_eq!((d.pid, d.tid, d.thread.as_str()), (10, 11, "work"));
+        assert_eq!(d.from.iter().map(|h| h.addr).collect::<Vec<_>>(), vec![0x1000, 0x2000]);
+        assert_eq!(d.to.addr, 0x3000);
+        assert_eq!(d.stack, vec![7; 16]);
+        assert!(decode(&bytes[..100]).is_err());
+    }
+}

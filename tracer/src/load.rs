@@ -1,0 +1,220 @@
+//! Loading the embedded eBPF object and attaching its probes. Every link is
+//! owned by the `Ebpf` value: dropping `Probes` detaches everything (aya's
+//! uprobes are perf-event file descriptors, so the kernel also removes them if
+//! the tracer is killed).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeScope},
+        TracePoint, UProbe,
+    },
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{Counter, FILTER_ALL, FILTER_TRACED};
+use tracing::{debug, info};
+
+use iced_x86::Register;
+
+use crate::{placement, preflight};
+
+/// Where the uprobes go in each function.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProbePlacement {
+    /// On the first instruction the kernel emulates (see `placement`).
+    #[default]
+    Emulated,
+    /// On the first instruction, as other tools do (single-stepped, slow):
+    /// for comparisons.
+    Entry,
+}
+
+/// The eBPF object built by `cargo xtask build-ebpf` and embedded by build.rs
+/// (empty when the crate was built without it).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"));
+
+/// Which processes the kernel side traces.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Trace only these processes (and their descendants); all when empty and
+    /// `comms` is empty too.
+    pub pids: Vec<u32>,
+    /// Trace processes with these command names (from their next exec on, and
+    /// those already running).
+    pub comms: Vec<String>,
+}
+
+impl Filter {
+    fn is_host_wide(&self) -> bool {
+        self.pids.is_empty() && self.comms.is_empty()
+    }
+}
+
+/// One uprobe: (program name in the object, libc symbol).
+const UPROBES: &[(&str, &str)] = &[
+    ("mutex_lock", "pthread_mutex_lock"),
+    ("mutex_unlock", "pthread_mutex_unlock"),
+    ("mutex_trylock", "pthread_mutex_trylock"),
+    ("mutex_trylock_ret", "pthread_mutex_trylock"),
+];
+
+const TRACEPOINTS: &[(&str, &str)] = &[
+    ("process_fork", "sched_process_fork"),
+    ("process_exec", "sched_process_exec"),
+    ("process_exit", "sched_process_exit"),
+];
+
+pub struct Probes {
+    ebpf: Ebpf,
+    pub libc: PathBuf,
+}
+
+impl Probes {
+    /// Loads the programs and attaches every probe to `libc`. The filter is
+    /// installed before the first probe is attached.
+    pub fn attach(libc: &Path, filter: &Filter, policy: ProbePlacement) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!(
+                "this locktrace binary was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild"
+            );
+        }
+        let fork_child = preflight::tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?;
+        let group_dead = preflight::tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?;
+        let tgid = std::process::id();
+        let mode = if filter.is_host_wide() { FILTER_ALL } else { FILTER_TRACED };
+        let comm_filter = u32::from(!filter.comms.is_empty());
+        let ebpf = EbpfLoader::new()
+            .override_global("TRACER_TGID", &tgid, true)
+            .override_global("FILTER_MODE", &mode, true)
+            .override_global("COMM_FILTER", &comm_filter, true)
+            .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)
+            .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead, true)
+            .load(EBPF_OBJECT)
+            .context("cannot load the eBPF programs")?;
+        let mut probes = Probes { ebpf, libc: libc.to_path_buf() };
+        probes.install_filter(filter)?;
+        probes.attach_all(policy)?;
+        Ok(probes)
+    }
+
+    fn install_filter(&mut self, filter: &Filter) -> Result<()> {
+        let mut traced: HashMap<_, u32, u8> = HashMap::try_from(self.map_mut("TRACED")?)?;
+        for &pid in &filter.pids {
+            traced.insert(pid, 1, 0).context("cannot add a pid to the filter")?;
+        }
+        let mut comms: HashMap<_, [u8; 16], u8> = HashMap::try_from(self.map_mut("COMMS")?)?;
+        for comm in &filter.comms {
+            comms.insert(comm_key(comm), 1, 0).context("cannot add a command name to the filter")?;
+        }
+        Ok(())
+    }
+
+    /// Adds a process to the traced set (with `FILTER_TRACED`).
+    pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
+        let mut traced: HashMap<_, u32, u8> = HashMap::try_from(self.map_mut("TRACED")?)?;
+        traced.insert(pid, 1, 0).context("cannot add a pid to the filter")?;
+        Ok(())
+    }
+
+    fn attach_all(&mut self, policy: ProbePlacement) -> Result<()> {
+        let libc = self.libc.clone();
+        let elf = std::fs::read(&libc).with_context(|| format!("cannot read {}", libc.display()))?;
+        for &(program, symbol) in UPROBES {
+            let offset = match policy {
+                ProbePlacement::Entry => 0,
+                // Every program reads its lock argument (rdi) and the return
+                // address at [rsp].
+                ProbePlacement::Emulated => {
+                    let p = placement::place_symbol(&elf, symbol, &[Register::RDI])
+                        .with_context(|| format!("cannot place a probe on {symbol} in {}", libc.display()))?;
+                    debug!(
+                        program, symbol, offset = p.offset, instruction = %p.instruction,
+                        emulated = p.emulated, reason = %p.reason, "probe placement"
+                    );
+                    p.offset
+                }
+            };
+            let uprobe: &mut UProbe = self.program(program)?.try_into()?;
+            uprobe.load().with_context(|| format!("cannot load program {program}"))?;
+            uprobe
+                .attach(UProbeAttachLocation::SymbolOffset(symbol, offset), &libc, UProbeScope::AllProcesses)
+                .map_err(|e| attach_error(e, symbol, &libc))?;
+        }
+        for &(program, event) in TRACEPOINTS {
+            let tp: &mut TracePoint = self.program(program)?.try_into()?;
+            tp.load().with_context(|| format!("cannot load program {program}"))?;
+            tp.attach("sched", event)
+                .with_context(|| format!("cannot attach to tracepoint sched:{event}"))?;
+        }
+        info!(libc = %libc.display(), "probes attached");
+        Ok(())
+    }
+
+    fn program(&mut self, name: &str) -> Result<&mut aya::programs::Program> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+    }
+
+    /// The event ring buffer (can be taken once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("the eBPF object has no map EVENTS"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The kernel logger, when the object logs (aya-log).
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                debug!("no kernel-side logger: {e}");
+                None
+            }
+        }
+    }
+
+    /// The kernel counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or_else(|| anyhow!("the eBPF object has no map COUNTERS"))?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Counter::ALL
+            .iter()
+            .map(|&c| Ok((c, counters.get(&(c as u32), 0)?.iter().sum())))
+            .collect()
+    }
+}
+
+fn comm_key(comm: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    // The kernel keeps 15 bytes of the name and a NUL.
+    for (k, b) in key.iter_mut().zip(comm.bytes().take(15)) {
+        *k = b;
+    }
+    key
+}
+
+/// A clear error for a failed attach, naming the known conflicts.
+fn attach_error(e: aya::programs::ProgramError, symbol: &str, libc: &Path) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let hint = if text.contains("Invalid argument") || text.contains("EINVAL") {
+        " (another tool, e.g. bcc or bpftrace, may hold a uprobe on the same address with a different pid filter: stop it and retry)"
+    } else {
+        ""
+    };
+    anyhow!("cannot attach a uprobe to {symbol} in {}: {text}{hint}", libc.display())
+}

@@ -1,0 +1,192 @@
+//! The `locktrace` binary: parses the command line and drives one session.
+
+use std::{fs::File, io::Write, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use locktrace::{
+    cli::{Cli, Command, CommonArgs, Format, RunArgs, WatchArgs},
+    launch,
+    load::{Filter, ProbePlacement, Probes},
+    preflight,
+    report::{self, Reporter},
+    session::Session,
+    symbolize::Symbolizer,
+};
+use nix::sys::wait::waitpid;
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let common = match &cli.command {
+        Command::Run(a) => &a.common,
+        Command::Watch(a) => &a.common,
+    };
+    init_logging(common.verbose);
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Watch(args) => watch(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("locktrace: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info,locktrace=debug",
+        _ => "debug,locktrace=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKTRACE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Checks shared by every subcommand; returns the libc to probe.
+fn preflight(common: &CommonArgs) -> Result<PathBuf> {
+    preflight::check_privileges()?;
+    let btf = common
+        .kernel_btf
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(preflight::DEFAULT_KERNEL_BTF));
+    preflight::check_btf(&btf)?;
+    let libc = match &common.libc {
+        Some(path) => path.clone(),
+        None => preflight::find_libc()?,
+    };
+    preflight::check_libc(&libc)?;
+    preflight::ensure_tracefs()?;
+    Ok(libc)
+}
+
+fn reporter(common: &CommonArgs) -> Result<Reporter> {
+    let out: Box<dyn Write + Send> = match &common.output {
+        Some(path) => Box::new(
+            File::create(path).with_context(|| format!("cannot create the output file {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let format = match common.format {
+        Format::Text => report::Format::Text,
+        Format::Json => report::Format::Json,
+    };
+    Ok(Reporter::new(format, out))
+}
+
+fn placement(common: &CommonArgs) -> ProbePlacement {
+    if common.probe_at_entry {
+        ProbePlacement::Entry
+    } else {
+        ProbePlacement::Emulated
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(args: RunArgs) -> Result<i32> {
+    let libc = preflight(&args.common)?;
+    let reporter = reporter(&args.common)?;
+    // Fork before any thread exists; the child waits until the probes are live.
+    let child = launch::spawn_suspended(&args.command)?;
+    let pid = child.pid;
+    let setup = (|| {
+        let symbolizer = Symbolizer::new()?;
+        let filter = Filter { pids: vec![pid.as_raw() as u32], comms: vec![] };
+        let probes = Probes::attach(&libc, &filter, placement(&args.common))?;
+        Ok::<_, anyhow::Error>((symbolizer, probes))
+    })();
+    let (symbolizer, probes) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            child.abort();
+            return Err(e);
+        }
+    };
+    let mut session = Session::new(probes, symbolizer, reporter);
+    let rt = runtime()?;
+    let status = rt.block_on(async {
+        let pid = child.release()?;
+        let exited = tokio::task::spawn_blocking(move || waitpid(pid, None));
+        let mut status = None;
+        let stop = async {
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::pin!(exited);
+            let mut interrupts = 0;
+            loop {
+                tokio::select! {
+                    r = &mut exited => {
+                        status = r.ok().and_then(|r| r.ok());
+                        break;
+                    }
+                    // The command gets Ctrl-C from the terminal itself; a
+                    // second one stops tracing.
+                    _ = int.recv() => {
+                        interrupts += 1;
+                        if interrupts > 1 { break; }
+                    }
+                    _ = term.recv() => {
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                    }
+                }
+            }
+        };
+        session.run_until(stop).await?;
+        Ok::<_, anyhow::Error>(status)
+    })?;
+    let code = status.map_or(130, launch::exit_status);
+    Ok(exit_code(&session, args.common.exit_code, code))
+}
+
+fn watch(args: WatchArgs) -> Result<i32> {
+    for &pid in &args.pids {
+        preflight::check_pid(pid)?;
+    }
+    let libc = preflight(&args.common)?;
+    let reporter = reporter(&args.common)?;
+    let mut pids = args.pids.clone();
+    for comm in &args.comms {
+        pids.extend(preflight::pids_with_comm(comm));
+    }
+    let filter = Filter { pids, comms: args.comms.clone() };
+    let symbolizer = Symbolizer::new()?;
+    let probes = Probes::attach(&libc, &filter, placement(&args.common))?;
+    let mut session = Session::new(probes, symbolizer, reporter);
+    let rt = runtime()?;
+    let duration = args.duration;
+    rt.block_on(async {
+        let stop = async {
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            let sleep = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = sleep => {}
+            }
+        };
+        session.run_until(stop).await
+    })?;
+    Ok(exit_code(&session, args.common.exit_code, 0))
+}
+
+fn exit_code(session: &Session, on_findings: Option<i32>, otherwise: i32) -> i32 {
+    match on_findings {
+        Some(code) if session.findings > 0 => code,
+        _ => otherwise,
+    }
+}

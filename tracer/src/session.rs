@@ -1,0 +1,156 @@
+//! One tracing session: reads the ring buffer until told to stop, feeds each
+//! dependency to the lock-order graph, and reports every new cycle at once.
+
+use std::{future::Future, time::Instant};
+
+use anyhow::{anyhow, Context, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tracer_common::Counter;
+use tracing::{debug, trace, warn};
+
+use crate::{
+    graph::LockOrderGraph,
+    ingest::{self, DependencyRecord, Record},
+    load::Probes,
+    model::{Dependency, LockId},
+    report::{self, Reporter, Summary},
+    symbolize::Symbolizer,
+};
+
+pub struct Session {
+    pub probes: Probes,
+    symbolizer: Symbolizer,
+    graph: LockOrderGraph,
+    reporter: Reporter,
+    started: Instant,
+    records: u64,
+    undecodable: u64,
+    pub findings: u64,
+}
+
+impl Session {
+    pub fn new(probes: Probes, symbolizer: Symbolizer, reporter: Reporter) -> Self {
+        Session {
+            probes,
+            symbolizer,
+            graph: LockOrderGraph::new(),
+            reporter,
+            started: Instant::now(),
+            records: 0,
+            undecodable: 0,
+            findings: 0,
+        }
+    }
+
+    /// Traces until `stop` completes, then drains what is left and writes the
+    /// summary.
+    pub async fn run_until(&mut self, stop: impl Future<Output = ()>) -> Result<()> {
+        let ring = self.probes.take_events()?;
+        // SAFETY (both): the map owns its file descriptor for as long as the
+        // AsyncFd owns the map.
+        let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|_| anyhow!("cannot poll the ring buffer"))?;
+        let mut logger = match self.probes.take_logger() {
+            Some(l) => Some(unsafe { AsyncFd::register(l) }.map_err(|_| anyhow!("cannot poll the kernel log"))?),
+            None => None,
+        };
+        tokio::pin!(stop);
+        // A periodic drain as a safety net: the ring buffer wakes us up only
+        // when the kernel side asks for it.
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    self.drain(guard.get_inner_mut())?;
+                    guard.clear_ready();
+                }
+                Some(guard) = async {
+                    match logger.as_mut() {
+                        Some(l) => Some(l.readable_mut().await),
+                        None => None,
+                    }
+                } => {
+                    let mut guard = guard?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => self.drain(ring.get_mut())?,
+                _ = &mut stop => break,
+            }
+        }
+        self.drain(ring.get_mut())?;
+        if let Some(l) = logger.as_mut() {
+            l.get_mut().flush();
+        }
+        self.write_summary()
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+        let mut batch = Vec::new();
+        while let Some(item) = ring.next() {
+            self.records += 1;
+            match ingest::decode(&item) {
+                Ok(record) => batch.push(record),
+                Err(e) => {
+                    self.undecodable += 1;
+                    warn!("dropping a ring-buffer record: {e:#}");
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Mappings created before these events are now in the perf buffer.
+        self.symbolizer.sync();
+        for record in batch {
+            match record {
+                Record::Dependency(d) => self.on_dependency(d)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn on_dependency(&mut self, d: DependencyRecord) -> Result<()> {
+        let stack = self.symbolizer.unwind(d.pid, d.ip, d.sp, d.bp, &d.stack);
+        trace!(pid = d.pid, tid = d.tid, to = d.to.addr, n = d.from.len(), frames = stack.len(), "dependency");
+        for from in &d.from {
+            let dep = Dependency {
+                from: LockId { pid: d.pid, addr: from.addr },
+                to: LockId { pid: d.pid, addr: d.to.addr },
+                from_kind: ingest::lock_kind(from.kind),
+                to_kind: ingest::lock_kind(d.to.kind),
+                pid: d.pid,
+                tid: d.tid,
+                thread: d.thread.clone(),
+                timestamp_ns: d.timestamp_ns,
+                held_callsite: from.callsite,
+                stack: stack.clone(),
+            };
+            for cycle in self.graph.insert(dep) {
+                self.findings += 1;
+                debug!(locks = cycle.edges.len(), "lock-order cycle");
+                let finding = report::inversion(&cycle, &mut self.symbolizer, self.findings);
+                self.reporter.finding(&finding).context("cannot write the report")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_summary(&mut self) -> Result<()> {
+        let counters = self.probes.counters()?;
+        let get = |c: Counter| counters.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v);
+        let summary = Summary {
+            events: get(Counter::Acquire) + get(Counter::Release),
+            dependencies: self.graph.dependency_count() as u64,
+            locks: self.graph.lock_count() as u64,
+            cycles: self.graph.cycle_count() as u64,
+            lost_events: get(Counter::LostEvents) + self.undecodable,
+            truncated_cycle_searches: self.graph.truncated_searches(),
+            counters: counters.iter().map(|(c, v)| (c.name().to_string(), *v)).collect(),
+            duration_s: self.started.elapsed().as_secs_f64(),
+        };
+        self.reporter.summary(&summary).context("cannot write the report")?;
+        Ok(())
+    }
+}
