@@ -1,0 +1,68 @@
+//! Compiles the C fixtures in `fixtures/` with gcc, each in two variants:
+//! `NAME_fp` (`-fno-omit-frame-pointer`) and `NAME_nofp` (`-fomit-frame-pointer`),
+//! into OUT_DIR, and exports that directory as `FIXTURE_DIR`.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const VARIANTS: &[(&str, &str)] = &[
+    ("fp", "-fno-omit-frame-pointer"),
+    ("nofp", "-fomit-frame-pointer"),
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let fixtures = manifest_dir.join("fixtures");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("fixtures");
+    fs::create_dir_all(&out_dir).expect("create fixture output dir");
+
+    println!("cargo:rerun-if-changed=build.rs");
+    // The directory itself, so that adding a fixture reruns the build script.
+    println!("cargo:rerun-if-changed={}", fixtures.display());
+
+    let mut sources: Vec<PathBuf> = fs::read_dir(&fixtures)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", fixtures.display()))
+        .map(|entry| entry.expect("read fixtures dir").path())
+        .filter(|p| p.extension().is_some_and(|ext| ext == "c"))
+        .collect();
+    sources.sort();
+    assert!(!sources.is_empty(), "no fixtures in {}", fixtures.display());
+
+    for source in &sources {
+        println!("cargo:rerun-if-changed={}", source.display());
+        let stem = source
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .expect("UTF-8 fixture name");
+        for (suffix, fp_flag) in VARIANTS {
+            compile(source, &out_dir.join(format!("{stem}_{suffix}")), fp_flag);
+        }
+    }
+
+    println!("cargo:rustc-env=FIXTURE_DIR={}", out_dir.display());
+}
+
+fn compile(source: &Path, output: &Path, fp_flag: &str) {
+    let mut cmd = Command::new("gcc");
+    cmd.args(["-g", "-O0", "-pthread", "-Wall", "-Wextra", fp_flag, "-o"])
+        .arg(output)
+        .arg(source);
+    let result = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run gcc (needed to build the test fixtures): {e}"));
+    if !result.status.success() {
+        panic!(
+            "{cmd:?} failed with {}:\n{}{}",
+            result.status,
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+    // Warnings are not fatal, but make them visible.
+    for line in String::from_utf8_lossy(&result.stderr).lines() {
+        println!("cargo:warning={line}");
+    }
+}
