@@ -1,0 +1,108 @@
+//! `cargo xtask`: builds the eBPF object, runs locktrace, runs the tests.
+//!
+//! Every command first makes sure its prerequisites are there (see
+//! [`prereqs`]); on Debian, as root, missing ones are installed.
+
+mod cmd;
+mod ebpf;
+mod prereqs;
+mod run;
+mod test;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "locktrace build and test helper")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the eBPF object (tracer-ebpf) for bpfel-unknown-none.
+    BuildEbpf {
+        /// Accepted for symmetry: the eBPF object is always built with the
+        /// release profile (BPF debug builds are not useful).
+        #[arg(long)]
+        release: bool,
+        /// Build this crate instead of <workspace>/tracer-ebpf (for testing
+        /// xtask itself).
+        #[arg(long, hide = true)]
+        crate_dir: Option<PathBuf>,
+    },
+    /// Build everything, then run locktrace with ARGS
+    /// (e.g. `cargo xtask run -- run -- ./some-program`).
+    Run {
+        /// Build and run the release build of locktrace.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for locktrace.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build everything, then run `cargo test --workspace` (needs root).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks (not yet implemented).
+    Bench {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(err) = real_main() {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    match Cli::parse().command {
+        Command::BuildEbpf {
+            release: _,
+            crate_dir,
+        } => {
+            let toolchain = prereqs::ensure(prereqs::Scope::Build)?;
+            let crate_dir = crate_dir.unwrap_or_else(|| workspace_root().join("tracer-ebpf"));
+            let object = ebpf::build(&toolchain, &crate_dir)?;
+            step(format!("eBPF object: {}", object.display()));
+            Ok(())
+        }
+        Command::Run { release, args } => run::run(release, &args),
+        Command::Test { args } => test::test(&args),
+        Command::Bench { .. } => {
+            anyhow::bail!("`cargo xtask bench` is not yet implemented")
+        }
+    }
+}
+
+/// The workspace root (the parent of the xtask crate).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}
+
+/// The host workspace's target directory (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// Prints one progress line. xtask writes to stderr so that locktrace's own
+/// stdout (JSON Lines) stays clean under `cargo xtask run`.
+pub fn step(msg: impl std::fmt::Display) {
+    eprintln!("xtask: {msg}");
+}

@@ -1,0 +1,287 @@
+//! Finding (and on Debian, as root, installing) what the builds and tests
+//! need. All apt package names live here.
+//!
+//! `XTASK_TOOLCHAIN=debian|nightly` restricts the eBPF toolchain search to one
+//! kind (for testing xtask itself).
+
+use std::{env, path::Path, process::Command};
+
+use anyhow::{bail, Result};
+
+use crate::{cmd, step};
+
+/// Debian's current Rust (1.96 in bookworm-security): compiler, cargo and the
+/// library source that `-Z build-std=core` compiles for the BPF target.
+pub const APT_RUST: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
+/// What `cargo install bpf-linker --features llvm-22` needs: LLVM 22's
+/// `libLLVM.so` (bpf-linker links it dynamically, so zlib/zstd headers are not
+/// needed) and a C toolchain to link.
+pub const APT_BPF_LINKER: &[&str] = &["llvm-22-dev"];
+/// The C compiler: linker for every Rust build and compiler of the test
+/// fixtures.
+pub const APT_CC: &[&str] = &["gcc"];
+/// The tests' helper scripts.
+pub const APT_TEST: &[&str] = &["python3"];
+
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// The oldest rustc the eBPF side builds with (aya-ebpf 0.2's build
+/// dependencies).
+const MIN_RUSTC_MINOR: u32 = 87;
+
+const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Building the eBPF object and the collector.
+    Build,
+    /// Also running the end-to-end tests.
+    Test,
+}
+
+/// A toolchain that can build `core` for bpfel-unknown-none.
+pub enum Toolchain {
+    /// `rustc-web`, `cargo-web`, `rust-web-src`: /usr/bin/{rustc,cargo}.
+    Debian { version: String },
+    /// rustup's nightly with the `rust-src` component.
+    RustupNightly { version: String },
+}
+
+impl Toolchain {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Debian { version } => format!("Debian's rustc-web {version}"),
+            Self::RustupNightly { version } => format!("rustup's nightly ({version})"),
+        }
+    }
+
+    /// `cargo` of this toolchain, with xtask's toolchain environment cleared.
+    pub fn cargo(&self) -> Command {
+        match self {
+            Self::Debian { .. } => {
+                let mut c = cmd::foreign_toolchain_command("/usr/bin/cargo");
+                c.env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1");
+                c
+            }
+            Self::RustupNightly { .. } => {
+                let mut c = cmd::foreign_toolchain_command("rustup");
+                c.args(["run", "nightly", "cargo"]);
+                c
+            }
+        }
+    }
+}
+
+/// Finds the eBPF toolchain and the tools for `scope`, installing what is
+/// missing when possible; otherwise says what to install and fails.
+pub fn ensure(scope: Scope) -> Result<Toolchain> {
+    let toolchain = find_toolchain();
+    let bpf_linker_ok = bpf_linker_ok();
+    let mut apt: Vec<(&[&str], &str)> = Vec::new();
+    if toolchain.is_none() {
+        apt.push((
+            APT_RUST,
+            "the eBPF object needs a Rust compiler with its library source (-Z build-std=core)",
+        ));
+    }
+    if cmd::which("cc").is_none() || (scope == Scope::Test && cmd::which("gcc").is_none()) {
+        apt.push((
+            APT_CC,
+            "a C compiler links Rust programs and builds the test fixtures",
+        ));
+    }
+    if scope == Scope::Test && cmd::which("python3").is_none() {
+        apt.push((APT_TEST, "the end-to-end tests use it"));
+    }
+    if !bpf_linker_ok && !Path::new(LLVM_PREFIX).join("lib/libLLVM.so").exists() {
+        apt.push((
+            APT_BPF_LINKER,
+            "bpf-linker (the BPF linker) is built against LLVM 22",
+        ));
+    }
+
+    if (!apt.is_empty() || !bpf_linker_ok) && !can_install() {
+        explain_and_fail(toolchain.is_none(), &apt, bpf_linker_ok)?;
+    }
+    if !apt.is_empty() {
+        apt_install(&apt)?;
+    }
+    if !bpf_linker_ok {
+        install_bpf_linker()?;
+    }
+    match toolchain.or_else(find_toolchain) {
+        Some(t) => Ok(t),
+        None => bail!(
+            "installed {} but still found no usable eBPF toolchain",
+            APT_RUST.join(" ")
+        ),
+    }
+}
+
+fn find_toolchain() -> Option<Toolchain> {
+    let only = env::var("XTASK_TOOLCHAIN").unwrap_or_default();
+    if only != "nightly" {
+        if let Some(t) = find_debian() {
+            return Some(t);
+        }
+    }
+    if only != "debian" {
+        return find_nightly();
+    }
+    None
+}
+
+fn find_debian() -> Option<Toolchain> {
+    let src = Path::new(DEBIAN_RUST_SRC);
+    if !Path::new("/usr/bin/cargo").exists() || !src.join("library").is_dir() {
+        return None;
+    }
+    // "rustc 1.96.0 (ac68faa20 2026-05-25) (built from a source tarball)"
+    let out = cmd::output(Command::new("/usr/bin/rustc").arg("-V"))?;
+    let full = out.split_whitespace().nth(1)?.to_owned();
+    let mut parts = full.split('.');
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    if major != 1 || minor < MIN_RUSTC_MINOR {
+        return None;
+    }
+    // Never pair the compiler with another version's library source.
+    if let Ok(src_version) = std::fs::read_to_string(src.join("src/version")) {
+        if src_version.trim() != full {
+            return None;
+        }
+    }
+    Some(Toolchain::Debian {
+        version: format!("{major}.{minor}"),
+    })
+}
+
+fn find_nightly() -> Option<Toolchain> {
+    let mut list = cmd::foreign_toolchain_command("rustup");
+    list.args(["component", "list", "--toolchain", "nightly", "--installed"]);
+    let installed = cmd::output(&mut list)?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        return None;
+    }
+    let mut rustc = cmd::foreign_toolchain_command("rustup");
+    rustc.args(["run", "nightly", "rustc", "-V"]);
+    let version = cmd::output(&mut rustc)?;
+    let version = version
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(Toolchain::RustupNightly { version })
+}
+
+/// bpf-linker 0.13.x is the first one on `PATH` (with ~/.cargo/bin first,
+/// as the eBPF build sees it).
+fn bpf_linker_ok() -> bool {
+    let Some(path) = cmd::which("bpf-linker") else {
+        return false;
+    };
+    let want = BPF_LINKER_VERSION
+        .rsplit_once('.')
+        .map_or("", |(minor, _)| minor);
+    cmd::output(Command::new(path).arg("--version")).is_some_and(|v| {
+        v.split_whitespace()
+            .nth(1)
+            .is_some_and(|v| v.starts_with(&format!("{want}.")))
+    })
+}
+
+fn is_debian() -> bool {
+    Path::new("/etc/debian_version").exists()
+}
+
+fn can_install() -> bool {
+    is_debian() && cmd::is_root()
+}
+
+fn apt_install(groups: &[(&[&str], &str)]) -> Result<()> {
+    for (pkgs, why) in groups {
+        step(format!("installing {} with apt-get: {why}", pkgs.join(" ")));
+    }
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    let mut install = Command::new("apt-get");
+    install
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q"])
+        .args(groups.iter().flat_map(|(pkgs, _)| pkgs.iter()));
+    cmd::run(&mut install)
+}
+
+fn bpf_linker_install_args() -> Vec<String> {
+    [
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--force",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]
+    .map(String::from)
+    .into()
+}
+
+fn install_bpf_linker() -> Result<()> {
+    step(format!(
+        "installing bpf-linker {BPF_LINKER_VERSION} into {} with `cargo install` \
+         (the BPF target's linker, built against LLVM 22)",
+        cmd::cargo_bin_dir().display()
+    ));
+    // The stable rustup cargo if there is one, else whatever cargo is on PATH.
+    let mut c = if cmd::which("rustup").is_some() {
+        let mut c = cmd::foreign_toolchain_command("rustup");
+        c.args(["run", "stable", "cargo"]);
+        c
+    } else {
+        cmd::foreign_toolchain_command("cargo")
+    };
+    c.env("LLVM_PREFIX", LLVM_PREFIX)
+        .args(bpf_linker_install_args());
+    cmd::run(&mut c)?;
+    if !bpf_linker_ok() {
+        bail!(
+            "installed bpf-linker, but `bpf-linker --version` does not report {BPF_LINKER_VERSION}"
+        );
+    }
+    Ok(())
+}
+
+/// Says exactly what to run, then fails.
+fn explain_and_fail(
+    no_toolchain: bool,
+    apt: &[(&[&str], &str)],
+    bpf_linker_ok: bool,
+) -> Result<()> {
+    let sudo = if cmd::is_root() { "" } else { "sudo " };
+    eprintln!("xtask: missing prerequisites; install them, then run this again:");
+    if no_toolchain {
+        eprintln!("  # a Rust toolchain that can build `core` for BPF, either of:");
+        eprintln!("  {sudo}apt-get install {}", APT_RUST.join(" "));
+        eprintln!("  rustup toolchain install nightly --component rust-src");
+    }
+    let others: Vec<&str> = apt
+        .iter()
+        .filter(|(pkgs, _)| *pkgs != APT_RUST)
+        .flat_map(|(pkgs, _)| pkgs.iter().copied())
+        .collect();
+    if !others.is_empty() {
+        if is_debian() {
+            eprintln!("  {sudo}apt-get install {}", others.join(" "));
+        } else {
+            eprintln!("  # with your package manager: {}", others.join(" "));
+        }
+    }
+    if !bpf_linker_ok {
+        eprintln!(
+            "  LLVM_PREFIX={LLVM_PREFIX} cargo {}",
+            bpf_linker_install_args().join(" ")
+        );
+    }
+    bail!("missing prerequisites")
+}

@@ -1,0 +1,43 @@
+//! `cargo xtask test`: build everything, then `cargo test --workspace`
+//! against the built `locktrace`.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use crate::{cmd, prereqs, run, step, workspace_root};
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+pub fn test(args: &[String]) -> Result<()> {
+    if !cmd::is_root() {
+        bail!("the end-to-end tests load BPF programs: run as root");
+    }
+    let toolchain = prereqs::ensure(prereqs::Scope::Test)?;
+    mount_tracefs()?;
+    let bin = run::build_all(&toolchain, false)?;
+
+    step("running cargo test --workspace");
+    let mut cargo = run::host_cargo();
+    cargo
+        .current_dir(workspace_root())
+        .args(["test", "--workspace"])
+        .args(args)
+        .env("LOCKTRACE_BIN", &bin);
+    let status = cmd::status(&mut cargo)?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn mount_tracefs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mounted = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next(), f.next(), f.next());
+        dir == Some(TRACEFS) && fstype == Some("tracefs")
+    });
+    if mounted || Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    step(format!("mounting tracefs at {TRACEFS} (the tests use it)"));
+    cmd::run(std::process::Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))
+}
