@@ -201,13 +201,7 @@ fn acquire(ctx: &ProbeContext, to: HeldLock, blocking: bool) -> u32 {
 /// The loops index by a counter, never by a bitmask of new entries: the
 /// verifier follows every value of such a mask separately (2^16 paths).
 #[inline(always)]
-fn emit_new_dependencies(
-    ctx: &ProbeContext,
-    held: &HeldStack,
-    tgid: u32,
-    tid: u32,
-    to: &HeldLock,
-) {
+fn emit_new_dependencies(ctx: &ProbeContext, held: &HeldStack, tgid: u32, tid: u32, to: &HeldLock) {
     let Some(new_from) = NEW_FROM.get_ptr_mut(0) else {
         return;
     };
@@ -432,8 +426,7 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: offset read from this kernel's tracepoint format.
-    let Ok(child) = (unsafe { ctx.read_at::<u32>(global(&FORK_CHILD_PID_OFFSET) as usize) })
-    else {
+    let Ok(child) = (unsafe { ctx.read_at::<u32>(global(&FORK_CHILD_PID_OFFSET) as usize) }) else {
         return 0;
     };
     if global(&FILTER_MODE) != FILTER_ALL {
@@ -445,7 +438,10 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
         // SAFETY: map value.
         let held = unsafe { &*held };
         if held.depth > 0 && INHERIT.insert(&child, held, 0).is_err() {
-            warn!(&ctx, "locktrace: cannot record locks held across fork by {}", tid);
+            warn!(
+                &ctx,
+                "locktrace: cannot record locks held across fork by {}", tid
+            );
         }
     }
     0

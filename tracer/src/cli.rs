@@ -30,7 +30,12 @@ pub struct RunArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// The command to run, after `--`.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 
@@ -85,7 +90,9 @@ pub enum Format {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let value: f64 = number
         .parse()
@@ -95,7 +102,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("`{s}` has an unknown unit `{unit}` (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown unit `{unit}` (use ms, s, m or h)"
+            ))
+        }
     };
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(format!("`{s}` is not a positive duration"));
@@ -120,8 +131,20 @@ mod tests {
 
     #[test]
     fn run_takes_the_command_after_the_separator() {
-        let cli = Cli::try_parse_from(["locktrace", "run", "--format", "json", "--", "prog", "-x", "--y"]).unwrap();
-        let Command::Run(run) = cli.command else { panic!() };
+        let cli = Cli::try_parse_from([
+            "locktrace",
+            "run",
+            "--format",
+            "json",
+            "--",
+            "prog",
+            "-x",
+            "--y",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
         assert_eq!(run.command, ["prog", "-x", "--y"]);
         assert_eq!(run.common.format, Format::Json);
         assert!(Cli::try_parse_from(["locktrace", "run", "--format", "xml", "--", "p"]).is_err());

@@ -25,7 +25,10 @@ pub enum Record {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record> {
-    let Some(kind) = bytes.get(..4).map(|b| u32::from_ne_bytes(b.try_into().unwrap())) else {
+    let Some(kind) = bytes
+        .get(..4)
+        .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))
+    else {
         bail!("empty ring-buffer record");
     };
     match kind {
@@ -42,7 +45,11 @@ fn decode_dependency(bytes: &[u8]) -> Result<DependencyRecord> {
     // buffer gives no alignment guarantee beyond 8, so read unaligned.
     let ev: Box<DependencyEvent> = unsafe {
         let mut b = Box::<DependencyEvent>::new_uninit();
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), b.as_mut_ptr().cast::<u8>(), size_of::<DependencyEvent>());
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            b.as_mut_ptr().cast::<u8>(),
+            size_of::<DependencyEvent>(),
+        );
         b.assume_init()
     };
     let n_from = (ev.n_from as usize).min(MAX_HELD);
@@ -83,18 +90,29 @@ mod tests {
         ev.tid = 11;
         ev.n_from = 2;
         ev.comm[..4].copy_from_slice(b"work");
-        ev.to = HeldLock { addr: 0x3000, callsite: 0x400, kind: 1, flags: 0 };
+        ev.to = HeldLock {
+            addr: 0x3000,
+            callsite: 0x400,
+            kind: 1,
+            flags: 0,
+        };
         ev.from[0].addr = 0x1000;
         ev.from[1].addr = 0x2000;
         ev.stack_len = 16;
         ev.stack[..16].copy_from_slice(&[7; 16]);
         // SAFETY: viewing plain data as bytes.
         let bytes = unsafe {
-            std::slice::from_raw_parts((&*ev as *const DependencyEvent).cast::<u8>(), size_of::<DependencyEvent>())
+            std::slice::from_raw_parts(
+                (&*ev as *const DependencyEvent).cast::<u8>(),
+                size_of::<DependencyEvent>(),
+            )
         };
         let Record::Dependency(d) = decode(bytes).unwrap();
         assert_eq!((d.pid, d.tid, d.thread.as_str()), (10, 11, "work"));
-        assert_eq!(d.from.iter().map(|h| h.addr).collect::<Vec<_>>(), vec![0x1000, 0x2000]);
+        assert_eq!(
+            d.from.iter().map(|h| h.addr).collect::<Vec<_>>(),
+            vec![0x1000, 0x2000]
+        );
         assert_eq!(d.to.addr, 0x3000);
         assert_eq!(d.stack, vec![7; 16]);
         assert!(decode(&bytes[..100]).is_err());

@@ -81,10 +81,16 @@ impl Probes {
                 "this locktrace binary was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild"
             );
         }
-        let fork_child = preflight::tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?;
-        let group_dead = preflight::tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?;
+        let fork_child =
+            preflight::tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?;
+        let group_dead =
+            preflight::tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?;
         let tgid = std::process::id();
-        let mode = if filter.is_host_wide() { FILTER_ALL } else { FILTER_TRACED };
+        let mode = if filter.is_host_wide() {
+            FILTER_ALL
+        } else {
+            FILTER_TRACED
+        };
         let comm_filter = u32::from(!filter.comms.is_empty());
         let ebpf = EbpfLoader::new()
             .override_global("TRACER_TGID", &tgid, true)
@@ -94,7 +100,10 @@ impl Probes {
             .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead, true)
             .load(EBPF_OBJECT)
             .context("cannot load the eBPF programs")?;
-        let mut probes = Probes { ebpf, libc: libc.to_path_buf() };
+        let mut probes = Probes {
+            ebpf,
+            libc: libc.to_path_buf(),
+        };
         probes.install_filter(filter)?;
         probes.attach_all(policy)?;
         Ok(probes)
@@ -103,11 +112,15 @@ impl Probes {
     fn install_filter(&mut self, filter: &Filter) -> Result<()> {
         let mut traced: HashMap<_, u32, u8> = HashMap::try_from(self.map_mut("TRACED")?)?;
         for &pid in &filter.pids {
-            traced.insert(pid, 1, 0).context("cannot add a pid to the filter")?;
+            traced
+                .insert(pid, 1, 0)
+                .context("cannot add a pid to the filter")?;
         }
         let mut comms: HashMap<_, [u8; 16], u8> = HashMap::try_from(self.map_mut("COMMS")?)?;
         for comm in &filter.comms {
-            comms.insert(comm_key(comm), 1, 0).context("cannot add a command name to the filter")?;
+            comms
+                .insert(comm_key(comm), 1, 0)
+                .context("cannot add a command name to the filter")?;
         }
         Ok(())
     }
@@ -115,21 +128,25 @@ impl Probes {
     /// Adds a process to the traced set (with `FILTER_TRACED`).
     pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
         let mut traced: HashMap<_, u32, u8> = HashMap::try_from(self.map_mut("TRACED")?)?;
-        traced.insert(pid, 1, 0).context("cannot add a pid to the filter")?;
+        traced
+            .insert(pid, 1, 0)
+            .context("cannot add a pid to the filter")?;
         Ok(())
     }
 
     fn attach_all(&mut self, policy: ProbePlacement) -> Result<()> {
         let libc = self.libc.clone();
-        let elf = std::fs::read(&libc).with_context(|| format!("cannot read {}", libc.display()))?;
+        let elf =
+            std::fs::read(&libc).with_context(|| format!("cannot read {}", libc.display()))?;
         for &(program, symbol) in UPROBES {
             let offset = match policy {
                 ProbePlacement::Entry => 0,
                 // Every program reads its lock argument (rdi) and the return
                 // address at [rsp].
                 ProbePlacement::Emulated => {
-                    let p = placement::place_symbol(&elf, symbol, &[Register::RDI])
-                        .with_context(|| format!("cannot place a probe on {symbol} in {}", libc.display()))?;
+                    let p = placement::place_symbol(&elf, symbol, &[Register::RDI]).with_context(
+                        || format!("cannot place a probe on {symbol} in {}", libc.display()),
+                    )?;
                     debug!(
                         program, symbol, offset = p.offset, instruction = %p.instruction,
                         emulated = p.emulated, reason = %p.reason, "probe placement"
@@ -138,14 +155,21 @@ impl Probes {
                 }
             };
             let uprobe: &mut UProbe = self.program(program)?.try_into()?;
-            uprobe.load().with_context(|| format!("cannot load program {program}"))?;
             uprobe
-                .attach(UProbeAttachLocation::SymbolOffset(symbol, offset), &libc, UProbeScope::AllProcesses)
+                .load()
+                .with_context(|| format!("cannot load program {program}"))?;
+            uprobe
+                .attach(
+                    UProbeAttachLocation::SymbolOffset(symbol, offset),
+                    &libc,
+                    UProbeScope::AllProcesses,
+                )
                 .map_err(|e| attach_error(e, symbol, &libc))?;
         }
         for &(program, event) in TRACEPOINTS {
             let tp: &mut TracePoint = self.program(program)?.try_into()?;
-            tp.load().with_context(|| format!("cannot load program {program}"))?;
+            tp.load()
+                .with_context(|| format!("cannot load program {program}"))?;
             tp.attach("sched", event)
                 .with_context(|| format!("cannot attach to tracepoint sched:{event}"))?;
         }
@@ -216,5 +240,8 @@ fn attach_error(e: aya::programs::ProgramError, symbol: &str, libc: &Path) -> an
     } else {
         ""
     };
-    anyhow!("cannot attach a uprobe to {symbol} in {}: {text}{hint}", libc.display())
+    anyhow!(
+        "cannot attach a uprobe to {symbol} in {}: {text}{hint}",
+        libc.display()
+    )
 }

@@ -71,7 +71,8 @@ fn preflight(common: &CommonArgs) -> Result<PathBuf> {
 fn reporter(common: &CommonArgs) -> Result<Reporter> {
     let out: Box<dyn Write + Send> = match &common.output {
         Some(path) => Box::new(
-            File::create(path).with_context(|| format!("cannot create the output file {}", path.display()))?,
+            File::create(path)
+                .with_context(|| format!("cannot create the output file {}", path.display()))?,
         ),
         None => Box::new(std::io::stdout()),
     };
@@ -105,7 +106,10 @@ fn run(args: RunArgs) -> Result<i32> {
     let pid = child.pid;
     let setup = (|| {
         let symbolizer = Symbolizer::new()?;
-        let filter = Filter { pids: vec![pid.as_raw() as u32], comms: vec![] };
+        let filter = Filter {
+            pids: vec![pid.as_raw() as u32],
+            comms: vec![],
+        };
         let probes = Probes::attach(&libc, &filter, placement(&args.common))?;
         Ok::<_, anyhow::Error>((symbolizer, probes))
     })();
@@ -162,7 +166,10 @@ fn watch(args: WatchArgs) -> Result<i32> {
     for comm in &args.comms {
         pids.extend(preflight::pids_with_comm(comm));
     }
-    let filter = Filter { pids, comms: args.comms.clone() };
+    let filter = Filter {
+        pids,
+        comms: args.comms.clone(),
+    };
     let symbolizer = Symbolizer::new()?;
     let probes = Probes::attach(&libc, &filter, placement(&args.common))?;
     let mut session = Session::new(probes, symbolizer, reporter);

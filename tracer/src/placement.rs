@@ -19,8 +19,8 @@
 //! land inside the straight-line prologue before the first branch.
 
 use iced_x86::{
-    Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
-    Register,
+    Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic,
+    OpAccess, Register,
 };
 
 /// How far into a function a probe may move.
@@ -42,10 +42,14 @@ pub struct Placement {
 /// `address`. `reads` are the registers the probe program reads (besides
 /// `rsp`, which is always kept).
 pub fn place(code: &[u8], address: u64, reads: &[Register]) -> Placement {
-    let instructions: Vec<Instruction> =
-        Decoder::with_ip(64, code, address, DecoderOptions::NONE).into_iter().collect();
+    let instructions: Vec<Instruction> = Decoder::with_ip(64, code, address, DecoderOptions::NONE)
+        .into_iter()
+        .collect();
     let Some(first) = instructions.first() else {
-        return fallback(String::new(), "the function's code could not be decoded".into());
+        return fallback(
+            String::new(),
+            "the function's code could not be decoded".into(),
+        );
     };
     let end = address + code.len() as u64;
     let mut info = InstructionInfoFactory::new();
@@ -70,13 +74,25 @@ pub fn place(code: &[u8], address: u64, reads: &[Register]) -> Placement {
             };
         }
         if insn.flow_control() != FlowControl::Next {
-            return fallback(text(first), format!("`{}` transfers control before any emulated instruction", text(insn)));
+            return fallback(
+                text(first),
+                format!(
+                    "`{}` transfers control before any emulated instruction",
+                    text(insn)
+                ),
+            );
         }
         if let Some(why) = clobbers(&mut info, insn, reads) {
-            return fallback(text(first), format!("`{}` {why} before any emulated instruction", text(insn)));
+            return fallback(
+                text(first),
+                format!("`{}` {why} before any emulated instruction", text(insn)),
+            );
         }
     }
-    fallback(text(first), "no emulated instruction in the prologue".into())
+    fallback(
+        text(first),
+        "no emulated instruction in the prologue".into(),
+    )
 }
 
 /// Places a probe on `symbol` of the ELF file `elf` (its bytes).
@@ -99,7 +115,12 @@ pub fn place_symbol(elf: &[u8], symbol: &str, reads: &[Register]) -> anyhow::Res
 }
 
 fn fallback(instruction: String, reason: String) -> Placement {
-    Placement { offset: 0, instruction, emulated: false, reason }
+    Placement {
+        offset: 0,
+        instruction,
+        emulated: false,
+        reason,
+    }
 }
 
 /// The kernel's emulated forms, with no prefix it would reject: relative
@@ -108,19 +129,30 @@ fn is_emulated(insn: &Instruction, code: &[u8], address: u64) -> bool {
     let start = (insn.ip() - address) as usize;
     let bytes = &code[start..start + insn.len()];
     match insn.code() {
-        Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Call_rel32_64 => matches!(bytes[0], 0xe8 | 0xe9 | 0xeb),
+        Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Call_rel32_64 => {
+            matches!(bytes[0], 0xe8 | 0xe9 | 0xeb)
+        }
         _ if insn.is_jcc_short_or_near() => matches!(bytes[0], 0x70..=0x7f | 0x0f),
-        Code::Nopd | Code::Nopq | Code::Nopw => bytes[0] == 0x90 || (bytes[0] == 0x0f && bytes[1] == 0x1f),
+        Code::Nopd | Code::Nopq | Code::Nopw => {
+            bytes[0] == 0x90 || (bytes[0] == 0x0f && bytes[1] == 0x1f)
+        }
         Code::Push_r64 => matches!(bytes[0], 0x50..=0x57) || (bytes[0] == 0x41 && bytes.len() == 2),
         _ => insn.mnemonic() == Mnemonic::Nop && bytes[0] == 0x0f && bytes.get(1) == Some(&0x1f),
     }
 }
 
 /// What `insn` changes that the probe needs, if anything.
-fn clobbers(info: &mut InstructionInfoFactory, insn: &Instruction, reads: &[Register]) -> Option<&'static str> {
+fn clobbers(
+    info: &mut InstructionInfoFactory,
+    insn: &Instruction,
+    reads: &[Register],
+) -> Option<&'static str> {
     let info = info.info(insn);
     let writes = |access: OpAccess| {
-        matches!(access, OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite)
+        matches!(
+            access,
+            OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite
+        )
     };
     for used in info.used_registers() {
         if !writes(used.access()) {
@@ -147,8 +179,13 @@ fn clobbers(info: &mut InstructionInfoFactory, insn: &Instruction, reads: &[Regi
 /// A direct branch in the function whose target is in (start, start+offset].
 fn branch_into(instructions: &[Instruction], start: u64, end: u64, offset: u64) -> Option<u64> {
     instructions.iter().find_map(|insn| {
-        let direct = matches!(insn.flow_control(), FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call);
-        if !direct || !insn.is_call_near() && !insn.is_jmp_short_or_near() && !insn.is_jcc_short_or_near() {
+        let direct = matches!(
+            insn.flow_control(),
+            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call
+        );
+        if !direct
+            || !insn.is_call_near() && !insn.is_jmp_short_or_near() && !insn.is_jcc_short_or_near()
+        {
             return None;
         }
         let target = insn.near_branch_target();
@@ -168,10 +205,16 @@ mod tests {
     use super::*;
 
     fn recorded(name: &str) -> Vec<u8> {
-        let path = format!("{}/testdata/glibc-2.36-debian12-{name}.hex", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/testdata/glibc-2.36-debian12-{name}.hex",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let text = std::fs::read_to_string(path).unwrap();
         let hex: String = text.lines().filter(|l| !l.starts_with('#')).collect();
-        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
@@ -184,7 +227,11 @@ mod tests {
 
     #[test]
     fn mutex_trylock_stays_at_its_push() {
-        let p = place(&recorded("pthread_mutex_trylock"), 0x8d220, &[Register::RDI]);
+        let p = place(
+            &recorded("pthread_mutex_trylock"),
+            0x8d220,
+            &[Register::RDI],
+        );
         assert_eq!((p.offset, p.emulated), (0, true), "{p:?}");
         assert!(p.instruction.starts_with("push"), "{p:?}");
     }
@@ -195,7 +242,11 @@ mod tests {
         let p = place(&recorded("pthread_mutex_unlock"), 0x8dd50, &[Register::RDI]);
         assert_eq!((p.offset, p.emulated), (5, true), "{p:?}");
         // ... but not when the program reads rsi.
-        let p = place(&recorded("pthread_mutex_unlock"), 0x8dd50, &[Register::RDI, Register::RSI]);
+        let p = place(
+            &recorded("pthread_mutex_unlock"),
+            0x8dd50,
+            &[Register::RDI, Register::RSI],
+        );
         assert_eq!((p.offset, p.emulated), (0, false), "{p:?}");
     }
 

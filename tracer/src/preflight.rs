@@ -15,7 +15,8 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Root, or CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN).
 pub fn check_privileges() -> Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
     let eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -25,7 +26,9 @@ pub fn check_privileges() -> Result<()> {
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
     }
-    bail!("locktrace needs root (or CAP_BPF and CAP_PERFMON) to load BPF programs: run it with sudo")
+    bail!(
+        "locktrace needs root (or CAP_BPF and CAP_PERFMON) to load BPF programs: run it with sudo"
+    )
 }
 
 pub fn check_btf(path: &Path) -> Result<()> {
@@ -61,10 +64,17 @@ pub fn ensure_tracefs() -> Result<()> {
 pub fn tracepoint_field_offset(category: &str, event: &str, field: &str) -> Result<u32> {
     let path = [TRACEFS, "/sys/kernel/debug/tracing"]
         .iter()
-        .map(|root| Path::new(root).join("events").join(category).join(event).join("format"))
+        .map(|root| {
+            Path::new(root)
+                .join("events")
+                .join(category)
+                .join(event)
+                .join("format")
+        })
         .find(|p| p.exists())
         .ok_or_else(|| anyhow!("the kernel has no tracepoint {category}:{event}"))?;
-    let format = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let format = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     parse_field_offset(&format, field)
         .ok_or_else(|| anyhow!("tracepoint {category}:{event} has no field {field}"))
 }
@@ -98,7 +108,8 @@ pub fn find_libc() -> Result<PathBuf> {
 
 /// A libc given by the user must exist and export the lock functions.
 pub fn check_libc(path: &Path) -> Result<()> {
-    let data = std::fs::read(path).with_context(|| format!("libc not found at {}", path.display()))?;
+    let data =
+        std::fs::read(path).with_context(|| format!("libc not found at {}", path.display()))?;
     let file = object::File::parse(&*data)
         .map_err(|e| anyhow!("{} is not an ELF file: {e}", path.display()))?;
     use object::{Object, ObjectSymbol};

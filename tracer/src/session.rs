@@ -49,9 +49,13 @@ impl Session {
         let ring = self.probes.take_events()?;
         // SAFETY (both): the map owns its file descriptor for as long as the
         // AsyncFd owns the map.
-        let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|_| anyhow!("cannot poll the ring buffer"))?;
+        let mut ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|_| anyhow!("cannot poll the ring buffer"))?;
         let mut logger = match self.probes.take_logger() {
-            Some(l) => Some(unsafe { AsyncFd::register(l) }.map_err(|_| anyhow!("cannot poll the kernel log"))?),
+            Some(l) => Some(
+                unsafe { AsyncFd::register(l) }
+                    .map_err(|_| anyhow!("cannot poll the kernel log"))?,
+            ),
             None => None,
         };
         tokio::pin!(stop);
@@ -113,11 +117,24 @@ impl Session {
 
     fn on_dependency(&mut self, d: DependencyRecord) -> Result<()> {
         let stack = self.symbolizer.unwind(d.pid, d.ip, d.sp, d.bp, &d.stack);
-        trace!(pid = d.pid, tid = d.tid, to = d.to.addr, n = d.from.len(), frames = stack.len(), "dependency");
+        trace!(
+            pid = d.pid,
+            tid = d.tid,
+            to = d.to.addr,
+            n = d.from.len(),
+            frames = stack.len(),
+            "dependency"
+        );
         for from in &d.from {
             let dep = Dependency {
-                from: LockId { pid: d.pid, addr: from.addr },
-                to: LockId { pid: d.pid, addr: d.to.addr },
+                from: LockId {
+                    pid: d.pid,
+                    addr: from.addr,
+                },
+                to: LockId {
+                    pid: d.pid,
+                    addr: d.to.addr,
+                },
                 from_kind: ingest::lock_kind(from.kind),
                 to_kind: ingest::lock_kind(d.to.kind),
                 pid: d.pid,
@@ -131,7 +148,9 @@ impl Session {
                 self.findings += 1;
                 debug!(locks = cycle.edges.len(), "lock-order cycle");
                 let finding = report::inversion(&cycle, &mut self.symbolizer, self.findings);
-                self.reporter.finding(&finding).context("cannot write the report")?;
+                self.reporter
+                    .finding(&finding)
+                    .context("cannot write the report")?;
             }
         }
         Ok(())
@@ -139,7 +158,12 @@ impl Session {
 
     fn write_summary(&mut self) -> Result<()> {
         let counters = self.probes.counters()?;
-        let get = |c: Counter| counters.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v);
+        let get = |c: Counter| {
+            counters
+                .iter()
+                .find(|(k, _)| *k == c)
+                .map_or(0, |(_, v)| *v)
+        };
         let summary = Summary {
             events: get(Counter::Acquire) + get(Counter::Release),
             dependencies: self.graph.dependency_count() as u64,
@@ -147,10 +171,15 @@ impl Session {
             cycles: self.graph.cycle_count() as u64,
             lost_events: get(Counter::LostEvents) + self.undecodable,
             truncated_cycle_searches: self.graph.truncated_searches(),
-            counters: counters.iter().map(|(c, v)| (c.name().to_string(), *v)).collect(),
+            counters: counters
+                .iter()
+                .map(|(c, v)| (c.name().to_string(), *v))
+                .collect(),
             duration_s: self.started.elapsed().as_secs_f64(),
         };
-        self.reporter.summary(&summary).context("cannot write the report")?;
+        self.reporter
+            .summary(&summary)
+            .context("cannot write the report")?;
         Ok(())
     }
 }
