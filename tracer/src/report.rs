@@ -162,7 +162,8 @@ pub fn inversion(cycle: &Cycle, resolve: &mut dyn Resolve, id: u64) -> Finding {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(tag = "type", rename = "summary")]
 pub struct Summary {
-    /// Dependency events received.
+    /// Lock operations the probes saw in traced processes (acquisitions and
+    /// releases), whether or not they made a new dependency.
     pub events: u64,
     /// Distinct dependencies in the lock-order graph.
     pub dependencies: u64,
