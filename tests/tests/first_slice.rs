@@ -558,3 +558,47 @@ fn text_report() {
         describe()
     );
 }
+
+/// The kernel counters of one `count_calls N` run.
+fn counted_calls(extra: &[&str], n: u64) -> (u64, u64) {
+    let run = run_json(
+        extra,
+        &[
+            fixture("count_calls", Variant::NoFp).into_os_string(),
+            n.to_string().into(),
+        ],
+    );
+    assert_exit(&run.run, 0);
+    let counter = |name: &str| {
+        run.report.summary.counters[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name}\n{}", run.describe()))
+    };
+    assert_eq!(counter("lost_events"), 0, "{}", run.describe());
+    (counter("acquisitions"), counter("releases"))
+}
+
+/// Probes placed inside the functions (at the first emulated instruction)
+/// fire exactly once per call: the counts grow by exactly the calls the
+/// fixture adds (libc's own start-up locking is the same in both runs), and
+/// match those of probes on the first instruction.
+#[test]
+fn placed_probes_fire_once_per_call() {
+    require_root();
+    for extra in [&[][..], &["--probe-at-entry"][..]] {
+        let (acquired_100, released_100) = counted_calls(extra, 100);
+        let (acquired_1100, released_1100) = counted_calls(extra, 1100);
+        // 1000 more lock/unlock pairs and 1000 more successful trylocks; the
+        // 1000 more failing trylocks take nothing.
+        assert_eq!(
+            acquired_1100 - acquired_100,
+            2000,
+            "acquisitions with {extra:?}: {acquired_100} for N=100, {acquired_1100} for N=1100"
+        );
+        assert_eq!(
+            released_1100 - released_100,
+            2000,
+            "releases with {extra:?}: {released_100} for N=100, {released_1100} for N=1100"
+        );
+    }
+}
