@@ -417,6 +417,18 @@ pub fn mutex_trylock_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// The cost floor for `cargo xtask bench`: attached where the real programs
+/// go, it measures the price of the probe hit alone.
+#[uprobe]
+pub fn floor_entry(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[uretprobe]
+pub fn floor_return(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
 #[tracepoint]
 pub fn process_fork(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();

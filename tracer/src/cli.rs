@@ -76,6 +76,10 @@ pub struct CommonArgs {
     /// first one the kernel emulates (slower; for comparisons).
     #[arg(long, hide = true)]
     pub probe_at_entry: bool,
+    /// Attach empty programs at the same places instead of the real ones:
+    /// the cost floor of a probe hit, for `cargo xtask bench`.
+    #[arg(long, hide = true)]
+    pub floor_probes: bool,
     /// More diagnostics on standard error (-v: probe placement and progress,
     /// -vv: every event).
     #[arg(short, long, action = clap::ArgAction::Count)]

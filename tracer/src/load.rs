@@ -32,6 +32,17 @@ pub enum ProbePlacement {
     Entry,
 }
 
+/// Which programs go on the uprobes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProbePrograms {
+    /// locktrace's programs.
+    #[default]
+    Tracer,
+    /// Empty programs at the same places: the cost floor of a probe hit
+    /// (`cargo xtask bench`).
+    Floor,
+}
+
 /// The eBPF object built by `cargo xtask build-ebpf` and embedded by build.rs
 /// (empty when the crate was built without it).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"));
@@ -53,12 +64,12 @@ impl Filter {
     }
 }
 
-/// One uprobe: (program name in the object, libc symbol).
-const UPROBES: &[(&str, &str)] = &[
-    ("mutex_lock", "pthread_mutex_lock"),
-    ("mutex_unlock", "pthread_mutex_unlock"),
-    ("mutex_trylock", "pthread_mutex_trylock"),
-    ("mutex_trylock_ret", "pthread_mutex_trylock"),
+/// One uprobe: (program name in the object, libc symbol, is a return probe).
+const UPROBES: &[(&str, &str, bool)] = &[
+    ("mutex_lock", "pthread_mutex_lock", false),
+    ("mutex_unlock", "pthread_mutex_unlock", false),
+    ("mutex_trylock", "pthread_mutex_trylock", false),
+    ("mutex_trylock_ret", "pthread_mutex_trylock", true),
 ];
 
 const TRACEPOINTS: &[(&str, &str)] = &[
@@ -75,7 +86,12 @@ pub struct Probes {
 impl Probes {
     /// Loads the programs and attaches every probe to `libc`. The filter is
     /// installed before the first probe is attached.
-    pub fn attach(libc: &Path, filter: &Filter, policy: ProbePlacement) -> Result<Self> {
+    pub fn attach(
+        libc: &Path,
+        filter: &Filter,
+        policy: ProbePlacement,
+        programs: ProbePrograms,
+    ) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this locktrace binary was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild"
@@ -105,7 +121,7 @@ impl Probes {
             libc: libc.to_path_buf(),
         };
         probes.install_filter(filter)?;
-        probes.attach_all(policy)?;
+        probes.attach_all(policy, programs)?;
         Ok(probes)
     }
 
@@ -134,11 +150,17 @@ impl Probes {
         Ok(())
     }
 
-    fn attach_all(&mut self, policy: ProbePlacement) -> Result<()> {
+    fn attach_all(&mut self, policy: ProbePlacement, programs: ProbePrograms) -> Result<()> {
         let libc = self.libc.clone();
         let elf =
             std::fs::read(&libc).with_context(|| format!("cannot read {}", libc.display()))?;
-        for &(program, symbol) in UPROBES {
+        let mut loaded = std::collections::HashSet::new();
+        for &(program, symbol, is_return) in UPROBES {
+            let program = match (programs, is_return) {
+                (ProbePrograms::Tracer, _) => program,
+                (ProbePrograms::Floor, false) => "floor_entry",
+                (ProbePrograms::Floor, true) => "floor_return",
+            };
             let offset = match policy {
                 ProbePlacement::Entry => 0,
                 // Every program reads its lock argument (rdi) and the return
@@ -155,9 +177,11 @@ impl Probes {
                 }
             };
             let uprobe: &mut UProbe = self.program(program)?.try_into()?;
-            uprobe
-                .load()
-                .with_context(|| format!("cannot load program {program}"))?;
+            if loaded.insert(program) {
+                uprobe
+                    .load()
+                    .with_context(|| format!("cannot load program {program}"))?;
+            }
             uprobe
                 .attach(
                     UProbeAttachLocation::SymbolOffset(symbol, offset),

@@ -7,7 +7,7 @@ use clap::Parser;
 use locktrace::{
     cli::{Cli, Command, CommonArgs, Format, RunArgs, WatchArgs},
     launch,
-    load::{Filter, ProbePlacement, Probes},
+    load::{Filter, ProbePlacement, ProbePrograms, Probes},
     preflight,
     report::{self, Reporter},
     session::Session,
@@ -91,6 +91,14 @@ fn placement(common: &CommonArgs) -> ProbePlacement {
     }
 }
 
+fn programs(common: &CommonArgs) -> ProbePrograms {
+    if common.floor_probes {
+        ProbePrograms::Floor
+    } else {
+        ProbePrograms::Tracer
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -110,7 +118,12 @@ fn run(args: RunArgs) -> Result<i32> {
             pids: vec![pid.as_raw() as u32],
             comms: vec![],
         };
-        let probes = Probes::attach(&libc, &filter, placement(&args.common))?;
+        let probes = Probes::attach(
+            &libc,
+            &filter,
+            placement(&args.common),
+            programs(&args.common),
+        )?;
         Ok::<_, anyhow::Error>((symbolizer, probes))
     })();
     let (symbolizer, probes) = match setup {
@@ -171,7 +184,12 @@ fn watch(args: WatchArgs) -> Result<i32> {
         comms: args.comms.clone(),
     };
     let symbolizer = Symbolizer::new()?;
-    let probes = Probes::attach(&libc, &filter, placement(&args.common))?;
+    let probes = Probes::attach(
+        &libc,
+        &filter,
+        placement(&args.common),
+        programs(&args.common),
+    )?;
     let mut session = Session::new(probes, symbolizer, reporter);
     let rt = runtime()?;
     let duration = args.duration;

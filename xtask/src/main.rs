@@ -3,6 +3,7 @@
 //! Every command first makes sure its prerequisites are there (see
 //! [`prereqs`]); on Debian, as root, missing ones are installed.
 
+mod bench;
 mod cmd;
 mod ebpf;
 mod prereqs;
@@ -50,10 +51,19 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (not yet implemented).
+    /// Measure the cost of tracing side by side (probe cost per lock
+    /// operation: untraced, empty-probe floor, locktrace, probes at offset 0;
+    /// collector throughput) and print a Markdown table (needs root).
     Bench {
-        #[arg(last = true)]
-        args: Vec<String>,
+        /// Interleaved rounds per workload (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// One short round: a smoke run, not a measurement.
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -78,8 +88,25 @@ fn real_main() -> Result<()> {
         }
         Command::Run { release, args } => run::run(release, &args),
         Command::Test { args } => test::test(&args),
-        Command::Bench { .. } => {
-            anyhow::bail!("`cargo xtask bench` is not yet implemented")
+        Command::Bench {
+            rounds,
+            seconds,
+            quick,
+        } => {
+            let opts = if quick {
+                bench::Options {
+                    rounds: 1,
+                    seconds: 0.3,
+                    quick,
+                }
+            } else {
+                bench::Options {
+                    rounds,
+                    seconds,
+                    quick,
+                }
+            };
+            bench::bench(&opts)
         }
     }
 }
