@@ -83,8 +83,12 @@ mod tests {
 
     #[test]
     fn decodes_a_dependency_event() {
-        // SAFETY: all-zero is a valid DependencyEvent.
-        let mut ev: Box<DependencyEvent> = unsafe { Box::new_zeroed().assume_init() };
+        // SAFETY: all-zero is a valid DependencyEvent, and the layout is its
+        // own (Box::new_zeroed needs Rust 1.92; the MSRV is 1.87).
+        let mut ev: Box<DependencyEvent> = unsafe {
+            let layout = std::alloc::Layout::new::<DependencyEvent>();
+            Box::from_raw(std::alloc::alloc_zeroed(layout).cast())
+        };
         ev.event = EVENT_DEPENDENCY;
         ev.pid = 10;
         ev.tid = 11;
