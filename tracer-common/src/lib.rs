@@ -25,21 +25,53 @@ pub const COMM_LEN: usize = 16;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LockKind {
+    /// A pthread mutex (normal, error-checking or adaptive).
     Mutex = 1,
+    /// A recursive pthread mutex (known once it was re-locked by its holder).
+    RecursiveMutex = 2,
+    /// A pthread rwlock held or requested for reading.
+    RwlockRead = 3,
+    /// A pthread rwlock held or requested for writing.
+    RwlockWrite = 4,
+    /// A pthread spinlock.
+    Spinlock = 5,
 }
 
 impl LockKind {
     pub fn from_raw(raw: u32) -> Option<Self> {
         match raw {
             1 => Some(Self::Mutex),
+            2 => Some(Self::RecursiveMutex),
+            3 => Some(Self::RwlockRead),
+            4 => Some(Self::RwlockWrite),
+            5 => Some(Self::Spinlock),
             _ => None,
         }
     }
+
+    /// Whether holding the lock in this mode excludes other holders in
+    /// `other` mode (readers never exclude readers).
+    pub fn conflicts_with(self, other: LockKind) -> bool {
+        !(self == LockKind::RwlockRead && other == LockKind::RwlockRead)
+    }
 }
+
+/// The `__kind` field of glibc's `pthread_mutex_t` (x86_64: offset 16), whose
+/// low bits are the mutex type.
+pub const MUTEX_KIND_OFFSET: u64 = 16;
+pub const MUTEX_KIND_MASK: u32 = 3;
+pub const MUTEX_KIND_RECURSIVE: u32 = 1;
+pub const MUTEX_KIND_ERRORCHECK: u32 = 2;
 
 /// The lock was taken with a try operation: it is held, but its acquisition
 /// could not block, so it adds no dependency of its own (lockdep's rule).
 pub const HELD_FLAG_TRY: u32 = 1;
+/// The lock was requested with a timed operation (it may fail with a
+/// timeout; like a try operation, its acquisition adds no dependency).
+pub const HELD_FLAG_TIMED: u32 = 2;
+/// A held recursive mutex counts its extra acquisitions in the high half of
+/// `HeldLock::flags`.
+pub const HELD_RECURSION_SHIFT: u32 = 16;
 
 /// A lock a thread holds, with where it was taken.
 #[repr(C)]
@@ -71,13 +103,18 @@ pub struct HeldStack {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DependencyKey {
     pub pid: u32,
-    pub _pad: u32,
+    /// `from` kind | `to` kind << 8 | event << 16: a read->read dependency
+    /// does not hide a later read->write one of the same pair.
+    pub kinds: u32,
     pub from: u64,
     pub to: u64,
 }
 
 /// Ring-buffer event kinds (first `u32` of every event).
 pub const EVENT_DEPENDENCY: u32 = 1;
+/// A `DependencyEvent` with `from[0] == to`: a thread requested, with a
+/// blocking or timed operation, a non-recursive lock it already holds.
+pub const EVENT_SELF_DEADLOCK: u32 = 2;
 
 /// Emitted when a thread requests `to` while holding locks it has not been
 /// seen to nest `to` under before: one event carries every such new
@@ -95,6 +132,10 @@ pub struct DependencyEvent {
     pub comm: [u8; COMM_LEN],
     /// The lock requested, and where.
     pub to: HeldLock,
+    /// When non-zero, the lock function's address at entry: the event was
+    /// made at its return (a re-acquisition after a condition wait), and
+    /// `ip` is the return address in the caller.
+    pub entry_ip: u64,
     /// Registers at the probe, for unwinding the copied stack.
     pub ip: u64,
     pub sp: u64,

@@ -9,6 +9,7 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::pt_regs,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
@@ -20,7 +21,9 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use tracer_common::{
     Counter, DependencyEvent, DependencyKey, HeldLock, HeldStack, LockKind, COMM_LEN,
-    EVENT_DEPENDENCY, FILTER_ALL, HELD_FLAG_TRY, MAX_HELD, NUM_COUNTERS, STACK_BYTES, STACK_CHUNK,
+    EVENT_DEPENDENCY, EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED, HELD_FLAG_TRY,
+    HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
+    MUTEX_KIND_RECURSIVE, NUM_COUNTERS, STACK_BYTES, STACK_CHUNK,
 };
 
 // Set by the collector at load time (EbpfLoader::set_global).
@@ -48,9 +51,20 @@ static HELD: HashMap<u32, HeldStack> = HashMap::with_max_entries(65536, BPF_F_NO
 /// pid): the child inherits the parent's memory, so it holds those locks.
 #[map]
 static INHERIT: HashMap<u32, HeldStack> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
-/// Try operations between entry and return (by tid).
+/// Try and timed operations between entry and return (by tid).
 #[map]
 static PENDING_TRY: HashMap<u32, HeldLock> = HashMap::with_max_entries(16384, 0);
+/// Condition waits in progress (by tid): the mutex, re-acquired at return.
+#[map]
+static COND_WAITS: HashMap<u32, CondWait> = HashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CondWait {
+    lock: HeldLock,
+    /// Where the wait function was entered (for the report's first frame).
+    entry_ip: u64,
+}
 /// Dependencies already sent to the collector (LRU: an evicted entry is only
 /// sent again).
 #[map]
@@ -68,7 +82,16 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 
 /// Scratch space for the `from` locks of new dependencies (see
 /// `emit_new_dependencies`).
 #[map]
-static NEW_FROM: PerCpuArray<[HeldLock; MAX_HELD]> = PerCpuArray::with_max_entries(1, 0);
+static NEW_FROM: PerCpuArray<NewFrom> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct NewFrom {
+    /// Entries used. Kept in map memory, which the verifier does not track:
+    /// a counter in a register would be followed value by value, and with the
+    /// other branches of the loop that exceeds its instruction budget.
+    n: u64,
+    locks: [HeldLock; MAX_HELD],
+}
 /// A zeroed held stack to create new `HELD` entries from (too large for the
 /// 512-byte BPF stack).
 #[map]
@@ -177,9 +200,10 @@ fn push(held: &mut HeldStack, lock: HeldLock) {
 }
 
 /// A blocking acquisition of `to`: emit the dependencies `held -> to` that are
-/// new for this process, then record `to` as held.
+/// new for this process, then record `to` as held. `entry_ip` is non-zero
+/// when called at the return of a condition wait (see `DependencyEvent`).
 #[inline(always)]
-fn acquire(ctx: &ProbeContext, to: HeldLock, blocking: bool) -> u32 {
+fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
     let Some((tgid, tid)) = current_traced() else {
         return 0;
     };
@@ -187,11 +211,83 @@ fn acquire(ctx: &ProbeContext, to: HeldLock, blocking: bool) -> u32 {
     let Some(held) = held_stack(tgid, tid) else {
         return 0;
     };
-    if blocking && held.depth > 0 {
-        emit_new_dependencies(ctx, held, tgid, tid, &to);
+    if let Some(i) = find_held(held, to.addr) {
+        if relock(regs, held, i, tgid, tid, &to) {
+            return 0;
+        }
+    }
+    if held.depth > 0 {
+        emit_new_dependencies(regs, held, tgid, tid, &to, entry_ip);
     }
     push(held, to);
     0
+}
+
+/// The topmost entry of `held` for `addr`.
+#[inline(always)]
+fn find_held(held: &HeldStack, addr: u64) -> Option<usize> {
+    let depth = (held.depth as usize).min(MAX_HELD);
+    for k in 0..MAX_HELD {
+        if k >= depth {
+            break;
+        }
+        let i = depth - 1 - k;
+        if let Some(h) = held.locks.get(i) {
+            if h.addr == addr {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+/// glibc's type of the mutex at `addr`: normal, recursive, error-checking.
+#[inline(always)]
+fn mutex_type(addr: u64) -> u32 {
+    // SAFETY: reading user memory through the helper, which handles faults.
+    let kind = unsafe { bpf_probe_read_user((addr + MUTEX_KIND_OFFSET) as *const u32) };
+    kind.unwrap_or(0) & MUTEX_KIND_MASK
+}
+
+/// The holder requests a lock it already holds (entry `i` of `held`).
+/// Returns true when that changes nothing more (a recursive re-lock is
+/// counted, a self-deadlock reported, an error-checking mutex refuses);
+/// false when the request is an ordinary acquisition (a reader re-reading).
+#[inline(always)]
+fn relock(
+    regs: &pt_regs,
+    held: &mut HeldStack,
+    i: usize,
+    tgid: u32,
+    tid: u32,
+    to: &HeldLock,
+) -> bool {
+    let Some(entry) = held.locks.get_mut(i) else {
+        return true;
+    };
+    let kind = entry.kind;
+    if kind == LockKind::RwlockRead as u32 && to.kind == LockKind::RwlockRead as u32 {
+        return false;
+    }
+    if kind == LockKind::RwlockRead as u32 || kind == LockKind::RwlockWrite as u32 {
+        // glibc refuses (EDEADLK) a writer re-locking, and a reader upgrading.
+        return true;
+    }
+    if kind == LockKind::Mutex as u32 || kind == LockKind::RecursiveMutex as u32 {
+        match mutex_type(to.addr) {
+            MUTEX_KIND_RECURSIVE => {
+                entry.kind = LockKind::RecursiveMutex as u32;
+                entry.flags += 1 << HELD_RECURSION_SHIFT;
+                return true;
+            }
+            MUTEX_KIND_ERRORCHECK => return true,
+            _ => {}
+        }
+    }
+    // A normal mutex or a spinlock: the thread waits for itself.
+    let entry = *entry;
+    emit_self_deadlock(regs, tgid, tid, &entry, to);
+    true
 }
 
 /// The dependencies `held -> to` not yet sent for this process: their
@@ -201,14 +297,23 @@ fn acquire(ctx: &ProbeContext, to: HeldLock, blocking: bool) -> u32 {
 /// The loops index by a counter, never by a bitmask of new entries: the
 /// verifier follows every value of such a mask separately (2^16 paths).
 #[inline(always)]
-fn emit_new_dependencies(ctx: &ProbeContext, held: &HeldStack, tgid: u32, tid: u32, to: &HeldLock) {
-    let Some(new_from) = NEW_FROM.get_ptr_mut(0) else {
+fn emit_new_dependencies(
+    regs: &pt_regs,
+    held: &HeldStack,
+    tgid: u32,
+    tid: u32,
+    to: &HeldLock,
+    entry_ip: u64,
+) {
+    let Some(scratch) = NEW_FROM.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU scratch value; programs do not nest on one CPU.
-    let new_from = unsafe { &mut *new_from };
+    let scratch = unsafe { &mut *scratch };
+    let n_ptr: *mut u64 = &mut scratch.n;
+    // SAFETY (all volatile accesses): a valid, aligned map value field.
+    unsafe { core::ptr::write_volatile(n_ptr, 0) };
     let depth = held.depth as usize;
-    let mut n = 0usize;
     for i in 0..MAX_HELD {
         if i >= depth {
             break;
@@ -217,7 +322,7 @@ fn emit_new_dependencies(ctx: &ProbeContext, held: &HeldStack, tgid: u32, tid: u
         if from.addr == to.addr {
             continue;
         }
-        let key = dependency_key(tgid, from.addr, to.addr);
+        let key = dependency_key(tgid, from, to, EVENT_DEPENDENCY);
         // SAFETY: presence check only.
         if unsafe { DEPENDENCIES.get(&key) }.is_some() {
             continue;
@@ -225,56 +330,114 @@ fn emit_new_dependencies(ctx: &ProbeContext, held: &HeldStack, tgid: u32, tid: u
         if DEPENDENCIES.insert(&key, &0, 0).is_err() {
             count(Counter::DependencyCacheFull);
         }
-        if let Some(slot) = new_from.get_mut(n) {
+        let n = unsafe { core::ptr::read_volatile(n_ptr) } as usize;
+        if let Some(slot) = scratch.locks.get_mut(n) {
             copy_lock(slot, from);
-            n += 1;
+            unsafe { core::ptr::write_volatile(n_ptr, n as u64 + 1) };
         }
     }
+    let n = unsafe { core::ptr::read_volatile(n_ptr) } as usize;
     if n == 0 {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<DependencyEvent>(0) else {
-        count(Counter::LostEvents);
+    if !submit(
+        regs,
+        tgid,
+        tid,
+        to,
+        entry_ip,
+        EVENT_DEPENDENCY,
+        &scratch.locks,
+        n,
+    ) {
         // Forget them so that the next occurrence is sent again.
         for i in 0..MAX_HELD {
             if i >= n {
                 break;
             }
-            let _ = DEPENDENCIES.remove(&dependency_key(tgid, new_from[i].addr, to.addr));
+            let key = dependency_key(tgid, &scratch.locks[i], to, EVENT_DEPENDENCY);
+            let _ = DEPENDENCIES.remove(&key);
         }
+    }
+}
+
+/// Reports, once per lock and mode, a thread requesting a lock it holds.
+#[inline(always)]
+fn emit_self_deadlock(regs: &pt_regs, tgid: u32, tid: u32, held: &HeldLock, to: &HeldLock) {
+    let key = dependency_key(tgid, held, to, EVENT_SELF_DEADLOCK);
+    // SAFETY: presence check only.
+    if unsafe { DEPENDENCIES.get(&key) }.is_some() {
         return;
+    }
+    let Some(scratch) = NEW_FROM.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch value; programs do not nest on one CPU.
+    let scratch = unsafe { &mut *scratch };
+    copy_lock(&mut scratch.locks[0], held);
+    if submit(
+        regs,
+        tgid,
+        tid,
+        to,
+        0,
+        EVENT_SELF_DEADLOCK,
+        &scratch.locks,
+        1,
+    ) {
+        let _ = DEPENDENCIES.insert(&key, &0, 0);
+    }
+}
+
+/// Writes one event to the ring buffer; false (and counted) if it is full.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn submit(
+    regs: &pt_regs,
+    tgid: u32,
+    tid: u32,
+    to: &HeldLock,
+    entry_ip: u64,
+    event: u32,
+    from: &[HeldLock; MAX_HELD],
+    n: usize,
+) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<DependencyEvent>(0) else {
+        count(Counter::LostEvents);
+        return false;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points to a reserved, exclusively owned ring-buffer slot.
     unsafe {
-        let regs = &*ctx.regs;
-        (*ev).event = EVENT_DEPENDENCY;
+        (*ev).event = event;
         (*ev).pid = tgid;
         (*ev).tid = tid;
         (*ev).timestamp_ns = bpf_ktime_get_ns();
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
         copy_lock(&mut (*ev).to, to);
+        (*ev).entry_ip = entry_ip;
         (*ev).ip = regs.rip;
         (*ev).sp = regs.rsp;
         (*ev).bp = regs.rbp;
         // All slots (a fixed loop); only the first n_from are meaningful.
         for i in 0..MAX_HELD {
-            copy_lock(&mut (*ev).from[i], &new_from[i]);
+            copy_lock(&mut (*ev).from[i], &from[i]);
         }
         (*ev).n_from = n as u32;
         (*ev).stack_len = copy_stack(&mut (*ev).stack, regs.rsp);
     }
     entry.submit(0);
     count(Counter::DependencyEvents);
+    true
 }
 
 #[inline(always)]
-fn dependency_key(pid: u32, from: u64, to: u64) -> DependencyKey {
+fn dependency_key(pid: u32, from: &HeldLock, to: &HeldLock, event: u32) -> DependencyKey {
     DependencyKey {
         pid,
-        _pad: 0,
-        from,
-        to,
+        kinds: (from.kind & 0xff) | (to.kind & 0xff) << 8 | event << 16,
+        from: from.addr,
+        to: to.addr,
     }
 }
 
@@ -308,38 +471,30 @@ fn copy_stack(buf: &mut [u8; STACK_BYTES], sp: u64) -> u32 {
     }
 }
 
-/// Removes `lock` from the thread's held stack (the topmost entry for it:
-/// locks need not be released in LIFO order).
+/// Releases `lock`: the topmost entry for it (locks need not be released in
+/// LIFO order), or one recursion level of a recursive mutex. Returns the
+/// removed entry.
 #[inline(always)]
-fn release(lock: u64) -> u32 {
-    let Some((_, tid)) = current_traced() else {
-        return 0;
-    };
+fn release(lock: u64) -> Option<HeldLock> {
+    let (_, tid) = current_traced()?;
     count(Counter::Release);
     let Some(held) = HELD.get_ptr_mut(&tid) else {
         count(Counter::UnmatchedRelease);
-        return 0;
+        return None;
     };
     // SAFETY: map value; only this thread writes its own entry.
     let held = unsafe { &mut *held };
-    let depth = (held.depth as usize).min(MAX_HELD);
-    let mut found = MAX_HELD;
-    for k in 0..MAX_HELD {
-        if k >= depth {
-            break;
-        }
-        let i = depth - 1 - k;
-        if let Some(h) = held.locks.get(i) {
-            if h.addr == lock {
-                found = i;
-                break;
-            }
-        }
-    }
-    if found >= depth {
+    let Some(found) = find_held(held, lock) else {
         count(Counter::UnmatchedRelease);
-        return 0;
+        return None;
+    };
+    let depth = (held.depth as usize).min(MAX_HELD);
+    let entry = held.locks.get_mut(found)?;
+    if entry.flags >> HELD_RECURSION_SHIFT > 0 {
+        entry.flags -= 1 << HELD_RECURSION_SHIFT;
+        return None;
     }
+    let removed = *entry;
     for j in 0..MAX_HELD - 1 {
         if j < found {
             continue;
@@ -353,7 +508,7 @@ fn release(lock: u64) -> u32 {
         }
     }
     held.depth = depth as u32 - 1;
-    0
+    Some(removed)
 }
 
 #[inline(always)]
@@ -361,43 +516,110 @@ fn lock_arg(ctx: &ProbeContext) -> u64 {
     ctx.arg::<u64>(0).unwrap_or(0)
 }
 
+#[inline(always)]
+fn requested(ctx: &ProbeContext, kind: LockKind, flags: u32) -> HeldLock {
+    HeldLock {
+        addr: lock_arg(ctx),
+        callsite: return_address(ctx),
+        kind: kind as u32,
+        flags,
+    }
+}
+
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> &pt_regs {
+    // SAFETY: the context's registers are valid for the program's run.
+    unsafe { &*ctx.regs }
+}
+
 #[uprobe]
 pub fn mutex_lock(ctx: ProbeContext) -> u32 {
-    let to = HeldLock {
-        addr: lock_arg(&ctx),
-        callsite: return_address(&ctx),
-        kind: LockKind::Mutex as u32,
-        flags: 0,
-    };
-    acquire(&ctx, to, true)
+    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::Mutex, 0), 0)
 }
 
 #[uprobe]
-pub fn mutex_unlock(ctx: ProbeContext) -> u32 {
-    release(lock_arg(&ctx))
+pub fn rwlock_rdlock(ctx: ProbeContext) -> u32 {
+    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::RwlockRead, 0), 0)
 }
 
-/// Entry of a try operation: remember the lock until the return says whether
-/// it was taken.
 #[uprobe]
-pub fn mutex_trylock(ctx: ProbeContext) -> u32 {
-    let Some((_, tid)) = current_traced() else {
+pub fn rwlock_wrlock(ctx: ProbeContext) -> u32 {
+    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::RwlockWrite, 0), 0)
+}
+
+#[uprobe]
+pub fn spin_lock(ctx: ProbeContext) -> u32 {
+    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::Spinlock, 0), 0)
+}
+
+/// Unlock of any kind (mutex, rwlock, spinlock).
+#[uprobe]
+pub fn unlock(ctx: ProbeContext) -> u32 {
+    release(lock_arg(&ctx));
+    0
+}
+
+/// Entry of a try or timed operation: remember the lock until the return
+/// says whether it was taken. A timed request for a normal mutex the thread
+/// holds waits for itself until the timeout: a self-deadlock.
+#[inline(always)]
+fn try_entry(ctx: &ProbeContext, kind: LockKind, flags: u32) -> u32 {
+    let Some((tgid, tid)) = current_traced() else {
         return 0;
     };
-    let pending = HeldLock {
-        addr: lock_arg(&ctx),
-        callsite: return_address(&ctx),
-        kind: LockKind::Mutex as u32,
-        flags: HELD_FLAG_TRY,
-    };
+    let pending = requested(ctx, kind, flags);
+    if flags & HELD_FLAG_TIMED != 0 {
+        if let Some(held) = HELD.get_ptr_mut(&tid) {
+            // SAFETY: map value; only this thread writes its own entry.
+            let held = unsafe { &mut *held };
+            if let Some(i) = find_held(held, pending.addr) {
+                if let Some(entry) = held.locks.get(i) {
+                    let entry = *entry;
+                    let normal_mutex = entry.kind == LockKind::Mutex as u32 && {
+                        let t = mutex_type(pending.addr);
+                        t != MUTEX_KIND_RECURSIVE && t != MUTEX_KIND_ERRORCHECK
+                    };
+                    if normal_mutex {
+                        emit_self_deadlock(regs(ctx), tgid, tid, &entry, &pending);
+                    }
+                }
+            }
+        }
+    }
     let _ = PENDING_TRY.insert(&tid, &pending, 0);
     0
 }
 
-/// Return of a try operation: a successful one holds the lock, and adds no
-/// dependency of its own (it could not block).
+#[uprobe]
+pub fn mutex_trylock(ctx: ProbeContext) -> u32 {
+    try_entry(&ctx, LockKind::Mutex, HELD_FLAG_TRY)
+}
+
+#[uprobe]
+pub fn mutex_timedlock(ctx: ProbeContext) -> u32 {
+    try_entry(&ctx, LockKind::Mutex, HELD_FLAG_TIMED)
+}
+
+#[uprobe]
+pub fn rwlock_tryrdlock(ctx: ProbeContext) -> u32 {
+    try_entry(&ctx, LockKind::RwlockRead, HELD_FLAG_TRY)
+}
+
+#[uprobe]
+pub fn rwlock_trywrlock(ctx: ProbeContext) -> u32 {
+    try_entry(&ctx, LockKind::RwlockWrite, HELD_FLAG_TRY)
+}
+
+#[uprobe]
+pub fn spin_trylock(ctx: ProbeContext) -> u32 {
+    try_entry(&ctx, LockKind::Spinlock, HELD_FLAG_TRY)
+}
+
+/// Return of a try or timed operation (all return 0 on success): a
+/// successful one holds the lock (or one more level of a recursive mutex it
+/// holds), and adds no dependency of its own (it could not block forever).
 #[uretprobe]
-pub fn mutex_trylock_ret(ctx: RetProbeContext) -> u32 {
+pub fn try_return(ctx: RetProbeContext) -> u32 {
     let Some((tgid, tid)) = current_traced() else {
         return 0;
     };
@@ -411,10 +633,63 @@ pub fn mutex_trylock_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     count(Counter::Acquire);
-    if let Some(held) = held_stack(tgid, tid) {
-        push(held, pending);
+    let Some(held) = held_stack(tgid, tid) else {
+        return 0;
+    };
+    if pending.kind == LockKind::Mutex as u32 {
+        if let Some(i) = find_held(held, pending.addr) {
+            // Only a recursive mutex can be taken again by its holder.
+            if let Some(entry) = held.locks.get_mut(i) {
+                entry.kind = LockKind::RecursiveMutex as u32;
+                entry.flags += 1 << HELD_RECURSION_SHIFT;
+            }
+            return 0;
+        }
     }
+    push(held, pending);
     0
+}
+
+/// Entry of `pthread_cond_wait` and its timed variants: the mutex (second
+/// argument) is released for the wait, inside glibc.
+#[uprobe]
+pub fn cond_wait(ctx: ProbeContext) -> u32 {
+    let Some((_, tid)) = current_traced() else {
+        return 0;
+    };
+    let mutex = ctx.arg::<u64>(1).unwrap_or(0);
+    let kind = match release(mutex) {
+        Some(entry) => entry.kind,
+        None => LockKind::Mutex as u32,
+    };
+    let wait = CondWait {
+        lock: HeldLock {
+            addr: mutex,
+            callsite: return_address(&ctx),
+            kind,
+            flags: 0,
+        },
+        entry_ip: regs(&ctx).rip,
+    };
+    let _ = COND_WAITS.insert(&tid, &wait, 0);
+    0
+}
+
+/// Return of a condition wait: glibc re-took the mutex (whatever the result),
+/// a blocking acquisition ordered after every lock the thread still holds.
+#[uretprobe]
+pub fn cond_wait_return(ctx: RetProbeContext) -> u32 {
+    let Some((_, tid)) = current_traced() else {
+        return 0;
+    };
+    // SAFETY: copied out before the entry is removed.
+    let Some(wait) = (unsafe { COND_WAITS.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = COND_WAITS.remove(&tid);
+    // SAFETY: the context's registers are valid for the program's run.
+    let regs = unsafe { &*ctx.regs };
+    acquire_blocking(regs, wait.lock, wait.entry_ip)
 }
 
 /// The cost floor for `cargo xtask bench`: attached where the real programs
@@ -485,6 +760,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     let tid = pid_tgid as u32;
     let _ = HELD.remove(&tid);
     let _ = PENDING_TRY.remove(&tid);
+    let _ = COND_WAITS.remove(&tid);
     let _ = INHERIT.remove(&tid);
     if tid != tgid {
         let _ = TRACED.remove(&tid);

@@ -15,7 +15,28 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use petgraph::graphmap::DiGraphMap;
 use petgraph::Direction;
 
-use crate::model::{Dependency, LockId};
+use crate::model::{Dependency, LockId, LockKind};
+
+/// A node: a lock instance in one holding mode. An rwlock held for reading
+/// is a node of its own (`shared`), so that a path through the graph is a
+/// chain of waits that can all block: a read request waits only for the
+/// exclusive node of the lock it requests, an exclusive request for both.
+/// This gives lockdep's rule that readers never block readers (glibc's
+/// default rwlocks prefer readers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Node {
+    lock: LockId,
+    shared: bool,
+}
+
+impl Node {
+    fn holding(lock: LockId, kind: LockKind) -> Self {
+        Node {
+            lock,
+            shared: kind == LockKind::RwlockRead,
+        }
+    }
+}
 
 /// At most this many new cycles are returned by one [`LockOrderGraph::insert`].
 pub const MAX_CYCLES_PER_INSERT: usize = 16;
@@ -57,9 +78,9 @@ impl Cycle {
 
 #[derive(Default)]
 pub struct LockOrderGraph {
-    graph: DiGraphMap<LockId, Dependency>,
+    graph: DiGraphMap<Node, Dependency>,
     /// Nodes of each process, for [`Self::forget_process`].
-    by_pid: HashMap<u32, HashSet<LockId>>,
+    by_pid: HashMap<u32, HashSet<Node>>,
     /// Keys ([`Cycle::key`]) of the cycles reported and still in the graph.
     reported: HashSet<Vec<(LockId, LockId)>>,
     cycles: usize,
@@ -71,12 +92,14 @@ impl LockOrderGraph {
         Self::default()
     }
 
-    /// Lock instances in the graph.
+    /// Lock instances in the graph (an rwlock held in both modes counts
+    /// twice).
     pub fn lock_count(&self) -> usize {
         self.graph.node_count()
     }
 
-    /// Distinct `(from, to)` dependencies in the graph (self-edges included).
+    /// Distinct dependencies in the graph (self-edges included; a write
+    /// request of an rwlock is an edge to each of its modes).
     pub fn dependency_count(&self) -> usize {
         self.graph.edge_count()
     }
@@ -93,27 +116,48 @@ impl LockOrderGraph {
         self.truncated_searches
     }
 
-    /// The dependency kept for `from -> to`, if any.
+    /// The dependency kept for `from -> to` (both exclusive), if any.
     pub fn dependency(&self, from: LockId, to: LockId) -> Option<&Dependency> {
-        self.graph.edge_weight(from, to)
+        let node = |lock| Node {
+            lock,
+            shared: false,
+        };
+        self.graph.edge_weight(node(from), node(to))
     }
 
     /// Add `dep` and return the cycles it closes that were not reported
-    /// before. A `(from, to)` pair already in the graph is a no-op; a
-    /// self-edge is recorded but never part of a cycle.
+    /// before (a cycle is identified by its locks, whatever their modes). A
+    /// dependency already in the graph is a no-op; a self-edge is recorded
+    /// but never part of a cycle.
     pub fn insert(&mut self, dep: Dependency) -> Vec<Cycle> {
-        let (from, to) = (dep.from, dep.to);
+        let from = Node::holding(dep.from, dep.from_kind);
+        let exclusive = Node {
+            lock: dep.to,
+            shared: false,
+        };
+        let mut cycles = self.insert_edge(from, exclusive, &dep);
+        if dep.to_kind == LockKind::RwlockWrite {
+            let shared = Node {
+                lock: dep.to,
+                shared: true,
+            };
+            cycles.extend(self.insert_edge(from, shared, &dep));
+        }
+        cycles
+    }
+
+    fn insert_edge(&mut self, from: Node, to: Node, dep: &Dependency) -> Vec<Cycle> {
         if self.graph.contains_edge(from, to) {
             return Vec::new();
         }
         for n in [from, to] {
             if !self.graph.contains_node(n) {
                 self.graph.add_node(n);
-                self.by_pid.entry(n.pid).or_default().insert(n);
+                self.by_pid.entry(n.lock.pid).or_default().insert(n);
             }
         }
-        self.graph.add_edge(from, to, dep);
-        if from == to {
+        self.graph.add_edge(from, to, dep.clone());
+        if from.lock == to.lock {
             return Vec::new();
         }
 
@@ -183,7 +227,7 @@ impl LockOrderGraph {
     }
 
     /// All nodes with a path to `n`, `n` included.
-    fn ancestors(&self, n: LockId) -> HashSet<LockId> {
+    fn ancestors(&self, n: Node) -> HashSet<Node> {
         let mut seen = HashSet::from([n]);
         let mut queue = VecDeque::from([n]);
         while let Some(v) = queue.pop_front() {
@@ -199,20 +243,20 @@ impl LockOrderGraph {
 
 /// Enumeration of the simple paths `path[0] ~> target`.
 struct Search<'a> {
-    graph: &'a DiGraphMap<LockId, Dependency>,
-    ancestors: &'a HashSet<LockId>,
-    target: LockId,
-    path: Vec<LockId>,
-    on_path: HashSet<LockId>,
+    graph: &'a DiGraphMap<Node, Dependency>,
+    ancestors: &'a HashSet<Node>,
+    target: Node,
+    path: Vec<Node>,
+    on_path: HashSet<Node>,
     /// Up to `MAX_CYCLES_PER_INSERT + 1` paths (one more tells "cut").
-    found: Vec<Vec<LockId>>,
+    found: Vec<Vec<Node>>,
     budget: usize,
     truncated: bool,
 }
 
 impl Search<'_> {
     /// Returns false to stop the whole search.
-    fn dfs(&mut self, v: LockId) -> bool {
+    fn dfs(&mut self, v: Node) -> bool {
         if v == self.target {
             self.found.push(self.path.clone());
             return self.found.len() <= MAX_CYCLES_PER_INSERT;

@@ -1,7 +1,10 @@
 //! Decoding ring-buffer records into the collector's types.
 
 use anyhow::{bail, Result};
-use tracer_common::{DependencyEvent, HeldLock, LockKind, EVENT_DEPENDENCY, MAX_HELD, STACK_BYTES};
+use tracer_common::{
+    DependencyEvent, HeldLock, LockKind, EVENT_DEPENDENCY, EVENT_SELF_DEADLOCK, MAX_HELD,
+    STACK_BYTES,
+};
 
 /// A `DependencyEvent`, decoded: the lock `to` was requested while each lock
 /// of `from` was held, and none of those dependencies had been seen before.
@@ -13,6 +16,9 @@ pub struct DependencyRecord {
     pub timestamp_ns: u64,
     pub to: HeldLock,
     pub from: Vec<HeldLock>,
+    /// Non-zero: the lock function's address, the event being made at its
+    /// return (`ip` is then the return address in the caller).
+    pub entry_ip: u64,
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
@@ -22,6 +28,8 @@ pub struct DependencyRecord {
 
 pub enum Record {
     Dependency(DependencyRecord),
+    /// `from[0]` is the held lock that `to` requests again.
+    SelfDeadlock(DependencyRecord),
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record> {
@@ -33,6 +41,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
     };
     match kind {
         EVENT_DEPENDENCY => decode_dependency(bytes).map(Record::Dependency),
+        EVENT_SELF_DEADLOCK => decode_dependency(bytes).map(Record::SelfDeadlock),
         other => bail!("unknown ring-buffer record kind {other}"),
     }
 }
@@ -61,6 +70,7 @@ fn decode_dependency(bytes: &[u8]) -> Result<DependencyRecord> {
         timestamp_ns: ev.timestamp_ns,
         to: ev.to,
         from: ev.from[..n_from].to_vec(),
+        entry_ip: ev.entry_ip,
         ip: ev.ip,
         sp: ev.sp,
         bp: ev.bp,

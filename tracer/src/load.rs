@@ -64,12 +64,104 @@ impl Filter {
     }
 }
 
-/// One uprobe: (program name in the object, libc symbol, is a return probe).
-const UPROBES: &[(&str, &str, bool)] = &[
-    ("mutex_lock", "pthread_mutex_lock", false),
-    ("mutex_unlock", "pthread_mutex_unlock", false),
-    ("mutex_trylock", "pthread_mutex_trylock", false),
-    ("mutex_trylock_ret", "pthread_mutex_trylock", true),
+/// One uprobe on a libc function.
+struct Uprobe {
+    /// The program's name in the eBPF object.
+    program: &'static str,
+    symbol: &'static str,
+    /// A return probe (placed like the entry probe: the return address is
+    /// still at `[rsp]` at the placed instruction).
+    is_return: bool,
+    /// The argument registers the program reads.
+    reads: &'static [Register],
+}
+
+const fn entry(program: &'static str, symbol: &'static str) -> Uprobe {
+    Uprobe {
+        program,
+        symbol,
+        is_return: false,
+        reads: &[Register::RDI],
+    }
+}
+
+const fn ret(program: &'static str, symbol: &'static str) -> Uprobe {
+    Uprobe {
+        program,
+        symbol,
+        is_return: true,
+        reads: &[Register::RDI],
+    }
+}
+
+/// Every probe: an entry probe per lock function (blocking operations need no
+/// return probe: their wait shows in the futex tracepoints), and a return
+/// probe where the result decides what is held (try, timed, condition waits).
+const UPROBES: &[Uprobe] = &[
+    entry("mutex_lock", "pthread_mutex_lock"),
+    entry("unlock", "pthread_mutex_unlock"),
+    entry("mutex_trylock", "pthread_mutex_trylock"),
+    ret("try_return", "pthread_mutex_trylock"),
+    entry("mutex_timedlock", "pthread_mutex_timedlock"),
+    ret("try_return", "pthread_mutex_timedlock"),
+    entry("mutex_timedlock", "pthread_mutex_clocklock"),
+    ret("try_return", "pthread_mutex_clocklock"),
+    entry("rwlock_rdlock", "pthread_rwlock_rdlock"),
+    entry("rwlock_wrlock", "pthread_rwlock_wrlock"),
+    entry("unlock", "pthread_rwlock_unlock"),
+    entry("rwlock_tryrdlock", "pthread_rwlock_tryrdlock"),
+    ret("try_return", "pthread_rwlock_tryrdlock"),
+    entry("rwlock_tryrdlock", "pthread_rwlock_timedrdlock"),
+    ret("try_return", "pthread_rwlock_timedrdlock"),
+    entry("rwlock_tryrdlock", "pthread_rwlock_clockrdlock"),
+    ret("try_return", "pthread_rwlock_clockrdlock"),
+    entry("rwlock_trywrlock", "pthread_rwlock_trywrlock"),
+    ret("try_return", "pthread_rwlock_trywrlock"),
+    entry("rwlock_trywrlock", "pthread_rwlock_timedwrlock"),
+    ret("try_return", "pthread_rwlock_timedwrlock"),
+    entry("rwlock_trywrlock", "pthread_rwlock_clockwrlock"),
+    ret("try_return", "pthread_rwlock_clockwrlock"),
+    entry("spin_lock", "pthread_spin_lock"),
+    entry("unlock", "pthread_spin_unlock"),
+    entry("spin_trylock", "pthread_spin_trylock"),
+    ret("try_return", "pthread_spin_trylock"),
+    // The mutex is the second argument.
+    Uprobe {
+        program: "cond_wait",
+        symbol: "pthread_cond_wait",
+        is_return: false,
+        reads: &[Register::RDI, Register::RSI],
+    },
+    Uprobe {
+        program: "cond_wait_return",
+        symbol: "pthread_cond_wait",
+        is_return: true,
+        reads: &[Register::RDI, Register::RSI],
+    },
+    Uprobe {
+        program: "cond_wait",
+        symbol: "pthread_cond_timedwait",
+        is_return: false,
+        reads: &[Register::RDI, Register::RSI],
+    },
+    Uprobe {
+        program: "cond_wait_return",
+        symbol: "pthread_cond_timedwait",
+        is_return: true,
+        reads: &[Register::RDI, Register::RSI],
+    },
+    Uprobe {
+        program: "cond_wait",
+        symbol: "pthread_cond_clockwait",
+        is_return: false,
+        reads: &[Register::RDI, Register::RSI],
+    },
+    Uprobe {
+        program: "cond_wait_return",
+        symbol: "pthread_cond_clockwait",
+        is_return: true,
+        reads: &[Register::RDI, Register::RSI],
+    },
 ];
 
 const TRACEPOINTS: &[(&str, &str)] = &[
@@ -155,40 +247,48 @@ impl Probes {
         let elf =
             std::fs::read(&libc).with_context(|| format!("cannot read {}", libc.display()))?;
         let mut loaded = std::collections::HashSet::new();
-        for &(program, symbol, is_return) in UPROBES {
-            let program = match (programs, is_return) {
-                (ProbePrograms::Tracer, _) => program,
+        for probe in UPROBES {
+            let symbol = probe.symbol;
+            let program = match (programs, probe.is_return) {
+                (ProbePrograms::Tracer, _) => probe.program,
                 (ProbePrograms::Floor, false) => "floor_entry",
                 (ProbePrograms::Floor, true) => "floor_return",
             };
+            let (placed, function) = placement::place_symbol(&elf, symbol, probe.reads)
+                .with_context(|| format!("cannot find {symbol} in {}", libc.display()))?;
             let offset = match policy {
                 ProbePlacement::Entry => 0,
-                // Every program reads its lock argument (rdi) and the return
-                // address at [rsp].
-                ProbePlacement::Emulated => {
-                    let p = placement::place_symbol(&elf, symbol, &[Register::RDI]).with_context(
-                        || format!("cannot place a probe on {symbol} in {}", libc.display()),
-                    )?;
-                    debug!(
-                        program, symbol, offset = p.offset, instruction = %p.instruction,
-                        emulated = p.emulated, reason = %p.reason, "probe placement"
-                    );
-                    p.offset
-                }
+                ProbePlacement::Emulated => placed.offset,
             };
+            debug!(
+                program, symbol, offset, instruction = %placed.instruction,
+                emulated = placed.emulated, reason = %placed.reason, "probe placement"
+            );
             let uprobe: &mut UProbe = self.program(program)?.try_into()?;
             if loaded.insert(program) {
                 uprobe
                     .load()
                     .with_context(|| format!("cannot load program {program}"))?;
             }
-            uprobe
-                .attach(
-                    UProbeAttachLocation::SymbolOffset(symbol, offset),
+            let mut attached = uprobe.attach(
+                UProbeAttachLocation::AbsoluteOffset(function.file_offset + offset),
+                &libc,
+                UProbeScope::AllProcesses,
+            );
+            if attached.is_err() && offset != placed.offset {
+                // The kernel refuses some first instructions (e.g. `lock`
+                // prefixed ones, as in pthread_spin_lock): for this
+                // comparison mode, the placed probe is the next best.
+                debug!(symbol, "cannot probe the first instruction; using the placed offset");
+                attached = uprobe.attach(
+                    UProbeAttachLocation::AbsoluteOffset(function.file_offset + placed.offset),
                     &libc,
                     UProbeScope::AllProcesses,
-                )
-                .map_err(|e| attach_error(e, symbol, &libc))?;
+                );
+            }
+            // Detaching takes about 0.1 s per probe at exit: the kernel
+            // serializes uprobe removals, each waiting for a grace period.
+            attached.map_err(|e| attach_error(e, symbol, &libc))?;
         }
         for &(program, event) in TRACEPOINTS {
             let tp: &mut TracePoint = self.program(program)?.try_into()?;

@@ -95,14 +95,42 @@ pub fn place(code: &[u8], address: u64, reads: &[Register]) -> Placement {
     )
 }
 
-/// Places a probe on `symbol` of the ELF file `elf` (its bytes).
-pub fn place_symbol(elf: &[u8], symbol: &str, reads: &[Register]) -> anyhow::Result<Placement> {
+/// A function of an ELF file, where the kernel wants it: its file offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FunctionLocation {
+    pub address: u64,
+    pub file_offset: u64,
+}
+
+/// Places a probe on `symbol` of the ELF file `elf` (its bytes). Returns the
+/// placement and the function's location.
+///
+/// Of several versions of a symbol (glibc keeps `pthread_cond_wait@GLIBC_2.2.5`
+/// for old binaries beside the default `pthread_cond_wait@@GLIBC_2.3.2`), the
+/// default one is taken: it is what programs linked today call.
+pub fn place_symbol(
+    elf: &[u8],
+    symbol: &str,
+    reads: &[Register],
+) -> anyhow::Result<(Placement, FunctionLocation)> {
+    use object::read::elf::ElfFile64;
     use object::{Object, ObjectSection, ObjectSymbol};
-    let file = object::File::parse(elf)?;
+    let file = ElfFile64::<object::Endianness>::parse(elf)?;
+    let versions = file
+        .elf_section_table()
+        .versions(file.endian(), file.data())?;
+    let is_default = |s: &object::read::elf::ElfSymbol64<'_, '_, object::Endianness>| {
+        versions
+            .as_ref()
+            .is_none_or(|v| !v.version_index(file.endian(), s.index()).is_hidden())
+    };
     let sym = file
         .dynamic_symbols()
-        .chain(file.symbols())
-        .find(|s| s.name() == Ok(symbol) && !s.is_undefined())
+        .find(|s| s.name() == Ok(symbol) && !s.is_undefined() && is_default(s))
+        .or_else(|| {
+            file.symbols()
+                .find(|s| s.name() == Ok(symbol) && !s.is_undefined())
+        })
         .ok_or_else(|| anyhow::anyhow!("no symbol {symbol}"))?;
     let section = sym
         .section_index()
@@ -111,7 +139,14 @@ pub fn place_symbol(elf: &[u8], symbol: &str, reads: &[Register]) -> anyhow::Res
     let code = section
         .data_range(sym.address(), sym.size().max(1))?
         .ok_or_else(|| anyhow::anyhow!("{symbol}'s code is outside its section"))?;
-    Ok(place(code, sym.address(), reads))
+    let (section_offset, _) = section
+        .file_range()
+        .ok_or_else(|| anyhow::anyhow!("{symbol}'s section has no file data"))?;
+    let location = FunctionLocation {
+        address: sym.address(),
+        file_offset: sym.address() - section.address() + section_offset,
+    };
+    Ok((place(code, sym.address(), reads), location))
 }
 
 fn fallback(instruction: String, reason: String) -> Placement {

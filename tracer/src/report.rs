@@ -18,6 +18,10 @@ use crate::model::{hex, Frame, LockId, LockKind, Resolve};
 pub fn kind_name(kind: LockKind) -> &'static str {
     match kind {
         LockKind::Mutex => "mutex",
+        LockKind::RecursiveMutex => "recursive_mutex",
+        LockKind::RwlockRead => "rwlock_read",
+        LockKind::RwlockWrite => "rwlock_write",
+        LockKind::Spinlock => "spinlock",
     }
 }
 
@@ -26,13 +30,74 @@ pub fn kind_name(kind: LockKind) -> &'static str {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Finding {
     LockOrderInversion(Inversion),
+    SelfDeadlock(SelfDeadlock),
 }
 
 impl Finding {
     pub fn id(&self) -> u64 {
         match self {
             Finding::LockOrderInversion(inv) => inv.id,
+            Finding::SelfDeadlock(d) => d.id,
         }
+    }
+}
+
+/// A thread requested, with a blocking or timed operation, a non-recursive
+/// lock it already holds: it waits for itself (forever, or until the
+/// timeout).
+#[derive(Clone, Debug, Serialize)]
+pub struct SelfDeadlock {
+    pub id: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub tid: u32,
+    pub thread: String,
+    /// The lock, in the mode it was requested again.
+    pub lock: Lock,
+    /// Where it was requested again, innermost first.
+    pub stack: Vec<Frame>,
+    /// Where it was taken first (its call site).
+    pub held_stack: Vec<Frame>,
+}
+
+/// The finding for a self-deadlock observed as `dep` (`from == to`).
+pub fn self_deadlock(
+    dep: &crate::model::Dependency,
+    resolve: &mut dyn Resolve,
+    id: u64,
+) -> Finding {
+    let mut names = Names {
+        resolve,
+        locks: HashMap::new(),
+        comms: HashMap::new(),
+    };
+    let lock = names.lock(dep.to, dep.to_kind);
+    let comm = names.comm(dep.pid);
+    Finding::SelfDeadlock(SelfDeadlock {
+        id,
+        pid: dep.pid,
+        comm,
+        tid: dep.tid,
+        thread: dep.thread.clone(),
+        lock,
+        stack: names.resolve.frames(dep.pid, &dep.stack, true),
+        held_stack: names.resolve.frames(dep.pid, &[dep.held_callsite], false),
+    })
+}
+
+impl fmt::Display for SelfDeadlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lock = self.lock.label();
+        writeln!(
+            f,
+            "WARNING: self-deadlock: thread {} [{}] of {} [{}] requested {lock} ({} {:#x}), which it already holds",
+            self.thread, self.tid, self.comm, self.pid, self.lock.kind, self.lock.addr
+        )?;
+        writeln!(f)?;
+        writeln!(f, "     {lock} was taken at:")?;
+        write_stack(f, "       ", &self.held_stack)?;
+        writeln!(f, "     {lock} requested again at:")?;
+        write_stack(f, "       ", &self.stack)
     }
 }
 
@@ -332,6 +397,7 @@ impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Finding::LockOrderInversion(inv) => inv.fmt(f),
+            Finding::SelfDeadlock(d) => d.fmt(f),
         }
     }
 }

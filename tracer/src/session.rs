@@ -110,13 +110,54 @@ impl Session {
         for record in batch {
             match record {
                 Record::Dependency(d) => self.on_dependency(d)?,
+                Record::SelfDeadlock(d) => self.on_self_deadlock(d)?,
             }
         }
         Ok(())
     }
 
+    /// The stack of a request: unwound from the probe's registers, and,
+    /// for an event made at a function's return, that function first.
+    fn request_stack(&mut self, d: &DependencyRecord) -> Vec<u64> {
+        let mut stack = self.symbolizer.unwind(d.pid, d.ip, d.sp, d.bp, &d.stack);
+        if d.entry_ip != 0 {
+            // The unwound stack starts at the return address in the caller;
+            // with the lock function first it reads like any other request.
+            stack.insert(0, d.entry_ip);
+        }
+        stack
+    }
+
+    fn on_self_deadlock(&mut self, d: DependencyRecord) -> Result<()> {
+        let Some(held) = d.from.first() else {
+            return Ok(());
+        };
+        let stack = self.request_stack(&d);
+        let lock = LockId {
+            pid: d.pid,
+            addr: d.to.addr,
+        };
+        let dep = Dependency {
+            from: lock,
+            to: lock,
+            from_kind: ingest::lock_kind(held.kind),
+            to_kind: ingest::lock_kind(d.to.kind),
+            pid: d.pid,
+            tid: d.tid,
+            thread: d.thread,
+            timestamp_ns: d.timestamp_ns,
+            held_callsite: held.callsite,
+            stack,
+        };
+        self.findings += 1;
+        let finding = report::self_deadlock(&dep, &mut self.symbolizer, self.findings);
+        self.reporter
+            .finding(&finding)
+            .context("cannot write the report")
+    }
+
     fn on_dependency(&mut self, d: DependencyRecord) -> Result<()> {
-        let stack = self.symbolizer.unwind(d.pid, d.ip, d.sp, d.bp, &d.stack);
+        let stack = self.request_stack(&d);
         trace!(
             pid = d.pid,
             tid = d.tid,
