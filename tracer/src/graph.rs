@@ -320,6 +320,47 @@ mod tests {
         dep_in(PID, from, to)
     }
 
+    fn rw(from: u64, held: LockKind, to: u64, requested: LockKind) -> Dependency {
+        Dependency {
+            from_kind: held,
+            to_kind: requested,
+            ..dep(from, to)
+        }
+    }
+
+    use LockKind::{RwlockRead as R, RwlockWrite as W};
+
+    #[test]
+    fn readers_never_block_readers() {
+        let mut g = LockOrderGraph::new();
+        assert!(g.insert(rw(0xa, R, 0xb, R)).is_empty());
+        assert!(g.insert(rw(0xb, R, 0xa, R)).is_empty());
+        // Held for writing on one side only: each request is a read, which a
+        // reader does not block, and the writer's request waits for a reader
+        // that waits for nothing.
+        assert!(g.insert(rw(0xa, W, 0xb, R)).is_empty());
+        assert_eq!(g.cycle_count(), 0);
+    }
+
+    #[test]
+    fn read_held_write_requested_cycle() {
+        let mut g = LockOrderGraph::new();
+        assert!(g.insert(rw(0xa, R, 0xb, W)).is_empty());
+        let cycles = g.insert(rw(0xb, R, 0xa, W));
+        assert_eq!(cycles.len(), 1);
+        check_shape(&cycles[0]);
+        assert_eq!(cycles[0].edges[0].from_kind, R);
+    }
+
+    #[test]
+    fn write_request_waits_for_a_read_holder_and_a_mutex() {
+        let mut g = LockOrderGraph::new();
+        // a mutex A held, rwlock B requested for writing; B held for reading,
+        // A requested: a deadlock.
+        assert!(g.insert(rw(0xa, LockKind::Mutex, 0xb, W)).is_empty());
+        assert_eq!(g.insert(rw(0xb, R, 0xa, LockKind::Mutex)).len(), 1);
+    }
+
     fn pairs(c: &Cycle) -> Vec<(u64, u64)> {
         c.edges.iter().map(|d| (d.from.addr, d.to.addr)).collect()
     }

@@ -121,7 +121,9 @@ mod tests {
                 size_of::<DependencyEvent>(),
             )
         };
-        let Record::Dependency(d) = decode(bytes).unwrap();
+        let Ok(Record::Dependency(d)) = decode(bytes) else {
+            panic!("not decoded as a dependency");
+        };
         assert_eq!((d.pid, d.tid, d.thread.as_str()), (10, 11, "work"));
         assert_eq!(
             d.from.iter().map(|h| h.addr).collect::<Vec<_>>(),

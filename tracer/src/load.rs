@@ -279,7 +279,10 @@ impl Probes {
                 // The kernel refuses some first instructions (e.g. `lock`
                 // prefixed ones, as in pthread_spin_lock): for this
                 // comparison mode, the placed probe is the next best.
-                debug!(symbol, "cannot probe the first instruction; using the placed offset");
+                debug!(
+                    symbol,
+                    "cannot probe the first instruction; using the placed offset"
+                );
                 attached = uprobe.attach(
                     UProbeAttachLocation::AbsoluteOffset(function.file_offset + placed.offset),
                     &libc,

@@ -741,7 +741,9 @@ mod tests {
     fn json_unnamed_lock_is_null() {
         let (cycle, mut r) = ab_ba();
         r.locks.clear();
-        let Finding::LockOrderInversion(inv) = inversion(&cycle, &mut r, 1);
+        let Finding::LockOrderInversion(inv) = inversion(&cycle, &mut r, 1) else {
+            unreachable!("an inversion")
+        };
         let v = serde_json::to_value(&inv.locks[0]).unwrap();
         assert_eq!(
             v,
@@ -807,7 +809,9 @@ mod tests {
         let (mut cycle, mut r) = ab_ba();
         cycle.edges[1].pid = 77;
         r.procs.insert(77, "other".into());
-        let Finding::LockOrderInversion(inv) = inversion(&cycle, &mut r, 1);
+        let Finding::LockOrderInversion(inv) = inversion(&cycle, &mut r, 1) else {
+            unreachable!("an inversion")
+        };
         assert_eq!((inv.pid, inv.comm.as_str()), (PID, "ab_ba"));
         let text = inv.to_string();
         assert!(text.contains("in ab_ba [4242], other [77]\n"), "{text}");
