@@ -35,6 +35,8 @@ pub enum LockKind {
     RwlockWrite = 4,
     /// A pthread spinlock.
     Spinlock = 5,
+    /// A POSIX semaphore used as a lock (CPython's `threading.Lock`).
+    Semaphore = 6,
 }
 
 impl LockKind {
@@ -45,6 +47,7 @@ impl LockKind {
             3 => Some(Self::RwlockRead),
             4 => Some(Self::RwlockWrite),
             5 => Some(Self::Spinlock),
+            6 => Some(Self::Semaphore),
             _ => None,
         }
     }

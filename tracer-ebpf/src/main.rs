@@ -53,16 +53,22 @@ static HELD: HashMap<u32, HeldStack> = HashMap::with_max_entries(65536, BPF_F_NO
 static INHERIT: HashMap<u32, HeldStack> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 /// Try and timed operations between entry and return (by tid).
 #[map]
-static PENDING_TRY: HashMap<u32, HeldLock> = HashMap::with_max_entries(16384, 0);
+static PENDING_TRY: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 /// Condition waits in progress (by tid): the mutex, re-acquired at return.
 #[map]
-static COND_WAITS: HashMap<u32, CondWait> = HashMap::with_max_entries(16384, 0);
+static COND_WAITS: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+/// Semaphores posted by a thread that had not taken them, by (tgid, address):
+/// used for signalling, not as locks, so they order nothing.
+#[map]
+static SIGNAL_SEMS: LruHashMap<DependencyKey, u8> = LruHashMap::with_max_entries(16384, 0);
 
+/// An operation between its entry and its return.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct CondWait {
+struct Pending {
     lock: HeldLock,
-    /// Where the wait function was entered (for the report's first frame).
+    /// Where the function was entered (for the report's first frame when the
+    /// return makes an event).
     entry_ip: u64,
 }
 /// Dependencies already sent to the collector (LRU: an evicted entry is only
@@ -208,6 +214,9 @@ fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
         return 0;
     };
     count(Counter::Acquire);
+    if to.kind == LockKind::Semaphore as u32 && is_signal_sem(tgid, to.addr) {
+        return 0;
+    }
     let Some(held) = held_stack(tgid, tid) else {
         return 0;
     };
@@ -266,6 +275,11 @@ fn relock(
         return true;
     };
     let kind = entry.kind;
+    if kind == LockKind::Semaphore as u32 {
+        // Taken again without a post by this thread: it was posted by
+        // another (signalling); one entry stands for it.
+        return true;
+    }
     if kind == LockKind::RwlockRead as u32 && to.kind == LockKind::RwlockRead as u32 {
         return false;
     }
@@ -320,6 +334,9 @@ fn emit_new_dependencies(
         }
         let from = &held.locks[i];
         if from.addr == to.addr {
+            continue;
+        }
+        if from.kind == LockKind::Semaphore as u32 && is_signal_sem(tgid, from.addr) {
             continue;
         }
         let key = dependency_key(tgid, from, to, EVENT_DEPENDENCY);
@@ -432,6 +449,22 @@ fn submit(
 }
 
 #[inline(always)]
+fn signal_sem_key(tgid: u32, addr: u64) -> DependencyKey {
+    DependencyKey {
+        pid: tgid,
+        kinds: 0,
+        from: addr,
+        to: addr,
+    }
+}
+
+#[inline(always)]
+fn is_signal_sem(tgid: u32, addr: u64) -> bool {
+    // SAFETY: presence check only.
+    unsafe { SIGNAL_SEMS.get(&signal_sem_key(tgid, addr)) }.is_some()
+}
+
+#[inline(always)]
 fn dependency_key(pid: u32, from: &HeldLock, to: &HeldLock, event: u32) -> DependencyKey {
     DependencyKey {
         pid,
@@ -471,28 +504,39 @@ fn copy_stack(buf: &mut [u8; STACK_BYTES], sp: u64) -> u32 {
     }
 }
 
+/// What a release did.
+enum Released {
+    /// The thread did not hold the lock.
+    NotHeld,
+    /// One level of a recursive mutex.
+    Level,
+    /// The entry, removed from the held stack.
+    Entry(HeldLock),
+}
+
 /// Releases `lock`: the topmost entry for it (locks need not be released in
-/// LIFO order), or one recursion level of a recursive mutex. Returns the
-/// removed entry.
+/// LIFO order), or one recursion level of a recursive mutex.
 #[inline(always)]
-fn release(lock: u64) -> Option<HeldLock> {
-    let (_, tid) = current_traced()?;
+fn release(lock: u64) -> Released {
+    let Some((_, tid)) = current_traced() else {
+        return Released::NotHeld;
+    };
     count(Counter::Release);
     let Some(held) = HELD.get_ptr_mut(&tid) else {
-        count(Counter::UnmatchedRelease);
-        return None;
+        return Released::NotHeld;
     };
     // SAFETY: map value; only this thread writes its own entry.
     let held = unsafe { &mut *held };
     let Some(found) = find_held(held, lock) else {
-        count(Counter::UnmatchedRelease);
-        return None;
+        return Released::NotHeld;
     };
     let depth = (held.depth as usize).min(MAX_HELD);
-    let entry = held.locks.get_mut(found)?;
+    let Some(entry) = held.locks.get_mut(found) else {
+        return Released::NotHeld;
+    };
     if entry.flags >> HELD_RECURSION_SHIFT > 0 {
         entry.flags -= 1 << HELD_RECURSION_SHIFT;
-        return None;
+        return Released::Level;
     }
     let removed = *entry;
     for j in 0..MAX_HELD - 1 {
@@ -508,7 +552,7 @@ fn release(lock: u64) -> Option<HeldLock> {
         }
     }
     held.depth = depth as u32 - 1;
-    Some(removed)
+    Released::Entry(removed)
 }
 
 #[inline(always)]
@@ -555,7 +599,9 @@ pub fn spin_lock(ctx: ProbeContext) -> u32 {
 /// Unlock of any kind (mutex, rwlock, spinlock).
 #[uprobe]
 pub fn unlock(ctx: ProbeContext) -> u32 {
-    release(lock_arg(&ctx));
+    if let Released::NotHeld = release(lock_arg(&ctx)) {
+        count(Counter::UnmatchedRelease);
+    }
     0
 }
 
@@ -586,6 +632,10 @@ fn try_entry(ctx: &ProbeContext, kind: LockKind, flags: u32) -> u32 {
             }
         }
     }
+    let pending = Pending {
+        lock: pending,
+        entry_ip: regs(ctx).rip,
+    };
     let _ = PENDING_TRY.insert(&tid, &pending, 0);
     0
 }
@@ -632,6 +682,19 @@ pub fn try_return(ctx: RetProbeContext) -> u32 {
     if ret as i32 != 0 {
         return 0;
     }
+    let entry_ip = pending.entry_ip;
+    let pending = pending.lock;
+    if pending.kind == LockKind::Semaphore as u32 && pending.flags & HELD_FLAG_TRY != 0 {
+        // CPython takes every lock with sem_trywait first (the GIL held),
+        // and waits only if that fails: an uncontended blocking acquire is a
+        // successful sem_trywait. So it orders like a blocking one.
+        // SAFETY: the context's registers are valid for the program's run.
+        let regs = unsafe { &*ctx.regs };
+        return acquire_blocking(regs, pending, entry_ip);
+    }
+    if pending.kind == LockKind::Semaphore as u32 && is_signal_sem(tgid, pending.addr) {
+        return 0;
+    }
     count(Counter::Acquire);
     let Some(held) = held_stack(tgid, tid) else {
         return 0;
@@ -650,6 +713,35 @@ pub fn try_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
+#[uprobe]
+pub fn sem_wait(ctx: ProbeContext) -> u32 {
+    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::Semaphore, 0), 0)
+}
+
+#[uprobe]
+pub fn sem_trywait(ctx: ProbeContext) -> u32 {
+    try_entry(&ctx, LockKind::Semaphore, HELD_FLAG_TRY)
+}
+
+#[uprobe]
+pub fn sem_timedwait(ctx: ProbeContext) -> u32 {
+    try_entry(&ctx, LockKind::Semaphore, HELD_FLAG_TIMED)
+}
+
+/// A post releases the semaphore if this thread holds it; a post by another
+/// thread marks it as a signalling semaphore (see `SIGNAL_SEMS`).
+#[uprobe]
+pub fn sem_post(ctx: ProbeContext) -> u32 {
+    let Some((tgid, _)) = current_traced() else {
+        return 0;
+    };
+    let sem = lock_arg(&ctx);
+    if let Released::NotHeld = release(sem) {
+        let _ = SIGNAL_SEMS.insert(&signal_sem_key(tgid, sem), &1, 0);
+    }
+    0
+}
+
 /// Entry of `pthread_cond_wait` and its timed variants: the mutex (second
 /// argument) is released for the wait, inside glibc.
 #[uprobe]
@@ -659,10 +751,10 @@ pub fn cond_wait(ctx: ProbeContext) -> u32 {
     };
     let mutex = ctx.arg::<u64>(1).unwrap_or(0);
     let kind = match release(mutex) {
-        Some(entry) => entry.kind,
-        None => LockKind::Mutex as u32,
+        Released::Entry(entry) => entry.kind,
+        _ => LockKind::Mutex as u32,
     };
-    let wait = CondWait {
+    let wait = Pending {
         lock: HeldLock {
             addr: mutex,
             callsite: return_address(&ctx),

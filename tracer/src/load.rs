@@ -125,6 +125,14 @@ const UPROBES: &[Uprobe] = &[
     entry("unlock", "pthread_spin_unlock"),
     entry("spin_trylock", "pthread_spin_trylock"),
     ret("try_return", "pthread_spin_trylock"),
+    entry("sem_wait", "sem_wait"),
+    entry("sem_trywait", "sem_trywait"),
+    ret("try_return", "sem_trywait"),
+    entry("sem_timedwait", "sem_timedwait"),
+    ret("try_return", "sem_timedwait"),
+    entry("sem_timedwait", "sem_clockwait"),
+    ret("try_return", "sem_clockwait"),
+    entry("sem_post", "sem_post"),
     // The mutex is the second argument.
     Uprobe {
         program: "cond_wait",

@@ -22,6 +22,7 @@ pub fn kind_name(kind: LockKind) -> &'static str {
         LockKind::RwlockRead => "rwlock_read",
         LockKind::RwlockWrite => "rwlock_write",
         LockKind::Spinlock => "spinlock",
+        LockKind::Semaphore => "semaphore",
     }
 }
 
