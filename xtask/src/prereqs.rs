@@ -20,7 +20,8 @@ pub const APT_BPF_LINKER: &[&str] = &["llvm-22-dev"];
 /// The C compiler: linker for every Rust build and compiler of the test
 /// fixtures.
 pub const APT_CC: &[&str] = &["gcc"];
-/// The tests' helper scripts.
+/// The tests trace Debian's interpreter (/usr/bin/python3), not another one
+/// on PATH.
 pub const APT_TEST: &[&str] = &["python3"];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -90,8 +91,8 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
             "a C compiler links Rust programs and builds the test fixtures",
         ));
     }
-    if scope == Scope::Test && cmd::which("python3").is_none() {
-        apt.push((APT_TEST, "the end-to-end tests use it"));
+    if scope == Scope::Test && !Path::new("/usr/bin/python3").exists() {
+        apt.push((APT_TEST, "the end-to-end tests trace Debian's Python"));
     }
     if !bpf_linker_ok && !Path::new(LLVM_PREFIX).join("lib/libLLVM.so").exists() {
         apt.push((
