@@ -118,6 +118,21 @@ pub const EVENT_DEPENDENCY: u32 = 1;
 /// A `DependencyEvent` with `from[0] == to`: a thread requested, with a
 /// blocking or timed operation, a non-recursive lock it already holds.
 pub const EVENT_SELF_DEADLOCK: u32 = 2;
+/// A [`LockEvent`]: a lock was initialized or destroyed, so its address will
+/// be a new lock instance (reused memory must not inherit old dependencies).
+pub const EVENT_LOCK_RESET: u32 = 3;
+
+/// A small event about one lock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LockEvent {
+    pub event: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// A [`LockKind`] as `u32`.
+    pub kind: u32,
+    pub addr: u64,
+}
 
 /// Emitted when a thread requests `to` while holding locks it has not been
 /// seen to nest `to` under before: one event carries every such new

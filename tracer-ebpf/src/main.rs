@@ -20,10 +20,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    Counter, DependencyEvent, DependencyKey, HeldLock, HeldStack, LockKind, COMM_LEN,
-    EVENT_DEPENDENCY, EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED, HELD_FLAG_TRY,
-    HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
-    MUTEX_KIND_RECURSIVE, NUM_COUNTERS, STACK_BYTES, STACK_CHUNK,
+    Counter, DependencyEvent, DependencyKey, HeldLock, HeldStack, LockEvent, LockKind, COMM_LEN,
+    EVENT_DEPENDENCY, EVENT_LOCK_RESET, EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED,
+    HELD_FLAG_TRY, HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK,
+    MUTEX_KIND_OFFSET, MUTEX_KIND_RECURSIVE, NUM_COUNTERS, STACK_BYTES, STACK_CHUNK,
 };
 
 // Set by the collector at load time (EbpfLoader::set_global).
@@ -739,6 +739,29 @@ pub fn sem_post(ctx: ProbeContext) -> u32 {
     if let Released::NotHeld = release(sem) {
         let _ = SIGNAL_SEMS.insert(&signal_sem_key(tgid, sem), &1, 0);
     }
+    0
+}
+
+/// `pthread_mutex_init`/`_destroy`, `pthread_rwlock_*`, `sem_init`/`_destroy`:
+/// the address becomes a new lock instance. The collector drops the old
+/// one's dependencies (and their entries in `DEPENDENCIES`).
+#[uprobe]
+pub fn lock_reset(ctx: ProbeContext) -> u32 {
+    let Some((tgid, tid)) = current_traced() else {
+        return 0;
+    };
+    let Some(mut entry) = EVENTS.reserve::<LockEvent>(0) else {
+        count(Counter::LostEvents);
+        return 0;
+    };
+    entry.write(LockEvent {
+        event: EVENT_LOCK_RESET,
+        pid: tgid,
+        tid,
+        kind: 0,
+        addr: lock_arg(&ctx),
+    });
+    entry.submit(0);
     0
 }
 

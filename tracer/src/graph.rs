@@ -213,6 +213,41 @@ impl LockOrderGraph {
         cycles
     }
 
+    /// Remove lock `lock` with its dependencies (it was destroyed or
+    /// re-initialized: its address is now another lock). Returns the removed
+    /// dependencies.
+    pub fn forget_lock(&mut self, lock: LockId) -> Vec<Dependency> {
+        let mut removed = Vec::new();
+        for shared in [false, true] {
+            let node = Node { lock, shared };
+            if !self.graph.contains_node(node) {
+                continue;
+            }
+            let edges: Vec<(Node, Node)> = self
+                .graph
+                .neighbors_directed(node, Direction::Outgoing)
+                .map(|w| (node, w))
+                .chain(
+                    self.graph
+                        .neighbors_directed(node, Direction::Incoming)
+                        .map(|v| (v, node)),
+                )
+                .collect();
+            for (a, b) in edges {
+                if let Some(dep) = self.graph.remove_edge(a, b) {
+                    removed.push(dep);
+                }
+            }
+            self.graph.remove_node(node);
+            if let Some(nodes) = self.by_pid.get_mut(&lock.pid) {
+                nodes.remove(&node);
+            }
+        }
+        self.reported
+            .retain(|key| key.iter().all(|(a, b)| *a != lock && *b != lock));
+        removed
+    }
+
     /// Remove every lock of process `pid`, with its dependencies (the process
     /// exited; its pid may be reused by an unrelated process).
     pub fn forget_process(&mut self, pid: u32) {

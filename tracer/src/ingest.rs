@@ -2,8 +2,8 @@
 
 use anyhow::{bail, Result};
 use tracer_common::{
-    DependencyEvent, HeldLock, LockKind, EVENT_DEPENDENCY, EVENT_SELF_DEADLOCK, MAX_HELD,
-    STACK_BYTES,
+    DependencyEvent, HeldLock, LockEvent, LockKind, EVENT_DEPENDENCY, EVENT_LOCK_RESET,
+    EVENT_SELF_DEADLOCK, MAX_HELD, STACK_BYTES,
 };
 
 /// A `DependencyEvent`, decoded: the lock `to` was requested while each lock
@@ -30,6 +30,11 @@ pub enum Record {
     Dependency(DependencyRecord),
     /// `from[0]` is the held lock that `to` requests again.
     SelfDeadlock(DependencyRecord),
+    /// The lock at `addr` of process `pid` was initialized or destroyed.
+    LockReset {
+        pid: u32,
+        addr: u64,
+    },
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record> {
@@ -42,6 +47,17 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
     match kind {
         EVENT_DEPENDENCY => decode_dependency(bytes).map(Record::Dependency),
         EVENT_SELF_DEADLOCK => decode_dependency(bytes).map(Record::SelfDeadlock),
+        EVENT_LOCK_RESET => {
+            if bytes.len() < size_of::<LockEvent>() {
+                bail!("short lock record: {} bytes", bytes.len());
+            }
+            // SAFETY: the size is checked and LockEvent is plain data.
+            let ev: LockEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            Ok(Record::LockReset {
+                pid: ev.pid,
+                addr: ev.addr,
+            })
+        }
         other => bail!("unknown ring-buffer record kind {other}"),
     }
 }

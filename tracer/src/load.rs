@@ -14,7 +14,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{Counter, FILTER_ALL, FILTER_TRACED};
+use tracer_common::{Counter, DependencyKey, FILTER_ALL, FILTER_TRACED};
 use tracing::{debug, info};
 
 use iced_x86::Register;
@@ -133,6 +133,14 @@ const UPROBES: &[Uprobe] = &[
     entry("sem_timedwait", "sem_clockwait"),
     ret("try_return", "sem_clockwait"),
     entry("sem_post", "sem_post"),
+    // pthread_spin_init shares its code with pthread_spin_unlock: not probed.
+    entry("lock_reset", "pthread_mutex_init"),
+    entry("lock_reset", "pthread_mutex_destroy"),
+    entry("lock_reset", "pthread_rwlock_init"),
+    entry("lock_reset", "pthread_rwlock_destroy"),
+    entry("lock_reset", "pthread_spin_destroy"),
+    entry("lock_reset", "sem_init"),
+    entry("lock_reset", "sem_destroy"),
     // The mutex is the second argument.
     Uprobe {
         program: "cond_wait",
@@ -322,6 +330,19 @@ impl Probes {
         self.ebpf
             .map_mut(name)
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+    }
+
+    /// Forgets dependencies in the kernel's cache of those already sent, so
+    /// that they are sent again (their lock was reset).
+    pub fn forget_dependencies(&mut self, keys: &[DependencyKey]) -> Result<()> {
+        // aya's HashMap also handles the LRU kind.
+        let mut sent: HashMap<_, DependencyKey, u8> =
+            HashMap::try_from(self.map_mut("DEPENDENCIES")?)?;
+        for key in keys {
+            // Absent (evicted) keys are fine.
+            let _ = sent.remove(key);
+        }
+        Ok(())
     }
 
     /// The event ring buffer (can be taken once).

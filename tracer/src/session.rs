@@ -6,7 +6,7 @@ use std::{future::Future, time::Instant};
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracer_common::Counter;
+use tracer_common::{Counter, DependencyKey, EVENT_DEPENDENCY};
 use tracing::{debug, trace, warn};
 
 use crate::{
@@ -111,6 +111,7 @@ impl Session {
             match record {
                 Record::Dependency(d) => self.on_dependency(d)?,
                 Record::SelfDeadlock(d) => self.on_self_deadlock(d)?,
+                Record::LockReset { pid, addr } => self.on_lock_reset(LockId { pid, addr })?,
             }
         }
         Ok(())
@@ -126,6 +127,32 @@ impl Session {
             stack.insert(0, d.entry_ip);
         }
         stack
+    }
+
+    /// A lock was initialized or destroyed: its memory is a new lock from
+    /// now on. Its dependencies leave the graph and the kernel's cache, so
+    /// that the new lock's are sent and judged afresh.
+    fn on_lock_reset(&mut self, lock: LockId) -> Result<()> {
+        let removed = self.graph.forget_lock(lock);
+        if removed.is_empty() {
+            return Ok(());
+        }
+        trace!(
+            pid = lock.pid,
+            addr = lock.addr,
+            dependencies = removed.len(),
+            "lock reset"
+        );
+        let keys: Vec<DependencyKey> = removed
+            .iter()
+            .map(|d| DependencyKey {
+                pid: d.pid,
+                kinds: (d.from_kind as u32) | (d.to_kind as u32) << 8 | EVENT_DEPENDENCY << 16,
+                from: d.from.addr,
+                to: d.to.addr,
+            })
+            .collect();
+        self.probes.forget_dependencies(&keys)
     }
 
     fn on_self_deadlock(&mut self, d: DependencyRecord) -> Result<()> {
