@@ -189,9 +189,31 @@ pub enum Counter {
     /// Dependency-cache inserts that failed (the cache is an LRU: this only
     /// happens under memory pressure).
     DependencyCacheFull = 7,
+    /// Futex waits of traced threads (lock contention and other blocking;
+    /// condition waits excluded).
+    FutexWaits = 8,
+    /// Nanoseconds spent in those waits.
+    FutexWaitNs = 9,
 }
 
-pub const NUM_COUNTERS: u32 = 8;
+pub const NUM_COUNTERS: u32 = 10;
+
+/// Key of map `FUTEX_STATS`: one futex word of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FutexKey {
+    pub pid: u32,
+    pub _pad: u32,
+    pub uaddr: u64,
+}
+
+/// Blocking on one futex word (map `FUTEX_STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FutexStats {
+    pub waits: u64,
+    pub wait_ns: u64,
+}
 
 impl Counter {
     pub const ALL: [Counter; NUM_COUNTERS as usize] = [
@@ -203,6 +225,8 @@ impl Counter {
         Counter::UnmatchedRelease,
         Counter::StackTruncated,
         Counter::DependencyCacheFull,
+        Counter::FutexWaits,
+        Counter::FutexWaitNs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -215,6 +239,8 @@ impl Counter {
             Counter::UnmatchedRelease => "unmatched_releases",
             Counter::StackTruncated => "stack_truncated",
             Counter::DependencyCacheFull => "dependency_cache_full",
+            Counter::FutexWaits => "futex_waits",
+            Counter::FutexWaitNs => "futex_wait_ns",
         }
     }
 }
@@ -231,4 +257,6 @@ mod user {
     unsafe impl aya::Pod for HeldLock {}
     unsafe impl aya::Pod for HeldStack {}
     unsafe impl aya::Pod for DependencyKey {}
+    unsafe impl aya::Pod for FutexKey {}
+    unsafe impl aya::Pod for FutexStats {}
 }

@@ -15,15 +15,16 @@ use aya_ebpf::{
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    Counter, DependencyEvent, DependencyKey, HeldLock, HeldStack, LockEvent, LockKind, COMM_LEN,
-    EVENT_DEPENDENCY, EVENT_LOCK_RESET, EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED,
-    HELD_FLAG_TRY, HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK,
-    MUTEX_KIND_OFFSET, MUTEX_KIND_RECURSIVE, NUM_COUNTERS, STACK_BYTES, STACK_CHUNK,
+    Counter, DependencyEvent, DependencyKey, FutexKey, FutexStats, HeldLock, HeldStack, LockEvent,
+    LockKind, COMM_LEN, EVENT_DEPENDENCY, EVENT_LOCK_RESET, EVENT_SELF_DEADLOCK, FILTER_ALL,
+    HELD_FLAG_TIMED, HELD_FLAG_TRY, HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK,
+    MUTEX_KIND_MASK, MUTEX_KIND_OFFSET, MUTEX_KIND_RECURSIVE, NUM_COUNTERS, STACK_BYTES,
+    STACK_CHUNK,
 };
 
 // Set by the collector at load time (EbpfLoader::set_global).
@@ -61,6 +62,22 @@ static COND_WAITS: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 /// used for signalling, not as locks, so they order nothing.
 #[map]
 static SIGNAL_SEMS: LruHashMap<DependencyKey, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Futex waits in progress (by tid).
+#[map]
+static FUTEX_WAITING: HashMap<u32, FutexWait> = HashMap::with_max_entries(65536, 0);
+/// Blocking per futex word, read by the collector at the end (per CPU: no
+/// atomics needed, the collector sums).
+#[map]
+static FUTEX_STATS: LruPerCpuHashMap<FutexKey, FutexStats> =
+    LruPerCpuHashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FutexWait {
+    uaddr: u64,
+    start_ns: u64,
+}
 
 /// An operation between its entry and its return.
 #[repr(C)]
@@ -819,6 +836,88 @@ pub fn floor_return(_ctx: RetProbeContext) -> u32 {
     0
 }
 
+// Syscall tracepoints have a fixed layout: the syscall number at 8, then
+// each argument in 8 bytes from 16.
+const SYSCALL_ARG0: usize = 16;
+const SYSCALL_ARG1: usize = 24;
+const FUTEX_CMD_MASK: u64 = 0x7f; // without FUTEX_PRIVATE_FLAG, CLOCK_REALTIME
+const FUTEX_WAIT: u64 = 0;
+const FUTEX_LOCK_PI: u64 = 6;
+const FUTEX_WAIT_BITSET: u64 = 9;
+const FUTEX_WAIT_REQUEUE_PI: u64 = 11;
+const FUTEX_LOCK_PI2: u64 = 13;
+
+/// A traced thread starts waiting on a futex: lock contention (glibc's
+/// locks, and futex-based locks without a libc entry point, like Rust's and
+/// parking_lot's), or other blocking. Condition waits are left out: a
+/// thread waiting for work is not contention.
+#[tracepoint]
+pub fn futex_enter(ctx: TracePointContext) -> u32 {
+    let Some((_, tid)) = current_traced() else {
+        return 0;
+    };
+    // SAFETY: fixed syscall tracepoint layout.
+    let op = unsafe { ctx.read_at::<u64>(SYSCALL_ARG1) }.unwrap_or(u64::MAX) & FUTEX_CMD_MASK;
+    let waits = matches!(
+        op,
+        FUTEX_WAIT | FUTEX_WAIT_BITSET | FUTEX_LOCK_PI | FUTEX_LOCK_PI2 | FUTEX_WAIT_REQUEUE_PI
+    );
+    // SAFETY: presence check only.
+    if !waits || unsafe { COND_WAITS.get(&tid) }.is_some() {
+        return 0;
+    }
+    let Ok(uaddr) = (unsafe { ctx.read_at::<u64>(SYSCALL_ARG0) }) else {
+        return 0;
+    };
+    let wait = FutexWait {
+        uaddr,
+        // SAFETY: a helper without preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    let _ = FUTEX_WAITING.insert(&tid, &wait, 0);
+    0
+}
+
+#[tracepoint]
+pub fn futex_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // SAFETY: copied out before the entry is removed.
+    let Some(wait) = (unsafe { FUTEX_WAITING.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = FUTEX_WAITING.remove(&tid);
+    // SAFETY: a helper without preconditions.
+    let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(wait.start_ns);
+    count(Counter::FutexWaits);
+    if let Some(slot) = COUNTERS.get_ptr_mut(Counter::FutexWaitNs as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += ns };
+    }
+    let key = FutexKey {
+        pid: tgid,
+        _pad: 0,
+        uaddr: wait.uaddr,
+    };
+    match FUTEX_STATS.get_ptr_mut(&key) {
+        Some(stats) => {
+            // SAFETY: this CPU's value; no concurrent writer.
+            unsafe {
+                (*stats).waits += 1;
+                (*stats).wait_ns += ns;
+            }
+        }
+        None => {
+            let stats = FutexStats {
+                waits: 1,
+                wait_ns: ns,
+            };
+            let _ = FUTEX_STATS.insert(&key, &stats, 0);
+        }
+    }
+    0
+}
+
 #[tracepoint]
 pub fn process_fork(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -876,6 +975,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     let _ = HELD.remove(&tid);
     let _ = PENDING_TRY.remove(&tid);
     let _ = COND_WAITS.remove(&tid);
+    let _ = FUTEX_WAITING.remove(&tid);
     let _ = INHERIT.remove(&tid);
     if tid != tgid {
         let _ = TRACED.remove(&tid);

@@ -14,7 +14,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{Counter, DependencyKey, FILTER_ALL, FILTER_TRACED};
+use tracer_common::{Counter, DependencyKey, FutexKey, FutexStats, FILTER_ALL, FILTER_TRACED};
 use tracing::{debug, info};
 
 use iced_x86::Register;
@@ -180,10 +180,13 @@ const UPROBES: &[Uprobe] = &[
     },
 ];
 
-const TRACEPOINTS: &[(&str, &str)] = &[
-    ("process_fork", "sched_process_fork"),
-    ("process_exec", "sched_process_exec"),
-    ("process_exit", "sched_process_exit"),
+/// (program, category, event)
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("process_fork", "sched", "sched_process_fork"),
+    ("process_exec", "sched", "sched_process_exec"),
+    ("process_exit", "sched", "sched_process_exit"),
+    ("futex_enter", "syscalls", "sys_enter_futex"),
+    ("futex_exit", "syscalls", "sys_exit_futex"),
 ];
 
 pub struct Probes {
@@ -309,12 +312,12 @@ impl Probes {
             // serializes uprobe removals, each waiting for a grace period.
             attached.map_err(|e| attach_error(e, symbol, &libc))?;
         }
-        for &(program, event) in TRACEPOINTS {
+        for &(program, category, event) in TRACEPOINTS {
             let tp: &mut TracePoint = self.program(program)?.try_into()?;
             tp.load()
                 .with_context(|| format!("cannot load program {program}"))?;
-            tp.attach("sched", event)
-                .with_context(|| format!("cannot attach to tracepoint sched:{event}"))?;
+            tp.attach(category, event)
+                .with_context(|| format!("cannot attach to tracepoint {category}:{event}"))?;
         }
         info!(libc = %libc.display(), "probes attached");
         Ok(())
@@ -343,6 +346,26 @@ impl Probes {
             let _ = sent.remove(key);
         }
         Ok(())
+    }
+
+    /// Blocking per futex word: (pid, address, waits, ns), summed over CPUs.
+    pub fn futex_stats(&self) -> Result<Vec<(u32, u64, u64, u64)>> {
+        let map = self
+            .ebpf
+            .map("FUTEX_STATS")
+            .ok_or_else(|| anyhow!("the eBPF object has no map FUTEX_STATS"))?;
+        // aya's PerCpuHashMap also handles the LRU kind.
+        let stats: aya::maps::PerCpuHashMap<_, FutexKey, FutexStats> =
+            aya::maps::PerCpuHashMap::try_from(map)?;
+        let mut out = Vec::new();
+        for entry in stats.iter() {
+            let (key, per_cpu) = entry?;
+            let (waits, ns) = per_cpu
+                .iter()
+                .fold((0, 0), |(w, n), s| (w + s.waits, n + s.wait_ns));
+            out.push((key.pid, key.uaddr, waits, ns));
+        }
+        Ok(out)
     }
 
     /// The event ring buffer (can be taken once).

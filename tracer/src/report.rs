@@ -244,7 +244,46 @@ pub struct Summary {
     pub truncated_cycle_searches: u64,
     /// Kernel counters by [`Counter::name`]; see [`counters`].
     pub counters: BTreeMap<String, u64>,
+    /// The futex words traced threads waited on longest (lock contention),
+    /// longest first.
+    pub contention: Vec<Contention>,
     pub duration_s: f64,
+}
+
+/// Blocking on one futex word: a contended lock (the futex word of a pthread
+/// mutex or semaphore is the lock's own address) or another futex-based
+/// lock.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Contention {
+    pub pid: u32,
+    pub comm: String,
+    #[serde(serialize_with = "hex")]
+    pub addr: u64,
+    /// The symbol of the futex word, if it is in a mapped file.
+    pub name: Option<String>,
+    pub waits: u64,
+    pub wait_ns: u64,
+}
+
+/// The `n` longest-waited futex words of `stats`, named with `resolve`.
+pub fn contention(
+    mut stats: Vec<(u32, u64, u64, u64)>,
+    resolve: &mut dyn Resolve,
+    n: usize,
+) -> Vec<Contention> {
+    stats.sort_by(|a, b| b.3.cmp(&a.3));
+    stats
+        .into_iter()
+        .take(n)
+        .map(|(pid, addr, waits, wait_ns)| Contention {
+            pid,
+            comm: resolve.process_name(pid),
+            addr,
+            name: resolve.lock_name(pid, addr),
+            waits,
+            wait_ns,
+        })
+        .collect()
 }
 
 /// The counter map of a [`Summary`].
@@ -298,6 +337,20 @@ impl fmt::Display for Summary {
                     "truncated cycle search",
                     "truncated cycle searches"
                 )
+            )?;
+        }
+        for c in &self.contention {
+            let name = c
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("futex {:#x}", c.addr));
+            write!(
+                f,
+                "\n  contention: {name} in {} [{}]: {} waited {:.3}s",
+                c.comm,
+                c.pid,
+                plural(c.waits, "wait", "waits"),
+                c.wait_ns as f64 / 1e9
             )?;
         }
         Ok(())

@@ -18,6 +18,9 @@ use crate::{
     symbolize::Symbolizer,
 };
 
+/// Contended futex words listed in the summary.
+const CONTENTION_SHOWN: usize = 5;
+
 pub struct Session {
     pub probes: Probes,
     symbolizer: Symbolizer,
@@ -225,6 +228,9 @@ impl Session {
     }
 
     fn write_summary(&mut self) -> Result<()> {
+        // Mappings of processes that made no event yet name the contended
+        // futex words.
+        self.symbolizer.sync();
         let counters = self.probes.counters()?;
         let get = |c: Counter| {
             counters
@@ -239,6 +245,11 @@ impl Session {
             cycles: self.graph.cycle_count() as u64,
             lost_events: get(Counter::LostEvents) + self.undecodable,
             truncated_cycle_searches: self.graph.truncated_searches(),
+            contention: report::contention(
+                self.probes.futex_stats()?,
+                &mut self.symbolizer,
+                CONTENTION_SHOWN,
+            ),
             counters: counters
                 .iter()
                 .map(|(c, v)| (c.name().to_string(), *v))
