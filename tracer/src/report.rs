@@ -271,7 +271,7 @@ pub fn contention(
     resolve: &mut dyn Resolve,
     n: usize,
 ) -> Vec<Contention> {
-    stats.sort_by(|a, b| b.3.cmp(&a.3));
+    stats.sort_by_key(|s| std::cmp::Reverse(s.3));
     stats
         .into_iter()
         .take(n)
@@ -677,6 +677,7 @@ mod tests {
                 };
                 (c, v)
             })),
+            contention: vec![],
             duration_s: 2.5,
         }
     }
@@ -885,6 +886,7 @@ mod tests {
             lost_events: 1,
             truncated_cycle_searches: 2,
             counters: counters([(Counter::LostEvents, 1), (Counter::StackTruncated, 0)]),
+            contention: vec![],
             duration_s: 0.04,
         };
         assert_eq!(
