@@ -23,6 +23,29 @@ pub enum Command {
     /// Trace the whole host, or the processes named by --pid/--comm and their
     /// children, until Ctrl-C, SIGTERM or the end of --duration.
     Watch(WatchArgs),
+    /// Print, once, every thread blocked on a lock, who holds that lock, and
+    /// the deadlocks among them (like jstack or py-spy dump, for locks).
+    /// Needs no probes: pthread mutexes only (their owner is in the mutex).
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// These processes (repeatable); all when none is given.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Report format: human-readable text, or JSON Lines.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write the report to FILE instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Exit with this status when a deadlock is found.
+    #[arg(long, value_name = "N")]
+    pub exit_code: Option<i32>,
+    /// More diagnostics on standard error.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +86,10 @@ pub struct CommonArgs {
     /// Write the report to FILE instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Report a thread blocked on a lock for longer than this (a hang), once
+    /// per wait, with its stack and what the lock's holders are doing.
+    #[arg(long, value_parser = parse_duration, value_name = "D", default_value = "10s")]
+    pub hang_threshold: Duration,
     /// Exit with this status when anything was reported (for CI gating).
     #[arg(long, value_name = "N")]
     pub exit_code: Option<i32>,

@@ -1,8 +1,11 @@
 //! locktrace: the collector. Data flow, one module per stage:
 //! `load` (eBPF object, probes) -> `ingest` (ring buffer -> `model` types)
 //! -> `graph` (lock-order graph, cycles) -> `report` (findings, sinks),
-//! with `maps`/`unwind`/`symbolize` turning raw addresses into frames.
+//! with `maps`/`unwind`/`symbolize` turning raw addresses into frames, and
+//! `waitfor` (who waits for whom, from /proc) -> `blocking` (deadlocks,
+//! hangs).
 
+pub mod blocking;
 pub mod cli;
 pub mod graph;
 pub mod ingest;
@@ -16,3 +19,4 @@ pub mod report;
 pub mod session;
 pub mod symbolize;
 pub mod unwind;
+pub mod waitfor;

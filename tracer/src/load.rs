@@ -14,7 +14,9 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{Counter, DependencyKey, FutexKey, FutexStats, FILTER_ALL, FILTER_TRACED};
+use tracer_common::{
+    Counter, DependencyKey, FutexKey, FutexStats, HeldStack, FILTER_ALL, FILTER_TRACED,
+};
 use tracing::{debug, info};
 
 use iced_x86::Register;
@@ -192,6 +194,7 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 pub struct Probes {
     ebpf: Ebpf,
     pub libc: PathBuf,
+    host_wide: bool,
 }
 
 impl Probes {
@@ -230,6 +233,7 @@ impl Probes {
         let mut probes = Probes {
             ebpf,
             libc: libc.to_path_buf(),
+            host_wide: filter.is_host_wide(),
         };
         probes.install_filter(filter)?;
         probes.attach_all(policy, programs)?;
@@ -346,6 +350,60 @@ impl Probes {
             let _ = sent.remove(key);
         }
         Ok(())
+    }
+
+    /// The held-lock stack of every thread that holds something.
+    pub fn held_stacks(&self) -> Result<crate::waitfor::HeldByThread> {
+        let map = self
+            .ebpf
+            .map("HELD")
+            .ok_or_else(|| anyhow!("the eBPF object has no map HELD"))?;
+        let held: HashMap<_, u32, HeldStack> = HashMap::try_from(map)?;
+        let mut out = crate::waitfor::HeldByThread::new();
+        for entry in held.iter() {
+            // Entries can vanish while iterating (threads exit): skip them.
+            let Ok((tid, stack)) = entry else { continue };
+            let depth = (stack.depth as usize).min(stack.locks.len());
+            if depth > 0 {
+                out.insert(tid, stack.locks[..depth].to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Futex waits in progress: tid -> (futex word, start in CLOCK_MONOTONIC
+    /// ns).
+    pub fn futex_waits(&self) -> Result<crate::blocking::WaitStarts> {
+        let map = self
+            .ebpf
+            .map("FUTEX_WAITING")
+            .ok_or_else(|| anyhow!("the eBPF object has no map FUTEX_WAITING"))?;
+        let waiting: HashMap<_, u32, [u64; 2]> = HashMap::try_from(map)?;
+        Ok(waiting
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|(tid, [uaddr, start])| (tid, (uaddr, start)))
+            .collect())
+    }
+
+    /// The processes traced with `FILTER_TRACED` (thread ids left out).
+    pub fn traced_pids(&self) -> Result<Vec<u32>> {
+        let map = self
+            .ebpf
+            .map("TRACED")
+            .ok_or_else(|| anyhow!("the eBPF object has no map TRACED"))?;
+        let traced: HashMap<_, u32, u8> = HashMap::try_from(map)?;
+        Ok(traced
+            .keys()
+            .filter_map(|k| k.ok())
+            // Threads created by traced processes are in the map too.
+            .filter(|&pid| crate::preflight::is_process(pid))
+            .collect())
+    }
+
+    /// Whether every process is traced.
+    pub fn is_host_wide(&self) -> bool {
+        self.host_wide
     }
 
     /// Blocking per futex word: (pid, address, waits, ns), summed over CPUs.

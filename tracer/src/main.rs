@@ -5,27 +5,32 @@ use std::{fs::File, io::Write, path::PathBuf, process::ExitCode, time::Duration}
 use anyhow::{Context, Result};
 use clap::Parser;
 use locktrace::{
-    cli::{Cli, Command, CommonArgs, Format, RunArgs, WatchArgs},
+    blocking,
+    cli::{Cli, Command, CommonArgs, Format, RunArgs, SnapshotArgs, WatchArgs},
     launch,
     load::{Filter, ProbePlacement, ProbePrograms, Probes},
+    maps::AddressSpaces,
     preflight,
     report::{self, Reporter},
     session::Session,
     symbolize::Symbolizer,
+    waitfor,
 };
 use nix::sys::wait::waitpid;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let common = match &cli.command {
-        Command::Run(a) => &a.common,
-        Command::Watch(a) => &a.common,
+    let verbose = match &cli.command {
+        Command::Run(a) => a.common.verbose,
+        Command::Watch(a) => a.common.verbose,
+        Command::Snapshot(a) => a.verbose,
     };
-    init_logging(common.verbose);
+    init_logging(verbose);
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Watch(args) => watch(args),
+        Command::Snapshot(args) => snapshot(args),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -69,14 +74,18 @@ fn preflight(common: &CommonArgs) -> Result<PathBuf> {
 }
 
 fn reporter(common: &CommonArgs) -> Result<Reporter> {
-    let out: Box<dyn Write + Send> = match &common.output {
+    open_reporter(common.output.as_ref(), common.format)
+}
+
+fn open_reporter(output: Option<&PathBuf>, format: Format) -> Result<Reporter> {
+    let out: Box<dyn Write + Send> = match output {
         Some(path) => Box::new(
             File::create(path)
                 .with_context(|| format!("cannot create the output file {}", path.display()))?,
         ),
         None => Box::new(std::io::stdout()),
     };
-    let format = match common.format {
+    let format = match format {
         Format::Text => report::Format::Text,
         Format::Json => report::Format::Json,
     };
@@ -133,7 +142,7 @@ fn run(args: RunArgs) -> Result<i32> {
             return Err(e);
         }
     };
-    let mut session = Session::new(probes, symbolizer, reporter);
+    let mut session = Session::new(probes, symbolizer, reporter, args.common.hang_threshold);
     let rt = runtime()?;
     let status = rt.block_on(async {
         let pid = child.release()?;
@@ -190,7 +199,7 @@ fn watch(args: WatchArgs) -> Result<i32> {
         placement(&args.common),
         programs(&args.common),
     )?;
-    let mut session = Session::new(probes, symbolizer, reporter);
+    let mut session = Session::new(probes, symbolizer, reporter, args.common.hang_threshold);
     let rt = runtime()?;
     let duration = args.duration;
     rt.block_on(async {
@@ -207,6 +216,34 @@ fn watch(args: WatchArgs) -> Result<i32> {
         session.run_until(stop).await
     })?;
     Ok(exit_code(&session, args.common.exit_code, 0))
+}
+
+fn snapshot(args: SnapshotArgs) -> Result<i32> {
+    preflight::check_privileges()?;
+    for &pid in &args.pids {
+        preflight::check_pid(pid)?;
+    }
+    let mut reporter = open_reporter(args.output.as_ref(), args.format)?;
+    let pids = if args.pids.is_empty() {
+        waitfor::all_pids()
+    } else {
+        args.pids.clone()
+    };
+    let mut symbolizer = Symbolizer::with_spaces(AddressSpaces::proc_only());
+    let records = blocking::snapshot(&pids, &mut symbolizer);
+    let mut deadlocks = 0;
+    for record in &records {
+        if matches!(record, report::Finding::Deadlock(_)) {
+            deadlocks += 1;
+        }
+        reporter
+            .finding(record)
+            .context("cannot write the report")?;
+    }
+    Ok(match args.exit_code {
+        Some(code) if deadlocks > 0 => code,
+        _ => 0,
+    })
 }
 
 fn exit_code(session: &Session, on_findings: Option<i32>, otherwise: i32) -> i32 {

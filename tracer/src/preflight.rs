@@ -133,6 +133,17 @@ pub fn check_pid(pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Whether `pid` is a running process (a thread group leader), not another
+/// thread's id.
+pub fn is_process(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .is_some_and(|t| t.trim() == pid.to_string())
+    })
+}
+
 /// Pids of running processes whose comm is `comm`.
 pub fn pids_with_comm(comm: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

@@ -32,6 +32,10 @@ pub fn kind_name(kind: LockKind) -> &'static str {
 pub enum Finding {
     LockOrderInversion(Inversion),
     SelfDeadlock(SelfDeadlock),
+    Deadlock(Deadlock),
+    LockWaitTimeout(LockWaitTimeout),
+    /// Not a finding: one blocked thread of a `locktrace snapshot`.
+    BlockedThread(ThreadReport),
 }
 
 impl Finding {
@@ -39,7 +43,162 @@ impl Finding {
         match self {
             Finding::LockOrderInversion(inv) => inv.id,
             Finding::SelfDeadlock(d) => d.id,
+            Finding::Deadlock(d) => d.id,
+            Finding::LockWaitTimeout(t) => t.id,
+            Finding::BlockedThread(_) => 0,
         }
+    }
+}
+
+/// A real deadlock: every thread of `threads` waits for a lock that the next
+/// one holds (the last for the first's).
+#[derive(Clone, Debug, Serialize)]
+pub struct Deadlock {
+    pub id: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub threads: Vec<ThreadReport>,
+    /// The id of the lock-order inversion reported earlier for these locks.
+    pub inversion: Option<u64>,
+}
+
+/// A thread blocked on a lock longer than the hang threshold.
+#[derive(Clone, Debug, Serialize)]
+pub struct LockWaitTimeout {
+    pub id: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub waiter: ThreadReport,
+    /// The lock's holders, and what each is doing.
+    pub holders: Vec<ThreadReport>,
+}
+
+/// One thread, as a deadlock or hang report shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadReport {
+    pub pid: u32,
+    pub comm: String,
+    pub tid: u32,
+    pub thread: String,
+    /// The kernel's scheduler state: `S` sleeping, `R` running, `D` in
+    /// uninterruptible sleep...
+    pub state: String,
+    /// The lock it waits for, if it is blocked on one.
+    pub waits_for: Option<Lock>,
+    /// How long it has waited (null when unknown: the wait began before the
+    /// tracer started).
+    pub waiting_s: Option<f64>,
+    /// The threads holding that lock.
+    pub held_by: Vec<u32>,
+    /// The locks it holds, with where it took each (when the tracer saw it).
+    pub holds: Vec<HeldReport>,
+    /// Its current stack, innermost first.
+    pub stack: Vec<Frame>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldReport {
+    pub lock: Lock,
+    /// The call site that took it (empty if taken before the tracer started).
+    pub taken_at: Vec<Frame>,
+}
+
+impl ThreadReport {
+    fn write(&self, f: &mut fmt::Formatter<'_>, indent: &str) -> fmt::Result {
+        write!(
+            f,
+            "{indent}thread {} [{}] of {} [{}], state {}",
+            self.thread, self.tid, self.comm, self.pid, self.state
+        )?;
+        match &self.waits_for {
+            Some(lock) => {
+                write!(
+                    f,
+                    ", waits for {} ({} {:#x})",
+                    lock.label(),
+                    lock.kind,
+                    lock.addr
+                )?;
+                if let Some(s) = self.waiting_s {
+                    write!(f, " for {s:.1}s")?;
+                }
+                if !self.held_by.is_empty() {
+                    let by: Vec<String> = self.held_by.iter().map(|t| t.to_string()).collect();
+                    write!(f, ", held by thread {}", by.join(", "))?;
+                }
+                writeln!(f)?;
+            }
+            None => writeln!(f, ", not waiting for a lock")?,
+        }
+        for h in &self.holds {
+            writeln!(
+                f,
+                "{indent}  holds {} ({} {:#x}), taken at:",
+                h.lock.label(),
+                h.lock.kind,
+                h.lock.addr
+            )?;
+            if h.taken_at.is_empty() {
+                writeln!(f, "{indent}    (taken before tracing began)")?;
+            }
+            write_stack_if_any(f, &format!("{indent}    "), &h.taken_at)?;
+        }
+        writeln!(f, "{indent}  stack:")?;
+        write_stack(f, &format!("{indent}    "), &self.stack)
+    }
+}
+
+fn write_stack_if_any(f: &mut fmt::Formatter<'_>, indent: &str, frames: &[Frame]) -> fmt::Result {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    write_stack(f, indent, frames)
+}
+
+impl fmt::Display for Deadlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "ERROR: deadlock: {} of {} [{}] wait for each other",
+            plural(self.threads.len() as u64, "thread", "threads"),
+            self.comm,
+            self.pid
+        )?;
+        if let Some(id) = self.inversion {
+            writeln!(f, "  (the lock-order inversion reported as finding #{id})")?;
+        }
+        writeln!(f)?;
+        for t in &self.threads {
+            t.write(f, "  ")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for LockWaitTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lock = self
+            .waiter
+            .waits_for
+            .as_ref()
+            .map(Lock::label)
+            .unwrap_or_default();
+        writeln!(
+            f,
+            "WARNING: lock wait timeout: thread {} [{}] of {} [{}] has waited {:.1}s for {lock}",
+            self.waiter.thread,
+            self.waiter.tid,
+            self.comm,
+            self.pid,
+            self.waiter.waiting_s.unwrap_or(0.0)
+        )?;
+        writeln!(f)?;
+        self.waiter.write(f, "  ")?;
+        for h in &self.holders {
+            writeln!(f, "  held by:")?;
+            h.write(f, "    ")?;
+        }
+        Ok(())
     }
 }
 
@@ -452,6 +611,12 @@ impl fmt::Display for Finding {
         match self {
             Finding::LockOrderInversion(inv) => inv.fmt(f),
             Finding::SelfDeadlock(d) => d.fmt(f),
+            Finding::Deadlock(d) => d.fmt(f),
+            Finding::LockWaitTimeout(t) => t.fmt(f),
+            Finding::BlockedThread(t) => {
+                writeln!(f, "BLOCKED:")?;
+                t.write(f, "  ")
+            }
         }
     }
 }

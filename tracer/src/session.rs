@@ -1,7 +1,11 @@
 //! One tracing session: reads the ring buffer until told to stop, feeds each
 //! dependency to the lock-order graph, and reports every new cycle at once.
 
-use std::{future::Future, time::Instant};
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -10,12 +14,14 @@ use tracer_common::{Counter, DependencyKey, EVENT_DEPENDENCY};
 use tracing::{debug, trace, warn};
 
 use crate::{
+    blocking::Watchdog,
     graph::LockOrderGraph,
     ingest::{self, DependencyRecord, Record},
     load::Probes,
     model::{Dependency, LockId},
     report::{self, Reporter, Summary},
     symbolize::Symbolizer,
+    waitfor,
 };
 
 /// Contended futex words listed in the summary.
@@ -23,6 +29,9 @@ const CONTENTION_SHOWN: usize = 5;
 
 pub struct Session {
     pub probes: Probes,
+    watchdog: Watchdog,
+    /// The lock sets of reported inversions, to link deadlocks to them.
+    inversions: Vec<(BTreeSet<LockId>, u64)>,
     symbolizer: Symbolizer,
     graph: LockOrderGraph,
     reporter: Reporter,
@@ -33,9 +42,16 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(probes: Probes, symbolizer: Symbolizer, reporter: Reporter) -> Self {
+    pub fn new(
+        probes: Probes,
+        symbolizer: Symbolizer,
+        reporter: Reporter,
+        hang_threshold: Duration,
+    ) -> Self {
         Session {
             probes,
+            watchdog: Watchdog::new(hang_threshold),
+            inversions: Vec::new(),
             symbolizer,
             graph: LockOrderGraph::new(),
             reporter,
@@ -64,7 +80,10 @@ impl Session {
         tokio::pin!(stop);
         // A periodic drain as a safety net: the ring buffer wakes us up only
         // when the kernel side asks for it.
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        // Deadlocks are confirmed by two scans in a row: reported within a
+        // second of the last thread blocking.
+        let mut scan = tokio::time::interval(Duration::from_millis(400));
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
@@ -83,6 +102,10 @@ impl Session {
                     guard.clear_ready();
                 }
                 _ = tick.tick() => self.drain(ring.get_mut())?,
+                _ = scan.tick() => {
+                    self.drain(ring.get_mut())?;
+                    self.check_waits()?;
+                }
                 _ = &mut stop => break,
             }
         }
@@ -116,6 +139,44 @@ impl Session {
                 Record::SelfDeadlock(d) => self.on_self_deadlock(d)?,
                 Record::LockReset { pid, addr } => self.on_lock_reset(LockId { pid, addr })?,
             }
+        }
+        Ok(())
+    }
+
+    /// Looks for deadlocks and hangs among the traced threads.
+    fn check_waits(&mut self) -> Result<()> {
+        let pids = if self.probes.is_host_wide() {
+            waitfor::all_pids()
+        } else {
+            self.probes.traced_pids()?
+        };
+        let held = self.probes.held_stacks()?;
+        let starts = self.probes.futex_waits()?;
+        let inversions = &self.inversions;
+        let inversion_of = |locks: &BTreeSet<LockId>| {
+            inversions
+                .iter()
+                .find(|(l, _)| l == locks)
+                .map(|(_, id)| *id)
+        };
+        let findings_so_far = &mut self.findings;
+        let mut next_id = || {
+            *findings_so_far += 1;
+            *findings_so_far
+        };
+        let found = self.watchdog.check(
+            &pids,
+            &held,
+            &starts,
+            &mut self.symbolizer,
+            &inversion_of,
+            &mut next_id,
+        );
+        for finding in found {
+            debug!(id = finding.id(), "blocking finding");
+            self.reporter
+                .finding(&finding)
+                .context("cannot write the report")?;
         }
         Ok(())
     }
@@ -217,6 +278,8 @@ impl Session {
             };
             for cycle in self.graph.insert(dep) {
                 self.findings += 1;
+                self.inversions
+                    .push((cycle.locks().into_iter().collect(), self.findings));
                 debug!(locks = cycle.edges.len(), "lock-order cycle");
                 let finding = report::inversion(&cycle, &mut self.symbolizer, self.findings);
                 self.reporter
