@@ -579,6 +579,22 @@ pub struct Finding {
     pub cycle: Vec<Edge>,
 }
 
+/// A `self_deadlock` finding: thread `tid` requested (with a blocking or
+/// timed call) a non-recursive `lock` it already held.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SelfDeadlock {
+    pub id: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub tid: u32,
+    pub thread: String,
+    pub lock: Lock,
+    /// Where the lock was requested again, innermost first (libc first).
+    pub stack: Vec<Frame>,
+    /// Where it was taken first: its call site.
+    pub held_stack: Vec<Frame>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Summary {
     pub events: u64,
@@ -596,6 +612,9 @@ pub struct Report {
     /// The raw output, for messages.
     pub raw: String,
     pub findings: Vec<Finding>,
+    /// Every record other than `lock_order_inversion` and `summary`, in
+    /// order, unparsed (e.g. `self_deadlock`: see [`Report::self_deadlocks`]).
+    pub other_records: Vec<Value>,
     pub summary: Summary,
 }
 
@@ -606,6 +625,7 @@ impl Report {
     pub fn parse(raw: &str) -> Result<Report, String> {
         let lines: Vec<&str> = raw.lines().filter(|l| !l.trim().is_empty()).collect();
         let mut findings = Vec::new();
+        let mut other_records = Vec::new();
         let mut summary = None;
         for (i, line) in lines.iter().enumerate() {
             let value: Value = serde_json::from_str(line)
@@ -628,15 +648,28 @@ impl Report {
                             .map_err(|e| format!("bad summary: {e}"))?,
                     );
                 }
-                _ => {}
+                _ => other_records.push(value),
             }
         }
         let summary = summary.ok_or("no summary line at the end of the output")?;
         Ok(Report {
             raw: raw.to_string(),
             findings,
+            other_records,
             summary,
         })
+    }
+
+    /// The `self_deadlock` findings, in order; an error names a malformed one.
+    pub fn self_deadlocks(&self) -> Result<Vec<SelfDeadlock>, String> {
+        self.other_records
+            .iter()
+            .filter(|v| v.get("type").and_then(Value::as_str) == Some("self_deadlock"))
+            .map(|v| {
+                serde_json::from_value::<SelfDeadlock>(v.clone())
+                    .map_err(|e| format!("bad self_deadlock ({e}): {v}"))
+            })
+            .collect()
     }
 }
 
@@ -709,6 +742,24 @@ mod tests {
         assert_eq!(r.findings.len(), 1);
         assert!(r.findings[0].cycle[0].stack[0].is_at("lock_ab", "ab_ba.c", 14));
         assert_eq!(r.summary.cycles, 1);
+        assert!(r.self_deadlocks().unwrap().is_empty());
         assert!(Report::parse("{\"type\":\"summary\"}").is_err());
+    }
+
+    #[test]
+    fn parse_self_deadlock() {
+        let raw = r#"{"type":"self_deadlock","id":1,"pid":5,"comm":"x","tid":6,"thread":"x","lock":{"addr":"0x1","kind":"mutex","name":"mutex_a"},"stack":[{"addr":"0x10","module":null,"function":"relock_a","offset":4,"file":"/a/self_deadlock.c","line":9}],"held_stack":[]}
+{"type":"something_new","x":1}
+{"type":"summary","events":4,"dependencies":0,"locks":1,"cycles":0,"lost_events":0,"counters":{},"duration_s":0.5}
+"#;
+        let r = Report::parse(raw).unwrap();
+        assert!(r.findings.is_empty());
+        assert_eq!(r.other_records.len(), 2);
+        let s = r.self_deadlocks().unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].lock.name.as_deref(), Some("mutex_a"));
+        assert_eq!(s[0].tid, 6);
+        let bad = raw.replace("\"tid\":6,", "");
+        assert!(Report::parse(&bad).unwrap().self_deadlocks().is_err());
     }
 }

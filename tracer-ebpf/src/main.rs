@@ -523,6 +523,8 @@ fn copy_stack(buf: &mut [u8; STACK_BYTES], sp: u64) -> u32 {
 
 /// What a release did.
 enum Released {
+    /// The thread is not traced.
+    NotTraced,
     /// The thread did not hold the lock.
     NotHeld,
     /// One level of a recursive mutex.
@@ -536,7 +538,7 @@ enum Released {
 #[inline(always)]
 fn release(lock: u64) -> Released {
     let Some((_, tid)) = current_traced() else {
-        return Released::NotHeld;
+        return Released::NotTraced;
     };
     count(Counter::Release);
     let Some(held) = HELD.get_ptr_mut(&tid) else {
