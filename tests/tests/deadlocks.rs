@@ -1,0 +1,277 @@
+//! Real deadlocks and hangs: the wait-for graph, `lock_wait_timeout`, and
+//! `locktrace snapshot`, on fixtures that really block.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use locktrace_e2e::{fixture, marker_line, require_root, run_json, JsonRun, Tracer, Variant};
+use serde_json::Value;
+
+fn records<'a>(run: &'a JsonRun, kind: &str) -> Vec<&'a Value> {
+    run.report
+        .other_records
+        .iter()
+        .filter(|r| r["type"] == kind)
+        .collect()
+}
+
+/// Whether `frames` has a frame in `function` at the line of `marker` in
+/// fixture `source`.
+fn has_frame(frames: &Value, source: &str, function: &str, marker: &str) -> bool {
+    let line = marker_line(source, marker);
+    frames.as_array().into_iter().flatten().any(|f| {
+        f["function"] == function
+            && f["line"].as_u64() == Some(line)
+            && f["file"]
+                .as_str()
+                .is_some_and(|p| p.ends_with(&format!("{source}.c")))
+    })
+}
+
+fn name(lock: &Value) -> String {
+    lock["name"].as_str().unwrap_or("<unnamed>").to_string()
+}
+
+/// The deadlock of `deadlock.c`: two threads, each waiting for the mutex the
+/// other holds, each shown in the function and line where it waits.
+fn check_ab_ba_deadlock(d: &Value, context: &str) {
+    let threads = d["threads"].as_array().expect("threads");
+    assert_eq!(threads.len(), 2, "two threads\n{context}");
+    let waited: BTreeSet<String> = threads.iter().map(|t| name(&t["waits_for"])).collect();
+    assert_eq!(
+        waited,
+        BTreeSet::from(["mutex_a".to_string(), "mutex_b".to_string()]),
+        "{context}"
+    );
+    for t in threads {
+        let waits_for = name(&t["waits_for"]);
+        let held: Vec<String> = t["holds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| name(&h["lock"]))
+            .collect();
+        let other = if waits_for == "mutex_a" {
+            "mutex_b"
+        } else {
+            "mutex_a"
+        };
+        assert!(
+            held.contains(&other.to_string()),
+            "the thread waiting for {waits_for} holds {other}\n{context}"
+        );
+        let (function, marker) = if waits_for == "mutex_b" {
+            ("lock_ab", "LOCK_B_IN_AB")
+        } else {
+            ("lock_ba", "LOCK_A_IN_BA")
+        };
+        assert!(
+            has_frame(&t["stack"], "deadlock", function, marker),
+            "the stack of the thread waiting for {waits_for} shows {function} at {marker}\n{context}"
+        );
+        // The holder named is the other thread of the cycle.
+        let holder = t["held_by"][0].as_u64().expect("held_by");
+        assert!(
+            threads
+                .iter()
+                .any(|o| o["tid"].as_u64() == Some(holder) && o["tid"] != t["tid"]),
+            "{context}"
+        );
+    }
+}
+
+#[test]
+fn deadlock_is_reported_and_linked_to_its_inversion() {
+    require_root();
+    // The fixture deadlocks at once and is killed by its alarm after 6 s.
+    let run = run_json(
+        &[],
+        &[
+            fixture("deadlock", Variant::NoFp).into_os_string(),
+            "6".into(),
+        ],
+    );
+    let context = run.describe();
+    assert_eq!(run.run.code(), 128 + 14, "killed by SIGALRM\n{context}");
+    let deadlocks = records(&run, "deadlock");
+    assert_eq!(deadlocks.len(), 1, "exactly one deadlock\n{context}");
+    let d = deadlocks[0];
+    check_ab_ba_deadlock(d, &context);
+    // Both threads took their first lock after the tracer started: it knows
+    // where, and how long each has waited.
+    for t in d["threads"].as_array().unwrap() {
+        assert!(t["waiting_s"].as_f64().is_some(), "{context}");
+        let taken_at = &t["holds"][0]["taken_at"];
+        assert!(
+            has_frame(taken_at, "deadlock", "lock_ab", "LOCK_A_IN_AB")
+                || has_frame(taken_at, "deadlock", "lock_ba", "LOCK_B_IN_BA"),
+            "where the held lock was taken\n{context}"
+        );
+    }
+    assert_eq!(run.report.findings.len(), 1, "the inversion\n{context}");
+    assert_eq!(
+        d["inversion"].as_u64(),
+        Some(run.report.findings[0].id),
+        "the deadlock names the inversion found before it\n{context}"
+    );
+    assert!(
+        records(&run, "lock_wait_timeout").is_empty(),
+        "threads of a reported deadlock are not reported again as hangs\n{context}"
+    );
+}
+
+#[test]
+fn hang_reports_the_waiter_and_what_the_holder_does() {
+    require_root();
+    let run = run_json(
+        &["--hang-threshold", "1s"],
+        &[fixture("hang", Variant::NoFp).into_os_string(), "3".into()],
+    );
+    let context = run.describe();
+    assert_eq!(run.run.code(), 0, "{context}");
+    let hangs = records(&run, "lock_wait_timeout");
+    assert_eq!(hangs.len(), 1, "exactly one hang\n{context}");
+    let h = hangs[0];
+    let waiter = &h["waiter"];
+    assert_eq!(name(&waiter["waits_for"]), "mutex_a", "{context}");
+    assert!(
+        waiter["waiting_s"].as_f64().unwrap_or(0.0) >= 1.0,
+        "{context}"
+    );
+    assert!(
+        has_frame(&waiter["stack"], "hang", "blocked_waiter", "WAITER_LOCKS_A"),
+        "{context}"
+    );
+    let holders = h["holders"].as_array().expect("holders");
+    assert_eq!(holders.len(), 1, "{context}");
+    let holder = &holders[0];
+    assert!(
+        holder["waits_for"].is_null(),
+        "the holder waits for no lock\n{context}"
+    );
+    assert_eq!(name(&holder["holds"][0]["lock"]), "mutex_a", "{context}");
+    assert!(
+        has_frame(
+            &holder["holds"][0]["taken_at"],
+            "hang",
+            "slow_holder",
+            "HOLDER_LOCKS_A"
+        ),
+        "{context}"
+    );
+    assert!(
+        has_frame(&holder["stack"], "hang", "slow_holder", "HOLDER_SLEEPS"),
+        "the holder's current stack shows it sleeping with the lock\n{context}"
+    );
+    assert!(run.report.findings.is_empty(), "{context}");
+}
+
+/// Starts `deadlock` and waits until both its threads sleep in a futex wait.
+fn deadlocked_process() -> Child {
+    let child = Command::new(fixture("deadlock", Variant::NoFp))
+        .arg("30")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the deadlock fixture");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let in_futex = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("syscall"))
+                    .is_ok_and(|s| s.starts_with("202 "))
+            })
+            .count();
+        // Main waits in pthread_join (a futex wait too), and the two threads.
+        if in_futex >= 3 {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "the fixture did not deadlock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn deadlock_from_before_the_tracer_started() {
+    require_root();
+    let process = Killed(deadlocked_process());
+    let pid = process.0.id().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.jsonl");
+    let run = Tracer::new([
+        "watch",
+        "--pid",
+        &pid,
+        "--duration",
+        "2s",
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+    ])
+    .run();
+    let raw = std::fs::read_to_string(&out).unwrap_or_default();
+    let context = format!("{}\n--- report ---\n{raw}", run.describe());
+    assert_eq!(run.code(), 0, "{context}");
+    let deadlocks: Vec<Value> = raw
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "deadlock")
+        .collect();
+    assert_eq!(deadlocks.len(), 1, "{context}");
+    check_ab_ba_deadlock(&deadlocks[0], &context);
+    assert_eq!(
+        deadlocks[0]["pid"].as_u64(),
+        Some(process.0.id() as u64),
+        "{context}"
+    );
+}
+
+#[test]
+fn snapshot_shows_who_waits_for_whom() {
+    require_root();
+    let process = Killed(deadlocked_process());
+    let pid = process.0.id().to_string();
+    let run = Tracer::new([
+        "snapshot",
+        "--pid",
+        &pid,
+        "--format",
+        "json",
+        "--exit-code",
+        "3",
+    ])
+    .run();
+    let context = run.describe();
+    assert_eq!(run.code(), 3, "a deadlock was found\n{context}");
+    let values: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{context}")))
+        .collect();
+    let blocked: Vec<&Value> = values
+        .iter()
+        .filter(|v| v["type"] == "blocked_thread")
+        .collect();
+    assert_eq!(
+        blocked.len(),
+        2,
+        "the two threads blocked on mutexes\n{context}"
+    );
+    let deadlocks: Vec<&Value> = values.iter().filter(|v| v["type"] == "deadlock").collect();
+    assert_eq!(deadlocks.len(), 1, "{context}");
+    check_ab_ba_deadlock(deadlocks[0], &context);
+}
