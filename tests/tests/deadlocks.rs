@@ -165,6 +165,10 @@ fn hang_reports_the_waiter_and_what_the_holder_does() {
         "the holder's current stack shows it sleeping with the lock\n{context}"
     );
     assert!(run.report.findings.is_empty(), "{context}");
+    assert!(
+        records(&run, "deadlock").is_empty(),
+        "the holder released the lock: no deadlock\n{context}"
+    );
 }
 
 /// Starts `deadlock` and waits until both its threads sleep in a futex wait.
@@ -274,4 +278,102 @@ fn snapshot_shows_who_waits_for_whom() {
     let deadlocks: Vec<&Value> = values.iter().filter(|v| v["type"] == "deadlock").collect();
     assert_eq!(deadlocks.len(), 1, "{context}");
     check_ab_ba_deadlock(deadlocks[0], &context);
+}
+
+/// Runs a deadlocking fixture (killed by its alarm after 4 s) and returns
+/// its single deadlock record.
+fn single_deadlock(name: &str) -> (JsonRun, Value) {
+    require_root();
+    let run = run_json(
+        &[],
+        &[fixture(name, Variant::NoFp).into_os_string(), "4".into()],
+    );
+    let context = run.describe();
+    assert_eq!(run.run.code(), 128 + 14, "killed by SIGALRM\n{context}");
+    let deadlocks = records(&run, "deadlock");
+    assert_eq!(deadlocks.len(), 1, "exactly one deadlock\n{context}");
+    let d = deadlocks[0].clone();
+    (run, d)
+}
+
+#[test]
+fn three_thread_deadlock() {
+    let (run, d) = single_deadlock("deadlock3");
+    let context = run.describe();
+    let threads = d["threads"].as_array().unwrap();
+    assert_eq!(threads.len(), 3, "{context}");
+    let waited: BTreeSet<String> = threads.iter().map(|t| name(&t["waits_for"])).collect();
+    assert_eq!(
+        waited,
+        BTreeSet::from(["mutex_a", "mutex_b", "mutex_c"].map(String::from)),
+        "{context}"
+    );
+    for t in threads {
+        assert!(
+            has_frame(&t["stack"], "deadlock3", "take_pair", "SECOND_LOCK"),
+            "{context}"
+        );
+    }
+}
+
+#[test]
+fn deadlock_across_processes_on_shared_mutexes() {
+    let (run, d) = single_deadlock("deadlock_shared");
+    let context = run.describe();
+    let threads = d["threads"].as_array().unwrap();
+    assert_eq!(threads.len(), 2, "{context}");
+    let pids: BTreeSet<u64> = threads.iter().filter_map(|t| t["pid"].as_u64()).collect();
+    assert_eq!(
+        pids.len(),
+        2,
+        "the two threads are in two processes\n{context}"
+    );
+    let child = run.run.printed_pid("child") as u64;
+    assert!(pids.contains(&child), "{context}");
+    for t in threads {
+        assert!(
+            has_frame(&t["stack"], "deadlock_shared", "take", "SECOND_LOCK"),
+            "{context}"
+        );
+        // Each waits for a thread of the other process.
+        let holder = t["held_by"][0].as_u64().unwrap();
+        let other = threads
+            .iter()
+            .find(|o| o["tid"].as_u64() == Some(holder))
+            .unwrap();
+        assert_ne!(other["pid"], t["pid"], "{context}");
+    }
+}
+
+#[test]
+fn deadlock_through_an_rwlock() {
+    let (run, d) = single_deadlock("deadlock_rwlock");
+    let context = run.describe();
+    let threads = d["threads"].as_array().unwrap();
+    assert_eq!(threads.len(), 2, "{context}");
+    let writer = threads
+        .iter()
+        .find(|t| name(&t["waits_for"]) == "rwlock_r")
+        .unwrap_or_else(|| panic!("a thread waits for rwlock_r\n{context}"));
+    assert_eq!(writer["waits_for"]["kind"], "rwlock_write", "{context}");
+    assert!(
+        has_frame(
+            &writer["stack"],
+            "deadlock_rwlock",
+            "writer",
+            "WRITER_WANTS_R"
+        ),
+        "{context}"
+    );
+    let reader = threads
+        .iter()
+        .find(|t| name(&t["waits_for"]) == "mutex_m")
+        .unwrap_or_else(|| panic!("a thread waits for mutex_m\n{context}"));
+    let holds: Vec<&Value> = reader["holds"].as_array().unwrap().iter().collect();
+    assert!(
+        holds
+            .iter()
+            .any(|h| name(&h["lock"]) == "rwlock_r" && h["lock"]["kind"] == "rwlock_read"),
+        "the reader holds rwlock_r for reading\n{context}"
+    );
 }

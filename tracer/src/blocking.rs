@@ -163,7 +163,8 @@ impl Watchdog {
                 .map(|&h| {
                     let as_waiter = by_tid.get(&h).copied();
                     let waiting = as_waiter.and_then(|hw| waited(hw, &self.first_seen));
-                    describe(pid, h, as_waiter, waiting, held, &by_tid, sym)
+                    let holder_pid = waitfor::tgid_of(h).unwrap_or(pid);
+                    describe(holder_pid, h, as_waiter, waiting, held, &by_tid, sym)
                 })
                 .collect();
             findings.push(Finding::LockWaitTimeout(LockWaitTimeout {
@@ -203,7 +204,17 @@ pub fn snapshot(pids: &[u32], sym: &mut Symbolizer) -> Vec<Finding> {
         let pid = cycle[0].blocked.pid;
         let threads = cycle
             .iter()
-            .map(|w| describe(pid, w.blocked.tid, Some(w), None, &held, &by_tid, sym))
+            .map(|w| {
+                describe(
+                    w.blocked.pid,
+                    w.blocked.tid,
+                    Some(w),
+                    None,
+                    &held,
+                    &by_tid,
+                    sym,
+                )
+            })
             .collect();
         findings.push(Finding::Deadlock(Deadlock {
             id: i as u64 + 1,
@@ -250,13 +261,18 @@ fn describe(
         .collect();
     // Locks it holds that the tracer did not see taken (before it started):
     // those other threads wait for with this one as owner.
+    // (The address is the waiter's: a process-shared mutex may be mapped
+    // elsewhere in this process.)
     for w in waiters.values() {
-        if w.blocked.pid == pid
-            && w.holders.contains(&tid)
-            && !holds.iter().any(|h| h.lock.addr == w.lock)
-        {
+        if w.holders.contains(&tid) && !holds.iter().any(|h| h.lock.addr == w.lock) {
+            let wpid = w.blocked.pid;
             holds.push(HeldReport {
-                lock: lock(sym, w.lock, w.kind),
+                lock: Lock {
+                    addr: w.lock,
+                    kind: report::kind_name(w.kind),
+                    name: sym.lock_name(wpid, w.lock),
+                    pid: wpid,
+                },
                 taken_at: Vec::new(),
             });
         }

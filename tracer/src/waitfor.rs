@@ -9,7 +9,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use tracer_common::{HeldLock, LockKind, STACK_BYTES, STACK_CHUNK};
 
@@ -47,7 +46,8 @@ pub struct Waiter {
     /// The lock object (the futex word's lock).
     pub lock: u64,
     pub kind: LockKind,
-    /// Threads of the same process holding it.
+    /// Threads holding it: of the same process, or of another one for a
+    /// process-shared mutex (tids are host-wide).
     pub holders: Vec<u32>,
 }
 
@@ -133,8 +133,15 @@ pub fn read_stack(pid: u32, sp: u64) -> Vec<u8> {
     buf
 }
 
-fn is_thread_of(pid: u32, tid: u32) -> bool {
-    tid != 0 && Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+/// The process (thread group) of thread `tid`.
+pub fn tgid_of(tid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// What `b` waits for: the lock its futex word belongs to, and its holders
@@ -161,7 +168,17 @@ pub fn waiter(b: Blocked, held: &HeldByThread) -> Option<Waiter> {
             }
         }
     }
-    if let Some((lock, kind)) = found {
+    if let Some((lock, held_kind)) = found {
+        // The mode requested: the waiter's own entry, pushed when it called
+        // the lock function.
+        let kind = held
+            .get(&b.tid)
+            .into_iter()
+            .flatten()
+            .rev()
+            .find(|h| h.addr == lock)
+            .and_then(|h| LockKind::from_raw(h.kind))
+            .unwrap_or(held_kind);
         return Some(Waiter {
             blocked: b,
             lock,
@@ -182,7 +199,8 @@ pub fn waiter(b: Blocked, held: &HeldByThread) -> Option<Waiter> {
     } else {
         return None;
     };
-    if owner == b.tid || !is_thread_of(b.pid, owner) {
+    // The owner may be in another process: a process-shared mutex.
+    if owner == 0 || owner == b.tid || tgid_of(owner).is_none() {
         return None;
     }
     Some(Waiter {
