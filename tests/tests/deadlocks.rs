@@ -172,6 +172,8 @@ fn hang_reports_the_waiter_and_what_the_holder_does() {
 }
 
 /// Starts `deadlock` and waits until both its threads sleep in a futex wait.
+/// The caller wraps it in `Killed`, which kills and waits for it.
+#[allow(clippy::zombie_processes)]
 fn deadlocked_process() -> Child {
     let child = Command::new(fixture("deadlock", Variant::NoFp))
         .arg("30")
