@@ -105,6 +105,11 @@ pub struct HeldStack {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DependencyKey {
+    /// The other locks held with `from` ([`gate_fingerprint`]): the same
+    /// pair taken under another set of locks is sent again, so that a cycle
+    /// is judged guarded (by a common gate lock) only if every occurrence of
+    /// each edge was.
+    pub gates: u64,
     pub pid: u32,
     /// `from` kind | `to` kind << 8 | event << 16: a read->read dependency
     /// does not hide a later read->write one of the same pair.
@@ -134,6 +139,19 @@ pub struct LockEvent {
     pub addr: u64,
 }
 
+/// One lock's share of a [`gate_fingerprint`].
+#[inline(always)]
+pub fn gate_mix(addr: u64) -> u64 {
+    addr.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+}
+
+/// The fingerprint of the set of held locks other than `from`: the XOR of
+/// [`gate_mix`] over all held locks (`all`), with `from`'s share taken out.
+#[inline(always)]
+pub fn gate_fingerprint(all: u64, from: u64) -> u64 {
+    all ^ gate_mix(from)
+}
+
 /// Emitted when a thread requests `to` while holding locks it has not been
 /// seen to nest `to` under before: one event carries every such new
 /// dependency `from[i] -> to` and the stack of the request.
@@ -160,6 +178,11 @@ pub struct DependencyEvent {
     pub bp: u64,
     /// The held locks for which `from[i] -> to` is new.
     pub from: [HeldLock; MAX_HELD],
+    /// Every lock held at the request (`n_held` of them), for the gate
+    /// locks of each dependency.
+    pub held: [u64; MAX_HELD],
+    pub n_held: u32,
+    pub _pad2: u32,
     /// Valid bytes in `stack` (copied from `sp` upwards).
     pub stack_len: u32,
     pub _pad: u32,

@@ -20,11 +20,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    Counter, DependencyEvent, DependencyKey, FutexKey, FutexStats, HeldLock, HeldStack, LockEvent,
-    LockKind, COMM_LEN, EVENT_DEPENDENCY, EVENT_LOCK_RESET, EVENT_SELF_DEADLOCK, FILTER_ALL,
-    HELD_FLAG_TIMED, HELD_FLAG_TRY, HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK,
-    MUTEX_KIND_MASK, MUTEX_KIND_OFFSET, MUTEX_KIND_RECURSIVE, NUM_COUNTERS, STACK_BYTES,
-    STACK_CHUNK,
+    gate_fingerprint, gate_mix, Counter, DependencyEvent, DependencyKey, FutexKey, FutexStats,
+    HeldLock, HeldStack, LockEvent, LockKind, COMM_LEN, EVENT_DEPENDENCY, EVENT_LOCK_RESET,
+    EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED, HELD_FLAG_TRY, HELD_RECURSION_SHIFT,
+    MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET, MUTEX_KIND_RECURSIVE,
+    NUM_COUNTERS, STACK_BYTES, STACK_CHUNK,
 };
 
 // Set by the collector at load time (EbpfLoader::set_global).
@@ -317,7 +317,7 @@ fn relock(
     }
     // A normal mutex or a spinlock: the thread waits for itself.
     let entry = *entry;
-    emit_self_deadlock(regs, tgid, tid, &entry, to);
+    emit_self_deadlock(regs, tgid, tid, &entry, to, held);
     true
 }
 
@@ -345,6 +345,13 @@ fn emit_new_dependencies(
     // SAFETY (all volatile accesses): a valid, aligned map value field.
     unsafe { core::ptr::write_volatile(n_ptr, 0) };
     let depth = held.depth as usize;
+    let mut all_held = 0u64;
+    for i in 0..MAX_HELD {
+        if i >= depth {
+            break;
+        }
+        all_held ^= gate_mix(held.locks[i].addr);
+    }
     for i in 0..MAX_HELD {
         if i >= depth {
             break;
@@ -356,7 +363,8 @@ fn emit_new_dependencies(
         if from.kind == LockKind::Semaphore as u32 && is_signal_sem(tgid, from.addr) {
             continue;
         }
-        let key = dependency_key(tgid, from, to, EVENT_DEPENDENCY);
+        let mut key = dependency_key(tgid, from, to, EVENT_DEPENDENCY);
+        key.gates = gate_fingerprint(all_held, from.addr);
         // SAFETY: presence check only.
         if unsafe { DEPENDENCIES.get(&key) }.is_some() {
             continue;
@@ -383,13 +391,15 @@ fn emit_new_dependencies(
         EVENT_DEPENDENCY,
         &scratch.locks,
         n,
+        held,
     ) {
         // Forget them so that the next occurrence is sent again.
         for i in 0..MAX_HELD {
             if i >= n {
                 break;
             }
-            let key = dependency_key(tgid, &scratch.locks[i], to, EVENT_DEPENDENCY);
+            let mut key = dependency_key(tgid, &scratch.locks[i], to, EVENT_DEPENDENCY);
+            key.gates = gate_fingerprint(all_held, scratch.locks[i].addr);
             let _ = DEPENDENCIES.remove(&key);
         }
     }
@@ -397,7 +407,14 @@ fn emit_new_dependencies(
 
 /// Reports, once per lock and mode, a thread requesting a lock it holds.
 #[inline(always)]
-fn emit_self_deadlock(regs: &pt_regs, tgid: u32, tid: u32, held: &HeldLock, to: &HeldLock) {
+fn emit_self_deadlock(
+    regs: &pt_regs,
+    tgid: u32,
+    tid: u32,
+    held: &HeldLock,
+    to: &HeldLock,
+    stack: &HeldStack,
+) {
     let key = dependency_key(tgid, held, to, EVENT_SELF_DEADLOCK);
     // SAFETY: presence check only.
     if unsafe { DEPENDENCIES.get(&key) }.is_some() {
@@ -418,6 +435,7 @@ fn emit_self_deadlock(regs: &pt_regs, tgid: u32, tid: u32, held: &HeldLock, to: 
         EVENT_SELF_DEADLOCK,
         &scratch.locks,
         1,
+        stack,
     ) {
         let _ = DEPENDENCIES.insert(&key, &0, 0);
     }
@@ -435,6 +453,7 @@ fn submit(
     event: u32,
     from: &[HeldLock; MAX_HELD],
     n: usize,
+    held: &HeldStack,
 ) -> bool {
     let Some(mut entry) = EVENTS.reserve::<DependencyEvent>(0) else {
         count(Counter::LostEvents);
@@ -458,6 +477,10 @@ fn submit(
             copy_lock(&mut (*ev).from[i], &from[i]);
         }
         (*ev).n_from = n as u32;
+        for i in 0..MAX_HELD {
+            core::ptr::write_volatile(&mut (*ev).held[i], held.locks[i].addr);
+        }
+        (*ev).n_held = held.depth;
         (*ev).stack_len = copy_stack(&mut (*ev).stack, regs.rsp);
     }
     entry.submit(0);
@@ -468,6 +491,7 @@ fn submit(
 #[inline(always)]
 fn signal_sem_key(tgid: u32, addr: u64) -> DependencyKey {
     DependencyKey {
+        gates: 0,
         pid: tgid,
         kinds: 0,
         from: addr,
@@ -484,6 +508,7 @@ fn is_signal_sem(tgid: u32, addr: u64) -> bool {
 #[inline(always)]
 fn dependency_key(pid: u32, from: &HeldLock, to: &HeldLock, event: u32) -> DependencyKey {
     DependencyKey {
+        gates: 0,
         pid,
         kinds: (from.kind & 0xff) | (to.kind & 0xff) << 8 | event << 16,
         from: from.addr,
@@ -645,7 +670,7 @@ fn try_entry(ctx: &ProbeContext, kind: LockKind, flags: u32) -> u32 {
                         t != MUTEX_KIND_RECURSIVE && t != MUTEX_KIND_ERRORCHECK
                     };
                     if normal_mutex {
-                        emit_self_deadlock(regs(ctx), tgid, tid, &entry, &pending);
+                        emit_self_deadlock(regs(ctx), tgid, tid, &entry, &pending, held);
                     }
                 }
             }

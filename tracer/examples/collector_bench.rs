@@ -229,6 +229,8 @@ fn on_dependency(graph: &mut LockOrderGraph, findings: &mut u64, d: DependencyRe
             timestamp_ns: d.timestamp_ns,
             held_callsite: from.callsite,
             stack: stack.clone(),
+            gates: vec![],
+            gate_key: 0,
         };
         for cycle in graph.insert(dep) {
             *findings += 1;
@@ -332,6 +334,8 @@ fn dep(pid: u32, from: u64, to: u64) -> Dependency {
         timestamp_ns: 0,
         held_callsite: 0x5555_5555_0000,
         stack: Vec::new(),
+        gates: vec![],
+        gate_key: 0,
     }
 }
 

@@ -51,6 +51,9 @@ const SEARCH_BUDGET: usize = 100_000;
 #[derive(Clone, Debug)]
 pub struct Cycle {
     pub edges: Vec<Dependency>,
+    /// A lock held at every occurrence of every edge: the cycle cannot
+    /// deadlock (a guarded cycle, reported as a note).
+    pub gate: Option<LockId>,
 }
 
 impl Cycle {
@@ -81,8 +84,10 @@ pub struct LockOrderGraph {
     graph: DiGraphMap<Node, Dependency>,
     /// Nodes of each process, for [`Self::forget_process`].
     by_pid: HashMap<u32, HashSet<Node>>,
-    /// Keys ([`Cycle::key`]) of the cycles reported and still in the graph.
-    reported: HashSet<Vec<(LockId, LockId)>>,
+    /// Keys ([`Cycle::key`]) of the cycles reported and still in the graph,
+    /// and whether they were reported as guarded (a guarded cycle whose gate
+    /// disappears is reported again, as a potential deadlock).
+    reported: HashMap<Vec<(LockId, LockId)>, bool>,
     cycles: usize,
     truncated_searches: u64,
 }
@@ -147,16 +152,32 @@ impl LockOrderGraph {
     }
 
     fn insert_edge(&mut self, from: Node, to: Node, dep: &Dependency) -> Vec<Cycle> {
-        if self.graph.contains_edge(from, to) {
-            return Vec::new();
-        }
-        for n in [from, to] {
-            if !self.graph.contains_node(n) {
-                self.graph.add_node(n);
-                self.by_pid.entry(n.lock.pid).or_default().insert(n);
+        if let Some(kept) = self.graph.edge_weight_mut(from, to) {
+            // The same pair under other held locks: its gate locks are those
+            // held every time. Keep this occurrence (its stacks) if that
+            // shrinks them, and judge its cycles again.
+            let always: Vec<LockId> = kept
+                .gates
+                .iter()
+                .filter(|g| dep.gates.contains(g))
+                .copied()
+                .collect();
+            if always.len() == kept.gates.len() {
+                return Vec::new();
             }
+            *kept = Dependency {
+                gates: always,
+                ..dep.clone()
+            };
+        } else {
+            for n in [from, to] {
+                if !self.graph.contains_node(n) {
+                    self.graph.add_node(n);
+                    self.by_pid.entry(n.lock.pid).or_default().insert(n);
+                }
+            }
+            self.graph.add_edge(from, to, dep.clone());
         }
-        self.graph.add_edge(from, to, dep.clone());
         if from.lock == to.lock {
             return Vec::new();
         }
@@ -192,7 +213,7 @@ impl LockOrderGraph {
             nodes.extend_from_slice(&path[..path.len() - 1]);
             let start = (0..nodes.len()).min_by_key(|&i| nodes[i]).unwrap_or(0);
             nodes.rotate_left(start);
-            let edges = (0..nodes.len())
+            let edges: Vec<Dependency> = (0..nodes.len())
                 .map(|i| {
                     let (a, b) = (nodes[i], nodes[(i + 1) % nodes.len()]);
                     self.graph
@@ -201,10 +222,17 @@ impl LockOrderGraph {
                         .clone()
                 })
                 .collect();
-            let cycle = Cycle { edges };
-            if self.reported.insert(cycle.key()) {
-                self.cycles += 1;
-                cycles.push(cycle);
+            let gate = common_gate(&edges);
+            let cycle = Cycle { edges, gate };
+            let guarded = cycle.gate.is_some();
+            match self.reported.get(&cycle.key()) {
+                // Reported already, as it is now (or unguarded already).
+                Some(&was_guarded) if was_guarded == guarded || !was_guarded => {}
+                _ => {
+                    self.reported.insert(cycle.key(), guarded);
+                    self.cycles += 1;
+                    cycles.push(cycle);
+                }
             }
         }
         if truncated {
@@ -244,7 +272,7 @@ impl LockOrderGraph {
             }
         }
         self.reported
-            .retain(|key| key.iter().all(|(a, b)| *a != lock && *b != lock));
+            .retain(|key, _| key.iter().all(|(a, b)| *a != lock && *b != lock));
         removed
     }
 
@@ -258,7 +286,7 @@ impl LockOrderGraph {
             self.graph.remove_node(n);
         }
         self.reported
-            .retain(|key| key.iter().all(|(a, b)| a.pid != pid && b.pid != pid));
+            .retain(|key, _| key.iter().all(|(a, b)| a.pid != pid && b.pid != pid));
     }
 
     /// All nodes with a path to `n`, `n` included.
@@ -274,6 +302,16 @@ impl LockOrderGraph {
         }
         seen
     }
+}
+
+/// A lock in the gate set of every edge, if any (the smallest).
+fn common_gate(edges: &[Dependency]) -> Option<LockId> {
+    let (first, rest) = edges.split_first()?;
+    first
+        .gates
+        .iter()
+        .find(|g| rest.iter().all(|e| e.gates.contains(g)))
+        .copied()
 }
 
 /// Enumeration of the simple paths `path[0] ~> target`.
@@ -348,6 +386,8 @@ mod tests {
             timestamp_ns: 0,
             held_callsite: 0x1000 + from,
             stack: vec![0x2000 + to],
+            gates: vec![],
+            gate_key: 0,
         }
     }
 
@@ -364,6 +404,40 @@ mod tests {
     }
 
     use LockKind::{RwlockRead as R, RwlockWrite as W};
+
+    fn gated(from: u64, to: u64, gates: &[u64]) -> Dependency {
+        Dependency {
+            gates: gates.iter().map(|&g| lock(g)).collect(),
+            ..dep(from, to)
+        }
+    }
+
+    #[test]
+    fn a_common_gate_lock_guards_a_cycle_until_an_edge_is_seen_without_it() {
+        let mut g = LockOrderGraph::new();
+        assert!(g.insert(gated(0xa, 0xb, &[0x9])).is_empty());
+        let cycles = g.insert(gated(0xb, 0xa, &[0x9]));
+        assert_eq!(cycles.len(), 1);
+        assert_eq!(cycles[0].gate, Some(lock(0x9)));
+        // The same edge again under the gate: nothing new.
+        assert!(g.insert(gated(0xb, 0xa, &[0x9, 0x7])).is_empty());
+        // B -> A once without the gate: the cycle can deadlock after all.
+        let cycles = g.insert(gated(0xb, 0xa, &[]));
+        assert_eq!(cycles.len(), 1);
+        assert_eq!(cycles[0].gate, None);
+        assert!(cycles[0].edges.iter().any(|e| e.gates.is_empty()));
+        // And it is not reported a third time.
+        assert!(g.insert(gated(0xa, 0xb, &[])).is_empty());
+    }
+
+    #[test]
+    fn different_gates_do_not_guard() {
+        let mut g = LockOrderGraph::new();
+        assert!(g.insert(gated(0xa, 0xb, &[0x8])).is_empty());
+        let cycles = g.insert(gated(0xb, 0xa, &[0x9]));
+        assert_eq!(cycles.len(), 1);
+        assert_eq!(cycles[0].gate, None);
+    }
 
     #[test]
     fn readers_never_block_readers() {

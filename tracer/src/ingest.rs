@@ -24,6 +24,8 @@ pub struct DependencyRecord {
     pub bp: u64,
     /// User stack bytes from `sp` up.
     pub stack: Vec<u8>,
+    /// Every lock the thread held at the request.
+    pub held: Vec<u64>,
 }
 
 pub enum Record {
@@ -91,6 +93,7 @@ fn decode_dependency(bytes: &[u8]) -> Result<DependencyRecord> {
         sp: ev.sp,
         bp: ev.bp,
         stack: ev.stack[..stack_len].to_vec(),
+        held: ev.held[..(ev.n_held as usize).min(MAX_HELD)].to_vec(),
     })
 }
 

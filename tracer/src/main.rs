@@ -248,7 +248,7 @@ fn snapshot(args: SnapshotArgs) -> Result<i32> {
 
 fn exit_code(session: &Session, on_findings: Option<i32>, otherwise: i32) -> i32 {
     match on_findings {
-        Some(code) if session.findings > 0 => code,
+        Some(code) if session.alarms > 0 => code,
         _ => otherwise,
     }
 }

@@ -35,6 +35,11 @@ pub struct Dependency {
     /// Where `to` was requested: the probe's instruction pointer first (inside
     /// the lock function), then return addresses, innermost first.
     pub stack: Vec<u64>,
+    /// The other locks the thread held (besides `from` and `to`), sorted: a
+    /// lock held at every occurrence of every edge of a cycle is its gate.
+    pub gates: Vec<LockId>,
+    /// The kernel's fingerprint of the held locks (its dedup key's `gates`).
+    pub gate_key: u64,
 }
 
 /// A symbolized stack frame. `addr` is the address in the process; for return

@@ -271,6 +271,11 @@ pub struct Inversion {
     /// The locks of the cycle, in order: `cycle[i].from`.
     pub locks: Vec<Lock>,
     pub cycle: Vec<Edge>,
+    /// Every dependency of the cycle was made while its thread held `gate`:
+    /// the cycle cannot deadlock (a note, not a warning; it does not count
+    /// for `--exit-code`).
+    pub guarded: bool,
+    pub gate: Option<Lock>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -374,12 +379,15 @@ pub fn inversion(cycle: &Cycle, resolve: &mut dyn Resolve, id: u64) -> Finding {
         Some(e) => (e.pid, e.comm.clone()),
         None => (0, String::new()),
     };
+    let gate = cycle.gate.map(|g| names.lock(g, LockKind::Mutex));
     Finding::LockOrderInversion(Inversion {
         id,
         pid,
         comm,
         locks,
         cycle: edges,
+        guarded: gate.is_some(),
+        gate,
     })
 }
 
@@ -569,12 +577,22 @@ impl fmt::Display for Inversion {
             procs.push((self.pid, &self.comm));
         }
         let where_: Vec<String> = procs.iter().map(|(p, c)| format!("{c} [{p}]")).collect();
-        writeln!(
-            f,
-            "WARNING: potential deadlock: lock-order inversion between {} in {}",
-            plural(self.locks.len() as u64, "lock", "locks"),
-            where_.join(", ")
-        )?;
+        match &self.gate {
+            Some(gate) => writeln!(
+                f,
+                "NOTE: guarded lock-order inversion between {} in {}: every dependency was made \
+                 while holding {}, so it cannot deadlock",
+                plural(self.locks.len() as u64, "lock", "locks"),
+                where_.join(", "),
+                gate.label()
+            )?,
+            None => writeln!(
+                f,
+                "WARNING: potential deadlock: lock-order inversion between {} in {}",
+                plural(self.locks.len() as u64, "lock", "locks"),
+                where_.join(", ")
+            )?,
+        }
         writeln!(f)?;
 
         let chain: Vec<String> = self
@@ -757,6 +775,8 @@ mod tests {
             timestamp_ns: 1,
             held_callsite: held,
             stack: stack.to_vec(),
+            gates: vec![],
+            gate_key: 0,
         }
     }
 

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracer_common::{Counter, DependencyKey, EVENT_DEPENDENCY};
+use tracer_common::{gate_fingerprint, gate_mix, Counter, DependencyKey, EVENT_DEPENDENCY};
 use tracing::{debug, trace, warn};
 
 use crate::{
@@ -38,7 +38,10 @@ pub struct Session {
     started: Instant,
     records: u64,
     undecodable: u64,
+    /// Findings numbered so far (ids).
     pub findings: u64,
+    /// Findings that count for `--exit-code`: all but guarded cycles (notes).
+    pub alarms: u64,
 }
 
 impl Session {
@@ -59,6 +62,7 @@ impl Session {
             records: 0,
             undecodable: 0,
             findings: 0,
+            alarms: 0,
         }
     }
 
@@ -174,6 +178,7 @@ impl Session {
         );
         for finding in found {
             debug!(id = finding.id(), "blocking finding");
+            self.alarms += 1;
             self.reporter
                 .finding(&finding)
                 .context("cannot write the report")?;
@@ -210,6 +215,7 @@ impl Session {
         let keys: Vec<DependencyKey> = removed
             .iter()
             .map(|d| DependencyKey {
+                gates: d.gate_key,
                 pid: d.pid,
                 kinds: (d.from_kind as u32) | (d.to_kind as u32) << 8 | EVENT_DEPENDENCY << 16,
                 from: d.from.addr,
@@ -239,8 +245,11 @@ impl Session {
             timestamp_ns: d.timestamp_ns,
             held_callsite: held.callsite,
             stack,
+            gates: Vec::new(),
+            gate_key: 0,
         };
         self.findings += 1;
+        self.alarms += 1;
         let finding = report::self_deadlock(&dep, &mut self.symbolizer, self.findings);
         self.reporter
             .finding(&finding)
@@ -257,7 +266,16 @@ impl Session {
             frames = stack.len(),
             "dependency"
         );
+        let all_held = d.held.iter().fold(0, |h, &a| h ^ gate_mix(a));
         for from in &d.from {
+            let mut gates: Vec<LockId> = d
+                .held
+                .iter()
+                .filter(|&&a| a != from.addr && a != d.to.addr)
+                .map(|&addr| LockId { pid: d.pid, addr })
+                .collect();
+            gates.sort_unstable();
+            gates.dedup();
             let dep = Dependency {
                 from: LockId {
                     pid: d.pid,
@@ -275,9 +293,14 @@ impl Session {
                 timestamp_ns: d.timestamp_ns,
                 held_callsite: from.callsite,
                 stack: stack.clone(),
+                gates,
+                gate_key: gate_fingerprint(all_held, from.addr),
             };
             for cycle in self.graph.insert(dep) {
                 self.findings += 1;
+                if cycle.gate.is_none() {
+                    self.alarms += 1;
+                }
                 self.inversions
                     .push((cycle.locks().into_iter().collect(), self.findings));
                 debug!(locks = cycle.edges.len(), "lock-order cycle");
