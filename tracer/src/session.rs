@@ -105,7 +105,12 @@ impl Session {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
-                _ = tick.tick() => self.drain(ring.get_mut())?,
+                _ = tick.tick() => {
+                    // Keep the mapping records drained even when no lock
+                    // event comes: the perf buffers are finite.
+                    self.symbolizer.sync();
+                    self.drain(ring.get_mut())?;
+                }
                 _ = scan.tick() => {
                     self.drain(ring.get_mut())?;
                     self.check_waits()?;
