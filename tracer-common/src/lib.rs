@@ -134,9 +134,12 @@ pub struct LockEvent {
     pub event: u32,
     pub pid: u32,
     pub tid: u32,
-    /// A [`LockKind`] as `u32`.
-    pub kind: u32,
+    /// Non-zero for an initialization (`*_init`), zero for a destruction.
+    pub init: u32,
     pub addr: u64,
+    /// Return address into the code that called the function: a lock's
+    /// init call site is its lock class.
+    pub callsite: u64,
 }
 
 /// One lock's share of a [`gate_fingerprint`].

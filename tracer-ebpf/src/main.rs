@@ -788,9 +788,10 @@ pub fn sem_post(ctx: ProbeContext) -> u32 {
 
 /// `pthread_mutex_init`/`_destroy`, `pthread_rwlock_*`, `sem_init`/`_destroy`:
 /// the address becomes a new lock instance. The collector drops the old
-/// one's dependencies (and their entries in `DEPENDENCIES`).
-#[uprobe]
-pub fn lock_reset(ctx: ProbeContext) -> u32 {
+/// one's dependencies (and their entries in `DEPENDENCIES`); an init's call
+/// site is the new lock's class.
+#[inline(always)]
+fn lock_reset(ctx: &ProbeContext, init: u32) -> u32 {
     let Some((tgid, tid)) = current_traced() else {
         return 0;
     };
@@ -802,11 +803,22 @@ pub fn lock_reset(ctx: ProbeContext) -> u32 {
         event: EVENT_LOCK_RESET,
         pid: tgid,
         tid,
-        kind: 0,
-        addr: lock_arg(&ctx),
+        init,
+        addr: lock_arg(ctx),
+        callsite: return_address(ctx),
     });
     entry.submit(0);
     0
+}
+
+#[uprobe]
+pub fn lock_init(ctx: ProbeContext) -> u32 {
+    lock_reset(&ctx, 1)
+}
+
+#[uprobe]
+pub fn lock_destroy(ctx: ProbeContext) -> u32 {
+    lock_reset(&ctx, 0)
 }
 
 /// Entry of `pthread_cond_wait` and its timed variants: the mutex (second

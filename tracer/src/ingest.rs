@@ -32,10 +32,12 @@ pub enum Record {
     Dependency(DependencyRecord),
     /// `from[0]` is the held lock that `to` requests again.
     SelfDeadlock(DependencyRecord),
-    /// The lock at `addr` of process `pid` was initialized or destroyed.
+    /// The lock at `addr` of process `pid` was initialized (with the init
+    /// call site) or destroyed.
     LockReset {
         pid: u32,
         addr: u64,
+        init_site: Option<u64>,
     },
 }
 
@@ -58,6 +60,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
             Ok(Record::LockReset {
                 pid: ev.pid,
                 addr: ev.addr,
+                init_site: (ev.init != 0).then_some(ev.callsite),
             })
         }
         other => bail!("unknown ring-buffer record kind {other}"),

@@ -6,6 +6,7 @@
 //! hangs).
 
 pub mod blocking;
+pub mod classes;
 pub mod cli;
 pub mod graph;
 pub mod ingest;

@@ -136,13 +136,13 @@ const UPROBES: &[Uprobe] = &[
     ret("try_return", "sem_clockwait"),
     entry("sem_post", "sem_post"),
     // pthread_spin_init shares its code with pthread_spin_unlock: not probed.
-    entry("lock_reset", "pthread_mutex_init"),
-    entry("lock_reset", "pthread_mutex_destroy"),
-    entry("lock_reset", "pthread_rwlock_init"),
-    entry("lock_reset", "pthread_rwlock_destroy"),
-    entry("lock_reset", "pthread_spin_destroy"),
-    entry("lock_reset", "sem_init"),
-    entry("lock_reset", "sem_destroy"),
+    entry("lock_init", "pthread_mutex_init"),
+    entry("lock_destroy", "pthread_mutex_destroy"),
+    entry("lock_init", "pthread_rwlock_init"),
+    entry("lock_destroy", "pthread_rwlock_destroy"),
+    entry("lock_destroy", "pthread_spin_destroy"),
+    entry("lock_init", "sem_init"),
+    entry("lock_destroy", "sem_destroy"),
     // The mutex is the second argument.
     Uprobe {
         program: "cond_wait",

@@ -34,6 +34,7 @@ pub enum Finding {
     SelfDeadlock(SelfDeadlock),
     Deadlock(Deadlock),
     LockWaitTimeout(LockWaitTimeout),
+    SameClassNesting(SameClassNesting),
     /// Not a finding: one blocked thread of a `locktrace snapshot`.
     BlockedThread(ThreadReport),
 }
@@ -45,8 +46,81 @@ impl Finding {
             Finding::SelfDeadlock(d) => d.id,
             Finding::Deadlock(d) => d.id,
             Finding::LockWaitTimeout(t) => t.id,
+            Finding::SameClassNesting(n) => n.id,
             Finding::BlockedThread(_) => 0,
         }
+    }
+}
+
+/// A thread took two locks of the same class, one while holding the other
+/// (like two accounts in a transfer): deadlock-prone unless every thread
+/// orders the instances the same way, which the class graph cannot tell.
+#[derive(Clone, Debug, Serialize)]
+pub struct SameClassNesting {
+    pub id: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub tid: u32,
+    pub thread: String,
+    pub class: String,
+    /// The lock held, and the one requested, of the same class.
+    pub held: Lock,
+    pub requested: Lock,
+    pub stack: Vec<Frame>,
+    pub held_stack: Vec<Frame>,
+}
+
+/// The finding for `dep`, whose two locks are of class `class`.
+pub fn same_class_nesting(
+    dep: &crate::model::Dependency,
+    class: &str,
+    resolve: &mut dyn Resolve,
+    id: u64,
+) -> Finding {
+    let mut names = Names {
+        resolve,
+        locks: HashMap::new(),
+        comms: HashMap::new(),
+    };
+    let held = names.lock(dep.from, dep.from_kind);
+    let requested = names.lock(dep.to, dep.to_kind);
+    let comm = names.comm(dep.pid);
+    Finding::SameClassNesting(SameClassNesting {
+        id,
+        pid: dep.pid,
+        comm,
+        tid: dep.tid,
+        thread: dep.thread.clone(),
+        class: class.to_string(),
+        held,
+        requested,
+        stack: names.resolve.frames(dep.pid, &dep.stack, true),
+        held_stack: names.resolve.frames(dep.pid, &[dep.held_callsite], false),
+    })
+}
+
+impl fmt::Display for SameClassNesting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "WARNING: same-class nesting: thread {} [{}] of {} [{}] requested {} while holding {}, both of lock class {}",
+            self.thread,
+            self.tid,
+            self.comm,
+            self.pid,
+            self.requested.label(),
+            self.held.label(),
+            self.class
+        )?;
+        writeln!(
+            f,
+            "  (deadlock-prone unless every thread takes such locks in one order)"
+        )?;
+        writeln!(f)?;
+        writeln!(f, "     {} was taken at:", self.held.label())?;
+        write_stack(f, "       ", &self.held_stack)?;
+        writeln!(f, "     {} requested at:", self.requested.label())?;
+        write_stack(f, "       ", &self.stack)
     }
 }
 
@@ -276,6 +350,12 @@ pub struct Inversion {
     /// for `--exit-code`).
     pub guarded: bool,
     pub gate: Option<Lock>,
+    /// `"instance"`: a cycle of lock instances (in one process, or through
+    /// shared locks); `"class"`: a cycle of lock classes only, split across
+    /// processes or instances (prefork workers running the same code).
+    pub level: &'static str,
+    /// The lock classes of `locks`, for a class-level cycle.
+    pub classes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -388,6 +468,8 @@ pub fn inversion(cycle: &Cycle, resolve: &mut dyn Resolve, id: u64) -> Finding {
         cycle: edges,
         guarded: gate.is_some(),
         gate,
+        level: "instance",
+        classes: Vec::new(),
     })
 }
 
@@ -586,6 +668,12 @@ impl fmt::Display for Inversion {
                 where_.join(", "),
                 gate.label()
             )?,
+            None if self.level == "class" => writeln!(
+                f,
+                "WARNING: potential deadlock: lock-order inversion between {} in {}",
+                plural(self.locks.len() as u64, "lock class", "lock classes"),
+                where_.join(", ")
+            )?,
             None => writeln!(
                 f,
                 "WARNING: potential deadlock: lock-order inversion between {} in {}",
@@ -595,6 +683,14 @@ impl fmt::Display for Inversion {
         }
         writeln!(f)?;
 
+        if self.level == "class" {
+            let first = self.classes.first().cloned().unwrap_or_default();
+            writeln!(
+                f,
+                "  lock classes: {} -> {first}",
+                self.classes.join(" -> ")
+            )?;
+        }
         let chain: Vec<String> = self
             .locks
             .iter()
@@ -631,6 +727,7 @@ impl fmt::Display for Finding {
             Finding::SelfDeadlock(d) => d.fmt(f),
             Finding::Deadlock(d) => d.fmt(f),
             Finding::LockWaitTimeout(t) => t.fmt(f),
+            Finding::SameClassNesting(n) => n.fmt(f),
             Finding::BlockedThread(t) => {
                 writeln!(f, "BLOCKED:")?;
                 t.write(f, "  ")

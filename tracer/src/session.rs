@@ -2,7 +2,7 @@
 //! dependency to the lock-order graph, and reports every new cycle at once.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap, HashSet},
     future::Future,
     time::{Duration, Instant},
 };
@@ -15,10 +15,11 @@ use tracing::{debug, trace, warn};
 
 use crate::{
     blocking::Watchdog,
+    classes::Classes,
     graph::LockOrderGraph,
     ingest::{self, DependencyRecord, Record},
     load::Probes,
-    model::{Dependency, LockId},
+    model::{Dependency, LockId, LockKind},
     report::{self, Reporter, Summary},
     symbolize::Symbolizer,
     waitfor,
@@ -30,6 +31,12 @@ const CONTENTION_SHOWN: usize = 5;
 pub struct Session {
     pub probes: Probes,
     watchdog: Watchdog,
+    classes: Classes,
+    /// The lock-order graph of lock classes.
+    class_graph: LockOrderGraph,
+    /// The instance dependency behind each class dependency.
+    class_edges: HashMap<(LockId, LockId), Dependency>,
+    same_class_reported: HashSet<LockId>,
     /// The lock sets of reported inversions, to link deadlocks to them.
     inversions: Vec<(BTreeSet<LockId>, u64)>,
     symbolizer: Symbolizer,
@@ -54,6 +61,10 @@ impl Session {
         Session {
             probes,
             watchdog: Watchdog::new(hang_threshold),
+            classes: Classes::new(),
+            class_graph: LockOrderGraph::new(),
+            class_edges: HashMap::new(),
+            same_class_reported: HashSet::new(),
             inversions: Vec::new(),
             symbolizer,
             graph: LockOrderGraph::new(),
@@ -146,8 +157,82 @@ impl Session {
             match record {
                 Record::Dependency(d) => self.on_dependency(d)?,
                 Record::SelfDeadlock(d) => self.on_self_deadlock(d)?,
-                Record::LockReset { pid, addr } => self.on_lock_reset(LockId { pid, addr })?,
+                Record::LockReset {
+                    pid,
+                    addr,
+                    init_site,
+                } => {
+                    let lock = LockId { pid, addr };
+                    match init_site {
+                        Some(site) => self.classes.note_init(lock, site),
+                        None => self.classes.forget_lock(lock),
+                    }
+                    self.on_lock_reset(lock)?
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// The class view of an instance dependency: same-class nesting, or an
+    /// edge of the class graph whose cycles no instance cycle covers (an
+    /// inversion split across processes or instances).
+    fn on_class_dependency(&mut self, from: LockId, to: LockId, dep: &Dependency) -> Result<()> {
+        let class_name = |c: LockId, classes: &Classes| classes.name(c).unwrap_or("?").to_string();
+        if from == to {
+            // CPython creates every lock through one sem_init call site: its
+            // locks are all one class until Python-level classes exist.
+            let python_style = dep.from_kind == LockKind::Semaphore;
+            if !python_style && self.same_class_reported.insert(from) {
+                self.findings += 1;
+                self.alarms += 1;
+                let name = class_name(from, &self.classes);
+                let finding =
+                    report::same_class_nesting(dep, &name, &mut self.symbolizer, self.findings);
+                self.reporter
+                    .finding(&finding)
+                    .context("cannot write the report")?;
+            }
+            return Ok(());
+        }
+        self.class_edges
+            .entry((from, to))
+            .or_insert_with(|| dep.clone());
+        let class_dep = Dependency {
+            from,
+            to,
+            ..dep.clone()
+        };
+        for cycle in self.class_graph.insert(class_dep) {
+            let edges: Vec<Dependency> = cycle
+                .edges
+                .iter()
+                .filter_map(|e| self.class_edges.get(&(e.from, e.to)).cloned())
+                .collect();
+            let n = edges.len();
+            // One bug, one finding: a cycle of instances is reported by the
+            // instance graph.
+            if n < 2 || (0..n).all(|i| edges[i].to == edges[(i + 1) % n].from) {
+                continue;
+            }
+            let classes: Vec<String> = cycle
+                .edges
+                .iter()
+                .map(|e| class_name(e.from, &self.classes))
+                .collect();
+            self.findings += 1;
+            self.alarms += 1;
+            let instance_cycle = crate::graph::Cycle { edges, gate: None };
+            let mut finding =
+                report::inversion(&instance_cycle, &mut self.symbolizer, self.findings);
+            if let report::Finding::LockOrderInversion(inv) = &mut finding {
+                inv.level = "class";
+                inv.classes = classes;
+            }
+            debug!(locks = n, "class-level cycle");
+            self.reporter
+                .finding(&finding)
+                .context("cannot write the report")?;
         }
         Ok(())
     }
@@ -301,6 +386,13 @@ impl Session {
                 gates,
                 gate_key: gate_fingerprint(all_held, from.addr),
             };
+            let from_class = self
+                .classes
+                .class_of(dep.from, from.callsite, &mut self.symbolizer);
+            let to_class = self
+                .classes
+                .class_of(dep.to, d.to.callsite, &mut self.symbolizer);
+            self.on_class_dependency(from_class, to_class, &dep)?;
             for cycle in self.graph.insert(dep) {
                 self.findings += 1;
                 if cycle.gate.is_none() {
