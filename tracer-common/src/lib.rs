@@ -127,6 +127,10 @@ pub const EVENT_SELF_DEADLOCK: u32 = 2;
 /// be a new lock instance (reused memory must not inherit old dependencies).
 pub const EVENT_LOCK_RESET: u32 = 3;
 
+/// A [`LockEvent`] (only `pid` is meaningful): a traced process exited; its
+/// lock instances can be forgotten and its pid may be reused.
+pub const EVENT_PROCESS_EXIT: u32 = 4;
+
 /// A small event about one lock.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

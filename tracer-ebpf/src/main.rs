@@ -22,9 +22,9 @@ use aya_log_ebpf::warn;
 use tracer_common::{
     gate_fingerprint, gate_mix, Counter, DependencyEvent, DependencyKey, FutexKey, FutexStats,
     HeldLock, HeldStack, LockEvent, LockKind, COMM_LEN, EVENT_DEPENDENCY, EVENT_LOCK_RESET,
-    EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED, HELD_FLAG_TRY, HELD_RECURSION_SHIFT,
-    MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET, MUTEX_KIND_RECURSIVE,
-    NUM_COUNTERS, STACK_BYTES, STACK_CHUNK,
+    EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED, HELD_FLAG_TRY,
+    HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
+    MUTEX_KIND_RECURSIVE, NUM_COUNTERS, STACK_BYTES, STACK_CHUNK,
 };
 
 // Set by the collector at load time (EbpfLoader::set_global).
@@ -1023,6 +1023,24 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     let group_dead =
         unsafe { ctx.read_at::<u8>(global(&EXIT_GROUP_DEAD_OFFSET) as usize) }.unwrap_or(0);
     if group_dead != 0 {
+        // Tell the collector (before the pid leaves the filter) so that it
+        // forgets the process: its pid may be reused.
+        if is_traced(tgid) {
+            match EVENTS.reserve::<LockEvent>(0) {
+                Some(mut entry) => {
+                    entry.write(LockEvent {
+                        event: EVENT_PROCESS_EXIT,
+                        pid: tgid,
+                        tid,
+                        init: 0,
+                        addr: 0,
+                        callsite: 0,
+                    });
+                    entry.submit(0);
+                }
+                None => count(Counter::LostEvents),
+            }
+        }
         let _ = TRACED.remove(&tgid);
     }
     0

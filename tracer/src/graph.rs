@@ -90,6 +90,9 @@ pub struct LockOrderGraph {
     reported: HashMap<Vec<(LockId, LockId)>, bool>,
     cycles: usize,
     truncated_searches: u64,
+    /// Nodes and edges ever added (the graph forgets exited processes).
+    locks_seen: u64,
+    dependencies_seen: u64,
 }
 
 impl LockOrderGraph {
@@ -107,6 +110,16 @@ impl LockOrderGraph {
     /// request of an rwlock is an edge to each of its modes).
     pub fn dependency_count(&self) -> usize {
         self.graph.edge_count()
+    }
+
+    /// Lock nodes ever added, including those of exited processes.
+    pub fn locks_seen(&self) -> u64 {
+        self.locks_seen
+    }
+
+    /// Dependencies ever added, including those of exited processes.
+    pub fn dependencies_seen(&self) -> u64 {
+        self.dependencies_seen
     }
 
     /// Cycles reported since the graph was created (not decreased by
@@ -174,9 +187,11 @@ impl LockOrderGraph {
                 if !self.graph.contains_node(n) {
                     self.graph.add_node(n);
                     self.by_pid.entry(n.lock.pid).or_default().insert(n);
+                    self.locks_seen += 1;
                 }
             }
             self.graph.add_edge(from, to, dep.clone());
+            self.dependencies_seen += 1;
         }
         if from.lock == to.lock {
             return Vec::new();
@@ -277,16 +292,28 @@ impl LockOrderGraph {
     }
 
     /// Remove every lock of process `pid`, with its dependencies (the process
-    /// exited; its pid may be reused by an unrelated process).
-    pub fn forget_process(&mut self, pid: u32) {
+    /// exited; its pid may be reused by an unrelated process). Returns the
+    /// dependencies it made.
+    pub fn forget_process(&mut self, pid: u32) -> Vec<Dependency> {
         let Some(nodes) = self.by_pid.remove(&pid) else {
-            return;
+            return Vec::new();
         };
+        let mut removed = Vec::new();
         for n in nodes {
+            let outgoing: Vec<Node> = self
+                .graph
+                .neighbors_directed(n, Direction::Outgoing)
+                .collect();
+            for w in outgoing {
+                if let Some(dep) = self.graph.remove_edge(n, w) {
+                    removed.push(dep);
+                }
+            }
             self.graph.remove_node(n);
         }
         self.reported
             .retain(|key, _| key.iter().all(|(a, b)| a.pid != pid && b.pid != pid));
+        removed
     }
 
     /// All nodes with a path to `n`, `n` included.

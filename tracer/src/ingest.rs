@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use tracer_common::{
     DependencyEvent, HeldLock, LockEvent, LockKind, EVENT_DEPENDENCY, EVENT_LOCK_RESET,
-    EVENT_SELF_DEADLOCK, MAX_HELD, STACK_BYTES,
+    EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, MAX_HELD, STACK_BYTES,
 };
 
 /// A `DependencyEvent`, decoded: the lock `to` was requested while each lock
@@ -39,6 +39,10 @@ pub enum Record {
         addr: u64,
         init_site: Option<u64>,
     },
+    /// A traced process exited.
+    ProcessExit {
+        pid: u32,
+    },
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record> {
@@ -51,6 +55,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
     match kind {
         EVENT_DEPENDENCY => decode_dependency(bytes).map(Record::Dependency),
         EVENT_SELF_DEADLOCK => decode_dependency(bytes).map(Record::SelfDeadlock),
+        EVENT_PROCESS_EXIT => {
+            if bytes.len() < size_of::<LockEvent>() {
+                bail!("short exit record: {} bytes", bytes.len());
+            }
+            // SAFETY: the size is checked and LockEvent is plain data.
+            let ev: LockEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            Ok(Record::ProcessExit { pid: ev.pid })
+        }
         EVENT_LOCK_RESET => {
             if bytes.len() < size_of::<LockEvent>() {
                 bail!("short lock record: {} bytes", bytes.len());

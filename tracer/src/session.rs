@@ -157,6 +157,7 @@ impl Session {
             match record {
                 Record::Dependency(d) => self.on_dependency(d)?,
                 Record::SelfDeadlock(d) => self.on_self_deadlock(d)?,
+                Record::ProcessExit { pid } => self.on_process_exit(pid)?,
                 Record::LockReset {
                     pid,
                     addr,
@@ -288,6 +289,31 @@ impl Session {
         stack
     }
 
+    /// A traced process exited: its lock instances leave the instance graph
+    /// and the kernel's cache (its pid may be reused by another program),
+    /// which keeps memory bounded under process churn. Its lock classes and
+    /// their dependencies stay: an order seen in a dead worker still counts.
+    fn on_process_exit(&mut self, pid: u32) -> Result<()> {
+        let removed = self.graph.forget_process(pid);
+        self.classes.forget_process(pid);
+        trace!(pid, dependencies = removed.len(), "process exit");
+        self.forget_in_kernel(&removed)
+    }
+
+    fn forget_in_kernel(&mut self, removed: &[Dependency]) -> Result<()> {
+        let keys: Vec<DependencyKey> = removed
+            .iter()
+            .map(|d| DependencyKey {
+                gates: d.gate_key,
+                pid: d.pid,
+                kinds: (d.from_kind as u32) | (d.to_kind as u32) << 8 | EVENT_DEPENDENCY << 16,
+                from: d.from.addr,
+                to: d.to.addr,
+            })
+            .collect();
+        self.probes.forget_dependencies(&keys)
+    }
+
     /// A lock was initialized or destroyed: its memory is a new lock from
     /// now on. Its dependencies leave the graph and the kernel's cache, so
     /// that the new lock's are sent and judged afresh.
@@ -302,17 +328,7 @@ impl Session {
             dependencies = removed.len(),
             "lock reset"
         );
-        let keys: Vec<DependencyKey> = removed
-            .iter()
-            .map(|d| DependencyKey {
-                gates: d.gate_key,
-                pid: d.pid,
-                kinds: (d.from_kind as u32) | (d.to_kind as u32) << 8 | EVENT_DEPENDENCY << 16,
-                from: d.from.addr,
-                to: d.to.addr,
-            })
-            .collect();
-        self.probes.forget_dependencies(&keys)
+        self.forget_in_kernel(&removed)
     }
 
     fn on_self_deadlock(&mut self, d: DependencyRecord) -> Result<()> {
@@ -423,8 +439,8 @@ impl Session {
         };
         let summary = Summary {
             events: get(Counter::Acquire) + get(Counter::Release),
-            dependencies: self.graph.dependency_count() as u64,
-            locks: self.graph.lock_count() as u64,
+            dependencies: self.graph.dependencies_seen(),
+            locks: self.graph.locks_seen(),
             cycles: self.graph.cycle_count() as u64,
             lost_events: get(Counter::LostEvents) + self.undecodable,
             truncated_cycle_searches: self.graph.truncated_searches(),
