@@ -242,6 +242,7 @@ fn describe(
         addr,
         kind: report::kind_name(kind),
         name: sym.lock_name(pid, addr),
+        shared: sym.shared_identity(pid, addr),
         pid,
     };
     let mut holds: Vec<HeldReport> = held
@@ -271,6 +272,7 @@ fn describe(
                     addr: w.lock,
                     kind: report::kind_name(w.kind),
                     name: sym.lock_name(wpid, w.lock),
+                    shared: sym.shared_identity(wpid, w.lock),
                     pid: wpid,
                 },
                 taken_at: Vec::new(),

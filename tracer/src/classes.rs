@@ -74,6 +74,24 @@ impl Classes {
         class
     }
 
+    /// The class of `lock` given by `key` (e.g. a shared lock's identity).
+    pub fn class_named(&mut self, lock: LockId, key: String) -> LockId {
+        if let Some(&class) = self.by_lock.get(&lock) {
+            return class;
+        }
+        let next = self.names.len() as u64;
+        let id = *self.ids.entry(key.clone()).or_insert(next);
+        if id == next {
+            self.names.push(key);
+        }
+        let class = LockId {
+            pid: CLASS_PID,
+            addr: id,
+        };
+        self.by_lock.insert(lock, class);
+        class
+    }
+
     /// The display name of a class node.
     pub fn name(&self, class: LockId) -> Option<&str> {
         self.names.get(class.addr as usize).map(String::as_str)

@@ -93,6 +93,9 @@ pub struct LockOrderGraph {
     /// Nodes and edges ever added (the graph forgets exited processes).
     locks_seen: u64,
     dependencies_seen: u64,
+    /// Lock instances that are one lock: a process-shared lock mapped by
+    /// several processes is one node (see [`Self::set_identity`]).
+    identities: HashMap<LockId, LockId>,
 }
 
 impl LockOrderGraph {
@@ -110,6 +113,17 @@ impl LockOrderGraph {
     /// request of an rwlock is an edge to each of its modes).
     pub fn dependency_count(&self) -> usize {
         self.graph.edge_count()
+    }
+
+    /// Make `lock` the same node as every other instance with identity `id`
+    /// (a lock in shared memory, identified by device, inode and offset).
+    pub fn set_identity(&mut self, lock: LockId, id: LockId) {
+        self.identities.insert(lock, id);
+    }
+
+    /// The node identity of a lock instance.
+    pub fn identity(&self, lock: LockId) -> LockId {
+        self.identities.get(&lock).copied().unwrap_or(lock)
     }
 
     /// Lock nodes ever added, including those of exited processes.
@@ -148,15 +162,16 @@ impl LockOrderGraph {
     /// dependency already in the graph is a no-op; a self-edge is recorded
     /// but never part of a cycle.
     pub fn insert(&mut self, dep: Dependency) -> Vec<Cycle> {
-        let from = Node::holding(dep.from, dep.from_kind);
+        let (from_id, to_id) = (self.identity(dep.from), self.identity(dep.to));
+        let from = Node::holding(from_id, dep.from_kind);
         let exclusive = Node {
-            lock: dep.to,
+            lock: to_id,
             shared: false,
         };
         let mut cycles = self.insert_edge(from, exclusive, &dep);
         if dep.to_kind == LockKind::RwlockWrite {
             let shared = Node {
-                lock: dep.to,
+                lock: to_id,
                 shared: true,
             };
             cycles.extend(self.insert_edge(from, shared, &dep));
@@ -260,6 +275,9 @@ impl LockOrderGraph {
     /// re-initialized: its address is now another lock). Returns the removed
     /// dependencies.
     pub fn forget_lock(&mut self, lock: LockId) -> Vec<Dependency> {
+        let instance = lock;
+        let lock = self.identity(lock);
+        self.identities.remove(&instance);
         let mut removed = Vec::new();
         for shared in [false, true] {
             let node = Node { lock, shared };
@@ -295,6 +313,7 @@ impl LockOrderGraph {
     /// exited; its pid may be reused by an unrelated process). Returns the
     /// dependencies it made.
     pub fn forget_process(&mut self, pid: u32) -> Vec<Dependency> {
+        self.identities.retain(|l, _| l.pid != pid);
         let Some(nodes) = self.by_pid.remove(&pid) else {
             return Vec::new();
         };

@@ -48,6 +48,9 @@ pub struct Mapping {
     pub inode: u64,
     /// Mapped with PROT_EXEC.
     pub executable: bool,
+    /// Mapped with MAP_SHARED: the same memory (dev, inode, offset) may be
+    /// mapped by other processes, so a lock in it is one lock for all.
+    pub shared: bool,
 }
 
 impl Mapping {
@@ -273,8 +276,12 @@ impl AddressSpaces {
     /// The mapping of `pid` containing `addr`.
     pub fn find(&mut self, pid: u32, addr: u64) -> Option<&Mapping> {
         let fresh = self.ensure(pid);
-        // Our own records are ignored: re-read /proc on a miss.
-        if !fresh && pid == self.self_pid && self.spaces.get(&pid)?.find(addr).is_none() {
+        // Our own records are ignored, and on a busy host the kernel may have
+        // dropped some (`lost_records`): re-read /proc on a miss.
+        if !fresh
+            && (pid == self.self_pid || self.lost > 0)
+            && self.spaces.get(&pid)?.find(addr).is_none()
+        {
             self.seed(pid);
         }
         self.spaces.get(&pid)?.find(addr)
@@ -340,6 +347,7 @@ impl AddressSpaces {
                 dev: libc::makedev(m.dev.0 as u32, m.dev.1 as u32),
                 inode: m.inode,
                 executable: m.perms.contains(MMPermissions::EXECUTE),
+                shared: m.perms.contains(MMPermissions::SHARED),
             });
         }
         // A process seeded now may have been known and exited: keep that.
@@ -718,7 +726,7 @@ fn parse_record(b: &[u8]) -> Option<Record> {
             let start = u64_at(b, 16)?;
             let len = u64_at(b, 24)?;
             let pgoff = u64_at(b, 32)?;
-            let (dev, inode, executable, name_off) = if ty == PERF_RECORD_MMAP2 {
+            let (dev, inode, executable, shared, name_off) = if ty == PERF_RECORD_MMAP2 {
                 let (dev, inode) = if misc & PERF_RECORD_MISC_MMAP_BUILD_ID != 0 {
                     (0, 0)
                 } else {
@@ -728,9 +736,16 @@ fn parse_record(b: &[u8]) -> Option<Record> {
                     )
                 };
                 let prot = u32_at(b, 64)?;
-                (dev, inode, prot & libc::PROT_EXEC as u32 != 0, 72)
+                let flags = u32_at(b, 68)?;
+                (
+                    dev,
+                    inode,
+                    prot & libc::PROT_EXEC as u32 != 0,
+                    flags & libc::MAP_SHARED as u32 != 0,
+                    72,
+                )
             } else {
-                (0, 0, true, 40)
+                (0, 0, true, false, 40)
             };
             let name = cstr_at(b, name_off)?;
             let path = bytes_to_path(name);
@@ -750,6 +765,7 @@ fn parse_record(b: &[u8]) -> Option<Record> {
                         inode
                     },
                     executable,
+                    shared,
                 }),
             ))
         }
@@ -802,6 +818,7 @@ mod tests {
             dev: 1,
             inode: 7,
             executable: false,
+            shared: false,
         }
     }
 

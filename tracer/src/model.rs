@@ -73,4 +73,9 @@ pub trait Resolve {
     fn lock_name(&mut self, pid: u32, addr: u64) -> Option<String>;
     /// The process's name (the comm of its main thread).
     fn process_name(&mut self, pid: u32) -> String;
+    /// For a lock in memory mapped MAP_SHARED: its identity, as the kernel
+    /// gives a shared futex (device, inode, offset), and the mapping's name.
+    fn shared_identity(&mut self, _pid: u32, _addr: u64) -> Option<String> {
+        None
+    }
 }

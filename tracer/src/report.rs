@@ -365,6 +365,10 @@ pub struct Lock {
     pub kind: &'static str,
     /// The symbol of the lock object, if it is in a mapped file.
     pub name: Option<String>,
+    /// For a lock in shared memory (one lock for every process that maps
+    /// it): its identity (device, inode, offset) and the mapping's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<String>,
     #[serde(skip)]
     pub pid: u32,
 }
@@ -412,10 +416,12 @@ impl Names<'_> {
             .entry(id)
             .or_insert_with(|| resolve.lock_name(id.pid, id.addr))
             .clone();
+        let shared = self.resolve.shared_identity(id.pid, id.addr);
         Lock {
             addr: id.addr,
             kind: kind_name(kind),
             name,
+            shared,
             pid: id.pid,
         }
     }
@@ -694,9 +700,15 @@ impl fmt::Display for Inversion {
         let chain: Vec<String> = self
             .locks
             .iter()
-            .map(|l| match &l.name {
-                Some(name) => format!("{name} ({} {:#x})", l.kind, l.addr),
-                None => format!("{} {:#x}", l.kind, l.addr),
+            .map(|l| {
+                let label = match &l.name {
+                    Some(name) => format!("{name} ({} {:#x})", l.kind, l.addr),
+                    None => format!("{} {:#x}", l.kind, l.addr),
+                };
+                match &l.shared {
+                    Some(id) => format!("{label} [shared: {id}]"),
+                    None => label,
+                }
             })
             .collect();
         let first = self.locks.first().map(Lock::label).unwrap_or_default();

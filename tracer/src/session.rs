@@ -19,11 +19,14 @@ use crate::{
     graph::LockOrderGraph,
     ingest::{self, DependencyRecord, Record},
     load::Probes,
-    model::{Dependency, LockId, LockKind},
+    model::{Dependency, LockId, LockKind, Resolve},
     report::{self, Reporter, Summary},
     symbolize::Symbolizer,
     waitfor,
 };
+
+/// The pseudo process of shared-lock nodes (locks in MAP_SHARED memory).
+const SHARED_PID: u32 = u32::MAX - 1;
 
 /// Contended futex words listed in the summary.
 const CONTENTION_SHOWN: usize = 5;
@@ -37,6 +40,8 @@ pub struct Session {
     /// The instance dependency behind each class dependency.
     class_edges: HashMap<(LockId, LockId), Dependency>,
     same_class_reported: HashSet<LockId>,
+    /// Identities of locks in shared memory: (dev, inode, offset) -> node.
+    shared_locks: HashMap<(u64, u64, u64), LockId>,
     /// The lock sets of reported inversions, to link deadlocks to them.
     inversions: Vec<(BTreeSet<LockId>, u64)>,
     symbolizer: Symbolizer,
@@ -65,6 +70,7 @@ impl Session {
             class_graph: LockOrderGraph::new(),
             class_edges: HashMap::new(),
             same_class_reported: HashSet::new(),
+            shared_locks: HashMap::new(),
             inversions: Vec::new(),
             symbolizer,
             graph: LockOrderGraph::new(),
@@ -175,6 +181,44 @@ impl Session {
         Ok(())
     }
 
+    /// A lock in memory mapped MAP_SHARED is one node for every process
+    /// that maps it: identified, as the kernel identifies a shared futex, by
+    /// the mapping's device and inode and the offset in it.
+    fn note_shared(&mut self, lock: LockId) {
+        let Some(m) = self.symbolizer.spaces().find(lock.pid, lock.addr) else {
+            trace!(pid = lock.pid, addr = lock.addr, "lock in no known mapping");
+            return;
+        };
+        trace!(pid = lock.pid, addr = lock.addr, path = %m.path.display(), shared = m.shared, inode = m.inode, "lock mapping");
+        if !m.shared || m.inode == 0 {
+            return;
+        }
+        let key = (m.dev, m.inode, m.file_offset_of(lock.addr));
+        let next = LockId {
+            pid: SHARED_PID,
+            addr: self.shared_locks.len() as u64,
+        };
+        let id = *self.shared_locks.entry(key).or_insert(next);
+        self.graph.set_identity(lock, id);
+    }
+
+    /// The class of a lock: one class per shared lock, whatever process
+    /// takes it.
+    fn class_of(&mut self, lock: LockId, first_site: u64) -> LockId {
+        let id = self.graph.identity(lock);
+        if id.pid == SHARED_PID {
+            let key = format!(
+                "shared@{}",
+                self.symbolizer
+                    .shared_identity(lock.pid, lock.addr)
+                    .unwrap_or_default()
+            );
+            return self.classes.class_named(id, key);
+        }
+        self.classes
+            .class_of(lock, first_site, &mut self.symbolizer)
+    }
+
     /// The class view of an instance dependency: same-class nesting, or an
     /// edge of the class graph whose cycles no instance cycle covers (an
     /// inversion split across processes or instances).
@@ -213,7 +257,20 @@ impl Session {
             let n = edges.len();
             // One bug, one finding: a cycle of instances is reported by the
             // instance graph.
-            if n < 2 || (0..n).all(|i| edges[i].to == edges[(i + 1) % n].from) {
+            // At each lock of the cycle, the two edges meet on one instance:
+            // the same lock, or the same shared lock (whose class is its
+            // identity; the instance graph may have forgotten an exited
+            // worker's mapping of it).
+            let closes = (0..n).all(|i| {
+                let shared_class = self
+                    .classes
+                    .name(cycle.edges[i].to)
+                    .is_some_and(|c| c.starts_with("shared@"));
+                shared_class
+                    || self.graph.identity(edges[i].to)
+                        == self.graph.identity(edges[(i + 1) % n].from)
+            });
+            if n < 2 || closes {
                 continue;
             }
             let classes: Vec<String> = cycle
@@ -402,12 +459,10 @@ impl Session {
                 gates,
                 gate_key: gate_fingerprint(all_held, from.addr),
             };
-            let from_class = self
-                .classes
-                .class_of(dep.from, from.callsite, &mut self.symbolizer);
-            let to_class = self
-                .classes
-                .class_of(dep.to, d.to.callsite, &mut self.symbolizer);
+            self.note_shared(dep.from);
+            self.note_shared(dep.to);
+            let from_class = self.class_of(dep.from, from.callsite);
+            let to_class = self.class_of(dep.to, d.to.callsite);
             self.on_class_dependency(from_class, to_class, &dep)?;
             for cycle in self.graph.insert(dep) {
                 self.findings += 1;

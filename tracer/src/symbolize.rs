@@ -264,6 +264,21 @@ impl Resolve for Symbolizer {
         syms.name(svma)
     }
 
+    fn shared_identity(&mut self, pid: u32, addr: u64) -> Option<String> {
+        let m = self.spaces.find(pid, addr)?;
+        if !m.shared || m.inode == 0 {
+            return None;
+        }
+        Some(format!(
+            "dev {}:{} inode {} offset {:#x} ({})",
+            libc::major(m.dev),
+            libc::minor(m.dev),
+            m.inode,
+            m.file_offset_of(addr),
+            m.path.display()
+        ))
+    }
+
     fn process_name(&mut self, pid: u32) -> String {
         self.spaces
             .process_name(pid)
