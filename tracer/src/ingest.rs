@@ -83,32 +83,40 @@ fn decode_dependency(bytes: &[u8]) -> Result<DependencyRecord> {
     if bytes.len() < size_of::<DependencyEvent>() {
         bail!("short dependency record: {} bytes", bytes.len());
     }
-    // SAFETY: the size is checked and DependencyEvent is plain data; the ring
-    // buffer gives no alignment guarantee beyond 8, so read unaligned.
-    let ev: Box<DependencyEvent> = unsafe {
-        let mut b = Box::<DependencyEvent>::new_uninit();
-        std::ptr::copy_nonoverlapping(
-            bytes.as_ptr(),
-            b.as_mut_ptr().cast::<u8>(),
-            size_of::<DependencyEvent>(),
-        );
-        b.assume_init()
-    };
-    let n_from = (ev.n_from as usize).min(MAX_HELD);
-    let stack_len = (ev.stack_len as usize).min(STACK_BYTES);
+    // Field by field: copying the whole record (12 KiB, mostly stack) to an
+    // aligned value first would double the cost of decoding.
+    macro_rules! field {
+        ($name:ident) => {{
+            let offset = std::mem::offset_of!(DependencyEvent, $name);
+            // SAFETY: the record holds a whole DependencyEvent (checked
+            // above), and its fields are plain data; the ring buffer only
+            // aligns to 8, so read unaligned.
+            unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(offset).cast()) }
+        }};
+    }
+    let n_from: u32 = field!(n_from);
+    let n_held: u32 = field!(n_held);
+    let stack_len: u32 = field!(stack_len);
+    let n_from = (n_from as usize).min(MAX_HELD);
+    let n_held = (n_held as usize).min(MAX_HELD);
+    let stack_len = (stack_len as usize).min(STACK_BYTES);
+    let from: [HeldLock; MAX_HELD] = field!(from);
+    let held: [u64; MAX_HELD] = field!(held);
+    let comm: [u8; tracer_common::COMM_LEN] = field!(comm);
+    let stack_at = std::mem::offset_of!(DependencyEvent, stack);
     Ok(DependencyRecord {
-        pid: ev.pid,
-        tid: ev.tid,
-        thread: comm_to_string(&ev.comm),
-        timestamp_ns: ev.timestamp_ns,
-        to: ev.to,
-        from: ev.from[..n_from].to_vec(),
-        entry_ip: ev.entry_ip,
-        ip: ev.ip,
-        sp: ev.sp,
-        bp: ev.bp,
-        stack: ev.stack[..stack_len].to_vec(),
-        held: ev.held[..(ev.n_held as usize).min(MAX_HELD)].to_vec(),
+        pid: field!(pid),
+        tid: field!(tid),
+        thread: comm_to_string(&comm),
+        timestamp_ns: field!(timestamp_ns),
+        to: field!(to),
+        from: from[..n_from].to_vec(),
+        entry_ip: field!(entry_ip),
+        ip: field!(ip),
+        sp: field!(sp),
+        bp: field!(bp),
+        stack: bytes[stack_at..stack_at + stack_len].to_vec(),
+        held: held[..n_held].to_vec(),
     })
 }
 
