@@ -8,10 +8,19 @@
 //! same placed probes: the price of the probe hits alone); locktrace; and
 //! locktrace with every probe on its function's first instruction (what other
 //! tools do). Collector throughput: `tracer/examples/collector_bench.rs`.
+//!
+//! End to end: Debian's Apache (MPM event, `bench/apache2.conf`) serves a
+//! small static file on loopback to Debian's wrk, under the same four
+//! setups, traced host-wide with `locktrace watch` as a production host
+//! would be (so wrk is traced too); requests/s and p99 latency.
 
 use std::{
+    collections::VecDeque,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -50,6 +59,16 @@ impl Setup {
         }
     }
 
+    /// The setup as the tables call it.
+    fn label(self) -> &'static str {
+        match self {
+            Setup::Untraced => "untraced",
+            Setup::Floor => "floor (empty programs, placed probes)",
+            Setup::Locktrace => "locktrace",
+            Setup::EntryProbes => "probes at offset 0",
+        }
+    }
+
     /// locktrace's options for this setup (None: run untraced).
     fn tracer_args(self) -> Option<&'static [&'static str]> {
         match self {
@@ -61,28 +80,95 @@ impl Setup {
     }
 }
 
-/// (lockloop mode, threads)
-const WORKLOADS: &[(&str, u32)] = &[("mutex", 1), ("mutex", 2), ("trylock", 1), ("trylock", 2)];
+/// A loop that prints its mean ns per lock+unlock pair.
+enum Workload {
+    /// bench/lockloop.c: mode (mutex, trylock), threads.
+    Lockloop(&'static str, u32),
+    /// bench/pylockloop.py under Debian's python3: threading.Lock.
+    PythonLock,
+}
+
+impl Workload {
+    fn name(&self) -> String {
+        match self {
+            Workload::Lockloop(mode, 1) => format!("{mode}, 1 thread"),
+            Workload::Lockloop(mode, n) => format!("{mode}, {n} threads"),
+            Workload::PythonLock => "Python threading.Lock".into(),
+        }
+    }
+
+    fn command(&self, lockloop: &Path, seconds: f64) -> Vec<std::ffi::OsString> {
+        match self {
+            Workload::Lockloop(mode, threads) => vec![
+                lockloop.as_os_str().to_owned(),
+                mode.into(),
+                threads.to_string().into(),
+                format!("{seconds}").into(),
+            ],
+            Workload::PythonLock => vec![
+                "/usr/bin/python3".into(),
+                workspace_root()
+                    .join("xtask/bench/pylockloop.py")
+                    .into_os_string(),
+                format!("{seconds}").into(),
+            ],
+        }
+    }
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload::Lockloop("mutex", 1),
+    Workload::Lockloop("mutex", 2),
+    Workload::Lockloop("trylock", 1),
+    Workload::Lockloop("trylock", 2),
+    Workload::PythonLock,
+];
+
+/// Another tracer's uprobes on libc would slow the "untraced" runs too.
+fn other_tracers() -> Vec<String> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let comm = comm.trim();
+        (pid != me && matches!(comm, "locktrace" | "bpftrace" | "deadlock"))
+            .then(|| format!("{comm} [{pid}]"))
+    })
+    .collect()
+}
 
 pub fn bench(opts: &Options) -> Result<()> {
     if !cmd::is_root() {
         bail!("the benchmark loads BPF programs: run as root");
     }
-    let toolchain = prereqs::ensure(prereqs::Scope::Test)?;
+    let toolchain = prereqs::ensure(prereqs::Scope::Bench)?;
     let locktrace = run::build_all(&toolchain, true)?;
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let lockloop = compile_lockloop(&out_dir)?;
 
+    let others = other_tracers();
+    if !others.is_empty() {
+        bail!(
+            "other tracers are running ({}): their uprobes on libc would slow the \
+             untraced runs too; stop them first",
+            others.join(", ")
+        );
+    }
     let mut rows = Vec::new();
-    for &(mode, threads) in WORKLOADS {
+    for workload in WORKLOADS {
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Setup::ALL.len()];
         for round in 0..opts.rounds {
             for (i, setup) in Setup::ALL.into_iter().enumerate() {
-                let ns = measure(&locktrace, &lockloop, setup, mode, threads, opts.seconds)
-                    .with_context(|| format!("{mode} x{threads}, {}", setup.name()))?;
+                let command = workload.command(&lockloop, opts.seconds);
+                let ns = measure(&locktrace, &command, setup, opts.seconds)
+                    .with_context(|| format!("{}, {}", workload.name(), setup.name()))?;
                 step(format!(
-                    "{mode} x{threads} round {} {}: {ns:.1} ns/pair",
+                    "{} round {} {}: {ns:.1} ns/pair",
+                    workload.name(),
                     round + 1,
                     setup.name()
                 ));
@@ -90,20 +176,19 @@ pub fn bench(opts: &Options) -> Result<()> {
             }
         }
         rows.push(Row {
-            workload: format!(
-                "{mode}, {threads} thread{}",
-                if threads > 1 { "s" } else { "" }
-            ),
+            workload: workload.name(),
             median_ns: samples.iter_mut().map(|s| median(s)).collect(),
         });
     }
 
+    let web = web_bench(&locktrace, opts)?;
+
     step("collector throughput (tracer/examples/collector_bench.rs)");
     let collector = collector_bench(opts.quick)?;
 
-    let markdown = render(&rows, &collector, opts);
+    let markdown = render(&rows, &web, &collector, opts);
     println!("{markdown}");
-    let json = serde_json_like(&rows, &collector);
+    let json = serde_json_like(&rows, &web, &collector);
     let json_path = out_dir.join("results.json");
     std::fs::write(&json_path, json)?;
     std::fs::write(out_dir.join("results.md"), &markdown)?;
@@ -129,21 +214,14 @@ fn compile_lockloop(out_dir: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// One run of lockloop under `setup`; returns its ns per lock+unlock pair.
+/// One run of a workload under `setup`; returns its ns per lock+unlock
+/// pair.
 fn measure(
     locktrace: &Path,
-    lockloop: &Path,
+    workload: &[std::ffi::OsString],
     setup: Setup,
-    mode: &str,
-    threads: u32,
     seconds: f64,
 ) -> Result<f64> {
-    let workload = [
-        lockloop.as_os_str().to_owned(),
-        mode.into(),
-        threads.to_string().into(),
-        format!("{seconds}").into(),
-    ];
     let mut command = match setup.tracer_args() {
         None => {
             let mut c = Command::new(&workload[0]);
@@ -230,7 +308,7 @@ fn collector_bench(quick: bool) -> Result<String> {
     Ok(json.trim().to_owned())
 }
 
-fn render(rows: &[Row], collector: &str, opts: &Options) -> String {
+fn render(rows: &[Row], web: &WebResults, collector: &str, opts: &Options) -> String {
     let mut md = String::new();
     md.push_str(&format!(
         "Probe cost: ns per uncontended lock+unlock pair, median of {} interleaved rounds of {} s each.\n\n",
@@ -247,6 +325,8 @@ fn render(rows: &[Row], collector: &str, opts: &Options) -> String {
             e / l
         ));
     }
+    md.push('\n');
+    md.push_str(&render_web(web, opts));
     md.push_str(&format!(
         "\nCollector (one thread, no kernel): `{collector}`\n"
     ));
@@ -254,7 +334,7 @@ fn render(rows: &[Row], collector: &str, opts: &Options) -> String {
 }
 
 /// The results as JSON (hand-assembled: xtask has no serde).
-fn serde_json_like(rows: &[Row], collector: &str) -> String {
+fn serde_json_like(rows: &[Row], web: &WebResults, collector: &str) -> String {
     let rows: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -267,7 +347,776 @@ fn serde_json_like(rows: &[Row], collector: &str) -> String {
         })
         .collect();
     format!(
-        "{{\"probe_cost\":[{}],\"collector\":{collector}}}\n",
-        rows.join(",")
+        "{{\"probe_cost\":[{}],\"web_server\":{},\"collector\":{collector}}}\n",
+        rows.join(","),
+        web_json(web)
     )
+}
+
+// ---------------------------------------------------------------------------
+// End to end: Apache under wrk.
+
+/// wrk's load: threads and connections (`wrk -t2 -c32`).
+const WRK_THREADS: u32 = 2;
+const WRK_CONNECTIONS: u32 = 32;
+/// The static file Apache serves (about 1 KiB of HTML).
+const WEB_FILE: &str = "file.html";
+/// How long locktrace may take to exit after SIGTERM (it detaches one probe
+/// at a time, about 0.1 s each) before it is killed.
+const TRACER_EXIT_GRACE: Duration = Duration::from_secs(60);
+/// How long locktrace may take to attach its probes.
+const TRACER_ATTACH_LIMIT: Duration = Duration::from_secs(60);
+/// After the probes are attached: time for the collector to start reading.
+const TRACER_SETTLE: Duration = Duration::from_secs(1);
+const APACHE_START_LIMIT: Duration = Duration::from_secs(30);
+const APACHE_EXIT_GRACE: Duration = Duration::from_secs(15);
+
+/// Seconds of each wrk run.
+fn web_seconds(opts: &Options) -> u64 {
+    if opts.quick {
+        2
+    } else {
+        10
+    }
+}
+
+/// One wrk run.
+#[derive(Clone)]
+struct WrkSample {
+    requests_per_s: f64,
+    p99_ms: f64,
+    /// Socket errors (connect + read + write + timeout).
+    socket_errors: u64,
+    /// wrk's "Socket errors:" line, if it printed one.
+    socket_errors_line: Option<String>,
+}
+
+/// locktrace's summary of one traced run.
+#[derive(Clone, Copy)]
+struct TraceSummary {
+    events: Option<u64>,
+    lost_events: Option<u64>,
+    /// Findings reported (every JSON line but the summary).
+    findings: usize,
+}
+
+struct WebRow {
+    setup: Setup,
+    requests_per_s: f64,
+    p99_ms: f64,
+    /// Median events per traced run (None: untraced, or not reported).
+    events: Option<u64>,
+    /// Most lost events in one run.
+    lost_events: Option<u64>,
+    socket_errors: u64,
+}
+
+struct WebResults {
+    server: String,
+    seconds: u64,
+    rows: Vec<WebRow>,
+    /// Other tracers seen running between measurements.
+    disturbed: Vec<String>,
+}
+
+impl WebResults {
+    fn row(&self, setup: Setup) -> Option<&WebRow> {
+        self.rows.iter().find(|r| r.setup.name() == setup.name())
+    }
+}
+
+fn web_bench(locktrace: &Path, opts: &Options) -> Result<WebResults> {
+    let seconds = web_seconds(opts);
+    let apache = Apache::start()?;
+    let server = apache.version();
+    step(format!(
+        "web server: {server} (MPM event) on {}, pid {}",
+        apache.url(),
+        apache.pid()
+    ));
+    // Warm-up: every worker process and thread started, caches filled.
+    run_wrk(&apache.url(), 1).context("wrk warm-up run")?;
+
+    let mut samples: Vec<Vec<(WrkSample, Option<TraceSummary>)>> =
+        vec![Vec::new(); Setup::ALL.len()];
+    let mut disturbed = Vec::new();
+    // Someone else's tracer (tests started meanwhile) slows every setup with
+    // its probe hits: say so rather than hide it. Looked for before and after
+    // each measurement (never while ours runs: it has the same name).
+    let look_for_others = |disturbed: &mut Vec<String>| {
+        for other in other_tracers() {
+            if !disturbed.contains(&other) {
+                step(format!(
+                    "warning: {other} is running: the web-server numbers are disturbed"
+                ));
+                disturbed.push(other);
+            }
+        }
+    };
+    for round in 0..opts.rounds {
+        for (i, setup) in Setup::ALL.into_iter().enumerate() {
+            look_for_others(&mut disturbed);
+            let sample = web_measure(locktrace, &apache, setup, seconds)
+                .with_context(|| format!("web server, {}", setup.name()))?;
+            look_for_others(&mut disturbed);
+            let (wrk, trace) = &sample;
+            let trace_note = match trace {
+                Some(TraceSummary {
+                    events: Some(e),
+                    lost_events: Some(l),
+                    findings,
+                }) => format!(", {e} events traced, {l} lost, {findings} findings"),
+                Some(_) => ", no summary from locktrace".to_owned(),
+                None => String::new(),
+            };
+            let errors_note = match &wrk.socket_errors_line {
+                Some(line) if wrk.socket_errors > 0 => format!(", wrk: {line}"),
+                _ => String::new(),
+            };
+            step(format!(
+                "web server round {} {}: {:.0} requests/s, p99 {:.2} ms{trace_note}{errors_note}",
+                round + 1,
+                setup.name(),
+                wrk.requests_per_s,
+                wrk.p99_ms
+            ));
+            samples[i].push(sample);
+        }
+    }
+    drop(apache);
+
+    let rows = Setup::ALL
+        .into_iter()
+        .zip(samples)
+        .map(|(setup, runs)| {
+            let mut rps: Vec<f64> = runs.iter().map(|(w, _)| w.requests_per_s).collect();
+            let mut p99: Vec<f64> = runs.iter().map(|(w, _)| w.p99_ms).collect();
+            let mut events: Vec<f64> = runs
+                .iter()
+                .filter_map(|(_, t)| t.and_then(|t| t.events))
+                .map(|e| e as f64)
+                .collect();
+            let lost_events = runs
+                .iter()
+                .filter_map(|(_, t)| t.and_then(|t| t.lost_events))
+                .max();
+            WebRow {
+                setup,
+                requests_per_s: median(&mut rps),
+                p99_ms: median(&mut p99),
+                events: (!events.is_empty()).then(|| median(&mut events).round() as u64),
+                lost_events,
+                socket_errors: runs.iter().map(|(w, _)| w.socket_errors).sum(),
+            }
+        })
+        .collect();
+    Ok(WebResults {
+        server,
+        seconds,
+        rows,
+        disturbed,
+    })
+}
+
+/// One wrk run against `apache` under `setup`.
+fn web_measure(
+    locktrace: &Path,
+    apache: &Apache,
+    setup: Setup,
+    seconds: u64,
+) -> Result<(WrkSample, Option<TraceSummary>)> {
+    let Some(args) = setup.tracer_args() else {
+        // The same pause as after a tracer's start: Apache idle before wrk.
+        std::thread::sleep(TRACER_SETTLE);
+        return Ok((run_wrk(&apache.url(), seconds)?, None));
+    };
+    let output = apache
+        .dir
+        .path
+        .join(format!("trace-{}.jsonl", setup.name()));
+    let tracer = Tracer::start(locktrace, args, &output)?;
+    // On an error, dropping `tracer` stops it.
+    let wrk = run_wrk(&apache.url(), seconds)?;
+    tracer.stop()?;
+    let summary = read_summary(&output);
+    let _ = std::fs::remove_file(&output);
+    Ok((wrk, Some(summary)))
+}
+
+/// The `"events"` and `"lost_events"` of locktrace's JSON summary line, and
+/// how many findings came before it.
+fn read_summary(output: &Path) -> TraceSummary {
+    let text = std::fs::read_to_string(output).unwrap_or_default();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"type\":\"summary\""))
+        .unwrap_or("");
+    TraceSummary {
+        events: json_u64(line, "events"),
+        lost_events: json_u64(line, "lost_events"),
+        findings: text
+            .lines()
+            .filter(|l| l.starts_with('{') && !l.contains("\"type\":\"summary\""))
+            .count(),
+    }
+}
+
+/// The first `"key":N` in `json` (hand-parsed: xtask has no serde).
+fn json_u64(json: &str, key: &str) -> Option<u64> {
+    let pattern = format!("\"{key}\":");
+    let start = json.find(&pattern)? + pattern.len();
+    let digits: String = json[start..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+fn run_wrk(url: &str, seconds: u64) -> Result<WrkSample> {
+    let mut wrk = Command::new(prereqs::WRK);
+    wrk.args([
+        format!("-t{WRK_THREADS}"),
+        format!("-c{WRK_CONNECTIONS}"),
+        format!("-d{seconds}s"),
+        "--latency".to_owned(),
+        url.to_owned(),
+    ])
+    .stdin(Stdio::null());
+    let out = run_bounded(&mut wrk, Duration::from_secs(seconds + 60)).context("wrk")?;
+    parse_wrk(&out).with_context(|| format!("cannot read wrk's output:\n{out}"))
+}
+
+/// Reads `Requests/sec:`, the `99%` line of `--latency` and the errors from
+/// wrk's report.
+fn parse_wrk(out: &str) -> Result<WrkSample> {
+    let mut requests_per_s = None;
+    let mut p99_ms = None;
+    let mut socket_errors = 0;
+    let mut socket_errors_line = None;
+    for line in out.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            requests_per_s = v.trim().parse::<f64>().ok();
+        } else if let Some(v) = line.strip_prefix("99%") {
+            p99_ms = parse_wrk_time_ms(v.trim());
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            bail!(
+                "the server answered with errors: {} non-2xx/3xx responses",
+                v.trim()
+            );
+        } else if let Some(v) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            socket_errors = v
+                .split(',')
+                .filter_map(|kv| kv.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+            socket_errors_line = Some(line.to_owned());
+        }
+    }
+    Ok(WrkSample {
+        requests_per_s: requests_per_s.context("no Requests/sec line")?,
+        p99_ms: p99_ms.context("no 99% latency line (run with --latency)")?,
+        socket_errors,
+        socket_errors_line,
+    })
+}
+
+/// wrk's times ("812.00us", "1.23ms", "2.01s", "1.00m") in milliseconds.
+fn parse_wrk_time_ms(s: &str) -> Option<f64> {
+    let unit_at = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let value: f64 = s[..unit_at].parse().ok()?;
+    let scale = match &s[unit_at..] {
+        "us" => 1e-3,
+        "ms" => 1.0,
+        "s" => 1e3,
+        "m" => 60e3,
+        "h" => 3600e3,
+        _ => return None,
+    };
+    Some(value * scale)
+}
+
+/// A directory of the benchmark's own, removed when dropped.
+struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    fn new(name: &str) -> Result<ScratchDir> {
+        use std::os::unix::fs::PermissionsExt;
+        let path =
+            std::env::temp_dir().join(format!("locktrace-bench-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        // Apache's workers run as www-data and must read the document root.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(ScratchDir { path })
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Sends `signal` to `child` unless it has already been reaped (its pid is
+/// then no longer ours).
+fn signal_child(child: &mut Child, signal: libc::c_int) {
+    if matches!(child.try_wait(), Ok(None)) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // own unreaped child.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, signal);
+        }
+    }
+}
+
+/// Waits up to `limit` for `child` to exit.
+fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(50)),
+            _ => return None,
+        }
+    }
+}
+
+/// Our Apache: started by [`Apache::start`], stopped (SIGTERM, then SIGKILL
+/// after [`APACHE_EXIT_GRACE`]) when dropped, its directory removed.
+struct Apache {
+    child: Child,
+    port: u16,
+    // Dropped after `child` is stopped (Drop::drop runs first).
+    dir: ScratchDir,
+}
+
+impl Apache {
+    fn start() -> Result<Apache> {
+        let dir = ScratchDir::new("web")?;
+        let htdocs = dir.path.join("htdocs");
+        std::fs::create_dir(&htdocs)?;
+        std::fs::write(htdocs.join(WEB_FILE), web_page())?;
+        let port = free_port()?;
+        let template = workspace_root().join("xtask/bench/apache2.conf");
+        let conf = std::fs::read_to_string(&template)
+            .with_context(|| format!("cannot read {}", template.display()))?
+            .replace("@DIR@", &dir.path.to_string_lossy())
+            .replace("@PORT@", &port.to_string());
+        let conf_path = dir.path.join("apache2.conf");
+        std::fs::write(&conf_path, conf)?;
+        let stderr = std::fs::File::create(dir.path.join("stderr.log"))?;
+        // Same process group as xtask: a Ctrl-C stops Apache too.
+        let child = Command::new(prereqs::APACHE2)
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-DFOREGROUND")
+            .env("APACHE_RUN_USER", "www-data")
+            .env("APACHE_RUN_GROUP", "www-data")
+            .env("APACHE_RUN_DIR", &dir.path)
+            .env("APACHE_LOG_DIR", &dir.path)
+            .env("APACHE_LOCK_DIR", &dir.path)
+            .env("APACHE_PID_FILE", dir.path.join("apache2.pid"))
+            .env("LANG", "C")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("cannot start {}", prereqs::APACHE2))?;
+        let mut apache = Apache { child, port, dir };
+        apache.wait_ready()?;
+        Ok(apache)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/{WEB_FILE}", self.port)
+    }
+
+    /// "Apache/2.4.62 (Debian)".
+    fn version(&self) -> String {
+        cmd::output(Command::new(prereqs::APACHE2).arg("-v"))
+            .and_then(|v| {
+                v.lines()
+                    .find_map(|l| l.strip_prefix("Server version:"))
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "Apache".to_owned())
+    }
+
+    /// Until `GET /file.html` answers 200.
+    fn wait_ready(&mut self) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("apache2 exited with {status} at start:\n{}", self.logs());
+            }
+            if self.get_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > APACHE_START_LIMIT {
+                bail!(
+                    "apache2 did not serve {} within {APACHE_START_LIMIT:?}:\n{}",
+                    self.url(),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn get_ok(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = format!("GET /{WEB_FILE} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+            .lines()
+            .next()
+            .is_some_and(|status| status.split_whitespace().nth(1) == Some("200"))
+    }
+
+    /// Apache's stderr and error log.
+    fn logs(&self) -> String {
+        ["stderr.log", "error.log"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(self.dir.path.join(f)).ok())
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    /// The processes whose parent is Apache's main process (its workers).
+    fn workers(&self) -> Vec<libc::pid_t> {
+        let parent = self.child.id().to_string();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| {
+            let pid: libc::pid_t = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+    }
+}
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        signal_child(&mut self.child, libc::SIGTERM);
+        if wait_for_exit(&mut self.child, APACHE_EXIT_GRACE).is_some() {
+            return;
+        }
+        step(format!(
+            "apache2 [{}] did not stop within {APACHE_EXIT_GRACE:?} of SIGTERM: killing it",
+            self.child.id()
+        ));
+        let workers = self.workers();
+        signal_child(&mut self.child, libc::SIGKILL);
+        for pid in workers {
+            // SAFETY: as in signal_child; these are our Apache's children.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked: Apache binds it soon after).
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("cannot find a free port on 127.0.0.1")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// About 1 KiB of HTML.
+fn web_page() -> String {
+    let mut page =
+        String::from("<!DOCTYPE html>\n<html><head><title>locktrace bench</title></head><body>\n");
+    for i in 0..16 {
+        page.push_str(&format!(
+            "<p>Paragraph {i:02}: a small static file for the web-server benchmark.</p>\n"
+        ));
+    }
+    page.push_str("</body></html>\n");
+    page
+}
+
+/// `locktrace watch` host-wide: started by [`Tracer::start`] (returns once
+/// the probes are attached), stopped by [`Tracer::stop`] or, on an error,
+/// when dropped. Never left running.
+struct Tracer {
+    child: Option<Child>,
+    /// locktrace's stderr: whether "probes attached" was logged, and the last
+    /// lines (for errors).
+    log: Arc<Mutex<TracerLog>>,
+}
+
+#[derive(Default)]
+struct TracerLog {
+    attached: bool,
+    tail: VecDeque<String>,
+}
+
+impl Tracer {
+    fn start(locktrace: &Path, args: &[&str], output: &Path) -> Result<Tracer> {
+        let mut child = Command::new(locktrace)
+            .arg("watch")
+            .args(args)
+            .args(["--format", "json", "--output"])
+            .arg(output)
+            // `info` logs "probes attached" once every probe is live.
+            .env("LOCKTRACE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", locktrace.display()))?;
+        let log = Arc::new(Mutex::new(TracerLog::default()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    log.attached |= line.contains("probes attached");
+                    log.tail.push_back(line);
+                    if log.tail.len() > 20 {
+                        log.tail.pop_front();
+                    }
+                }
+            });
+        }
+        let mut tracer = Tracer {
+            child: Some(child),
+            log,
+        };
+        let start = Instant::now();
+        loop {
+            if tracer
+                .log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .attached
+            {
+                break;
+            }
+            if let Some(child) = tracer.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    tracer.child = None;
+                    bail!(
+                        "locktrace watch exited with {status} before attaching:\n{}",
+                        tracer.tail()
+                    );
+                }
+            }
+            if start.elapsed() > TRACER_ATTACH_LIMIT {
+                bail!(
+                    "locktrace watch did not attach within {TRACER_ATTACH_LIMIT:?}:\n{}",
+                    tracer.tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(TRACER_SETTLE);
+        Ok(tracer)
+    }
+
+    fn tail(&self) -> String {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.tail.iter().map(|l| format!("  {l}\n")).collect()
+    }
+
+    /// SIGTERM, then waits for locktrace to detach and exit; fails if it
+    /// had to be killed or exited with an error.
+    fn stop(mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let start = Instant::now();
+        match terminate_tracer(&mut child) {
+            Some(status) if status.success() => {
+                step(format!(
+                    "locktrace exited {:.1} s after SIGTERM",
+                    start.elapsed().as_secs_f64()
+                ));
+                Ok(())
+            }
+            Some(status) => bail!("locktrace watch exited with {status}:\n{}", self.tail()),
+            None => bail!(
+                "locktrace watch did not exit within {TRACER_EXIT_GRACE:?} of SIGTERM: killed"
+            ),
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate_tracer(&mut child);
+        }
+    }
+}
+
+/// SIGTERM, up to [`TRACER_EXIT_GRACE`] to exit, then SIGKILL. Returns the
+/// exit status unless it had to be killed.
+fn terminate_tracer(child: &mut Child) -> Option<ExitStatus> {
+    signal_child(child, libc::SIGTERM);
+    if let Some(status) = wait_for_exit(child, TRACER_EXIT_GRACE) {
+        return Some(status);
+    }
+    step(format!(
+        "locktrace [{}] did not exit within {TRACER_EXIT_GRACE:?} of SIGTERM: killing it",
+        child.id()
+    ));
+    signal_child(child, libc::SIGKILL);
+    let _ = child.wait();
+    None
+}
+
+fn render_web(web: &WebResults, opts: &Options) -> String {
+    let mut md = format!(
+        "Web server: {} (MPM event, `xtask/bench/apache2.conf`) serving a 1 KiB static file on \
+         loopback to `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{}s --latency`; traced host-wide \
+         (`locktrace watch`, wrk included); median of {} interleaved rounds.\n\n",
+        web.server, web.seconds, opts.rounds
+    );
+    md.push_str(
+        "| setup | requests/s | p99 latency | requests/s vs untraced | requests/s vs floor | events per run (most lost) |\n",
+    );
+    md.push_str("|---|---|---|---|---|---|\n");
+    let untraced = web.row(Setup::Untraced).map(|r| r.requests_per_s);
+    let floor = web.row(Setup::Floor).map(|r| r.requests_per_s);
+    let ratio = |base: Option<f64>, rps: f64| match base {
+        Some(b) if b > 0.0 => format!("{:.2}x", rps / b),
+        _ => "-".to_owned(),
+    };
+    for row in &web.rows {
+        let events = match (row.events, row.lost_events) {
+            (Some(e), Some(l)) => format!("{e} ({l})"),
+            (Some(e), None) => e.to_string(),
+            _ => "-".to_owned(),
+        };
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.2} ms | {} | {} | {events} |\n",
+            row.setup.label(),
+            row.requests_per_s,
+            row.p99_ms,
+            ratio(untraced, row.requests_per_s),
+            ratio(floor, row.requests_per_s),
+        ));
+    }
+    if !web.disturbed.is_empty() {
+        md.push_str(&format!(
+            "\n**Disturbed**: other tracers ran during the measurement ({}); their probes slow \
+             every setup.\n",
+            match web.disturbed.len() {
+                n @ 0..=3 => web.disturbed[..n].join(", "),
+                n => format!("{}, and {} more", web.disturbed[..3].join(", "), n - 3),
+            }
+        ));
+    }
+    let errors: u64 = web.rows.iter().map(|r| r.socket_errors).sum();
+    if errors > 0 {
+        md.push_str(&format!(
+            "\nwrk reported {errors} socket errors in all (see the progress lines).\n"
+        ));
+    }
+    md
+}
+
+fn web_json(web: &WebResults) -> String {
+    let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
+    let setups: Vec<String> = web
+        .rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{{\"setup\":\"{}\",\"requests_per_s\":{:.1},\"p99_ms\":{:.3},\"events\":{},\"lost_events\":{},\"socket_errors\":{}}}",
+                r.setup.name(),
+                r.requests_per_s,
+                r.p99_ms,
+                opt(r.events),
+                opt(r.lost_events),
+                r.socket_errors
+            )
+        })
+        .collect();
+    format!(
+        "{{\"server\":\"{}\",\"load\":\"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{}s --latency\",\"setups\":[{}],\"disturbed_by\":[{}]}}",
+        web.server.replace(['"', '\\'], ""),
+        web.seconds,
+        setups.join(","),
+        web.disturbed
+            .iter()
+            .map(|d| format!("\"{d}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK_OUTPUT: &str = "\
+Running 2s test @ http://127.0.0.1:38359/file.html
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.02ms    1.83ms  30.11ms   93.52%
+    Req/Sec    21.04k     1.89k   24.01k    70.00%
+  Latency Distribution
+     50%  484.00us
+     75%    0.92ms
+     90%    2.21ms
+     99%    9.57ms
+  83698 requests in 2.00s, 107.59MB read
+  Socket errors: connect 0, read 5, write 0, timeout 0
+Requests/sec:  41849.12
+Transfer/sec:     53.79MB
+";
+
+    #[test]
+    fn reads_wrk_report() {
+        let s = parse_wrk(WRK_OUTPUT).unwrap();
+        assert_eq!(s.requests_per_s, 41849.12);
+        assert!((s.p99_ms - 9.57).abs() < 1e-9);
+        assert_eq!(s.socket_errors, 5);
+        let bad = WRK_OUTPUT.replace(
+            "Requests/sec:",
+            "Non-2xx or 3xx responses: 12\nRequests/sec:",
+        );
+        assert!(parse_wrk(&bad).is_err());
+        assert!(parse_wrk("Requests/sec: 1.0\n").is_err());
+    }
+
+    #[test]
+    fn reads_wrk_times() {
+        assert_eq!(parse_wrk_time_ms("484.00us"), Some(0.484));
+        assert_eq!(parse_wrk_time_ms("2.00s"), Some(2000.0));
+        assert_eq!(parse_wrk_time_ms("1.50m"), Some(90_000.0));
+        assert_eq!(parse_wrk_time_ms("3.00x"), None);
+    }
+
+    #[test]
+    fn reads_summary_counts() {
+        let line = r#"{"type":"summary","events":614787,"dependencies":3,"lost_events":0,"counters":{"dependency_events":9}}"#;
+        assert_eq!(json_u64(line, "events"), Some(614787));
+        assert_eq!(json_u64(line, "lost_events"), Some(0));
+        assert_eq!(json_u64(line, "missing"), None);
+    }
 }

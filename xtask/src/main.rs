@@ -52,8 +52,10 @@ enum Command {
         args: Vec<String>,
     },
     /// Measure the cost of tracing side by side (probe cost per lock
-    /// operation: untraced, empty-probe floor, locktrace, probes at offset 0;
-    /// collector throughput) and print a Markdown table (needs root).
+    /// operation in C and Python loops, and Apache under wrk, each untraced,
+    /// with empty programs on the same probes (the floor), with locktrace,
+    /// and with probes at offset 0; collector throughput) and print Markdown
+    /// tables (needs root; installs apache2 and wrk).
     Bench {
         /// Interleaved rounds per workload (the median is reported).
         #[arg(long, default_value_t = 3)]

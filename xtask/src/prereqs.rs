@@ -23,6 +23,13 @@ pub const APT_CC: &[&str] = &["gcc"];
 /// The tests trace Debian's interpreter (/usr/bin/python3), not another one
 /// on PATH.
 pub const APT_TEST: &[&str] = &["python3"];
+/// `cargo xtask bench`'s web-server measurement: Debian's Apache (MPM event)
+/// serves a static file, Debian's wrk loads it.
+pub const APT_BENCH: &[&str] = &["apache2", "wrk"];
+/// What the web-server measurement runs (from [`APT_BENCH`]).
+pub const APACHE2: &str = "/usr/sbin/apache2";
+pub const APACHE2_MPM_EVENT: &str = "/usr/lib/apache2/modules/mod_mpm_event.so";
+pub const WRK: &str = "/usr/bin/wrk";
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -38,6 +45,8 @@ pub enum Scope {
     Build,
     /// Also running the end-to-end tests.
     Test,
+    /// Also running `cargo xtask bench` (the tests' tools, Apache and wrk).
+    Bench,
 }
 
 /// A toolchain that can build `core` for bpfel-unknown-none.
@@ -85,14 +94,26 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
             "the eBPF object needs a Rust compiler with its library source (-Z build-std=core)",
         ));
     }
-    if cmd::which("cc").is_none() || (scope == Scope::Test && cmd::which("gcc").is_none()) {
+    if cmd::which("cc").is_none() || (scope != Scope::Build && cmd::which("gcc").is_none()) {
         apt.push((
             APT_CC,
             "a C compiler links Rust programs and builds the test fixtures",
         ));
     }
-    if scope == Scope::Test && !Path::new("/usr/bin/python3").exists() {
+    if scope != Scope::Build && !Path::new("/usr/bin/python3").exists() {
         apt.push((APT_TEST, "the end-to-end tests trace Debian's Python"));
+    }
+    if scope == Scope::Bench
+        && [APACHE2, APACHE2_MPM_EVENT, WRK]
+            .iter()
+            .any(|p| !Path::new(p).exists())
+    {
+        apt.push((
+            APT_BENCH,
+            "the benchmark's web-server measurement runs its own Apache (MPM event) and \
+             loads it with wrk (where apt starts the apache2 system service too, the \
+             benchmark neither uses nor stops it)",
+        ));
     }
     if !bpf_linker_ok && !Path::new(LLVM_PREFIX).join("lib/libLLVM.so").exists() {
         apt.push((
