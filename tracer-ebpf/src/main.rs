@@ -63,6 +63,13 @@ static COND_WAITS: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 #[map]
 static SIGNAL_SEMS: LruHashMap<DependencyKey, u8> = LruHashMap::with_max_entries(16384, 0);
 
+/// The last `sem_post` of each thread (by tid): the stack pointer of the call
+/// and the semaphore. Its probe may fire twice in one call (a retry loop
+/// branches back before it): a second hit of the same call is ignored.
+/// Cleared when the thread takes a semaphore.
+#[map]
+static LAST_POST: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(16384, 0);
+
 /// Futex waits in progress (by tid).
 #[map]
 static FUTEX_WAITING: HashMap<u32, FutexWait> = HashMap::with_max_entries(65536, 0);
@@ -231,8 +238,11 @@ fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
         return 0;
     };
     count(Counter::Acquire);
-    if to.kind == LockKind::Semaphore as u32 && is_signal_sem(tgid, to.addr) {
-        return 0;
+    if to.kind == LockKind::Semaphore as u32 {
+        let _ = LAST_POST.remove(&tid);
+        if is_signal_sem(tgid, to.addr) {
+            return 0;
+        }
     }
     let Some(held) = held_stack(tgid, tid) else {
         return 0;
@@ -736,8 +746,11 @@ pub fn try_return(ctx: RetProbeContext) -> u32 {
         let regs = unsafe { &*ctx.regs };
         return acquire_blocking(regs, pending, entry_ip);
     }
-    if pending.kind == LockKind::Semaphore as u32 && is_signal_sem(tgid, pending.addr) {
-        return 0;
+    if pending.kind == LockKind::Semaphore as u32 {
+        let _ = LAST_POST.remove(&tid);
+        if is_signal_sem(tgid, pending.addr) {
+            return 0;
+        }
     }
     count(Counter::Acquire);
     let Some(held) = held_stack(tgid, tid) else {
@@ -776,10 +789,16 @@ pub fn sem_timedwait(ctx: ProbeContext) -> u32 {
 /// thread marks it as a signalling semaphore (see `SIGNAL_SEMS`).
 #[uprobe]
 pub fn sem_post(ctx: ProbeContext) -> u32 {
-    let Some((tgid, _)) = current_traced() else {
+    let Some((tgid, tid)) = current_traced() else {
         return 0;
     };
     let sem = lock_arg(&ctx);
+    let call = [regs(&ctx).rsp, sem];
+    // SAFETY: copied out.
+    if unsafe { LAST_POST.get(&tid) }.copied() == Some(call) {
+        return 0;
+    }
+    let _ = LAST_POST.insert(&tid, &call, 0);
     if let Released::NotHeld = release(sem) {
         let _ = SIGNAL_SEMS.insert(&signal_sem_key(tgid, sem), &1, 0);
     }
@@ -1015,6 +1034,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     let _ = PENDING_TRY.remove(&tid);
     let _ = COND_WAITS.remove(&tid);
     let _ = FUTEX_WAITING.remove(&tid);
+    let _ = LAST_POST.remove(&tid);
     let _ = INHERIT.remove(&tid);
     if tid != tgid {
         let _ = TRACED.remove(&tid);

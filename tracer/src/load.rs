@@ -76,6 +76,9 @@ struct Uprobe {
     is_return: bool,
     /// The argument registers the program reads.
     reads: &'static [Register],
+    /// The program tolerates a second hit in the same call (see
+    /// `placement::place_repeat_safe`).
+    repeat_safe: bool,
 }
 
 const fn entry(program: &'static str, symbol: &'static str) -> Uprobe {
@@ -84,6 +87,18 @@ const fn entry(program: &'static str, symbol: &'static str) -> Uprobe {
         symbol,
         is_return: false,
         reads: &[Register::RDI],
+        repeat_safe: false,
+    }
+}
+
+/// For functions whose compare-and-swap retry loop branches back before
+/// their first emulated instruction: the programs there tolerate a second
+/// hit (a try entry records the same pending lock; its return finds it
+/// consumed; a post is deduplicated by its stack pointer).
+const fn repeat_safe(probe: Uprobe) -> Uprobe {
+    Uprobe {
+        repeat_safe: true,
+        ..probe
     }
 }
 
@@ -93,6 +108,7 @@ const fn ret(program: &'static str, symbol: &'static str) -> Uprobe {
         symbol,
         is_return: true,
         reads: &[Register::RDI],
+        repeat_safe: false,
     }
 }
 
@@ -128,13 +144,13 @@ const UPROBES: &[Uprobe] = &[
     entry("spin_trylock", "pthread_spin_trylock"),
     ret("try_return", "pthread_spin_trylock"),
     entry("sem_wait", "sem_wait"),
-    entry("sem_trywait", "sem_trywait"),
-    ret("try_return", "sem_trywait"),
+    repeat_safe(entry("sem_trywait", "sem_trywait")),
+    repeat_safe(ret("try_return", "sem_trywait")),
     entry("sem_timedwait", "sem_timedwait"),
     ret("try_return", "sem_timedwait"),
     entry("sem_timedwait", "sem_clockwait"),
     ret("try_return", "sem_clockwait"),
-    entry("sem_post", "sem_post"),
+    repeat_safe(entry("sem_post", "sem_post")),
     // pthread_spin_init shares its code with pthread_spin_unlock: not probed.
     entry("lock_init", "pthread_mutex_init"),
     entry("lock_destroy", "pthread_mutex_destroy"),
@@ -149,36 +165,42 @@ const UPROBES: &[Uprobe] = &[
         symbol: "pthread_cond_wait",
         is_return: false,
         reads: &[Register::RDI, Register::RSI],
+        repeat_safe: false,
     },
     Uprobe {
         program: "cond_wait_return",
         symbol: "pthread_cond_wait",
         is_return: true,
         reads: &[Register::RDI, Register::RSI],
+        repeat_safe: false,
     },
     Uprobe {
         program: "cond_wait",
         symbol: "pthread_cond_timedwait",
         is_return: false,
         reads: &[Register::RDI, Register::RSI],
+        repeat_safe: false,
     },
     Uprobe {
         program: "cond_wait_return",
         symbol: "pthread_cond_timedwait",
         is_return: true,
         reads: &[Register::RDI, Register::RSI],
+        repeat_safe: false,
     },
     Uprobe {
         program: "cond_wait",
         symbol: "pthread_cond_clockwait",
         is_return: false,
         reads: &[Register::RDI, Register::RSI],
+        repeat_safe: false,
     },
     Uprobe {
         program: "cond_wait_return",
         symbol: "pthread_cond_clockwait",
         is_return: true,
         reads: &[Register::RDI, Register::RSI],
+        repeat_safe: false,
     },
 ];
 
@@ -277,8 +299,9 @@ impl Probes {
                 (ProbePrograms::Floor, false) => "floor_entry",
                 (ProbePrograms::Floor, true) => "floor_return",
             };
-            let (placed, function) = placement::place_symbol(&elf, symbol, probe.reads)
-                .with_context(|| format!("cannot find {symbol} in {}", libc.display()))?;
+            let (placed, function) =
+                placement::place_symbol(&elf, symbol, probe.reads, probe.repeat_safe)
+                    .with_context(|| format!("cannot find {symbol} in {}", libc.display()))?;
             let offset = match policy {
                 ProbePlacement::Entry => 0,
                 ProbePlacement::Emulated => placed.offset,

@@ -42,6 +42,19 @@ pub struct Placement {
 /// `address`. `reads` are the registers the probe program reads (besides
 /// `rsp`, which is always kept).
 pub fn place(code: &[u8], address: u64, reads: &[Register]) -> Placement {
+    place_with(code, address, reads, false)
+}
+
+/// Like [`place`], for a probe whose program tolerates firing twice in one
+/// call: a loop may branch back to an instruction before the probe (a
+/// compare-and-swap retry, as in `sem_trywait` and `sem_post`) provided the
+/// loop does not change `rsp`, the stack or the registers the program reads,
+/// so that the second hit sees the same call.
+pub fn place_repeat_safe(code: &[u8], address: u64, reads: &[Register]) -> Placement {
+    place_with(code, address, reads, true)
+}
+
+fn place_with(code: &[u8], address: u64, reads: &[Register], repeat_safe: bool) -> Placement {
     let instructions: Vec<Instruction> = Decoder::with_ip(64, code, address, DecoderOptions::NONE)
         .into_iter()
         .collect();
@@ -57,10 +70,25 @@ pub fn place(code: &[u8], address: u64, reads: &[Register]) -> Placement {
         if is_emulated(insn, code, address) {
             let offset = insn.ip() - address;
             if let Some(source) = branch_into(&instructions, address, end, offset) {
-                return fallback(
-                    text(first),
-                    format!("the instruction at +{offset} is reached by a branch at {source:#x}"),
-                );
+                let tolerated = repeat_safe
+                    && loops_keep_the_call(&mut info, &instructions, address, end, offset, reads);
+                if !tolerated {
+                    return fallback(
+                        text(first),
+                        format!(
+                            "the instruction at +{offset} is reached by a branch at {source:#x}"
+                        ),
+                    );
+                }
+                return Placement {
+                    offset,
+                    instruction: text(insn),
+                    emulated: true,
+                    reason: format!(
+                        "first emulated instruction; the loop back from {source:#x} may fire \
+                         it again in the same call, which this program tolerates"
+                    ),
+                };
             }
             return Placement {
                 offset,
@@ -112,6 +140,7 @@ pub fn place_symbol(
     elf: &[u8],
     symbol: &str,
     reads: &[Register],
+    repeat_safe: bool,
 ) -> anyhow::Result<(Placement, FunctionLocation)> {
     use object::read::elf::ElfFile64;
     use object::{Object, ObjectSection, ObjectSymbol};
@@ -146,7 +175,10 @@ pub fn place_symbol(
         address: sym.address(),
         file_offset: sym.address() - section.address() + section_offset,
     };
-    Ok((place(code, sym.address(), reads), location))
+    Ok((
+        place_with(code, sym.address(), reads, repeat_safe),
+        location,
+    ))
 }
 
 fn fallback(instruction: String, reason: String) -> Placement {
@@ -228,6 +260,37 @@ fn branch_into(instructions: &[Instruction], start: u64, end: u64, offset: u64) 
     })
 }
 
+/// Whether every instruction from the probe (+`offset`) to the last branch
+/// back into (0, offset] leaves `rsp`, the stack and `reads` alone.
+fn loops_keep_the_call(
+    info: &mut InstructionInfoFactory,
+    instructions: &[Instruction],
+    start: u64,
+    end: u64,
+    offset: u64,
+    reads: &[Register],
+) -> bool {
+    let last_source = instructions
+        .iter()
+        .filter(|insn| {
+            (insn.is_jmp_short_or_near() || insn.is_jcc_short_or_near())
+                && (start + 1..=start + offset).contains(&insn.near_branch_target())
+                && insn.near_branch_target() < end
+        })
+        .map(|insn| insn.ip())
+        .max();
+    let Some(last_source) = last_source else {
+        return false;
+    };
+    instructions
+        .iter()
+        .filter(|insn| (start + offset..=last_source).contains(&insn.ip()))
+        .all(|insn| {
+            // A call inside the loop would leave the function: not a retry.
+            !insn.is_call_near() && clobbers(info, insn, reads).is_none()
+        })
+}
+
 fn text(insn: &Instruction) -> String {
     let mut out = String::new();
     let mut formatter = iced_x86::FastFormatter::new();
@@ -238,6 +301,44 @@ fn text(insn: &Instruction) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Debian 12 glibc 2.36 `sem_trywait` (0x90e00): a compare-and-swap loop
+    /// branches back to +3.
+    const SEM_TRYWAIT: &[u8] = &[
+        0x48, 0x8b, 0x07, // mov (%rdi),%rax
+        0x85, 0xc0, // test %eax,%eax
+        0x74, 0x11, // je +0x18
+        0x48, 0x8d, 0x50, 0xff, // lea -0x1(%rax),%rdx
+        0xf0, 0x48, 0x0f, 0xb1, 0x17, // lock cmpxchg %rdx,(%rdi)
+        0x75, 0xf1, // jne +3
+        0x31, 0xc0, // xor %eax,%eax
+        0xc3, // ret
+        0x0f, 0x1f, 0x00, // nopl (%rax)
+        0x48, 0x8b, 0x05, 0xc1, 0x1f, 0x14, 0x00, // mov ...(%rip),%rax
+        0x64, 0xc7, 0x00, 0x0b, 0x00, 0x00, 0x00, // movl $0xb,%fs:(%rax)
+        0xb8, 0xff, 0xff, 0xff, 0xff, // mov $-1,%eax
+        0xc3, // ret
+    ];
+
+    #[test]
+    fn a_retry_loop_keeps_the_probe_at_the_entry_unless_repeat_safe() {
+        let strict = place(SEM_TRYWAIT, 0x90e00, &[Register::RDI]);
+        assert_eq!(strict.offset, 0);
+        let tolerant = place_repeat_safe(SEM_TRYWAIT, 0x90e00, &[Register::RDI]);
+        assert_eq!(tolerant.offset, 5, "{}", tolerant.reason);
+        assert!(tolerant.emulated);
+    }
+
+    #[test]
+    fn a_loop_that_changes_the_argument_is_not_tolerated() {
+        // mov (%rdi),%rax; test; je +9; add $8,%rdi; jmp +3; ret
+        let code = [
+            0x48, 0x8b, 0x07, 0x85, 0xc0, 0x74, 0x09, 0x48, 0x83, 0xc7, 0x08, 0xeb, 0xf6, 0x90,
+            0x90, 0xc3,
+        ];
+        let p = place_repeat_safe(&code, 0x1000, &[Register::RDI]);
+        assert_eq!(p.offset, 0, "{}", p.reason);
+    }
 
     fn recorded(name: &str) -> Vec<u8> {
         let path = format!(

@@ -3,9 +3,14 @@
  * operation and its probe hits, not waiting) for SECONDS, then the program
  * prints the mean cost of one lock+unlock pair in nanoseconds.
  *
- *   lockloop mutex|trylock THREADS SECONDS
+ *   lockloop mutex|trylock|rwlock|sem THREADS SECONDS
+ *
+ * mutex: pthread_mutex_lock/unlock; trylock: pthread_mutex_trylock/unlock;
+ * rwlock: pthread_rwlock_rdlock/unlock; sem: sem_trywait/sem_post, the way
+ * CPython takes an uncontended threading.Lock.
  */
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,12 +20,15 @@
 #define MAX_THREADS 64
 #define BATCH 256 /* pairs between two clock reads */
 
-static int use_trylock;
+enum mode { MUTEX, TRYLOCK, RWLOCK, SEM };
+static enum mode mode;
 static double seconds;
 
 struct worker {
     pthread_t thread;
     pthread_mutex_t mutex;
+    pthread_rwlock_t rwlock;
+    sem_t sem;
     unsigned long pairs;
     double elapsed_ns;
 } __attribute__((aligned(128))); /* one cache line pair each: no false sharing */
@@ -42,13 +50,26 @@ static void *work(void *arg)
 
     while (t < end) {
         for (int i = 0; i < BATCH; i++) {
-            if (use_trylock) {
+            switch (mode) {
+            case MUTEX:
+                pthread_mutex_lock(&w->mutex);
+                pthread_mutex_unlock(&w->mutex);
+                break;
+            case TRYLOCK:
                 if (pthread_mutex_trylock(&w->mutex) != 0)
                     abort(); /* uncontended: cannot fail */
-            } else {
-                pthread_mutex_lock(&w->mutex);
+                pthread_mutex_unlock(&w->mutex);
+                break;
+            case RWLOCK:
+                pthread_rwlock_rdlock(&w->rwlock);
+                pthread_rwlock_unlock(&w->rwlock);
+                break;
+            case SEM:
+                if (sem_trywait(&w->sem) != 0)
+                    abort();
+                sem_post(&w->sem);
+                break;
             }
-            pthread_mutex_unlock(&w->mutex);
         }
         pairs += BATCH;
         t = now_ns();
@@ -61,11 +82,18 @@ static void *work(void *arg)
 int main(int argc, char **argv)
 {
     if (argc != 4) {
-        fprintf(stderr, "usage: lockloop mutex|trylock THREADS SECONDS\n");
+        fprintf(stderr, "usage: lockloop mutex|trylock|rwlock|sem THREADS SECONDS\n");
         return 2;
     }
-    use_trylock = strcmp(argv[1], "trylock") == 0;
-    if (!use_trylock && strcmp(argv[1], "mutex") != 0) {
+    if (strcmp(argv[1], "mutex") == 0)
+        mode = MUTEX;
+    else if (strcmp(argv[1], "trylock") == 0)
+        mode = TRYLOCK;
+    else if (strcmp(argv[1], "rwlock") == 0)
+        mode = RWLOCK;
+    else if (strcmp(argv[1], "sem") == 0)
+        mode = SEM;
+    else {
         fprintf(stderr, "lockloop: unknown mode %s\n", argv[1]);
         return 2;
     }
@@ -79,6 +107,8 @@ int main(int argc, char **argv)
 
     for (int i = 0; i < threads; i++) {
         pthread_mutex_init(&workers[i].mutex, NULL);
+        pthread_rwlock_init(&workers[i].rwlock, NULL);
+        sem_init(&workers[i].sem, 0, 1);
         if (pthread_create(&workers[i].thread, NULL, work, &workers[i]) != 0)
             return 1;
     }

@@ -121,6 +121,10 @@ const WORKLOADS: &[Workload] = &[
     Workload::Lockloop("mutex", 2),
     Workload::Lockloop("trylock", 1),
     Workload::Lockloop("trylock", 2),
+    Workload::Lockloop("rwlock", 1),
+    Workload::Lockloop("rwlock", 2),
+    Workload::Lockloop("sem", 1),
+    Workload::Lockloop("sem", 2),
     Workload::PythonLock,
 ];
 
