@@ -11,7 +11,8 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
@@ -38,6 +39,9 @@ static FILTER_MODE: u32 = FILTER_ALL;
 /// Non-zero when map `COMMS` holds command names to trace from exec on.
 #[no_mangle]
 static COMM_FILTER: u32 = 0;
+/// Non-zero when map `CGROUPS` holds cgroup v2 ids whose processes are traced.
+#[no_mangle]
+static CGROUP_FILTER: u32 = 0;
 /// Field offsets of the sched tracepoints, read from tracefs by the collector
 /// (they differ between kernel versions).
 #[no_mangle]
@@ -102,6 +106,10 @@ static DEPENDENCIES: LruHashMap<DependencyKey, u8> = LruHashMap::with_max_entrie
 /// Traced tgids when `FILTER_MODE == FILTER_TRACED`.
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+/// cgroup v2 ids (the inode of the cgroup's directory) whose processes are
+/// traced, when `CGROUP_FILTER` is set.
+#[map]
+static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(64, 0);
 /// Command names (comm) whose processes are traced from exec on.
 #[map]
 static COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(64, 0);
@@ -153,7 +161,13 @@ fn is_traced(tgid: u32) -> bool {
         return true;
     }
     // SAFETY: the value is not used, only its presence.
-    unsafe { TRACED.get(&tgid).is_some() }
+    if unsafe { TRACED.get(&tgid).is_some() } {
+        return true;
+    }
+    // A service's cgroup (cgroup v2): processes in it are traced, whenever
+    // and however they started.
+    // SAFETY (both): a helper without preconditions; presence check only.
+    global(&CGROUP_FILTER) != 0 && unsafe { CGROUPS.get(&bpf_get_current_cgroup_id()).is_some() }
 }
 
 /// (tgid, tid) of the current thread if it is traced.

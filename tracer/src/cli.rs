@@ -73,6 +73,11 @@ pub struct WatchArgs {
     /// (repeatable; names are cut to the kernel's 15 characters).
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
+    /// Trace the processes in this cgroup v2 directory, e.g.
+    /// /sys/fs/cgroup/system.slice/apache2.service (repeatable; that cgroup
+    /// itself, not its children; checked in the kernel).
+    #[arg(long = "cgroup", value_name = "DIR")]
+    pub cgroups: Vec<PathBuf>,
     /// Stop after this long (e.g. 30s, 500ms, 5m, 1h; a bare number is seconds).
     #[arg(long, value_parser = parse_duration, value_name = "D")]
     pub duration: Option<Duration>,

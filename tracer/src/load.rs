@@ -58,11 +58,14 @@ pub struct Filter {
     /// Trace processes with these command names (from their next exec on, and
     /// those already running).
     pub comms: Vec<String>,
+    /// Trace the processes in these cgroups (cgroup v2 ids: the inode of
+    /// the cgroup's directory), checked in the kernel at every hit.
+    pub cgroups: Vec<u64>,
 }
 
 impl Filter {
     fn is_host_wide(&self) -> bool {
-        self.pids.is_empty() && self.comms.is_empty()
+        self.pids.is_empty() && self.comms.is_empty() && self.cgroups.is_empty()
     }
 }
 
@@ -244,10 +247,12 @@ impl Probes {
             FILTER_TRACED
         };
         let comm_filter = u32::from(!filter.comms.is_empty());
+        let cgroup_filter = u32::from(!filter.cgroups.is_empty());
         let ebpf = EbpfLoader::new()
             .override_global("TRACER_TGID", &tgid, true)
             .override_global("FILTER_MODE", &mode, true)
             .override_global("COMM_FILTER", &comm_filter, true)
+            .override_global("CGROUP_FILTER", &cgroup_filter, true)
             .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)
             .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead, true)
             .load(EBPF_OBJECT)
@@ -274,6 +279,12 @@ impl Probes {
             comms
                 .insert(comm_key(comm), 1, 0)
                 .context("cannot add a command name to the filter")?;
+        }
+        let mut cgroups: HashMap<_, u64, u8> = HashMap::try_from(self.map_mut("CGROUPS")?)?;
+        for &id in &filter.cgroups {
+            cgroups
+                .insert(id, 1, 0)
+                .context("cannot add a cgroup to the filter")?;
         }
         Ok(())
     }

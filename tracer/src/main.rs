@@ -126,6 +126,7 @@ fn run(args: RunArgs) -> Result<i32> {
         let filter = Filter {
             pids: vec![pid.as_raw() as u32],
             comms: vec![],
+            cgroups: vec![],
         };
         let probes = Probes::attach(
             &libc,
@@ -188,9 +189,15 @@ fn watch(args: WatchArgs) -> Result<i32> {
     for comm in &args.comms {
         pids.extend(preflight::pids_with_comm(comm));
     }
+    let cgroups = args
+        .cgroups
+        .iter()
+        .map(|dir| preflight::cgroup_id(dir))
+        .collect::<Result<Vec<_>>>()?;
     let filter = Filter {
         pids,
         comms: args.comms.clone(),
+        cgroups,
     };
     let symbolizer = Symbolizer::new()?;
     let probes = Probes::attach(

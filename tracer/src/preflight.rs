@@ -144,6 +144,22 @@ pub fn is_process(pid: u32) -> bool {
     })
 }
 
+/// The id of a cgroup v2 directory (its inode number, which is what the
+/// kernel's `bpf_get_current_cgroup_id` returns).
+pub fn cgroup_id(dir: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let fs = nix::sys::statfs::statfs(dir)
+        .with_context(|| format!("cannot use --cgroup {}", dir.display()))?;
+    if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        bail!(
+            "--cgroup {} is not a cgroup v2 directory (with cgroup v1 mounted, the v2 hierarchy \
+             is often at /sys/fs/cgroup/unified)",
+            dir.display()
+        );
+    }
+    Ok(std::fs::metadata(dir)?.ino())
+}
+
 /// Pids of running processes whose comm is `comm`.
 pub fn pids_with_comm(comm: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
