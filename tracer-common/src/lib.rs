@@ -118,6 +118,23 @@ pub struct DependencyKey {
     pub to: u64,
 }
 
+impl DependencyKey {
+    /// The key of `from -> to` (lock addresses and [`LockKind`]s as `u32`)
+    /// for `event`, in process `pid`, under the held locks of fingerprint
+    /// `gates`. The kernel side inserts these and the collector removes them:
+    /// both build them here.
+    #[inline(always)]
+    pub fn new(pid: u32, event: u32, from: (u64, u32), to: (u64, u32), gates: u64) -> Self {
+        DependencyKey {
+            gates,
+            pid,
+            kinds: (from.1 & 0xff) | (to.1 & 0xff) << 8 | event << 16,
+            from: from.0,
+            to: to.0,
+        }
+    }
+}
+
 /// Ring-buffer event kinds (first `u32` of every event).
 pub const EVENT_DEPENDENCY: u32 = 1;
 /// A `DependencyEvent` with `from[0] == to`: a thread requested, with a

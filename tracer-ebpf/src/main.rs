@@ -531,13 +531,7 @@ fn is_signal_sem(tgid: u32, addr: u64) -> bool {
 
 #[inline(always)]
 fn dependency_key(pid: u32, from: &HeldLock, to: &HeldLock, event: u32) -> DependencyKey {
-    DependencyKey {
-        gates: 0,
-        pid,
-        kinds: (from.kind & 0xff) | (to.kind & 0xff) << 8 | event << 16,
-        from: from.addr,
-        to: to.addr,
-    }
+    DependencyKey::new(pid, event, (from.addr, from.kind), (to.addr, to.kind), 0)
 }
 
 /// Copies the user stack from `sp` up: first to the end of `sp`'s page, then

@@ -360,12 +360,14 @@ impl Session {
     fn forget_in_kernel(&mut self, removed: &[Dependency]) -> Result<()> {
         let keys: Vec<DependencyKey> = removed
             .iter()
-            .map(|d| DependencyKey {
-                gates: d.gate_key,
-                pid: d.pid,
-                kinds: (d.from_kind as u32) | (d.to_kind as u32) << 8 | EVENT_DEPENDENCY << 16,
-                from: d.from.addr,
-                to: d.to.addr,
+            .map(|d| {
+                DependencyKey::new(
+                    d.pid,
+                    EVENT_DEPENDENCY,
+                    (d.from.addr, d.from_kind as u32),
+                    (d.to.addr, d.to_kind as u32),
+                    d.gate_key,
+                )
             })
             .collect();
         self.probes.forget_dependencies(&keys)
