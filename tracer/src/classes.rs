@@ -61,20 +61,11 @@ impl Classes {
             return class;
         }
         let key = self.key(lock, first_site, sym);
-        let next = self.names.len() as u64;
-        let id = *self.ids.entry(key.clone()).or_insert(next);
-        if id == next {
-            self.names.push(key);
-        }
-        let class = LockId {
-            pid: CLASS_PID,
-            addr: id,
-        };
-        self.by_lock.insert(lock, class);
-        class
+        self.class_named(lock, key)
     }
 
-    /// The class of `lock` given by `key` (e.g. a shared lock's identity).
+    /// The class of `lock` given by `key` (e.g. a shared lock's identity);
+    /// a lock keeps the class it was first given.
     pub fn class_named(&mut self, lock: LockId, key: String) -> LockId {
         if let Some(&class) = self.by_lock.get(&lock) {
             return class;

@@ -56,19 +56,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         EVENT_DEPENDENCY => decode_dependency(bytes).map(Record::Dependency),
         EVENT_SELF_DEADLOCK => decode_dependency(bytes).map(Record::SelfDeadlock),
         EVENT_PROCESS_EXIT => {
-            if bytes.len() < size_of::<LockEvent>() {
-                bail!("short exit record: {} bytes", bytes.len());
-            }
-            // SAFETY: the size is checked and LockEvent is plain data.
-            let ev: LockEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            let ev = decode_lock_event(bytes)?;
             Ok(Record::ProcessExit { pid: ev.pid })
         }
         EVENT_LOCK_RESET => {
-            if bytes.len() < size_of::<LockEvent>() {
-                bail!("short lock record: {} bytes", bytes.len());
-            }
-            // SAFETY: the size is checked and LockEvent is plain data.
-            let ev: LockEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            let ev = decode_lock_event(bytes)?;
             Ok(Record::LockReset {
                 pid: ev.pid,
                 addr: ev.addr,
@@ -77,6 +69,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         }
         other => bail!("unknown ring-buffer record kind {other}"),
     }
+}
+
+fn decode_lock_event(bytes: &[u8]) -> Result<LockEvent> {
+    if bytes.len() < size_of::<LockEvent>() {
+        bail!("short lock record: {} bytes", bytes.len());
+    }
+    // SAFETY: the size is checked and LockEvent is plain data.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 fn decode_dependency(bytes: &[u8]) -> Result<DependencyRecord> {

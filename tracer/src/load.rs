@@ -367,6 +367,12 @@ impl Probes {
             .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))
     }
 
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+    }
+
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)
@@ -388,10 +394,7 @@ impl Probes {
 
     /// The held-lock stack of every thread that holds something.
     pub fn held_stacks(&self) -> Result<crate::waitfor::HeldByThread> {
-        let map = self
-            .ebpf
-            .map("HELD")
-            .ok_or_else(|| anyhow!("the eBPF object has no map HELD"))?;
+        let map = self.map("HELD")?;
         let held: HashMap<_, u32, HeldStack> = HashMap::try_from(map)?;
         let mut out = crate::waitfor::HeldByThread::new();
         for entry in held.iter() {
@@ -408,10 +411,7 @@ impl Probes {
     /// Futex waits in progress: tid -> (futex word, start in CLOCK_MONOTONIC
     /// ns).
     pub fn futex_waits(&self) -> Result<crate::blocking::WaitStarts> {
-        let map = self
-            .ebpf
-            .map("FUTEX_WAITING")
-            .ok_or_else(|| anyhow!("the eBPF object has no map FUTEX_WAITING"))?;
+        let map = self.map("FUTEX_WAITING")?;
         let waiting: HashMap<_, u32, [u64; 2]> = HashMap::try_from(map)?;
         Ok(waiting
             .iter()
@@ -422,10 +422,7 @@ impl Probes {
 
     /// The processes traced with `FILTER_TRACED` (thread ids left out).
     pub fn traced_pids(&self) -> Result<Vec<u32>> {
-        let map = self
-            .ebpf
-            .map("TRACED")
-            .ok_or_else(|| anyhow!("the eBPF object has no map TRACED"))?;
+        let map = self.map("TRACED")?;
         let traced: HashMap<_, u32, u8> = HashMap::try_from(map)?;
         Ok(traced
             .keys()
@@ -442,10 +439,7 @@ impl Probes {
 
     /// Blocking per futex word: (pid, address, waits, ns), summed over CPUs.
     pub fn futex_stats(&self) -> Result<Vec<(u32, u64, u64, u64)>> {
-        let map = self
-            .ebpf
-            .map("FUTEX_STATS")
-            .ok_or_else(|| anyhow!("the eBPF object has no map FUTEX_STATS"))?;
+        let map = self.map("FUTEX_STATS")?;
         // aya's PerCpuHashMap also handles the LRU kind.
         let stats: aya::maps::PerCpuHashMap<_, FutexKey, FutexStats> =
             aya::maps::PerCpuHashMap::try_from(map)?;
@@ -482,10 +476,7 @@ impl Probes {
 
     /// The kernel counters, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
-        let map = self
-            .ebpf
-            .map("COUNTERS")
-            .ok_or_else(|| anyhow!("the eBPF object has no map COUNTERS"))?;
+        let map = self.map("COUNTERS")?;
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Counter::ALL
             .iter()
