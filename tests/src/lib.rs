@@ -534,6 +534,46 @@ pub struct Lock {
     pub name: Option<String>,
 }
 
+impl Lock {
+    /// The lock's name, or `<unnamed>`.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or("<unnamed>")
+    }
+}
+
+/// The names of a finding's locks (each must have one).
+pub fn lock_names(finding: &Finding, run: &JsonRun) -> BTreeSet<String> {
+    finding
+        .locks
+        .iter()
+        .map(|l| {
+            l.name
+                .clone()
+                .unwrap_or_else(|| panic!("lock {} has no name\n{}", l.addr, run.describe()))
+        })
+        .collect()
+}
+
+pub fn names(expected: &[&str]) -> BTreeSet<String> {
+    expected.iter().map(|s| s.to_string()).collect()
+}
+
+/// The single edge of the cycle going `from` -> `to` (by lock name).
+pub fn edge<'a>(finding: &'a Finding, from: &str, to: &str, run: &JsonRun) -> &'a Edge {
+    let matching: Vec<&Edge> = finding
+        .cycle
+        .iter()
+        .filter(|e| e.from.label() == from && e.to.label() == to)
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "expected exactly one edge {from} -> {to} in the cycle\n{}",
+        run.describe()
+    );
+    matching[0]
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Frame {
     pub addr: String,
@@ -619,6 +659,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// Every record of type `kind`, unparsed, in order.
+    pub fn records(&self, kind: &str) -> Vec<Value> {
+        self.raw
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["type"] == kind)
+            .collect()
+    }
+
     /// Parses JSON Lines: every line one JSON object with a `type`; findings
     /// are `lock_order_inversion`; the last line is the only `summary`.
     /// Unknown record types are tolerated.

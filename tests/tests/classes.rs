@@ -4,14 +4,6 @@
 use std::collections::BTreeSet;
 
 use locktrace_e2e::{fixture, marker_line, require_root, run_json, Variant};
-use serde_json::Value;
-
-fn findings_of(raw: &str, kind: &str) -> Vec<Value> {
-    raw.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["type"] == kind)
-        .collect()
-}
 
 #[test]
 fn inversion_split_across_two_processes_is_a_class_finding() {
@@ -21,7 +13,7 @@ fn inversion_split_across_two_processes_is_a_class_finding() {
     assert_eq!(run.run.code(), 0, "{context}");
     let first = run.run.printed_pid("first") as u64;
     let second = run.run.printed_pid("second") as u64;
-    let inversions = findings_of(&run.report.raw, "lock_order_inversion");
+    let inversions = run.report.records("lock_order_inversion");
     assert_eq!(
         inversions.len(),
         1,
@@ -81,10 +73,10 @@ fn two_locks_of_one_class_nested_is_its_own_finding() {
     let context = run.describe();
     assert_eq!(run.run.code(), 0, "{context}");
     assert!(
-        findings_of(&run.report.raw, "lock_order_inversion").is_empty(),
+        run.report.records("lock_order_inversion").is_empty(),
         "not a cycle\n{context}"
     );
-    let nesting = findings_of(&run.report.raw, "same_class_nesting");
+    let nesting = run.report.records("same_class_nesting");
     assert_eq!(nesting.len(), 1, "{context}");
     let n = &nesting[0];
     assert!(

@@ -11,10 +11,8 @@ fn futex_only_lock_contention_is_measured() {
     assert_eq!(run.run.code(), 0, "{}", run.describe());
     let summary: Value = run
         .report
-        .raw
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["type"] == "summary")
+        .records("summary")
+        .pop()
         .expect("a summary record");
     let contention = summary["contention"]
         .as_array()

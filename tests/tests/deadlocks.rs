@@ -8,14 +8,6 @@ use std::time::{Duration, Instant};
 use locktrace_e2e::{fixture, marker_line, require_root, run_json, JsonRun, Tracer, Variant};
 use serde_json::Value;
 
-fn records<'a>(run: &'a JsonRun, kind: &str) -> Vec<&'a Value> {
-    run.report
-        .other_records
-        .iter()
-        .filter(|r| r["type"] == kind)
-        .collect()
-}
-
 /// Whether `frames` has a frame in `function` at the line of `marker` in
 /// fixture `source`.
 fn has_frame(frames: &Value, source: &str, function: &str, marker: &str) -> bool {
@@ -94,9 +86,9 @@ fn deadlock_is_reported_and_linked_to_its_inversion() {
     );
     let context = run.describe();
     assert_eq!(run.run.code(), 128 + 14, "killed by SIGALRM\n{context}");
-    let deadlocks = records(&run, "deadlock");
+    let deadlocks = run.report.records("deadlock");
     assert_eq!(deadlocks.len(), 1, "exactly one deadlock\n{context}");
-    let d = deadlocks[0];
+    let d = &deadlocks[0];
     check_ab_ba_deadlock(d, &context);
     // Both threads took their first lock after the tracer started: it knows
     // where, and how long each has waited.
@@ -116,7 +108,7 @@ fn deadlock_is_reported_and_linked_to_its_inversion() {
         "the deadlock names the inversion found before it\n{context}"
     );
     assert!(
-        records(&run, "lock_wait_timeout").is_empty(),
+        run.report.records("lock_wait_timeout").is_empty(),
         "threads of a reported deadlock are not reported again as hangs\n{context}"
     );
 }
@@ -130,9 +122,9 @@ fn hang_reports_the_waiter_and_what_the_holder_does() {
     );
     let context = run.describe();
     assert_eq!(run.run.code(), 0, "{context}");
-    let hangs = records(&run, "lock_wait_timeout");
+    let hangs = run.report.records("lock_wait_timeout");
     assert_eq!(hangs.len(), 1, "exactly one hang\n{context}");
-    let h = hangs[0];
+    let h = &hangs[0];
     let waiter = &h["waiter"];
     assert_eq!(name(&waiter["waits_for"]), "mutex_a", "{context}");
     assert!(
@@ -166,7 +158,7 @@ fn hang_reports_the_waiter_and_what_the_holder_does() {
     );
     assert!(run.report.findings.is_empty(), "{context}");
     assert!(
-        records(&run, "deadlock").is_empty(),
+        run.report.records("deadlock").is_empty(),
         "the holder released the lock: no deadlock\n{context}"
     );
 }
@@ -292,7 +284,7 @@ fn single_deadlock(name: &str) -> (JsonRun, Value) {
     );
     let context = run.describe();
     assert_eq!(run.run.code(), 128 + 14, "killed by SIGALRM\n{context}");
-    let deadlocks = records(&run, "deadlock");
+    let deadlocks = run.report.records("deadlock");
     assert_eq!(deadlocks.len(), 1, "exactly one deadlock\n{context}");
     let d = deadlocks[0].clone();
     (run, d)

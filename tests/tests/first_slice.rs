@@ -1,53 +1,17 @@
 //! End-to-end tests of the first slice: `locktrace run` on the C fixtures,
 //! exit statuses, error handling, and text output. They need root.
 
-use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
 
 use locktrace_e2e::{
-    comm_of, fixture, marker_line, require_root, run_json, Edge, Finding, JsonRun, Tracer, Variant,
+    comm_of, edge, fixture, lock_names, marker_line, names, require_root, run_json, Edge, Finding,
+    JsonRun, Tracer, Variant,
 };
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-fn lock_names(finding: &Finding, run: &JsonRun) -> BTreeSet<String> {
-    finding
-        .locks
-        .iter()
-        .map(|l| {
-            l.name
-                .clone()
-                .unwrap_or_else(|| panic!("lock {} has no name\n{}", l.addr, run.describe()))
-        })
-        .collect()
-}
-
-fn names(expected: &[&str]) -> BTreeSet<String> {
-    expected.iter().map(|s| s.to_string()).collect()
-}
-
-fn edge_name(lock: &locktrace_e2e::Lock) -> &str {
-    lock.name.as_deref().unwrap_or("<unnamed>")
-}
-
-/// The single edge of the cycle going `from` -> `to` (by lock name).
-fn edge<'a>(finding: &'a Finding, from: &str, to: &str, run: &JsonRun) -> &'a Edge {
-    let matching: Vec<&Edge> = finding
-        .cycle
-        .iter()
-        .filter(|e| edge_name(&e.from) == from && edge_name(&e.to) == to)
-        .collect();
-    assert_eq!(
-        matching.len(),
-        1,
-        "expected exactly one edge {from} -> {to} in the cycle\n{}",
-        run.describe()
-    );
-    matching[0]
-}
 
 /// Checks one edge of a cycle in fixture `source` ("ab_ba" ...): `to` was
 /// requested in `function` at the line of `to_marker` (a frame of `stack`,
@@ -69,7 +33,7 @@ fn check_edge(
     let file = format!("{source}.c");
     let to_line = marker_line(source, to_marker);
     let from_line = marker_line(source, from_marker);
-    let what = format!("edge {} -> {}", edge_name(&edge.from), edge_name(&edge.to));
+    let what = format!("edge {} -> {}", edge.from.label(), edge.to.label());
 
     assert!(
         !edge.stack.is_empty() && !edge.held_stack.is_empty(),
@@ -100,7 +64,7 @@ fn check_edge(
         held.function.as_deref(),
         Some(held_function),
         "{what}: held_stack[0] should be where {} was taken\n{}",
-        edge_name(&edge.from),
+        edge.from.label(),
         run.describe()
     );
     if let Some(line) = held.line {

@@ -11,13 +11,7 @@ fn cycle_under_a_gate_lock_is_a_note() {
     let context = run.describe();
     // Only a note: the exit status is the command's.
     assert_eq!(run.run.code(), 0, "{context}");
-    let raw: Vec<serde_json::Value> = run
-        .report
-        .raw
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|v: &serde_json::Value| v["type"] == "lock_order_inversion")
-        .collect();
+    let raw = run.report.records("lock_order_inversion");
     assert_eq!(raw.len(), 1, "one note\n{context}");
     assert_eq!(raw[0]["guarded"], true, "{context}");
     assert_eq!(raw[0]["gate"]["name"], "mutex_g", "{context}");
@@ -30,13 +24,7 @@ fn the_same_cycle_without_the_gate_is_a_finding() {
     let run = run_json(&["--exit-code", "3"], &[bin.to_str().unwrap(), "nogate"]);
     let context = run.describe();
     assert_eq!(run.run.code(), 3, "{context}");
-    let raw: Vec<serde_json::Value> = run
-        .report
-        .raw
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|v: &serde_json::Value| v["type"] == "lock_order_inversion")
-        .collect();
+    let raw = run.report.records("lock_order_inversion");
     assert_eq!(raw.len(), 1, "{context}");
     assert_eq!(raw[0]["guarded"], false, "{context}");
 }

@@ -19,36 +19,15 @@
 //! - a blocking or timed request of a non-recursive mutex already held by the
 //!   requesting thread is a `self_deadlock`.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use locktrace_e2e::{
-    comm_of, fixture, marker_line, require_root, run_json, Edge, Finding, Frame, JsonRun, Lock,
-    SelfDeadlock, Variant,
+    comm_of, edge, fixture, lock_names, marker_line, names, require_root, run_json, Edge, Finding,
+    Frame, JsonRun, Lock, SelfDeadlock, Variant,
 };
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-fn name(lock: &Lock) -> &str {
-    lock.name.as_deref().unwrap_or("<unnamed>")
-}
-
-fn lock_names(finding: &Finding, run: &JsonRun) -> BTreeSet<String> {
-    finding
-        .locks
-        .iter()
-        .map(|l| {
-            l.name
-                .clone()
-                .unwrap_or_else(|| panic!("lock {} has no name\n{}", l.addr, run.describe()))
-        })
-        .collect()
-}
-
-fn names(expected: &[&str]) -> BTreeSet<String> {
-    expected.iter().map(|s| s.to_string()).collect()
-}
 
 fn assert_exit(run: &JsonRun, expected: i32) {
     assert_eq!(
@@ -166,7 +145,7 @@ fn assert_well_formed(finding: &Finding, run: &JsonRun, pid: u32, comm: &str) {
 /// The kind of each lock in `locks` (the held modes), by name.
 fn assert_lock_kinds(finding: &Finding, run: &JsonRun, expected: &[(&str, &str)]) {
     for &(lock, kind) in expected {
-        let found: Vec<&Lock> = finding.locks.iter().filter(|l| name(l) == lock).collect();
+        let found: Vec<&Lock> = finding.locks.iter().filter(|l| l.label() == lock).collect();
         assert_eq!(
             found.len(),
             1,
@@ -180,22 +159,6 @@ fn assert_lock_kinds(finding: &Finding, run: &JsonRun, expected: &[(&str, &str)]
             run.describe()
         );
     }
-}
-
-/// The single edge of the cycle going `from` -> `to` (by lock name).
-fn edge<'a>(finding: &'a Finding, from: &str, to: &str, run: &JsonRun) -> &'a Edge {
-    let matching: Vec<&Edge> = finding
-        .cycle
-        .iter()
-        .filter(|e| name(&e.from) == from && name(&e.to) == to)
-        .collect();
-    assert_eq!(
-        matching.len(),
-        1,
-        "expected exactly one edge {from} -> {to} in the cycle\n{}",
-        run.describe()
-    );
-    matching[0]
 }
 
 fn in_libc(frame: &Frame) -> bool {

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 
 use locktrace_e2e::{fixture, require_root, run_json, Variant};
-use serde_json::Value;
 
 #[test]
 fn inversion_through_shared_mutexes_of_two_workers() {
@@ -14,13 +13,7 @@ fn inversion_through_shared_mutexes_of_two_workers() {
     assert_eq!(run.run.code(), 0, "{context}");
     let first = run.run.printed_pid("first") as u64;
     let second = run.run.printed_pid("second") as u64;
-    let inversions: Vec<Value> = run
-        .report
-        .raw
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["type"] == "lock_order_inversion")
-        .collect();
+    let inversions = run.report.records("lock_order_inversion");
     assert_eq!(inversions.len(), 1, "one finding\n{context}");
     let inv = &inversions[0];
     assert_eq!(
