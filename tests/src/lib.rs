@@ -303,6 +303,138 @@ impl Tracer {
     }
 }
 
+/// `locktrace watch ARGS --format json --output FILE` running in the
+/// background while a test drives programs; [`Watcher::stop`] ends it like
+/// a user would (SIGTERM) and checks, like [`Tracer::run`], that nothing is
+/// left behind.
+pub struct Watcher {
+    guard: ChildGuard,
+    active: Option<ActiveRun>,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::Arc<Mutex<String>>,
+    report: PathBuf,
+    _dir: tempfile::TempDir,
+    cmdline: String,
+}
+
+impl Watcher {
+    /// Starts the tracer (with `LOCKTRACE_LOG=info`) and waits until its
+    /// probes are attached.
+    pub fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let report = dir.path().join("report.jsonl");
+        let mut cmd = Command::new(locktrace_bin());
+        cmd.arg("watch")
+            .args(args)
+            .args(["--format", "json", "--output"])
+            .arg(&report)
+            .env("LOCKTRACE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let cmdline = format!("locktrace watch {}", args.join(" "));
+        let active = ActiveRun::start();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{cmdline}`: {e}"));
+        let err = child.stderr.take().unwrap();
+        let guard = ChildGuard::new(child);
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        let all = stderr.clone();
+        thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let mut text = all.lock().unwrap_or_else(|e| e.into_inner());
+                text.push_str(&line);
+                text.push('\n');
+                drop(text);
+                let _ = tx.send(line);
+            }
+        });
+        let watcher = Watcher {
+            guard,
+            active: Some(active),
+            lines,
+            stderr,
+            report,
+            _dir: dir,
+            cmdline,
+        };
+        watcher.wait_for_log(&["probes attached"], TRACER_TIMEOUT);
+        watcher
+    }
+
+    /// Waits for a line of the tracer's log containing every one of
+    /// `needles`; returns it.
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "`{}` logged no line containing {needles:?} within {timeout:?}\n--- stderr ---\n{}",
+                    self.cmdline,
+                    self.stderr.lock().unwrap_or_else(|e| e.into_inner())
+                ),
+            }
+        }
+    }
+
+    /// The tracer's pid.
+    pub fn pid(&self) -> u32 {
+        self.guard.pid
+    }
+
+    /// SIGTERM, then the report.
+    pub fn stop(mut self) -> JsonRun {
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(self.guard.pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + TRACER_TIMEOUT;
+        let status = loop {
+            if let Ok(Some(status)) = self.guard.child.as_mut().unwrap().try_wait() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                self.guard.kill_all();
+                panic!(
+                    "`{}` did not stop within {TRACER_TIMEOUT:?} of SIGTERM",
+                    self.cmdline
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        self.guard.child = None;
+        let (stdout, _) = self.guard.collect_output();
+        // The reader thread ends with the pipe.
+        thread::sleep(Duration::from_millis(50));
+        let run = Run {
+            status,
+            stdout,
+            stderr: self
+                .stderr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            tracer_pid: self.guard.pid,
+            cmdline: self.cmdline.clone(),
+        };
+        assert_group_gone(&run);
+        self.active.take().unwrap().finish(&run);
+        let raw = fs::read_to_string(&self.report).unwrap_or_default();
+        let report = Report::parse(&raw).unwrap_or_else(|e| {
+            panic!(
+                "malformed JSON output: {e}\n{}\n--- json output ---\n{raw}---",
+                run.describe()
+            )
+        });
+        JsonRun { run, report }
+    }
+}
+
 /// Kills the tracer's process group when dropped (normal exit after a
 /// successful run finds nothing to kill).
 struct ChildGuard {
@@ -643,6 +775,10 @@ pub struct Summary {
     pub cycles: u64,
     pub lost_events: u64,
     pub counters: serde_json::Map<String, Value>,
+    #[serde(default)]
+    pub probed_files: Vec<String>,
+    #[serde(default)]
+    pub forgotten_processes: u64,
     pub duration_s: f64,
 }
 

@@ -98,9 +98,14 @@ pub struct CommonArgs {
     /// Exit with this status when anything was reported (for CI gating).
     #[arg(long, value_name = "N")]
     pub exit_code: Option<i32>,
-    /// The libc whose lock functions are probed (default: the host's libc.so.6).
+    /// Probe only this libc (repeatable), instead of every libc on the host
+    /// and those that processes map later (containers, chroots, copies).
     #[arg(long, value_name = "PATH")]
-    pub libc: Option<PathBuf>,
+    pub libc: Vec<PathBuf>,
+    /// Also probe this program or library (repeatable): a statically linked
+    /// program, or a library with its own copy of the lock functions.
+    #[arg(long = "binary", value_name = "PATH")]
+    pub binaries: Vec<PathBuf>,
     /// Kernel BTF to require (default /sys/kernel/btf/vmlinux).
     #[arg(long, value_name = "PATH", hide = true)]
     pub kernel_btf: Option<PathBuf>,

@@ -19,5 +19,6 @@ pub mod preflight;
 pub mod report;
 pub mod session;
 pub mod symbolize;
+pub mod targets;
 pub mod unwind;
 pub mod waitfor;

@@ -3,7 +3,10 @@
 //! uprobes are perf-event file descriptors, so the kernel also removes them if
 //! the tracer is killed).
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -21,7 +24,10 @@ use tracing::{debug, info};
 
 use iced_x86::Register;
 
-use crate::{placement, preflight};
+use crate::{
+    placement, preflight,
+    targets::{FileId, Target},
+};
 
 /// Where the uprobes go in each function.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -207,6 +213,11 @@ const UPROBES: &[Uprobe] = &[
     },
 ];
 
+/// The functions that get probes.
+pub fn probed_symbols() -> Vec<&'static str> {
+    UPROBES.iter().map(|p| p.symbol).collect()
+}
+
 /// (program, category, event)
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("process_fork", "sched", "sched_process_fork"),
@@ -218,19 +229,21 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 pub struct Probes {
     ebpf: Ebpf,
-    pub libc: PathBuf,
+    policy: ProbePlacement,
+    programs: ProbePrograms,
+    /// Programs loaded into the kernel (each is loaded once, attached to
+    /// every file).
+    loaded: HashSet<&'static str>,
+    /// The files with probes, and the name each was found by.
+    probed: BTreeMap<FileId, PathBuf>,
     host_wide: bool,
+    cgroup_filter: bool,
 }
 
 impl Probes {
-    /// Loads the programs and attaches every probe to `libc`. The filter is
-    /// installed before the first probe is attached.
-    pub fn attach(
-        libc: &Path,
-        filter: &Filter,
-        policy: ProbePlacement,
-        programs: ProbePrograms,
-    ) -> Result<Self> {
+    /// Loads the programs, installs the filter and attaches the process
+    /// tracepoints; the lock probes come with [`Probes::attach_file`].
+    pub fn load(filter: &Filter, policy: ProbePlacement, programs: ProbePrograms) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this locktrace binary was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild"
@@ -259,11 +272,15 @@ impl Probes {
             .context("cannot load the eBPF programs")?;
         let mut probes = Probes {
             ebpf,
-            libc: libc.to_path_buf(),
+            policy,
+            programs,
+            loaded: HashSet::new(),
+            probed: BTreeMap::new(),
             host_wide: filter.is_host_wide(),
+            cgroup_filter: !filter.cgroups.is_empty(),
         };
         probes.install_filter(filter)?;
-        probes.attach_all(policy, programs)?;
+        probes.attach_tracepoints()?;
         Ok(probes)
     }
 
@@ -298,22 +315,59 @@ impl Probes {
         Ok(())
     }
 
-    fn attach_all(&mut self, policy: ProbePlacement, programs: ProbePrograms) -> Result<()> {
-        let libc = self.libc.clone();
-        let elf =
-            std::fs::read(&libc).with_context(|| format!("cannot read {}", libc.display()))?;
-        let mut loaded = std::collections::HashSet::new();
+    /// Whether the kernel side may trace `pid` (always host-wide; cgroup
+    /// membership is only known to the kernel, at each hit).
+    pub fn may_trace(&self, pid: u32) -> bool {
+        self.host_wide
+            || self.cgroup_filter
+            || self
+                .map("TRACED")
+                .and_then(|m| Ok(HashMap::<_, u32, u8>::try_from(m)?.get(&pid, 0).is_ok()))
+                .unwrap_or(false)
+    }
+
+    pub fn is_probed(&self, id: FileId) -> bool {
+        self.probed.contains_key(&id)
+    }
+
+    /// The files with probes, by the name each was found by.
+    pub fn probed_files(&self) -> impl Iterator<Item = &Path> {
+        self.probed.values().map(PathBuf::as_path)
+    }
+
+    /// Attaches every lock probe to `target` (a libc, or a program with its
+    /// own copy of the lock functions). Functions the file lacks (an older
+    /// glibc has no `pthread_mutex_clocklock`) are skipped; returns their
+    /// names.
+    pub fn attach_file(&mut self, target: &Target) -> Result<Vec<&'static str>> {
+        if self.probed.contains_key(&target.id) {
+            return Ok(Vec::new());
+        }
+        let path = &target.open_path;
+        let elf = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if !Target::defines_any_lock_function(&elf) {
+            bail!(
+                "{} does not define any lock function (pthread_mutex_lock, sem_wait, ...)",
+                target.name.display()
+            );
+        }
+        let mut missing = Vec::new();
         for probe in UPROBES {
             let symbol = probe.symbol;
-            let program = match (programs, probe.is_return) {
+            let program = match (self.programs, probe.is_return) {
                 (ProbePrograms::Tracer, _) => probe.program,
                 (ProbePrograms::Floor, false) => "floor_entry",
                 (ProbePrograms::Floor, true) => "floor_return",
             };
-            let (placed, function) =
+            let Ok((placed, function)) =
                 placement::place_symbol(&elf, symbol, probe.reads, probe.repeat_safe)
-                    .with_context(|| format!("cannot find {symbol} in {}", libc.display()))?;
-            let offset = match policy {
+            else {
+                if !missing.contains(&symbol) {
+                    missing.push(symbol);
+                }
+                continue;
+            };
+            let offset = match self.policy {
                 ProbePlacement::Entry => 0,
                 ProbePlacement::Emulated => placed.offset,
             };
@@ -321,15 +375,16 @@ impl Probes {
                 program, symbol, offset, instruction = %placed.instruction,
                 emulated = placed.emulated, reason = %placed.reason, "probe placement"
             );
+            let first_load = self.loaded.insert(program);
             let uprobe: &mut UProbe = self.program(program)?.try_into()?;
-            if loaded.insert(program) {
+            if first_load {
                 uprobe
                     .load()
                     .with_context(|| format!("cannot load program {program}"))?;
             }
             let mut attached = uprobe.attach(
                 UProbeAttachLocation::AbsoluteOffset(function.file_offset + offset),
-                &libc,
+                path,
                 UProbeScope::AllProcesses,
             );
             if attached.is_err() && offset != placed.offset {
@@ -342,14 +397,20 @@ impl Probes {
                 );
                 attached = uprobe.attach(
                     UProbeAttachLocation::AbsoluteOffset(function.file_offset + placed.offset),
-                    &libc,
+                    path,
                     UProbeScope::AllProcesses,
                 );
             }
             // Detaching takes about 0.1 s per probe at exit: the kernel
             // serializes uprobe removals, each waiting for a grace period.
-            attached.map_err(|e| attach_error(e, symbol, &libc))?;
+            attached.map_err(|e| attach_error(e, symbol, &target.name))?;
         }
+        self.probed.insert(target.id, target.name.clone());
+        info!(file = %target.name.display(), via = %path.display(), ?missing, "probes attached");
+        Ok(missing)
+    }
+
+    fn attach_tracepoints(&mut self) -> Result<()> {
         for &(program, category, event) in TRACEPOINTS {
             let tp: &mut TracePoint = self.program(program)?.try_into()?;
             tp.load()
@@ -357,7 +418,6 @@ impl Probes {
             tp.attach(category, event)
                 .with_context(|| format!("cannot attach to tracepoint {category}:{event}"))?;
         }
-        info!(libc = %libc.display(), "probes attached");
         Ok(())
     }
 

@@ -14,6 +14,7 @@ use locktrace::{
     report::{self, Reporter},
     session::Session,
     symbolize::Symbolizer,
+    targets::{self, Target},
     waitfor,
 };
 use nix::sys::wait::waitpid;
@@ -52,25 +53,59 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
 
-/// Checks shared by every subcommand; returns the libc to probe.
-fn preflight(common: &CommonArgs) -> Result<PathBuf> {
+/// Checks shared by every subcommand; returns the files to probe, and
+/// whether to probe lock libraries mapped later too.
+fn preflight(common: &CommonArgs) -> Result<(Vec<Target>, bool)> {
     preflight::check_privileges()?;
     let btf = common
         .kernel_btf
         .clone()
         .unwrap_or_else(|| PathBuf::from(preflight::DEFAULT_KERNEL_BTF));
     preflight::check_btf(&btf)?;
-    let libc = match &common.libc {
-        Some(path) => path.clone(),
-        None => preflight::find_libc()?,
-    };
-    preflight::check_libc(&libc)?;
+    let mut targets = Vec::new();
+    for path in common.libc.iter().chain(&common.binaries) {
+        targets.push(targets::check_explicit(path)?);
+    }
+    let follow = common.libc.is_empty();
+    if follow {
+        // Every libc some process maps now (the host's, containers',
+        // chroots'); ours first, so that it is named by its own path.
+        let ours = std::process::id();
+        targets.extend(targets::discover(
+            std::iter::once(ours).chain(waitfor::all_pids().into_iter().filter(|&p| p != ours)),
+        ));
+        if targets.is_empty() {
+            anyhow::bail!("found no libc.so.6 mapped by any process: pass the file to probe with --libc or --binary");
+        }
+    }
     preflight::ensure_tracefs()?;
-    Ok(libc)
+    Ok((targets, follow))
+}
+
+/// Loads the programs and puts the probes on every target.
+fn attach(common: &CommonArgs, filter: &Filter, targets: &[Target]) -> Result<Probes> {
+    let mut probes = Probes::load(filter, placement(common), programs(common))?;
+    for target in targets {
+        // A libc found by discovery that cannot be probed (its process
+        // exited meanwhile) must not stop the others.
+        if let Err(e) = probes.attach_file(target) {
+            if common
+                .libc
+                .iter()
+                .chain(&common.binaries)
+                .any(|p| *p == target.open_path)
+            {
+                return Err(e);
+            }
+            tracing::warn!("skipping {}: {e:#}", target.name.display());
+        }
+    }
+    Ok(probes)
 }
 
 fn reporter(common: &CommonArgs) -> Result<Reporter> {
@@ -116,7 +151,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn run(args: RunArgs) -> Result<i32> {
-    let libc = preflight(&args.common)?;
+    let (mut targets, follow) = preflight(&args.common)?;
+    if let Some(program) = targets::static_program(&args.command[0])? {
+        targets.push(program);
+    }
     let reporter = reporter(&args.common)?;
     // Fork before any thread exists; the child waits until the probes are live.
     let child = launch::spawn_suspended(&args.command)?;
@@ -128,12 +166,7 @@ fn run(args: RunArgs) -> Result<i32> {
             comms: vec![],
             cgroups: vec![],
         };
-        let probes = Probes::attach(
-            &libc,
-            &filter,
-            placement(&args.common),
-            programs(&args.common),
-        )?;
+        let probes = attach(&args.common, &filter, &targets)?;
         Ok::<_, anyhow::Error>((symbolizer, probes))
     })();
     let (symbolizer, probes) = match setup {
@@ -144,6 +177,7 @@ fn run(args: RunArgs) -> Result<i32> {
         }
     };
     let mut session = Session::new(probes, symbolizer, reporter, args.common.hang_threshold);
+    session.follow_new_libraries(follow);
     let rt = runtime()?;
     let status = rt.block_on(async {
         let pid = child.release()?;
@@ -183,7 +217,7 @@ fn watch(args: WatchArgs) -> Result<i32> {
     for &pid in &args.pids {
         preflight::check_pid(pid)?;
     }
-    let libc = preflight(&args.common)?;
+    let (targets, follow) = preflight(&args.common)?;
     let reporter = reporter(&args.common)?;
     let mut pids = args.pids.clone();
     for comm in &args.comms {
@@ -200,13 +234,9 @@ fn watch(args: WatchArgs) -> Result<i32> {
         cgroups,
     };
     let symbolizer = Symbolizer::new()?;
-    let probes = Probes::attach(
-        &libc,
-        &filter,
-        placement(&args.common),
-        programs(&args.common),
-    )?;
+    let probes = attach(&args.common, &filter, &targets)?;
     let mut session = Session::new(probes, symbolizer, reporter, args.common.hang_threshold);
+    session.follow_new_libraries(follow);
     let rt = runtime()?;
     let duration = args.duration;
     rt.block_on(async {

@@ -138,8 +138,10 @@ pub fn load_bias(mapping: &Mapping, loads: &[LoadSegment]) -> Option<u64> {
 
 #[derive(Debug, Default)]
 struct Space {
-    /// Mappings keyed by start address; never overlapping.
-    maps: BTreeMap<u64, Mapping>,
+    /// Mappings keyed by start address; never overlapping. Shared with the
+    /// parent after a fork until one of them maps something (a pool of
+    /// forked workers costs one table, not one each).
+    maps: std::sync::Arc<BTreeMap<u64, Mapping>>,
     name: Option<String>,
     exited: Option<Instant>,
 }
@@ -151,19 +153,19 @@ impl Space {
         if m.end <= m.start {
             return;
         }
-        let overlapping: Vec<u64> = self
-            .maps
+        let maps = std::sync::Arc::make_mut(&mut self.maps);
+        let overlapping: Vec<u64> = maps
             .range(..m.end)
             .rev()
             .take_while(|(_, o)| o.end > m.start)
             .map(|(&s, _)| s)
             .collect();
         for s in overlapping {
-            let old = self.maps.remove(&s).expect("present");
+            let old = maps.remove(&s).expect("present");
             if old.start < m.start {
                 let mut left = old.clone();
                 left.end = m.start;
-                self.maps.insert(left.start, left);
+                maps.insert(left.start, left);
             }
             if old.end > m.end {
                 let mut right = old;
@@ -171,10 +173,10 @@ impl Space {
                     right.file_offset += m.end - right.start;
                 }
                 right.start = m.end;
-                self.maps.insert(right.start, right);
+                maps.insert(right.start, right);
             }
         }
-        self.maps.insert(m.start, m);
+        maps.insert(m.start, m);
     }
 
     fn find(&self, addr: u64) -> Option<&Mapping> {
@@ -194,6 +196,9 @@ pub struct AddressSpaces {
     grace: Duration,
     lost: u64,
     last_purge: Instant,
+    /// Lock libraries (see `targets::is_lock_library`) mapped since the last
+    /// [`AddressSpaces::take_new_libraries`]: the tracer probes new ones.
+    new_libraries: Vec<(u32, Mapping)>,
 }
 
 impl AddressSpaces {
@@ -226,7 +231,14 @@ impl AddressSpaces {
             grace: DEFAULT_GRACE,
             lost: 0,
             last_purge: Instant::now(),
+            new_libraries: Vec::new(),
         }
+    }
+
+    /// Lock libraries mapped (executable) since the last call, with the
+    /// process that mapped each.
+    pub fn take_new_libraries(&mut self) -> Vec<(u32, Mapping)> {
+        std::mem::take(&mut self.new_libraries)
     }
 
     /// Change how long exited processes stay resolvable.
@@ -317,10 +329,7 @@ impl AddressSpaces {
 
     /// (Re)load the mappings of a live process from /proc/PID/maps.
     fn seed(&mut self, pid: u32) -> bool {
-        let Ok(proc) = procfs::process::Process::new(pid as i32) else {
-            return false;
-        };
-        let Ok(maps) = proc.maps() else {
+        let Some(maps) = read_proc_maps(pid) else {
             return false;
         };
         let mut space = Space {
@@ -328,27 +337,8 @@ impl AddressSpaces {
             ..Space::default()
         };
         for m in maps {
-            use procfs::process::{MMPermissions, MMapPath};
-            let path = match m.pathname {
-                MMapPath::Path(p) => p,
-                MMapPath::Heap => "[heap]".into(),
-                MMapPath::Stack | MMapPath::TStack(_) => "[stack]".into(),
-                MMapPath::Vdso => "[vdso]".into(),
-                MMapPath::Vvar => "[vvar]".into(),
-                MMapPath::Vsyscall => "[vsyscall]".into(),
-                MMapPath::Other(s) => s.into(),
-                _ => ANON_PATH.into(),
-            };
-            space.insert(Mapping {
-                start: m.address.0,
-                end: m.address.1,
-                file_offset: m.offset,
-                path,
-                dev: libc::makedev(m.dev.0 as u32, m.dev.1 as u32),
-                inode: m.inode,
-                executable: m.perms.contains(MMPermissions::EXECUTE),
-                shared: m.perms.contains(MMPermissions::SHARED),
-            });
+            pin_if_foreign(pid, &m);
+            space.insert(m);
         }
         // A process seeded now may have been known and exited: keep that.
         if let Some(old) = self.spaces.get(&pid) {
@@ -365,6 +355,10 @@ impl AddressSpaces {
                     return;
                 }
                 self.ensure(r.pid);
+                pin_if_foreign(r.pid, &m);
+                if m.executable && crate::targets::is_lock_library(&m.path) {
+                    self.new_libraries.push((r.pid, m.clone()));
+                }
                 self.spaces.entry(r.pid).or_default().insert(m);
             }
             RecordKind::Comm { exec, tid, name } => {
@@ -375,7 +369,7 @@ impl AddressSpaces {
                     // The address space is replaced; the new image's mmap
                     // records follow.
                     let space = self.spaces.entry(r.pid).or_default();
-                    space.maps.clear();
+                    space.maps = Default::default();
                     space.exited = None;
                     space.name = Some(name);
                 } else if tid == r.pid {
@@ -419,25 +413,101 @@ impl AddressSpaces {
     }
 }
 
-/// A path through which the file mapped by `m` can be opened: its own path,
-/// else (for a live process in another mount namespace, or a deleted file)
-/// through `/proc/PID/root` or `/proc/PID/map_files`.
-pub fn readable_path(pid: u32, m: &Mapping) -> Option<PathBuf> {
-    if !m.is_file() {
-        return None;
+/// The mappings of a live process, from `/proc/PID/maps`.
+pub fn read_proc_maps(pid: u32) -> Option<Vec<Mapping>> {
+    use procfs::process::{MMPermissions, MMapPath};
+    let maps = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .maps()
+        .ok()?;
+    let mappings = maps
+        .into_iter()
+        .map(|m| {
+            let path = match m.pathname {
+                MMapPath::Path(p) => p,
+                MMapPath::Heap => "[heap]".into(),
+                MMapPath::Stack | MMapPath::TStack(_) => "[stack]".into(),
+                MMapPath::Vdso => "[vdso]".into(),
+                MMapPath::Vvar => "[vvar]".into(),
+                MMapPath::Vsyscall => "[vsyscall]".into(),
+                MMapPath::Other(s) => s.into(),
+                _ => ANON_PATH.into(),
+            };
+            Mapping {
+                start: m.address.0,
+                end: m.address.1,
+                file_offset: m.offset,
+                path,
+                dev: libc::makedev(m.dev.0 as u32, m.dev.1 as u32),
+                inode: m.inode,
+                executable: m.perms.contains(MMPermissions::EXECUTE),
+                shared: m.perms.contains(MMPermissions::SHARED),
+            }
+        })
+        .collect();
+    Some(mappings)
+}
+
+/// Files of other mount namespaces (chroots, containers), opened while
+/// their process lived: after it exits, `/proc/PID/root` is gone, and they
+/// have no path of their own here. Keyed by (dev, inode); one descriptor
+/// per distinct file, so bounded by the files on the host.
+static PINNED: std::sync::Mutex<BTreeMap<(u64, u64), std::fs::File>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Whether `p` is the file mapped by `m` (the same name may be another file
+/// here: a chroot's or a container's libc has the host's path).
+fn is_file_of(p: &Path, m: &Mapping) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).is_ok_and(|meta| meta.ino() == m.inode && meta.dev() == m.dev)
+}
+
+/// Keeps the file of `m` open if process `pid` sees it at a path that is
+/// another file (or no file) here.
+fn pin_if_foreign(pid: u32, m: &Mapping) {
+    if !m.is_file() || is_file_of(&m.path, m) {
+        return;
     }
-    if m.path.exists() {
-        return Some(m.path.clone());
+    let mut pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner());
+    if pinned.contains_key(&(m.dev, m.inode)) {
+        return;
     }
+    if let Some(file) = foreign_path(pid, m).and_then(|p| std::fs::File::open(p).ok()) {
+        pinned.insert((m.dev, m.inode), file);
+    }
+}
+
+/// The file of `m` through the process's own view of the file system.
+fn foreign_path(pid: u32, m: &Mapping) -> Option<PathBuf> {
     let rooted = Path::new("/proc")
         .join(pid.to_string())
         .join("root")
         .join(m.path.strip_prefix("/").ok()?);
-    if rooted.exists() {
+    if is_file_of(&rooted, m) {
         return Some(rooted);
     }
     let by_range = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
     by_range.exists().then_some(by_range)
+}
+
+/// A path through which the file mapped by `m` can be opened: its own path,
+/// else (for a file of another mount namespace, or a deleted file) a copy
+/// pinned open earlier, or the live process's `/proc/PID/root` or
+/// `/proc/PID/map_files`.
+pub fn readable_path(pid: u32, m: &Mapping) -> Option<PathBuf> {
+    if !m.is_file() {
+        return None;
+    }
+    if is_file_of(&m.path, m) {
+        return Some(m.path.clone());
+    }
+    let pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(file) = pinned.get(&(m.dev, m.inode)) {
+        use std::os::fd::AsRawFd;
+        return Some(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())));
+    }
+    drop(pinned);
+    foreign_path(pid, m)
 }
 
 fn read_comm(pid: u32) -> Option<String> {

@@ -1,7 +1,7 @@
 //! Checks made before anything is loaded, so that bad input or a missing
 //! kernel feature gives one clear line instead of a verifier dump.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -91,39 +91,6 @@ fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
             .find_map(|kv| kv.trim().strip_prefix("offset:"))
             .and_then(|v| v.parse().ok())
     })
-}
-
-/// The libc the tracer itself runs with: the host's main libc.
-pub fn find_libc() -> Result<PathBuf> {
-    let maps = std::fs::read_to_string("/proc/self/maps").context("cannot read /proc/self/maps")?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            let name = p.rsplit('/').next().unwrap_or("");
-            name == "libc.so.6" || (name.starts_with("libc-") && name.ends_with(".so"))
-        })
-        .map(PathBuf::from)
-        .ok_or_else(|| anyhow!("cannot find the host's libc (no libc.so.6 mapped in locktrace itself): pass --libc PATH"))
-}
-
-/// A libc given by the user must exist and export the lock functions.
-pub fn check_libc(path: &Path) -> Result<()> {
-    let data =
-        std::fs::read(path).with_context(|| format!("libc not found at {}", path.display()))?;
-    let file = object::File::parse(&*data)
-        .map_err(|e| anyhow!("{} is not an ELF file: {e}", path.display()))?;
-    use object::{Object, ObjectSymbol};
-    let exports = file
-        .dynamic_symbols()
-        .chain(file.symbols())
-        .any(|s| s.name() == Ok("pthread_mutex_lock") && !s.is_undefined());
-    if !exports {
-        bail!(
-            "{} does not export pthread_mutex_lock (stripped or not a libc): pass the libc.so.6 your programs use with --libc",
-            path.display()
-        );
-    }
-    Ok(())
 }
 
 pub fn check_pid(pid: u32) -> Result<()> {

@@ -502,6 +502,13 @@ pub struct Summary {
     /// The futex words traced threads waited on longest (lock contention),
     /// longest first.
     pub contention: Vec<Contention>,
+    /// Exited processes forgotten (their lock instances and dependencies
+    /// freed: memory stays bounded under process churn), and the
+    /// dependencies that went with them.
+    pub forgotten_processes: u64,
+    pub forgotten_dependencies: u64,
+    /// The files with lock probes (each libc on the host, `--binary` files).
+    pub probed_files: Vec<String>,
     pub duration_s: f64,
 }
 
@@ -593,6 +600,11 @@ impl fmt::Display for Summary {
                     "truncated cycle searches"
                 )
             )?;
+        }
+        // One libc is the usual case; more (containers, copies, --binary)
+        // are worth naming.
+        if self.probed_files.len() > 1 {
+            write!(f, "\n  probed: {}", self.probed_files.join(", "))?;
         }
         for c in &self.contention {
             let name = c
@@ -972,6 +984,9 @@ mod tests {
                 (c, v)
             })),
             contention: vec![],
+            forgotten_processes: 0,
+            forgotten_dependencies: 0,
+            probed_files: vec![],
             duration_s: 2.5,
         }
     }
@@ -1181,6 +1196,9 @@ mod tests {
             truncated_cycle_searches: 2,
             counters: counters([(Counter::LostEvents, 1), (Counter::StackTruncated, 0)]),
             contention: vec![],
+            forgotten_processes: 0,
+            forgotten_dependencies: 0,
+            probed_files: vec![],
             duration_s: 0.04,
         };
         assert_eq!(

@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tracer_common::{gate_fingerprint, gate_mix, Counter, DependencyKey, EVENT_DEPENDENCY};
-use tracing::{debug, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::{
     blocking::Watchdog,
@@ -22,6 +22,7 @@ use crate::{
     model::{Dependency, LockId, LockKind, Resolve},
     report::{self, Reporter, Summary},
     symbolize::Symbolizer,
+    targets::{FileId, Target},
     waitfor,
 };
 
@@ -50,6 +51,15 @@ pub struct Session {
     started: Instant,
     records: u64,
     undecodable: u64,
+    /// Exited processes whose locks and dependencies were forgotten, and
+    /// how many dependencies went with them (the class graph keeps its
+    /// edges).
+    forgotten_processes: u64,
+    forgotten_dependencies: u64,
+    /// Probe lock libraries that processes map while we run.
+    follow_libraries: bool,
+    /// Lock libraries that could not be probed (reported once).
+    unprobeable: HashSet<FileId>,
     /// Findings numbered so far (ids).
     pub findings: u64,
     /// Findings that count for `--exit-code`: all but guarded cycles (notes).
@@ -76,6 +86,10 @@ impl Session {
             graph: LockOrderGraph::new(),
             reporter,
             started: Instant::now(),
+            forgotten_processes: 0,
+            forgotten_dependencies: 0,
+            follow_libraries: false,
+            unprobeable: HashSet::new(),
             records: 0,
             undecodable: 0,
             findings: 0,
@@ -101,7 +115,8 @@ impl Session {
         tokio::pin!(stop);
         // A periodic drain as a safety net: the ring buffer wakes us up only
         // when the kernel side asks for it.
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        // Also how soon a newly mapped libc gets its probes.
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         // Deadlocks are confirmed by two scans in a row: reported within a
         // second of the last thread blocking.
         let mut scan = tokio::time::interval(Duration::from_millis(400));
@@ -126,6 +141,7 @@ impl Session {
                     // Keep the mapping records drained even when no lock
                     // event comes: the perf buffers are finite.
                     self.symbolizer.sync();
+                    self.probe_new_libraries();
                     self.drain(ring.get_mut())?;
                 }
                 _ = scan.tick() => {
@@ -140,6 +156,57 @@ impl Session {
             l.get_mut().flush();
         }
         self.write_summary()
+    }
+
+    /// Probe, as they appear, the lock libraries processes map (a container
+    /// started now, a program run with another copy of libc).
+    pub fn follow_new_libraries(&mut self, follow: bool) {
+        self.follow_libraries = follow;
+    }
+
+    /// Attaches the probes to lock libraries mapped since the last call.
+    /// A process that maps a libc new to us runs on meanwhile: its lock
+    /// operations before the attach (usually its first milliseconds) are
+    /// not seen, which the log says.
+    fn probe_new_libraries(&mut self) {
+        let new = self.symbolizer.spaces().take_new_libraries();
+        if !self.follow_libraries {
+            return;
+        }
+        for (pid, m) in new {
+            let id = FileId {
+                dev: m.dev,
+                inode: m.inode,
+            };
+            if self.probes.is_probed(id)
+                || self.unprobeable.contains(&id)
+                || !self.probes.may_trace(pid)
+            {
+                continue;
+            }
+            let Some(target) = Target::from_mapping(pid, &m) else {
+                warn!(pid, file = %m.path.display(), "cannot probe a newly mapped lock library: the process exited before it could be opened");
+                continue;
+            };
+            if !target.is_lock_library_file() {
+                debug!(file = %m.path.display(), "not a lock library (no sem_wait and pthread_mutex_lock of its own)");
+                self.unprobeable.insert(id);
+                continue;
+            }
+            let attached = self.probes.attach_file(&target);
+            match attached {
+                Ok(missing) => info!(
+                    pid,
+                    file = %m.path.display(),
+                    ?missing,
+                    "probing a newly mapped lock library; the process's lock operations before now were not seen"
+                ),
+                Err(e) => {
+                    warn!(pid, file = %m.path.display(), "cannot probe a newly mapped lock library: {e:#}");
+                    self.unprobeable.insert(id);
+                }
+            }
+        }
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
@@ -159,6 +226,7 @@ impl Session {
         }
         // Mappings created before these events are now in the perf buffer.
         self.symbolizer.sync();
+        self.probe_new_libraries();
         for record in batch {
             match record {
                 Record::Dependency(d) => self.on_dependency(d)?,
@@ -353,6 +421,8 @@ impl Session {
     fn on_process_exit(&mut self, pid: u32) -> Result<()> {
         let removed = self.graph.forget_process(pid);
         self.classes.forget_process(pid);
+        self.forgotten_processes += 1;
+        self.forgotten_dependencies += removed.len() as u64;
         trace!(pid, dependencies = removed.len(), "process exit");
         self.forget_in_kernel(&removed)
     }
@@ -509,6 +579,13 @@ impl Session {
             counters: counters
                 .iter()
                 .map(|(c, v)| (c.name().to_string(), *v))
+                .collect(),
+            forgotten_processes: self.forgotten_processes,
+            forgotten_dependencies: self.forgotten_dependencies,
+            probed_files: self
+                .probes
+                .probed_files()
+                .map(|p| p.display().to_string())
                 .collect(),
             duration_s: self.started.elapsed().as_secs_f64(),
         };
