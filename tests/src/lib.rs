@@ -740,6 +740,16 @@ pub struct Edge {
     pub thread: String,
     pub stack: Vec<Frame>,
     pub held_stack: Vec<Frame>,
+    #[serde(default)]
+    pub python_stack: Vec<PyFrame>,
+}
+
+/// A Python frame of a report: `function` is the qualified name.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct PyFrame {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -148,6 +148,54 @@ pub const EVENT_LOCK_RESET: u32 = 3;
 /// lock instances can be forgotten and its pid may be reused.
 pub const EVENT_PROCESS_EXIT: u32 = 4;
 
+/// Python frames captured with an event (innermost first); deeper stacks
+/// are cut (the collector says so).
+pub const PY_MAX_FRAMES: usize = 16;
+
+/// Python frames captured when Python code creates a lock: its innermost
+/// frames may be library wrappers (`threading.RLock()`), the caller names it.
+pub const PY_CREATOR_FRAMES: usize = 4;
+
+/// What the kernel side needs to read the Python stack of a thread of one
+/// CPython process (map `PY_PROCESSES`, by tgid): addresses in the process
+/// and struct offsets of its CPython version (the collector's table).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PyProcess {
+    /// Address of `_PyRuntime.gilstate.tstate_current`: the `PyThreadState`
+    /// of the thread holding the GIL.
+    pub tstate_current: u64,
+    /// Offsets in `PyThreadState`.
+    pub tstate_native_thread_id: u64,
+    pub tstate_cframe: u64,
+    /// Offset in `_PyCFrame`.
+    pub cframe_current_frame: u64,
+    /// Offsets in `_PyInterpreterFrame`.
+    pub frame_code: u64,
+    pub frame_prev_instr: u64,
+    pub frame_previous: u64,
+}
+
+/// One Python frame as captured: its code object and the instruction it is
+/// at (the collector reads file, function and line from the code object).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PyFrameRaw {
+    pub code: u64,
+    pub prev_instr: u64,
+}
+
+/// The Python frames of the thread that made an event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PyStack {
+    /// Valid entries of `frames`; 0 when the process runs no supported
+    /// Python or the thread runs no Python code.
+    pub depth: u32,
+    pub _pad: u32,
+    pub frames: [PyFrameRaw; PY_MAX_FRAMES],
+}
+
 /// A small event about one lock.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -161,6 +209,9 @@ pub struct LockEvent {
     /// Return address into the code that called the function: a lock's
     /// init call site is its lock class.
     pub callsite: u64,
+    /// For a lock created by Python code (`threading.Lock()`): the Python
+    /// frames that created it, innermost first (zero otherwise).
+    pub py_creator: [PyFrameRaw; PY_CREATOR_FRAMES],
 }
 
 /// One lock's share of a [`gate_fingerprint`].
@@ -207,6 +258,8 @@ pub struct DependencyEvent {
     pub held: [u64; MAX_HELD],
     pub n_held: u32,
     pub _pad2: u32,
+    /// The Python frames of the requesting thread.
+    pub py: PyStack,
     /// Valid bytes in `stack` (copied from `sp` upwards).
     pub stack_len: u32,
     pub _pad: u32,
@@ -306,4 +359,5 @@ mod user {
     unsafe impl aya::Pod for DependencyKey {}
     unsafe impl aya::Pod for FutexKey {}
     unsafe impl aya::Pod for FutexStats {}
+    unsafe impl aya::Pod for PyProcess {}
 }

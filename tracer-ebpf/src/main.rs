@@ -25,7 +25,8 @@ use tracer_common::{
     HeldLock, HeldStack, LockEvent, LockKind, COMM_LEN, EVENT_DEPENDENCY, EVENT_LOCK_RESET,
     EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED, HELD_FLAG_TRY,
     HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
-    MUTEX_KIND_RECURSIVE, NUM_COUNTERS, STACK_BYTES, STACK_CHUNK,
+    MUTEX_KIND_RECURSIVE, NUM_COUNTERS, PY_CREATOR_FRAMES, PY_MAX_FRAMES, PyFrameRaw, PyProcess, PyStack, STACK_BYTES,
+    STACK_CHUNK,
 };
 
 // Set by the collector at load time (EbpfLoader::set_global).
@@ -48,6 +49,17 @@ static CGROUP_FILTER: u32 = 0;
 static FORK_CHILD_PID_OFFSET: u32 = 20;
 #[no_mangle]
 static EXIT_GROUP_DEAD_OFFSET: u32 = 32;
+
+/// CPython processes (by tgid): where to find their threads' Python stacks.
+/// Set by the collector; inherited by forked children (a mod_wsgi daemon is
+/// a fork of an Apache process that loaded libpython).
+#[map]
+static PY_PROCESSES: HashMap<u32, PyProcess> =
+    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+/// `PyThreadState` of Python threads (by tid), learned while they held the
+/// GIL: a thread that blocks on a lock has released it.
+#[map]
+static PY_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0);
 
 /// Held-lock stack of every thread that took a lock (by tid).
 #[map]
@@ -188,6 +200,102 @@ fn current_traced() -> Option<(u32, u32)> {
 fn return_address(ctx: &ProbeContext) -> u64 {
     // SAFETY: reading user memory through the helper, which handles faults.
     unsafe { bpf_probe_read_user((*ctx.regs).rsp as *const u64) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn read_user_u64(addr: u64) -> u64 {
+    // SAFETY: the helper handles faults (0 then).
+    unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
+}
+
+/// The current thread's `PyThreadState` in CPython process `py`: the GIL
+/// holder's if that is this thread (remembered for later), else the one
+/// remembered.
+#[inline(always)]
+fn py_thread_state(py: &PyProcess, tid: u32) -> u64 {
+    let current = read_user_u64(py.tstate_current);
+    if current != 0 && read_user_u64(current + py.tstate_native_thread_id) as u32 == tid {
+        let _ = PY_THREADS.insert(&tid, &current, 0);
+        return current;
+    }
+    // SAFETY: map value, copied.
+    unsafe { PY_THREADS.get(&tid) }.copied().unwrap_or(0)
+}
+
+/// Notes the `PyThreadState` of the current thread if it holds the GIL (a
+/// failed first `sem_trywait` of a CPython lock: the thread will release
+/// the GIL and block).
+#[inline(always)]
+fn note_py_thread(tgid: u32, tid: u32) {
+    // SAFETY: map value, read only.
+    if let Some(py) = unsafe { PY_PROCESSES.get(&tgid) } {
+        py_thread_state(py, tid);
+    }
+}
+
+/// Fills `out` with the current thread's Python frames (innermost first),
+/// if its process runs CPython.
+#[inline(always)]
+fn python_stack(tgid: u32, tid: u32, out: &mut PyStack) {
+    out.depth = 0;
+    // SAFETY: map value, read only.
+    let Some(py) = (unsafe { PY_PROCESSES.get(&tgid) }) else {
+        return;
+    };
+    let tstate = py_thread_state(py, tid);
+    if tstate == 0 {
+        return;
+    }
+    let cframe = read_user_u64(tstate + py.tstate_cframe);
+    let mut frame = if cframe == 0 {
+        0
+    } else {
+        read_user_u64(cframe + py.cframe_current_frame)
+    };
+    let mut depth = 0u32;
+    for i in 0..PY_MAX_FRAMES {
+        if frame == 0 {
+            break;
+        }
+        out.frames[i] = PyFrameRaw {
+            code: read_user_u64(frame + py.frame_code),
+            prev_instr: read_user_u64(frame + py.frame_prev_instr),
+        };
+        depth += 1;
+        frame = read_user_u64(frame + py.frame_previous);
+    }
+    out.depth = depth;
+}
+
+/// The innermost Python frames of the current thread (zeros if none).
+#[inline(always)]
+fn python_creator(tgid: u32, tid: u32) -> [PyFrameRaw; PY_CREATOR_FRAMES] {
+    let mut out = [PyFrameRaw::default(); PY_CREATOR_FRAMES];
+    // SAFETY: map value, read only.
+    let Some(py) = (unsafe { PY_PROCESSES.get(&tgid) }) else {
+        return out;
+    };
+    let tstate = py_thread_state(py, tid);
+    if tstate == 0 {
+        return out;
+    }
+    let cframe = read_user_u64(tstate + py.tstate_cframe);
+    let mut frame = if cframe == 0 {
+        0
+    } else {
+        read_user_u64(cframe + py.cframe_current_frame)
+    };
+    for slot in out.iter_mut() {
+        if frame == 0 {
+            break;
+        }
+        *slot = PyFrameRaw {
+            code: read_user_u64(frame + py.frame_code),
+            prev_instr: read_user_u64(frame + py.frame_prev_instr),
+        };
+        frame = read_user_u64(frame + py.frame_previous);
+    }
+    out
 }
 
 /// The thread's held-lock stack, created on its first lock.
@@ -505,6 +613,7 @@ fn submit(
             core::ptr::write_volatile(&mut (*ev).held[i], held.locks[i].addr);
         }
         (*ev).n_held = held.depth;
+        python_stack(tgid, tid, &mut (*ev).py);
         (*ev).stack_len = copy_stack(&mut (*ev).stack, regs.rsp);
     }
     entry.submit(0);
@@ -742,6 +851,10 @@ pub fn try_return(ctx: RetProbeContext) -> u32 {
     let _ = PENDING_TRY.remove(&tid);
     let ret: i64 = ctx.ret();
     if ret as i32 != 0 {
+        if pending.lock.kind == LockKind::Semaphore as u32 {
+            // CPython's lock, contended: it will block without the GIL.
+            note_py_thread(tgid, tid);
+        }
         return 0;
     }
     let entry_ip = pending.entry_ip;
@@ -833,6 +946,11 @@ fn lock_reset(ctx: &ProbeContext, init: u32) -> u32 {
         init,
         addr: lock_arg(ctx),
         callsite: return_address(ctx),
+        py_creator: if init != 0 {
+            python_creator(tgid, tid)
+        } else {
+            [PyFrameRaw::default(); PY_CREATOR_FRAMES]
+        },
     });
     entry.submit(0);
     0
@@ -1001,6 +1119,11 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
         // and then they are the same program): harmless, removed at exit.
         let _ = TRACED.insert(&child, &1, 0);
     }
+    // SAFETY: map value, copied. (A new thread gets an entry too: its tid
+    // is removed at its exit.)
+    if let Some(py) = unsafe { PY_PROCESSES.get(&tgid) }.copied() {
+        let _ = PY_PROCESSES.insert(&child, &py, 0);
+    }
     if let Some(held) = HELD.get_ptr(&tid) {
         // SAFETY: map value.
         let held = unsafe { &*held };
@@ -1019,9 +1142,11 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    // A new program holds no locks.
+    // A new program holds no locks, and runs no Python yet.
     let _ = HELD.remove(&tid);
     let _ = INHERIT.remove(&tid);
+    let _ = PY_PROCESSES.remove(&tgid);
+    let _ = PY_THREADS.remove(&tid);
     if global(&COMM_FILTER) != 0 {
         if let Ok(comm) = bpf_get_current_comm() {
             // SAFETY: presence check only.
@@ -1044,8 +1169,10 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     let _ = FUTEX_WAITING.remove(&tid);
     let _ = LAST_POST.remove(&tid);
     let _ = INHERIT.remove(&tid);
+    let _ = PY_THREADS.remove(&tid);
     if tid != tgid {
         let _ = TRACED.remove(&tid);
+        let _ = PY_PROCESSES.remove(&tid);
     }
     // SAFETY: offset read from this kernel's tracepoint format.
     let group_dead =
@@ -1063,6 +1190,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
                         init: 0,
                         addr: 0,
                         callsite: 0,
+                        py_creator: [PyFrameRaw::default(); PY_CREATOR_FRAMES],
                     });
                     entry.submit(0);
                 }
@@ -1070,6 +1198,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
             }
         }
         let _ = TRACED.remove(&tgid);
+        let _ = PY_PROCESSES.remove(&tgid);
     }
     0
 }

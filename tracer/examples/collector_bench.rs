@@ -231,6 +231,7 @@ fn on_dependency(graph: &mut LockOrderGraph, findings: &mut u64, d: DependencyRe
             stack: stack.clone(),
             gates: vec![],
             gate_key: 0,
+            python: Vec::new(),
         };
         for cycle in graph.insert(dep) {
             *findings += 1;
@@ -336,6 +337,7 @@ fn dep(pid: u32, from: u64, to: u64) -> Dependency {
         stack: Vec::new(),
         gates: vec![],
         gate_key: 0,
+        python: Vec::new(),
     }
 }
 

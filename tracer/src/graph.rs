@@ -434,6 +434,7 @@ mod tests {
             stack: vec![0x2000 + to],
             gates: vec![],
             gate_key: 0,
+            python: vec![],
         }
     }
 

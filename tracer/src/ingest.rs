@@ -2,8 +2,9 @@
 
 use anyhow::{bail, Result};
 use tracer_common::{
-    DependencyEvent, HeldLock, LockEvent, LockKind, EVENT_DEPENDENCY, EVENT_LOCK_RESET,
-    EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, MAX_HELD, STACK_BYTES,
+    DependencyEvent, HeldLock, LockEvent, LockKind, PyFrameRaw, PyStack, EVENT_DEPENDENCY,
+    EVENT_LOCK_RESET, EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, MAX_HELD, PY_MAX_FRAMES,
+    STACK_BYTES,
 };
 
 /// A `DependencyEvent`, decoded: the lock `to` was requested while each lock
@@ -26,6 +27,9 @@ pub struct DependencyRecord {
     pub stack: Vec<u8>,
     /// Every lock the thread held at the request.
     pub held: Vec<u64>,
+    /// The thread's Python frames, innermost first (empty unless the
+    /// process runs a supported CPython).
+    pub python: Vec<PyFrameRaw>,
 }
 
 pub enum Record {
@@ -38,6 +42,9 @@ pub enum Record {
         pid: u32,
         addr: u64,
         init_site: Option<u64>,
+        /// The Python frames that created it (innermost first), for a lock
+        /// made by Python code.
+        py_creator: Vec<PyFrameRaw>,
     },
     /// A traced process exited.
     ProcessExit {
@@ -65,6 +72,12 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                 pid: ev.pid,
                 addr: ev.addr,
                 init_site: (ev.init != 0).then_some(ev.callsite),
+                py_creator: ev
+                    .py_creator
+                    .iter()
+                    .take_while(|f| f.code != 0)
+                    .copied()
+                    .collect(),
             })
         }
         other => bail!("unknown ring-buffer record kind {other}"),
@@ -103,6 +116,8 @@ fn decode_dependency(bytes: &[u8]) -> Result<DependencyRecord> {
     let from: [HeldLock; MAX_HELD] = field!(from);
     let held: [u64; MAX_HELD] = field!(held);
     let comm: [u8; tracer_common::COMM_LEN] = field!(comm);
+    let py: PyStack = field!(py);
+    let py_depth = (py.depth as usize).min(PY_MAX_FRAMES);
     let stack_at = std::mem::offset_of!(DependencyEvent, stack);
     Ok(DependencyRecord {
         pid: field!(pid),
@@ -117,6 +132,7 @@ fn decode_dependency(bytes: &[u8]) -> Result<DependencyRecord> {
         bp: field!(bp),
         stack: bytes[stack_at..stack_at + stack_len].to_vec(),
         held: held[..n_held].to_vec(),
+        python: py.frames[..py_depth].to_vec(),
     })
 }
 

@@ -89,6 +89,21 @@ impl Suspended {
 }
 
 /// The shell-style exit status of a finished child.
+/// Waits (at most a second) until the released child runs its own program
+/// (its executable is no longer ours).
+pub fn wait_for_exec(pid: Pid) {
+    let ours = std::fs::read_link("/proc/self/exe").ok();
+    let exe = format!("/proc/{pid}/exe");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        match std::fs::read_link(&exe) {
+            Ok(p) if Some(&p) != ours.as_ref() => return,
+            Err(_) => return, // exited (or a failed exec)
+            _ => std::thread::sleep(std::time::Duration::from_micros(200)),
+        }
+    }
+}
+
 pub fn exit_status(status: WaitStatus) -> i32 {
     match status {
         WaitStatus::Exited(_, code) => code,

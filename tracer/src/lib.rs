@@ -16,6 +16,8 @@ pub mod maps;
 pub mod model;
 pub mod placement;
 pub mod preflight;
+pub mod python;
+pub mod pythons;
 pub mod report;
 pub mod session;
 pub mod symbolize;

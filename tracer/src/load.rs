@@ -18,7 +18,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    Counter, DependencyKey, FutexKey, FutexStats, HeldStack, FILTER_ALL, FILTER_TRACED,
+    Counter, DependencyKey, FutexKey, FutexStats, HeldStack, PyProcess, FILTER_ALL, FILTER_TRACED,
 };
 use tracing::{debug, info};
 
@@ -312,6 +312,19 @@ impl Probes {
         traced
             .insert(pid, 1, 0)
             .context("cannot add a pid to the filter")?;
+        Ok(())
+    }
+
+    /// Describes CPython process `pid` to the kernel side, with the
+    /// `PyThreadState` of each of its threads (tid, address) known now.
+    pub fn set_python(&mut self, pid: u32, py: &PyProcess, threads: &[(u32, u64)]) -> Result<()> {
+        let mut procs: HashMap<_, u32, PyProcess> =
+            HashMap::try_from(self.map_mut("PY_PROCESSES")?)?;
+        procs.insert(pid, py, 0)?;
+        let mut tstates: HashMap<_, u32, u64> = HashMap::try_from(self.map_mut("PY_THREADS")?)?;
+        for (tid, tstate) in threads {
+            tstates.insert(tid, tstate, 0)?;
+        }
         Ok(())
     }
 

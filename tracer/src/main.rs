@@ -181,6 +181,10 @@ fn run(args: RunArgs) -> Result<i32> {
     let rt = runtime()?;
     let status = rt.block_on(async {
         let pid = child.release()?;
+        // A Python program must be described to the kernel side before it
+        // takes locks: look as soon as it runs its own program.
+        launch::wait_for_exec(pid);
+        session.check_pythons([pid.as_raw() as u32]);
         let exited = tokio::task::spawn_blocking(move || waitpid(pid, None));
         let mut status = None;
         let stop = async {
@@ -237,6 +241,7 @@ fn watch(args: WatchArgs) -> Result<i32> {
     let probes = attach(&args.common, &filter, &targets)?;
     let mut session = Session::new(probes, symbolizer, reporter, args.common.hang_threshold);
     session.follow_new_libraries(follow);
+    session.check_pythons(waitfor::all_pids());
     let rt = runtime()?;
     let duration = args.duration;
     rt.block_on(async {

@@ -93,8 +93,9 @@ pub struct LoadSegment {
     pub executable: bool,
 }
 
-/// The PT_LOAD segments of an ELF image.
-pub fn load_segments(elf: &object::File<'_>) -> Vec<LoadSegment> {
+/// The PT_LOAD segments of an ELF image (in memory, or read lazily from a
+/// file with `object::ReadCache`).
+pub fn load_segments<'d, R: object::ReadRef<'d>>(elf: &object::File<'d, R>) -> Vec<LoadSegment> {
     use object::{Object as _, ObjectSegment as _, SegmentFlags};
     elf.segments()
         .filter_map(|s| {
@@ -199,6 +200,10 @@ pub struct AddressSpaces {
     /// Lock libraries (see `targets::is_lock_library`) mapped since the last
     /// [`AddressSpaces::take_new_libraries`]: the tracer probes new ones.
     new_libraries: Vec<(u32, Mapping)>,
+    /// Processes that exec'ed a program or mapped a libpython since the
+    /// last [`AddressSpaces::take_new_programs`]: the tracer looks for an
+    /// interpreter in them.
+    new_programs: Vec<u32>,
 }
 
 impl AddressSpaces {
@@ -232,7 +237,17 @@ impl AddressSpaces {
             lost: 0,
             last_purge: Instant::now(),
             new_libraries: Vec::new(),
+            new_programs: Vec::new(),
         }
+    }
+
+    /// Processes that started a new program, or loaded libpython (an
+    /// embedded interpreter, e.g. mod_wsgi), since the last call.
+    pub fn take_new_programs(&mut self) -> Vec<u32> {
+        let mut pids = std::mem::take(&mut self.new_programs);
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     /// Lock libraries mapped (executable) since the last call, with the
@@ -356,6 +371,13 @@ impl AddressSpaces {
                 }
                 self.ensure(r.pid);
                 pin_if_foreign(r.pid, &m);
+                if m.executable
+                    && m.path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("libpython"))
+                {
+                    self.new_programs.push(r.pid);
+                }
                 if m.executable && crate::targets::is_lock_library(&m.path) {
                     self.new_libraries.push((r.pid, m.clone()));
                 }
@@ -368,6 +390,7 @@ impl AddressSpaces {
                 if exec {
                     // The address space is replaced; the new image's mmap
                     // records follow.
+                    self.new_programs.push(r.pid);
                     let space = self.spaces.entry(r.pid).or_default();
                     space.maps = Default::default();
                     space.exited = None;

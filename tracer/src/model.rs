@@ -40,6 +40,9 @@ pub struct Dependency {
     pub gates: Vec<LockId>,
     /// The kernel's fingerprint of the held locks (its dedup key's `gates`).
     pub gate_key: u64,
+    /// The requesting thread's Python frames (innermost first), for a
+    /// thread running Python code.
+    pub python: Vec<crate::python::PyFrame>,
 }
 
 /// A symbolized stack frame. `addr` is the address in the process; for return

@@ -13,6 +13,7 @@ use tracer_common::Counter;
 
 use crate::graph::Cycle;
 use crate::model::{hex, Frame, LockId, LockKind, Resolve};
+use crate::python::PyFrame;
 
 /// Name of a lock kind as printed (`"mutex"`).
 pub fn kind_name(kind: LockKind) -> &'static str {
@@ -399,6 +400,10 @@ pub struct Edge {
     pub stack: Vec<Frame>,
     /// Where `from` was taken (its call site).
     pub held_stack: Vec<Frame>,
+    /// The Python frames of the request (innermost first), when the thread
+    /// ran Python code: what `stack`'s interpreter frames were running.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub python_stack: Vec<PyFrame>,
 }
 
 /// Caches names so that each lock and process is resolved once per finding.
@@ -459,6 +464,7 @@ pub fn inversion(cycle: &Cycle, resolve: &mut dyn Resolve, id: u64) -> Finding {
             thread: d.thread.clone(),
             stack: names.resolve.frames(d.pid, &d.stack, true),
             held_stack: names.resolve.frames(d.pid, &[d.held_callsite], false),
+            python_stack: d.python.clone(),
         })
         .collect();
     let (pid, comm) = match edges.first() {
@@ -654,6 +660,17 @@ fn write_frame(f: &mut fmt::Formatter<'_>, indent: &str, i: usize, fr: &Frame) -
     writeln!(f)
 }
 
+fn write_python_stack(f: &mut fmt::Formatter<'_>, indent: &str, frames: &[PyFrame]) -> fmt::Result {
+    for (i, fr) in frames.iter().enumerate() {
+        writeln!(
+            f,
+            "{indent}#{i:<2} {}  {}:{}",
+            fr.function, fr.file, fr.line
+        )?;
+    }
+    Ok(())
+}
+
 fn write_stack(f: &mut fmt::Formatter<'_>, indent: &str, frames: &[Frame]) -> fmt::Result {
     if frames.is_empty() {
         return writeln!(f, "{indent}(no stack)");
@@ -735,10 +752,25 @@ impl fmt::Display for Inversion {
                 write!(f, " of {} [{}]", e.comm, e.pid)?;
             }
             writeln!(f, " requested {to} while holding {from}")?;
-            writeln!(f, "     {from} was taken at:")?;
-            write_stack(f, "       ", &e.held_stack)?;
-            writeln!(f, "     {to} requested at:")?;
-            write_stack(f, "       ", &e.stack)?;
+            if e.python_stack.is_empty() {
+                writeln!(f, "     {from} was taken at:")?;
+                write_stack(f, "       ", &e.held_stack)?;
+                writeln!(f, "     {to} requested at:")?;
+                write_stack(f, "       ", &e.stack)?;
+            } else {
+                // The interpreter's native frames say nothing to a Python
+                // programmer; the JSON report keeps them.
+                writeln!(f, "     {to} requested at (Python):")?;
+                write_python_stack(f, "       ", &e.python_stack)?;
+                if let Some(top) = e.stack.first() {
+                    write_frame(f, "       ", 0, top)?;
+                    writeln!(
+                        f,
+                        "       ({} native frames in --format json)",
+                        e.stack.len()
+                    )?;
+                }
+            }
         }
         Ok(())
     }
@@ -898,6 +930,7 @@ mod tests {
             stack: stack.to_vec(),
             gates: vec![],
             gate_key: 0,
+            python: vec![],
         }
     }
 

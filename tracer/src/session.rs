@@ -164,11 +164,25 @@ impl Session {
         self.follow_libraries = follow;
     }
 
+    /// Looks for a Python interpreter in the given processes (all those
+    /// running when the session starts, in the filter's scope).
+    pub fn check_pythons(&mut self, pids: impl IntoIterator<Item = u32>) {
+        for pid in pids {
+            if self.probes.may_trace(pid) {
+                self.symbolizer.pythons.check(&mut self.probes, pid);
+            }
+        }
+    }
+
     /// Attaches the probes to lock libraries mapped since the last call.
     /// A process that maps a libc new to us runs on meanwhile: its lock
     /// operations before the attach (usually its first milliseconds) are
     /// not seen, which the log says.
     fn probe_new_libraries(&mut self) {
+        // New programs first: a Python one needs its interpreter described
+        // before it takes locks.
+        let programs = self.symbolizer.spaces().take_new_programs();
+        self.check_pythons(programs);
         let new = self.symbolizer.spaces().take_new_libraries();
         if !self.follow_libraries {
             return;
@@ -227,6 +241,21 @@ impl Session {
         // Mappings created before these events are now in the perf buffer.
         self.symbolizer.sync();
         self.probe_new_libraries();
+        // Python code objects are read from the process's memory: before
+        // the slower native unwinding of the batch, while it may still live.
+        for record in &batch {
+            match record {
+                Record::Dependency(d) | Record::SelfDeadlock(d) => {
+                    self.symbolizer.pythons.resolve(d.pid, &d.python);
+                }
+                Record::LockReset {
+                    pid, py_creator, ..
+                } => {
+                    self.symbolizer.pythons.resolve(*pid, py_creator);
+                }
+                _ => {}
+            }
+        }
         for record in batch {
             match record {
                 Record::Dependency(d) => self.on_dependency(d)?,
@@ -236,8 +265,14 @@ impl Session {
                     pid,
                     addr,
                     init_site,
+                    py_creator,
                 } => {
                     let lock = LockId { pid, addr };
+                    if py_creator.is_empty() {
+                        self.symbolizer.pythons.forget_lock(lock);
+                    } else {
+                        self.symbolizer.pythons.note_created(lock, &py_creator);
+                    }
                     match init_site {
                         Some(site) => self.classes.note_init(lock, site),
                         None => self.classes.forget_lock(lock),
@@ -421,6 +456,7 @@ impl Session {
     fn on_process_exit(&mut self, pid: u32) -> Result<()> {
         let removed = self.graph.forget_process(pid);
         self.classes.forget_process(pid);
+        self.symbolizer.pythons.forget_process(pid);
         self.forgotten_processes += 1;
         self.forgotten_dependencies += removed.len() as u64;
         trace!(pid, dependencies = removed.len(), "process exit");
@@ -482,6 +518,7 @@ impl Session {
             stack,
             gates: Vec::new(),
             gate_key: 0,
+            python: self.symbolizer.pythons.resolve(d.pid, &d.python),
         };
         self.findings += 1;
         self.alarms += 1;
@@ -493,6 +530,7 @@ impl Session {
 
     fn on_dependency(&mut self, d: DependencyRecord) -> Result<()> {
         let stack = self.request_stack(&d);
+        let python = self.symbolizer.pythons.resolve(d.pid, &d.python);
         trace!(
             pid = d.pid,
             tid = d.tid,
@@ -530,6 +568,7 @@ impl Session {
                 stack: stack.clone(),
                 gates,
                 gate_key: gate_fingerprint(all_held, from.addr),
+                python: python.clone(),
             };
             self.note_shared(dep.from);
             self.note_shared(dep.to);

@@ -91,6 +91,8 @@ pub struct Symbolizer {
     blaze: blazesym::symbolize::Symbolizer,
     code: HashMap<(FileKey, u64), Option<CodeSym>>,
     data: HashMap<FileKey, Option<Arc<DataSyms>>>,
+    /// Python frames and the names of locks Python code created.
+    pub pythons: crate::pythons::Pythons,
 }
 
 impl Symbolizer {
@@ -110,6 +112,7 @@ impl Symbolizer {
                 .build(),
             code: HashMap::new(),
             data: HashMap::new(),
+            pythons: crate::pythons::Pythons::new(),
         }
     }
 
@@ -229,6 +232,11 @@ impl Resolve for Symbolizer {
     }
 
     fn lock_name(&mut self, pid: u32, addr: u64) -> Option<String> {
+        // A lock made by `threading.Lock()` lives on the heap: where Python
+        // code created it names it.
+        if let Some(name) = self.pythons.lock_name(crate::model::LockId { pid, addr }) {
+            return Some(name);
+        }
         // The file image holding addr: the file mapping containing it, or,
         // for .bss past the file's last page (an anonymous mapping or no
         // mapping at all), the closest file mapping below it.

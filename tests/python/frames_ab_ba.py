@@ -1,0 +1,61 @@
+"""A lock-order inversion between two Python locks, taken by two threads one
+after the other (it never hangs): `frames_ab_ba.py Lock|RLock|instance`.
+
+Lock, RLock: module-level locks taken with `with`; instance: two locks of a
+class instance taken with acquire()/release(). The lines marked `# NAME`
+are what the test expects in the report."""
+import signal
+import sys
+import threading
+import time
+
+signal.alarm(20)  # safety net: never hang a test run
+
+kind = sys.argv[1]
+make = threading.RLock if kind == "RLock" else threading.Lock
+lock_a = make()  # CREATE_A
+lock_b = make()  # CREATE_B
+
+
+class Accounts:
+    def __init__(self):
+        self.first = threading.Lock()  # CREATE_FIRST
+        self.second = threading.Lock()  # CREATE_SECOND
+
+    def forward(self):
+        self.first.acquire()
+        self.second.acquire()  # FORWARD_SECOND
+        self.second.release()
+        self.first.release()
+
+    def backward(self):
+        self.second.acquire()
+        self.first.acquire()  # BACKWARD_FIRST
+        self.first.release()
+        self.second.release()
+
+
+def take_a_then_b():
+    with lock_a:
+        with lock_b:  # A_THEN_B
+            pass
+
+
+def take_b_then_a():
+    with lock_b:
+        with lock_a:  # B_THEN_A
+            pass
+
+
+if kind == "instance":
+    accounts = Accounts()
+    targets = (accounts.forward, accounts.backward)
+else:
+    targets = (take_a_then_b, take_b_then_a)
+for target in targets:
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+# The tracer reads the code objects named in its events from this process's
+# memory: stay a moment, as any service would.
+time.sleep(0.5)
