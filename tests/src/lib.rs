@@ -3,6 +3,8 @@
 //! started on timeout or panic), parsing its JSON Lines output, and checking
 //! that nothing (processes, uprobes) is left behind after a run.
 
+pub mod apache;
+
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs;

@@ -26,6 +26,12 @@ pub const APT_TEST: &[&str] = &["python3"];
 /// `cargo xtask bench`'s web-server measurement: Debian's Apache (MPM event)
 /// serves a static file, Debian's wrk loads it.
 pub const APT_BENCH: &[&str] = &["apache2", "wrk"];
+/// The Apache + mod_wsgi scenario of the end-to-end tests: Debian's Apache
+/// and mod_wsgi for Python 3 (run from a test-owned configuration; the
+/// system service is neither used nor started by the tests).
+pub const APT_WSGI: &[&str] = &["apache2", "libapache2-mod-wsgi-py3"];
+/// Where Debian's mod_wsgi lands (from [`APT_WSGI`]).
+pub const MOD_WSGI: &str = "/usr/lib/apache2/modules/mod_wsgi.so";
 /// What the web-server measurement runs (from [`APT_BENCH`]).
 pub const APACHE2: &str = "/usr/sbin/apache2";
 pub const APACHE2_MPM_EVENT: &str = "/usr/lib/apache2/modules/mod_mpm_event.so";
@@ -102,6 +108,12 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
     }
     if scope != Scope::Build && !Path::new("/usr/bin/python3").exists() {
         apt.push((APT_TEST, "the end-to-end tests trace Debian's Python"));
+    }
+    if scope == Scope::Test && [APACHE2, MOD_WSGI].iter().any(|p| !Path::new(p).exists()) {
+        apt.push((
+            APT_WSGI,
+            "the end-to-end tests run a WSGI application under Apache and mod_wsgi",
+        ));
     }
     if scope == Scope::Bench
         && [APACHE2, APACHE2_MPM_EVENT, WRK]
