@@ -15,9 +15,9 @@
 //!
 //! Struct layouts come from a table generated from CPython's own headers
 //! (`python/offsets_3_11.c`); adding a version is adding a table entry.
-//! Only 3.11 is in the table: 3.12 changed the frame layout (`f_code` became
-//! `f_executable` in 3.13, shim frames, `cframe` removed) and the location
-//! table reader below is the 3.11 one (also valid for 3.12).
+//! Only 3.11 is in the table: later versions changed the frame and thread
+//! layouts (shim frames in 3.12; `cframe` gone and `f_code` renamed
+//! `f_executable` in 3.13), so they need an entry and a look at the walk.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -319,8 +319,8 @@ impl CodeCache {
         }
         let c = &self.codes[&key];
         let first = code + o.code_adaptive;
-        // Owner aside (generator frames are never incomplete, but a running
-        // one is always past its first traceable instruction anyway).
+        // `_PyFrame_IsIncomplete` also exempts generator-owned frames, but a
+        // generator on a stack has run past its first traceable instruction.
         if prev_instr < first + 2 * c.first_traceable {
             return None;
         }

@@ -339,3 +339,57 @@ fn location_table() {
     assert_eq!(addr2line(&table, 10, 0), Some(7));
     assert_eq!(addr2line(&table, 10, 2), None);
 }
+
+/// Other CPython builds on this machine, if any (pyenv): 3.11.x are traced
+/// like Debian's, other versions are reported as unsupported.
+#[test]
+fn other_pythons() {
+    let root = std::env::var("PYENV_ROOT").unwrap_or_else(|_| "/root/.pyenv".into());
+    let Ok(versions) = std::fs::read_dir(Path::new(&root).join("versions")) else {
+        eprintln!("skipped: no pyenv");
+        return;
+    };
+    for v in versions {
+        let v = v.unwrap().file_name().to_string_lossy().into_owned();
+        let python = Path::new(&root)
+            .join("versions")
+            .join(&v)
+            .join("bin/python");
+        if !python.exists() {
+            continue;
+        }
+        if v.starts_with("3.11.") {
+            let dir = Scratch::new(&format!("pyenv-{v}"));
+            let script = dir.0.join("blocked.py");
+            std::fs::write(&script, SCRIPT).unwrap();
+            let mut p = spawn(Command::new(&python).arg(&script));
+            let interp = check_script(&mut p, script.to_str().unwrap());
+            assert_eq!(
+                format!(
+                    "{}.{}.{}",
+                    interp.version.0, interp.version.1, interp.version.2
+                ),
+                v
+            );
+            continue;
+        }
+        let p = spawn(Command::new(&python).args(["-c", "import time; time.sleep(60)"]));
+        // Wait for the interpreter to be exec'd and its libraries mapped.
+        let mut result = Ok(None);
+        for _ in 0..100 {
+            result = detect(p.0.id());
+            if !matches!(result, Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let err = result.expect_err(&v);
+        let minor: String = v.split('.').take(2).collect::<Vec<_>>().join(".");
+        assert!(
+            err.reason
+                .contains(&format!("CPython {minor} is not supported")),
+            "{v}: {err}"
+        );
+        eprintln!("{v}: {err}");
+    }
+}
