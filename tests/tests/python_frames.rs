@@ -12,18 +12,9 @@ fn script() -> PathBuf {
     workspace_dir().join("tests/python/frames_ab_ba.py")
 }
 
-/// 1-based line of the script carrying `# MARKER`.
+/// 1-based line of `frames_ab_ba.py` carrying `# MARKER`.
 fn line_of(marker: &str) -> u32 {
-    let text = std::fs::read_to_string(script()).unwrap();
-    let needle = format!("# {marker}");
-    let hits: Vec<u32> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim_end().ends_with(&needle))
-        .map(|(i, _)| i as u32 + 1)
-        .collect();
-    assert_eq!(hits.len(), 1, "marker {needle}");
-    hits[0]
+    line_in("frames_ab_ba.py", marker)
 }
 
 /// `frames_ab_ba.py:LINE`: how a lock created at LINE is named.
@@ -32,12 +23,18 @@ fn created_at(marker: &str) -> String {
 }
 
 fn run(kind: &str) -> JsonRun {
+    run_with(PYTHON, kind)
+}
+
+/// `frames_ab_ba.py KIND` run by `python` (an interpreter, or a program
+/// embedding one).
+fn run_with(python: &str, kind: &str) -> JsonRun {
     require_root();
     assert!(
-        Path::new(PYTHON).exists(),
-        "{PYTHON} is missing: apt-get install python3"
+        Path::new(python).exists(),
+        "{python} is missing: apt-get install python3"
     );
-    let run = run_json(&[], &[PYTHON, script().to_str().unwrap(), kind]);
+    let run = run_json(&[], &[python, script().to_str().unwrap(), kind]);
     assert_eq!(run.run.code(), 0, "python exit status\n{}", run.describe());
     assert_eq!(
         run.report.findings.len(),
@@ -75,7 +72,11 @@ fn assert_requested_in(frames: &[PyFrame], function: &str, marker: &str, run: &J
 }
 
 fn check_module_locks(kind: &str) {
-    let run = run(kind);
+    check_module_locks_with(PYTHON, kind);
+}
+
+fn check_module_locks_with(python: &str, kind: &str) {
+    let run = run_with(python, kind);
     let finding = &run.report.findings[0];
     let (a, b) = (created_at("CREATE_A"), created_at("CREATE_B"));
     assert_eq!(
@@ -98,6 +99,30 @@ fn lock_inversion_names_python_functions_and_lines() {
 #[test]
 fn rlock_inversion_names_python_functions_and_lines() {
     check_module_locks("RLock");
+}
+
+/// The mod_wsgi shape: a C program that embeds libpython and runs the same
+/// script gets the same report.
+#[test]
+fn embedded_python_is_traced_like_the_interpreter() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("embed_host");
+    let source = workspace_dir().join("tests/python/embed_host.c");
+    let build = format!(
+        "gcc -O1 -g -o {} {} $(/usr/bin/python3.11-config --embed --cflags --ldflags)",
+        host.display(),
+        source.display()
+    );
+    let status = std::process::Command::new("sh")
+        .args(["-c", &build])
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{build} (python3-dev is needed: cargo xtask test installs it)"
+    );
+    check_module_locks_with(host.to_str().unwrap(), "Lock");
 }
 
 #[test]
@@ -125,4 +150,130 @@ fn instance_locks_with_acquire_and_release() {
         "BACKWARD_FIRST",
         &run,
     );
+}
+
+/// 1-based line of `tests/python/NAME` carrying `# MARKER`.
+fn line_in(name: &str, marker: &str) -> u32 {
+    let text = std::fs::read_to_string(workspace_dir().join("tests/python").join(name)).unwrap();
+    let needle = format!("# {marker}");
+    let hits: Vec<u32> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_end().ends_with(&needle))
+        .map(|(i, _)| i as u32 + 1)
+        .collect();
+    assert_eq!(hits.len(), 1, "marker {needle} in {name}");
+    hits[0]
+}
+
+/// A real deadlock of two Python threads (ending by itself after 4 s): one
+/// `deadlock` finding, each thread shown with its Python stack at the line
+/// where it waits, and the locks named by their creation lines.
+#[test]
+fn python_deadlock_shows_both_python_stacks() {
+    require_root();
+    let script = workspace_dir().join("tests/python/deadlock.py");
+    let run = run_json(&[], &[PYTHON, script.to_str().unwrap(), "4"]);
+    assert_eq!(run.run.code(), 0, "{}", run.describe());
+    let deadlocks = run.report.records("deadlock");
+    assert_eq!(deadlocks.len(), 1, "one deadlock\n{}", run.describe());
+    let threads = deadlocks[0]["threads"].as_array().expect("threads");
+    assert_eq!(threads.len(), 2, "{}", run.describe());
+    let name = |line: u32| format!("python/deadlock.py:{line}");
+    let (a, b) = (
+        name(line_in("deadlock.py", "CREATE_A")),
+        name(line_in("deadlock.py", "CREATE_B")),
+    );
+    for t in threads {
+        let waits_for = t["waits_for"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let (function, marker) = if waits_for == b {
+            ("first_a_then_b", "WAIT_B")
+        } else {
+            assert_eq!(
+                waits_for,
+                a,
+                "waits for one of the two locks\n{}",
+                run.describe()
+            );
+            ("first_b_then_a", "WAIT_A")
+        };
+        let top = &t["python_stack"][0];
+        assert_eq!(top["function"], function, "{}", run.describe());
+        assert_eq!(
+            top["line"].as_u64(),
+            Some(u64::from(line_in("deadlock.py", marker))),
+            "{}",
+            run.describe()
+        );
+    }
+}
+
+/// The import-lock deadlock that hung Django sites, in Python 3: `importer`
+/// runs slow_module's import (owning its module lock, which no thread
+/// visibly holds) and its top level waits for L; `holder` holds L and
+/// waits for slow_module's import. Reported as a deadlock naming the
+/// module, with both Python stacks.
+#[test]
+fn module_import_lock_deadlock() {
+    require_root();
+    let script = workspace_dir().join("tests/python/import_deadlock.py");
+    let run = run_json(&[], &[PYTHON, script.to_str().unwrap(), "3"]);
+    assert_eq!(run.run.code(), 0, "{}", run.describe());
+    let deadlocks = run.report.records("deadlock");
+    assert_eq!(deadlocks.len(), 1, "one deadlock\n{}", run.describe());
+    let threads = deadlocks[0]["threads"].as_array().expect("threads");
+    assert_eq!(threads.len(), 2, "{}", run.describe());
+    let stack_has = |t: &serde_json::Value, function: &str, file: &str, line: u32| {
+        t["python_stack"].as_array().into_iter().flatten().any(|f| {
+            f["function"] == function
+                && f["file"].as_str().is_some_and(|p| p.ends_with(file))
+                && f["line"].as_u64() == Some(u64::from(line))
+        })
+    };
+    let importing = threads
+        .iter()
+        .find(|t| t["waits_for"]["name"] == "import of slow_module")
+        .unwrap_or_else(|| {
+            panic!(
+                "a thread waits for the import of slow_module\n{}",
+                run.describe()
+            )
+        });
+    assert!(
+        stack_has(
+            importing,
+            "holder",
+            "import_deadlock.py",
+            line_in("import_deadlock.py", "IMPORT_UNDER_L")
+        ),
+        "the waiter for the import is `holder` at its import line\n{}",
+        run.describe()
+    );
+    let other = threads.iter().find(|t| *t != importing).unwrap();
+    assert!(
+        stack_has(
+            other,
+            "<module>",
+            "slow_module.py",
+            line_in("imports/slow_module.py", "TAKE_L")
+        ) && stack_has(
+            other,
+            "importer",
+            "import_deadlock.py",
+            line_in("import_deadlock.py", "IMPORT_FIRST")
+        ),
+        "the other thread runs slow_module's top level, imported by `importer`\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        other["held_by"].as_array().map(Vec::len),
+        Some(1),
+        "it waits for L, held by `holder`\n{}",
+        run.describe()
+    );
+    assert_eq!(other["held_by"][0], importing["tid"], "{}", run.describe());
+    assert_eq!(importing["held_by"][0], other["tid"], "{}", run.describe());
 }

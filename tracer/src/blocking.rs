@@ -67,7 +67,9 @@ impl Watchdog {
         inversion_of: &dyn Fn(&BTreeSet<LockId>) -> Option<u64>,
         next_id: &mut dyn FnMut() -> u64,
     ) -> Vec<Finding> {
-        let waiters = waitfor::waiters(pids, held);
+        let waiters = sym
+            .pythons
+            .resolve_import_waits(waitfor::waiters(pids, held));
         let now = Instant::now();
         let now_ns = monotonic_ns();
         let live: HashSet<WaitKey> = waiters.iter().map(|w| (w.blocked.tid, w.lock)).collect();
@@ -184,7 +186,9 @@ impl Watchdog {
 /// field of pthread mutexes.
 pub fn snapshot(pids: &[u32], sym: &mut Symbolizer) -> Vec<Finding> {
     let held = HeldByThread::new();
-    let waiters = waitfor::waiters(pids, &held);
+    let waiters = sym
+        .pythons
+        .resolve_import_waits(waitfor::waiters(pids, &held));
     let by_tid: HashMap<u32, &Waiter> = waiters.iter().map(|w| (w.blocked.tid, w)).collect();
     let mut findings: Vec<Finding> = waiters
         .iter()
@@ -287,6 +291,7 @@ fn describe(
         }
         None => Vec::new(),
     };
+    let python_stack = sym.pythons.thread_stack(pid, tid);
     ThreadReport {
         pid,
         comm: sym.process_name(pid),
@@ -298,5 +303,6 @@ fn describe(
         held_by: waiter.map(|w| w.holders.clone()).unwrap_or_default(),
         holds,
         stack,
+        python_stack,
     }
 }

@@ -93,6 +93,15 @@ impl Classes {
     }
 
     fn key(&self, lock: LockId, first_site: u64, sym: &mut Symbolizer) -> String {
+        // A lock Python code created: every one comes from the interpreter's
+        // PyThread_allocate_lock, so the Python line that created it is the
+        // class; one whose creating frame could not be read is a class of
+        // its own (never merged with unrelated locks).
+        match sym.pythons.creation(lock) {
+            Some(Some(site)) => return format!("python:{}:{}", site.file, site.line),
+            Some(None) => return format!("python-lock@{}:{:#x}", lock.pid, lock.addr),
+            None => {}
+        }
         if let Some(&site) = self.init_sites.get(&lock) {
             return format!("init@{}", site_key(sym, lock.pid, site));
         }

@@ -90,17 +90,32 @@ impl Suspended {
 
 /// The shell-style exit status of a finished child.
 /// Waits (at most a second) until the released child runs its own program
-/// (its executable is no longer ours).
+/// (its executable is no longer ours) and the dynamic loader has mapped
+/// its libraries (a libc is mapped: the direct dependencies, libpython of
+/// an embedding program among them, come in one pass).
 pub fn wait_for_exec(pid: Pid) {
+    use std::time::{Duration, Instant};
     let ours = std::fs::read_link("/proc/self/exe").ok();
     let exe = format!("/proc/{pid}/exe");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    while std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
         match std::fs::read_link(&exe) {
-            Ok(p) if Some(&p) != ours.as_ref() => return,
+            Ok(p) if Some(&p) != ours.as_ref() => break,
             Err(_) => return, // exited (or a failed exec)
-            _ => std::thread::sleep(std::time::Duration::from_micros(200)),
+            _ => std::thread::sleep(Duration::from_micros(200)),
         }
+    }
+    // A static program maps no libc: give up after a short while.
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < deadline {
+        let libc_mapped = crate::maps::read_proc_maps(pid.as_raw() as u32).is_some_and(|maps| {
+            maps.iter()
+                .any(|m| m.executable && crate::targets::is_lock_library(&m.path))
+        });
+        if libc_mapped {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 

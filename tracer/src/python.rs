@@ -52,6 +52,8 @@ pub struct Offsets {
     pub frame_previous: u64,
     pub frame_is_entry: u64,
     pub frame_owner: u64,
+    /// `_PyInterpreterFrame.localsplus`: the frame's arguments and locals.
+    pub frame_localsplus: u64,
     /// `FRAME_OWNED_BY_GENERATOR`.
     pub frame_owned_by_generator: u64,
     /// `PyCodeObject` fields; `code_adaptive` is where the instructions
@@ -95,6 +97,7 @@ static V3_11: Offsets = Offsets {
     frame_previous: 48,
     frame_is_entry: 68,
     frame_owner: 69,
+    frame_localsplus: 72,
     frame_owned_by_generator: 1,
     code_filename: 112,
     code_name: 120,
@@ -474,6 +477,70 @@ pub fn thread_stack(interp: &Interpreter, cache: &mut CodeCache, tid: u32) -> Re
         frame = previous;
     }
     Ok(out)
+}
+
+/// What a thread does with Python 3's per-module import locks
+/// (`importlib._bootstrap._ModuleLock`). They are Python objects: their
+/// owner is a field, not a lock the thread holds, so the kernel side cannot
+/// see who holds one. The thread's frames show it: `_find_and_load(name)`
+/// frames are imports in progress; the innermost one (or a
+/// `_lock_unlock_module(name)`) is waited for if `_ModuleLock.acquire` runs
+/// above it, owned otherwise.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportState {
+    /// Modules whose import this thread runs (it owns their module locks).
+    pub importing: Vec<String>,
+    /// The module whose lock it waits for.
+    pub waiting_for: Option<String>,
+}
+
+pub fn import_state(interp: &Interpreter, cache: &mut CodeCache, tid: u32) -> Result<ImportState> {
+    let (mem, o) = (Mem(interp.pid), interp.offsets);
+    let mut state = ImportState::default();
+    let Some((_, ts)) = thread_states(interp)?.into_iter().find(|(t, _)| *t == tid) else {
+        return Ok(state);
+    };
+    let cframe = mem.u64(ts + o.tstate_cframe)?;
+    let mut frame = if cframe == 0 {
+        0
+    } else {
+        mem.u64(cframe + o.cframe_current_frame)?
+    };
+    let mut acquiring = false;
+    for _ in 0..MAX_DEPTH {
+        if frame == 0 {
+            break;
+        }
+        let [code, prev_instr, previous, first_local] = mem.words(
+            frame,
+            [
+                o.frame_code,
+                o.frame_prev_instr,
+                o.frame_previous,
+                o.frame_localsplus,
+            ],
+        )?;
+        if let Some(f) = cache.resolve(interp, code, prev_instr) {
+            let bootstrap = f.file == "<frozen importlib._bootstrap>";
+            if bootstrap && f.function == "_ModuleLock.acquire" {
+                acquiring = true;
+            } else if bootstrap
+                && (f.function == "_find_and_load" || f.function == "_lock_unlock_module")
+            {
+                // Its first argument is the module's name. (An import of a
+                // module another thread is importing waits in
+                // `_lock_unlock_module`, called from C.)
+                let name = read_str(mem, o, first_local)?;
+                if std::mem::take(&mut acquiring) && state.importing.is_empty() {
+                    state.waiting_for = Some(name);
+                } else {
+                    state.importing.push(name);
+                }
+            }
+        }
+        frame = previous;
+    }
+    Ok(state)
 }
 
 /// Little-endian u64 at `off` in `buf`.

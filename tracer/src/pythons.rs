@@ -5,13 +5,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tracer_common::{PyFrameRaw, PyProcess};
+use tracer_common::{LockKind, PyFrameRaw, PyProcess};
 use tracing::{debug, info, warn};
 
 use crate::{
     load::Probes,
     model::LockId,
     python::{self, CodeCache, Interpreter, PyFrame},
+    waitfor::Waiter,
 };
 
 #[derive(Default)]
@@ -22,8 +23,13 @@ pub struct Pythons {
     cache: CodeCache,
     /// Reasons already reported (each once per session).
     unsupported: HashSet<String>,
-    /// Where Python code created a lock (`threading.Lock()`): its name.
-    created_at: HashMap<LockId, PyFrame>,
+    /// Locks Python code created (`threading.Lock()`), with the creating
+    /// frame when it could be read (a module's top-level code object is
+    /// freed once the module ran: a lock created there may be unnamed).
+    created_at: HashMap<LockId, Option<PyFrame>>,
+    /// Semaphores that threads wait on for a module's import lock: the
+    /// module.
+    import_waits: HashMap<LockId, String>,
 }
 
 /// The kernel side's view of an interpreter.
@@ -116,14 +122,41 @@ impl Pythons {
     /// first one outside `threading.py` (`RLock()` and `Condition()` are
     /// Python wrappers there; their caller is the creation site).
     pub fn note_created(&mut self, lock: LockId, creator: &[PyFrameRaw]) {
-        let frames = self.resolve(lock.pid, creator);
-        let site = frames
-            .iter()
-            .find(|f| !f.file.ends_with("/threading.py"))
-            .or(frames.first());
-        if let Some(frame) = site {
-            self.created_at.insert(lock, frame.clone());
+        let Some(interp) = self.interpreter(lock.pid).cloned() else {
+            return;
+        };
+        // Frame by frame: an unreadable frame stops the search (naming the
+        // lock by an outer frame would be wrong).
+        // A lock threading.py makes for itself (a thread's tstate lock) is
+        // named by its innermost frame.
+        let mut site = None;
+        let mut in_threading = None;
+        for raw in creator {
+            match self.cache.resolve(&interp, raw.code, raw.prev_instr) {
+                Some(f) if f.file.ends_with("/threading.py") => {
+                    in_threading.get_or_insert(f);
+                }
+                found => {
+                    site = found;
+                    break;
+                }
+            }
         }
+        debug!(
+            pid = lock.pid,
+            addr = lock.addr,
+            ?site,
+            ?in_threading,
+            frames = creator.len(),
+            "lock created by Python code"
+        );
+        self.created_at.insert(lock, site.or(in_threading));
+    }
+
+    /// For a lock Python code created: the creating frame, if it could be
+    /// read. None for other locks.
+    pub fn creation(&self, lock: LockId) -> Option<Option<&PyFrame>> {
+        self.created_at.get(&lock).map(Option::as_ref)
     }
 
     /// The lock was destroyed: its memory may become another lock.
@@ -131,15 +164,60 @@ impl Pythons {
         self.created_at.remove(&lock);
     }
 
-    /// `file:line` where Python code created `lock`, if it did.
-    pub fn lock_name(&self, lock: LockId) -> Option<String> {
-        let f = self.created_at.get(&lock)?;
-        Some(format!("{}:{}", short_path(&f.file), f.line))
+    /// Python 3's per-module import locks have no holder the kernel side
+    /// can see (see `python::ImportState`): a thread blocked on one waits
+    /// on a semaphore of its own. For such waiters in Python processes, the
+    /// holders are the threads running that module's import, read from
+    /// their frames.
+    /// Waits on a semaphore the waiter holds itself that are not import
+    /// waits are dropped (their releaser is unknown: a condition, an event).
+    pub fn resolve_import_waits(&mut self, mut waiters: Vec<Waiter>) -> Vec<Waiter> {
+        for w in waiters.iter_mut() {
+            let tid = w.blocked.tid;
+            if w.kind != LockKind::Semaphore || w.holders != [tid] {
+                continue;
+            }
+            let pid = w.blocked.pid;
+            let Some(interp) = self.interpreter(pid).cloned() else {
+                continue;
+            };
+            let state = match python::import_state(&interp, &mut self.cache, tid) {
+                Ok(state) => state,
+                Err(e) => {
+                    debug!(pid, tid, "cannot read the import state: {e:#}");
+                    continue;
+                }
+            };
+            debug!(pid, tid, ?state, "waits on a semaphore of its own");
+            let Some(module) = state.waiting_for else {
+                continue;
+            };
+            let threads = python::thread_states(&interp).unwrap_or_default();
+            w.holders = threads
+                .iter()
+                .map(|&(t, _)| t)
+                .filter(|&t| t != tid)
+                .filter(|&t| {
+                    python::import_state(&interp, &mut self.cache, t)
+                        .is_ok_and(|s| s.importing.contains(&module))
+                })
+                .collect();
+            debug!(pid, tid, module, holders = ?w.holders, "waits for a module's import");
+            self.import_waits
+                .insert(LockId { pid, addr: w.lock }, module);
+        }
+        waiters.retain(|w| w.holders != [w.blocked.tid]);
+        waiters
     }
 
-    /// Where Python code created `lock`, if it did.
-    pub fn creation_site(&self, lock: LockId) -> Option<&PyFrame> {
-        self.created_at.get(&lock)
+    /// `file:line` where Python code created `lock`, if it did; for the
+    /// semaphore of a module import lock, `import of MODULE`.
+    pub fn lock_name(&self, lock: LockId) -> Option<String> {
+        if let Some(module) = self.import_waits.get(&lock) {
+            return Some(format!("import of {module}"));
+        }
+        let f = self.created_at.get(&lock)?.as_ref()?;
+        Some(format!("{}:{}", short_path(&f.file), f.line))
     }
 
     /// A thread's Python stack read now (it is blocked: its frames are
@@ -155,6 +233,7 @@ impl Pythons {
         self.interpreters.remove(&pid);
         self.cache.forget_process(pid);
         self.created_at.retain(|l, _| l.pid != pid);
+        self.import_waits.retain(|l, _| l.pid != pid);
     }
 }
 

@@ -169,6 +169,10 @@ pub struct ThreadReport {
     pub holds: Vec<HeldReport>,
     /// Its current stack, innermost first.
     pub stack: Vec<Frame>,
+    /// Its Python stack, innermost first, for a thread of a Python process
+    /// (read from the process while the thread is blocked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub python_stack: Vec<PyFrame>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -217,6 +221,10 @@ impl ThreadReport {
                 writeln!(f, "{indent}    (taken before tracing began)")?;
             }
             write_stack_if_any(f, &format!("{indent}    "), &h.taken_at)?;
+        }
+        if !self.python_stack.is_empty() {
+            writeln!(f, "{indent}  Python stack:")?;
+            write_python_stack(f, &format!("{indent}    "), &self.python_stack)?;
         }
         writeln!(f, "{indent}  stack:")?;
         write_stack(f, &format!("{indent}    "), &self.stack)

@@ -2,7 +2,7 @@
 //! dependency to the lock-order graph, and reports every new cycle at once.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     future::Future,
     time::{Duration, Instant},
 };
@@ -224,27 +224,40 @@ impl Session {
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
-        let mut batch = Vec::new();
+        let mut queue = VecDeque::new();
+        loop {
+            // Take in what arrived while the last record was processed (a
+            // record can take a millisecond to unwind and symbolize).
+            if self.take_in(ring, &mut queue) {
+                // Mappings created before these events are now in the perf
+                // buffer.
+                self.symbolizer.sync();
+                self.probe_new_libraries();
+            }
+            let Some(record) = queue.pop_front() else {
+                return Ok(());
+            };
+            self.process(record)?;
+        }
+    }
+
+    /// Moves the ring buffer's records to `queue`; returns whether any came.
+    /// Python frames are resolved at once: they are read from the process's
+    /// memory, where a code object may not live long (a module's top-level
+    /// code is freed once the module ran).
+    fn take_in(&mut self, ring: &mut RingBuf<MapData>, queue: &mut VecDeque<Record>) -> bool {
+        let before = queue.len();
         while let Some(item) = ring.next() {
             self.records += 1;
-            match ingest::decode(&item) {
-                Ok(record) => batch.push(record),
+            let record = match ingest::decode(&item) {
+                Ok(record) => record,
                 Err(e) => {
                     self.undecodable += 1;
                     warn!("dropping a ring-buffer record: {e:#}");
+                    continue;
                 }
-            }
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        // Mappings created before these events are now in the perf buffer.
-        self.symbolizer.sync();
-        self.probe_new_libraries();
-        // Python code objects are read from the process's memory: before
-        // the slower native unwinding of the batch, while it may still live.
-        for record in &batch {
-            match record {
+            };
+            match &record {
                 Record::Dependency(d) | Record::SelfDeadlock(d) => {
                     self.symbolizer.pythons.resolve(d.pid, &d.python);
                 }
@@ -253,35 +266,37 @@ impl Session {
                 } => {
                     self.symbolizer.pythons.resolve(*pid, py_creator);
                 }
-                _ => {}
+                Record::ProcessExit { .. } => {}
             }
+            queue.push_back(record);
         }
-        for record in batch {
-            match record {
-                Record::Dependency(d) => self.on_dependency(d)?,
-                Record::SelfDeadlock(d) => self.on_self_deadlock(d)?,
-                Record::ProcessExit { pid } => self.on_process_exit(pid)?,
-                Record::LockReset {
-                    pid,
-                    addr,
-                    init_site,
-                    py_creator,
-                } => {
-                    let lock = LockId { pid, addr };
-                    if py_creator.is_empty() {
-                        self.symbolizer.pythons.forget_lock(lock);
-                    } else {
-                        self.symbolizer.pythons.note_created(lock, &py_creator);
-                    }
-                    match init_site {
-                        Some(site) => self.classes.note_init(lock, site),
-                        None => self.classes.forget_lock(lock),
-                    }
-                    self.on_lock_reset(lock)?
+        queue.len() > before
+    }
+
+    fn process(&mut self, record: Record) -> Result<()> {
+        match record {
+            Record::Dependency(d) => self.on_dependency(d),
+            Record::SelfDeadlock(d) => self.on_self_deadlock(d),
+            Record::ProcessExit { pid } => self.on_process_exit(pid),
+            Record::LockReset {
+                pid,
+                addr,
+                init_site,
+                py_creator,
+            } => {
+                let lock = LockId { pid, addr };
+                if py_creator.is_empty() {
+                    self.symbolizer.pythons.forget_lock(lock);
+                } else {
+                    self.symbolizer.pythons.note_created(lock, &py_creator);
                 }
+                match init_site {
+                    Some(site) => self.classes.note_init(lock, site),
+                    None => self.classes.forget_lock(lock),
+                }
+                self.on_lock_reset(lock)
             }
         }
-        Ok(())
     }
 
     /// A lock in memory mapped MAP_SHARED is one node for every process

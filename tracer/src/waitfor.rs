@@ -186,6 +186,24 @@ pub fn waiter(b: Blocked, held: &HeldByThread) -> Option<Waiter> {
             holders,
         });
     }
+    // A semaphore the waiter holds itself: CPython's pattern for waiting
+    // until another thread releases it (a condition, an event, a module's
+    // import lock). Who will is not known here: see
+    // `Pythons::resolve_import_waits`, which keeps only the waits it can
+    // attribute.
+    let own = held
+        .get(&b.tid)
+        .into_iter()
+        .flatten()
+        .any(|h| h.addr == b.uaddr && h.kind == LockKind::Semaphore as u32);
+    if own {
+        return Some(Waiter {
+            lock: b.uaddr,
+            blocked: b,
+            kind: LockKind::Semaphore,
+            holders: vec![b.tid],
+        });
+    }
     // A pthread mutex taken before the tracer started (or with no tracer):
     // glibc keeps its owner's tid in the mutex; a PI futex word holds it.
     // A plain mutex's word is 1 (locked) or 2 (locked, with waiters); other

@@ -21,8 +21,10 @@ pub const APT_BPF_LINKER: &[&str] = &["llvm-22-dev"];
 /// fixtures.
 pub const APT_CC: &[&str] = &["gcc"];
 /// The tests trace Debian's interpreter (/usr/bin/python3), not another one
-/// on PATH.
-pub const APT_TEST: &[&str] = &["python3"];
+/// on PATH, and a C program embedding libpython (built with python3-dev).
+pub const APT_TEST: &[&str] = &["python3", "python3-dev"];
+/// What the embedding tests build with (from [`APT_TEST`]).
+const PYTHON_CONFIG: &str = "/usr/bin/python3-config";
 /// `cargo xtask bench`'s web-server measurement: Debian's Apache (MPM event)
 /// serves a static file, Debian's wrk loads it.
 pub const APT_BENCH: &[&str] = &["apache2", "wrk"];
@@ -106,8 +108,15 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
             "a C compiler links Rust programs and builds the test fixtures",
         ));
     }
-    if scope != Scope::Build && !Path::new("/usr/bin/python3").exists() {
-        apt.push((APT_TEST, "the end-to-end tests trace Debian's Python"));
+    if scope != Scope::Build
+        && ["/usr/bin/python3", PYTHON_CONFIG]
+            .iter()
+            .any(|p| !Path::new(p).exists())
+    {
+        apt.push((
+            APT_TEST,
+            "the end-to-end tests trace Debian's Python, also embedded in a C program",
+        ));
     }
     if scope == Scope::Test && [APACHE2, MOD_WSGI].iter().any(|p| !Path::new(p).exists()) {
         apt.push((

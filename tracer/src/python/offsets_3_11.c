@@ -57,6 +57,7 @@ int main(void) {
     P("frame_previous", offsetof(_PyInterpreterFrame, previous));
     P("frame_is_entry", offsetof(_PyInterpreterFrame, is_entry));
     P("frame_owner", offsetof(_PyInterpreterFrame, owner));
+    P("frame_localsplus", offsetof(_PyInterpreterFrame, localsplus));
     P("frame_owned_by_generator", FRAME_OWNED_BY_GENERATOR);
     P("code_filename", offsetof(PyCodeObject, co_filename));
     P("code_name", offsetof(PyCodeObject, co_name));

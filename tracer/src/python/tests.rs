@@ -198,10 +198,10 @@ fn check_script(p: &mut Proc, file: &str) -> Interpreter {
 
 #[test]
 fn python_binary() {
-    if !Path::new(PYTHON).exists() {
-        eprintln!("skipped: no {PYTHON}");
-        return;
-    }
+    assert!(
+        Path::new(PYTHON).exists(),
+        "{PYTHON} is missing: apt-get install python3 (cargo xtask test does)"
+    );
     let dir = Scratch::new("bin");
     let script = dir.0.join("blocked.py");
     std::fs::write(&script, SCRIPT).unwrap();
@@ -229,10 +229,10 @@ fn gcc(dir: &Path, name: &str, source: &str, flags: &str) -> PathBuf {
 
 #[test]
 fn embedded_libpython() {
-    if !Path::new("/usr/bin/python3.11-config").exists() {
-        eprintln!("skipped: no python3.11-dev");
-        return;
-    }
+    assert!(
+        Path::new("/usr/bin/python3.11-config").exists(),
+        "python3.11-config is missing: apt-get install python3-dev (cargo xtask test does)"
+    );
     let dir = Scratch::new("embed");
     let source = "#include <Python.h>\n\
         int main(int argc, char **argv) {\n\
@@ -338,58 +338,4 @@ fn location_table() {
     let table = [0x80 | (14 << 3), 7, 0, 1, 1, 0x80 | (15 << 3)];
     assert_eq!(addr2line(&table, 10, 0), Some(7));
     assert_eq!(addr2line(&table, 10, 2), None);
-}
-
-/// Other CPython builds on this machine, if any (pyenv): 3.11.x are traced
-/// like Debian's, other versions are reported as unsupported.
-#[test]
-fn other_pythons() {
-    let root = std::env::var("PYENV_ROOT").unwrap_or_else(|_| "/root/.pyenv".into());
-    let Ok(versions) = std::fs::read_dir(Path::new(&root).join("versions")) else {
-        eprintln!("skipped: no pyenv");
-        return;
-    };
-    for v in versions {
-        let v = v.unwrap().file_name().to_string_lossy().into_owned();
-        let python = Path::new(&root)
-            .join("versions")
-            .join(&v)
-            .join("bin/python");
-        if !python.exists() {
-            continue;
-        }
-        if v.starts_with("3.11.") {
-            let dir = Scratch::new(&format!("pyenv-{v}"));
-            let script = dir.0.join("blocked.py");
-            std::fs::write(&script, SCRIPT).unwrap();
-            let mut p = spawn(Command::new(&python).arg(&script));
-            let interp = check_script(&mut p, script.to_str().unwrap());
-            assert_eq!(
-                format!(
-                    "{}.{}.{}",
-                    interp.version.0, interp.version.1, interp.version.2
-                ),
-                v
-            );
-            continue;
-        }
-        let p = spawn(Command::new(&python).args(["-c", "import time; time.sleep(60)"]));
-        // Wait for the interpreter to be exec'd and its libraries mapped.
-        let mut result = Ok(None);
-        for _ in 0..100 {
-            result = detect(p.0.id());
-            if !matches!(result, Ok(None)) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let err = result.expect_err(&v);
-        let minor: String = v.split('.').take(2).collect::<Vec<_>>().join(".");
-        assert!(
-            err.reason
-                .contains(&format!("CPython {minor} is not supported")),
-            "{v}: {err}"
-        );
-        eprintln!("{v}: {err}");
-    }
 }
