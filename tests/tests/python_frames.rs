@@ -275,5 +275,16 @@ fn module_import_lock_deadlock() {
         run.describe()
     );
     assert_eq!(other["held_by"][0], importing["tid"], "{}", run.describe());
+    // L was created by a module's top-level code, freed once it ran: the
+    // kernel's copy of that code object still names it.
+    assert_eq!(
+        other["waits_for"]["name"],
+        format!(
+            "imports/shared_lock.py:{}",
+            line_in("imports/shared_lock.py", "CREATE_L")
+        ),
+        "L is named by its creation line\n{}",
+        run.describe()
+    );
     assert_eq!(importing["held_by"][0], other["tid"], "{}", run.describe());
 }

@@ -174,6 +174,47 @@ pub struct PyProcess {
     pub frame_code: u64,
     pub frame_prev_instr: u64,
     pub frame_previous: u64,
+    /// Offsets in `PyCodeObject`, `PyBytesObject` and `PyASCIIObject`, to
+    /// copy a code object that may be freed before the collector reads it
+    /// (see [`PyCodeCopy`]).
+    pub code_filename: u64,
+    pub code_qualname: u64,
+    pub code_firstlineno: u64,
+    pub code_linetable: u64,
+    pub bytes_size: u64,
+    pub bytes_data: u64,
+    pub unicode_length: u64,
+    pub unicode_state: u64,
+    pub unicode_ascii_mask: u64,
+    pub unicode_ascii_data: u64,
+}
+
+/// Bytes of a code object's location table copied (enough for a module's
+/// top-level code of a few hundred lines; a longer table is cut).
+pub const PY_LINETABLE_BYTES: usize = 512;
+/// Bytes of its file name and qualified name copied (ASCII names only).
+pub const PY_FILENAME_BYTES: usize = 128;
+pub const PY_QUALNAME_BYTES: usize = 64;
+/// Creating frames whose code object is copied.
+pub const PY_CODE_COPIES: usize = 2;
+
+/// What the collector needs of a code object, copied when a lock is
+/// created: a module's top-level code, where global locks are made, is freed
+/// as soon as the module ran.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PyCodeCopy {
+    pub code: u64,
+    pub prev_instr: u64,
+    pub first_line: i32,
+    /// The table's full length (only the first `PY_LINETABLE_BYTES` are
+    /// here); the names' lengths (0 if not copied).
+    pub linetable_len: u32,
+    pub filename_len: u32,
+    pub qualname_len: u32,
+    pub filename: [u8; PY_FILENAME_BYTES],
+    pub qualname: [u8; PY_QUALNAME_BYTES],
+    pub linetable: [u8; PY_LINETABLE_BYTES],
 }
 
 /// One Python frame as captured: its code object and the instruction it is
@@ -198,7 +239,7 @@ pub struct PyStack {
 
 /// A small event about one lock.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct LockEvent {
     pub event: u32,
     pub pid: u32,
@@ -212,6 +253,8 @@ pub struct LockEvent {
     /// For a lock created by Python code (`threading.Lock()`): the Python
     /// frames that created it, innermost first (zero otherwise).
     pub py_creator: [PyFrameRaw; PY_CREATOR_FRAMES],
+    /// Copies of the code objects of the first creating frames.
+    pub py_code: [PyCodeCopy; PY_CODE_COPIES],
 }
 
 /// One lock's share of a [`gate_fingerprint`].

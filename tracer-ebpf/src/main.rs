@@ -25,8 +25,8 @@ use tracer_common::{
     HeldLock, HeldStack, LockEvent, LockKind, COMM_LEN, EVENT_DEPENDENCY, EVENT_LOCK_RESET,
     EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED, HELD_FLAG_TRY,
     HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
-    MUTEX_KIND_RECURSIVE, NUM_COUNTERS, PY_CREATOR_FRAMES, PY_MAX_FRAMES, PyFrameRaw, PyProcess, PyStack, STACK_BYTES,
-    STACK_CHUNK,
+    MUTEX_KIND_RECURSIVE, NUM_COUNTERS, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES, PyCodeCopy,
+    PyFrameRaw, PyProcess, PyStack, STACK_BYTES, STACK_CHUNK,
 };
 
 // Set by the collector at load time (EbpfLoader::set_global).
@@ -267,17 +267,82 @@ fn python_stack(tgid: u32, tid: u32, out: &mut PyStack) {
     out.depth = depth;
 }
 
-/// The innermost Python frames of the current thread (zeros if none).
+/// Reads `len` (at most `N`) bytes of user memory at `src` into `dst`.
 #[inline(always)]
-fn python_creator(tgid: u32, tid: u32) -> [PyFrameRaw; PY_CREATOR_FRAMES] {
-    let mut out = [PyFrameRaw::default(); PY_CREATOR_FRAMES];
+fn read_user_bytes<const N: usize>(dst: &mut [u8; N], src: u64, len: u64) -> u32 {
+    let n = if len > N as u64 { N as u32 } else { len as u32 };
+    // SAFETY: `dst` holds N >= n bytes; the helper handles faults.
+    let ok = unsafe { probe_read_user_raw(dst.as_mut_ptr().cast(), n, src as *const _) } == 0;
+    if ok {
+        n
+    } else {
+        0
+    }
+}
+
+/// The length of an ASCII `str` object at `s` with its characters copied
+/// into `dst` (0 if it is not ASCII or cannot be read).
+#[inline(always)]
+fn copy_ascii<const N: usize>(py: &PyProcess, s: u64, dst: &mut [u8; N]) -> u32 {
+    if s == 0 {
+        return 0;
+    }
+    // SAFETY: the helper handles faults (0 then).
+    let state: u32 = unsafe { bpf_probe_read_user((s + py.unicode_state) as *const u32) }.unwrap_or(0);
+    if u64::from(state) & py.unicode_ascii_mask == 0 {
+        return 0;
+    }
+    let len = read_user_u64(s + py.unicode_length);
+    read_user_bytes(dst, s + py.unicode_ascii_data, len)
+}
+
+/// Copies what the collector needs of the code object of a creating frame.
+#[inline(always)]
+fn copy_code(py: &PyProcess, frame: PyFrameRaw, out: &mut PyCodeCopy) {
+    out.code = frame.code;
+    out.prev_instr = frame.prev_instr;
+    out.linetable_len = 0;
+    out.filename_len = 0;
+    out.qualname_len = 0;
+    if frame.code == 0 {
+        return;
+    }
+    // SAFETY: the helper handles faults (0 then).
+    out.first_line =
+        unsafe { bpf_probe_read_user((frame.code + py.code_firstlineno) as *const i32) }.unwrap_or(0);
+    let table = read_user_u64(frame.code + py.code_linetable);
+    if table != 0 {
+        let len = read_user_u64(table + py.bytes_size);
+        if read_user_bytes(&mut out.linetable, table + py.bytes_data, len) != 0 {
+            out.linetable_len = len as u32;
+        }
+    }
+    out.filename_len = copy_ascii(py, read_user_u64(frame.code + py.code_filename), &mut out.filename);
+    out.qualname_len = copy_ascii(py, read_user_u64(frame.code + py.code_qualname), &mut out.qualname);
+}
+
+/// Fills `frames` with the innermost Python frames of the current thread
+/// (zeros if none) and `codes` with copies of the first ones' code objects.
+#[inline(always)]
+fn python_creator(
+    tgid: u32,
+    tid: u32,
+    frames: &mut [PyFrameRaw; PY_CREATOR_FRAMES],
+    codes: &mut [PyCodeCopy; PY_CODE_COPIES],
+) {
+    for f in frames.iter_mut() {
+        *f = PyFrameRaw::default();
+    }
+    for c in codes.iter_mut() {
+        c.code = 0;
+    }
     // SAFETY: map value, read only.
     let Some(py) = (unsafe { PY_PROCESSES.get(&tgid) }) else {
-        return out;
+        return;
     };
     let tstate = py_thread_state(py, tid);
     if tstate == 0 {
-        return out;
+        return;
     }
     let cframe = read_user_u64(tstate + py.tstate_cframe);
     let mut frame = if cframe == 0 {
@@ -285,7 +350,7 @@ fn python_creator(tgid: u32, tid: u32) -> [PyFrameRaw; PY_CREATOR_FRAMES] {
     } else {
         read_user_u64(cframe + py.cframe_current_frame)
     };
-    for slot in out.iter_mut() {
+    for slot in frames.iter_mut() {
         if frame == 0 {
             break;
         }
@@ -295,7 +360,9 @@ fn python_creator(tgid: u32, tid: u32) -> [PyFrameRaw; PY_CREATOR_FRAMES] {
         };
         frame = read_user_u64(frame + py.frame_previous);
     }
-    out
+    for i in 0..PY_CODE_COPIES {
+        copy_code(py, frames[i], &mut codes[i]);
+    }
 }
 
 /// The thread's held-lock stack, created on its first lock.
@@ -939,21 +1006,45 @@ fn lock_reset(ctx: &ProbeContext, init: u32) -> u32 {
         count(Counter::LostEvents);
         return 0;
     };
-    entry.write(LockEvent {
-        event: EVENT_LOCK_RESET,
-        pid: tgid,
-        tid,
-        init,
-        addr: lock_arg(ctx),
-        callsite: return_address(ctx),
-        py_creator: if init != 0 {
-            python_creator(tgid, tid)
-        } else {
-            [PyFrameRaw::default(); PY_CREATOR_FRAMES]
-        },
-    });
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a reserved, exclusively owned ring-buffer slot
+    // (written field by field: the event is too large for the BPF stack).
+    unsafe {
+        write_lock_event(ev, EVENT_LOCK_RESET, tgid, tid, init, lock_arg(ctx), return_address(ctx));
+        if init != 0 {
+            python_creator(tgid, tid, &mut (*ev).py_creator, &mut (*ev).py_code);
+        }
+    }
     entry.submit(0);
     0
+}
+
+/// The fixed part of a `LockEvent`, and no Python frames.
+///
+/// # Safety
+/// `ev` must point to a writable `LockEvent`.
+#[inline(always)]
+unsafe fn write_lock_event(
+    ev: *mut LockEvent,
+    event: u32,
+    pid: u32,
+    tid: u32,
+    init: u32,
+    addr: u64,
+    callsite: u64,
+) {
+    (*ev).event = event;
+    (*ev).pid = pid;
+    (*ev).tid = tid;
+    (*ev).init = init;
+    (*ev).addr = addr;
+    (*ev).callsite = callsite;
+    for i in 0..PY_CREATOR_FRAMES {
+        (*ev).py_creator[i] = PyFrameRaw::default();
+    }
+    for i in 0..PY_CODE_COPIES {
+        (*ev).py_code[i].code = 0;
+    }
 }
 
 #[uprobe]
@@ -1183,15 +1274,10 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
         if is_traced(tgid) {
             match EVENTS.reserve::<LockEvent>(0) {
                 Some(mut entry) => {
-                    entry.write(LockEvent {
-                        event: EVENT_PROCESS_EXIT,
-                        pid: tgid,
-                        tid,
-                        init: 0,
-                        addr: 0,
-                        callsite: 0,
-                        py_creator: [PyFrameRaw::default(); PY_CREATOR_FRAMES],
-                    });
+                    // SAFETY: a reserved, exclusively owned slot.
+                    unsafe {
+                        write_lock_event(entry.as_mut_ptr(), EVENT_PROCESS_EXIT, tgid, tid, 0, 0, 0)
+                    };
                     entry.submit(0);
                 }
                 None => count(Counter::LostEvents),

@@ -2,9 +2,9 @@
 
 use anyhow::{bail, Result};
 use tracer_common::{
-    DependencyEvent, HeldLock, LockEvent, LockKind, PyFrameRaw, PyStack, EVENT_DEPENDENCY,
-    EVENT_LOCK_RESET, EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, MAX_HELD, PY_MAX_FRAMES,
-    STACK_BYTES,
+    DependencyEvent, HeldLock, LockEvent, LockKind, PyCodeCopy, PyFrameRaw, PyStack,
+    EVENT_DEPENDENCY, EVENT_LOCK_RESET, EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, MAX_HELD,
+    PY_MAX_FRAMES, STACK_BYTES,
 };
 
 /// A `DependencyEvent`, decoded: the lock `to` was requested while each lock
@@ -43,8 +43,9 @@ pub enum Record {
         addr: u64,
         init_site: Option<u64>,
         /// The Python frames that created it (innermost first), for a lock
-        /// made by Python code.
+        /// made by Python code, and copies of the first ones' code objects.
         py_creator: Vec<PyFrameRaw>,
+        py_code: Vec<PyCodeCopy>,
     },
     /// A traced process exited.
     ProcessExit {
@@ -78,6 +79,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                     .take_while(|f| f.code != 0)
                     .copied()
                     .collect(),
+                py_code: ev.py_code.iter().filter(|c| c.code != 0).copied().collect(),
             })
         }
         other => bail!("unknown ring-buffer record kind {other}"),

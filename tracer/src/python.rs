@@ -361,6 +361,26 @@ fn read_code(interp: &Interpreter, hdr: &[u8], ident: [u64; 3]) -> Result<Code> 
     })
 }
 
+/// The frame of a code object the kernel side copied (see `PyCodeCopy`):
+/// None unless both names and enough of the location table were copied.
+pub fn frame_from_copy(o: &Offsets, c: &tracer_common::PyCodeCopy) -> Option<PyFrame> {
+    let text = |bytes: &[u8], len: u32| {
+        let len = len as usize;
+        (len > 0 && len <= bytes.len()).then(|| String::from_utf8_lossy(&bytes[..len]).into_owned())
+    };
+    let function = text(&c.qualname, c.qualname_len)?;
+    let file = text(&c.filename, c.filename_len)?;
+    let table = &c.linetable[..(c.linetable_len as usize).min(c.linetable.len())];
+    let offset = c.prev_instr.checked_sub(c.code + o.code_adaptive)?;
+    // A cut table may not reach the instruction: then we cannot tell.
+    let line = addr2line(table, c.first_line, offset)?;
+    Some(PyFrame {
+        function,
+        file,
+        line,
+    })
+}
+
 /// A `str` object (PEP 393: 1, 2 or 4 bytes per code point).
 fn read_str(mem: Mem, o: &Offsets, addr: u64) -> Result<String> {
     let hdr = mem.bytes(addr, o.unicode_ascii_data)?;

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tracer_common::{LockKind, PyFrameRaw, PyProcess};
+use tracer_common::{LockKind, PyCodeCopy, PyFrameRaw, PyProcess};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -43,6 +43,16 @@ fn kernel_view(i: &Interpreter) -> PyProcess {
         frame_code: o.frame_code,
         frame_prev_instr: o.frame_prev_instr,
         frame_previous: o.frame_previous,
+        code_filename: o.code_filename,
+        code_qualname: o.code_qualname,
+        code_firstlineno: o.code_firstlineno,
+        code_linetable: o.code_linetable,
+        bytes_size: o.bytes_size,
+        bytes_data: o.bytes_data,
+        unicode_length: o.unicode_length,
+        unicode_state: o.unicode_state,
+        unicode_ascii_mask: o.unicode_ascii_mask,
+        unicode_ascii_data: o.unicode_ascii_data,
     }
 }
 
@@ -121,9 +131,17 @@ impl Pythons {
     /// A lock created by Python code: the creating frame names it, the
     /// first one outside `threading.py` (`RLock()` and `Condition()` are
     /// Python wrappers there; their caller is the creation site).
-    pub fn note_created(&mut self, lock: LockId, creator: &[PyFrameRaw]) {
+    pub fn note_created(&mut self, lock: LockId, creator: &[PyFrameRaw], copies: &[PyCodeCopy]) {
         let Some(interp) = self.interpreter(lock.pid).cloned() else {
             return;
+        };
+        // The kernel's copy of a code object first: a module's top-level
+        // code is freed once the module ran, often before we read it.
+        let copied = |raw: &PyFrameRaw| {
+            copies
+                .iter()
+                .find(|c| c.code == raw.code && c.prev_instr == raw.prev_instr)
+                .and_then(|c| python::frame_from_copy(interp.offsets, c))
         };
         // Frame by frame: an unreadable frame stops the search (naming the
         // lock by an outer frame would be wrong).
@@ -132,7 +150,9 @@ impl Pythons {
         let mut site = None;
         let mut in_threading = None;
         for raw in creator {
-            match self.cache.resolve(&interp, raw.code, raw.prev_instr) {
+            let frame =
+                copied(raw).or_else(|| self.cache.resolve(&interp, raw.code, raw.prev_instr));
+            match frame {
                 Some(f) if f.file.ends_with("/threading.py") => {
                     in_threading.get_or_insert(f);
                 }

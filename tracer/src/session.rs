@@ -283,12 +283,15 @@ impl Session {
                 addr,
                 init_site,
                 py_creator,
+                py_code,
             } => {
                 let lock = LockId { pid, addr };
                 if py_creator.is_empty() {
                     self.symbolizer.pythons.forget_lock(lock);
                 } else {
-                    self.symbolizer.pythons.note_created(lock, &py_creator);
+                    self.symbolizer
+                        .pythons
+                        .note_created(lock, &py_creator, &py_code);
                 }
                 match init_site {
                     Some(site) => self.classes.note_init(lock, site),
