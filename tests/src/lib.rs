@@ -386,6 +386,15 @@ impl Watcher {
         }
     }
 
+    /// The records of the report written so far (JSON Lines, unparsed).
+    pub fn records_so_far(&self) -> Vec<Value> {
+        fs::read_to_string(&self.report)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     /// The tracer's pid.
     pub fn pid(&self) -> u32 {
         self.guard.pid

@@ -255,7 +255,18 @@ pub struct LockEvent {
     pub py_creator: [PyFrameRaw; PY_CREATOR_FRAMES],
     /// Copies of the code objects of the first creating frames.
     pub py_code: [PyCodeCopy; PY_CODE_COPIES],
+    /// For an initialization: the stack pointer at the init function's
+    /// entry and the stack above it, to find the caller of the code that
+    /// called it (a library's lock-creating function, such as APR's
+    /// `apr_thread_mutex_create`, is not a lock class by itself).
+    pub sp: u64,
+    pub init_stack_len: u32,
+    pub _pad: u32,
+    pub init_stack: [u8; INIT_STACK_BYTES],
 }
+
+/// Bytes of stack copied at a lock's initialization.
+pub const INIT_STACK_BYTES: usize = 256;
 
 /// One lock's share of a [`gate_fingerprint`].
 #[inline(always)]

@@ -25,7 +25,7 @@ use tracer_common::{
     HeldLock, HeldStack, LockEvent, LockKind, COMM_LEN, EVENT_DEPENDENCY, EVENT_LOCK_RESET,
     EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED, HELD_FLAG_TRY,
     HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
-    MUTEX_KIND_RECURSIVE, NUM_COUNTERS, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES, PyCodeCopy,
+    MUTEX_KIND_RECURSIVE, INIT_STACK_BYTES, NUM_COUNTERS, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES, PyCodeCopy,
     PyFrameRaw, PyProcess, PyStack, STACK_BYTES, STACK_CHUNK,
 };
 
@@ -1013,6 +1013,10 @@ fn lock_reset(ctx: &ProbeContext, init: u32) -> u32 {
         write_lock_event(ev, EVENT_LOCK_RESET, tgid, tid, init, lock_arg(ctx), return_address(ctx));
         if init != 0 {
             python_creator(tgid, tid, &mut (*ev).py_creator, &mut (*ev).py_code);
+            let sp = (*ctx.regs).rsp;
+            (*ev).sp = sp;
+            (*ev).init_stack_len =
+                read_user_bytes(&mut (*ev).init_stack, sp, INIT_STACK_BYTES as u64);
         }
     }
     entry.submit(0);
@@ -1045,6 +1049,8 @@ unsafe fn write_lock_event(
     for i in 0..PY_CODE_COPIES {
         (*ev).py_code[i].code = 0;
     }
+    (*ev).sp = 0;
+    (*ev).init_stack_len = 0;
 }
 
 #[uprobe]

@@ -24,7 +24,7 @@ pub struct Classes {
     /// The class of each lock instance seen.
     by_lock: HashMap<LockId, LockId>,
     /// Init call sites of locks set up by an init function.
-    init_sites: HashMap<LockId, u64>,
+    init_sites: HashMap<LockId, (u64, Option<u64>)>,
     /// Class keys, and their display names by class id (the `addr` of the
     /// class node).
     ids: HashMap<String, u64>,
@@ -37,9 +37,10 @@ impl Classes {
     }
 
     /// A lock was initialized at `site`: that is its class from now on.
-    pub fn note_init(&mut self, lock: LockId, site: u64) {
+    /// `caller`: the return address after `site`'s function, if known.
+    pub fn note_init(&mut self, lock: LockId, site: u64, caller: Option<u64>) {
         self.by_lock.remove(&lock);
-        self.init_sites.insert(lock, site);
+        self.init_sites.insert(lock, (site, caller));
     }
 
     /// A lock was destroyed: its memory may become another lock.
@@ -102,7 +103,17 @@ impl Classes {
             Some(None) => return format!("python-lock@{}:{:#x}", lock.pid, lock.addr),
             None => {}
         }
-        if let Some(&site) = self.init_sites.get(&lock) {
+        if let Some(&(site, caller)) = self.init_sites.get(&lock) {
+            // A shared library's lock-creating function (APR's
+            // apr_thread_mutex_create, GLib's g_mutex_init...) makes every
+            // lock of its callers: where it was called is the class.
+            if let Some(caller) = caller.filter(|_| in_library(sym, lock.pid, site)) {
+                return format!(
+                    "init@{} <- {}",
+                    site_key(sym, lock.pid, site),
+                    site_key(sym, lock.pid, caller)
+                );
+            }
             return format!("init@{}", site_key(sym, lock.pid, site));
         }
         if let Some(name) = sym.lock_name(lock.pid, lock.addr) {
@@ -111,6 +122,19 @@ impl Classes {
         }
         format!("first@{}", site_key(sym, lock.pid, first_site))
     }
+}
+
+/// Whether `addr` is in a shared library (not in the program itself).
+fn in_library(sym: &mut Symbolizer, pid: u32, addr: u64) -> bool {
+    let Some(m) = sym.spaces().find(pid, addr) else {
+        return false;
+    };
+    let name = m
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.contains(".so")
 }
 
 /// The file name of the module mapped at `addr`.

@@ -46,6 +46,9 @@ pub enum Record {
         /// made by Python code, and copies of the first ones' code objects.
         py_creator: Vec<PyFrameRaw>,
         py_code: Vec<PyCodeCopy>,
+        /// For an initialization: the stack pointer at the init function's
+        /// entry and the stack bytes above it.
+        init_stack: Option<(u64, Vec<u8>)>,
     },
     /// A traced process exited.
     ProcessExit {
@@ -80,6 +83,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                     .copied()
                     .collect(),
                 py_code: ev.py_code.iter().filter(|c| c.code != 0).copied().collect(),
+                init_stack: (ev.init != 0 && ev.init_stack_len != 0).then(|| {
+                    let len = (ev.init_stack_len as usize).min(ev.init_stack.len());
+                    (ev.sp, ev.init_stack[..len].to_vec())
+                }),
             })
         }
         other => bail!("unknown ring-buffer record kind {other}"),

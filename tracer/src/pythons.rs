@@ -97,6 +97,11 @@ impl Pythons {
         }
     }
 
+    /// Whether `pid` was checked for an interpreter.
+    pub fn is_checked(&self, pid: u32) -> bool {
+        self.interpreters.contains_key(&pid)
+    }
+
     /// The interpreter of `pid`: a forked child inherits its parent's (the
     /// kernel side copies the description at fork), found here on first use.
     fn interpreter(&mut self, pid: u32) -> Option<&Interpreter> {

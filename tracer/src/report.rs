@@ -521,6 +521,9 @@ pub struct Summary {
     /// dependencies that went with them.
     pub forgotten_processes: u64,
     pub forgotten_dependencies: u64,
+    /// Lock classes of shared libraries' own code seen nested within
+    /// themselves (per-object locks by design): counted, not reported.
+    pub library_same_class_nesting: u64,
     /// The files with lock probes (each libc on the host, `--binary` files).
     pub probed_files: Vec<String>,
     pub duration_s: f64,
@@ -1027,6 +1030,7 @@ mod tests {
             contention: vec![],
             forgotten_processes: 0,
             forgotten_dependencies: 0,
+            library_same_class_nesting: 0,
             probed_files: vec![],
             duration_s: 2.5,
         }
@@ -1239,6 +1243,7 @@ mod tests {
             contention: vec![],
             forgotten_processes: 0,
             forgotten_dependencies: 0,
+            library_same_class_nesting: 0,
             probed_files: vec![],
             duration_s: 0.04,
         };

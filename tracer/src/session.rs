@@ -56,6 +56,9 @@ pub struct Session {
     /// edges).
     forgotten_processes: u64,
     forgotten_dependencies: u64,
+    /// Lock classes of libraries' own code nested within themselves (not
+    /// reported, see `on_class_dependency`).
+    library_same_class: u64,
     /// Probe lock libraries that processes map while we run.
     follow_libraries: bool,
     /// Lock libraries that could not be probed (reported once).
@@ -88,6 +91,7 @@ impl Session {
             started: Instant::now(),
             forgotten_processes: 0,
             forgotten_dependencies: 0,
+            library_same_class: 0,
             follow_libraries: false,
             unprobeable: HashSet::new(),
             records: 0,
@@ -257,6 +261,17 @@ impl Session {
                     continue;
                 }
             };
+            // A process first seen here (forked before its parent was found
+            // to run Python, as mod_wsgi daemons may be): look now, so that
+            // its next events carry Python frames.
+            let pid = match &record {
+                Record::Dependency(d) | Record::SelfDeadlock(d) => d.pid,
+                Record::LockReset { pid, .. } => *pid,
+                Record::ProcessExit { .. } => 0,
+            };
+            if pid != 0 && !self.symbolizer.pythons.is_checked(pid) {
+                self.symbolizer.pythons.check(&mut self.probes, pid);
+            }
             match &record {
                 Record::Dependency(d) | Record::SelfDeadlock(d) => {
                     self.symbolizer.pythons.resolve(d.pid, &d.python);
@@ -273,6 +288,15 @@ impl Session {
         queue.len() > before
     }
 
+    /// The caller of the code that called a lock's init function: the
+    /// return address after `site`, unwound from the stack copied at the
+    /// init function's entry (`sp` points at `site`).
+    fn init_site_caller(&mut self, pid: u32, site: u64, sp: u64, stack: &[u8]) -> Option<u64> {
+        let above = stack.get(8..)?;
+        let frames = self.symbolizer.unwind(pid, site, sp + 8, 0, above);
+        frames.get(1).copied().filter(|&a| a != 0)
+    }
+
     fn process(&mut self, record: Record) -> Result<()> {
         match record {
             Record::Dependency(d) => self.on_dependency(d),
@@ -284,6 +308,7 @@ impl Session {
                 init_site,
                 py_creator,
                 py_code,
+                init_stack,
             } => {
                 let lock = LockId { pid, addr };
                 if py_creator.is_empty() {
@@ -294,7 +319,11 @@ impl Session {
                         .note_created(lock, &py_creator, &py_code);
                 }
                 match init_site {
-                    Some(site) => self.classes.note_init(lock, site),
+                    Some(site) => {
+                        let caller = init_stack
+                            .and_then(|(sp, stack)| self.init_site_caller(pid, site, sp, &stack));
+                        self.classes.note_init(lock, site, caller)
+                    }
                     None => self.classes.forget_lock(lock),
                 }
                 self.on_lock_reset(lock)
@@ -349,6 +378,18 @@ impl Session {
             // CPython creates every lock through one sem_init call site: its
             // locks are all one class until Python-level classes exist.
             let python_style = dep.from_kind == LockKind::Semaphore;
+            // A library's own per-object locks (mod_wsgi's per-thread
+            // mutexes, made through APR) nest within their class by design;
+            // lockdep wants annotations for that. Reported for the program's
+            // own code; counted otherwise.
+            let name = class_name(from, &self.classes);
+            if is_library_class(&name) {
+                if self.same_class_reported.insert(from) {
+                    self.library_same_class += 1;
+                    debug!(class = %name, "same-class nesting in a library's own locks");
+                }
+                return Ok(());
+            }
             if !python_style && self.same_class_reported.insert(from) {
                 self.findings += 1;
                 self.alarms += 1;
@@ -637,6 +678,7 @@ impl Session {
                 .iter()
                 .map(|(c, v)| (c.name().to_string(), *v))
                 .collect(),
+            library_same_class_nesting: self.library_same_class,
             forgotten_processes: self.forgotten_processes,
             forgotten_dependencies: self.forgotten_dependencies,
             probed_files: self
@@ -651,4 +693,11 @@ impl Session {
             .context("cannot write the report")?;
         Ok(())
     }
+}
+
+/// Whether a class is made by a shared library's code (`init@libX.so+...`).
+fn is_library_class(name: &str) -> bool {
+    name.strip_prefix("init@")
+        .and_then(|site| site.split('+').next())
+        .is_some_and(|module| module.contains(".so"))
 }

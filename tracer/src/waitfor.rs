@@ -231,10 +231,22 @@ pub fn waiter(b: Blocked, held: &HeldByThread) -> Option<Waiter> {
 
 /// Every waiter of `pids`.
 pub fn waiters(pids: &[u32], held: &HeldByThread) -> Vec<Waiter> {
-    pids.iter()
+    let mut waiters: Vec<Waiter> = pids
+        .iter()
         .flat_map(|&pid| blocked_threads(pid))
         .filter_map(|b| waiter(b, held))
-        .collect()
+        .collect();
+    // A thread blocked on a lock has it on its held stack already (pushed at
+    // the call): it is another waiter, not a holder.
+    let waiting: Vec<(u32, u64)> = waiters.iter().map(|w| (w.blocked.tid, w.lock)).collect();
+    // (A waiter listed as its own holder is one on a semaphore of its own:
+    // see `waiter`.)
+    for w in &mut waiters {
+        let (lock, tid) = (w.lock, w.blocked.tid);
+        w.holders
+            .retain(|&h| h == tid || !waiting.contains(&(h, lock)));
+    }
+    waiters
 }
 
 /// The elementary cycles of the wait-for graph (tid -> holders), each as the

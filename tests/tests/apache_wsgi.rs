@@ -1,0 +1,118 @@
+//! The case behind the project, on the real stack: a Django-style deadlock
+//! between an application registry lock and Python's import lock in a
+//! mod_wsgi daemon process under Apache, found by `locktrace watch --comm
+//! apache2`, started before Apache or attached to it running.
+
+use std::time::Duration;
+
+use locktrace_e2e::apache::{Apache, HttpError, WsgiMode};
+use locktrace_e2e::{require_root, Watcher};
+use serde_json::Value;
+
+/// Concurrent first requests to `/a` and `/b`: the daemon really deadlocks
+/// (`/a` holds the registry lock and waits for slow_models' import, which
+/// `/b` runs and which waits for the registry lock). locktrace reports the
+/// deadlock with both threads' Python stacks, and Apache indeed stops
+/// answering `/a`.
+fn concurrent_first_requests_deadlock(tracer_first: bool) {
+    require_root();
+    let mut watcher = tracer_first.then(|| Watcher::start(&["--comm", "apache2"]));
+    let apache = Apache::start(WsgiMode::Daemon { processes: 1 }, Duration::from_secs(1));
+    if watcher.is_none() {
+        // Attached to a live service, as on a production host.
+        watcher = Some(Watcher::start(&["--comm", "apache2"]));
+    }
+    let watcher = watcher.unwrap();
+    let daemons = apache.daemon_pids("g");
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| apache.get("/a", Duration::from_secs(8)));
+        std::thread::sleep(Duration::from_millis(100));
+        s.spawn(|| apache.get("/b", Duration::from_secs(8)));
+        // The report, while the daemon is stuck.
+        let deadline = started + Duration::from_secs(8);
+        while std::time::Instant::now() < deadline
+            && !watcher
+                .records_so_far()
+                .iter()
+                .any(|r| r["type"] == "deadlock")
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "deadlock reported {:?} after the requests",
+            started.elapsed()
+        );
+    });
+    // Apache really stopped answering on that URL.
+    assert!(
+        matches!(
+            apache.get("/a", Duration::from_secs(2)),
+            Err(HttpError::Timeout)
+        ),
+        "/a should hang"
+    );
+    let run = watcher.stop();
+    apache.stop();
+
+    // (Tests run in parallel: another test's Apache may deadlock too.)
+    let deadlocks: Vec<Value> = run
+        .report
+        .records("deadlock")
+        .into_iter()
+        .filter(|d| {
+            d["pid"]
+                .as_u64()
+                .is_some_and(|p| daemons.contains(&(p as u32)))
+        })
+        .collect();
+    assert_eq!(
+        deadlocks.len(),
+        1,
+        "one deadlock, in the mod_wsgi daemon {daemons:?}\n{}",
+        run.describe()
+    );
+    let d = &deadlocks[0];
+    let threads = d["threads"].as_array().expect("threads");
+    assert_eq!(threads.len(), 2, "{}", run.describe());
+    let functions = |t: &Value| -> Vec<String> {
+        t["python_stack"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["function"].as_str().map(str::to_string))
+            .collect()
+    };
+    let waiting_for_import = threads
+        .iter()
+        .find(|t| t["waits_for"]["name"] == "import of slow_models")
+        .unwrap_or_else(|| panic!("a thread waits for slow_models' import\n{}", run.describe()));
+    assert!(
+        functions(waiting_for_import).contains(&"view_a".to_string()),
+        "that thread serves /a\n{}",
+        run.describe()
+    );
+    let other = threads.iter().find(|t| *t != waiting_for_import).unwrap();
+    assert_eq!(
+        other["waits_for"]["name"],
+        "wsgi/registry.py:6",
+        "the other waits for the registry lock\n{}",
+        run.describe()
+    );
+    let f = functions(other);
+    assert!(
+        f.contains(&"view_b".to_string()) && f.contains(&"<module>".to_string()),
+        "the other serves /b and runs slow_models' top level: {f:?}\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn concurrent_first_requests_deadlock_is_reported() {
+    concurrent_first_requests_deadlock(true);
+}
+
+#[test]
+fn deadlock_is_reported_when_attached_to_a_running_apache() {
+    concurrent_first_requests_deadlock(false);
+}
