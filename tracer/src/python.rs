@@ -190,27 +190,20 @@ pub fn detect(pid: u32) -> Result<Option<Interpreter>, Unsupported> {
 
 /// Whether the file mapped by `m` is a CPython runtime, and which.
 fn probe(pid: u32, m: &Mapping) -> Result<Option<Interpreter>, Unsupported> {
-    use object::{Object as _, ObjectSymbol as _};
-    let Some(file) = maps::readable_path(pid, m).and_then(|p| File::open(p).ok()) else {
+    let Some(symbols) = file_symbols(pid, m) else {
         return Ok(None);
     };
-    // Read lazily: only the headers and symbol tables of a ~7 MB library.
-    let cache = object::ReadCache::new(file);
-    let Ok(elf) = object::File::parse(&cache) else {
-        return Ok(None);
-    };
-    let symbol = |name: &str| {
-        (elf.dynamic_symbols().chain(elf.symbols()))
-            .find(|s| s.is_definition() && s.name() == Ok(name))
-            .map(|s| s.address())
-    };
-    let (runtime, py_version) = (symbol("_PyRuntime"), symbol("Py_Version"));
+    let FileSymbols {
+        runtime,
+        py_version,
+        ref segments,
+    } = *symbols;
     let name = m.path.file_name().unwrap_or_default().to_string_lossy();
     let path = m.path.display();
     if runtime.is_none() && py_version.is_none() && !name.contains("python") {
         return Ok(None);
     }
-    let bias = maps::load_bias(m, &maps::load_segments(&elf))
+    let bias = maps::load_bias(m, segments)
         .ok_or_else(|| unsupported(format!("{path}: cannot compute the load address")))?;
     // `Py_Version` (= PY_VERSION_HEX, since 3.11), else the file name.
     let version = match py_version {
@@ -248,6 +241,53 @@ fn probe(pid: u32, m: &Mapping) -> Result<Option<Interpreter>, Unsupported> {
         module: m.path.clone(),
         offsets,
     }))
+}
+
+/// What `probe` needs of an ELF file: its `_PyRuntime` and `Py_Version`
+/// symbols and load segments.
+struct FileSymbols {
+    runtime: Option<u64>,
+    py_version: Option<u64>,
+    segments: Vec<maps::LoadSegment>,
+}
+
+/// The symbols of the file mapped by `m`, read once per file (dev, inode):
+/// every worker of a pool maps the same libpython, and a tracer that looks
+/// at each new process must not parse it each time.
+fn file_symbols(pid: u32, m: &Mapping) -> Option<std::sync::Arc<FileSymbols>> {
+    use object::{Object as _, ObjectSymbol as _};
+    use std::sync::{Arc, Mutex};
+    static FILES: Mutex<Option<HashMap<(u64, u64), Option<Arc<FileSymbols>>>>> = Mutex::new(None);
+    let key = (m.dev, m.inode);
+    if let Some(known) = FILES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .get(&key)
+    {
+        return known.clone();
+    }
+    let file = maps::readable_path(pid, m).and_then(|p| File::open(p).ok())?;
+    // Read lazily: only the headers and symbol tables of a ~7 MB library.
+    let cache = object::ReadCache::new(file);
+    let found = object::File::parse(&cache).ok().map(|elf| {
+        let symbol = |name: &str| {
+            (elf.dynamic_symbols().chain(elf.symbols()))
+                .find(|s| s.is_definition() && s.name() == Ok(name))
+                .map(|s| s.address())
+        };
+        Arc::new(FileSymbols {
+            runtime: symbol("_PyRuntime"),
+            py_version: symbol("Py_Version"),
+            segments: maps::load_segments(&elf),
+        })
+    });
+    FILES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(key, found.clone());
+    found
 }
 
 /// `(3, 9)` from `python3.9`, `libpython3.9d.so.1.0`, ...

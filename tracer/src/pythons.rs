@@ -81,6 +81,14 @@ impl Pythons {
                     "Python process: its lock events carry Python frames"
                 );
                 self.interpreters.insert(pid, Some(interp));
+                // Children forked before now (mod_wsgi daemons forked right
+                // after the parent loaded libpython) did not inherit the
+                // description in the kernel.
+                for child in children_of(pid) {
+                    if !self.is_checked(child) {
+                        self.check(probes, child);
+                    }
+                }
             }
             Ok(None) => {
                 self.interpreters.insert(pid, None);
@@ -260,6 +268,24 @@ impl Pythons {
         self.created_at.retain(|l, _| l.pid != pid);
         self.import_waits.retain(|l, _| l.pid != pid);
     }
+}
+
+/// The live child processes of `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                // pid (comm) state ppid ...: comm may hold spaces.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
 }
 
 /// The last two components of a path (`app/views.py`): enough to know the

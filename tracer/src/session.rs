@@ -119,8 +119,9 @@ impl Session {
         tokio::pin!(stop);
         // A periodic drain as a safety net: the ring buffer wakes us up only
         // when the kernel side asks for it.
-        // Also how soon a newly mapped libc gets its probes.
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        // Also how soon a newly mapped libc gets its probes, and a new
+        // Python process its description (before it creates its locks).
+        let mut tick = tokio::time::interval(Duration::from_millis(25));
         // Deadlocks are confirmed by two scans in a row: reported within a
         // second of the last thread blocking.
         let mut scan = tokio::time::interval(Duration::from_millis(400));
