@@ -288,3 +288,65 @@ fn module_import_lock_deadlock() {
     );
     assert_eq!(importing["held_by"][0], other["tid"], "{}", run.describe());
 }
+
+/// A program linked with a libpython that locktrace cannot read (`symbols`:
+/// the C definitions the fake library exports), taking the AB/BA locks of
+/// `ab_ba.c`: one finding with native stacks, and one warning saying why
+/// there are no Python frames (containing `reason`).
+fn unreadable_python(symbols: &str, library: &str, reason: &str) {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    std::fs::write(dir.path().join("fake.c"), symbols).unwrap();
+    let build = format!(
+        "gcc -shared -fPIC -o {d}/lib{library}.so {d}/fake.c && \
+         gcc -g -O0 -pthread -o {d}/host {} -L{d} -Wl,--no-as-needed -l{library} -Wl,-rpath,{d}",
+        locktrace_e2e::fixture_source("ab_ba").display()
+    );
+    let status = std::process::Command::new("sh")
+        .args(["-c", &build])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{build}");
+    let host = dir.path().join("host");
+    let run = run_json(&[], &[host.to_str().unwrap()]);
+    assert_eq!(run.run.code(), 0, "{}", run.describe());
+    assert_eq!(run.report.findings.len(), 1, "{}", run.describe());
+    for e in &run.report.findings[0].cycle {
+        assert!(e.python_stack.is_empty(), "{}", run.describe());
+        assert!(
+            e.stack.iter().any(|f| f
+                .function
+                .as_deref()
+                .is_some_and(|n| n.starts_with("lock_"))),
+            "native stacks\n{}",
+            run.describe()
+        );
+    }
+    let notes: Vec<&str> = run
+        .run
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("Python frames unavailable"))
+        .collect();
+    assert_eq!(notes.len(), 1, "one note\n{}", run.describe());
+    assert!(notes[0].contains(reason), "says why\n{}", run.describe());
+}
+
+#[test]
+fn unsupported_python_version_gives_native_stacks_and_one_note() {
+    unreadable_python(
+        "const unsigned long Py_Version = 0x030c01f0;\nchar _PyRuntime[4096];\n",
+        "python3.12",
+        "CPython 3.12 is not supported",
+    );
+}
+
+#[test]
+fn stripped_libpython_gives_native_stacks_and_one_note() {
+    unreadable_python(
+        "const unsigned long Py_Version = 0x030b02f0;\n",
+        "python3.11",
+        "without a _PyRuntime symbol",
+    );
+}

@@ -257,7 +257,8 @@ struct FileSymbols {
 fn file_symbols(pid: u32, m: &Mapping) -> Option<std::sync::Arc<FileSymbols>> {
     use object::{Object as _, ObjectSymbol as _};
     use std::sync::{Arc, Mutex};
-    static FILES: Mutex<Option<HashMap<(u64, u64), Option<Arc<FileSymbols>>>>> = Mutex::new(None);
+    type Known = HashMap<(u64, u64), Option<Arc<FileSymbols>>>;
+    static FILES: Mutex<Option<Known>> = Mutex::new(None);
     let key = (m.dev, m.inode);
     if let Some(known) = FILES
         .lock()
