@@ -9,6 +9,102 @@ use locktrace_e2e::apache::{Apache, HttpError, WsgiMode};
 use locktrace_e2e::{require_root, Watcher};
 use serde_json::Value;
 
+/// Sequenced first requests with the global import lock (`/b-imp`, then
+/// `/a-imp`: Python 2's import lock, which Django 1.3 sites hung on):
+/// nothing hangs, and locktrace reports the one inversion between the
+/// registry lock (named by its creation line) and the import lock, with both
+/// views' Python frames, and nothing else (no noise from APR, mod_wsgi or
+/// the GIL).
+#[test]
+fn sequenced_requests_show_the_inversion() {
+    require_root();
+    let watcher = Watcher::start(&["--comm", "apache2"]);
+    let apache = Apache::start(
+        WsgiMode::Daemon { processes: 1 },
+        Duration::from_millis(100),
+    );
+    let timeout = Duration::from_secs(20);
+    apache.get("/b-imp", timeout).expect("/b-imp answers");
+    apache.get("/a-imp", timeout).expect("/a-imp answers");
+    let daemons = apache.daemon_pids("g");
+    let ours = apache.pids();
+    // The tracer reads code objects from the live daemon.
+    std::thread::sleep(Duration::from_secs(1));
+    let run = watcher.stop();
+    apache.stop();
+
+    // (Tests run in parallel: other Apaches are traced too.)
+    let findings: Vec<_> = run
+        .report
+        .findings
+        .iter()
+        .filter(|f| ours.contains(&f.pid))
+        .collect();
+    assert_eq!(
+        findings.len(),
+        1,
+        "exactly one inversion\n{}",
+        run.describe()
+    );
+    let others: Vec<&Value> = run
+        .report
+        .other_records
+        .iter()
+        .filter(|r| {
+            r["pid"]
+                .as_u64()
+                .is_some_and(|p| ours.contains(&(p as u32)))
+        })
+        .collect();
+    assert!(
+        others.is_empty(),
+        "no other finding over the whole run: {others:?}\n{}",
+        run.describe()
+    );
+    let finding = findings[0];
+    assert!(
+        daemons.contains(&finding.pid),
+        "in the mod_wsgi daemon {daemons:?}\n{}",
+        run.describe()
+    );
+    let names: Vec<String> = finding
+        .locks
+        .iter()
+        .filter_map(|l| l.name.clone())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "wsgi/registry.py:6"),
+        "the registry lock is named by its creation line: {names:?}\n{}",
+        run.describe()
+    );
+    let functions: Vec<&str> = finding
+        .cycle
+        .iter()
+        .filter_map(|e| e.python_stack.first().map(|f| f.function.as_str()))
+        .collect();
+    let all: Vec<&str> = finding
+        .cycle
+        .iter()
+        .flat_map(|e| e.python_stack.iter().map(|f| f.function.as_str()))
+        .collect();
+    assert!(
+        all.contains(&"view_a_imp"),
+        "view_a_imp in a stack: {all:?}\n{}",
+        run.describe()
+    );
+    assert!(
+        all.contains(&"view_b_imp"),
+        "view_b_imp in a stack: {all:?}\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        functions.len(),
+        2,
+        "both sides have Python frames\n{}",
+        run.describe()
+    );
+}
+
 /// Concurrent first requests to `/a` and `/b`: the daemon really deadlocks
 /// (`/a` holds the registry lock and waits for slow_models' import, which
 /// `/b` runs and which waits for the registry lock). locktrace reports the

@@ -147,6 +147,12 @@ pub const EVENT_LOCK_RESET: u32 = 3;
 /// A [`LockEvent`] (only `pid` is meaningful): a traced process exited; its
 /// lock instances can be forgotten and its pid may be reused.
 pub const EVENT_PROCESS_EXIT: u32 = 4;
+/// A [`DependencyEvent`] whose requested lock is a mutex another thread of
+/// the process waits on a condition variable with, at the request: a
+/// wake-up hand-off (mod_wsgi's worker threads each own a mutex and lock the
+/// next idle one's to wake it). Sent apart from ordinary occurrences of the
+/// same dependency (its own dedup key).
+pub const EVENT_HANDOFF: u32 = 5;
 
 /// Python frames captured with an event (innermost first); deeper stacks
 /// are cut (the collector says so).

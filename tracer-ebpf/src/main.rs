@@ -22,7 +22,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use tracer_common::{
     gate_fingerprint, gate_mix, Counter, DependencyEvent, DependencyKey, FutexKey, FutexStats,
-    HeldLock, HeldStack, LockEvent, LockKind, COMM_LEN, EVENT_DEPENDENCY, EVENT_LOCK_RESET,
+    HeldLock, HeldStack, LockEvent, LockKind, COMM_LEN, EVENT_DEPENDENCY, EVENT_HANDOFF, EVENT_LOCK_RESET,
     EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED, HELD_FLAG_TRY,
     HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
     MUTEX_KIND_RECURSIVE, INIT_STACK_BYTES, NUM_COUNTERS, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES, PyCodeCopy,
@@ -71,6 +71,10 @@ static INHERIT: HashMap<u32, HeldStack> = HashMap::with_max_entries(4096, BPF_F_
 /// Try and timed operations between entry and return (by tid).
 #[map]
 static PENDING_TRY: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+/// Mutexes that a thread waits on a condition with, by (tgid, mutex): the
+/// thread (see `EVENT_HANDOFF`).
+#[map]
+static COND_MUTEXES: LruHashMap<[u64; 2], u64> = LruHashMap::with_max_entries(16384, 0);
 /// Condition waits in progress (by tid): the mutex, re-acquired at return.
 #[map]
 static COND_WAITS: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
@@ -442,7 +446,12 @@ fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
         }
     }
     if held.depth > 0 {
-        emit_new_dependencies(regs, held, tgid, tid, &to, entry_ip);
+        let event = if is_cond_mutex(tgid, &to) {
+            EVENT_HANDOFF
+        } else {
+            EVENT_DEPENDENCY
+        };
+        emit_new_dependencies(regs, held, tgid, tid, &to, entry_ip, event);
     }
     push(held, to);
     0
@@ -534,6 +543,7 @@ fn emit_new_dependencies(
     tid: u32,
     to: &HeldLock,
     entry_ip: u64,
+    event: u32,
 ) {
     let Some(scratch) = NEW_FROM.get_ptr_mut(0) else {
         return;
@@ -562,7 +572,7 @@ fn emit_new_dependencies(
         if from.kind == LockKind::Semaphore as u32 && is_signal_sem(tgid, from.addr) {
             continue;
         }
-        let mut key = dependency_key(tgid, from, to, EVENT_DEPENDENCY);
+        let mut key = dependency_key(tgid, from, to, event);
         key.gates = gate_fingerprint(all_held, from.addr);
         // SAFETY: presence check only.
         if unsafe { DEPENDENCIES.get(&key) }.is_some() {
@@ -587,7 +597,7 @@ fn emit_new_dependencies(
         tid,
         to,
         entry_ip,
-        EVENT_DEPENDENCY,
+        event,
         &scratch.locks,
         n,
         held,
@@ -597,7 +607,7 @@ fn emit_new_dependencies(
             if i >= n {
                 break;
             }
-            let mut key = dependency_key(tgid, &scratch.locks[i], to, EVENT_DEPENDENCY);
+            let mut key = dependency_key(tgid, &scratch.locks[i], to, event);
             key.gates = gate_fingerprint(all_held, scratch.locks[i].addr);
             let _ = DEPENDENCIES.remove(&key);
         }
@@ -1063,14 +1073,41 @@ pub fn lock_destroy(ctx: ProbeContext) -> u32 {
     lock_reset(&ctx, 0)
 }
 
+/// Whether `to` is a mutex some thread of process `tgid` waits on a
+/// condition with.
+#[inline(always)]
+fn is_cond_mutex(tgid: u32, to: &HeldLock) -> bool {
+    if to.kind != LockKind::Mutex as u32 && to.kind != LockKind::RecursiveMutex as u32 {
+        return false;
+    }
+    // SAFETY: map value, read only.
+    unsafe { COND_MUTEXES.get(&[u64::from(tgid), to.addr]) }.is_some()
+}
+
+/// Notes a condition waiter on `mutex` (`waiting`), or its return. One
+/// waiter per mutex is kept, the last: with several, the entry may go while
+/// one still waits, so a hand-off may be taken for an ordinary dependency
+/// (reported, never hidden).
+#[inline(always)]
+fn note_cond_waiter(tgid: u32, tid: u32, mutex: u64, waiting: bool) {
+    let key = [u64::from(tgid), mutex];
+    if waiting {
+        let _ = COND_MUTEXES.insert(&key, &u64::from(tid), 0);
+    // SAFETY: map value, copied.
+    } else if unsafe { COND_MUTEXES.get(&key) }.copied() == Some(u64::from(tid)) {
+        let _ = COND_MUTEXES.remove(&key);
+    }
+}
+
 /// Entry of `pthread_cond_wait` and its timed variants: the mutex (second
 /// argument) is released for the wait, inside glibc.
 #[uprobe]
 pub fn cond_wait(ctx: ProbeContext) -> u32 {
-    let Some((_, tid)) = current_traced() else {
+    let Some((tgid, tid)) = current_traced() else {
         return 0;
     };
     let mutex = ctx.arg::<u64>(1).unwrap_or(0);
+    note_cond_waiter(tgid, tid, mutex, true);
     let kind = match release(mutex) {
         Released::Entry(entry) => entry.kind,
         _ => LockKind::Mutex as u32,
@@ -1092,7 +1129,7 @@ pub fn cond_wait(ctx: ProbeContext) -> u32 {
 /// a blocking acquisition ordered after every lock the thread still holds.
 #[uretprobe]
 pub fn cond_wait_return(ctx: RetProbeContext) -> u32 {
-    let Some((_, tid)) = current_traced() else {
+    let Some((tgid, tid)) = current_traced() else {
         return 0;
     };
     // SAFETY: copied out before the entry is removed.
@@ -1100,6 +1137,7 @@ pub fn cond_wait_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = COND_WAITS.remove(&tid);
+    note_cond_waiter(tgid, tid, wait.lock.addr, false);
     // SAFETY: the context's registers are valid for the program's run.
     let regs = unsafe { &*ctx.regs };
     acquire_blocking(regs, wait.lock, wait.entry_ip)

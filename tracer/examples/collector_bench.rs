@@ -232,6 +232,7 @@ fn on_dependency(graph: &mut LockOrderGraph, findings: &mut u64, d: DependencyRe
             gates: vec![],
             gate_key: 0,
             python: Vec::new(),
+            handoff: false,
         };
         for cycle in graph.insert(dep) {
             *findings += 1;
@@ -338,6 +339,7 @@ fn dep(pid: u32, from: u64, to: u64) -> Dependency {
         gates: vec![],
         gate_key: 0,
         python: Vec::new(),
+        handoff: false,
     }
 }
 

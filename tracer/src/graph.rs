@@ -96,11 +96,18 @@ pub struct LockOrderGraph {
     /// Lock instances that are one lock: a process-shared lock mapped by
     /// several processes is one node (see [`Self::set_identity`]).
     identities: HashMap<LockId, LockId>,
+    /// Cycles of wake-up hand-offs only (not reported), by their locks.
+    handoff_cycles: HashSet<std::collections::BTreeSet<LockId>>,
 }
 
 impl LockOrderGraph {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Distinct cycles made of wake-up hand-offs only, not reported.
+    pub fn handoff_cycles(&self) -> u64 {
+        self.handoff_cycles.len() as u64
     }
 
     /// Lock instances in the graph (an rwlock held in both modes counts
@@ -190,11 +197,14 @@ impl LockOrderGraph {
                 .filter(|g| dep.gates.contains(g))
                 .copied()
                 .collect();
-            if always.len() == kept.gates.len() {
+            // Likewise a hand-off: only if every occurrence was one.
+            let handoff = kept.handoff && dep.handoff;
+            if always.len() == kept.gates.len() && handoff == kept.handoff {
                 return Vec::new();
             }
             *kept = Dependency {
                 gates: always,
+                handoff,
                 ..dep.clone()
             };
         } else {
@@ -252,6 +262,16 @@ impl LockOrderGraph {
                         .clone()
                 })
                 .collect();
+            // A cycle of wake-up hand-offs only (each thread locked another's
+            // mutex while that one waited on a condition with it, as
+            // mod_wsgi's workers do) cannot close while those threads wait:
+            // not reported unless an edge is seen otherwise (then the cycle
+            // is judged again).
+            if edges.iter().all(|e| e.handoff) {
+                self.handoff_cycles
+                    .insert(nodes.iter().map(|n| n.lock).collect());
+                continue;
+            }
             let gate = common_gate(&edges);
             let cycle = Cycle { edges, gate };
             let guarded = cycle.gate.is_some();
@@ -435,6 +455,7 @@ mod tests {
             gates: vec![],
             gate_key: 0,
             python: vec![],
+            handoff: false,
         }
     }
 
@@ -457,6 +478,25 @@ mod tests {
             gates: gates.iter().map(|&g| lock(g)).collect(),
             ..dep(from, to)
         }
+    }
+
+    fn handoff(from: u64, to: u64) -> Dependency {
+        Dependency {
+            handoff: true,
+            ..dep(from, to)
+        }
+    }
+
+    #[test]
+    fn a_cycle_of_handoffs_is_not_reported_until_an_edge_is_seen_otherwise() {
+        let mut g = LockOrderGraph::new();
+        assert!(g.insert(handoff(0xa, 0xb)).is_empty());
+        assert!(g.insert(handoff(0xb, 0xa)).is_empty(), "hand-offs only");
+        assert_eq!(g.handoff_cycles(), 1);
+        // The same edge, once with the other thread not waiting: a real order.
+        let cycles = g.insert(dep(0xb, 0xa));
+        assert_eq!(cycles.len(), 1);
+        assert!(!cycles[0].edges.iter().all(|e| e.handoff));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use anyhow::{bail, Result};
 use tracer_common::{
     DependencyEvent, HeldLock, LockEvent, LockKind, PyCodeCopy, PyFrameRaw, PyStack,
-    EVENT_DEPENDENCY, EVENT_LOCK_RESET, EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, MAX_HELD,
-    PY_MAX_FRAMES, STACK_BYTES,
+    EVENT_DEPENDENCY, EVENT_HANDOFF, EVENT_LOCK_RESET, EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK,
+    MAX_HELD, PY_MAX_FRAMES, STACK_BYTES,
 };
 
 /// A `DependencyEvent`, decoded: the lock `to` was requested while each lock
@@ -30,6 +30,8 @@ pub struct DependencyRecord {
     /// The thread's Python frames, innermost first (empty unless the
     /// process runs a supported CPython).
     pub python: Vec<PyFrameRaw>,
+    /// Sent as a wake-up hand-off (`EVENT_HANDOFF`).
+    pub handoff: bool,
 }
 
 pub enum Record {
@@ -64,7 +66,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         bail!("empty ring-buffer record");
     };
     match kind {
-        EVENT_DEPENDENCY => decode_dependency(bytes).map(Record::Dependency),
+        EVENT_DEPENDENCY | EVENT_HANDOFF => decode_dependency(bytes).map(Record::Dependency),
         EVENT_SELF_DEADLOCK => decode_dependency(bytes).map(Record::SelfDeadlock),
         EVENT_PROCESS_EXIT => {
             let ev = decode_lock_event(bytes)?;
@@ -142,6 +144,10 @@ fn decode_dependency(bytes: &[u8]) -> Result<DependencyRecord> {
         stack: bytes[stack_at..stack_at + stack_len].to_vec(),
         held: held[..n_held].to_vec(),
         python: py.frames[..py_depth].to_vec(),
+        handoff: {
+            let event: u32 = field!(event);
+            event == EVENT_HANDOFF
+        },
     })
 }
 

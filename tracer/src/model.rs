@@ -43,6 +43,9 @@ pub struct Dependency {
     /// The requesting thread's Python frames (innermost first), for a
     /// thread running Python code.
     pub python: Vec<crate::python::PyFrame>,
+    /// Every occurrence seen was a wake-up hand-off: `to` was a mutex another
+    /// thread waited on a condition with (see `EVENT_HANDOFF`).
+    pub handoff: bool,
 }
 
 /// A symbolized stack frame. `addr` is the address in the process; for return

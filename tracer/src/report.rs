@@ -524,6 +524,9 @@ pub struct Summary {
     /// Lock classes of shared libraries' own code seen nested within
     /// themselves (per-object locks by design): counted, not reported.
     pub library_same_class_nesting: u64,
+    /// Cycles made only of wake-up hand-offs (a thread locking the mutex
+    /// another waits on a condition with): not reported.
+    pub handoff_cycles: u64,
     /// The files with lock probes (each libc on the host, `--binary` files).
     pub probed_files: Vec<String>,
     pub duration_s: f64,
@@ -942,6 +945,7 @@ mod tests {
             gates: vec![],
             gate_key: 0,
             python: vec![],
+            handoff: false,
         }
     }
 
@@ -1031,6 +1035,7 @@ mod tests {
             forgotten_processes: 0,
             forgotten_dependencies: 0,
             library_same_class_nesting: 0,
+            handoff_cycles: 0,
             probed_files: vec![],
             duration_s: 2.5,
         }
@@ -1244,6 +1249,7 @@ mod tests {
             forgotten_processes: 0,
             forgotten_dependencies: 0,
             library_same_class_nesting: 0,
+            handoff_cycles: 0,
             probed_files: vec![],
             duration_s: 0.04,
         };

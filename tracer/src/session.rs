@@ -10,7 +10,9 @@ use std::{
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracer_common::{gate_fingerprint, gate_mix, Counter, DependencyKey, EVENT_DEPENDENCY};
+use tracer_common::{
+    gate_fingerprint, gate_mix, Counter, DependencyKey, EVENT_DEPENDENCY, EVENT_HANDOFF,
+};
 use tracing::{debug, info, trace, warn};
 
 use crate::{
@@ -529,7 +531,11 @@ impl Session {
             .map(|d| {
                 DependencyKey::new(
                     d.pid,
-                    EVENT_DEPENDENCY,
+                    if d.handoff {
+                        EVENT_HANDOFF
+                    } else {
+                        EVENT_DEPENDENCY
+                    },
                     (d.from.addr, d.from_kind as u32),
                     (d.to.addr, d.to_kind as u32),
                     d.gate_key,
@@ -579,6 +585,7 @@ impl Session {
             gates: Vec::new(),
             gate_key: 0,
             python: self.symbolizer.pythons.resolve(d.pid, &d.python),
+            handoff: d.handoff,
         };
         self.findings += 1;
         self.alarms += 1;
@@ -629,6 +636,7 @@ impl Session {
                 gates,
                 gate_key: gate_fingerprint(all_held, from.addr),
                 python: python.clone(),
+                handoff: d.handoff,
             };
             self.note_shared(dep.from);
             self.note_shared(dep.to);
@@ -680,6 +688,7 @@ impl Session {
                 .map(|(c, v)| (c.name().to_string(), *v))
                 .collect(),
             library_same_class_nesting: self.library_same_class,
+            handoff_cycles: self.graph.handoff_cycles(),
             forgotten_processes: self.forgotten_processes,
             forgotten_dependencies: self.forgotten_dependencies,
             probed_files: self
