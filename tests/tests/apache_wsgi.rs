@@ -223,3 +223,43 @@ fn concurrent_first_requests_deadlock_is_reported() {
 fn deadlock_is_reported_when_attached_to_a_running_apache() {
     concurrent_first_requests_deadlock(false);
 }
+
+/// The two URLs served by two daemon processes (groups `ga`, `gb`): neither
+/// process has a cycle alone, the inversion is between lock classes (the
+/// registry lock and the import lock are created at the same Python lines
+/// in both), and the finding names both processes.
+#[test]
+fn split_across_two_daemons_is_a_class_level_inversion() {
+    require_root();
+    let watcher = Watcher::start(&["--comm", "apache2"]);
+    let apache = Apache::start(WsgiMode::TwoDaemonGroups, Duration::from_millis(100));
+    let timeout = Duration::from_secs(20);
+    apache.get("/b-imp", timeout).expect("/b-imp answers");
+    apache.get("/a-imp", timeout).expect("/a-imp answers");
+    let (ga, gb) = (apache.daemon_pids("ga"), apache.daemon_pids("gb"));
+    let ours = apache.pids();
+    std::thread::sleep(Duration::from_secs(1));
+    let run = watcher.stop();
+    apache.stop();
+
+    let findings: Vec<_> = run
+        .report
+        .findings
+        .iter()
+        .filter(|f| ours.contains(&f.pid))
+        .collect();
+    assert_eq!(findings.len(), 1, "one inversion\n{}", run.describe());
+    let pids: Vec<u32> = findings[0].cycle.iter().map(|e| e.pid).collect();
+    assert!(
+        pids.iter().any(|p| ga.contains(p)) && pids.iter().any(|p| gb.contains(p)),
+        "its two sides are in the two daemons ga {ga:?} and gb {gb:?}: {pids:?}\n{}",
+        run.describe()
+    );
+    let level = run
+        .report
+        .records("lock_order_inversion")
+        .into_iter()
+        .find(|r| r["id"].as_u64() == Some(findings[0].id))
+        .map(|r| r["level"].clone());
+    assert_eq!(level, Some(Value::from("class")), "{}", run.describe());
+}

@@ -377,6 +377,12 @@ impl Session {
     /// inversion split across processes or instances).
     fn on_class_dependency(&mut self, from: LockId, to: LockId, dep: &Dependency) -> Result<()> {
         let class_name = |c: LockId, classes: &Classes| classes.name(c).unwrap_or("?").to_string();
+        trace!(
+            pid = dep.pid,
+            from = %class_name(from, &self.classes),
+            to = %class_name(to, &self.classes),
+            "class dependency"
+        );
         if from == to {
             // CPython creates every lock through one sem_init call site: its
             // locks are all one class until Python-level classes exist.
@@ -435,6 +441,7 @@ impl Session {
                     || self.graph.identity(edges[i].to)
                         == self.graph.identity(edges[(i + 1) % n].from)
             });
+            trace!(n, closes, classes = cycle.edges.len(), "class cycle");
             if n < 2 || closes {
                 continue;
             }
