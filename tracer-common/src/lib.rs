@@ -147,12 +147,16 @@ pub const EVENT_LOCK_RESET: u32 = 3;
 /// A [`LockEvent`] (only `pid` is meaningful): a traced process exited; its
 /// lock instances can be forgotten and its pid may be reused.
 pub const EVENT_PROCESS_EXIT: u32 = 4;
-/// A [`DependencyEvent`] whose requested lock is a mutex another thread of
-/// the process waits on a condition variable with, at the request: a
-/// wake-up hand-off (mod_wsgi's worker threads each own a mutex and lock the
-/// next idle one's to wake it). Sent apart from ordinary occurrences of the
-/// same dependency (its own dedup key).
+/// A [`DependencyEvent`] that is a wake-up hand-off: the thread holds only
+/// its own wake-up mutexes (mutexes it alone waits on conditions with) and
+/// requests another thread's (mod_wsgi's worker threads each own a mutex and
+/// lock the next idle one's to wake it). Sent apart from ordinary
+/// occurrences of the same dependency (its own dedup key).
 pub const EVENT_HANDOFF: u32 = 5;
+
+/// A `COND_MUTEXES` value: the thread that waits on conditions with the
+/// mutex, or this bit if several threads do.
+pub const COND_MUTEX_SHARED: u64 = 1 << 32;
 
 /// Python frames captured with an event (innermost first); deeper stacks
 /// are cut (the collector says so).

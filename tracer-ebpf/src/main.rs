@@ -25,7 +25,7 @@ use tracer_common::{
     HeldLock, HeldStack, LockEvent, LockKind, COMM_LEN, EVENT_DEPENDENCY, EVENT_HANDOFF, EVENT_LOCK_RESET,
     EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED, HELD_FLAG_TRY,
     HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
-    MUTEX_KIND_RECURSIVE, INIT_STACK_BYTES, NUM_COUNTERS, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES, PyCodeCopy,
+    MUTEX_KIND_RECURSIVE, COND_MUTEX_SHARED, INIT_STACK_BYTES, NUM_COUNTERS, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES, PyCodeCopy,
     PyFrameRaw, PyProcess, PyStack, STACK_BYTES, STACK_CHUNK,
 };
 
@@ -71,8 +71,8 @@ static INHERIT: HashMap<u32, HeldStack> = HashMap::with_max_entries(4096, BPF_F_
 /// Try and timed operations between entry and return (by tid).
 #[map]
 static PENDING_TRY: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
-/// Mutexes that a thread waits on a condition with, by (tgid, mutex): the
-/// thread (see `EVENT_HANDOFF`).
+/// Mutexes threads wait on conditions with, by (tgid, mutex): the thread,
+/// or `COND_MUTEX_SHARED` (see `is_handoff`).
 #[map]
 static COND_MUTEXES: LruHashMap<[u64; 2], u64> = LruHashMap::with_max_entries(16384, 0);
 /// Condition waits in progress (by tid): the mutex, re-acquired at return.
@@ -446,7 +446,7 @@ fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
         }
     }
     if held.depth > 0 {
-        let event = if is_cond_mutex(tgid, &to) {
+        let event = if is_handoff(tgid, tid, held, &to) {
             EVENT_HANDOFF
         } else {
             EVENT_DEPENDENCY
@@ -1073,30 +1073,54 @@ pub fn lock_destroy(ctx: ProbeContext) -> u32 {
     lock_reset(&ctx, 0)
 }
 
-/// Whether `to` is a mutex some thread of process `tgid` waits on a
-/// condition with.
+/// The thread that alone waits on conditions with `mutex` (its wake-up
+/// mutex), if one does.
 #[inline(always)]
-fn is_cond_mutex(tgid: u32, to: &HeldLock) -> bool {
+fn wakeup_mutex_owner(tgid: u32, mutex: u64) -> Option<u32> {
+    // SAFETY: map value, copied.
+    let v = unsafe { COND_MUTEXES.get(&[u64::from(tgid), mutex]) }.copied()?;
+    (v & COND_MUTEX_SHARED == 0).then_some(v as u32)
+}
+
+/// Whether requesting `to` while holding `held` is a wake-up hand-off: the
+/// thread holds only its own wake-up mutexes and requests another thread's
+/// (mod_wsgi's workers: each holds its own mutex and locks the next idle
+/// worker's to wake it). A cycle of those cannot close (see
+/// `EVENT_HANDOFF`).
+#[inline(always)]
+fn is_handoff(tgid: u32, tid: u32, held: &HeldStack, to: &HeldLock) -> bool {
     if to.kind != LockKind::Mutex as u32 && to.kind != LockKind::RecursiveMutex as u32 {
         return false;
     }
-    // SAFETY: map value, read only.
-    unsafe { COND_MUTEXES.get(&[u64::from(tgid), to.addr]) }.is_some()
+    match wakeup_mutex_owner(tgid, to.addr) {
+        Some(owner) if owner != tid => {}
+        _ => return false,
+    }
+    let depth = held.depth as usize;
+    for i in 0..MAX_HELD {
+        if i >= depth {
+            break;
+        }
+        if wakeup_mutex_owner(tgid, held.locks[i].addr) != Some(tid) {
+            return false;
+        }
+    }
+    true
 }
 
-/// Notes a condition waiter on `mutex` (`waiting`), or its return. One
-/// waiter per mutex is kept, the last: with several, the entry may go while
-/// one still waits, so a hand-off may be taken for an ordinary dependency
-/// (reported, never hidden).
+/// Notes that thread `tid` waits on a condition with `mutex`: the mutex is
+/// its wake-up mutex, unless another thread does so too. Kept after the
+/// wait (LRU): a worker's wake-up mutex is its own between waits too.
 #[inline(always)]
-fn note_cond_waiter(tgid: u32, tid: u32, mutex: u64, waiting: bool) {
+fn note_cond_waiter(tgid: u32, tid: u32, mutex: u64) {
     let key = [u64::from(tgid), mutex];
-    if waiting {
-        let _ = COND_MUTEXES.insert(&key, &u64::from(tid), 0);
     // SAFETY: map value, copied.
-    } else if unsafe { COND_MUTEXES.get(&key) }.copied() == Some(u64::from(tid)) {
-        let _ = COND_MUTEXES.remove(&key);
-    }
+    let value = match unsafe { COND_MUTEXES.get(&key) }.copied() {
+        None => u64::from(tid),
+        Some(v) if v == u64::from(tid) => return,
+        Some(_) => COND_MUTEX_SHARED,
+    };
+    let _ = COND_MUTEXES.insert(&key, &value, 0);
 }
 
 /// Entry of `pthread_cond_wait` and its timed variants: the mutex (second
@@ -1107,7 +1131,7 @@ pub fn cond_wait(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let mutex = ctx.arg::<u64>(1).unwrap_or(0);
-    note_cond_waiter(tgid, tid, mutex, true);
+    note_cond_waiter(tgid, tid, mutex);
     let kind = match release(mutex) {
         Released::Entry(entry) => entry.kind,
         _ => LockKind::Mutex as u32,
@@ -1129,7 +1153,7 @@ pub fn cond_wait(ctx: ProbeContext) -> u32 {
 /// a blocking acquisition ordered after every lock the thread still holds.
 #[uretprobe]
 pub fn cond_wait_return(ctx: RetProbeContext) -> u32 {
-    let Some((tgid, tid)) = current_traced() else {
+    let Some((_, tid)) = current_traced() else {
         return 0;
     };
     // SAFETY: copied out before the entry is removed.
@@ -1137,7 +1161,6 @@ pub fn cond_wait_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = COND_WAITS.remove(&tid);
-    note_cond_waiter(tgid, tid, wait.lock.addr, false);
     // SAFETY: the context's registers are valid for the program's run.
     let regs = unsafe { &*ctx.regs };
     acquire_blocking(regs, wait.lock, wait.entry_ip)

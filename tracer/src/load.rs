@@ -452,6 +452,16 @@ impl Probes {
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
     }
 
+    /// The thread that alone waits on conditions with mutex `addr` of
+    /// process `pid` (its wake-up mutex), as the kernel side saw so far.
+    pub fn wakeup_mutex_owner(&self, pid: u32, addr: u64) -> Option<u32> {
+        // aya's HashMap also reads the LRU kind.
+        let map: HashMap<_, [u64; 2], u64> =
+            HashMap::try_from(self.map("COND_MUTEXES").ok()?).ok()?;
+        let v = map.get(&[u64::from(pid), addr], 0).ok()?;
+        (v & tracer_common::COND_MUTEX_SHARED == 0).then_some(v as u32)
+    }
+
     /// Forgets dependencies in the kernel's cache of those already sent, so
     /// that they are sent again (their lock was reset).
     pub fn forget_dependencies(&mut self, keys: &[DependencyKey]) -> Result<()> {

@@ -61,6 +61,9 @@ pub struct Session {
     /// Lock classes of libraries' own code nested within themselves (not
     /// reported, see `on_class_dependency`).
     library_same_class: u64,
+    /// Instance cycles of wake-up hand-offs, judged when found (not
+    /// reported; see `is_handoff_cycle`).
+    handoff_cycles: u64,
     /// Probe lock libraries that processes map while we run.
     follow_libraries: bool,
     /// Lock libraries that could not be probed (reported once).
@@ -94,6 +97,7 @@ impl Session {
             forgotten_processes: 0,
             forgotten_dependencies: 0,
             library_same_class: 0,
+            handoff_cycles: 0,
             follow_libraries: false,
             unprobeable: HashSet::new(),
             records: 0,
@@ -651,6 +655,11 @@ impl Session {
             let to_class = self.class_of(dep.to, d.to.callsite);
             self.on_class_dependency(from_class, to_class, &dep)?;
             for cycle in self.graph.insert(dep) {
+                if self.is_handoff_cycle(&cycle) {
+                    self.handoff_cycles += 1;
+                    debug!(locks = cycle.edges.len(), "cycle of wake-up hand-offs");
+                    continue;
+                }
                 self.findings += 1;
                 if cycle.gate.is_none() {
                     self.alarms += 1;
@@ -665,6 +674,25 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A cycle where each thread held only its own wake-up mutex (one it
+    /// alone waits on conditions with) and requested another thread's, as
+    /// far as the kernel side knows now: mod_wsgi's workers wake the next
+    /// idle one by locking its mutex. The cycle cannot close (a thread's
+    /// wake-up mutex is requested by others while it waits, not holding it).
+    /// Judged with what is known now, not at each occurrence: a worker's
+    /// first hand-off may come before its own first wait.
+    fn is_handoff_cycle(&self, cycle: &crate::graph::Cycle) -> bool {
+        cycle.edges.iter().all(|e| {
+            e.handoff
+                || (e.gates.is_empty()
+                    && self.probes.wakeup_mutex_owner(e.pid, e.from.addr) == Some(e.tid)
+                    && self
+                        .probes
+                        .wakeup_mutex_owner(e.pid, e.to.addr)
+                        .is_some_and(|owner| owner != e.tid))
+        })
     }
 
     fn write_summary(&mut self) -> Result<()> {
@@ -695,7 +723,7 @@ impl Session {
                 .map(|(c, v)| (c.name().to_string(), *v))
                 .collect(),
             library_same_class_nesting: self.library_same_class,
-            handoff_cycles: self.graph.handoff_cycles(),
+            handoff_cycles: self.graph.handoff_cycles() + self.handoff_cycles,
             forgotten_processes: self.forgotten_processes,
             forgotten_dependencies: self.forgotten_dependencies,
             probed_files: self

@@ -31,7 +31,7 @@ pub const APT_BENCH: &[&str] = &["apache2", "wrk"];
 /// The Apache + mod_wsgi scenario of the end-to-end tests: Debian's Apache
 /// and mod_wsgi for Python 3 (run from a test-owned configuration; the
 /// system service is neither used nor started by the tests).
-pub const APT_WSGI: &[&str] = &["apache2", "libapache2-mod-wsgi-py3"];
+pub const APT_WSGI: &[&str] = &["apache2", "libapache2-mod-wsgi-py3", "wrk"];
 /// Where Debian's mod_wsgi lands (from [`APT_WSGI`]).
 pub const MOD_WSGI: &str = "/usr/lib/apache2/modules/mod_wsgi.so";
 /// What the web-server measurement runs (from [`APT_BENCH`]).
@@ -118,10 +118,14 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
             "the end-to-end tests trace Debian's Python, also embedded in a C program",
         ));
     }
-    if scope == Scope::Test && [APACHE2, MOD_WSGI].iter().any(|p| !Path::new(p).exists()) {
+    if scope == Scope::Test
+        && [APACHE2, MOD_WSGI, WRK]
+            .iter()
+            .any(|p| !Path::new(p).exists())
+    {
         apt.push((
             APT_WSGI,
-            "the end-to-end tests run a WSGI application under Apache and mod_wsgi",
+            "the end-to-end tests run a WSGI application under Apache and mod_wsgi, loaded by wrk",
         ));
     }
     if scope == Scope::Bench
