@@ -24,7 +24,10 @@ pub struct Classes {
     /// The class of each lock instance seen.
     by_lock: HashMap<LockId, LockId>,
     /// Init call sites of locks set up by an init function.
-    init_sites: HashMap<LockId, (u64, Option<u64>)>,
+    /// With the stack copied at the init (stack pointer, bytes), to find
+    /// the caller of a library's lock-creating function when the class is
+    /// first needed.
+    init_sites: HashMap<LockId, (u64, Option<(u64, Vec<u8>)>)>,
     /// Class keys, and their display names by class id (the `addr` of the
     /// class node).
     ids: HashMap<String, u64>,
@@ -37,10 +40,11 @@ impl Classes {
     }
 
     /// A lock was initialized at `site`: that is its class from now on.
-    /// `caller`: the return address after `site`'s function, if known.
-    pub fn note_init(&mut self, lock: LockId, site: u64, caller: Option<u64>) {
+    /// `stack`: the stack pointer at the init function's entry and the
+    /// bytes above it, if copied.
+    pub fn note_init(&mut self, lock: LockId, site: u64, stack: Option<(u64, Vec<u8>)>) {
         self.by_lock.remove(&lock);
-        self.init_sites.insert(lock, (site, caller));
+        self.init_sites.insert(lock, (site, stack));
     }
 
     /// A lock was destroyed: its memory may become another lock.
@@ -103,11 +107,16 @@ impl Classes {
             Some(None) => return format!("python-lock@{}:{:#x}", lock.pid, lock.addr),
             None => {}
         }
-        if let Some(&(site, caller)) = self.init_sites.get(&lock) {
+        if let Some((site, stack)) = self.init_sites.get(&lock) {
+            let site = *site;
+            let caller = stack
+                .as_ref()
+                .filter(|_| in_library(sym, lock.pid, site))
+                .and_then(|(sp, bytes)| init_caller(sym, lock.pid, site, *sp, bytes));
             // A shared library's lock-creating function (APR's
             // apr_thread_mutex_create, GLib's g_mutex_init...) makes every
             // lock of its callers: where it was called is the class.
-            if let Some(caller) = caller.filter(|_| in_library(sym, lock.pid, site)) {
+            if let Some(caller) = caller {
                 return format!(
                     "init@{} <- {}",
                     site_key(sym, lock.pid, site),
@@ -122,6 +131,15 @@ impl Classes {
         }
         format!("first@{}", site_key(sym, lock.pid, first_site))
     }
+}
+
+/// The caller of the code that called a lock's init function: the return
+/// address after `site`, unwound from the stack copied at the init
+/// function's entry (`sp` points at `site`).
+fn init_caller(sym: &mut Symbolizer, pid: u32, site: u64, sp: u64, stack: &[u8]) -> Option<u64> {
+    let above = stack.get(8..)?;
+    let frames = sym.unwind(pid, site, sp + 8, 0, above);
+    frames.get(1).copied().filter(|&a| a != 0)
 }
 
 /// Whether `addr` is in a shared library (not in the program itself).

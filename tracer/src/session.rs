@@ -295,15 +295,6 @@ impl Session {
         queue.len() > before
     }
 
-    /// The caller of the code that called a lock's init function: the
-    /// return address after `site`, unwound from the stack copied at the
-    /// init function's entry (`sp` points at `site`).
-    fn init_site_caller(&mut self, pid: u32, site: u64, sp: u64, stack: &[u8]) -> Option<u64> {
-        let above = stack.get(8..)?;
-        let frames = self.symbolizer.unwind(pid, site, sp + 8, 0, above);
-        frames.get(1).copied().filter(|&a| a != 0)
-    }
-
     fn process(&mut self, record: Record) -> Result<()> {
         match record {
             Record::Dependency(d) => self.on_dependency(d),
@@ -327,8 +318,9 @@ impl Session {
                 }
                 match init_site {
                     Some(site) => {
-                        let caller = init_stack
-                            .and_then(|(sp, stack)| self.init_site_caller(pid, site, sp, &stack));
+                        // Unwound only when the class is first needed (most
+                        // locks never are): keep the copied stack till then.
+                        let caller = init_stack;
                         self.classes.note_init(lock, site, caller)
                     }
                     None => self.classes.forget_lock(lock),

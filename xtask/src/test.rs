@@ -15,7 +15,10 @@ pub fn test(args: &[String]) -> Result<()> {
     }
     let toolchain = prereqs::ensure(prereqs::Scope::Test)?;
     mount_tracefs()?;
-    let bin = run::build_all(&toolchain, false)?;
+    // The release build: the binary users run, and host-wide tracing under
+    // load needs its speed (a debug collector falls behind the ring buffer
+    // and loses events, which the tests count).
+    let bin = run::build_all(&toolchain, true)?;
 
     step("running cargo test --workspace");
     let mut cargo = run::host_cargo();
