@@ -19,6 +19,9 @@ use crate::symbolize::Symbolizer;
 /// The pseudo process of class nodes in the class graph.
 pub const CLASS_PID: u32 = u32::MAX;
 
+/// The stack pointer at an init function's entry and the bytes above it.
+type InitStack = (u64, Vec<u8>);
+
 #[derive(Default)]
 pub struct Classes {
     /// The class of each lock instance seen.
@@ -27,7 +30,7 @@ pub struct Classes {
     /// With the stack copied at the init (stack pointer, bytes), to find
     /// the caller of a library's lock-creating function when the class is
     /// first needed.
-    init_sites: HashMap<LockId, (u64, Option<(u64, Vec<u8>)>)>,
+    init_sites: HashMap<LockId, (u64, Option<InitStack>)>,
     /// Class keys, and their display names by class id (the `addr` of the
     /// class node).
     ids: HashMap<String, u64>,
@@ -42,7 +45,7 @@ impl Classes {
     /// A lock was initialized at `site`: that is its class from now on.
     /// `stack`: the stack pointer at the init function's entry and the
     /// bytes above it, if copied.
-    pub fn note_init(&mut self, lock: LockId, site: u64, stack: Option<(u64, Vec<u8>)>) {
+    pub fn note_init(&mut self, lock: LockId, site: u64, stack: Option<InitStack>) {
         self.by_lock.remove(&lock);
         self.init_sites.insert(lock, (site, stack));
     }
