@@ -22,11 +22,12 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use tracer_common::{
     gate_fingerprint, gate_mix, Counter, DependencyEvent, DependencyKey, FutexKey, FutexStats,
-    HeldLock, HeldStack, LockEvent, LockKind, COMM_LEN, EVENT_DEPENDENCY, EVENT_HANDOFF, EVENT_LOCK_RESET,
-    EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED, HELD_FLAG_TRY,
-    HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
-    MUTEX_KIND_RECURSIVE, COND_MUTEX_SHARED, INIT_STACK_BYTES, NUM_COUNTERS, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES, PyCodeCopy,
-    PyFrameRaw, PyProcess, PyStack, STACK_BYTES, STACK_CHUNK,
+    HeldLock, HeldStack, LockEvent, LockKind, PyCodeCopy, PyFrameRaw, PyProcess, PyStack, COMM_LEN,
+    COND_MUTEX_SHARED, EVENT_DEPENDENCY, EVENT_HANDOFF, EVENT_LOCK_RESET, EVENT_PROCESS_EXIT,
+    EVENT_SELF_DEADLOCK, FILTER_ALL, HELD_FLAG_TIMED, HELD_FLAG_TRY, HELD_RECURSION_SHIFT,
+    INIT_STACK_BYTES, MAX_HELD, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
+    MUTEX_KIND_RECURSIVE, NUM_COUNTERS, PY_CODE_COPIES, PY_CREATOR_FRAMES, STACK_BYTES,
+    STACK_CHUNK,
 };
 
 // Set by the collector at load time (EbpfLoader::set_global).
@@ -54,8 +55,7 @@ static EXIT_GROUP_DEAD_OFFSET: u32 = 32;
 /// Set by the collector; inherited by forked children (a mod_wsgi daemon is
 /// a fork of an Apache process that loaded libpython).
 #[map]
-static PY_PROCESSES: HashMap<u32, PyProcess> =
-    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+static PY_PROCESSES: HashMap<u32, PyProcess> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 /// `PyThreadState` of Python threads (by tid), learned while they held the
 /// GIL: a thread that blocks on a lock has released it.
 #[map]
@@ -237,18 +237,21 @@ fn note_py_thread(tgid: u32, tid: u32) {
     }
 }
 
-/// Fills `out` with the current thread's Python frames (innermost first),
-/// if its process runs CPython.
+/// Reads the current thread's innermost Python frames into `out`
+/// (innermost first), if its process runs CPython: returns the process's
+/// description and how many frames were read. Slots past them are left as
+/// they were.
 #[inline(always)]
-fn python_stack(tgid: u32, tid: u32, out: &mut PyStack) {
-    out.depth = 0;
+fn python_frames<const N: usize>(
+    tgid: u32,
+    tid: u32,
+    out: &mut [PyFrameRaw; N],
+) -> Option<(&'static PyProcess, u32)> {
     // SAFETY: map value, read only.
-    let Some(py) = (unsafe { PY_PROCESSES.get(&tgid) }) else {
-        return;
-    };
+    let py = unsafe { PY_PROCESSES.get(&tgid) }?;
     let tstate = py_thread_state(py, tid);
     if tstate == 0 {
-        return;
+        return Some((py, 0));
     }
     let cframe = read_user_u64(tstate + py.tstate_cframe);
     let mut frame = if cframe == 0 {
@@ -257,18 +260,25 @@ fn python_stack(tgid: u32, tid: u32, out: &mut PyStack) {
         read_user_u64(cframe + py.cframe_current_frame)
     };
     let mut depth = 0u32;
-    for i in 0..PY_MAX_FRAMES {
+    for slot in out.iter_mut() {
         if frame == 0 {
             break;
         }
-        out.frames[i] = PyFrameRaw {
+        *slot = PyFrameRaw {
             code: read_user_u64(frame + py.frame_code),
             prev_instr: read_user_u64(frame + py.frame_prev_instr),
         };
         depth += 1;
         frame = read_user_u64(frame + py.frame_previous);
     }
-    out.depth = depth;
+    Some((py, depth))
+}
+
+/// Fills `out` with the current thread's Python frames (innermost first),
+/// if its process runs CPython.
+#[inline(always)]
+fn python_stack(tgid: u32, tid: u32, out: &mut PyStack) {
+    out.depth = python_frames(tgid, tid, &mut out.frames).map_or(0, |(_, depth)| depth);
 }
 
 /// Reads `len` (at most `N`) bytes of user memory at `src` into `dst`.
@@ -292,7 +302,8 @@ fn copy_ascii<const N: usize>(py: &PyProcess, s: u64, dst: &mut [u8; N]) -> u32 
         return 0;
     }
     // SAFETY: the helper handles faults (0 then).
-    let state: u32 = unsafe { bpf_probe_read_user((s + py.unicode_state) as *const u32) }.unwrap_or(0);
+    let state: u32 =
+        unsafe { bpf_probe_read_user((s + py.unicode_state) as *const u32) }.unwrap_or(0);
     if u64::from(state) & py.unicode_ascii_mask == 0 {
         return 0;
     }
@@ -313,7 +324,8 @@ fn copy_code(py: &PyProcess, frame: PyFrameRaw, out: &mut PyCodeCopy) {
     }
     // SAFETY: the helper handles faults (0 then).
     out.first_line =
-        unsafe { bpf_probe_read_user((frame.code + py.code_firstlineno) as *const i32) }.unwrap_or(0);
+        unsafe { bpf_probe_read_user((frame.code + py.code_firstlineno) as *const i32) }
+            .unwrap_or(0);
     let table = read_user_u64(frame.code + py.code_linetable);
     if table != 0 {
         let len = read_user_u64(table + py.bytes_size);
@@ -321,12 +333,22 @@ fn copy_code(py: &PyProcess, frame: PyFrameRaw, out: &mut PyCodeCopy) {
             out.linetable_len = len as u32;
         }
     }
-    out.filename_len = copy_ascii(py, read_user_u64(frame.code + py.code_filename), &mut out.filename);
-    out.qualname_len = copy_ascii(py, read_user_u64(frame.code + py.code_qualname), &mut out.qualname);
+    out.filename_len = copy_ascii(
+        py,
+        read_user_u64(frame.code + py.code_filename),
+        &mut out.filename,
+    );
+    out.qualname_len = copy_ascii(
+        py,
+        read_user_u64(frame.code + py.code_qualname),
+        &mut out.qualname,
+    );
 }
 
 /// Fills `frames` with the innermost Python frames of the current thread
-/// (zeros if none) and `codes` with copies of the first ones' code objects.
+/// and `codes` with copies of the first ones' code objects. Both must come
+/// zeroed (see `write_lock_event`): the collector reads up to the first
+/// zero frame, and copies whose `code` is zero.
 #[inline(always)]
 fn python_creator(
     tgid: u32,
@@ -334,36 +356,9 @@ fn python_creator(
     frames: &mut [PyFrameRaw; PY_CREATOR_FRAMES],
     codes: &mut [PyCodeCopy; PY_CODE_COPIES],
 ) {
-    for f in frames.iter_mut() {
-        *f = PyFrameRaw::default();
-    }
-    for c in codes.iter_mut() {
-        c.code = 0;
-    }
-    // SAFETY: map value, read only.
-    let Some(py) = (unsafe { PY_PROCESSES.get(&tgid) }) else {
+    let Some((py, _)) = python_frames(tgid, tid, frames) else {
         return;
     };
-    let tstate = py_thread_state(py, tid);
-    if tstate == 0 {
-        return;
-    }
-    let cframe = read_user_u64(tstate + py.tstate_cframe);
-    let mut frame = if cframe == 0 {
-        0
-    } else {
-        read_user_u64(cframe + py.cframe_current_frame)
-    };
-    for slot in frames.iter_mut() {
-        if frame == 0 {
-            break;
-        }
-        *slot = PyFrameRaw {
-            code: read_user_u64(frame + py.frame_code),
-            prev_instr: read_user_u64(frame + py.frame_prev_instr),
-        };
-        frame = read_user_u64(frame + py.frame_previous);
-    }
     for i in 0..PY_CODE_COPIES {
         copy_code(py, frames[i], &mut codes[i]);
     }
@@ -1020,7 +1015,15 @@ fn lock_reset(ctx: &ProbeContext, init: u32) -> u32 {
     // SAFETY: `ev` points to a reserved, exclusively owned ring-buffer slot
     // (written field by field: the event is too large for the BPF stack).
     unsafe {
-        write_lock_event(ev, EVENT_LOCK_RESET, tgid, tid, init, lock_arg(ctx), return_address(ctx));
+        write_lock_event(
+            ev,
+            EVENT_LOCK_RESET,
+            tgid,
+            tid,
+            init,
+            lock_arg(ctx),
+            return_address(ctx),
+        );
         if init != 0 {
             python_creator(tgid, tid, &mut (*ev).py_creator, &mut (*ev).py_code);
             let sp = (*ctx.regs).rsp;

@@ -515,6 +515,23 @@ pub fn thread_states(interp: &Interpreter) -> Result<Vec<(u32, u64)>> {
 /// block the process for a consistent result). Empty if the thread has no
 /// `PyThreadState` (not a Python thread) or runs no Python code.
 pub fn thread_stack(interp: &Interpreter, cache: &mut CodeCache, tid: u32) -> Result<Vec<PyFrame>> {
+    Ok(raw_frames(interp, tid)?
+        .into_iter()
+        .filter_map(|f| cache.resolve(interp, f.code, f.prev_instr))
+        .collect())
+}
+
+/// A frame of a thread, as read from memory: its code object, instruction
+/// and first argument or local (`localsplus[0]`).
+struct RawFrame {
+    code: u64,
+    prev_instr: u64,
+    first_local: u64,
+}
+
+/// The frames of thread `tid`, innermost first, read now. Empty if the
+/// thread has no `PyThreadState` or runs no Python code.
+fn raw_frames(interp: &Interpreter, tid: u32) -> Result<Vec<RawFrame>> {
     let (mem, o) = (Mem(interp.pid), interp.offsets);
     let Some((_, ts)) = thread_states(interp)?.into_iter().find(|(t, _)| *t == tid) else {
         return Ok(Vec::new());
@@ -532,9 +549,20 @@ pub fn thread_stack(interp: &Interpreter, cache: &mut CodeCache, tid: u32) -> Re
         if frame == 0 {
             break;
         }
-        let [code, prev_instr, previous] =
-            mem.words(frame, [o.frame_code, o.frame_prev_instr, o.frame_previous])?;
-        out.extend(cache.resolve(interp, code, prev_instr));
+        let [code, prev_instr, previous, first_local] = mem.words(
+            frame,
+            [
+                o.frame_code,
+                o.frame_prev_instr,
+                o.frame_previous,
+                o.frame_localsplus,
+            ],
+        )?;
+        out.push(RawFrame {
+            code,
+            prev_instr,
+            first_local,
+        });
         frame = previous;
     }
     Ok(out)
@@ -558,29 +586,13 @@ pub struct ImportState {
 pub fn import_state(interp: &Interpreter, cache: &mut CodeCache, tid: u32) -> Result<ImportState> {
     let (mem, o) = (Mem(interp.pid), interp.offsets);
     let mut state = ImportState::default();
-    let Some((_, ts)) = thread_states(interp)?.into_iter().find(|(t, _)| *t == tid) else {
-        return Ok(state);
-    };
-    let cframe = mem.u64(ts + o.tstate_cframe)?;
-    let mut frame = if cframe == 0 {
-        0
-    } else {
-        mem.u64(cframe + o.cframe_current_frame)?
-    };
     let mut acquiring = false;
-    for _ in 0..MAX_DEPTH {
-        if frame == 0 {
-            break;
-        }
-        let [code, prev_instr, previous, first_local] = mem.words(
-            frame,
-            [
-                o.frame_code,
-                o.frame_prev_instr,
-                o.frame_previous,
-                o.frame_localsplus,
-            ],
-        )?;
+    for RawFrame {
+        code,
+        prev_instr,
+        first_local,
+    } in raw_frames(interp, tid)?
+    {
         if let Some(f) = cache.resolve(interp, code, prev_instr) {
             let bootstrap = f.file == "<frozen importlib._bootstrap>";
             if bootstrap && f.function == "_ModuleLock.acquire" {
@@ -599,7 +611,6 @@ pub fn import_state(interp: &Interpreter, cache: &mut CodeCache, tid: u32) -> Re
                 }
             }
         }
-        frame = previous;
     }
     Ok(state)
 }

@@ -272,19 +272,13 @@ impl Pythons {
 
 /// The live child processes of `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    let Ok(all) = procfs::process::all_processes() else {
         return Vec::new();
     };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
-                // pid (comm) state ppid ...: comm may hold spaces.
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-                    == Some(pid)
-            })
-        })
+    all.flatten()
+        .filter_map(|p| p.stat().ok())
+        .filter(|stat| stat.ppid as u32 == pid)
+        .map(|stat| stat.pid as u32)
         .collect()
 }
 

@@ -269,26 +269,21 @@ impl Session {
                 }
             };
             // A process first seen here (forked before its parent was found
-            // to run Python, as mod_wsgi daemons may be): look now, so that
-            // its next events carry Python frames.
-            let pid = match &record {
-                Record::Dependency(d) | Record::SelfDeadlock(d) => d.pid,
-                Record::LockReset { pid, .. } => *pid,
-                Record::ProcessExit { .. } => 0,
-            };
-            if pid != 0 && !self.symbolizer.pythons.is_checked(pid) {
-                self.symbolizer.pythons.check(&mut self.probes, pid);
-            }
-            match &record {
-                Record::Dependency(d) | Record::SelfDeadlock(d) => {
-                    self.symbolizer.pythons.resolve(d.pid, &d.python);
-                }
+            // to run Python, as mod_wsgi daemons may be) is looked at now, so
+            // that its next events carry Python frames; this record's Python
+            // frames are resolved at once (see above).
+            let python = match &record {
+                Record::Dependency(d) | Record::SelfDeadlock(d) => Some((d.pid, &d.python)),
                 Record::LockReset {
                     pid, py_creator, ..
-                } => {
-                    self.symbolizer.pythons.resolve(*pid, py_creator);
+                } => Some((*pid, py_creator)),
+                Record::ProcessExit { .. } => None,
+            };
+            if let Some((pid, frames)) = python {
+                if !self.symbolizer.pythons.is_checked(pid) {
+                    self.symbolizer.pythons.check(&mut self.probes, pid);
                 }
-                Record::ProcessExit { .. } => {}
+                self.symbolizer.pythons.resolve(pid, frames);
             }
             queue.push_back(record);
         }
