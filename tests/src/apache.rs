@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{group_members, workspace_dir};
+use crate::{group_members, stop_group, workspace_dir};
 
 pub const APACHE2: &str = "/usr/sbin/apache2";
 pub const MOD_WSGI: &str = "/usr/lib/apache2/modules/mod_wsgi.so";
@@ -273,27 +273,9 @@ impl Apache {
     }
 
     fn kill_all(&mut self) -> bool {
-        let pgid = self.pid as libc::pid_t;
-        let mut graceful = false;
-        if let Some(child) = self.child.as_mut() {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(pgid, libc::SIGTERM) };
-            let deadline = Instant::now() + STOP_GRACE;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    graceful = true;
-                    break;
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-        // Whatever is left in the group (a deadlocked daemon, stuck workers).
-        // SAFETY: kill(2) on the group we created; harmless if empty.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Whatever is left in the group after the grace period (a deadlocked
+        // daemon, stuck workers) is killed.
+        let graceful = stop_group(self.pid, &mut self.child, libc::SIGTERM, STOP_GRACE);
         // Orphaned daemons are reaped by init; wait until they are gone.
         let deadline = Instant::now() + Duration::from_secs(5);
         while !group_members(self.pid).is_empty() && Instant::now() < deadline {

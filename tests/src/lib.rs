@@ -471,25 +471,12 @@ impl ChildGuard {
     /// SIGINT to the tracer (to let it detach its probes), a short grace
     /// period, then SIGKILL to the whole process group.
     fn kill_all(&mut self) {
-        let pgid = self.pid as libc::pid_t;
-        if let Some(child) = self.child.as_mut() {
-            // SAFETY: plain kill(2) on the pid of our own unreaped child.
-            unsafe { libc::kill(pgid, libc::SIGINT) };
-            let grace = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < grace {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-        // SAFETY: kill(2) on the process group we created (the tracer's pid
-        // is its id); harmless if the group is already empty.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop_group(
+            self.pid,
+            &mut self.child,
+            libc::SIGINT,
+            Duration::from_secs(3),
+        );
     }
 
     fn collect_output(&mut self) -> (String, String) {
@@ -520,6 +507,35 @@ impl Drop for ChildGuard {
             self.kill_all();
         }
     }
+}
+
+/// Stops the process group `pgid` led by `child`: `signal` to the leader
+/// (if not reaped yet), up to `grace` for it to exit, then SIGKILL to the
+/// whole group, and the leader reaped. Returns whether the leader exited
+/// within the grace period.
+pub fn stop_group(pgid: u32, child: &mut Option<Child>, signal: i32, grace: Duration) -> bool {
+    let pgid = pgid as libc::pid_t;
+    let mut graceful = false;
+    if let Some(child) = child.as_mut() {
+        // SAFETY: kill(2) on the pid of our own unreaped child.
+        unsafe { libc::kill(pgid, signal) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                graceful = true;
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // SAFETY: kill(2) on the process group we created (the leader's pid is
+    // its id); harmless if the group is already empty.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    graceful
 }
 
 fn spawn_reader<R: Read + Send + 'static>(mut r: R) -> JoinHandle<String> {
@@ -695,6 +711,29 @@ pub fn lock_names(finding: &Finding, run: &JsonRun) -> BTreeSet<String> {
                 .unwrap_or_else(|| panic!("lock {} has no name\n{}", l.addr, run.describe()))
         })
         .collect()
+}
+
+/// The findings between a Python script's own locks: those with a lock
+/// named by a creation line starting with `prefix` (`python/two_locks.py:`).
+/// Known false positive, not fixed yet (about 1 run in 40): an inversion
+/// between a thread's tstate lock (`threading.py:1013`) and a lock an
+/// extension module's init creates; any other finding may only be that.
+pub fn script_findings<'a>(run: &'a JsonRun, prefix: &str) -> Vec<&'a Finding> {
+    let (ours, others): (Vec<_>, Vec<_>) = run.report.findings.iter().partition(|f| {
+        f.locks
+            .iter()
+            .any(|l| l.name.as_deref().is_some_and(|n| n.starts_with(prefix)))
+    });
+    for f in others {
+        assert!(
+            f.locks
+                .iter()
+                .any(|l| l.name.as_deref() == Some("python3.11/threading.py:1013")),
+            "only the known tstate-lock false positive besides the script's\n{}",
+            run.describe()
+        );
+    }
+    ours
 }
 
 pub fn names(expected: &[&str]) -> BTreeSet<String> {

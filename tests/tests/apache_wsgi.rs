@@ -6,8 +6,18 @@
 use std::time::Duration;
 
 use locktrace_e2e::apache::{Apache, HttpError, WsgiMode};
-use locktrace_e2e::{require_root, Watcher};
+use locktrace_e2e::{require_root, Finding, JsonRun, Watcher};
 use serde_json::Value;
+
+/// The lock-order inversions of processes `pids` (tests run in parallel
+/// and traced other Apaches too).
+fn inversions_in<'a>(run: &'a JsonRun, pids: &[u32]) -> Vec<&'a Finding> {
+    run.report
+        .findings
+        .iter()
+        .filter(|f| pids.contains(&f.pid))
+        .collect()
+}
 
 /// One Apache scenario at a time: a hang or a wrk load in one would slow the
 /// others' start (and their tracers see every Apache).
@@ -47,13 +57,7 @@ fn sequenced_requests(mode: WsgiMode, tracer_first: bool) {
     let run = watcher.stop();
     apache.stop();
 
-    // (Tests run in parallel: other Apaches are traced too.)
-    let findings: Vec<_> = run
-        .report
-        .findings
-        .iter()
-        .filter(|f| ours.contains(&f.pid))
-        .collect();
+    let findings = inversions_in(&run, &ours);
     assert_eq!(
         findings.len(),
         1,
@@ -275,12 +279,7 @@ fn split_across_two_daemons_is_a_class_level_inversion() {
     let run = watcher.stop();
     apache.stop();
 
-    let findings: Vec<_> = run
-        .report
-        .findings
-        .iter()
-        .filter(|f| ours.contains(&f.pid))
-        .collect();
+    let findings = inversions_in(&run, &ours);
     assert_eq!(findings.len(), 1, "one inversion\n{}", run.describe());
     let pids: Vec<u32> = findings[0].cycle.iter().map(|e| e.pid).collect();
     assert!(

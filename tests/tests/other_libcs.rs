@@ -80,6 +80,14 @@ impl Drop for Late {
     }
 }
 
+/// The tracer's log line saying it probes the libc process `pid` mapped.
+fn wait_probed(watcher: &Watcher, pid: u32) -> String {
+    watcher.wait_for_log(
+        &["probing a newly mapped lock library", &format!("pid={pid}")],
+        Duration::from_secs(20),
+    )
+}
+
 /// The one inversion of process `pid` (late_a/late_b), and its report.
 fn assert_late_inversion(run: &JsonRun, pid: u32) {
     let mine: Vec<_> = run
@@ -115,10 +123,7 @@ fn a_copy_of_libc_started_later_is_probed() {
         .arg(fixture("late_ab_ba", Variant::NoFp));
     let late = Late::start(cmd);
     let pid = late.pid;
-    let line = watcher.wait_for_log(
-        &["probing a newly mapped lock library", &format!("pid={pid}")],
-        Duration::from_secs(20),
-    );
+    let line = wait_probed(&watcher, pid);
     assert!(
         line.contains(&copy.display().to_string()),
         "probed the copy: {line}"
@@ -172,10 +177,7 @@ fn a_program_in_a_chroot_is_traced() {
     cmd.arg(root.path()).arg("/late_ab_ba");
     let late = Late::start(cmd);
     let pid = late.pid;
-    let line = watcher.wait_for_log(
-        &["probing a newly mapped lock library", &format!("pid={pid}")],
-        Duration::from_secs(20),
-    );
+    let line = wait_probed(&watcher, pid);
     assert!(
         line.contains("/lib/x86_64-linux-gnu/libc.so.6"),
         "probed the chroot's libc: {line}"

@@ -55,27 +55,9 @@ fn check_python_cycle(finding: &Finding, run: &JsonRun) {
     }
 }
 
-/// The findings between the script's own locks (named by their creation
-/// lines). Known false positive, not fixed yet (about 1 run in 40): an
-/// inversion between a thread's tstate lock (`threading.py:1013`) and a lock
-/// an extension module's init creates; any other finding may only be that.
+/// The findings between the script's own locks (see `script_findings`).
 fn script_findings(run: &JsonRun) -> Vec<&Finding> {
-    let is_ours = |name: &str| name.starts_with("python/two_locks.py:");
-    let (ours, others): (Vec<_>, Vec<_>) = run.report.findings.iter().partition(|f| {
-        f.locks
-            .iter()
-            .any(|l| l.name.as_deref().is_some_and(is_ours))
-    });
-    for f in others {
-        assert!(
-            f.locks
-                .iter()
-                .any(|l| l.name.as_deref() == Some("python3.11/threading.py:1013")),
-            "only the known tstate-lock false positive besides the script's\n{}",
-            run.describe()
-        );
-    }
-    ours
+    locktrace_e2e::script_findings(run, "python/two_locks.py:")
 }
 
 #[test]
