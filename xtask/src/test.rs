@@ -20,6 +20,10 @@ pub fn test(args: &[String]) -> Result<()> {
     // and loses events, which the tests count).
     let bin = run::build_all(&toolchain, true)?;
 
+    // The end-to-end tests trace host-wide: two suites at once (two
+    // worktrees, a bench beside a test run) see each other's programs and
+    // their tracers' probes. One suite at a time on a machine.
+    let _lock = machine_lock()?;
     step("running cargo test --workspace");
     let mut cargo = run::host_cargo();
     cargo
@@ -29,6 +33,36 @@ pub fn test(args: &[String]) -> Result<()> {
         .env("LOCKTRACE_BIN", &bin);
     let status = cmd::status(&mut cargo)?;
     std::process::exit(status.code().unwrap_or(1));
+}
+
+/// Where suites queue: held (flock) while `cargo test` runs, released
+/// when xtask exits.
+const MACHINE_LOCK: &str = "/run/lock/locktrace-e2e.lock";
+
+/// Takes the machine-wide test lock, waiting (and saying so) while another
+/// suite holds it.
+fn machine_lock() -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(MACHINE_LOCK)
+        .map_err(|e| anyhow::anyhow!("cannot open {MACHINE_LOCK}: {e}"))?;
+    // SAFETY: flock on an open descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        step(format!(
+            "waiting for another test suite on this machine to finish ({MACHINE_LOCK})"
+        ));
+        // SAFETY: as above; blocking this time.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "cannot lock {MACHINE_LOCK}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(file)
 }
 
 fn mount_tracefs() -> Result<()> {
