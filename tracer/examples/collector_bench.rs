@@ -1,11 +1,13 @@
 //! Benchmark of the userspace collector pipeline, with no kernel involved.
 //!
 //! 1. Throughput, one thread: generated ring-buffer records, laid out exactly
-//!    as the kernel writes `DependencyEvent`, go through what
-//!    `Session::drain`/`Session::on_dependency` do: `ingest::decode`, one
-//!    `model::Dependency` per held lock, `LockOrderGraph::insert`, and
-//!    `report::inversion` for every new cycle (rendering to a sink skipped).
-//! 2. Memory of the lock-order graph, exact, from a counting global allocator.
+//!    as the kernel writes `DependencyEvent`, go through what the session
+//!    does with them: `kernel::decode`, a detection `Request` (unwinding
+//!    skipped: it needs the traced process), the real `Detector` (identity,
+//!    classes, instance and class graphs, every rule) with a host that knows
+//!    nothing (every lock is its own first-use class), and
+//!    `report::build::inversion` for every new cycle (no sink).
+//! 2. Memory of the detector, exact, from a counting global allocator.
 //!
 //! Prints one JSON object on stdout, progress on stderr.
 //! `cargo run --release -p tracer --example collector_bench [-- --quick]`
@@ -16,10 +18,11 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use locktrace::graph::LockOrderGraph;
-use locktrace::ingest::{self, DependencyRecord, Record};
-use locktrace::model::{Dependency, Frame, LockId, Resolve};
-use locktrace::report;
+use locktrace::kernel::decode::{self, lock_kind, RawRequest, Record};
+use locktrace::report::build::inversion;
+use locktrace::symbolize::Resolve;
+use tracer_analysis::model::{CodeSite, Frame, HeldAt, LockInstance, PyFrame, Request, SharedLock};
+use tracer_analysis::{Detector, Event, Host, InitStack, Verdict};
 use tracer_common::{DependencyEvent, HeldLock, COMM_LEN, EVENT_DEPENDENCY, STACK_CHUNK};
 
 /// Counts live heap bytes (requested sizes: malloc's own per-chunk overhead,
@@ -175,7 +178,8 @@ impl Workload {
             ev.comm[..comm.len()].copy_from_slice(comm.as_bytes());
             let lock = |rank: u64| HeldLock {
                 addr: Self::addr(pid, rank),
-                callsite: 0x5555_5555_0000 + rank * 0x10,
+                // Per lock: each is its own first-use class.
+                callsite: Self::addr(pid, rank) + 0x10_0000_0000,
                 kind: 1,
                 flags: 0,
             };
@@ -192,7 +196,7 @@ impl Workload {
     }
 }
 
-/// Stands in for the symbolizer in `report::inversion`.
+/// Stands in for the symbolizer in `report::build::inversion`.
 struct NoSymbols;
 impl Resolve for NoSymbols {
     fn frames(&mut self, _: u32, _: &[u64], _: bool) -> Vec<Frame> {
@@ -206,37 +210,62 @@ impl Resolve for NoSymbols {
     }
 }
 
-/// `Session::on_dependency`, minus unwinding: that step needs the traced
-/// process's memory maps and ELF files, so every dependency gets an empty
-/// stack here (a real stack adds 8 bytes per frame to each dependency).
-fn on_dependency(graph: &mut LockOrderGraph, findings: &mut u64, d: DependencyRecord) {
-    let stack: Vec<u64> = Vec::new();
-    for from in &d.from {
-        let dep = Dependency {
-            from: LockId {
-                pid: d.pid,
-                addr: from.addr,
-            },
-            to: LockId {
-                pid: d.pid,
-                addr: d.to.addr,
-            },
-            from_kind: ingest::lock_kind(from.kind),
-            to_kind: ingest::lock_kind(d.to.kind),
-            pid: d.pid,
-            tid: d.tid,
-            thread: d.thread.clone(),
-            timestamp_ns: d.timestamp_ns,
-            held_callsite: from.callsite,
-            stack: stack.clone(),
-            gates: vec![],
-            gate_key: 0,
-            python: Vec::new(),
-            handoff: false,
-        };
-        for cycle in graph.insert(dep) {
-            *findings += 1;
-            black_box(report::inversion(&cycle, &mut NoSymbols, *findings));
+/// A host that knows nothing: no mapped files, no shared memory, no
+/// Python, no wake-up mutexes.
+struct NoHost;
+impl Host for NoHost {
+    fn code_site(&mut self, _: u32, _: u64) -> Option<CodeSite> {
+        None
+    }
+    fn in_library(&mut self, _: u32, _: u64) -> bool {
+        false
+    }
+    fn init_caller(&mut self, _: u32, _: u64, _: &InitStack) -> Option<u64> {
+        None
+    }
+    fn global_symbol(&mut self, _: LockInstance) -> Option<(String, String)> {
+        None
+    }
+    fn shared_lock(&mut self, _: LockInstance) -> Option<SharedLock> {
+        None
+    }
+    fn python_creation(&mut self, _: LockInstance) -> Option<Option<PyFrame>> {
+        None
+    }
+    fn wakeup_mutex_owner(&mut self, _: u32, _: u64) -> Option<u32> {
+        None
+    }
+}
+
+fn held_at(h: &HeldLock) -> HeldAt {
+    HeldAt {
+        addr: h.addr,
+        kind: lock_kind(h.kind),
+        callsite: h.callsite,
+    }
+}
+
+/// What the session does with a dependency record, minus unwinding: that
+/// step needs the traced process's memory maps and ELF files, so every
+/// request gets an empty stack here (a real stack adds 8 bytes per frame to
+/// each dependency).
+fn on_request(detector: &mut Detector, findings: &mut u64, d: RawRequest) {
+    let request = Request {
+        pid: d.pid,
+        tid: d.tid,
+        thread: d.thread,
+        timestamp_ns: d.timestamp_ns,
+        to: held_at(&d.to),
+        from: d.from.iter().map(held_at).collect(),
+        held: d.held,
+        stack: Vec::new(),
+        python: Vec::new(),
+        handoff: d.handoff,
+    };
+    for verdict in detector.on_event(Event::Request(request), &mut NoHost) {
+        *findings += 1;
+        if let Verdict::Inversion(inv) = verdict {
+            black_box(inversion(&inv, &mut NoSymbols));
         }
     }
 }
@@ -271,7 +300,7 @@ fn throughput(events: usize) -> serde_json::Value {
         })
         .collect();
     let mut work = Workload::new();
-    let mut graph = LockOrderGraph::new();
+    let mut detector = Detector::new(Duration::from_secs(10));
     let (mut t_decode, mut t_graph) = (Duration::ZERO, Duration::ZERO);
     let (mut done, mut findings, mut deps) = (0usize, 0u64, 0u64);
     let mut last_progress = Instant::now();
@@ -281,7 +310,7 @@ fn throughput(events: usize) -> serde_json::Value {
         let t0 = Instant::now();
         let batch: Vec<Record> = slots[..n]
             .iter()
-            .map(|ev| ingest::decode(as_bytes(ev)).expect("decodable record"))
+            .map(|ev| decode::decode(as_bytes(ev)).expect("decodable record"))
             .collect();
         let t1 = Instant::now();
         for record in batch {
@@ -289,13 +318,13 @@ fn throughput(events: usize) -> serde_json::Value {
                 continue; // the generator makes dependencies only
             };
             deps += d.from.len() as u64;
-            on_dependency(&mut graph, &mut findings, d);
+            on_request(&mut detector, &mut findings, d);
         }
         t_graph += t1.elapsed();
         t_decode += t1 - t0;
         done += n;
         if last_progress.elapsed() > Duration::from_secs(2) {
-            eprintln!("  {done}/{events} events, {} locks", graph.lock_count());
+            eprintln!("  {done}/{events} events, {} locks", detector.stats().locks);
             last_progress = Instant::now();
         }
     }
@@ -307,40 +336,36 @@ fn throughput(events: usize) -> serde_json::Value {
         "events": done,
         "dependencies_in_events": deps,
         "record_bytes": size_of::<DependencyEvent>(),
-        "graph_locks": graph.lock_count(),
-        "graph_dependencies": graph.dependency_count(),
+        "graph_locks": detector.stats().locks,
+        "graph_dependencies": detector.stats().dependencies,
+        "lock_classes": detector.stats().classes,
         "processes": work.processes,
         "inversions_injected": work.inversions,
-        "cycles": graph.cycle_count(),
+        "cycles": detector.stats().cycles,
         "findings": findings,
-        "truncated_searches": graph.truncated_searches(),
+        "truncated_searches": detector.stats().truncated_cycle_searches,
     })
 }
 
-/// A dependency as `on_dependency` builds it (thread name, empty stack).
-fn dep(pid: u32, from: u64, to: u64) -> Dependency {
-    Dependency {
-        from: LockId {
-            pid,
-            addr: Workload::addr(pid, from),
-        },
-        to: LockId {
-            pid,
-            addr: Workload::addr(pid, to),
-        },
-        from_kind: ingest::lock_kind(1),
-        to_kind: ingest::lock_kind(1),
+/// A request of one held lock, as `on_request` builds them.
+fn request(pid: u32, from: u64, to: u64) -> Event {
+    let lock = |rank: u64| HeldAt {
+        addr: Workload::addr(pid, rank),
+        kind: lock_kind(1),
+        callsite: Workload::addr(pid, rank) + 0x10_0000_0000,
+    };
+    Event::Request(Request {
         pid,
         tid: pid,
         thread: "worker-0".into(),
         timestamp_ns: 0,
-        held_callsite: 0x5555_5555_0000,
+        to: lock(to),
+        from: vec![lock(from)],
+        held: vec![Workload::addr(pid, from)],
         stack: Vec::new(),
-        gates: vec![],
-        gate_key: 0,
         python: Vec::new(),
         handoff: false,
-    }
+    })
 }
 
 fn live() -> isize {
@@ -368,21 +393,21 @@ fn resident_bytes() -> isize {
 fn memory_locks(locks: u64) -> (f64, f64) {
     const CHAIN: u64 = 8;
     let (heap0, rss0) = (live(), resident_bytes());
-    let mut graph = LockOrderGraph::new();
+    let mut detector = Detector::new(Duration::from_secs(10));
     for c in 0..locks / CHAIN {
         let pid = (c / (1000 / CHAIN)) as u32;
         let base = (c % (1000 / CHAIN)) * CHAIN;
         for i in base..base + CHAIN - 1 {
-            graph.insert(dep(pid, i, i + 1));
+            detector.on_event(request(pid, i, i + 1), &mut NoHost);
         }
     }
-    let n = graph.lock_count() as f64;
+    let n = detector.stats().locks as f64;
     let per_million = |d: isize| (d as f64 * 1e6 / n).round();
     let out = (
         per_million(live() - heap0),
         per_million(resident_bytes() - rss0),
     );
-    drop(graph);
+    drop(detector);
     out
 }
 
@@ -390,17 +415,17 @@ fn memory_locks(locks: u64) -> (f64, f64) {
 /// a chain, then measure adding every other ordered pair (a dense DAG).
 fn memory_dependencies(processes: u32) -> f64 {
     const LOCKS: u64 = 24;
-    let mut graph = LockOrderGraph::new();
+    let mut detector = Detector::new(Duration::from_secs(10));
     for pid in 0..processes {
-        (0..LOCKS - 1).for_each(|i| drop(graph.insert(dep(pid, i, i + 1))));
+        (0..LOCKS - 1).for_each(|i| drop(detector.on_event(request(pid, i, i + 1), &mut NoHost)));
     }
-    let (heap0, deps0) = (live(), graph.dependency_count());
+    let (heap0, deps0) = (live(), detector.stats().dependencies);
     for pid in 0..processes {
         for i in 0..LOCKS {
-            (i + 2..LOCKS).for_each(|j| drop(graph.insert(dep(pid, i, j))));
+            (i + 2..LOCKS).for_each(|j| drop(detector.on_event(request(pid, i, j), &mut NoHost)));
         }
     }
-    let added = (graph.dependency_count() - deps0) as f64;
+    let added = (detector.stats().dependencies - deps0) as f64;
     ((live() - heap0) as f64 * 1e5 / added).round()
 }
 

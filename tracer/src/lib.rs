@@ -1,26 +1,15 @@
-//! locktrace: the collector. Data flow, one module per stage:
-//! `load` (eBPF object, probes) -> `ingest` (ring buffer -> `model` types)
-//! -> `graph` (lock-order graph, cycles) -> `report` (findings, sinks),
-//! with `maps`/`unwind`/`symbolize` turning raw addresses into frames, and
-//! `waitfor` (who waits for whom, from /proc) -> `blocking` (deadlocks,
-//! hangs).
+//! locktrace: the collector. One record's journey, one folder per stage:
+//! `kernel` (ring buffer -> decoded records) -> `enrich` (stacks unwound,
+//! Python frames resolved, once) -> detection (`tracer_analysis::Detector`,
+//! pure: events in, verdicts out) -> `report` (findings built and symbolized
+//! once, then written by one printer per format). `host` reads `/proc` and
+//! the perf side-band for every stage; `session` runs the loop.
 
-pub mod blocking;
-pub mod classes;
 pub mod cli;
-pub mod graph;
-pub mod ingest;
-pub mod launch;
-pub mod load;
-pub mod maps;
-pub mod model;
-pub mod placement;
-pub mod preflight;
+pub mod enrich;
+pub mod host;
+pub mod kernel;
 pub mod python;
-pub mod pythons;
 pub mod report;
 pub mod session;
 pub mod symbolize;
-pub mod targets;
-pub mod unwind;
-pub mod waitfor;

@@ -5,17 +5,16 @@ use std::{fs::File, io::Write, path::PathBuf, process::ExitCode, time::Duration}
 use anyhow::{Context, Result};
 use clap::Parser;
 use locktrace::{
-    blocking,
     cli::{Cli, Command, CommonArgs, Format, RunArgs, SnapshotArgs, WatchArgs},
-    launch,
-    load::{Filter, ProbePlacement, ProbePrograms, Probes},
-    maps::AddressSpaces,
-    preflight,
-    report::{self, Reporter},
+    enrich::Enricher,
+    host::{launch, preflight, proc, spaces::AddressSpaces},
+    kernel::{
+        load::{Filter, ProbePlacement, ProbePrograms, Probes},
+        targets::{self, Target},
+    },
+    report::{self, blocking, Reporter},
     session::Session,
     symbolize::Symbolizer,
-    targets::{self, Target},
-    waitfor,
 };
 use nix::sys::wait::waitpid;
 use tokio::signal::unix::{signal, SignalKind};
@@ -77,7 +76,7 @@ fn preflight(common: &CommonArgs) -> Result<(Vec<Target>, bool)> {
         // chroots'); ours first, so that it is named by its own path.
         let ours = std::process::id();
         targets.extend(targets::discover(
-            std::iter::once(ours).chain(waitfor::all_pids().into_iter().filter(|&p| p != ours)),
+            std::iter::once(ours).chain(proc::all_pids().into_iter().filter(|&p| p != ours)),
         ));
         if targets.is_empty() {
             anyhow::bail!("found no libc.so.6 mapped by any process: pass the file to probe with --libc or --binary");
@@ -225,7 +224,7 @@ fn watch(args: WatchArgs) -> Result<i32> {
     let reporter = reporter(&args.common)?;
     let mut pids = args.pids.clone();
     for comm in &args.comms {
-        pids.extend(preflight::pids_with_comm(comm));
+        pids.extend(proc::pids_with_comm(comm));
     }
     let cgroups = args
         .cgroups
@@ -241,7 +240,7 @@ fn watch(args: WatchArgs) -> Result<i32> {
     let probes = attach(&args.common, &filter, &targets)?;
     let mut session = Session::new(probes, symbolizer, reporter, args.common.hang_threshold);
     session.follow_new_libraries(follow);
-    session.check_pythons(waitfor::all_pids());
+    session.check_pythons(proc::all_pids());
     let rt = runtime()?;
     let duration = args.duration;
     rt.block_on(async {
@@ -267,12 +266,12 @@ fn snapshot(args: SnapshotArgs) -> Result<i32> {
     }
     let mut reporter = open_reporter(args.output.as_ref(), args.format)?;
     let pids = if args.pids.is_empty() {
-        waitfor::all_pids()
+        proc::all_pids()
     } else {
         args.pids.clone()
     };
-    let mut symbolizer = Symbolizer::with_spaces(AddressSpaces::proc_only());
-    let records = blocking::snapshot(&pids, &mut symbolizer);
+    let mut enricher = Enricher::new(Symbolizer::with_spaces(AddressSpaces::proc_only()));
+    let records = blocking::snapshot(&pids, &mut enricher);
     let mut deadlocks = 0;
     for record in &records {
         if matches!(record, report::Finding::Deadlock(_)) {

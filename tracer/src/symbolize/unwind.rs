@@ -14,7 +14,8 @@ use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _};
 use object::{Object as _, ObjectSection as _};
 
-use crate::maps::{load_bias, load_segments, AddressSpaces, FileKey, LoadSegment, Mapping};
+use crate::host::elf::{load_bias, load_segments, LoadSegment};
+use crate::host::spaces::{AddressSpaces, FileKey, Mapping};
 
 /// At most this many frames (the ip included) are returned.
 pub const MAX_FRAMES: usize = 64;
@@ -93,7 +94,7 @@ impl Unwinder {
         if self.files.len() >= MAX_CACHED_FILES {
             self.files.clear();
         }
-        let data = crate::maps::readable_path(pid, m)
+        let data = crate::host::spaces::readable_path(pid, m)
             .and_then(|p| ElfUnwindData::read(&p))
             .map(Arc::new);
         if data.is_none() {

@@ -11,11 +11,32 @@ use std::sync::Arc;
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized};
 
-use crate::maps::{
-    load_bias, load_segments, readable_path, AddressSpaces, FileKey, LoadSegment, Mapping,
-};
-use crate::model::{Frame, Resolve};
-use crate::unwind::Unwinder;
+use tracer_analysis::model::{Frame, SharedLock};
+
+use crate::host::elf::{load_bias, load_segments, LoadSegment};
+use crate::host::spaces::{readable_path, AddressSpaces, FileKey, Mapping, ANON_PATH};
+use crate::symbolize::unwind::Unwinder;
+
+pub mod unwind;
+
+/// What building findings needs from symbolization (implemented by the
+/// collector's enrichment stage, which adds Python names; tests use a
+/// table-driven fake).
+pub trait Resolve {
+    /// Symbolize `addrs` of process `pid`. `addrs[0]` is an instruction
+    /// pointer when `first_is_ip`, every other address a return address.
+    fn frames(&mut self, pid: u32, addrs: &[u64], first_is_ip: bool) -> Vec<Frame>;
+    /// The name of a lock object: a global such as `mutex_a` (or `sym+0x10`
+    /// inside one), the line that created a Python lock...
+    fn lock_name(&mut self, pid: u32, addr: u64) -> Option<String>;
+    /// The process's name (the comm of its main thread).
+    fn process_name(&mut self, pid: u32) -> String;
+    /// For a lock in memory mapped MAP_SHARED: its identity, as the kernel
+    /// gives a shared futex (device, inode, offset), and the mapping's name.
+    fn shared_identity(&mut self, _pid: u32, _addr: u64) -> Option<String> {
+        None
+    }
+}
 
 /// Entries of the per-(file, offset) result cache before it is cleared.
 const MAX_CACHED_ADDRS: usize = 1 << 16;
@@ -91,8 +112,6 @@ pub struct Symbolizer {
     blaze: blazesym::symbolize::Symbolizer,
     code: HashMap<(FileKey, u64), Option<CodeSym>>,
     data: HashMap<FileKey, Option<Arc<DataSyms>>>,
-    /// Python frames and the names of locks Python code created.
-    pub pythons: crate::pythons::Pythons,
 }
 
 impl Symbolizer {
@@ -112,7 +131,6 @@ impl Symbolizer {
                 .build(),
             code: HashMap::new(),
             data: HashMap::new(),
-            pythons: crate::pythons::Pythons::new(),
         }
     }
 
@@ -222,8 +240,9 @@ impl Symbolizer {
     }
 }
 
-impl Resolve for Symbolizer {
-    fn frames(&mut self, pid: u32, addrs: &[u64], first_is_ip: bool) -> Vec<Frame> {
+impl Symbolizer {
+    /// Symbolize `addrs` of process `pid` (see [`Resolve::frames`]).
+    pub fn frames(&mut self, pid: u32, addrs: &[u64], first_is_ip: bool) -> Vec<Frame> {
         addrs
             .iter()
             .enumerate()
@@ -231,12 +250,9 @@ impl Resolve for Symbolizer {
             .collect()
     }
 
-    fn lock_name(&mut self, pid: u32, addr: u64) -> Option<String> {
-        // A lock made by `threading.Lock()` lives on the heap: where Python
-        // code created it names it.
-        if let Some(name) = self.pythons.lock_name(crate::model::LockId { pid, addr }) {
-            return Some(name);
-        }
+    /// The data symbol naming the lock object at `addr`, if it is in a
+    /// mapped file's image (a global or static variable).
+    pub fn lock_symbol(&mut self, pid: u32, addr: u64) -> Option<String> {
         // The file image holding addr: the file mapping containing it, or,
         // for .bss past the file's last page (an anonymous mapping or no
         // mapping at all), the closest file mapping below it.
@@ -245,7 +261,7 @@ impl Resolve for Symbolizer {
             if m.start > addr {
                 break;
             }
-            if m.end > addr && !(m.is_file() || m.path.as_os_str() == crate::maps::ANON_PATH) {
+            if m.end > addr && !(m.is_file() || m.path.as_os_str() == ANON_PATH) {
                 return None; // heap, stack, vdso...
             }
             if m.is_file() {
@@ -272,22 +288,22 @@ impl Resolve for Symbolizer {
         syms.name(svma)
     }
 
-    fn shared_identity(&mut self, pid: u32, addr: u64) -> Option<String> {
+    /// For a lock in memory mapped MAP_SHARED: its identity.
+    pub fn shared_lock(&mut self, pid: u32, addr: u64) -> Option<SharedLock> {
         let m = self.spaces.find(pid, addr)?;
         if !m.shared || m.inode == 0 {
             return None;
         }
-        Some(format!(
-            "dev {}:{} inode {} offset {:#x} ({})",
-            libc::major(m.dev),
-            libc::minor(m.dev),
-            m.inode,
-            m.file_offset_of(addr),
-            m.path.display()
-        ))
+        Some(SharedLock {
+            dev: m.dev,
+            inode: m.inode,
+            offset: m.file_offset_of(addr),
+            path: m.path.display().to_string(),
+        })
     }
 
-    fn process_name(&mut self, pid: u32) -> String {
+    /// The process's name (the comm of its main thread).
+    pub fn process_name(&mut self, pid: u32) -> String {
         self.spaces
             .process_name(pid)
             .or_else(|| {
@@ -302,7 +318,7 @@ impl Resolve for Symbolizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unwind::tests::capture;
+    use crate::symbolize::unwind::tests::capture;
     use std::process::Command;
 
     fn names(frames: &[Frame]) -> Vec<String> {
@@ -347,7 +363,7 @@ mod tests {
         assert!(pos("unwinds_and_symbolizes_own_stack") == 3, "{names:#?}");
         let f = &frames[1];
         assert!(
-            f.file.as_deref().unwrap().ends_with("symbolize.rs"),
+            f.file.as_deref().unwrap().ends_with("symbolize/mod.rs"),
             "{f:?}"
         );
         assert!(f.line.is_some());
@@ -512,18 +528,18 @@ int main(int argc, char **argv) {
             eprintln!("unexpected libc code at pthread_mutex_lock: skipping mid-function probe");
         }
 
-        assert_eq!(s.lock_name(pid, mutex_a).as_deref(), Some("mutex_a"));
+        assert_eq!(s.lock_symbol(pid, mutex_a).as_deref(), Some("mutex_a"));
         assert_eq!(
-            s.lock_name(pid, mutex_a + 8).as_deref(),
+            s.lock_symbol(pid, mutex_a + 8).as_deref(),
             Some("mutex_a+0x8")
         );
-        assert_eq!(s.lock_name(pid, holder_m).as_deref(), Some("holder+0x28"));
+        assert_eq!(s.lock_symbol(pid, holder_m).as_deref(), Some("holder+0x28"));
         assert_eq!(
-            s.lock_name(pid, bss_end).as_deref(),
+            s.lock_symbol(pid, bss_end).as_deref(),
             Some("big_bss+0x1869f")
         );
-        assert_eq!(s.lock_name(pid, heap), None);
-        assert_eq!(s.lock_name(pid, sp), None);
+        assert_eq!(s.lock_symbol(pid, heap), None);
+        assert_eq!(s.lock_symbol(pid, sp), None);
         // libc's own data symbols resolve too (e.g. via .dynsym).
         let _ = std::fs::remove_dir_all(&dir);
     }

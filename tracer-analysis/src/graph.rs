@@ -1,8 +1,10 @@
-//! The lock-order graph: nodes are lock instances ([`LockId`]), an edge
-//! `from -> to` is the first [`Dependency`] observed for that pair. Cycles are
-//! found incrementally, lockdep style: inserting `from -> to` closes a cycle
-//! iff `from` is reachable from `to`, and every cycle it closes goes through
-//! the new edge, so each cycle is reported exactly once, when its last edge
+//! The lock-order graph: an edge `from -> to` is the first [`Dependency`]
+//! observed for that pair. Generic over its nodes: lock objects
+//! ([`LockIdentity`]) in the instance graph, [`ClassId`]s in the class graph;
+//! the edges keep the instance evidence either way. Cycles are found
+//! incrementally, lockdep style: inserting `from -> to` closes a cycle iff
+//! `from` is reachable from `to`, and every cycle it closes goes through the
+//! new edge, so each cycle is reported exactly once, when its last edge
 //! appears.
 //!
 //! Enumeration of the simple cycles through a new edge is bounded (cycle
@@ -10,30 +12,62 @@
 //! graphs); inserts whose enumeration was cut are counted in
 //! [`LockOrderGraph::truncated_searches`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt::Debug;
+use std::hash::Hash;
 
 use petgraph::graphmap::DiGraphMap;
 use petgraph::Direction;
 
-use crate::model::{Dependency, LockId, LockKind};
+use crate::model::{ClassId, Cycle, Dependency, LockIdentity, LockInstance, LockKind};
 
-/// A node: a lock instance in one holding mode. An rwlock held for reading
-/// is a node of its own (`shared`), so that a path through the graph is a
-/// chain of waits that can all block: a read request waits only for the
-/// exclusive node of the lock it requests, an exclusive request for both.
-/// This gives lockdep's rule that readers never block readers (glibc's
-/// default rwlocks prefer readers).
+/// What a graph's nodes are.
+pub trait GraphNode: Copy + Ord + Hash + Debug {
+    /// The process whose exit removes the node, if any.
+    fn owner(&self) -> Option<u32>;
+}
+
+impl GraphNode for LockIdentity {
+    fn owner(&self) -> Option<u32> {
+        match self {
+            LockIdentity::Private(l) => Some(l.pid),
+            // Other processes may map it still.
+            LockIdentity::Shared(_) => None,
+        }
+    }
+}
+
+impl GraphNode for ClassId {
+    /// Classes outlive processes: an order seen in a dead worker counts.
+    fn owner(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// A vertex: a lock in one holding mode. An rwlock held for reading is a
+/// vertex of its own (`shared`), so that a path through the graph is a chain
+/// of waits that can all block: a read request waits only for the exclusive
+/// vertex of the lock it requests, an exclusive request for both. This gives
+/// lockdep's rule that readers never block readers (glibc's default rwlocks
+/// prefer readers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Node {
-    lock: LockId,
+struct Vertex<N> {
+    node: N,
     shared: bool,
 }
 
-impl Node {
-    fn holding(lock: LockId, kind: LockKind) -> Self {
-        Node {
-            lock,
+impl<N> Vertex<N> {
+    fn holding(node: N, kind: LockKind) -> Self {
+        Vertex {
+            node,
             shared: kind == LockKind::RwlockRead,
+        }
+    }
+
+    fn exclusive(node: N) -> Self {
+        Vertex {
+            node,
+            shared: false,
         }
     }
 }
@@ -42,65 +76,45 @@ impl Node {
 pub const MAX_CYCLES_PER_INSERT: usize = 16;
 /// Longer cycles (in edges, i.e. locks) are not enumerated.
 pub const MAX_CYCLE_LEN: usize = 16;
-/// Nodes the cycle enumeration of one insert may expand before giving up.
+/// Vertices the cycle enumeration of one insert may expand before giving up.
 const SEARCH_BUDGET: usize = 100_000;
 
-/// A potential deadlock: `edges[i].to == edges[i + 1].from` and
-/// `edges.last().to == edges[0].from`, rotated so that `edges[0].from` is the
-/// smallest [`LockId`] of the cycle.
-#[derive(Clone, Debug)]
-pub struct Cycle {
-    pub edges: Vec<Dependency>,
-    /// A lock held at every occurrence of every edge: the cycle cannot
-    /// deadlock (a guarded cycle, reported as a note).
-    pub gate: Option<LockId>,
-}
+/// Identity of a cycle independent of rotation: its sorted node pairs.
+type CycleKey<N> = Vec<(N, N)>;
 
-impl Cycle {
-    /// The locks of the cycle, in order (`edges[i].from`).
-    pub fn locks(&self) -> Vec<LockId> {
-        self.edges.iter().map(|d| d.from).collect()
-    }
-
-    /// Number of edges (= number of locks).
-    pub fn len(&self) -> usize {
-        self.edges.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.edges.is_empty()
-    }
-
-    /// Identity of the cycle independent of rotation: its sorted edge pairs.
-    fn key(&self) -> Vec<(LockId, LockId)> {
-        let mut key: Vec<_> = self.edges.iter().map(|d| (d.from, d.to)).collect();
-        key.sort_unstable();
-        key
-    }
-}
-
-#[derive(Default)]
-pub struct LockOrderGraph {
-    graph: DiGraphMap<Node, Dependency>,
-    /// Nodes of each process, for [`Self::forget_process`].
-    by_pid: HashMap<u32, HashSet<Node>>,
-    /// Keys ([`Cycle::key`]) of the cycles reported and still in the graph,
-    /// and whether they were reported as guarded (a guarded cycle whose gate
-    /// disappears is reported again, as a potential deadlock).
-    reported: HashMap<Vec<(LockId, LockId)>, bool>,
+pub struct LockOrderGraph<N: GraphNode> {
+    graph: DiGraphMap<Vertex<N>, Dependency>,
+    /// Vertices of each process, for [`Self::forget_process`].
+    by_pid: HashMap<u32, HashSet<Vertex<N>>>,
+    /// Keys of the cycles reported and still in the graph, and whether they
+    /// were reported as guarded (a guarded cycle whose gate disappears is
+    /// reported again, as a potential deadlock).
+    reported: HashMap<CycleKey<N>, bool>,
     cycles: usize,
     truncated_searches: u64,
-    /// Nodes and edges ever added (the graph forgets exited processes).
+    /// Vertices and edges ever added (the graph forgets exited processes).
     locks_seen: u64,
     dependencies_seen: u64,
-    /// Lock instances that are one lock: a process-shared lock mapped by
-    /// several processes is one node (see [`Self::set_identity`]).
-    identities: HashMap<LockId, LockId>,
-    /// Cycles of wake-up hand-offs only (not reported), by their locks.
-    handoff_cycles: HashSet<std::collections::BTreeSet<LockId>>,
+    /// Cycles of wake-up hand-offs only (not reported), by their nodes.
+    handoff_cycles: HashSet<BTreeSet<N>>,
 }
 
-impl LockOrderGraph {
+impl<N: GraphNode> Default for LockOrderGraph<N> {
+    fn default() -> Self {
+        Self {
+            graph: DiGraphMap::new(),
+            by_pid: HashMap::new(),
+            reported: HashMap::new(),
+            cycles: 0,
+            truncated_searches: 0,
+            locks_seen: 0,
+            dependencies_seen: 0,
+            handoff_cycles: HashSet::new(),
+        }
+    }
+}
+
+impl<N: GraphNode> LockOrderGraph<N> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -110,8 +124,7 @@ impl LockOrderGraph {
         self.handoff_cycles.len() as u64
     }
 
-    /// Lock instances in the graph (an rwlock held in both modes counts
-    /// twice).
+    /// Locks in the graph (an rwlock held in both modes counts twice).
     pub fn lock_count(&self) -> usize {
         self.graph.node_count()
     }
@@ -122,18 +135,7 @@ impl LockOrderGraph {
         self.graph.edge_count()
     }
 
-    /// Make `lock` the same node as every other instance with identity `id`
-    /// (a lock in shared memory, identified by device, inode and offset).
-    pub fn set_identity(&mut self, lock: LockId, id: LockId) {
-        self.identities.insert(lock, id);
-    }
-
-    /// The node identity of a lock instance.
-    pub fn identity(&self, lock: LockId) -> LockId {
-        self.identities.get(&lock).copied().unwrap_or(lock)
-    }
-
-    /// Lock nodes ever added, including those of exited processes.
+    /// Locks ever added, including those of exited processes.
     pub fn locks_seen(&self) -> u64 {
         self.locks_seen
     }
@@ -156,42 +158,34 @@ impl LockOrderGraph {
     }
 
     /// The dependency kept for `from -> to` (both exclusive), if any.
-    pub fn dependency(&self, from: LockId, to: LockId) -> Option<&Dependency> {
-        let node = |lock| Node {
-            lock,
-            shared: false,
-        };
-        self.graph.edge_weight(node(from), node(to))
+    pub fn dependency(&self, from: N, to: N) -> Option<&Dependency> {
+        self.graph
+            .edge_weight(Vertex::exclusive(from), Vertex::exclusive(to))
     }
 
-    /// Add `dep` and return the cycles it closes that were not reported
-    /// before (a cycle is identified by its locks, whatever their modes). A
-    /// dependency already in the graph is a no-op; a self-edge is recorded
-    /// but never part of a cycle.
-    pub fn insert(&mut self, dep: Dependency) -> Vec<Cycle> {
-        let (from_id, to_id) = (self.identity(dep.from), self.identity(dep.to));
-        let from = Node::holding(from_id, dep.from_kind);
-        let exclusive = Node {
-            lock: to_id,
-            shared: false,
-        };
-        let mut cycles = self.insert_edge(from, exclusive, &dep);
+    /// Adds `dep` as an edge `from -> to` and returns the cycles it closes
+    /// that were not reported before (a cycle is identified by its nodes,
+    /// whatever their modes). A dependency already in the graph is a no-op;
+    /// a self-edge is recorded but never part of a cycle.
+    pub fn insert(&mut self, from: N, to: N, dep: &Dependency) -> Vec<Cycle<N>> {
+        let held = Vertex::holding(from, dep.from_kind);
+        let mut cycles = self.insert_edge(held, Vertex::exclusive(to), dep);
         if dep.to_kind == LockKind::RwlockWrite {
-            let shared = Node {
-                lock: to_id,
+            let shared = Vertex {
+                node: to,
                 shared: true,
             };
-            cycles.extend(self.insert_edge(from, shared, &dep));
+            cycles.extend(self.insert_edge(held, shared, dep));
         }
         cycles
     }
 
-    fn insert_edge(&mut self, from: Node, to: Node, dep: &Dependency) -> Vec<Cycle> {
+    fn insert_edge(&mut self, from: Vertex<N>, to: Vertex<N>, dep: &Dependency) -> Vec<Cycle<N>> {
         if let Some(kept) = self.graph.edge_weight_mut(from, to) {
             // The same pair under other held locks: its gate locks are those
             // held every time. Keep this occurrence (its stacks) if that
             // shrinks them, and judge its cycles again.
-            let always: Vec<LockId> = kept
+            let always: Vec<LockInstance> = kept
                 .gates
                 .iter()
                 .filter(|g| dep.gates.contains(g))
@@ -208,22 +202,24 @@ impl LockOrderGraph {
                 ..dep.clone()
             };
         } else {
-            for n in [from, to] {
-                if !self.graph.contains_node(n) {
-                    self.graph.add_node(n);
-                    self.by_pid.entry(n.lock.pid).or_default().insert(n);
+            for v in [from, to] {
+                if !self.graph.contains_node(v) {
+                    self.graph.add_node(v);
+                    if let Some(pid) = v.node.owner() {
+                        self.by_pid.entry(pid).or_default().insert(v);
+                    }
                     self.locks_seen += 1;
                 }
             }
             self.graph.add_edge(from, to, dep.clone());
             self.dependencies_seen += 1;
         }
-        if from.lock == to.lock {
+        if from.node == to.node {
             return Vec::new();
         }
 
-        // Nodes with a path to `from`: the only ones a path `to ~> from` can
-        // use. Empty of `to` means the new edge closes no cycle.
+        // Vertices with a path to `from`: the only ones a path `to ~> from`
+        // can use. Without `to`, the new edge closes no cycle.
         let ancestors = self.ancestors(from);
         if !ancestors.contains(&to) {
             return Vec::new();
@@ -248,40 +244,42 @@ impl LockOrderGraph {
         let mut cycles = Vec::new();
         for path in paths.into_iter().take(MAX_CYCLES_PER_INSERT) {
             // path = [to, .., from]; the cycle is from -> to -> .. -> from.
-            let mut nodes = Vec::with_capacity(path.len());
-            nodes.push(from);
-            nodes.extend_from_slice(&path[..path.len() - 1]);
-            let start = (0..nodes.len()).min_by_key(|&i| nodes[i]).unwrap_or(0);
-            nodes.rotate_left(start);
-            let edges: Vec<Dependency> = (0..nodes.len())
+            let mut vertices = Vec::with_capacity(path.len());
+            vertices.push(from);
+            vertices.extend_from_slice(&path[..path.len() - 1]);
+            let start = (0..vertices.len())
+                .min_by_key(|&i| vertices[i])
+                .unwrap_or(0);
+            vertices.rotate_left(start);
+            let edges: Vec<Dependency> = (0..vertices.len())
                 .map(|i| {
-                    let (a, b) = (nodes[i], nodes[(i + 1) % nodes.len()]);
+                    let (a, b) = (vertices[i], vertices[(i + 1) % vertices.len()]);
                     self.graph
                         .edge_weight(a, b)
                         .expect("cycle edge is in the graph")
                         .clone()
                 })
                 .collect();
+            let nodes: Vec<N> = vertices.iter().map(|v| v.node).collect();
             // A cycle of wake-up hand-offs only (each thread locked another's
             // mutex while that one waited on a condition with it, as
             // mod_wsgi's workers do) cannot close while those threads wait:
             // not reported unless an edge is seen otherwise (then the cycle
             // is judged again).
             if edges.iter().all(|e| e.handoff) {
-                self.handoff_cycles
-                    .insert(nodes.iter().map(|n| n.lock).collect());
+                self.handoff_cycles.insert(nodes.iter().copied().collect());
                 continue;
             }
             let gate = common_gate(&edges);
-            let cycle = Cycle { edges, gate };
-            let guarded = cycle.gate.is_some();
-            match self.reported.get(&cycle.key()) {
+            let key = cycle_key(&nodes);
+            let guarded = gate.is_some();
+            match self.reported.get(&key) {
                 // Reported already, as it is now (or unguarded already).
                 Some(&was_guarded) if was_guarded == guarded || !was_guarded => {}
                 _ => {
-                    self.reported.insert(cycle.key(), guarded);
+                    self.reported.insert(key, guarded);
                     self.cycles += 1;
-                    cycles.push(cycle);
+                    cycles.push(Cycle { nodes, edges, gate });
                 }
             }
         }
@@ -291,76 +289,72 @@ impl LockOrderGraph {
         cycles
     }
 
-    /// Remove lock `lock` with its dependencies (it was destroyed or
-    /// re-initialized: its address is now another lock). Returns the removed
-    /// dependencies.
-    pub fn forget_lock(&mut self, lock: LockId) -> Vec<Dependency> {
-        let instance = lock;
-        let lock = self.identity(lock);
-        self.identities.remove(&instance);
+    /// Removes `node` with its dependencies (a lock destroyed or
+    /// re-initialized: its address is now another lock). Returns the
+    /// removed dependencies.
+    pub fn forget_lock(&mut self, node: N) -> Vec<Dependency> {
         let mut removed = Vec::new();
         for shared in [false, true] {
-            let node = Node { lock, shared };
-            if !self.graph.contains_node(node) {
-                continue;
-            }
-            let edges: Vec<(Node, Node)> = self
-                .graph
-                .neighbors_directed(node, Direction::Outgoing)
-                .map(|w| (node, w))
-                .chain(
-                    self.graph
-                        .neighbors_directed(node, Direction::Incoming)
-                        .map(|v| (v, node)),
-                )
-                .collect();
-            for (a, b) in edges {
-                if let Some(dep) = self.graph.remove_edge(a, b) {
-                    removed.push(dep);
-                }
-            }
-            self.graph.remove_node(node);
-            if let Some(nodes) = self.by_pid.get_mut(&lock.pid) {
-                nodes.remove(&node);
+            let v = Vertex { node, shared };
+            removed.extend(self.remove_vertex(v));
+            if let Some(vs) = node.owner().and_then(|pid| self.by_pid.get_mut(&pid)) {
+                vs.remove(&v);
             }
         }
         self.reported
-            .retain(|key, _| key.iter().all(|(a, b)| *a != lock && *b != lock));
+            .retain(|key, _| key.iter().all(|(a, b)| *a != node && *b != node));
         removed
     }
 
-    /// Remove every lock of process `pid`, with its dependencies (the process
-    /// exited; its pid may be reused by an unrelated process). Returns the
-    /// dependencies it made.
+    /// Removes every lock of process `pid`, with its dependencies (the
+    /// process exited; its pid may be reused by an unrelated process).
+    /// Returns the removed dependencies.
     pub fn forget_process(&mut self, pid: u32) -> Vec<Dependency> {
-        self.identities.retain(|l, _| l.pid != pid);
-        let Some(nodes) = self.by_pid.remove(&pid) else {
+        let Some(vertices) = self.by_pid.remove(&pid) else {
             return Vec::new();
         };
         let mut removed = Vec::new();
-        for n in nodes {
-            let outgoing: Vec<Node> = self
-                .graph
-                .neighbors_directed(n, Direction::Outgoing)
-                .collect();
-            for w in outgoing {
-                if let Some(dep) = self.graph.remove_edge(n, w) {
-                    removed.push(dep);
-                }
-            }
-            self.graph.remove_node(n);
+        for v in vertices {
+            removed.extend(self.remove_vertex(v));
         }
-        self.reported
-            .retain(|key, _| key.iter().all(|(a, b)| a.pid != pid && b.pid != pid));
+        self.reported.retain(|key, _| {
+            key.iter()
+                .all(|(a, b)| a.owner() != Some(pid) && b.owner() != Some(pid))
+        });
         removed
     }
 
-    /// All nodes with a path to `n`, `n` included.
-    fn ancestors(&self, n: Node) -> HashSet<Node> {
-        let mut seen = HashSet::from([n]);
-        let mut queue = VecDeque::from([n]);
-        while let Some(v) = queue.pop_front() {
-            for p in self.graph.neighbors_directed(v, Direction::Incoming) {
+    /// Removes a vertex and returns the dependencies of its edges (both
+    /// directions).
+    fn remove_vertex(&mut self, v: Vertex<N>) -> Vec<Dependency> {
+        if !self.graph.contains_node(v) {
+            return Vec::new();
+        }
+        let edges: Vec<(Vertex<N>, Vertex<N>)> = self
+            .graph
+            .neighbors_directed(v, Direction::Outgoing)
+            .map(|w| (v, w))
+            .chain(
+                self.graph
+                    .neighbors_directed(v, Direction::Incoming)
+                    .filter(|&u| u != v)
+                    .map(|u| (u, v)),
+            )
+            .collect();
+        let removed = edges
+            .into_iter()
+            .filter_map(|(a, b)| self.graph.remove_edge(a, b))
+            .collect();
+        self.graph.remove_node(v);
+        removed
+    }
+
+    /// All vertices with a path to `v`, `v` included.
+    fn ancestors(&self, v: Vertex<N>) -> HashSet<Vertex<N>> {
+        let mut seen = HashSet::from([v]);
+        let mut queue = VecDeque::from([v]);
+        while let Some(w) = queue.pop_front() {
+            for p in self.graph.neighbors_directed(w, Direction::Incoming) {
                 if seen.insert(p) {
                     queue.push_back(p);
                 }
@@ -370,8 +364,16 @@ impl LockOrderGraph {
     }
 }
 
+fn cycle_key<N: GraphNode>(nodes: &[N]) -> CycleKey<N> {
+    let mut key: Vec<(N, N)> = (0..nodes.len())
+        .map(|i| (nodes[i], nodes[(i + 1) % nodes.len()]))
+        .collect();
+    key.sort_unstable();
+    key
+}
+
 /// A lock in the gate set of every edge, if any (the smallest).
-fn common_gate(edges: &[Dependency]) -> Option<LockId> {
+fn common_gate(edges: &[Dependency]) -> Option<LockInstance> {
     let (first, rest) = edges.split_first()?;
     first
         .gates
@@ -381,27 +383,27 @@ fn common_gate(edges: &[Dependency]) -> Option<LockId> {
 }
 
 /// Enumeration of the simple paths `path[0] ~> target`.
-struct Search<'a> {
-    graph: &'a DiGraphMap<Node, Dependency>,
-    ancestors: &'a HashSet<Node>,
-    target: Node,
-    path: Vec<Node>,
-    on_path: HashSet<Node>,
+struct Search<'a, N: GraphNode> {
+    graph: &'a DiGraphMap<Vertex<N>, Dependency>,
+    ancestors: &'a HashSet<Vertex<N>>,
+    target: Vertex<N>,
+    path: Vec<Vertex<N>>,
+    on_path: HashSet<Vertex<N>>,
     /// Up to `MAX_CYCLES_PER_INSERT + 1` paths (one more tells "cut").
-    found: Vec<Vec<Node>>,
+    found: Vec<Vec<Vertex<N>>>,
     budget: usize,
     truncated: bool,
 }
 
-impl Search<'_> {
+impl<N: GraphNode> Search<'_, N> {
     /// Returns false to stop the whole search.
-    fn dfs(&mut self, v: Node) -> bool {
+    fn dfs(&mut self, v: Vertex<N>) -> bool {
         if v == self.target {
             self.found.push(self.path.clone());
             return self.found.len() <= MAX_CYCLES_PER_INSERT;
         }
-        // The path has `path.len()` nodes; with the new edge, extending it
-        // gives a cycle of at least `path.len() + 1` locks.
+        // The path has `path.len()` vertices; with the new edge, extending
+        // it gives a cycle of at least `path.len() + 1` locks.
         if self.path.len() >= MAX_CYCLE_LEN {
             self.truncated = true;
             return true;
@@ -434,6 +436,41 @@ mod tests {
     use super::*;
     use crate::model::LockKind;
 
+    type Cycle = crate::model::Cycle<LockIdentity>;
+    type LockId = LockInstance;
+
+    struct Graph(LockOrderGraph<LockIdentity>);
+
+    impl Graph {
+        fn new() -> Self {
+            Graph(LockOrderGraph::new())
+        }
+        fn insert(&mut self, d: Dependency) -> Vec<Cycle> {
+            self.0.insert(
+                LockIdentity::Private(d.from),
+                LockIdentity::Private(d.to),
+                &d,
+            )
+        }
+        fn dependency(&self, from: LockId, to: LockId) -> Option<&Dependency> {
+            self.0
+                .dependency(LockIdentity::Private(from), LockIdentity::Private(to))
+        }
+    }
+
+    impl std::ops::Deref for Graph {
+        type Target = LockOrderGraph<LockIdentity>;
+        fn deref(&self) -> &Self::Target {
+            &self.0
+        }
+    }
+
+    impl std::ops::DerefMut for Graph {
+        fn deref_mut(&mut self) -> &mut Self::Target {
+            &mut self.0
+        }
+    }
+
     const PID: u32 = 100;
 
     fn lock(addr: u64) -> LockId {
@@ -453,7 +490,7 @@ mod tests {
             held_callsite: 0x1000 + from,
             stack: vec![0x2000 + to],
             gates: vec![],
-            gate_key: 0,
+            chain_key: 0,
             python: vec![],
             handoff: false,
         }
@@ -489,7 +526,7 @@ mod tests {
 
     #[test]
     fn a_cycle_of_handoffs_is_not_reported_until_an_edge_is_seen_otherwise() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         assert!(g.insert(handoff(0xa, 0xb)).is_empty());
         assert!(g.insert(handoff(0xb, 0xa)).is_empty(), "hand-offs only");
         assert_eq!(g.handoff_cycles(), 1);
@@ -501,7 +538,7 @@ mod tests {
 
     #[test]
     fn a_common_gate_lock_guards_a_cycle_until_an_edge_is_seen_without_it() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         assert!(g.insert(gated(0xa, 0xb, &[0x9])).is_empty());
         let cycles = g.insert(gated(0xb, 0xa, &[0x9]));
         assert_eq!(cycles.len(), 1);
@@ -519,7 +556,7 @@ mod tests {
 
     #[test]
     fn different_gates_do_not_guard() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         assert!(g.insert(gated(0xa, 0xb, &[0x8])).is_empty());
         let cycles = g.insert(gated(0xb, 0xa, &[0x9]));
         assert_eq!(cycles.len(), 1);
@@ -528,7 +565,7 @@ mod tests {
 
     #[test]
     fn readers_never_block_readers() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         assert!(g.insert(rw(0xa, R, 0xb, R)).is_empty());
         assert!(g.insert(rw(0xb, R, 0xa, R)).is_empty());
         // Held for writing on one side only: each request is a read, which a
@@ -540,7 +577,7 @@ mod tests {
 
     #[test]
     fn read_held_write_requested_cycle() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         assert!(g.insert(rw(0xa, R, 0xb, W)).is_empty());
         let cycles = g.insert(rw(0xb, R, 0xa, W));
         assert_eq!(cycles.len(), 1);
@@ -550,7 +587,7 @@ mod tests {
 
     #[test]
     fn write_request_waits_for_a_read_holder_and_a_mutex() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         // a mutex A held, rwlock B requested for writing; B held for reading,
         // A requested: a deadlock.
         assert!(g.insert(rw(0xa, LockKind::Mutex, 0xb, W)).is_empty());
@@ -572,7 +609,7 @@ mod tests {
 
     #[test]
     fn ab_ba_reported_once() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         assert!(g.insert(dep(0xa, 0xb)).is_empty());
         let cycles = g.insert(dep(0xb, 0xa));
         assert_eq!(cycles.len(), 1);
@@ -588,7 +625,7 @@ mod tests {
 
     #[test]
     fn first_dependency_is_kept() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         g.insert(dep(0xa, 0xb));
         let mut again = dep(0xa, 0xb);
         again.tid = 999;
@@ -598,7 +635,7 @@ mod tests {
 
     #[test]
     fn three_cycle_on_closing_insert() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         assert!(g.insert(dep(0xb, 0xc)).is_empty());
         assert!(g.insert(dep(0xc, 0xa)).is_empty());
         let cycles = g.insert(dep(0xa, 0xb));
@@ -615,7 +652,7 @@ mod tests {
 
     #[test]
     fn rotation_starts_at_smallest_lock() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         g.insert(dep(0x30, 0x10));
         g.insert(dep(0x10, 0x20));
         let cycles = g.insert(dep(0x20, 0x30));
@@ -628,7 +665,7 @@ mod tests {
 
     #[test]
     fn consistent_order_has_no_cycle() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         // A total order over 20 locks, every pair in order: a DAG.
         for i in 0..20u64 {
             for j in i + 1..20 {
@@ -644,7 +681,7 @@ mod tests {
 
     #[test]
     fn self_edge_is_no_cycle() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         assert!(g.insert(dep(0xa, 0xa)).is_empty());
         assert!(g.insert(dep(0xa, 0xb)).is_empty());
         assert!(g.insert(dep(0xb, 0xb)).is_empty());
@@ -654,7 +691,7 @@ mod tests {
 
     #[test]
     fn two_cycles_sharing_an_edge() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         // a -> b shared; b -> a and b -> c -> a close two distinct cycles.
         assert!(g.insert(dep(0xb, 0xa)).is_empty());
         assert!(g.insert(dep(0xb, 0xc)).is_empty());
@@ -678,7 +715,7 @@ mod tests {
 
     #[test]
     fn same_address_in_two_processes() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         assert!(g.insert(dep_in(1, 0xa, 0xb)).is_empty());
         assert!(g.insert(dep_in(2, 0xb, 0xa)).is_empty());
         assert_eq!(g.lock_count(), 4);
@@ -691,7 +728,7 @@ mod tests {
 
     #[test]
     fn forget_process() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         g.insert(dep_in(1, 0xa, 0xb));
         assert_eq!(g.insert(dep_in(1, 0xb, 0xa)).len(), 1);
         g.insert(dep_in(2, 0xa, 0xb));
@@ -707,7 +744,7 @@ mod tests {
 
     #[test]
     fn cycles_per_insert_bound() {
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         // b -> m_i -> a for 20 middles, then a -> b closes 20 3-cycles.
         for m in 0..20 {
             assert!(g.insert(dep(0xb, 0x100 + m)).is_empty());
@@ -716,7 +753,7 @@ mod tests {
         let cycles = g.insert(dep(0xa, 0xb));
         assert_eq!(cycles.len(), MAX_CYCLES_PER_INSERT);
         cycles.iter().for_each(check_shape);
-        let keys: HashSet<_> = cycles.iter().map(Cycle::key).collect();
+        let keys: HashSet<_> = cycles.iter().map(|c| cycle_key(&c.nodes)).collect();
         assert_eq!(keys.len(), MAX_CYCLES_PER_INSERT);
         assert_eq!(g.truncated_searches(), 1);
         assert_eq!(g.cycle_count(), MAX_CYCLES_PER_INSERT);
@@ -725,7 +762,7 @@ mod tests {
     #[test]
     fn cycle_length_bound() {
         // A ring of exactly MAX_CYCLE_LEN locks is found ...
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         let n = MAX_CYCLE_LEN as u64;
         for i in 0..n - 1 {
             assert!(g.insert(dep(i, i + 1)).is_empty());
@@ -737,7 +774,7 @@ mod tests {
         assert_eq!(g.truncated_searches(), 0);
 
         // ... one lock more is cut, and counted.
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         for i in 0..n {
             assert!(g.insert(dep(i, i + 1)).is_empty());
         }
@@ -749,7 +786,7 @@ mod tests {
     #[test]
     fn dense_graph_is_bounded() {
         // A complete graph on 40 locks: exponentially many simple cycles.
-        let mut g = LockOrderGraph::new();
+        let mut g = Graph::new();
         for i in 0..40u64 {
             for j in 0..40u64 {
                 if i != j {

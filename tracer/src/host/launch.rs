@@ -108,10 +108,11 @@ pub fn wait_for_exec(pid: Pid) {
     // A static program maps no libc: give up after a short while.
     let deadline = Instant::now() + Duration::from_millis(200);
     while Instant::now() < deadline {
-        let libc_mapped = crate::maps::read_proc_maps(pid.as_raw() as u32).is_some_and(|maps| {
-            maps.iter()
-                .any(|m| m.executable && crate::targets::is_lock_library(&m.path))
-        });
+        let libc_mapped =
+            crate::host::spaces::read_proc_maps(pid.as_raw() as u32).is_some_and(|maps| {
+                maps.iter()
+                    .any(|m| m.executable && crate::host::elf::is_lock_library(&m.path))
+            });
         if libc_mapped {
             return;
         }

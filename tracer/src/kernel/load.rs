@@ -10,24 +10,20 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeScope},
         TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{
-    Counter, DependencyKey, FutexKey, FutexStats, HeldStack, PyProcess, FILTER_ALL, FILTER_TRACED,
-};
+use tracer_common::{FILTER_ALL, FILTER_TRACED};
 use tracing::{debug, info};
 
-use iced_x86::Register;
-
-use crate::{
-    placement, preflight,
-    targets::{FileId, Target},
-};
+use crate::host::preflight;
+use crate::kernel::catalogue::{TRACEPOINTS, UPROBES};
+use crate::kernel::placement;
+use crate::kernel::targets::{FileId, Target};
 
 /// Where the uprobes go in each function.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,158 +71,6 @@ impl Filter {
     }
 }
 
-/// One uprobe on a libc function.
-struct Uprobe {
-    /// The program's name in the eBPF object.
-    program: &'static str,
-    symbol: &'static str,
-    /// A return probe (placed like the entry probe: the return address is
-    /// still at `[rsp]` at the placed instruction).
-    is_return: bool,
-    /// The argument registers the program reads.
-    reads: &'static [Register],
-    /// The program tolerates a second hit in the same call (see
-    /// `placement::place_repeat_safe`).
-    repeat_safe: bool,
-}
-
-const fn entry(program: &'static str, symbol: &'static str) -> Uprobe {
-    Uprobe {
-        program,
-        symbol,
-        is_return: false,
-        reads: &[Register::RDI],
-        repeat_safe: false,
-    }
-}
-
-/// For functions whose compare-and-swap retry loop branches back before
-/// their first emulated instruction: the programs there tolerate a second
-/// hit (a try entry records the same pending lock; its return finds it
-/// consumed; a post is deduplicated by its stack pointer).
-const fn repeat_safe(probe: Uprobe) -> Uprobe {
-    Uprobe {
-        repeat_safe: true,
-        ..probe
-    }
-}
-
-const fn ret(program: &'static str, symbol: &'static str) -> Uprobe {
-    Uprobe {
-        program,
-        symbol,
-        is_return: true,
-        reads: &[Register::RDI],
-        repeat_safe: false,
-    }
-}
-
-/// Every probe: an entry probe per lock function (blocking operations need no
-/// return probe: their wait shows in the futex tracepoints), and a return
-/// probe where the result decides what is held (try, timed, condition waits).
-const UPROBES: &[Uprobe] = &[
-    entry("mutex_lock", "pthread_mutex_lock"),
-    entry("unlock", "pthread_mutex_unlock"),
-    entry("mutex_trylock", "pthread_mutex_trylock"),
-    ret("try_return", "pthread_mutex_trylock"),
-    entry("mutex_timedlock", "pthread_mutex_timedlock"),
-    ret("try_return", "pthread_mutex_timedlock"),
-    entry("mutex_timedlock", "pthread_mutex_clocklock"),
-    ret("try_return", "pthread_mutex_clocklock"),
-    entry("rwlock_rdlock", "pthread_rwlock_rdlock"),
-    entry("rwlock_wrlock", "pthread_rwlock_wrlock"),
-    entry("unlock", "pthread_rwlock_unlock"),
-    entry("rwlock_tryrdlock", "pthread_rwlock_tryrdlock"),
-    ret("try_return", "pthread_rwlock_tryrdlock"),
-    entry("rwlock_tryrdlock", "pthread_rwlock_timedrdlock"),
-    ret("try_return", "pthread_rwlock_timedrdlock"),
-    entry("rwlock_tryrdlock", "pthread_rwlock_clockrdlock"),
-    ret("try_return", "pthread_rwlock_clockrdlock"),
-    entry("rwlock_trywrlock", "pthread_rwlock_trywrlock"),
-    ret("try_return", "pthread_rwlock_trywrlock"),
-    entry("rwlock_trywrlock", "pthread_rwlock_timedwrlock"),
-    ret("try_return", "pthread_rwlock_timedwrlock"),
-    entry("rwlock_trywrlock", "pthread_rwlock_clockwrlock"),
-    ret("try_return", "pthread_rwlock_clockwrlock"),
-    entry("spin_lock", "pthread_spin_lock"),
-    entry("unlock", "pthread_spin_unlock"),
-    entry("spin_trylock", "pthread_spin_trylock"),
-    ret("try_return", "pthread_spin_trylock"),
-    entry("sem_wait", "sem_wait"),
-    repeat_safe(entry("sem_trywait", "sem_trywait")),
-    repeat_safe(ret("try_return", "sem_trywait")),
-    entry("sem_timedwait", "sem_timedwait"),
-    ret("try_return", "sem_timedwait"),
-    entry("sem_timedwait", "sem_clockwait"),
-    ret("try_return", "sem_clockwait"),
-    repeat_safe(entry("sem_post", "sem_post")),
-    // pthread_spin_init shares its code with pthread_spin_unlock: not probed.
-    entry("lock_init", "pthread_mutex_init"),
-    entry("lock_destroy", "pthread_mutex_destroy"),
-    entry("lock_init", "pthread_rwlock_init"),
-    entry("lock_destroy", "pthread_rwlock_destroy"),
-    entry("lock_destroy", "pthread_spin_destroy"),
-    entry("lock_init", "sem_init"),
-    entry("lock_destroy", "sem_destroy"),
-    // The mutex is the second argument.
-    Uprobe {
-        program: "cond_wait",
-        symbol: "pthread_cond_wait",
-        is_return: false,
-        reads: &[Register::RDI, Register::RSI],
-        repeat_safe: false,
-    },
-    Uprobe {
-        program: "cond_wait_return",
-        symbol: "pthread_cond_wait",
-        is_return: true,
-        reads: &[Register::RDI, Register::RSI],
-        repeat_safe: false,
-    },
-    Uprobe {
-        program: "cond_wait",
-        symbol: "pthread_cond_timedwait",
-        is_return: false,
-        reads: &[Register::RDI, Register::RSI],
-        repeat_safe: false,
-    },
-    Uprobe {
-        program: "cond_wait_return",
-        symbol: "pthread_cond_timedwait",
-        is_return: true,
-        reads: &[Register::RDI, Register::RSI],
-        repeat_safe: false,
-    },
-    Uprobe {
-        program: "cond_wait",
-        symbol: "pthread_cond_clockwait",
-        is_return: false,
-        reads: &[Register::RDI, Register::RSI],
-        repeat_safe: false,
-    },
-    Uprobe {
-        program: "cond_wait_return",
-        symbol: "pthread_cond_clockwait",
-        is_return: true,
-        reads: &[Register::RDI, Register::RSI],
-        repeat_safe: false,
-    },
-];
-
-/// The functions that get probes.
-pub fn probed_symbols() -> Vec<&'static str> {
-    UPROBES.iter().map(|p| p.symbol).collect()
-}
-
-/// (program, category, event)
-const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("process_fork", "sched", "sched_process_fork"),
-    ("process_exec", "sched", "sched_process_exec"),
-    ("process_exit", "sched", "sched_process_exit"),
-    ("futex_enter", "syscalls", "sys_enter_futex"),
-    ("futex_exit", "syscalls", "sys_exit_futex"),
-];
-
 pub struct Probes {
     ebpf: Ebpf,
     policy: ProbePlacement,
@@ -236,8 +80,8 @@ pub struct Probes {
     loaded: HashSet<&'static str>,
     /// The files with probes, and the name each was found by.
     probed: BTreeMap<FileId, PathBuf>,
-    host_wide: bool,
-    cgroup_filter: bool,
+    pub(super) host_wide: bool,
+    pub(super) cgroup_filter: bool,
 }
 
 impl Probes {
@@ -313,30 +157,6 @@ impl Probes {
             .insert(pid, 1, 0)
             .context("cannot add a pid to the filter")?;
         Ok(())
-    }
-
-    /// Describes CPython process `pid` to the kernel side, with the
-    /// `PyThreadState` of each of its threads (tid, address) known now.
-    pub fn set_python(&mut self, pid: u32, py: &PyProcess, threads: &[(u32, u64)]) -> Result<()> {
-        let mut procs: HashMap<_, u32, PyProcess> =
-            HashMap::try_from(self.map_mut("PY_PROCESSES")?)?;
-        procs.insert(pid, py, 0)?;
-        let mut tstates: HashMap<_, u32, u64> = HashMap::try_from(self.map_mut("PY_THREADS")?)?;
-        for (tid, tstate) in threads {
-            tstates.insert(tid, tstate, 0)?;
-        }
-        Ok(())
-    }
-
-    /// Whether the kernel side may trace `pid` (always host-wide; cgroup
-    /// membership is only known to the kernel, at each hit).
-    pub fn may_trace(&self, pid: u32) -> bool {
-        self.host_wide
-            || self.cgroup_filter
-            || self
-                .map("TRACED")
-                .and_then(|m| Ok(HashMap::<_, u32, u8>::try_from(m)?.get(&pid, 0).is_ok()))
-                .unwrap_or(false)
     }
 
     pub fn is_probed(&self, id: FileId) -> bool {
@@ -440,101 +260,21 @@ impl Probes {
             .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))
     }
 
-    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+    pub(super) fn map(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf
             .map(name)
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
     }
 
-    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+    pub(super) fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
     }
 
-    /// The thread that alone waits on conditions with mutex `addr` of
-    /// process `pid` (its wake-up mutex), as the kernel side saw so far.
-    pub fn wakeup_mutex_owner(&self, pid: u32, addr: u64) -> Option<u32> {
-        // aya's HashMap also reads the LRU kind.
-        let map: HashMap<_, [u64; 2], u64> =
-            HashMap::try_from(self.map("COND_MUTEXES").ok()?).ok()?;
-        let v = map.get(&[u64::from(pid), addr], 0).ok()?;
-        (v & tracer_common::COND_MUTEX_SHARED == 0).then_some(v as u32)
-    }
-
-    /// Forgets dependencies in the kernel's cache of those already sent, so
-    /// that they are sent again (their lock was reset).
-    pub fn forget_dependencies(&mut self, keys: &[DependencyKey]) -> Result<()> {
-        // aya's HashMap also handles the LRU kind.
-        let mut sent: HashMap<_, DependencyKey, u8> =
-            HashMap::try_from(self.map_mut("DEPENDENCIES")?)?;
-        for key in keys {
-            // Absent (evicted) keys are fine.
-            let _ = sent.remove(key);
-        }
-        Ok(())
-    }
-
-    /// The held-lock stack of every thread that holds something.
-    pub fn held_stacks(&self) -> Result<crate::waitfor::HeldByThread> {
-        let map = self.map("HELD")?;
-        let held: HashMap<_, u32, HeldStack> = HashMap::try_from(map)?;
-        let mut out = crate::waitfor::HeldByThread::new();
-        for entry in held.iter() {
-            // Entries can vanish while iterating (threads exit): skip them.
-            let Ok((tid, stack)) = entry else { continue };
-            let depth = (stack.depth as usize).min(stack.locks.len());
-            if depth > 0 {
-                out.insert(tid, stack.locks[..depth].to_vec());
-            }
-        }
-        Ok(out)
-    }
-
-    /// Futex waits in progress: tid -> (futex word, start in CLOCK_MONOTONIC
-    /// ns).
-    pub fn futex_waits(&self) -> Result<crate::blocking::WaitStarts> {
-        let map = self.map("FUTEX_WAITING")?;
-        let waiting: HashMap<_, u32, [u64; 2]> = HashMap::try_from(map)?;
-        Ok(waiting
-            .iter()
-            .filter_map(|e| e.ok())
-            .map(|(tid, [uaddr, start])| (tid, (uaddr, start)))
-            .collect())
-    }
-
-    /// The processes traced with `FILTER_TRACED` (thread ids left out).
-    pub fn traced_pids(&self) -> Result<Vec<u32>> {
-        let map = self.map("TRACED")?;
-        let traced: HashMap<_, u32, u8> = HashMap::try_from(map)?;
-        Ok(traced
-            .keys()
-            .filter_map(|k| k.ok())
-            // Threads created by traced processes are in the map too.
-            .filter(|&pid| crate::preflight::is_process(pid))
-            .collect())
-    }
-
     /// Whether every process is traced.
     pub fn is_host_wide(&self) -> bool {
         self.host_wide
-    }
-
-    /// Blocking per futex word: (pid, address, waits, ns), summed over CPUs.
-    pub fn futex_stats(&self) -> Result<Vec<(u32, u64, u64, u64)>> {
-        let map = self.map("FUTEX_STATS")?;
-        // aya's PerCpuHashMap also handles the LRU kind.
-        let stats: aya::maps::PerCpuHashMap<_, FutexKey, FutexStats> =
-            aya::maps::PerCpuHashMap::try_from(map)?;
-        let mut out = Vec::new();
-        for entry in stats.iter() {
-            let (key, per_cpu) = entry?;
-            let (waits, ns) = per_cpu
-                .iter()
-                .fold((0, 0), |(w, n), s| (w + s.waits, n + s.wait_ns));
-            out.push((key.pid, key.uaddr, waits, ns));
-        }
-        Ok(out)
     }
 
     /// The event ring buffer (can be taken once).
@@ -555,16 +295,6 @@ impl Probes {
                 None
             }
         }
-    }
-
-    /// The kernel counters, summed over CPUs.
-    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
-        let map = self.map("COUNTERS")?;
-        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        Counter::ALL
-            .iter()
-            .map(|&c| Ok((c, counters.get(&(c as u32), 0)?.iter().sum())))
-            .collect()
     }
 }
 

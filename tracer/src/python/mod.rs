@@ -25,7 +25,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::maps::{self, AddressSpaces, Mapping};
+use crate::host::elf::{self, LoadSegment};
+use crate::host::spaces::{self, AddressSpaces, Mapping};
 
 /// Struct offsets (and constants) for one CPython minor version.
 #[derive(Clone, Copy, Debug)]
@@ -203,7 +204,7 @@ fn probe(pid: u32, m: &Mapping) -> Result<Option<Interpreter>, Unsupported> {
     if runtime.is_none() && py_version.is_none() && !name.contains("python") {
         return Ok(None);
     }
-    let bias = maps::load_bias(m, segments)
+    let bias = elf::load_bias(m, segments)
         .ok_or_else(|| unsupported(format!("{path}: cannot compute the load address")))?;
     // `Py_Version` (= PY_VERSION_HEX, since 3.11), else the file name.
     let version = match py_version {
@@ -248,7 +249,7 @@ fn probe(pid: u32, m: &Mapping) -> Result<Option<Interpreter>, Unsupported> {
 struct FileSymbols {
     runtime: Option<u64>,
     py_version: Option<u64>,
-    segments: Vec<maps::LoadSegment>,
+    segments: Vec<LoadSegment>,
 }
 
 /// The symbols of the file mapped by `m`, read once per file (dev, inode):
@@ -268,7 +269,7 @@ fn file_symbols(pid: u32, m: &Mapping) -> Option<std::sync::Arc<FileSymbols>> {
     {
         return known.clone();
     }
-    let file = maps::readable_path(pid, m).and_then(|p| File::open(p).ok())?;
+    let file = spaces::readable_path(pid, m).and_then(|p| File::open(p).ok())?;
     // Read lazily: only the headers and symbol tables of a ~7 MB library.
     let cache = object::ReadCache::new(file);
     let found = object::File::parse(&cache).ok().map(|elf| {
@@ -280,7 +281,7 @@ fn file_symbols(pid: u32, m: &Mapping) -> Option<std::sync::Arc<FileSymbols>> {
         Arc::new(FileSymbols {
             runtime: symbol("_PyRuntime"),
             py_version: symbol("Py_Version"),
-            segments: maps::load_segments(&elf),
+            segments: elf::load_segments(&elf),
         })
     });
     FILES
@@ -299,16 +300,7 @@ fn version_from_name(name: &str) -> Option<(u32, u32)> {
     Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
-/// One Python frame, resolved.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub struct PyFrame {
-    /// `co_qualname`, e.g. `Condition.wait`.
-    pub function: String,
-    /// `co_filename`.
-    pub file: String,
-    /// 0 if the instruction has no line (CPython's -1).
-    pub line: u32,
-}
+pub use tracer_analysis::model::PyFrame;
 
 /// What we keep of a code object.
 struct Code {
@@ -670,3 +662,5 @@ impl Mem {
 
 #[cfg(test)]
 mod tests;
+
+pub mod registry;

@@ -100,17 +100,6 @@ pub fn check_pid(pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Whether `pid` is a running process (a thread group leader), not another
-/// thread's id.
-pub fn is_process(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))
-            .is_some_and(|t| t.trim() == pid.to_string())
-    })
-}
-
 /// The id of a cgroup v2 directory (its inode number, which is what the
 /// kernel's `bpf_get_current_cgroup_id` returns).
 pub fn cgroup_id(dir: &Path) -> Result<u64> {
@@ -125,21 +114,6 @@ pub fn cgroup_id(dir: &Path) -> Result<u64> {
         );
     }
     Ok(std::fs::metadata(dir)?.ino())
-}
-
-/// Pids of running processes whose comm is `comm`.
-pub fn pids_with_comm(comm: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let short: String = comm.chars().take(15).collect();
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|c| c.trim_end() == short)
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -8,12 +8,19 @@ use std::collections::{HashMap, HashSet};
 use tracer_common::{LockKind, PyCodeCopy, PyFrameRaw, PyProcess};
 use tracing::{debug, info, warn};
 
-use crate::{
-    load::Probes,
-    model::LockId,
-    python::{self, CodeCache, Interpreter, PyFrame},
-    waitfor::Waiter,
-};
+use tracer_analysis::model::{LockInstance as LockId, Waiter};
+
+use crate::host::proc::children_of;
+use crate::python::{self, CodeCache, Interpreter, PyFrame};
+
+/// What the kernel side needs to know of a CPython process: where its
+/// threads' stacks are. Written into the kernel by the stage that owns it.
+pub struct Description {
+    pub pid: u32,
+    pub process: PyProcess,
+    /// The `PyThreadState` of each thread known now: (tid, address).
+    pub threads: Vec<(u32, u64)>,
+}
 
 #[derive(Default)]
 pub struct Pythons {
@@ -61,18 +68,26 @@ impl Pythons {
         Self::default()
     }
 
-    /// Checks whether `pid` runs CPython (again, after an exec) and, if so,
-    /// tells the kernel side where its threads' stacks are.
-    pub fn check(&mut self, probes: &mut Probes, pid: u32) {
+    /// Checks whether `pid` runs CPython (again, after an exec): returns
+    /// the descriptions the kernel side needs, of it and of its children
+    /// forked before now (mod_wsgi daemons forked right after the parent
+    /// loaded libpython did not inherit one in the kernel).
+    #[must_use]
+    pub fn check(&mut self, pid: u32) -> Vec<Description> {
+        let mut found = Vec::new();
+        self.check_into(pid, &mut found);
+        found
+    }
+
+    fn check_into(&mut self, pid: u32, found: &mut Vec<Description>) {
         match python::detect(pid) {
             Ok(Some(interp)) => {
                 let threads = python::thread_states(&interp).unwrap_or_default();
-                if let Err(e) = probes.set_python(pid, &kernel_view(&interp), &threads) {
-                    warn!(
-                        pid,
-                        "cannot describe a Python process to the kernel side: {e:#}"
-                    );
-                }
+                found.push(Description {
+                    pid,
+                    process: kernel_view(&interp),
+                    threads: threads.clone(),
+                });
                 info!(
                     pid,
                     version = ?interp.version,
@@ -81,12 +96,9 @@ impl Pythons {
                     "Python process: its lock events carry Python frames"
                 );
                 self.interpreters.insert(pid, Some(interp));
-                // Children forked before now (mod_wsgi daemons forked right
-                // after the parent loaded libpython) did not inherit the
-                // description in the kernel.
                 for child in children_of(pid) {
                     if !self.is_checked(child) {
-                        self.check(probes, child);
+                        self.check_into(child, found);
                     }
                 }
             }
@@ -141,36 +153,52 @@ impl Pythons {
         frames
     }
 
-    /// A lock created by Python code: the creating frame names it, the
-    /// first one outside `threading.py` (`RLock()` and `Condition()` are
-    /// Python wrappers there; their caller is the creation site).
-    pub fn note_created(&mut self, lock: LockId, creator: &[PyFrameRaw], copies: &[PyCodeCopy]) {
-        let Some(interp) = self.interpreter(lock.pid).cloned() else {
+    /// The frames of Python code that created a lock in process `pid`,
+    /// resolved now (innermost first; None for a frame that cannot be
+    /// read). The kernel's copy of a code object first: a module's
+    /// top-level code is freed once the module ran, often before we read it.
+    pub fn creating_frames(
+        &mut self,
+        pid: u32,
+        creator: &[PyFrameRaw],
+        copies: &[PyCodeCopy],
+    ) -> Vec<Option<PyFrame>> {
+        let Some(interp) = self.interpreter(pid).cloned() else {
+            return Vec::new();
+        };
+        creator
+            .iter()
+            .map(|raw| {
+                copies
+                    .iter()
+                    .find(|c| c.code == raw.code && c.prev_instr == raw.prev_instr)
+                    .and_then(|c| python::frame_from_copy(interp.offsets, c))
+                    .or_else(|| self.cache.resolve(&interp, raw.code, raw.prev_instr))
+            })
+            .collect()
+    }
+
+    /// A lock created by Python code (`frames`: see [`Self::creating_frames`]):
+    /// the creating frame names it, the first one outside `threading.py`
+    /// (`RLock()` and `Condition()` are Python wrappers there; their caller
+    /// is the creation site).
+    pub fn note_created(&mut self, lock: LockId, frames: &[Option<PyFrame>]) {
+        if frames.is_empty() {
             return;
-        };
-        // The kernel's copy of a code object first: a module's top-level
-        // code is freed once the module ran, often before we read it.
-        let copied = |raw: &PyFrameRaw| {
-            copies
-                .iter()
-                .find(|c| c.code == raw.code && c.prev_instr == raw.prev_instr)
-                .and_then(|c| python::frame_from_copy(interp.offsets, c))
-        };
+        }
         // Frame by frame: an unreadable frame stops the search (naming the
         // lock by an outer frame would be wrong).
         // A lock threading.py makes for itself (a thread's tstate lock) is
         // named by its innermost frame.
         let mut site = None;
         let mut in_threading = None;
-        for raw in creator {
-            let frame =
-                copied(raw).or_else(|| self.cache.resolve(&interp, raw.code, raw.prev_instr));
+        for frame in frames {
             match frame {
                 Some(f) if f.file.ends_with("/threading.py") => {
-                    in_threading.get_or_insert(f);
+                    in_threading.get_or_insert(f.clone());
                 }
                 found => {
-                    site = found;
+                    site = found.clone();
                     break;
                 }
             }
@@ -180,7 +208,7 @@ impl Pythons {
             addr = lock.addr,
             ?site,
             ?in_threading,
-            frames = creator.len(),
+            frames = frames.len(),
             "lock created by Python code"
         );
         self.created_at.insert(lock, site.or(in_threading));
@@ -188,8 +216,8 @@ impl Pythons {
 
     /// For a lock Python code created: the creating frame, if it could be
     /// read. None for other locks.
-    pub fn creation(&self, lock: LockId) -> Option<Option<&PyFrame>> {
-        self.created_at.get(&lock).map(Option::as_ref)
+    pub fn creation(&self, lock: LockId) -> Option<Option<PyFrame>> {
+        self.created_at.get(&lock).cloned()
     }
 
     /// The lock was destroyed: its memory may become another lock.
@@ -268,18 +296,6 @@ impl Pythons {
         self.created_at.retain(|l, _| l.pid != pid);
         self.import_waits.retain(|l, _| l.pid != pid);
     }
-}
-
-/// The live child processes of `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(all) = procfs::process::all_processes() else {
-        return Vec::new();
-    };
-    all.flatten()
-        .filter_map(|p| p.stat().ok())
-        .filter(|stat| stat.ppid as u32 == pid)
-        .map(|stat| stat.pid as u32)
-        .collect()
 }
 
 /// The last two components of a path (`app/views.py`): enough to know the

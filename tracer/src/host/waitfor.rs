@@ -6,11 +6,14 @@
 //! glibc keeps in the mutex (so locks taken before the tracer started count
 //! too). A cycle of waits is a deadlock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 
-use tracer_common::{HeldLock, LockKind, STACK_BYTES, STACK_CHUNK};
+use tracer_analysis::model::{Blocked, LockKind, Waiter};
+use tracer_common::{HeldLock, STACK_BYTES, STACK_CHUNK};
+
+use crate::host::proc::{tgid_of, threads};
 
 const SYS_FUTEX: u64 = 202;
 const FUTEX_CMD_MASK: u64 = 0x7f;
@@ -24,32 +27,6 @@ const MUTEX_OWNER_OFFSET: u64 = 8;
 const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
 /// `sizeof(pthread_rwlock_t)`: an rwlock's futex words are inside it.
 const RWLOCK_SIZE: u64 = 56;
-
-/// A thread asleep in a futex wait.
-#[derive(Clone, Copy, Debug)]
-pub struct Blocked {
-    pub pid: u32,
-    pub tid: u32,
-    /// The futex word.
-    pub uaddr: u64,
-    /// The futex operation (`FUTEX_WAIT`...).
-    pub op: u64,
-    /// Registers at the syscall, for unwinding its stack.
-    pub sp: u64,
-    pub pc: u64,
-}
-
-/// A blocked thread and the lock it waits for.
-#[derive(Clone, Debug)]
-pub struct Waiter {
-    pub blocked: Blocked,
-    /// The lock object (the futex word's lock).
-    pub lock: u64,
-    pub kind: LockKind,
-    /// Threads holding it: of the same process, or of another one for a
-    /// process-shared mutex (tids are host-wide).
-    pub holders: Vec<u32>,
-}
 
 /// Held-lock stacks by tid, as the kernel side keeps them (empty when no
 /// probes run, as in `locktrace snapshot`).
@@ -67,15 +44,6 @@ fn parse_syscall(line: &str) -> Option<(u64, [u64; 6], u64, u64)> {
     let sp = hex(fields.next()?)?;
     let pc = hex(fields.next()?)?;
     (nr >= 0).then_some((nr as u64, args, sp, pc))
-}
-
-/// Threads of `pid`.
-pub fn threads(pid: u32) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
 }
 
 /// The threads of `pid` asleep in a futex wait.
@@ -131,17 +99,6 @@ pub fn read_stack(pid: u32, sp: u64) -> Vec<u8> {
     }
     buf.truncate(copied);
     buf
-}
-
-/// The process (thread group) of thread `tid`.
-pub fn tgid_of(tid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// What `b` waits for: the lock its futex word belongs to, and its holders
@@ -249,76 +206,11 @@ pub fn waiters(pids: &[u32], held: &HeldByThread) -> Vec<Waiter> {
     waiters
 }
 
-/// The elementary cycles of the wait-for graph (tid -> holders), each as the
-/// waiters in order, starting at its smallest tid: every thread of a cycle
-/// waits for the next one's lock... and the last for the first's.
-pub fn deadlocks(waiters: &[Waiter]) -> Vec<Vec<Waiter>> {
-    let by_tid: HashMap<u32, &Waiter> = waiters.iter().map(|w| (w.blocked.tid, w)).collect();
-    let mut cycles = Vec::new();
-    let mut seen: BTreeSet<Vec<u32>> = BTreeSet::new();
-    let mut starts: Vec<u32> = by_tid.keys().copied().collect();
-    starts.sort_unstable();
-    for start in starts {
-        // Depth-first over waits, only through tids greater than the start,
-        // so that each cycle is found once, from its smallest tid.
-        let mut path = vec![start];
-        // (tid, index of the next holder to follow)
-        let mut stack: Vec<(u32, usize)> = vec![(start, 0)];
-        while let Some(top) = stack.len().checked_sub(1) {
-            let (tid, next) = stack[top];
-            let holders = &by_tid[&tid].holders;
-            if next >= holders.len() {
-                stack.pop();
-                path.pop();
-                continue;
-            }
-            stack[top].1 += 1;
-            let h = holders[next];
-            if h == start {
-                if seen.insert(path.clone()) {
-                    cycles.push(path.iter().map(|t| by_tid[t].clone()).collect());
-                }
-            } else if h > start && by_tid.contains_key(&h) && !path.contains(&h) && path.len() < 64
-            {
-                path.push(h);
-                stack.push((h, 0));
-            }
-        }
-    }
-    cycles
-}
-
-/// A thread's state letter and name (`/proc/PID/task/TID/stat`, `comm`).
-pub fn thread_state(pid: u32, tid: u32) -> (String, String) {
-    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
-    // "tid (comm) S ...": the state follows the last ')'.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .unwrap_or("?")
-        .to_string();
-    let comm = fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_default();
-    (state, comm)
-}
-
 /// The registers of a thread asleep in any syscall (sp, pc), for its stack.
 pub fn syscall_registers(pid: u32, tid: u32) -> Option<(u64, u64)> {
     let line = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
     let (_, _, sp, pc) = parse_syscall(&line)?;
     Some((sp, pc))
-}
-
-/// Every process on the host but this one.
-pub fn all_pids() -> Vec<u32> {
-    let me = std::process::id();
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&p| p != me)
-        .collect()
 }
 
 #[cfg(test)]
@@ -335,41 +227,6 @@ mod tests {
         assert_eq!((sp, pc), (0x7ffc8e4e0a18, 0x7f3a1b2c3d4e));
         assert!(parse_syscall("running\n").is_none());
         assert!(parse_syscall("-1 0x7ffc8e4e0a18 0x7f3a1b2c3d4e\n").is_none());
-    }
-
-    fn w(tid: u32, holders: &[u32]) -> Waiter {
-        Waiter {
-            blocked: Blocked {
-                pid: 1,
-                tid,
-                uaddr: 0x1000 + tid as u64,
-                op: FUTEX_WAIT,
-                sp: 0,
-                pc: 0,
-            },
-            lock: 0x1000 + tid as u64,
-            kind: LockKind::Mutex,
-            holders: holders.to_vec(),
-        }
-    }
-
-    #[test]
-    fn finds_each_wait_cycle_once() {
-        let tids = |c: &Vec<Waiter>| c.iter().map(|w| w.blocked.tid).collect::<Vec<_>>();
-        // 10 -> 11 -> 10, and 12 waits for 10 (blocked behind the cycle).
-        let cycles = deadlocks(&[w(10, &[11]), w(11, &[10]), w(12, &[10])]);
-        assert_eq!(
-            cycles.iter().map(tids).collect::<Vec<_>>(),
-            vec![vec![10, 11]]
-        );
-        // Three threads.
-        let cycles = deadlocks(&[w(7, &[5]), w(5, &[6]), w(6, &[7])]);
-        assert_eq!(
-            cycles.iter().map(tids).collect::<Vec<_>>(),
-            vec![vec![5, 6, 7]]
-        );
-        // No cycle: a chain.
-        assert!(deadlocks(&[w(1, &[2]), w(2, &[3])]).is_empty());
     }
 
     #[test]

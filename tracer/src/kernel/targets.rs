@@ -15,7 +15,8 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::maps::{read_proc_maps, readable_path, Mapping};
+use crate::host::elf::is_lock_library;
+use crate::host::spaces::{read_proc_maps, readable_path, Mapping};
 
 /// A file's identity: what the kernel attaches a uprobe to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,21 +34,6 @@ pub struct Target {
     pub open_path: PathBuf,
     /// Its name as the process that maps it sees it (for reports).
     pub name: PathBuf,
-}
-
-/// Whether a mapped file is a C library that may hold the lock functions:
-/// `libc.so.6` (glibc 2.34 and later: pthread is in it), or, for older
-/// glibc, `libpthread.so.0` (the old `libc.so.6` only has forwarders, which
-/// [`Target::defines_lock_functions`] rejects).
-pub fn is_lock_library(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    let versioned = |stem: &str| name.starts_with(stem) && name.ends_with(".so");
-    name == "libc.so.6"
-        || name == "libpthread.so.0"
-        || versioned("libc-")
-        || versioned("libpthread-")
 }
 
 impl Target {
@@ -95,7 +81,7 @@ impl Target {
     /// Whether a program has any lock function of its own (a static program
     /// links only those it uses).
     pub fn defines_any_lock_function(elf: &[u8]) -> bool {
-        defines(elf, &crate::load::probed_symbols())
+        defines(elf, &crate::kernel::catalogue::probed_symbols())
     }
 }
 

@@ -1,0 +1,130 @@
+//! Lock classes, as lockdep has them: "the same lock in the program's code",
+//! stable across the processes of one binary (prefork workers) and across
+//! restarts. A class is, in this order of preference:
+//! - for a lock Python code created: the line that created it (CPython makes
+//!   every lock through one `sem_init` call site);
+//! - for a lock set up by `pthread_mutex_init`, `sem_init`...: the init call
+//!   site (binary + file offset of the return address), with its caller when
+//!   the site is a shared library's lock-creating function;
+//! - for a global or static lock: its binary and symbol (`ab_ba:mutex_a`);
+//! - for a lock in shared memory: its identity;
+//! - otherwise: the call site of its first acquisition seen.
+
+use std::collections::HashMap;
+
+use crate::host::{Host, InitStack};
+use crate::model::{ClassId, ClassKey, CodeSite, LockInstance, SharedLock};
+
+#[derive(Default)]
+pub struct Classes {
+    /// The class of each lock instance seen.
+    by_lock: HashMap<LockInstance, ClassId>,
+    /// Init call sites of locks set up by an init function, with the stack
+    /// copied at the init (to find the caller of a library's lock-creating
+    /// function when the class is first needed).
+    init_sites: HashMap<LockInstance, (u64, Option<InitStack>)>,
+    /// Interned class keys.
+    ids: HashMap<ClassKey, ClassId>,
+    keys: Vec<ClassKey>,
+}
+
+impl Classes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A lock was initialized at `site`: that is its class from now on.
+    pub fn note_init(&mut self, lock: LockInstance, site: u64, stack: Option<InitStack>) {
+        self.by_lock.remove(&lock);
+        self.init_sites.insert(lock, (site, stack));
+    }
+
+    /// A lock was destroyed: its memory may become another lock.
+    pub fn forget_lock(&mut self, lock: LockInstance) {
+        self.by_lock.remove(&lock);
+        self.init_sites.remove(&lock);
+    }
+
+    /// Forget the instances of an exited process (its classes stay: an
+    /// order seen in a dead worker still counts).
+    pub fn forget_process(&mut self, pid: u32) {
+        self.by_lock.retain(|l, _| l.pid != pid);
+        self.init_sites.retain(|l, _| l.pid != pid);
+    }
+
+    /// The class of `lock`, first acquired at `first_site`; `shared` is its
+    /// identity when it lives in shared memory. A lock keeps the class it
+    /// was first given.
+    pub fn class_of(
+        &mut self,
+        lock: LockInstance,
+        first_site: u64,
+        shared: Option<&SharedLock>,
+        host: &mut dyn Host,
+    ) -> ClassId {
+        if let Some(&class) = self.by_lock.get(&lock) {
+            return class;
+        }
+        let key = match shared {
+            Some(shared) => ClassKey::Shared(shared.clone()),
+            None => self.key_for(lock, first_site, host),
+        };
+        let class = self.intern(key);
+        self.by_lock.insert(lock, class);
+        class
+    }
+
+    /// The key of a class.
+    pub fn key(&self, class: ClassId) -> &ClassKey {
+        &self.keys[class.0 as usize]
+    }
+
+    pub fn class_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn intern(&mut self, key: ClassKey) -> ClassId {
+        if let Some(&id) = self.ids.get(&key) {
+            return id;
+        }
+        let id = ClassId(self.keys.len() as u32);
+        self.ids.insert(key.clone(), id);
+        self.keys.push(key);
+        id
+    }
+
+    fn key_for(&self, lock: LockInstance, first_site: u64, host: &mut dyn Host) -> ClassKey {
+        match host.python_creation(lock) {
+            Some(Some(frame)) => {
+                return ClassKey::PythonLine {
+                    file: frame.file,
+                    line: frame.line,
+                }
+            }
+            Some(None) => return ClassKey::PythonUnnamed(lock),
+            None => {}
+        }
+        let site_of = |host: &mut dyn Host, addr: u64| {
+            host.code_site(lock.pid, addr)
+                .unwrap_or_else(|| CodeSite::unmapped(addr))
+        };
+        if let Some((site, stack)) = self.init_sites.get(&lock) {
+            let site = *site;
+            // A shared library's lock-creating function (APR's
+            // apr_thread_mutex_create, GLib's g_mutex_init...) makes every
+            // lock of its callers: where it was called is the class.
+            let caller = stack
+                .as_ref()
+                .filter(|_| host.in_library(lock.pid, site))
+                .and_then(|stack| host.init_caller(lock.pid, site, stack));
+            return ClassKey::InitSite {
+                site: site_of(host, site),
+                caller: caller.map(|c| site_of(host, c)),
+            };
+        }
+        if let Some((module, symbol)) = host.global_symbol(lock) {
+            return ClassKey::Global { module, symbol };
+        }
+        ClassKey::FirstUse(site_of(host, first_site))
+    }
+}

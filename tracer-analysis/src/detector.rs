@@ -1,0 +1,434 @@
+//! The detector: decoded, enriched events in, verdicts out. It keeps the
+//! instance and class lock-order graphs, the lock classes and identities and
+//! the wait-for watchdog, and applies every rule; what it must know of the
+//! host it asks through [`Host`]. Findings are built and symbolized from its
+//! verdicts afterwards (the collector's `report`).
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use tracer_common::{gate_fingerprint, gate_mix};
+
+use crate::classes::Classes;
+use crate::graph::LockOrderGraph;
+use crate::host::{Host, InitStack};
+use crate::identity::Identities;
+use crate::model::{
+    ClassId, Cycle, Dependency, Level, LockIdentity, LockInstance, LockKind, Request,
+};
+use crate::waits::{Holder, WaitScan, WaitVerdict, Waiting, Watchdog};
+
+/// What the kernel side saw, decoded and enriched (stacks unwound, Python
+/// frames resolved).
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A blocking request that made dependencies new to the kernel side.
+    Request(Request),
+    /// A request for a lock the thread holds (`from[0]`), which can never
+    /// be granted.
+    SelfDeadlock(Request),
+    /// The memory at `lock` became a new lock, set up at `site`.
+    LockInit {
+        lock: LockInstance,
+        site: u64,
+        stack: Option<InitStack>,
+    },
+    /// The lock at `lock` was destroyed: its memory may become another lock.
+    LockDestroy { lock: LockInstance },
+    /// A traced process exited.
+    ProcessExit { pid: u32 },
+}
+
+/// A cycle reported as a potential deadlock (or, guarded, as a note).
+#[derive(Clone, Debug)]
+pub struct Inversion {
+    pub id: u64,
+    /// The instance evidence of each hop.
+    pub edges: Vec<Dependency>,
+    /// A lock held at every occurrence of every edge: it cannot deadlock.
+    pub gate: Option<LockInstance>,
+    pub level: Level,
+    /// The classes of the cycle's locks, for a class-level cycle.
+    pub classes: Vec<String>,
+}
+
+/// What the detector concluded; each has its finding's id.
+#[derive(Clone, Debug)]
+pub enum Verdict {
+    Inversion(Inversion),
+    /// Two locks of one class, one taken while holding the other.
+    SameClassNesting {
+        id: u64,
+        dep: Dependency,
+        class: String,
+    },
+    /// A thread requested a lock it holds (`dep.from == dep.to`).
+    SelfDeadlock {
+        id: u64,
+        dep: Dependency,
+    },
+    Deadlock {
+        id: u64,
+        threads: Vec<Waiting>,
+        /// The inversion reported earlier for the same locks.
+        inversion: Option<u64>,
+    },
+    Hang {
+        id: u64,
+        waiting: Waiting,
+        holders: Vec<Holder>,
+    },
+}
+
+impl Verdict {
+    pub fn id(&self) -> u64 {
+        match self {
+            Verdict::Inversion(i) => i.id,
+            Verdict::SameClassNesting { id, .. }
+            | Verdict::SelfDeadlock { id, .. }
+            | Verdict::Deadlock { id, .. }
+            | Verdict::Hang { id, .. } => *id,
+        }
+    }
+
+    /// Whether it warns (counts for `--exit-code`): all but guarded cycles,
+    /// which are notes.
+    pub fn is_alarm(&self) -> bool {
+        !matches!(self, Verdict::Inversion(Inversion { gate: Some(_), .. }))
+    }
+}
+
+/// What the detector holds and did, for the summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Lock instances and dependencies ever added to the instance graph.
+    pub locks: u64,
+    pub dependencies: u64,
+    /// Instance cycles found.
+    pub cycles: u64,
+    pub truncated_cycle_searches: u64,
+    /// Cycles of wake-up hand-offs only, not reported.
+    pub handoff_cycles: u64,
+    /// Classes of libraries' own code nested within themselves.
+    pub library_same_class_nesting: u64,
+    pub forgotten_processes: u64,
+    pub forgotten_dependencies: u64,
+    pub classes: u64,
+}
+
+pub struct Detector {
+    instances: LockOrderGraph<LockIdentity>,
+    class_graph: LockOrderGraph<ClassId>,
+    classes: Classes,
+    identities: Identities,
+    same_class_reported: HashSet<ClassId>,
+    /// The lock sets of reported inversions, to link deadlocks to them.
+    inversions: Vec<(BTreeSet<LockInstance>, u64)>,
+    watchdog: Watchdog,
+    /// Findings numbered so far.
+    findings: u64,
+    /// Dependencies that left the graphs, whose kernel dedup entries must go
+    /// too (their next occurrence is then sent and judged afresh).
+    forgotten: Vec<Dependency>,
+    stats: Stats,
+}
+
+impl Detector {
+    pub fn new(hang_threshold: Duration) -> Self {
+        Detector {
+            instances: LockOrderGraph::new(),
+            class_graph: LockOrderGraph::new(),
+            classes: Classes::new(),
+            identities: Identities::default(),
+            same_class_reported: HashSet::new(),
+            inversions: Vec::new(),
+            watchdog: Watchdog::new(hang_threshold),
+            findings: 0,
+            forgotten: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn on_event(&mut self, event: Event, host: &mut dyn Host) -> Vec<Verdict> {
+        match event {
+            Event::Request(r) => self.on_request(r, host),
+            Event::SelfDeadlock(r) => self.on_self_deadlock(r).into_iter().collect(),
+            Event::LockInit { lock, site, stack } => {
+                self.classes.note_init(lock, site, stack);
+                self.forget_lock(lock);
+                Vec::new()
+            }
+            Event::LockDestroy { lock } => {
+                self.classes.forget_lock(lock);
+                self.forget_lock(lock);
+                Vec::new()
+            }
+            Event::ProcessExit { pid } => {
+                let removed = self.instances.forget_process(pid);
+                self.identities.forget_process(pid);
+                self.classes.forget_process(pid);
+                self.stats.forgotten_processes += 1;
+                self.stats.forgotten_dependencies += removed.len() as u64;
+                self.forgotten.extend(removed);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Judges one scan of the wait-for graph.
+    pub fn on_waits(&mut self, scan: &WaitScan<'_>) -> Vec<Verdict> {
+        let verdicts = self.watchdog.check(scan);
+        verdicts
+            .into_iter()
+            .map(|v| match v {
+                WaitVerdict::Deadlock(threads) => {
+                    let locks: BTreeSet<LockInstance> = threads
+                        .iter()
+                        .map(|t| LockInstance {
+                            pid: t.waiter.blocked.pid,
+                            addr: t.waiter.lock,
+                        })
+                        .collect();
+                    let inversion = self
+                        .inversions
+                        .iter()
+                        .find(|(l, _)| *l == locks)
+                        .map(|(_, id)| *id);
+                    Verdict::Deadlock {
+                        id: self.next_id(),
+                        threads,
+                        inversion,
+                    }
+                }
+                WaitVerdict::Hang { waiting, holders } => Verdict::Hang {
+                    id: self.next_id(),
+                    waiting,
+                    holders,
+                },
+            })
+            .collect()
+    }
+
+    /// Dependencies that left the graphs since the last call: their kernel
+    /// dedup entries are to be removed.
+    pub fn take_forgotten(&mut self) -> Vec<Dependency> {
+        std::mem::take(&mut self.forgotten)
+    }
+
+    /// The display name of a lock's class, if it has one yet.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            locks: self.instances.locks_seen(),
+            dependencies: self.instances.dependencies_seen(),
+            cycles: self.instances.cycle_count() as u64,
+            truncated_cycle_searches: self.instances.truncated_searches(),
+            handoff_cycles: self.instances.handoff_cycles() + self.stats.handoff_cycles,
+            classes: self.classes.class_count() as u64,
+            ..self.stats
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.findings += 1;
+        self.findings
+    }
+
+    /// The memory at `lock` is a new lock from now on: the old lock's
+    /// dependencies leave the graph and the kernel's cache, so that the new
+    /// lock's are sent and judged afresh.
+    fn forget_lock(&mut self, lock: LockInstance) {
+        let node = self.identities.of(lock);
+        self.identities.forget_lock(lock);
+        let removed = self.instances.forget_lock(node);
+        self.forgotten.extend(removed);
+    }
+
+    fn on_request(&mut self, r: Request, host: &mut dyn Host) -> Vec<Verdict> {
+        let mut verdicts = Vec::new();
+        let all_held = r.held.iter().fold(0, |h, &a| h ^ gate_mix(a));
+        let instance = |addr| LockInstance { pid: r.pid, addr };
+        for from in &r.from {
+            let mut gates: Vec<LockInstance> = r
+                .held
+                .iter()
+                .filter(|&&a| a != from.addr && a != r.to.addr)
+                .map(|&a| instance(a))
+                .collect();
+            gates.sort_unstable();
+            gates.dedup();
+            let dep = Dependency {
+                from: instance(from.addr),
+                to: instance(r.to.addr),
+                from_kind: from.kind,
+                to_kind: r.to.kind,
+                pid: r.pid,
+                tid: r.tid,
+                thread: r.thread.clone(),
+                timestamp_ns: r.timestamp_ns,
+                held_callsite: from.callsite,
+                stack: r.stack.clone(),
+                gates,
+                chain_key: gate_fingerprint(all_held, from.addr),
+                python: r.python.clone(),
+                handoff: r.handoff,
+            };
+            self.note_shared(dep.from, host);
+            self.note_shared(dep.to, host);
+            let from_class = self.class_of(dep.from, from.callsite, host);
+            let to_class = self.class_of(dep.to, r.to.callsite, host);
+            verdicts.extend(self.on_class_dependency(from_class, to_class, &dep));
+            let (a, b) = (self.identities.of(dep.from), self.identities.of(dep.to));
+            for cycle in self.instances.insert(a, b, &dep) {
+                if is_handoff_cycle(&cycle, host) {
+                    self.stats.handoff_cycles += 1;
+                    continue;
+                }
+                let id = self.next_id();
+                self.inversions
+                    .push((cycle.locks().into_iter().collect(), id));
+                verdicts.push(Verdict::Inversion(Inversion {
+                    id,
+                    edges: cycle.edges,
+                    gate: cycle.gate,
+                    level: Level::Instance,
+                    classes: Vec::new(),
+                }));
+            }
+        }
+        verdicts
+    }
+
+    fn on_self_deadlock(&mut self, r: Request) -> Option<Verdict> {
+        let held = r.from.first()?;
+        let lock = LockInstance {
+            pid: r.pid,
+            addr: r.to.addr,
+        };
+        let dep = Dependency {
+            from: lock,
+            to: lock,
+            from_kind: held.kind,
+            to_kind: r.to.kind,
+            pid: r.pid,
+            tid: r.tid,
+            thread: r.thread,
+            timestamp_ns: r.timestamp_ns,
+            held_callsite: held.callsite,
+            stack: r.stack,
+            gates: Vec::new(),
+            chain_key: 0,
+            python: r.python,
+            handoff: r.handoff,
+        };
+        Some(Verdict::SelfDeadlock {
+            id: self.next_id(),
+            dep,
+        })
+    }
+
+    /// A lock in memory mapped MAP_SHARED is one node for every process
+    /// that maps it.
+    fn note_shared(&mut self, lock: LockInstance, host: &mut dyn Host) {
+        if let Some(shared) = host.shared_lock(lock) {
+            self.identities.note_shared(lock, shared);
+        }
+    }
+
+    fn class_of(&mut self, lock: LockInstance, first_site: u64, host: &mut dyn Host) -> ClassId {
+        let shared = self.identities.shared(self.identities.of(lock)).cloned();
+        self.classes
+            .class_of(lock, first_site, shared.as_ref(), host)
+    }
+
+    /// The class view of an instance dependency: same-class nesting, or an
+    /// edge of the class graph whose cycles no instance cycle covers (an
+    /// inversion split across processes or instances).
+    fn on_class_dependency(
+        &mut self,
+        from: ClassId,
+        to: ClassId,
+        dep: &Dependency,
+    ) -> Vec<Verdict> {
+        if from == to {
+            return self.on_same_class(from, dep).into_iter().collect();
+        }
+        let mut verdicts = Vec::new();
+        for cycle in self.class_graph.insert(from, to, dep) {
+            let n = cycle.edges.len();
+            // One bug, one finding: a cycle of instances is reported by the
+            // instance graph. At each lock of the cycle, the two edges meet
+            // on one instance: the same lock, or the same shared lock (whose
+            // class is its identity; the instance graph may have forgotten
+            // an exited worker's mapping of it).
+            let closes = (0..n).all(|i| {
+                let next = (i + 1) % n;
+                matches!(
+                    self.classes.key(cycle.nodes[next]),
+                    crate::model::ClassKey::Shared(_)
+                ) || self.identities.of(cycle.edges[i].to)
+                    == self.identities.of(cycle.edges[next].from)
+            });
+            if n < 2 || closes {
+                continue;
+            }
+            let classes = cycle
+                .nodes
+                .iter()
+                .map(|&c| self.classes.key(c).to_string())
+                .collect();
+            verdicts.push(Verdict::Inversion(Inversion {
+                id: self.next_id(),
+                edges: cycle.edges,
+                gate: None,
+                level: Level::Class,
+                classes,
+            }));
+        }
+        verdicts
+    }
+
+    /// Two locks of one class, one requested while holding the other.
+    fn on_same_class(&mut self, class: ClassId, dep: &Dependency) -> Option<Verdict> {
+        // CPython creates every lock through one sem_init call site: its
+        // locks are all one class until Python-level classes exist.
+        if dep.from_kind == LockKind::Semaphore {
+            return None;
+        }
+        // A library's own per-object locks (mod_wsgi's per-thread mutexes,
+        // made through APR) nest within their class by design; lockdep wants
+        // annotations for that. Reported for the program's own code; counted
+        // otherwise.
+        if self.classes.key(class).is_library_init() {
+            if self.same_class_reported.insert(class) {
+                self.stats.library_same_class_nesting += 1;
+            }
+            return None;
+        }
+        if !self.same_class_reported.insert(class) {
+            return None;
+        }
+        Some(Verdict::SameClassNesting {
+            id: self.next_id(),
+            dep: dep.clone(),
+            class: self.classes.key(class).to_string(),
+        })
+    }
+}
+
+/// A cycle where each thread held only its own wake-up mutex (one it alone
+/// waits on conditions with) and requested another thread's, as far as the
+/// kernel side knows now: mod_wsgi's workers wake the next idle one by
+/// locking its mutex. The cycle cannot close (a thread's wake-up mutex is
+/// requested by others while it waits, not holding it). Judged with what is
+/// known now, not at each occurrence: a worker's first hand-off may come
+/// before its own first wait.
+fn is_handoff_cycle<N>(cycle: &Cycle<N>, host: &mut dyn Host) -> bool {
+    cycle.edges.iter().all(|e| {
+        e.handoff
+            || (e.gates.is_empty()
+                && host.wakeup_mutex_owner(e.pid, e.from.addr) == Some(e.tid)
+                && host
+                    .wakeup_mutex_owner(e.pid, e.to.addr)
+                    .is_some_and(|owner| owner != e.tid))
+    })
+}

@@ -1,0 +1,16 @@
+//! locktrace's detection core: lock identity, lock classes, the lock-order
+//! graphs and every detection rule, with no kernel, `/proc` or symbolizer in
+//! sight. The collector decodes and enriches the kernel side's records into
+//! [`detector::Event`]s, answers the [`host::Host`] questions, and builds
+//! findings from the [`detector::Verdict`]s.
+
+pub mod classes;
+pub mod detector;
+pub mod graph;
+pub mod host;
+pub mod identity;
+pub mod model;
+pub mod waits;
+
+pub use detector::{Detector, Event, Verdict};
+pub use host::{Host, InitStack};

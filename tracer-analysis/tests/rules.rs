@@ -1,0 +1,447 @@
+//! Every detection rule, driven through the `Detector` with a table-driven
+//! fake host: no root, no kernel, no `/proc`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tracer_analysis::detector::Stats;
+use tracer_analysis::model::{
+    Blocked, CodeSite, HeldAt, Level, LockInstance, LockKind, PyFrame, Request, SharedLock, Waiter,
+};
+use tracer_analysis::waits::{WaitScan, WaitStarts};
+use tracer_analysis::{Detector, Event, Host, InitStack, Verdict};
+
+/// The host, as tables.
+#[derive(Default)]
+struct FakeHost {
+    /// Code addresses of each process: (pid, addr) -> site.
+    sites: HashMap<(u32, u64), CodeSite>,
+    /// Global locks: (pid, addr) -> (module, symbol).
+    globals: HashMap<(u32, u64), (String, String)>,
+    shared: HashMap<(u32, u64), SharedLock>,
+    python: HashMap<(u32, u64), Option<PyFrame>>,
+    /// (pid, mutex) -> the thread that waits on conditions with it.
+    wakeup: HashMap<(u32, u64), u32>,
+    /// What the unwinder finds above an init: (pid, stack pointer of the
+    /// copied stack) -> the init site's caller.
+    callers: HashMap<(u32, u64), u64>,
+}
+
+impl FakeHost {
+    fn site(&mut self, pid: u32, addr: u64, module: &str, offset: u64) -> &mut Self {
+        self.sites.insert(
+            (pid, addr),
+            CodeSite {
+                module: module.into(),
+                offset,
+                function: None,
+            },
+        );
+        self
+    }
+
+    fn global(&mut self, pid: u32, addr: u64, module: &str, symbol: &str) -> &mut Self {
+        self.globals
+            .insert((pid, addr), (module.into(), symbol.into()));
+        self
+    }
+}
+
+impl Host for FakeHost {
+    fn code_site(&mut self, pid: u32, addr: u64) -> Option<CodeSite> {
+        self.sites.get(&(pid, addr)).cloned()
+    }
+    fn in_library(&mut self, pid: u32, addr: u64) -> bool {
+        self.sites
+            .get(&(pid, addr))
+            .is_some_and(|s| s.module.contains(".so"))
+    }
+    fn init_caller(&mut self, pid: u32, _site: u64, stack: &InitStack) -> Option<u64> {
+        self.callers.get(&(pid, stack.sp)).copied()
+    }
+    fn global_symbol(&mut self, lock: LockInstance) -> Option<(String, String)> {
+        self.globals.get(&(lock.pid, lock.addr)).cloned()
+    }
+    fn shared_lock(&mut self, lock: LockInstance) -> Option<SharedLock> {
+        self.shared.get(&(lock.pid, lock.addr)).cloned()
+    }
+    fn python_creation(&mut self, lock: LockInstance) -> Option<Option<PyFrame>> {
+        self.python.get(&(lock.pid, lock.addr)).cloned()
+    }
+    fn wakeup_mutex_owner(&mut self, pid: u32, addr: u64) -> Option<u32> {
+        self.wakeup.get(&(pid, addr)).copied()
+    }
+}
+
+fn lock(addr: u64, kind: LockKind) -> HeldAt {
+    HeldAt {
+        addr,
+        kind,
+        // A call site per lock: each lock is its own first-use class unless
+        // a test says otherwise.
+        callsite: addr + 0x1000,
+    }
+}
+
+fn mutex(addr: u64) -> HeldAt {
+    lock(addr, LockKind::Mutex)
+}
+
+/// Thread `tid` of `pid` requests `to` holding `held` (innermost last);
+/// every held lock makes a new dependency.
+fn request(pid: u32, tid: u32, held: &[HeldAt], to: HeldAt) -> Event {
+    Event::Request(Request {
+        pid,
+        tid,
+        thread: format!("t{tid}"),
+        timestamp_ns: 1,
+        to,
+        from: held.to_vec(),
+        held: held.iter().map(|h| h.addr).collect(),
+        stack: vec![0x7f00_0000_0000, to.callsite],
+        python: Vec::new(),
+        handoff: false,
+    })
+}
+
+struct Run {
+    detector: Detector,
+    host: FakeHost,
+}
+
+impl Run {
+    fn new() -> Self {
+        Run {
+            detector: Detector::new(Duration::from_secs(10)),
+            host: FakeHost::default(),
+        }
+    }
+
+    fn feed(&mut self, event: Event) -> Vec<Verdict> {
+        self.detector.on_event(event, &mut self.host)
+    }
+
+    fn stats(&self) -> Stats {
+        self.detector.stats()
+    }
+}
+
+fn inversion(v: &[Verdict]) -> &tracer_analysis::detector::Inversion {
+    match v {
+        [Verdict::Inversion(inv)] => inv,
+        other => panic!("not one inversion: {other:?}"),
+    }
+}
+
+#[test]
+fn ab_ba_in_one_process_is_one_instance_inversion() {
+    let mut run = Run::new();
+    let (a, b) = (mutex(0xa0), mutex(0xb0));
+    assert!(run.feed(request(1, 11, &[a], b)).is_empty());
+    let verdicts = run.feed(request(1, 12, &[b], a));
+    let inv = inversion(&verdicts);
+    assert_eq!(inv.level, Level::Instance);
+    assert_eq!(inv.id, 1);
+    assert_eq!(inv.gate, None);
+    let hops: Vec<(u64, u64, u32)> = inv
+        .edges
+        .iter()
+        .map(|e| (e.from.addr, e.to.addr, e.tid))
+        .collect();
+    assert_eq!(hops, [(0xa0, 0xb0, 11), (0xb0, 0xa0, 12)]);
+    assert!(verdicts[0].is_alarm());
+    // Seen again: nothing new.
+    assert!(run.feed(request(1, 13, &[b], a)).is_empty());
+    assert_eq!(run.stats().cycles, 1);
+}
+
+#[test]
+fn a_cycle_split_across_two_workers_is_one_class_inversion() {
+    let mut run = Run::new();
+    // Two processes of one binary, each taking the two global mutexes in
+    // its own order: no instance cycle, one class cycle.
+    for pid in [1, 2] {
+        run.host
+            .global(pid, 0xa0, "prefork_demo", "mutex_x")
+            .global(pid, 0xb0, "prefork_demo", "mutex_y");
+    }
+    let (x, y) = (mutex(0xa0), mutex(0xb0));
+    assert!(run.feed(request(1, 1, &[x], y)).is_empty());
+    let verdicts = run.feed(request(2, 2, &[y], x));
+    let inv = inversion(&verdicts);
+    assert_eq!(inv.level, Level::Class);
+    assert_eq!(
+        inv.classes,
+        ["prefork_demo:mutex_x", "prefork_demo:mutex_y"]
+    );
+    let pids: HashSet<u32> = inv.edges.iter().map(|e| e.pid).collect();
+    assert_eq!(pids, HashSet::from([1, 2]));
+}
+
+#[test]
+fn a_cycle_seen_at_both_levels_is_reported_once_at_instance_level() {
+    let mut run = Run::new();
+    run.host
+        .global(1, 0xa0, "demo", "mutex_x")
+        .global(1, 0xb0, "demo", "mutex_y");
+    let (x, y) = (mutex(0xa0), mutex(0xb0));
+    run.feed(request(1, 1, &[x], y));
+    let verdicts = run.feed(request(1, 2, &[y], x));
+    assert_eq!(inversion(&verdicts).level, Level::Instance);
+}
+
+#[test]
+fn a_common_gate_makes_a_guarded_note_until_seen_without_it() {
+    let mut run = Run::new();
+    let (g, a, b) = (mutex(0x10), mutex(0xa0), mutex(0xb0));
+    // G -> A -> B and G -> B -> A: the dependencies A -> B and B -> A were
+    // both made under G.
+    run.feed(request(1, 1, &[g], a));
+    let mut made = run.feed(request(1, 1, &[g, a], b));
+    made.retain(|v| matches!(v, Verdict::Inversion(_)));
+    assert!(made.is_empty());
+    run.feed(request(1, 2, &[g], b));
+    let verdicts = run.feed(request(1, 2, &[g, b], a));
+    let inv = inversion(&verdicts);
+    assert_eq!(inv.gate, Some(LockInstance { pid: 1, addr: 0x10 }));
+    assert!(!verdicts[0].is_alarm(), "a guarded cycle is a note");
+    // B -> A without G: now it can deadlock.
+    let verdicts = run.feed(request(1, 3, &[b], a));
+    let inv = inversion(&verdicts);
+    assert_eq!(inv.gate, None);
+    assert!(verdicts[0].is_alarm());
+}
+
+#[test]
+fn two_locks_of_one_init_site_nested_are_one_same_class_finding() {
+    let mut run = Run::new();
+    let init = 0x4000;
+    run.host.site(1, init, "bank", 0x1234);
+    for addr in [0xa0, 0xb0, 0xc0] {
+        run.feed(Event::LockInit {
+            lock: LockInstance { pid: 1, addr },
+            site: init,
+            stack: None,
+        });
+    }
+    let verdicts = run.feed(request(1, 1, &[mutex(0xa0)], mutex(0xb0)));
+    let [Verdict::SameClassNesting { class, dep, .. }] = verdicts.as_slice() else {
+        panic!("not one same-class nesting: {verdicts:?}");
+    };
+    assert_eq!(class, "init@bank+0x1234");
+    assert_eq!((dep.from.addr, dep.to.addr), (0xa0, 0xb0));
+    // Once per class.
+    assert!(run
+        .feed(request(1, 1, &[mutex(0xb0)], mutex(0xc0)))
+        .is_empty());
+}
+
+#[test]
+fn a_librarys_own_locks_nested_within_their_class_are_counted_not_reported() {
+    let mut run = Run::new();
+    let init = 0x7f00_0000_4000;
+    run.host.site(1, init, "libapr-1.so.0", 0x1f2a);
+    for addr in [0xa0, 0xb0] {
+        run.feed(Event::LockInit {
+            lock: LockInstance { pid: 1, addr },
+            site: init,
+            stack: None,
+        });
+    }
+    assert!(run
+        .feed(request(1, 1, &[mutex(0xa0)], mutex(0xb0)))
+        .is_empty());
+    assert_eq!(run.stats().library_same_class_nesting, 1);
+}
+
+#[test]
+fn a_library_init_site_with_a_known_caller_is_classed_by_the_caller() {
+    let mut run = Run::new();
+    let init = 0x7f00_0000_4000;
+    let stack = |sp| {
+        Some(InitStack {
+            sp,
+            bytes: vec![0; 64],
+        })
+    };
+    run.host
+        .site(1, init, "libapr-1.so.0", 0x1f2a)
+        .site(1, 0x5000, "app", 0x100)
+        .site(1, 0x6000, "app", 0x200);
+    run.host.callers.insert((1, 0x7ffc_1000), 0x5000);
+    run.host.callers.insert((1, 0x7ffc_2000), 0x6000);
+    run.feed(Event::LockInit {
+        lock: LockInstance { pid: 1, addr: 0xa0 },
+        site: init,
+        stack: stack(0x7ffc_1000),
+    });
+    run.feed(Event::LockInit {
+        lock: LockInstance { pid: 1, addr: 0xb0 },
+        site: init,
+        stack: stack(0x7ffc_2000),
+    });
+    // Two classes (two callers), so no same-class nesting: an edge.
+    assert!(run
+        .feed(request(1, 1, &[mutex(0xa0)], mutex(0xb0)))
+        .is_empty());
+    assert_eq!(run.stats().classes, 2);
+}
+
+#[test]
+fn semaphores_of_one_class_nested_are_not_reported() {
+    let mut run = Run::new();
+    let init = 0x4000;
+    run.host.site(1, init, "python3", 0x99);
+    for addr in [0xa0, 0xb0] {
+        run.feed(Event::LockInit {
+            lock: LockInstance { pid: 1, addr },
+            site: init,
+            stack: None,
+        });
+    }
+    let sem = |addr| lock(addr, LockKind::Semaphore);
+    assert!(run.feed(request(1, 1, &[sem(0xa0)], sem(0xb0))).is_empty());
+}
+
+#[test]
+fn python_locks_are_classed_by_their_creation_line() {
+    let mut run = Run::new();
+    let line = |n| {
+        Some(PyFrame {
+            function: "<module>".into(),
+            file: "/srv/app/registry.py".into(),
+            line: n,
+        })
+    };
+    run.host.python.insert((1, 0xa0), line(6));
+    run.host.python.insert((1, 0xb0), line(6));
+    let sem = |addr| lock(addr, LockKind::Semaphore);
+    run.feed(request(1, 1, &[sem(0xa0)], sem(0xb0)));
+    assert_eq!(run.stats().classes, 1);
+    // A line that could not be read: a class of its own.
+    run.host.python.insert((1, 0xc0), None);
+    run.feed(request(1, 1, &[sem(0xa0)], sem(0xc0)));
+    assert_eq!(run.stats().classes, 2);
+}
+
+#[test]
+fn a_relock_of_a_held_lock_is_a_self_deadlock() {
+    let mut run = Run::new();
+    let a = mutex(0xa0);
+    let verdicts = run.feed(Event::SelfDeadlock(match request(1, 7, &[a], a) {
+        Event::Request(r) => r,
+        _ => unreachable!(),
+    }));
+    let [Verdict::SelfDeadlock { dep, .. }] = verdicts.as_slice() else {
+        panic!("not one self-deadlock: {verdicts:?}");
+    };
+    assert_eq!((dep.from, dep.to, dep.tid), (dep.to, dep.from, 7));
+    assert!(verdicts[0].is_alarm());
+}
+
+#[test]
+fn wakeup_handoffs_do_not_make_a_cycle() {
+    let mut run = Run::new();
+    // Thread 1 holds its wake-up mutex A and locks thread 2's (B) to wake
+    // it; thread 2 does the same the other way.
+    run.host.wakeup.insert((1, 0xa0), 1);
+    run.host.wakeup.insert((1, 0xb0), 2);
+    let (a, b) = (mutex(0xa0), mutex(0xb0));
+    run.feed(request(1, 1, &[a], b));
+    assert!(run.feed(request(1, 2, &[b], a)).is_empty());
+    assert_eq!(run.stats().handoff_cycles, 1);
+}
+
+#[test]
+fn a_shared_lock_is_one_node_for_every_process_that_maps_it() {
+    let mut run = Run::new();
+    let shared = |offset| SharedLock {
+        dev: 1,
+        inode: 99,
+        offset,
+        path: "/dev/shm/pool".into(),
+    };
+    // Mapped at different addresses in the two workers.
+    run.host.shared.insert((1, 0x1000), shared(0));
+    run.host.shared.insert((1, 0x1040), shared(0x40));
+    run.host.shared.insert((2, 0x9000), shared(0));
+    run.host.shared.insert((2, 0x9040), shared(0x40));
+    run.feed(request(1, 1, &[mutex(0x1000)], mutex(0x1040)));
+    let verdicts = run.feed(request(2, 2, &[mutex(0x9040)], mutex(0x9000)));
+    let inv = inversion(&verdicts);
+    assert_eq!(inv.level, Level::Instance);
+    let pids: Vec<u32> = inv.edges.iter().map(|e| e.pid).collect();
+    assert_eq!(pids, [1, 2]);
+}
+
+#[test]
+fn a_reinitialized_lock_forgets_its_dependencies() {
+    let mut run = Run::new();
+    let (a, b) = (mutex(0xa0), mutex(0xb0));
+    run.feed(request(1, 1, &[a], b));
+    run.feed(Event::LockDestroy {
+        lock: LockInstance { pid: 1, addr: 0xa0 },
+    });
+    let forgotten = run.detector.take_forgotten();
+    assert_eq!(forgotten.len(), 1);
+    assert_eq!((forgotten[0].from.addr, forgotten[0].to.addr), (0xa0, 0xb0));
+    // The memory is a new lock: its order against B is new.
+    assert!(run.feed(request(1, 2, &[b], a)).is_empty());
+}
+
+#[test]
+fn an_exited_process_is_forgotten_and_its_pid_may_be_reused() {
+    let mut run = Run::new();
+    let (a, b) = (mutex(0xa0), mutex(0xb0));
+    run.feed(request(1, 1, &[a], b));
+    run.feed(Event::ProcessExit { pid: 1 });
+    assert_eq!(run.detector.take_forgotten().len(), 1);
+    assert_eq!(run.stats().forgotten_processes, 1);
+    // Another program with pid 1: B -> A alone is no cycle.
+    assert!(run.feed(request(1, 2, &[b], a)).is_empty());
+}
+
+fn waiter(tid: u32, lock: u64, holders: &[u32]) -> Waiter {
+    Waiter {
+        blocked: Blocked {
+            pid: 1,
+            tid,
+            uaddr: lock,
+            op: 0,
+            sp: 0,
+            pc: 0,
+        },
+        lock,
+        kind: LockKind::Mutex,
+        holders: holders.to_vec(),
+    }
+}
+
+#[test]
+fn a_deadlock_names_the_inversion_found_before() {
+    let mut run = Run::new();
+    let (a, b) = (mutex(0xa0), mutex(0xb0));
+    run.feed(request(1, 11, &[a], b));
+    let inv_id = inversion(&run.feed(request(1, 12, &[b], a))).id;
+    let starts = WaitStarts::new();
+    let t0 = Instant::now();
+    let scan = |s: u64| WaitScan {
+        waiters: vec![waiter(11, 0xb0, &[12]), waiter(12, 0xa0, &[11])],
+        starts: &starts,
+        now: t0 + Duration::from_secs(s),
+        now_ns: s * 1_000_000_000,
+    };
+    assert!(run.detector.on_waits(&scan(0)).is_empty());
+    let verdicts = run.detector.on_waits(&scan(1));
+    let [Verdict::Deadlock {
+        id,
+        threads,
+        inversion,
+    }] = verdicts.as_slice()
+    else {
+        panic!("not one deadlock: {verdicts:?}");
+    };
+    assert_eq!(*inversion, Some(inv_id));
+    assert!(*id > inv_id);
+    assert_eq!(threads.len(), 2);
+}

@@ -1,0 +1,265 @@
+//! Enrichment: a decoded kernel record becomes a detection event, once.
+//! Python frames are resolved as soon as a record is read (code objects may
+//! not outlive the moment: a module's top-level code is freed once the
+//! module ran); stacks are unwound when the record is processed. The
+//! [`Enricher`] also answers what detection asks of the host ([`Facts`]) and
+//! what building findings asks of symbolization ([`Resolve`]).
+
+use std::path::Path;
+
+use tracer_analysis::model::{CodeSite, HeldAt, LockInstance, PyFrame, Request, SharedLock};
+use tracer_analysis::{Event, Host, InitStack};
+use tracer_common::HeldLock;
+
+use crate::kernel::decode::{lock_kind, RawRequest, Record};
+use crate::kernel::load::Probes;
+use crate::python::registry::Pythons;
+use crate::symbolize::{Resolve, Symbolizer};
+
+pub struct Enricher {
+    pub symbolizer: Symbolizer,
+    pub pythons: Pythons,
+}
+
+/// A record whose Python frames are resolved, waiting to be processed.
+pub enum Pending {
+    Request {
+        raw: RawRequest,
+        python: Vec<PyFrame>,
+        self_deadlock: bool,
+    },
+    LockReset {
+        lock: LockInstance,
+        init_site: Option<u64>,
+        /// The frames of Python code that created it (empty: not Python).
+        creator: Vec<Option<PyFrame>>,
+        init_stack: Option<InitStack>,
+    },
+    ProcessExit {
+        pid: u32,
+    },
+}
+
+impl Enricher {
+    pub fn new(symbolizer: Symbolizer) -> Self {
+        Enricher {
+            symbolizer,
+            pythons: Pythons::new(),
+        }
+    }
+
+    /// The first pass, as soon as a record is read: its Python frames.
+    pub fn resolve_python(&mut self, record: Record) -> Pending {
+        match record {
+            Record::Dependency(raw) => {
+                let python = self.pythons.resolve(raw.pid, &raw.python);
+                Pending::Request {
+                    raw,
+                    python,
+                    self_deadlock: false,
+                }
+            }
+            Record::SelfDeadlock(raw) => {
+                let python = self.pythons.resolve(raw.pid, &raw.python);
+                Pending::Request {
+                    raw,
+                    python,
+                    self_deadlock: true,
+                }
+            }
+            Record::LockReset {
+                pid,
+                addr,
+                init_site,
+                py_creator,
+                py_code,
+                init_stack,
+            } => Pending::LockReset {
+                lock: LockInstance { pid, addr },
+                init_site,
+                creator: self.pythons.creating_frames(pid, &py_creator, &py_code),
+                init_stack,
+            },
+            Record::ProcessExit { pid } => Pending::ProcessExit { pid },
+        }
+    }
+
+    /// The second pass: the detection event (stacks unwound; the Python
+    /// registry learns which locks Python code made).
+    pub fn event(&mut self, pending: Pending) -> Event {
+        match pending {
+            Pending::Request {
+                raw,
+                python,
+                self_deadlock,
+            } => {
+                let request = self.request(raw, python);
+                if self_deadlock {
+                    Event::SelfDeadlock(request)
+                } else {
+                    Event::Request(request)
+                }
+            }
+            Pending::LockReset {
+                lock,
+                init_site,
+                creator,
+                init_stack,
+            } => {
+                if creator.is_empty() {
+                    self.pythons.forget_lock(lock);
+                } else {
+                    self.pythons.note_created(lock, &creator);
+                }
+                match init_site {
+                    Some(site) => Event::LockInit {
+                        lock,
+                        site,
+                        stack: init_stack,
+                    },
+                    None => Event::LockDestroy { lock },
+                }
+            }
+            Pending::ProcessExit { pid } => {
+                self.pythons.forget_process(pid);
+                Event::ProcessExit { pid }
+            }
+        }
+    }
+
+    fn request(&mut self, raw: RawRequest, python: Vec<PyFrame>) -> Request {
+        let mut stack = self
+            .symbolizer
+            .unwind(raw.pid, raw.ip, raw.sp, raw.bp, &raw.stack);
+        if raw.entry_ip != 0 {
+            // Made at a function's return: the unwound stack starts at the
+            // return address in the caller; with the lock function first it
+            // reads like any other request.
+            stack.insert(0, raw.entry_ip);
+        }
+        let held_at = |h: &HeldLock| HeldAt {
+            addr: h.addr,
+            kind: lock_kind(h.kind),
+            callsite: h.callsite,
+        };
+        Request {
+            pid: raw.pid,
+            tid: raw.tid,
+            thread: raw.thread,
+            timestamp_ns: raw.timestamp_ns,
+            to: held_at(&raw.to),
+            from: raw.from.iter().map(held_at).collect(),
+            held: raw.held,
+            stack,
+            python,
+            handoff: raw.handoff,
+        }
+    }
+
+    /// The file name of the module mapped at `addr` of `pid`.
+    fn module_of(&mut self, pid: u32, addr: u64) -> Option<String> {
+        let m = self.symbolizer.spaces().find(pid, addr)?;
+        Some(
+            Path::new(&m.path)
+                .file_name()?
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
+impl Resolve for Enricher {
+    fn frames(
+        &mut self,
+        pid: u32,
+        addrs: &[u64],
+        first_is_ip: bool,
+    ) -> Vec<tracer_analysis::model::Frame> {
+        self.symbolizer.frames(pid, addrs, first_is_ip)
+    }
+
+    fn lock_name(&mut self, pid: u32, addr: u64) -> Option<String> {
+        // A lock made by `threading.Lock()` lives on the heap: where Python
+        // code created it names it.
+        self.pythons
+            .lock_name(LockInstance { pid, addr })
+            .or_else(|| self.symbolizer.lock_symbol(pid, addr))
+    }
+
+    fn process_name(&mut self, pid: u32) -> String {
+        self.symbolizer.process_name(pid)
+    }
+
+    fn shared_identity(&mut self, pid: u32, addr: u64) -> Option<String> {
+        self.symbolizer
+            .shared_lock(pid, addr)
+            .map(|s| s.to_string())
+    }
+}
+
+/// What detection asks the host, answered from the symbolizer, the Python
+/// registry and the kernel side's maps.
+pub struct Facts<'a> {
+    pub enricher: &'a mut Enricher,
+    pub probes: &'a Probes,
+}
+
+impl Host for Facts<'_> {
+    fn code_site(&mut self, pid: u32, addr: u64) -> Option<CodeSite> {
+        let m = self.enricher.symbolizer.spaces().find(pid, addr)?.clone();
+        let module = Path::new(&m.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let function = self
+            .enricher
+            .symbolizer
+            .frames(pid, &[addr], false)
+            .into_iter()
+            .next()
+            .and_then(|f| f.function);
+        Some(CodeSite {
+            module,
+            offset: m.file_offset_of(addr),
+            function,
+        })
+    }
+
+    fn in_library(&mut self, pid: u32, addr: u64) -> bool {
+        self.enricher
+            .module_of(pid, addr)
+            .is_some_and(|name| name.contains(".so"))
+    }
+
+    fn init_caller(&mut self, pid: u32, site: u64, stack: &InitStack) -> Option<u64> {
+        // `stack.sp` points at `site` (the init function's return address):
+        // unwind from the frame above it.
+        let above = stack.bytes.get(8..)?;
+        let frames = self
+            .enricher
+            .symbolizer
+            .unwind(pid, site, stack.sp + 8, 0, above);
+        frames.get(1).copied().filter(|&a| a != 0)
+    }
+
+    fn global_symbol(&mut self, lock: LockInstance) -> Option<(String, String)> {
+        let symbol = self.enricher.symbolizer.lock_symbol(lock.pid, lock.addr)?;
+        let module = self
+            .enricher
+            .module_of(lock.pid, lock.addr)
+            .unwrap_or_default();
+        Some((module, symbol))
+    }
+
+    fn shared_lock(&mut self, lock: LockInstance) -> Option<SharedLock> {
+        self.enricher.symbolizer.shared_lock(lock.pid, lock.addr)
+    }
+
+    fn python_creation(&mut self, lock: LockInstance) -> Option<Option<PyFrame>> {
+        self.enricher.pythons.creation(lock)
+    }
+
+    fn wakeup_mutex_owner(&mut self, pid: u32, addr: u64) -> Option<u32> {
+        self.probes.wakeup_mutex_owner(pid, addr)
+    }
+}

@@ -1,0 +1,95 @@
+//! Every `/proc` read about processes and threads (memory maps are in
+//! `spaces`, blocked threads in `waitfor`).
+
+use std::fs;
+
+/// Threads of `pid`.
+pub fn threads(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The process (thread group) of thread `tid`.
+pub fn tgid_of(tid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A thread's state letter and name (`/proc/PID/task/TID/stat`, `comm`).
+pub fn thread_state(pid: u32, tid: u32) -> (String, String) {
+    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+    // "tid (comm) S ...": the state follows the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("?")
+        .to_string();
+    let comm = fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_default();
+    (state, comm)
+}
+
+/// Every process on the host but this one.
+pub fn all_pids() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&p| p != me)
+        .collect()
+}
+
+/// The live child processes of `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    all.flatten()
+        .filter_map(|p| p.stat().ok())
+        .filter(|stat| stat.ppid as u32 == pid)
+        .map(|stat| stat.pid as u32)
+        .collect()
+}
+
+/// The name (comm) of a process.
+pub fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end_matches('\n').to_string())
+}
+
+/// Whether `pid` is a running process (a thread group leader), not another
+/// thread's id.
+pub fn is_process(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .is_some_and(|t| t.trim() == pid.to_string())
+    })
+}
+
+/// Pids of running processes whose comm is `comm`.
+pub fn pids_with_comm(comm: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let short: String = comm.chars().take(15).collect();
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim_end() == short)
+                .unwrap_or(false)
+        })
+        .collect()
+}

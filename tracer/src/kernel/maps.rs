@@ -1,0 +1,130 @@
+//! Typed readers and writers of the kernel side's maps: the filter, Python
+//! descriptions, held-lock stacks, futex waits, counters and the dependency
+//! cache.
+
+use anyhow::Result;
+use aya::maps::{HashMap, PerCpuArray};
+use tracer_analysis::waits::WaitStarts;
+use tracer_common::{Counter, DependencyKey, FutexKey, FutexStats, HeldLock, HeldStack, PyProcess};
+
+use crate::kernel::load::Probes;
+
+/// Held-lock stacks by tid, as the kernel side keeps them (empty when no
+/// probes run, as in `locktrace snapshot`).
+pub type HeldByThread = std::collections::HashMap<u32, Vec<HeldLock>>;
+
+impl Probes {
+    /// Describes CPython process `pid` to the kernel side, with the
+    /// `PyThreadState` of each of its threads (tid, address) known now.
+    pub fn set_python(&mut self, pid: u32, py: &PyProcess, threads: &[(u32, u64)]) -> Result<()> {
+        let mut procs: HashMap<_, u32, PyProcess> =
+            HashMap::try_from(self.map_mut("PY_PROCESSES")?)?;
+        procs.insert(pid, py, 0)?;
+        let mut tstates: HashMap<_, u32, u64> = HashMap::try_from(self.map_mut("PY_THREADS")?)?;
+        for (tid, tstate) in threads {
+            tstates.insert(tid, tstate, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel side may trace `pid` (always host-wide; cgroup
+    /// membership is only known to the kernel, at each hit).
+    pub fn may_trace(&self, pid: u32) -> bool {
+        self.host_wide
+            || self.cgroup_filter
+            || self
+                .map("TRACED")
+                .and_then(|m| Ok(HashMap::<_, u32, u8>::try_from(m)?.get(&pid, 0).is_ok()))
+                .unwrap_or(false)
+    }
+
+    /// The thread that alone waits on conditions with mutex `addr` of
+    /// process `pid` (its wake-up mutex), as the kernel side saw so far.
+    pub fn wakeup_mutex_owner(&self, pid: u32, addr: u64) -> Option<u32> {
+        // aya's HashMap also reads the LRU kind.
+        let map: HashMap<_, [u64; 2], u64> =
+            HashMap::try_from(self.map("COND_MUTEXES").ok()?).ok()?;
+        let v = map.get(&[u64::from(pid), addr], 0).ok()?;
+        (v & tracer_common::COND_MUTEX_SHARED == 0).then_some(v as u32)
+    }
+
+    /// Forgets dependencies in the kernel's cache of those already sent, so
+    /// that they are sent again (their lock was reset).
+    pub fn forget_dependencies(&mut self, keys: &[DependencyKey]) -> Result<()> {
+        // aya's HashMap also handles the LRU kind.
+        let mut sent: HashMap<_, DependencyKey, u8> =
+            HashMap::try_from(self.map_mut("DEPENDENCIES")?)?;
+        for key in keys {
+            // Absent (evicted) keys are fine.
+            let _ = sent.remove(key);
+        }
+        Ok(())
+    }
+
+    /// The held-lock stack of every thread that holds something.
+    pub fn held_stacks(&self) -> Result<HeldByThread> {
+        let map = self.map("HELD")?;
+        let held: HashMap<_, u32, HeldStack> = HashMap::try_from(map)?;
+        let mut out = HeldByThread::new();
+        for entry in held.iter() {
+            // Entries can vanish while iterating (threads exit): skip them.
+            let Ok((tid, stack)) = entry else { continue };
+            let depth = (stack.depth as usize).min(stack.locks.len());
+            if depth > 0 {
+                out.insert(tid, stack.locks[..depth].to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Futex waits in progress: tid -> (futex word, start in CLOCK_MONOTONIC
+    /// ns).
+    pub fn futex_waits(&self) -> Result<WaitStarts> {
+        let map = self.map("FUTEX_WAITING")?;
+        let waiting: HashMap<_, u32, [u64; 2]> = HashMap::try_from(map)?;
+        Ok(waiting
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|(tid, [uaddr, start])| (tid, (uaddr, start)))
+            .collect())
+    }
+
+    /// The processes traced with `FILTER_TRACED` (thread ids left out).
+    pub fn traced_pids(&self) -> Result<Vec<u32>> {
+        let map = self.map("TRACED")?;
+        let traced: HashMap<_, u32, u8> = HashMap::try_from(map)?;
+        Ok(traced
+            .keys()
+            .filter_map(|k| k.ok())
+            // Threads created by traced processes are in the map too.
+            .filter(|&pid| crate::host::proc::is_process(pid))
+            .collect())
+    }
+
+    /// Blocking per futex word: (pid, address, waits, ns), summed over CPUs.
+    pub fn futex_stats(&self) -> Result<Vec<(u32, u64, u64, u64)>> {
+        let map = self.map("FUTEX_STATS")?;
+        // aya's PerCpuHashMap also handles the LRU kind.
+        let stats: aya::maps::PerCpuHashMap<_, FutexKey, FutexStats> =
+            aya::maps::PerCpuHashMap::try_from(map)?;
+        let mut out = Vec::new();
+        for entry in stats.iter() {
+            let (key, per_cpu) = entry?;
+            let (waits, ns) = per_cpu
+                .iter()
+                .fold((0, 0), |(w, n), s| (w + s.waits, n + s.wait_ns));
+            out.push((key.pid, key.uaddr, waits, ns));
+        }
+        Ok(out)
+    }
+
+    /// The kernel counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        let map = self.map("COUNTERS")?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Counter::ALL
+            .iter()
+            .map(|&c| Ok((c, counters.get(&(c as u32), 0)?.iter().sum())))
+            .collect()
+    }
+}

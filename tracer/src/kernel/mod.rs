@@ -1,0 +1,13 @@
+//! The kernel side, seen from the collector: the only code that names aya.
+//! The probe catalogue and placement, the files to probe (and new ones to
+//! follow), loading and attaching, typed map access, and the ring buffer's
+//! records, decoded.
+
+pub mod catalogue;
+pub mod decode;
+pub mod events;
+pub mod follow;
+pub mod load;
+pub mod maps;
+pub mod placement;
+pub mod targets;

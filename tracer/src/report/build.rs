@@ -1,0 +1,163 @@
+//! Findings built from verdicts: locks named, stacks symbolized, once per
+//! finding (through [`Resolve`]).
+
+use std::collections::HashMap;
+
+use tracer_analysis::detector::{self, Verdict};
+use tracer_analysis::model::{Dependency, LockInstance as LockId, LockKind};
+
+use crate::enrich::Enricher;
+use crate::report::blocking::{self, Scan};
+use crate::report::{kind_name, Edge, Finding, Inversion, Lock, SameClassNesting, SelfDeadlock};
+use crate::symbolize::Resolve;
+
+/// The finding of a verdict. Deadlocks and hangs describe live threads
+/// (their state, stacks and held locks) as the last scan saw them.
+pub fn finding(verdict: &Verdict, enricher: &mut Enricher, scan: &Scan<'_>) -> Finding {
+    match verdict {
+        Verdict::Inversion(inv) => inversion(inv, enricher),
+        Verdict::SameClassNesting { id, dep, class } => {
+            same_class_nesting(dep, class, enricher, *id)
+        }
+        Verdict::SelfDeadlock { id, dep } => self_deadlock(dep, enricher, *id),
+        Verdict::Deadlock {
+            id,
+            threads,
+            inversion,
+        } => blocking::deadlock(*id, threads, *inversion, scan, enricher),
+        Verdict::Hang {
+            id,
+            waiting,
+            holders,
+        } => blocking::hang(*id, waiting, holders, scan, enricher),
+    }
+}
+
+/// The finding for `dep`, whose two locks are of class `class`.
+pub fn same_class_nesting(
+    dep: &Dependency,
+    class: &str,
+    resolve: &mut dyn Resolve,
+    id: u64,
+) -> Finding {
+    let mut names = Names {
+        resolve,
+        locks: HashMap::new(),
+        comms: HashMap::new(),
+    };
+    let held = names.lock(dep.from, dep.from_kind);
+    let requested = names.lock(dep.to, dep.to_kind);
+    let comm = names.comm(dep.pid);
+    Finding::SameClassNesting(SameClassNesting {
+        id,
+        pid: dep.pid,
+        comm,
+        tid: dep.tid,
+        thread: dep.thread.clone(),
+        class: class.to_string(),
+        held,
+        requested,
+        stack: names.resolve.frames(dep.pid, &dep.stack, true),
+        held_stack: names.resolve.frames(dep.pid, &[dep.held_callsite], false),
+    })
+}
+
+/// The finding for a self-deadlock observed as `dep` (`from == to`).
+pub fn self_deadlock(dep: &Dependency, resolve: &mut dyn Resolve, id: u64) -> Finding {
+    let mut names = Names {
+        resolve,
+        locks: HashMap::new(),
+        comms: HashMap::new(),
+    };
+    let lock = names.lock(dep.to, dep.to_kind);
+    let comm = names.comm(dep.pid);
+    Finding::SelfDeadlock(SelfDeadlock {
+        id,
+        pid: dep.pid,
+        comm,
+        tid: dep.tid,
+        thread: dep.thread.clone(),
+        lock,
+        stack: names.resolve.frames(dep.pid, &dep.stack, true),
+        held_stack: names.resolve.frames(dep.pid, &[dep.held_callsite], false),
+    })
+}
+
+/// Caches names so that each lock and process is resolved once per finding.
+struct Names<'a> {
+    resolve: &'a mut dyn Resolve,
+    locks: HashMap<LockId, Option<String>>,
+    comms: HashMap<u32, String>,
+}
+
+impl Names<'_> {
+    fn lock(&mut self, id: LockId, kind: LockKind) -> Lock {
+        let resolve = &mut *self.resolve;
+        let name = self
+            .locks
+            .entry(id)
+            .or_insert_with(|| resolve.lock_name(id.pid, id.addr))
+            .clone();
+        let shared = self.resolve.shared_identity(id.pid, id.addr);
+        Lock {
+            addr: id.addr,
+            kind: kind_name(kind),
+            name,
+            shared,
+            pid: id.pid,
+        }
+    }
+
+    fn comm(&mut self, pid: u32) -> String {
+        let resolve = &mut *self.resolve;
+        self.comms
+            .entry(pid)
+            .or_insert_with(|| resolve.process_name(pid))
+            .clone()
+    }
+}
+
+/// The finding for a cycle, symbolized with `resolve`.
+pub fn inversion(cycle: &detector::Inversion, resolve: &mut dyn Resolve) -> Finding {
+    let mut names = Names {
+        resolve,
+        locks: HashMap::new(),
+        comms: HashMap::new(),
+    };
+    let locks = cycle
+        .edges
+        .iter()
+        .map(|d| names.lock(d.from, d.from_kind))
+        .collect();
+    let edges: Vec<Edge> = cycle
+        .edges
+        .iter()
+        .map(|d| Edge {
+            from: names.lock(d.from, d.from_kind),
+            to: names.lock(d.to, d.to_kind),
+            pid: d.pid,
+            tid: d.tid,
+            comm: names.comm(d.pid),
+            thread: d.thread.clone(),
+            stack: names.resolve.frames(d.pid, &d.stack, true),
+            held_stack: names.resolve.frames(d.pid, &[d.held_callsite], false),
+            python_stack: d.python.clone(),
+        })
+        .collect();
+    let (pid, comm) = match edges.first() {
+        Some(e) => (e.pid, e.comm.clone()),
+        None => (0, String::new()),
+    };
+    let gate = cycle.gate.map(|g| names.lock(g, LockKind::Mutex));
+    Finding::LockOrderInversion(Inversion {
+        id: cycle.id,
+        pid,
+        comm,
+        locks,
+        cycle: edges,
+        guarded: gate.is_some(),
+        gate,
+        level: cycle.level,
+        classes: cycle.classes.clone(),
+    })
+}

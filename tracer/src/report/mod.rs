@@ -1,0 +1,222 @@
+//! Findings: what locktrace reports, as typed values built from the
+//! detector's verdicts (`build`, `blocking`), then written by one printer
+//! per format (`text`, `json`) through the [`sink::Reporter`]; the end-of-run
+//! [`summary::Summary`].
+
+use serde::Serialize;
+use tracer_analysis::model::{hex, Frame, Level, LockKind, PyFrame};
+
+pub mod blocking;
+pub mod build;
+pub mod json;
+pub mod sink;
+pub mod summary;
+pub mod text;
+
+#[cfg(test)]
+mod tests;
+
+pub use build::finding;
+pub use sink::{Format, Reporter};
+pub use summary::Summary;
+
+/// Name of a lock kind as printed (`"mutex"`).
+pub fn kind_name(kind: LockKind) -> &'static str {
+    match kind {
+        LockKind::Mutex => "mutex",
+        LockKind::RecursiveMutex => "recursive_mutex",
+        LockKind::RwlockRead => "rwlock_read",
+        LockKind::RwlockWrite => "rwlock_write",
+        LockKind::Spinlock => "spinlock",
+        LockKind::Semaphore => "semaphore",
+    }
+}
+
+/// One report, serialized with its `"type"` first.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Finding {
+    LockOrderInversion(Inversion),
+    SelfDeadlock(SelfDeadlock),
+    Deadlock(Deadlock),
+    LockWaitTimeout(LockWaitTimeout),
+    SameClassNesting(SameClassNesting),
+    /// Not a finding: one blocked thread of a `locktrace snapshot`.
+    BlockedThread(ThreadReport),
+}
+
+impl Finding {
+    pub fn id(&self) -> u64 {
+        match self {
+            Finding::LockOrderInversion(inv) => inv.id,
+            Finding::SelfDeadlock(d) => d.id,
+            Finding::Deadlock(d) => d.id,
+            Finding::LockWaitTimeout(t) => t.id,
+            Finding::SameClassNesting(n) => n.id,
+            Finding::BlockedThread(_) => 0,
+        }
+    }
+}
+
+/// A thread took two locks of the same class, one while holding the other
+/// (like two accounts in a transfer): deadlock-prone unless every thread
+/// orders the instances the same way, which the class graph cannot tell.
+#[derive(Clone, Debug, Serialize)]
+pub struct SameClassNesting {
+    pub id: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub tid: u32,
+    pub thread: String,
+    pub class: String,
+    /// The lock held, and the one requested, of the same class.
+    pub held: Lock,
+    pub requested: Lock,
+    pub stack: Vec<Frame>,
+    pub held_stack: Vec<Frame>,
+}
+
+/// A real deadlock: every thread of `threads` waits for a lock that the next
+/// one holds (the last for the first's).
+#[derive(Clone, Debug, Serialize)]
+pub struct Deadlock {
+    pub id: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub threads: Vec<ThreadReport>,
+    /// The id of the lock-order inversion reported earlier for these locks.
+    pub inversion: Option<u64>,
+}
+
+/// A thread blocked on a lock longer than the hang threshold.
+#[derive(Clone, Debug, Serialize)]
+pub struct LockWaitTimeout {
+    pub id: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub waiter: ThreadReport,
+    /// The lock's holders, and what each is doing.
+    pub holders: Vec<ThreadReport>,
+}
+
+/// One thread, as a deadlock or hang report shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadReport {
+    pub pid: u32,
+    pub comm: String,
+    pub tid: u32,
+    pub thread: String,
+    /// The kernel's scheduler state: `S` sleeping, `R` running, `D` in
+    /// uninterruptible sleep...
+    pub state: String,
+    /// The lock it waits for, if it is blocked on one.
+    pub waits_for: Option<Lock>,
+    /// How long it has waited (null when unknown: the wait began before the
+    /// tracer started).
+    pub waiting_s: Option<f64>,
+    /// The threads holding that lock.
+    pub held_by: Vec<u32>,
+    /// The locks it holds, with where it took each (when the tracer saw it).
+    pub holds: Vec<HeldReport>,
+    /// Its current stack, innermost first.
+    pub stack: Vec<Frame>,
+    /// Its Python stack, innermost first, for a thread of a Python process
+    /// (read from the process while the thread is blocked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub python_stack: Vec<PyFrame>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldReport {
+    pub lock: Lock,
+    /// The call site that took it (empty if taken before the tracer started).
+    pub taken_at: Vec<Frame>,
+}
+
+/// A thread requested, with a blocking or timed operation, a non-recursive
+/// lock it already holds: it waits for itself (forever, or until the
+/// timeout).
+#[derive(Clone, Debug, Serialize)]
+pub struct SelfDeadlock {
+    pub id: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub tid: u32,
+    pub thread: String,
+    /// The lock, in the mode it was requested again.
+    pub lock: Lock,
+    /// Where it was requested again, innermost first.
+    pub stack: Vec<Frame>,
+    /// Where it was taken first (its call site).
+    pub held_stack: Vec<Frame>,
+}
+
+/// A cycle in the lock-order graph: a potential deadlock.
+#[derive(Clone, Debug, Serialize)]
+pub struct Inversion {
+    pub id: u64,
+    /// The process of the cycle (of its first edge if it spans processes).
+    pub pid: u32,
+    pub comm: String,
+    /// The locks of the cycle, in order: `cycle[i].from`.
+    pub locks: Vec<Lock>,
+    pub cycle: Vec<Edge>,
+    /// Every dependency of the cycle was made while its thread held `gate`:
+    /// the cycle cannot deadlock (a note, not a warning; it does not count
+    /// for `--exit-code`).
+    pub guarded: bool,
+    pub gate: Option<Lock>,
+    /// `"instance"`: a cycle of lock instances (in one process, or through
+    /// shared locks); `"class"`: a cycle of lock classes only, split across
+    /// processes or instances (prefork workers running the same code).
+    pub level: Level,
+    /// The lock classes of `locks`, for a class-level cycle.
+    pub classes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lock {
+    #[serde(serialize_with = "hex")]
+    pub addr: u64,
+    pub kind: &'static str,
+    /// The symbol of the lock object, if it is in a mapped file.
+    pub name: Option<String>,
+    /// For a lock in shared memory (one lock for every process that maps
+    /// it): its identity (device, inode, offset) and the mapping's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<String>,
+    #[serde(skip)]
+    pub pid: u32,
+}
+
+impl Lock {
+    /// The name if known, else the address.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => format!("{:#x}", self.addr),
+        }
+    }
+}
+
+/// One dependency of a cycle: thread `tid` requested `to` while holding
+/// `from`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Edge {
+    pub from: Lock,
+    pub to: Lock,
+    pub pid: u32,
+    pub tid: u32,
+    /// The process's name.
+    pub comm: String,
+    /// The thread's name.
+    pub thread: String,
+    /// Where `to` was requested, innermost first.
+    pub stack: Vec<Frame>,
+    /// Where `from` was taken (its call site).
+    pub held_stack: Vec<Frame>,
+    /// The Python frames of the request (innermost first), when the thread
+    /// ran Python code: what `stack`'s interpreter frames were running.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub python_stack: Vec<PyFrame>,
+}

@@ -1,0 +1,51 @@
+//! Where findings go: a [`Reporter`] writes each finding as soon as it is
+//! made, and the summary at the end, in one format.
+
+use std::io::{self, Write};
+
+use crate::report::{json, Finding, Summary};
+
+/// Output format of a [`Reporter`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable reports.
+    #[default]
+    Text,
+    /// JSON Lines: one object per line.
+    Json,
+}
+
+/// Writes findings and the summary to `out`, flushing after each record so
+/// that findings appear while tracing goes on.
+pub struct Reporter {
+    format: Format,
+    out: Box<dyn Write + Send>,
+}
+
+impl Reporter {
+    pub fn new(format: Format, out: Box<dyn Write + Send>) -> Self {
+        Self { format, out }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn finding(&mut self, f: &Finding) -> io::Result<()> {
+        match self.format {
+            // The text of a finding ends with a newline; one more separates
+            // findings.
+            Format::Text => writeln!(self.out, "{f}")?,
+            Format::Json => json::write(&mut self.out, f)?,
+        }
+        self.out.flush()
+    }
+
+    pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        match self.format {
+            Format::Text => writeln!(self.out, "{s}")?,
+            Format::Json => json::write(&mut self.out, s)?,
+        }
+        self.out.flush()
+    }
+}

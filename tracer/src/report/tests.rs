@@ -1,0 +1,454 @@
+//! The printers and builders, against a table-driven fake symbolizer.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tracer_analysis::detector;
+use tracer_analysis::model::{Dependency, Frame, Level, LockInstance as LockId, LockKind};
+use tracer_common::Counter;
+
+use crate::report::build::inversion;
+use crate::report::summary::counters;
+use crate::report::{Finding, Format, Reporter, Summary};
+use crate::symbolize::Resolve;
+
+const PID: u32 = 4242;
+const MUTEX_A: u64 = 0x55d0c0a01040;
+const MUTEX_B: u64 = 0x55d0c0a01080;
+
+/// Symbolization from tables; unknown addresses give bare frames.
+#[derive(Default)]
+struct FakeResolve {
+    frames: HashMap<(u32, u64), Frame>,
+    locks: HashMap<(u32, u64), String>,
+    procs: HashMap<u32, String>,
+    /// Every `frames` call: (pid, addrs, first_is_ip).
+    calls: Vec<(u32, Vec<u64>, bool)>,
+}
+
+impl FakeResolve {
+    fn frame(
+        mut self,
+        pid: u32,
+        addr: u64,
+        func: &str,
+        file: Option<(&str, u32)>,
+        module: &str,
+    ) -> Self {
+        let frame = Frame {
+            addr,
+            module: Some(module.into()),
+            function: Some(func.into()),
+            offset: Some(if file.is_some() { 0x1a } else { 0 }),
+            file: file.map(|(f, _)| f.into()),
+            line: file.map(|(_, l)| l),
+        };
+        self.frames.insert((pid, addr), frame);
+        self
+    }
+}
+
+impl Resolve for FakeResolve {
+    fn frames(&mut self, pid: u32, addrs: &[u64], first_is_ip: bool) -> Vec<Frame> {
+        self.calls.push((pid, addrs.to_vec(), first_is_ip));
+        addrs
+            .iter()
+            .map(|&addr| {
+                self.frames.get(&(pid, addr)).cloned().unwrap_or(Frame {
+                    addr,
+                    ..Frame::default()
+                })
+            })
+            .collect()
+    }
+    fn lock_name(&mut self, pid: u32, addr: u64) -> Option<String> {
+        self.locks.get(&(pid, addr)).cloned()
+    }
+    fn process_name(&mut self, pid: u32) -> String {
+        self.procs.get(&pid).cloned().unwrap_or_else(|| "?".into())
+    }
+}
+
+fn dep(
+    pid: u32,
+    tid: u32,
+    thread: &str,
+    from: u64,
+    to: u64,
+    held: u64,
+    stack: &[u64],
+) -> Dependency {
+    Dependency {
+        from: LockId { pid, addr: from },
+        to: LockId { pid, addr: to },
+        from_kind: LockKind::Mutex,
+        to_kind: LockKind::Mutex,
+        pid,
+        tid,
+        thread: thread.into(),
+        timestamp_ns: 1,
+        held_callsite: held,
+        stack: stack.to_vec(),
+        gates: vec![],
+        chain_key: 0,
+        python: vec![],
+        handoff: false,
+    }
+}
+
+const LOCK_IP: u64 = 0x7f00_0008_a0f0;
+const START_THREAD: u64 = 0x7f00_0008_9134;
+
+/// The ab_ba fixture: worker1 takes a then b, worker2 b then a.
+fn ab_ba() -> (detector::Inversion, FakeResolve) {
+    let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    let bin = "/src/tests/fixtures/ab_ba";
+    let src = "/src/tests/fixtures/ab_ba.c";
+    let mut r = FakeResolve::default()
+        .frame(PID, LOCK_IP, "pthread_mutex_lock", None, libc)
+        .frame(PID, START_THREAD, "start_thread", None, libc)
+        .frame(PID, 0x55d0_c0a0_0100, "worker_ab", Some((src, 21)), bin)
+        .frame(PID, 0x55d0_c0a0_0110, "worker_ab", Some((src, 22)), bin)
+        .frame(PID, 0x55d0_c0a0_0200, "worker_ba", Some((src, 31)), bin)
+        .frame(PID, 0x55d0_c0a0_0210, "worker_ba", Some((src, 32)), bin);
+    r.locks.insert((PID, MUTEX_A), "mutex_a".into());
+    r.locks.insert((PID, MUTEX_B), "mutex_b".into());
+    r.procs.insert(PID, "ab_ba".into());
+
+    let stack_ab = [LOCK_IP, 0x55d0_c0a0_0110, START_THREAD];
+    let stack_ba = [LOCK_IP, 0x55d0_c0a0_0210, START_THREAD];
+    let cycle = detector::Inversion {
+        id: 1,
+        edges: vec![
+            dep(
+                PID,
+                PID + 1,
+                "worker1",
+                MUTEX_A,
+                MUTEX_B,
+                0x55d0_c0a0_0100,
+                &stack_ab,
+            ),
+            dep(
+                PID,
+                PID + 2,
+                "worker2",
+                MUTEX_B,
+                MUTEX_A,
+                0x55d0_c0a0_0200,
+                &stack_ba,
+            ),
+        ],
+        gate: None,
+        level: Level::Instance,
+        classes: Vec::new(),
+    };
+    (cycle, r)
+}
+
+/// A `Write` whose bytes the test can read back.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+fn summary() -> Summary {
+    Summary {
+        events: 1234,
+        dependencies: 2,
+        locks: 2,
+        cycles: 1,
+        lost_events: 0,
+        truncated_cycle_searches: 0,
+        counters: counters(Counter::ALL.iter().map(|&c| {
+            let v = match c {
+                Counter::Acquire => 5000,
+                Counter::HeldOverflow => 3,
+                _ => 0,
+            };
+            (c, v)
+        })),
+        contention: vec![],
+        forgotten_processes: 0,
+        forgotten_dependencies: 0,
+        library_same_class_nesting: 0,
+        handoff_cycles: 0,
+        probed_files: vec![],
+        duration_s: 2.5,
+    }
+}
+
+#[test]
+fn inversion_resolves_stacks() {
+    let (cycle, mut r) = ab_ba();
+    let finding = inversion(
+        &detector::Inversion {
+            id: 7,
+            ..cycle.clone()
+        },
+        &mut r,
+    );
+    assert_eq!(finding.id(), 7);
+    // Request stacks start at an instruction pointer, held call sites
+    // are return addresses.
+    assert_eq!(r.calls.len(), 4);
+    assert!(r.calls.iter().all(|(pid, _, _)| *pid == PID));
+    assert_eq!(
+        r.calls
+            .iter()
+            .filter(|(_, a, ip)| *ip && a.len() == 3)
+            .count(),
+        2
+    );
+    assert_eq!(
+        r.calls
+            .iter()
+            .filter(|(_, a, ip)| !*ip && a.len() == 1)
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn json_has_every_field() {
+    let (cycle, mut r) = ab_ba();
+    let finding = inversion(
+        &detector::Inversion {
+            id: 1,
+            ..cycle.clone()
+        },
+        &mut r,
+    );
+    let out = Shared::default();
+    let mut rep = Reporter::new(Format::Json, Box::new(out.clone()));
+    rep.finding(&finding).unwrap();
+    rep.summary(&summary()).unwrap();
+    let text = out.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(text.ends_with('\n'));
+
+    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["type"], "lock_order_inversion");
+    assert_eq!(v["id"], 1);
+    assert_eq!(v["pid"], PID);
+    assert_eq!(v["comm"], "ab_ba");
+    let lock_a = serde_json::json!({"addr": "0x55d0c0a01040", "kind": "mutex", "name": "mutex_a"});
+    let lock_b = serde_json::json!({"addr": "0x55d0c0a01080", "kind": "mutex", "name": "mutex_b"});
+    assert_eq!(
+        v["locks"],
+        Value::Array(vec![lock_a.clone(), lock_b.clone()])
+    );
+    let edges = v["cycle"].as_array().unwrap();
+    assert_eq!(edges.len(), 2);
+    for (e, from, to, tid, thread) in [
+        (&edges[0], &lock_a, &lock_b, PID + 1, "worker1"),
+        (&edges[1], &lock_b, &lock_a, PID + 2, "worker2"),
+    ] {
+        let keys: Vec<&str> = e.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        for k in [
+            "from",
+            "to",
+            "pid",
+            "tid",
+            "comm",
+            "thread",
+            "stack",
+            "held_stack",
+        ] {
+            assert!(keys.contains(&k), "{k} missing in {e}");
+        }
+        assert_eq!(&e["from"], from);
+        assert_eq!(&e["to"], to);
+        assert_eq!(e["pid"], PID);
+        assert_eq!(e["tid"], tid);
+        assert_eq!(e["comm"], "ab_ba");
+        assert_eq!(e["thread"], thread);
+        let stack = e["stack"].as_array().unwrap();
+        assert_eq!(stack.len(), 3);
+        assert_eq!(stack[0]["function"], "pthread_mutex_lock");
+        assert_eq!(stack[2]["function"], "start_thread");
+        let held = e["held_stack"].as_array().unwrap();
+        assert_eq!(held.len(), 1);
+        for fr in stack.iter().chain(held) {
+            for k in ["addr", "module", "function", "offset", "file", "line"] {
+                assert!(fr.get(k).is_some(), "{k} missing in {fr}");
+            }
+            assert!(fr["addr"].as_str().unwrap().starts_with("0x"));
+        }
+    }
+    assert_eq!(edges[0]["stack"][1]["file"], "/src/tests/fixtures/ab_ba.c");
+    assert_eq!(edges[0]["stack"][1]["line"], 22);
+    assert_eq!(edges[0]["held_stack"][0]["line"], 21);
+
+    let s: Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(s["type"], "summary");
+    for (k, n) in [
+        ("events", 1234),
+        ("dependencies", 2),
+        ("locks", 2),
+        ("cycles", 1),
+        ("lost_events", 0),
+        ("truncated_cycle_searches", 0),
+    ] {
+        assert_eq!(s[k], n, "{k}");
+    }
+    assert_eq!(s["duration_s"], 2.5);
+    assert_eq!(s["counters"]["held_overflow"], 3);
+    assert_eq!(s["counters"].as_object().unwrap().len(), Counter::ALL.len());
+}
+
+#[test]
+fn json_unnamed_lock_is_null() {
+    let (cycle, mut r) = ab_ba();
+    r.locks.clear();
+    let Finding::LockOrderInversion(inv) = inversion(
+        &detector::Inversion {
+            id: 1,
+            ..cycle.clone()
+        },
+        &mut r,
+    ) else {
+        unreachable!("an inversion")
+    };
+    let v = serde_json::to_value(&inv.locks[0]).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"addr": "0x55d0c0a01040", "kind": "mutex", "name": null})
+    );
+    let text = inv.to_string();
+    assert!(
+        text.contains("mutex 0x55d0c0a01040 -> mutex 0x55d0c0a01080 -> 0x55d0c0a01040"),
+        "{text}"
+    );
+}
+
+#[test]
+fn text_rendering() {
+    let (cycle, mut r) = ab_ba();
+    let finding = inversion(
+        &detector::Inversion {
+            id: 1,
+            ..cycle.clone()
+        },
+        &mut r,
+    );
+    let out = Shared::default();
+    let mut rep = Reporter::new(Format::Text, Box::new(out.clone()));
+    rep.finding(&finding).unwrap();
+    rep.summary(&summary()).unwrap();
+    let text = out.text();
+    for needle in [
+        "WARNING: potential deadlock: lock-order inversion between 2 locks in ab_ba [4242]\n",
+        "  mutex_a (mutex 0x55d0c0a01040) -> mutex_b (mutex 0x55d0c0a01080) -> mutex_a\n",
+        "  #1 thread worker1 [4243] requested mutex_b while holding mutex_a\n",
+        "  #2 thread worker2 [4244] requested mutex_a while holding mutex_b\n",
+        "     mutex_a was taken at:\n       #0  0x55d0c0a00100  worker_ab+0x1a  /src/tests/fixtures/ab_ba.c:21  (ab_ba)\n",
+        "     mutex_b requested at:\n       #0  0x7f000008a0f0  pthread_mutex_lock  (libc.so.6)\n",
+        "       #1  0x55d0c0a00110  worker_ab+0x1a  /src/tests/fixtures/ab_ba.c:22  (ab_ba)\n",
+        "       #2  0x7f0000089134  start_thread  (libc.so.6)\n",
+        "worker_ba+0x1a  /src/tests/fixtures/ab_ba.c:32",
+        "\n\nlocktrace: 1234 events, 2 dependencies, 2 locks, 1 cycle, 0 lost events in 2.5s; acquisitions=5000, held_overflow=3\n",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert!(!text.contains("lost_events="));
+}
+
+#[test]
+fn text_frames_without_symbols() {
+    let (cycle, _) = ab_ba();
+    let mut r = FakeResolve::default();
+    r.frames.insert(
+        (PID, LOCK_IP),
+        Frame {
+            addr: LOCK_IP,
+            module: Some("/lib/libc.so.6".into()),
+            offset: Some(0x8a0f0),
+            ..Frame::default()
+        },
+    );
+    let text = inversion(
+        &detector::Inversion {
+            id: 1,
+            ..cycle.clone()
+        },
+        &mut r,
+    )
+    .to_string();
+    assert!(
+        text.contains("#0  0x7f000008a0f0  ??  (libc.so.6+0x8a0f0)\n"),
+        "{text}"
+    );
+    assert!(text.contains("#2  0x7f0000089134  ??\n"), "{text}");
+    assert!(text.contains("between 2 locks in ? [4242]"), "{text}");
+}
+
+#[test]
+fn text_cross_process_cycle() {
+    let (mut cycle, mut r) = ab_ba();
+    cycle.edges[1].pid = 77;
+    r.procs.insert(77, "other".into());
+    let Finding::LockOrderInversion(inv) = inversion(
+        &detector::Inversion {
+            id: 1,
+            ..cycle.clone()
+        },
+        &mut r,
+    ) else {
+        unreachable!("an inversion")
+    };
+    assert_eq!((inv.pid, inv.comm.as_str()), (PID, "ab_ba"));
+    let text = inv.to_string();
+    assert!(text.contains("in ab_ba [4242], other [77]\n"), "{text}");
+    assert!(
+        text.contains("thread worker2 [4244] of other [77] requested"),
+        "{text}"
+    );
+}
+
+#[test]
+fn summary_text() {
+    let mut s = Summary {
+        events: 1,
+        dependencies: 1,
+        locks: 2,
+        cycles: 0,
+        lost_events: 1,
+        truncated_cycle_searches: 2,
+        counters: counters([(Counter::LostEvents, 1), (Counter::StackTruncated, 0)]),
+        contention: vec![],
+        forgotten_processes: 0,
+        forgotten_dependencies: 0,
+        library_same_class_nesting: 0,
+        handoff_cycles: 0,
+        probed_files: vec![],
+        duration_s: 0.04,
+    };
+    assert_eq!(
+        s.to_string(),
+        "locktrace: 1 event, 1 dependency, 2 locks, 0 cycles, 1 lost event in 0.0s; \
+         2 truncated cycle searches (some cycles may be unreported)"
+    );
+    s.truncated_cycle_searches = 0;
+    s.counters.insert("future_counter".into(), 9);
+    assert!(s
+        .to_string()
+        .ends_with("lost event in 0.0s; future_counter=9"));
+}
