@@ -74,10 +74,45 @@ impl<N> Vertex<N> {
 
 /// At most this many new cycles are returned by one [`LockOrderGraph::insert`].
 pub const MAX_CYCLES_PER_INSERT: usize = 16;
-/// Longer cycles (in edges, i.e. locks) are not enumerated.
+/// Cycles through a new edge beyond its shortest one are enumerated up to
+/// this length (in edges, i.e. locks); the shortest one is always found.
 pub const MAX_CYCLE_LEN: usize = 16;
 /// Vertices the cycle enumeration of one insert may expand before giving up.
 const SEARCH_BUDGET: usize = 100_000;
+
+/// Enumeration work allowed per second, over all inserts: a storm of
+/// cycles cannot take the collector's time from everything else.
+const SEARCH_BUDGET_PER_SECOND: usize = 2_000_000;
+
+/// The enumeration work left in the current second.
+struct WorkBudget {
+    left: usize,
+    since: std::time::Instant,
+}
+
+impl WorkBudget {
+    fn new() -> Self {
+        WorkBudget {
+            left: SEARCH_BUDGET_PER_SECOND,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// Up to `want` steps (0 when the second's budget is spent).
+    fn take(&mut self, want: usize) -> usize {
+        if self.since.elapsed() >= std::time::Duration::from_secs(1) {
+            self.left = SEARCH_BUDGET_PER_SECOND;
+            self.since = std::time::Instant::now();
+        }
+        let n = want.min(self.left);
+        self.left -= n;
+        n
+    }
+
+    fn give_back(&mut self, unused: usize) {
+        self.left += unused;
+    }
+}
 
 /// Identity of a cycle independent of rotation: its sorted node pairs.
 type CycleKey<N> = Vec<(N, N)>;
@@ -97,6 +132,7 @@ pub struct LockOrderGraph<N: GraphNode> {
     dependencies_seen: u64,
     /// Cycles of wake-up hand-offs only (not reported), by their nodes.
     handoff_cycles: HashSet<BTreeSet<N>>,
+    work: WorkBudget,
 }
 
 impl<N: GraphNode> Default for LockOrderGraph<N> {
@@ -110,6 +146,7 @@ impl<N: GraphNode> Default for LockOrderGraph<N> {
             locks_seen: 0,
             dependencies_seen: 0,
             handoff_cycles: HashSet::new(),
+            work: WorkBudget::new(),
         }
     }
 }
@@ -151,8 +188,9 @@ impl<N: GraphNode> LockOrderGraph<N> {
         self.cycles
     }
 
-    /// Inserts whose cycle enumeration was cut by [`MAX_CYCLES_PER_INSERT`],
-    /// [`MAX_CYCLE_LEN`] or the work budget: some cycles may be unreported.
+    /// Inserts whose enumeration of further cycles (beyond the shortest,
+    /// always reported) was cut by [`MAX_CYCLES_PER_INSERT`],
+    /// [`MAX_CYCLE_LEN`] or the work budgets.
     pub fn truncated_searches(&self) -> u64 {
         self.truncated_searches
     }
@@ -218,27 +256,45 @@ impl<N: GraphNode> LockOrderGraph<N> {
             return Vec::new();
         }
 
-        // Vertices with a path to `from`: the only ones a path `to ~> from`
-        // can use. Without `to`, the new edge closes no cycle.
-        let ancestors = self.ancestors(from);
-        if !ancestors.contains(&to) {
+        // The shortest cycle through the new edge, whatever its length: a
+        // breadth-first search from `to` for `from`, whose cost grows with
+        // the graph, not with the length of the cycle. Most inserts close
+        // none, and stop here.
+        let Some(shortest) = self.shortest_path(to, from) else {
             return Vec::new();
-        }
-
-        let mut search = Search {
-            graph: &self.graph,
-            ancestors: &ancestors,
-            target: from,
-            path: vec![to],
-            on_path: HashSet::from([to]),
-            found: Vec::new(),
-            budget: SEARCH_BUDGET,
-            truncated: false,
         };
-        search.dfs(to);
-        let (paths, mut truncated) = (search.found, search.truncated);
-        if paths.len() > MAX_CYCLES_PER_INSERT {
+        // Further cycles through the edge: enumerated, bounded (length,
+        // count, work per insert and per second), the cut counted.
+        let mut paths = vec![shortest];
+        let mut truncated = false;
+        let budget = self.work.take(SEARCH_BUDGET);
+        if budget == 0 {
             truncated = true;
+        } else {
+            // Vertices with a path to `from`: the only ones a path
+            // `to ~> from` can use.
+            let ancestors = self.ancestors(from);
+            let mut search = Search {
+                graph: &self.graph,
+                ancestors: &ancestors,
+                target: from,
+                path: vec![to],
+                on_path: HashSet::from([to]),
+                found: Vec::new(),
+                budget,
+                truncated: false,
+            };
+            search.dfs(to);
+            self.work.give_back(search.budget);
+            truncated = search.truncated;
+            for path in search.found {
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+            if paths.len() > MAX_CYCLES_PER_INSERT {
+                truncated = true;
+            }
         }
 
         let mut cycles = Vec::new();
@@ -347,6 +403,32 @@ impl<N: GraphNode> LockOrderGraph<N> {
             .collect();
         self.graph.remove_node(v);
         removed
+    }
+
+    /// The shortest path `from ~> to` (both included), if any.
+    fn shortest_path(&self, from: Vertex<N>, to: Vertex<N>) -> Option<Vec<Vertex<N>>> {
+        let mut parent: HashMap<Vertex<N>, Vertex<N>> = HashMap::new();
+        let mut queue = VecDeque::from([from]);
+        parent.insert(from, from);
+        while let Some(v) = queue.pop_front() {
+            if v == to {
+                let mut path = vec![to];
+                let mut at = to;
+                while at != from {
+                    at = parent[&at];
+                    path.push(at);
+                }
+                path.reverse();
+                return Some(path);
+            }
+            for w in self.graph.neighbors_directed(v, Direction::Outgoing) {
+                if let std::collections::hash_map::Entry::Vacant(e) = parent.entry(w) {
+                    e.insert(v);
+                    queue.push_back(w);
+                }
+            }
+        }
+        None
     }
 
     /// All vertices with a path to `v`, `v` included.
@@ -760,27 +842,38 @@ mod tests {
     }
 
     #[test]
-    fn cycle_length_bound() {
-        // A ring of exactly MAX_CYCLE_LEN locks is found ...
-        let mut g = Graph::new();
-        let n = MAX_CYCLE_LEN as u64;
-        for i in 0..n - 1 {
-            assert!(g.insert(dep(i, i + 1)).is_empty());
+    fn a_ring_of_any_length_is_found_once() {
+        for n in [MAX_CYCLE_LEN as u64 + 1, 25, 50, 100] {
+            let mut g = Graph::new();
+            for i in 0..n - 1 {
+                assert!(g.insert(dep(i, i + 1)).is_empty());
+            }
+            let cycles = g.insert(dep(n - 1, 0));
+            assert_eq!(cycles.len(), 1, "ring of {n}");
+            assert_eq!(cycles[0].len(), n as usize);
+            check_shape(&cycles[0]);
+            // Seen again: nothing new.
+            assert!(g.insert(dep(n - 1, 0)).is_empty());
+            assert_eq!(g.cycle_count(), 1);
         }
-        let cycles = g.insert(dep(n - 1, 0));
-        assert_eq!(cycles.len(), 1);
-        assert_eq!(cycles[0].len(), MAX_CYCLE_LEN);
-        check_shape(&cycles[0]);
-        assert_eq!(g.truncated_searches(), 0);
+    }
 
-        // ... one lock more is cut, and counted.
+    #[test]
+    fn the_shortest_cycle_comes_first_and_longer_ones_are_bounded() {
+        // b -> a directly, and b -> c1 -> ... -> c20 -> a: the new edge
+        // a -> b closes a 2-cycle and a 22-cycle, longer than enumerated.
         let mut g = Graph::new();
-        for i in 0..n {
-            assert!(g.insert(dep(i, i + 1)).is_empty());
+        assert!(g.insert(dep(0xb, 0xa)).is_empty());
+        let mut prev = 0xb;
+        for c in 0..20 {
+            assert!(g.insert(dep(prev, 0x100 + c)).is_empty());
+            prev = 0x100 + c;
         }
-        assert!(g.insert(dep(n, 0)).is_empty());
+        assert!(g.insert(dep(prev, 0xa)).is_empty());
+        let cycles = g.insert(dep(0xa, 0xb));
+        assert_eq!(cycles.len(), 1);
+        assert_eq!(pairs(&cycles[0]), [(0xa, 0xb), (0xb, 0xa)]);
         assert_eq!(g.truncated_searches(), 1);
-        assert_eq!(g.cycle_count(), 0);
     }
 
     #[test]
