@@ -74,6 +74,11 @@ impl Classes {
         class
     }
 
+    /// The class `lock` was given, if it has one yet.
+    pub fn class_of_known(&self, lock: LockInstance) -> Option<ClassId> {
+        self.by_lock.get(&lock).copied()
+    }
+
     /// The key of a class.
     pub fn key(&self, class: ClassId) -> &ClassKey {
         &self.keys[class.0 as usize]

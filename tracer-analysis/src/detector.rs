@@ -4,8 +4,8 @@
 //! host it asks through [`Host`]. Findings are built and symbolized from its
 //! verdicts afterwards (the collector's `report`).
 
-use std::collections::{BTreeSet, HashSet};
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use tracer_common::{gate_fingerprint, gate_mix};
 
@@ -56,11 +56,16 @@ pub struct Inversion {
 #[derive(Clone, Debug)]
 pub enum Verdict {
     Inversion(Inversion),
-    /// Two locks of one class, one taken while holding the other.
+    /// Two locks of one class, one taken while holding the other. A note
+    /// while every such nesting of the class went one address order (an
+    /// array locked in index order cannot deadlock); a warning once both
+    /// orders were seen (`opposite`: the first nesting the other way, as
+    /// two accounts in a transfer).
     SameClassNesting {
         id: u64,
         dep: Dependency,
         class: String,
+        opposite: Option<Dependency>,
     },
     /// A thread requested a lock it holds (`dep.from == dep.to`).
     SelfDeadlock {
@@ -91,10 +96,18 @@ impl Verdict {
         }
     }
 
-    /// Whether it warns (counts for `--exit-code`): all but guarded cycles,
-    /// which are notes.
+    /// Whether it warns (counts for `--exit-code`): all but notes (guarded
+    /// cycles, same-class nesting in one order).
     pub fn is_alarm(&self) -> bool {
-        !matches!(self, Verdict::Inversion(Inversion { gate: Some(_), .. }))
+        !self.is_note()
+    }
+
+    pub fn is_note(&self) -> bool {
+        matches!(
+            self,
+            Verdict::Inversion(Inversion { gate: Some(_), .. })
+                | Verdict::SameClassNesting { opposite: None, .. }
+        )
     }
 }
 
@@ -111,6 +124,14 @@ pub struct Stats {
     pub handoff_cycles: u64,
     /// Classes of libraries' own code nested within themselves.
     pub library_same_class_nesting: u64,
+    /// Classes of the program nested within themselves in one address
+    /// order (noted, not warned).
+    pub same_class_notes: u64,
+    /// Findings of a shape reported already (the same lock classes: the
+    /// same bug in another process or instance), counted, not reported.
+    pub repeated_findings: u64,
+    /// Findings beyond a process's budget (a storm), counted.
+    pub suppressed_findings: u64,
     pub forgotten_processes: u64,
     pub forgotten_dependencies: u64,
     pub classes: u64,
@@ -121,12 +142,19 @@ pub struct Detector {
     class_graph: LockOrderGraph<ClassId>,
     classes: Classes,
     identities: Identities,
-    same_class_reported: HashSet<ClassId>,
+    /// Same-class nestings by class: the first of each address order.
+    same_class: HashMap<ClassId, SameClassOrders>,
+    /// Library classes seen nested within themselves.
+    library_same_class: HashSet<ClassId>,
     /// The lock sets of reported inversions, to link deadlocks to them.
     inversions: Vec<(BTreeSet<LockInstance>, u64)>,
     watchdog: Watchdog,
     /// Findings numbered so far.
     findings: u64,
+    /// Shapes of the findings reported, with their repeats.
+    shapes: HashMap<Shape, u64>,
+    /// Each process's budget of findings.
+    budgets: HashMap<u32, FindingBudget>,
     /// Dependencies that left the graphs, whose kernel dedup entries must go
     /// too (their next occurrence is then sent and judged afresh).
     forgotten: Vec<Dependency>,
@@ -140,10 +168,13 @@ impl Detector {
             class_graph: LockOrderGraph::new(),
             classes: Classes::new(),
             identities: Identities::default(),
-            same_class_reported: HashSet::new(),
+            same_class: HashMap::new(),
+            library_same_class: HashSet::new(),
             inversions: Vec::new(),
             watchdog: Watchdog::new(hang_threshold),
             findings: 0,
+            shapes: HashMap::new(),
+            budgets: HashMap::new(),
             forgotten: Vec::new(),
             stats: Stats::default(),
         }
@@ -169,6 +200,7 @@ impl Detector {
                 self.classes.forget_process(pid);
                 self.stats.forgotten_processes += 1;
                 self.stats.forgotten_dependencies += removed.len() as u64;
+                self.budgets.remove(&pid);
                 self.forgotten.extend(removed);
                 Vec::new()
             }
@@ -233,6 +265,38 @@ impl Detector {
         self.findings
     }
 
+    /// The shape of a cycle: its lock classes (and whether it is guarded).
+    /// The same bug in a hundred prefork workers is one shape.
+    fn shape_of(&self, edges: &[Dependency], guarded: bool) -> Shape {
+        let mut classes: Vec<ClassId> = edges
+            .iter()
+            .filter_map(|e| self.classes.class_of_known(e.from))
+            .collect();
+        classes.sort_unstable();
+        Shape::Classes(classes, guarded)
+    }
+
+    /// A finding of `shape` in process `pid` is to be reported: its id, or
+    /// None when the shape was reported already (a repeat, counted) or the
+    /// process spent its budget of findings (a storm, counted).
+    fn admit(&mut self, shape: Shape, pid: u32) -> Option<u64> {
+        if let Some(repeats) = self.shapes.get_mut(&shape) {
+            *repeats += 1;
+            self.stats.repeated_findings += 1;
+            return None;
+        }
+        let budget = self
+            .budgets
+            .entry(pid)
+            .or_insert_with(|| FindingBudget::new(Instant::now()));
+        if !budget.take(Instant::now()) {
+            self.stats.suppressed_findings += 1;
+            return None;
+        }
+        self.shapes.insert(shape, 0);
+        Some(self.next_id())
+    }
+
     /// The memory at `lock` is a new lock from now on: the old lock's
     /// dependencies leave the graph and the kernel's cache, so that the new
     /// lock's are sent and judged afresh.
@@ -283,9 +347,12 @@ impl Detector {
                     self.stats.handoff_cycles += 1;
                     continue;
                 }
-                let id = self.next_id();
-                self.inversions
-                    .push((cycle.locks().into_iter().collect(), id));
+                let locks: BTreeSet<LockInstance> = cycle.locks().into_iter().collect();
+                let shape = self.shape_of(&cycle.edges, cycle.gate.is_some());
+                let Some(id) = self.admit(shape, r.pid) else {
+                    continue;
+                };
+                self.inversions.push((locks, id));
                 verdicts.push(Verdict::Inversion(Inversion {
                     id,
                     edges: cycle.edges,
@@ -376,8 +443,13 @@ impl Detector {
                 .iter()
                 .map(|&c| self.classes.key(c).to_string())
                 .collect();
+            let mut shape = cycle.nodes.clone();
+            shape.sort_unstable();
+            let Some(id) = self.admit(Shape::Classes(shape, false), dep.pid) else {
+                continue;
+            };
             verdicts.push(Verdict::Inversion(Inversion {
-                id: self.next_id(),
+                id,
                 edges: cycle.edges,
                 gate: None,
                 level: Level::Class,
@@ -396,23 +468,105 @@ impl Detector {
         }
         // A library's own per-object locks (mod_wsgi's per-thread mutexes,
         // made through APR) nest within their class by design; lockdep wants
-        // annotations for that. Reported for the program's own code; counted
-        // otherwise.
+        // annotations for that. Counted.
         if self.classes.key(class).is_library_init() {
-            if self.same_class_reported.insert(class) {
+            if self.library_same_class.insert(class) {
                 self.stats.library_same_class_nesting += 1;
             }
             return None;
         }
-        if !self.same_class_reported.insert(class) {
-            return None;
+        let seen = self.same_class.entry(class).or_default();
+        let ascending = dep.from.addr < dep.to.addr;
+        let (this_way, other_way) = if ascending {
+            (&mut seen.ascending, &seen.descending)
+        } else {
+            (&mut seen.descending, &seen.ascending)
+        };
+        if this_way.is_none() {
+            *this_way = Some(dep.clone());
         }
-        Some(Verdict::SameClassNesting {
-            id: self.next_id(),
-            dep: dep.clone(),
-            class: self.classes.key(class).to_string(),
-        })
+        let opposite = other_way.clone();
+        let class_name = self.classes.key(class).to_string();
+        let seen = self.same_class.get_mut(&class).expect("just inserted");
+        match opposite {
+            Some(opposite) if !seen.warned => {
+                seen.warned = true;
+                // The same two instances both ways: a cycle of the instance
+                // graph, reported there (one bug, one finding).
+                if opposite.from == dep.to && opposite.to == dep.from {
+                    return None;
+                }
+                Some(Verdict::SameClassNesting {
+                    id: self.next_id(),
+                    dep: dep.clone(),
+                    class: class_name,
+                    opposite: Some(opposite),
+                })
+            }
+            None if !seen.noted => {
+                seen.noted = true;
+                self.stats.same_class_notes += 1;
+                Some(Verdict::SameClassNesting {
+                    id: self.next_id(),
+                    dep: dep.clone(),
+                    class: class_name,
+                    opposite: None,
+                })
+            }
+            _ => None,
+        }
     }
+}
+
+/// What makes two findings the same bug.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Shape {
+    /// A cycle's sorted lock classes, and whether it is guarded.
+    Classes(Vec<ClassId>, bool),
+}
+
+/// Findings one process may make: a burst of [`FINDING_BURST`], then one
+/// per [`FINDING_PERIOD`]. Beyond, they are counted, not reported: a storm
+/// of cycles (a graph with dozens of locks taken in every order) must not
+/// bury the first findings nor the collector.
+struct FindingBudget {
+    tokens: u32,
+    refilled: Instant,
+}
+
+const FINDING_BURST: u32 = 20;
+const FINDING_PERIOD: Duration = Duration::from_secs(5);
+
+impl FindingBudget {
+    fn new(now: Instant) -> Self {
+        FindingBudget {
+            tokens: FINDING_BURST,
+            refilled: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let periods =
+            (now.duration_since(self.refilled).as_secs_f64() / FINDING_PERIOD.as_secs_f64()) as u32;
+        if periods > 0 {
+            self.tokens = (self.tokens + periods).min(FINDING_BURST);
+            self.refilled = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+/// The nestings of one lock class within itself, by address order.
+#[derive(Default)]
+struct SameClassOrders {
+    ascending: Option<Dependency>,
+    descending: Option<Dependency>,
+    noted: bool,
+    warned: bool,
 }
 
 /// A cycle where each thread held only its own wake-up mutex (one it alone

@@ -266,11 +266,8 @@ impl<N: GraphNode> LockOrderGraph<N> {
         // Further cycles through the edge: enumerated, bounded (length,
         // count, work per insert and per second), the cut counted.
         let mut paths = vec![shortest];
-        let mut truncated = false;
         let budget = self.work.take(SEARCH_BUDGET);
-        if budget == 0 {
-            truncated = true;
-        } else {
+        let truncated = budget == 0 || {
             // Vertices with a path to `from`: the only ones a path
             // `to ~> from` can use.
             let ancestors = self.ancestors(from);
@@ -286,16 +283,13 @@ impl<N: GraphNode> LockOrderGraph<N> {
             };
             search.dfs(to);
             self.work.give_back(search.budget);
-            truncated = search.truncated;
             for path in search.found {
                 if !paths.contains(&path) {
                     paths.push(path);
                 }
             }
-            if paths.len() > MAX_CYCLES_PER_INSERT {
-                truncated = true;
-            }
-        }
+            search.truncated || paths.len() > MAX_CYCLES_PER_INSERT
+        };
 
         let mut cycles = Vec::new();
         for path in paths.into_iter().take(MAX_CYCLES_PER_INSERT) {

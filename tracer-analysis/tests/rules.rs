@@ -212,28 +212,77 @@ fn a_common_gate_makes_a_guarded_note_until_seen_without_it() {
     assert!(verdicts[0].is_alarm());
 }
 
-#[test]
-fn two_locks_of_one_init_site_nested_are_one_same_class_finding() {
-    let mut run = Run::new();
-    let init = 0x4000;
-    run.host.site(1, init, "bank", 0x1234);
-    for addr in [0xa0, 0xb0, 0xc0] {
+fn init_all(run: &mut Run, site: u64, addrs: &[u64]) {
+    for &addr in addrs {
         run.feed(Event::LockInit {
             lock: LockInstance { pid: 1, addr },
-            site: init,
+            site,
             stack: None,
         });
     }
-    let verdicts = run.feed(request(1, 1, &[mutex(0xa0)], mutex(0xb0)));
-    let [Verdict::SameClassNesting { class, dep, .. }] = verdicts.as_slice() else {
-        panic!("not one same-class nesting: {verdicts:?}");
+}
+
+#[test]
+fn an_array_of_one_class_nested_in_one_order_is_one_note() {
+    let mut run = Run::new();
+    let init = 0x4000;
+    run.host.site(1, init, "table", 0x99);
+    let slots: Vec<u64> = (0..64).map(|i| 0x1000 + i * 0x40).collect();
+    init_all(&mut run, init, &slots);
+    let mut verdicts = Vec::new();
+    for (tid, pair) in slots.windows(2).enumerate() {
+        verdicts.extend(run.feed(request(1, tid as u32, &[mutex(pair[0])], mutex(pair[1]))));
+    }
+    let [v @ Verdict::SameClassNesting {
+        opposite: None,
+        class,
+        ..
+    }] = verdicts.as_slice()
+    else {
+        panic!("not one note: {verdicts:?}");
     };
+    assert_eq!(class, "init@table+0x99");
+    assert!(v.is_note() && !v.is_alarm());
+    assert_eq!(run.stats().same_class_notes, 1);
+}
+
+#[test]
+fn two_accounts_transferred_both_ways_are_a_same_class_warning() {
+    let mut run = Run::new();
+    let init = 0x4000;
+    run.host.site(1, init, "bank", 0x1234);
+    // a < b < c < d: transfer(a, b) locks upwards, transfer(d, c) downwards.
+    init_all(&mut run, init, &[0xa0, 0xb0, 0xc0, 0xd0]);
+    let note = run.feed(request(1, 1, &[mutex(0xa0)], mutex(0xb0)));
+    assert!(matches!(note.as_slice(), [v] if v.is_note()), "{note:?}");
+    let verdicts = run.feed(request(1, 2, &[mutex(0xd0)], mutex(0xc0)));
+    let [v @ Verdict::SameClassNesting {
+        class,
+        dep,
+        opposite: Some(opposite),
+        ..
+    }] = verdicts.as_slice()
+    else {
+        panic!("not one warning: {verdicts:?}");
+    };
+    assert!(v.is_alarm());
     assert_eq!(class, "init@bank+0x1234");
-    assert_eq!((dep.from.addr, dep.to.addr), (0xa0, 0xb0));
+    assert_eq!((dep.from.addr, dep.to.addr), (0xd0, 0xc0));
+    assert_eq!((opposite.from.addr, opposite.to.addr), (0xa0, 0xb0));
     // Once per class.
     assert!(run
-        .feed(request(1, 1, &[mutex(0xb0)], mutex(0xc0)))
+        .feed(request(1, 3, &[mutex(0xc0)], mutex(0xa0)))
         .is_empty());
+}
+
+#[test]
+fn the_same_two_instances_both_ways_are_one_instance_inversion() {
+    let mut run = Run::new();
+    run.host.site(1, 0x4000, "bank", 0x1234);
+    init_all(&mut run, 0x4000, &[0xa0, 0xb0]);
+    run.feed(request(1, 1, &[mutex(0xa0)], mutex(0xb0)));
+    let verdicts = run.feed(request(1, 2, &[mutex(0xb0)], mutex(0xa0)));
+    assert_eq!(inversion(&verdicts).level, Level::Instance);
 }
 
 #[test]
@@ -444,4 +493,39 @@ fn a_deadlock_names_the_inversion_found_before() {
     assert_eq!(*inversion, Some(inv_id));
     assert!(*id > inv_id);
     assert_eq!(threads.len(), 2);
+}
+
+#[test]
+fn the_same_bug_in_a_hundred_workers_is_one_finding_and_repeats() {
+    let mut run = Run::new();
+    let mut reported = 0;
+    for pid in 1..=100 {
+        run.host
+            .global(pid, 0xa0, "worker", "mutex_x")
+            .global(pid, 0xb0, "worker", "mutex_y");
+        run.feed(request(pid, pid, &[mutex(0xa0)], mutex(0xb0)));
+        reported += run
+            .feed(request(pid, pid + 1000, &[mutex(0xb0)], mutex(0xa0)))
+            .len();
+    }
+    assert_eq!(reported, 1);
+    assert_eq!(run.stats().repeated_findings, 99);
+}
+
+#[test]
+fn a_storm_of_cycles_in_one_process_is_budgeted_and_counted() {
+    let mut run = Run::new();
+    // 40 pairs of locks, each taken both ways: 40 distinct bugs at once.
+    let mut reported = 0;
+    for i in 0..40u64 {
+        let (a, b) = (mutex(0x1000 + i * 0x100), mutex(0x1040 + i * 0x100));
+        run.feed(request(1, 1, &[a], b));
+        reported += run.feed(request(1, 2, &[b], a)).len();
+    }
+    assert_eq!(reported, 20);
+    assert_eq!(run.stats().suppressed_findings, 20);
+    // Another process has its own budget.
+    let (a, b) = (mutex(0xa0), mutex(0xb0));
+    run.feed(request(2, 3, &[a], b));
+    assert_eq!(run.feed(request(2, 4, &[b], a)).len(), 1);
 }

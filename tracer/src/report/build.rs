@@ -16,9 +16,12 @@ use crate::symbolize::Resolve;
 pub fn finding(verdict: &Verdict, enricher: &mut Enricher, scan: &Scan<'_>) -> Finding {
     match verdict {
         Verdict::Inversion(inv) => inversion(inv, enricher),
-        Verdict::SameClassNesting { id, dep, class } => {
-            same_class_nesting(dep, class, enricher, *id)
-        }
+        Verdict::SameClassNesting {
+            id,
+            dep,
+            class,
+            opposite,
+        } => same_class_nesting(dep, opposite.as_ref(), class, enricher, *id),
         Verdict::SelfDeadlock { id, dep } => self_deadlock(dep, enricher, *id),
         Verdict::Deadlock {
             id,
@@ -33,9 +36,11 @@ pub fn finding(verdict: &Verdict, enricher: &mut Enricher, scan: &Scan<'_>) -> F
     }
 }
 
-/// The finding for `dep`, whose two locks are of class `class`.
+/// The finding for `dep`, whose two locks are of class `class`: a note, or
+/// a warning when `opposite` nested two of them the other way.
 pub fn same_class_nesting(
     dep: &Dependency,
+    opposite: Option<&Dependency>,
     class: &str,
     resolve: &mut dyn Resolve,
     id: u64,
@@ -59,6 +64,8 @@ pub fn same_class_nesting(
         requested,
         stack: names.resolve.frames(dep.pid, &dep.stack, true),
         held_stack: names.resolve.frames(dep.pid, &[dep.held_callsite], false),
+        note: opposite.is_none(),
+        opposite: opposite.map(|o| names.edge(o)),
     })
 }
 
@@ -108,6 +115,21 @@ impl Names<'_> {
         }
     }
 
+    /// One dependency, named and symbolized.
+    fn edge(&mut self, d: &Dependency) -> Edge {
+        Edge {
+            from: self.lock(d.from, d.from_kind),
+            to: self.lock(d.to, d.to_kind),
+            pid: d.pid,
+            tid: d.tid,
+            comm: self.comm(d.pid),
+            thread: d.thread.clone(),
+            stack: self.resolve.frames(d.pid, &d.stack, true),
+            held_stack: self.resolve.frames(d.pid, &[d.held_callsite], false),
+            python_stack: d.python.clone(),
+        }
+    }
+
     fn comm(&mut self, pid: u32) -> String {
         let resolve = &mut *self.resolve;
         self.comms
@@ -129,21 +151,7 @@ pub fn inversion(cycle: &detector::Inversion, resolve: &mut dyn Resolve) -> Find
         .iter()
         .map(|d| names.lock(d.from, d.from_kind))
         .collect();
-    let edges: Vec<Edge> = cycle
-        .edges
-        .iter()
-        .map(|d| Edge {
-            from: names.lock(d.from, d.from_kind),
-            to: names.lock(d.to, d.to_kind),
-            pid: d.pid,
-            tid: d.tid,
-            comm: names.comm(d.pid),
-            thread: d.thread.clone(),
-            stack: names.resolve.frames(d.pid, &d.stack, true),
-            held_stack: names.resolve.frames(d.pid, &[d.held_callsite], false),
-            python_stack: d.python.clone(),
-        })
-        .collect();
+    let edges: Vec<Edge> = cycle.edges.iter().map(|d| names.edge(d)).collect();
     let (pid, comm) = match edges.first() {
         Some(e) => (e.pid, e.comm.clone()),
         None => (0, String::new()),

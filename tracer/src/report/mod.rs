@@ -74,6 +74,13 @@ pub struct SameClassNesting {
     pub requested: Lock,
     pub stack: Vec<Frame>,
     pub held_stack: Vec<Frame>,
+    /// Every such nesting of the class went one address order so far (an
+    /// array locked in index order): it cannot deadlock. A note, not a
+    /// warning; it does not count for `--exit-code`.
+    pub note: bool,
+    /// The first nesting of two locks of the class the other way, once
+    /// seen: the warning's other side.
+    pub opposite: Option<Edge>,
 }
 
 /// A real deadlock: every thread of `threads` waits for a lock that the next

@@ -41,6 +41,14 @@ pub struct Summary {
     /// Lock classes of shared libraries' own code seen nested within
     /// themselves (per-object locks by design): counted, not reported.
     pub library_same_class_nesting: u64,
+    /// Classes of the program nested within themselves in one address
+    /// order: noted once each, not warned.
+    pub same_class_notes: u64,
+    /// Findings of a shape reported already (the same lock classes: the
+    /// same bug in another worker or instance): counted, not reported.
+    pub repeated_findings: u64,
+    /// Findings beyond a process's budget (a storm of cycles): counted.
+    pub suppressed_findings: u64,
     /// Cycles made only of wake-up hand-offs (a thread locking the mutex
     /// another waits on a condition with): not reported.
     pub handoff_cycles: u64,
@@ -126,12 +134,33 @@ impl fmt::Display for Summary {
         if self.truncated_cycle_searches != 0 {
             write!(
                 f,
-                "; {} (some cycles may be unreported)",
+                "; {} (the shortest cycle through each edge is always reported; longer ones through the same edge may not be)",
                 plural(
                     self.truncated_cycle_searches,
                     "truncated cycle search",
                     "truncated cycle searches"
                 )
+            )?;
+        }
+        if self.repeated_findings != 0 {
+            write!(
+                f,
+                "; {} of a shape reported already",
+                plural(self.repeated_findings, "finding", "findings")
+            )?;
+        }
+        if self.suppressed_findings != 0 {
+            write!(
+                f,
+                "; {} beyond a process's budget (a storm), counted, not reported",
+                plural(self.suppressed_findings, "finding", "findings")
+            )?;
+        }
+        if self.same_class_notes != 0 {
+            write!(
+                f,
+                "; {} nested in one order",
+                plural(self.same_class_notes, "lock class", "lock classes")
             )?;
         }
         // One libc is the usual case; more (containers, copies, --binary)

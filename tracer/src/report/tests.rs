@@ -188,6 +188,9 @@ fn summary() -> Summary {
         forgotten_processes: 0,
         forgotten_dependencies: 0,
         library_same_class_nesting: 0,
+        same_class_notes: 0,
+        repeated_findings: 0,
+        suppressed_findings: 0,
         handoff_cycles: 0,
         probed_files: vec![],
         duration_s: 2.5,
@@ -437,6 +440,9 @@ fn summary_text() {
         forgotten_processes: 0,
         forgotten_dependencies: 0,
         library_same_class_nesting: 0,
+        same_class_notes: 0,
+        repeated_findings: 0,
+        suppressed_findings: 0,
         handoff_cycles: 0,
         probed_files: vec![],
         duration_s: 0.04,
@@ -444,7 +450,8 @@ fn summary_text() {
     assert_eq!(
         s.to_string(),
         "locktrace: 1 event, 1 dependency, 2 locks, 0 cycles, 1 lost event in 0.0s; \
-         2 truncated cycle searches (some cycles may be unreported)"
+         2 truncated cycle searches (the shortest cycle through each edge is always reported; \
+             longer ones through the same edge may not be)"
     );
     s.truncated_cycle_searches = 0;
     s.counters.insert("future_counter".into(), 9);

@@ -17,9 +17,10 @@ pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
 
 impl fmt::Display for SameClassNesting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = if self.note { "NOTE" } else { "WARNING" };
         writeln!(
             f,
-            "WARNING: same-class nesting: thread {} [{}] of {} [{}] requested {} while holding {}, both of lock class {}",
+            "{level}: same-class nesting: thread {} [{}] of {} [{}] requested {} while holding {}, both of lock class {}",
             self.thread,
             self.tid,
             self.comm,
@@ -28,15 +29,36 @@ impl fmt::Display for SameClassNesting {
             self.held.label(),
             self.class
         )?;
-        writeln!(
-            f,
-            "  (deadlock-prone unless every thread takes such locks in one order)"
-        )?;
+        match &self.opposite {
+            None => writeln!(
+                f,
+                "  (every nesting of this class so far went one address order, as an array locked \
+                 in index order: it cannot deadlock while that holds)"
+            )?,
+            Some(o) => writeln!(
+                f,
+                "  and thread {} [{}] of {} [{}] nested two of them the other way: it requested {} \
+                 while holding {} (deadlock-prone, as two accounts locked in a transfer)",
+                o.thread,
+                o.tid,
+                o.comm,
+                o.pid,
+                o.to.label(),
+                o.from.label()
+            )?,
+        }
         writeln!(f)?;
         writeln!(f, "     {} was taken at:", self.held.label())?;
         write_stack(f, "       ", &self.held_stack)?;
         writeln!(f, "     {} requested at:", self.requested.label())?;
-        write_stack(f, "       ", &self.stack)
+        write_stack(f, "       ", &self.stack)?;
+        if let Some(o) = &self.opposite {
+            writeln!(f, "     {} was taken at:", o.from.label())?;
+            write_stack(f, "       ", &o.held_stack)?;
+            writeln!(f, "     {} requested at:", o.to.label())?;
+            write_stack(f, "       ", &o.stack)?;
+        }
+        Ok(())
     }
 }
 
