@@ -13,7 +13,7 @@ use locktrace::{
         targets::{self, Target},
     },
     report::{self, blocking, Reporter},
-    session::Session,
+    session::{Session, Stop},
     symbolize::Symbolizer,
 };
 use nix::sys::wait::waitpid;
@@ -195,13 +195,13 @@ fn run(args: RunArgs) -> Result<i32> {
                 tokio::select! {
                     r = &mut exited => {
                         status = r.ok().and_then(|r| r.ok());
-                        break;
+                        break Stop::Finished;
                     }
                     // The command gets Ctrl-C from the terminal itself; a
                     // second one stops tracing.
                     _ = int.recv() => {
                         interrupts += 1;
-                        if interrupts > 1 { break; }
+                        if interrupts > 1 { break Stop::Signal; }
                     }
                     _ = term.recv() => {
                         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -249,9 +249,9 @@ fn watch(args: WatchArgs) -> Result<i32> {
             let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
             let sleep = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
             tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-                _ = sleep => {}
+                _ = term.recv() => Stop::Signal,
+                _ = int.recv() => Stop::Signal,
+                _ = sleep => Stop::Finished,
             }
         };
         session.run_until(stop).await

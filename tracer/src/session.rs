@@ -27,12 +27,42 @@ use crate::symbolize::Symbolizer;
 /// Contended futex words listed in the summary.
 const CONTENTION_SHOWN: usize = 5;
 
+/// Records are processed in slices of this much time, between which the
+/// loop answers signals and timers: whatever the load, a stop is seen
+/// within a slice.
+const SLICE: Duration = Duration::from_millis(50);
+
+/// Why tracing stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// A signal (SIGINT, SIGTERM): what is left is processed for at most
+    /// half a second, the rest counted (`unprocessed_records`), so that the
+    /// tracer ends within a second.
+    Signal,
+    /// The traced command exited, or the duration ended: everything left is
+    /// processed (for at most a minute).
+    Finished,
+}
+
+impl Stop {
+    fn drain_budget(self) -> Duration {
+        match self {
+            Stop::Signal => Duration::from_millis(500),
+            Stop::Finished => Duration::from_secs(60),
+        }
+    }
+}
+
 pub struct Session {
     pub probes: Probes,
     enricher: Enricher,
     detector: Detector,
     reporter: Reporter,
     follower: Follower,
+    /// Records taken in and not processed yet.
+    queue: VecDeque<Pending>,
+    /// Records left unprocessed at exit (see [`EXIT_DRAIN`]).
+    unprocessed: u64,
     started: Instant,
     /// Findings that count for `--exit-code`: all but guarded cycles (notes).
     pub alarms: u64,
@@ -51,6 +81,8 @@ impl Session {
             detector: Detector::new(hang_threshold),
             reporter,
             follower: Follower::new(false),
+            queue: VecDeque::new(),
+            unprocessed: 0,
             started: Instant::now(),
             alarms: 0,
         }
@@ -86,7 +118,7 @@ impl Session {
 
     /// Traces until `stop` completes, then drains what is left and writes the
     /// summary.
-    pub async fn run_until(&mut self, stop: impl Future<Output = ()>) -> Result<()> {
+    pub async fn run_until(&mut self, stop: impl Future<Output = Stop>) -> Result<()> {
         let mut streams = KernelStreams::open(&mut self.probes)?;
         tokio::pin!(stop);
         // A periodic drain as a safety net: the ring buffer wakes us up only
@@ -97,24 +129,32 @@ impl Session {
         // Deadlocks are confirmed by two scans in a row: reported within a
         // second of the last thread blocking.
         let mut scan = tokio::time::interval(Duration::from_millis(400));
-        loop {
+        let why = loop {
             tokio::select! {
+                biased;
+                why = &mut stop => break why,
                 ready = streams.ready() => {
                     ready?;
-                    self.drain(&mut streams)?;
+                    self.drain(&mut streams, Instant::now() + SLICE)?;
                 }
                 _ = tick.tick() => {
                     self.follow_host();
-                    self.drain(&mut streams)?;
+                    self.drain(&mut streams, Instant::now() + SLICE)?;
                 }
                 _ = scan.tick() => {
-                    self.drain(&mut streams)?;
+                    self.drain(&mut streams, Instant::now() + SLICE)?;
                     self.check_waits()?;
                 }
-                _ = &mut stop => break,
+                // Records left from the last slice: go on after a look at
+                // the other branches.
+                _ = std::future::ready(()), if !self.queue.is_empty() => {
+                    self.drain(&mut streams, Instant::now() + SLICE)?;
+                }
             }
-        }
-        self.drain(&mut streams)?;
+        };
+        self.drain(&mut streams, Instant::now() + why.drain_budget())?;
+        self.unprocessed = self.queue.len() as u64 + streams.read(|_| {}) as u64;
+        self.queue.clear();
         streams.flush_log();
         self.write_summary(&streams)
     }
@@ -132,27 +172,30 @@ impl Session {
         self.follower.attach_new(&mut self.probes, libraries);
     }
 
-    fn drain(&mut self, streams: &mut KernelStreams) -> Result<()> {
-        let mut queue = VecDeque::new();
+    /// Takes in and processes records until there are none or `deadline`.
+    fn drain(&mut self, streams: &mut KernelStreams, deadline: Instant) -> Result<()> {
         loop {
             // Take in what arrived while the last record was processed (a
             // record can take a millisecond to unwind and symbolize).
-            if self.take_in(streams, &mut queue) > 0 {
+            if self.take_in(streams) > 0 {
                 // Mappings created before these events are now in the perf
                 // buffer.
                 self.follow_host();
             }
-            let Some(pending) = queue.pop_front() else {
+            let Some(pending) = self.queue.pop_front() else {
                 return Ok(());
             };
             self.process(pending)?;
+            if Instant::now() >= deadline {
+                return Ok(());
+            }
         }
     }
 
     /// Moves the ring buffer's records to `queue`, with their Python frames
     /// resolved at once: they are read from the process's memory, where a
     /// code object may not live long.
-    fn take_in(&mut self, streams: &mut KernelStreams, queue: &mut VecDeque<Pending>) -> usize {
+    fn take_in(&mut self, streams: &mut KernelStreams) -> usize {
         let mut records = Vec::new();
         let n = streams.read(|r| records.push(r));
         for record in records {
@@ -164,7 +207,8 @@ impl Session {
                     self.describe_python(pid);
                 }
             }
-            queue.push_back(self.enricher.resolve_python(record));
+            let pending = self.enricher.resolve_python(record);
+            self.queue.push_back(pending);
         }
         n
     }
@@ -287,6 +331,7 @@ impl Session {
             same_class_notes: stats.same_class_notes,
             repeated_findings: stats.repeated_findings,
             suppressed_findings: stats.suppressed_findings,
+            unprocessed_records: self.unprocessed,
             handoff_cycles: stats.handoff_cycles,
             forgotten_processes: stats.forgotten_processes,
             forgotten_dependencies: stats.forgotten_dependencies,

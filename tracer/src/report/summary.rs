@@ -49,6 +49,9 @@ pub struct Summary {
     pub repeated_findings: u64,
     /// Findings beyond a process's budget (a storm of cycles): counted.
     pub suppressed_findings: u64,
+    /// Records still unprocessed when the tracer had to stop (it stops
+    /// within a second of a signal, whatever the backlog): counted.
+    pub unprocessed_records: u64,
     /// Cycles made only of wake-up hand-offs (a thread locking the mutex
     /// another waits on a condition with): not reported.
     pub handoff_cycles: u64,
@@ -154,6 +157,13 @@ impl fmt::Display for Summary {
                 f,
                 "; {} beyond a process's budget (a storm), counted, not reported",
                 plural(self.suppressed_findings, "finding", "findings")
+            )?;
+        }
+        if self.unprocessed_records != 0 {
+            write!(
+                f,
+                "; {} unprocessed at exit",
+                plural(self.unprocessed_records, "record", "records")
             )?;
         }
         if self.same_class_notes != 0 {
