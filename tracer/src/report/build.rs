@@ -65,7 +65,7 @@ pub fn same_class_nesting(
         stack: names.resolve.frames(dep.pid, &dep.stack, true),
         held_stack: names.resolve.frames(dep.pid, &[dep.held_callsite], false),
         note: opposite.is_none(),
-        opposite: opposite.map(|o| names.edge(o)),
+        opposite: opposite.map(|o| Box::new(names.edge(o))),
     })
 }
 

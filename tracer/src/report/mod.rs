@@ -80,7 +80,7 @@ pub struct SameClassNesting {
     pub note: bool,
     /// The first nesting of two locks of the class the other way, once
     /// seen: the warning's other side.
-    pub opposite: Option<Edge>,
+    pub opposite: Option<Box<Edge>>,
 }
 
 /// A real deadlock: every thread of `threads` waits for a lock that the next
