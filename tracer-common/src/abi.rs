@@ -54,3 +54,19 @@ pub const fn futex_waits_on_word(cmd: u64) -> bool {
         FUTEX_WAIT | FUTEX_WAIT_BITSET | FUTEX_LOCK_PI | FUTEX_LOCK_PI2
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_waits_are_the_sleeping_lock_ops() {
+        let waits: [u64; 4] = [FUTEX_WAIT, FUTEX_WAIT_BITSET, FUTEX_LOCK_PI, FUTEX_LOCK_PI2];
+        for cmd in 0..=FUTEX_CMD_MASK {
+            assert_eq!(futex_waits_on_word(cmd), waits.contains(&cmd), "op {cmd}");
+        }
+        // A private wait is masked to FUTEX_WAIT first.
+        assert!(futex_waits_on_word(0x80 & FUTEX_CMD_MASK));
+        assert!(!futex_waits_on_word(FUTEX_WAIT_REQUEUE_PI));
+    }
+}

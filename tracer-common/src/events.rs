@@ -1,7 +1,9 @@
 //! Ring-buffer records: what the kernel side tells the collector. The first
 //! `u32` of every record is its [`EventKind`].
 
-use crate::{HeldLock, PyCodeCopy, PyFrameRaw, PyStack, MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES};
+use crate::{
+    HeldLock, PyCodeCopy, PyFrameRaw, PyStack, MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES,
+};
 
 /// What a ring-buffer record is (its first `u32`).
 #[repr(u32)]
@@ -125,4 +127,26 @@ pub struct DependencyEvent {
     pub stack_len: u32,
     pub _pad: u32,
     pub stack: [u8; STACK_BYTES],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_keep_their_wire_values() {
+        let kinds = [
+            (EventKind::Dependency, EVENT_DEPENDENCY, 1),
+            (EventKind::SelfDeadlock, EVENT_SELF_DEADLOCK, 2),
+            (EventKind::LockReset, EVENT_LOCK_RESET, 3),
+            (EventKind::ProcessExit, EVENT_PROCESS_EXIT, 4),
+            (EventKind::Handoff, EVENT_HANDOFF, 5),
+        ];
+        for (kind, alias, raw) in kinds {
+            assert_eq!((kind as u32, alias), (raw, raw));
+            assert_eq!(EventKind::from_raw(raw), Some(kind));
+        }
+        assert_eq!(EventKind::from_raw(0), None);
+        assert_eq!(EventKind::from_raw(6), None);
+    }
 }
