@@ -6,16 +6,24 @@
 use std::time::Duration;
 
 use locktrace_e2e::apache::{Apache, HttpError, WsgiMode};
-use locktrace_e2e::{require_root, Finding, JsonRun, Watcher};
-use serde_json::Value;
+use locktrace_e2e::{require_root, Inversion, JsonRun, Level, Record, ThreadReport, Watcher};
 
 /// The lock-order inversions of processes `pids` (tests run in parallel
 /// and traced other Apaches too).
-fn inversions_in<'a>(run: &'a JsonRun, pids: &[u32]) -> Vec<&'a Finding> {
+fn inversions_in<'a>(run: &'a JsonRun, pids: &[u32]) -> Vec<&'a Inversion> {
     run.report
-        .findings
-        .iter()
+        .inversions()
+        .into_iter()
         .filter(|f| pids.contains(&f.pid))
+        .collect()
+}
+
+/// The records of processes `pids` (every one but the summary).
+fn records_of<'a>(run: &'a JsonRun, pids: &[u32]) -> Vec<&'a Record> {
+    run.report
+        .records
+        .iter()
+        .filter(|r| r.pid().is_some_and(|p| pids.contains(&p)))
         .collect()
 }
 
@@ -64,15 +72,9 @@ fn sequenced_requests(mode: WsgiMode, tracer_first: bool) {
         "exactly one inversion\n{}",
         run.describe()
     );
-    let others: Vec<&Value> = run
-        .report
-        .other_records
-        .iter()
-        .filter(|r| {
-            r["pid"]
-                .as_u64()
-                .is_some_and(|p| ours.contains(&(p as u32)))
-        })
+    let others: Vec<&Record> = records_of(&run, &ours)
+        .into_iter()
+        .filter(|r| !matches!(r, Record::LockOrderInversion(_)))
         .collect();
     assert!(
         others.is_empty(),
@@ -167,7 +169,7 @@ fn concurrent_first_requests_deadlock(tracer_first: bool) {
             && !watcher
                 .records_so_far()
                 .iter()
-                .any(|r| r["type"] == "deadlock")
+                .any(|r| matches!(r, Record::Deadlock(_)))
         {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -188,15 +190,11 @@ fn concurrent_first_requests_deadlock(tracer_first: bool) {
     apache.stop();
 
     // (Tests run in parallel: another test's Apache may deadlock too.)
-    let deadlocks: Vec<Value> = run
+    let deadlocks: Vec<_> = run
         .report
-        .records("deadlock")
+        .deadlocks()
         .into_iter()
-        .filter(|d| {
-            d["pid"]
-                .as_u64()
-                .is_some_and(|p| daemons.contains(&(p as u32)))
-        })
+        .filter(|d| daemons.contains(&d.pid))
         .collect();
     assert_eq!(
         deadlocks.len(),
@@ -204,20 +202,14 @@ fn concurrent_first_requests_deadlock(tracer_first: bool) {
         "one deadlock, in the mod_wsgi daemon {daemons:?}\n{}",
         run.describe()
     );
-    let d = &deadlocks[0];
-    let threads = d["threads"].as_array().expect("threads");
+    let threads = &deadlocks[0].threads;
     assert_eq!(threads.len(), 2, "{}", run.describe());
-    let functions = |t: &Value| -> Vec<String> {
-        t["python_stack"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f["function"].as_str().map(str::to_string))
-            .collect()
+    let functions = |t: &ThreadReport| -> Vec<String> {
+        t.python_stack.iter().map(|f| f.function.clone()).collect()
     };
     let waiting_for_import = threads
         .iter()
-        .find(|t| t["waits_for"]["name"] == "import of slow_models")
+        .find(|t| t.waits_for_name() == Some("import of slow_models"))
         .unwrap_or_else(|| panic!("a thread waits for slow_models' import\n{}", run.describe()));
     assert!(
         functions(waiting_for_import).contains(&"view_a".to_string()),
@@ -226,8 +218,8 @@ fn concurrent_first_requests_deadlock(tracer_first: bool) {
     );
     let other = threads.iter().find(|t| *t != waiting_for_import).unwrap();
     assert_eq!(
-        other["held_by"],
-        serde_json::json!([waiting_for_import["tid"]]),
+        other.held_by,
+        [waiting_for_import.tid],
         "the other waits for a lock the first holds\n{}",
         run.describe()
     );
@@ -236,8 +228,8 @@ fn concurrent_first_requests_deadlock(tracer_first: bool) {
     // then (a lock made before the tracer started has no known creation).
     if tracer_first {
         assert_eq!(
-            other["waits_for"]["name"],
-            "wsgi/registry.py:6",
+            other.waits_for_name(),
+            Some("wsgi/registry.py:6"),
             "the other waits for the registry lock\n{}",
             run.describe()
         );
@@ -287,13 +279,7 @@ fn split_across_two_daemons_is_a_class_level_inversion() {
         "its two sides are in the two daemons ga {ga:?} and gb {gb:?}: {pids:?}\n{}",
         run.describe()
     );
-    let level = run
-        .report
-        .records("lock_order_inversion")
-        .into_iter()
-        .find(|r| r["id"].as_u64() == Some(findings[0].id))
-        .map(|r| r["level"].clone());
-    assert_eq!(level, Some(Value::from("class")), "{}", run.describe());
+    assert_eq!(findings[0].level, Level::Class, "{}", run.describe());
 }
 
 /// No false alarms: Apache serving a static file and a WSGI view with a
@@ -328,18 +314,7 @@ fn no_false_alarms_under_load() {
         );
         assert!(!text.contains("Non-2xx"), "every request answered: {text}");
     }
-    let ours_only = |r: &Value| {
-        r["pid"]
-            .as_u64()
-            .is_some_and(|p| ours.contains(&(p as u32)))
-    };
-    let findings: Vec<Value> = run
-        .report
-        .raw
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|r| r["type"] != "summary" && ours_only(r))
-        .collect();
+    let findings = records_of(&run, &ours);
     assert!(findings.is_empty(), "no finding from Apache: {findings:?}");
     assert_eq!(run.report.summary.lost_events, 0, "{}", run.describe());
 }

@@ -1,14 +1,10 @@
 //! `watch --cgroup DIR`: only the processes in that cgroup v2 directory are
 //! traced (the filter is applied in the kernel).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
-use locktrace_e2e::{fixture, locktrace_bin, require_root, Variant};
-use serde_json::Value;
+use locktrace_e2e::{fixture, require_root, Variant, Watcher};
 
 /// The cgroup v2 hierarchy (at /sys/fs/cgroup, or /sys/fs/cgroup/unified
 /// beside cgroup v1).
@@ -29,15 +25,6 @@ struct TestCgroup(PathBuf);
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -68,47 +55,19 @@ fn only_processes_in_the_cgroup_are_traced() {
     require_root();
     let cgroup = TestCgroup(cgroup2_root().join(format!("locktrace-e2e-{}", std::process::id())));
     std::fs::create_dir_all(&cgroup.0).expect("create a test cgroup");
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report.jsonl");
-    let mut tracer = KillOnDrop(
-        Command::new(locktrace_bin())
-            .args(["watch", "--cgroup"])
-            .arg(&cgroup.0)
-            .args(["--duration", "8s", "--format", "json", "--output"])
-            .arg(&report)
-            .env("LOCKTRACE_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start locktrace"),
-    );
-    // Wait until the probes are live.
-    let stderr = tracer.0.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("probes attached") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("locktrace attached its probes");
-
+    // Returns once the probes are live.
+    let watcher = Watcher::start(&["--cgroup", cgroup.0.to_str().unwrap(), "--duration", "8s"]);
     let inside = run_ab_ba(Some(&cgroup.0));
     let outside = run_ab_ba(None);
-    let status = tracer.0.wait().expect("locktrace exits");
-    assert!(status.success(), "locktrace: {status}");
+    let run = watcher.wait();
+    run.assert_exit(0);
 
-    let raw = std::fs::read_to_string(&report).unwrap_or_default();
-    let pids: Vec<u64> = raw
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["type"] == "lock_order_inversion")
-        .filter_map(|v| v["pid"].as_u64())
-        .collect();
+    let pids: Vec<u32> = run.report.inversions().iter().map(|f| f.pid).collect();
     assert_eq!(
         pids,
-        vec![inside as u64],
-        "one inversion, from the process in the cgroup ({inside}), none from the one outside ({outside})\n{raw}"
+        vec![inside],
+        "one inversion, from the process in the cgroup ({inside}), none from the one outside \
+         ({outside})\n{}",
+        run.describe()
     );
 }

@@ -70,7 +70,7 @@ fn a_thousand_short_lived_workers() {
         summary.forgotten_processes,
         run.describe()
     );
-    assert!(run.report.findings.is_empty(), "{}", run.describe());
+    assert!(run.report.records.is_empty(), "{}", run.describe());
     assert!(
         after * 100 <= before * 105,
         "tracer memory grew by more than 5% over 1,000 workers: {before} KiB -> {after} KiB"

@@ -3,122 +3,11 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::path::Path;
 
 use locktrace_e2e::{
-    comm_of, edge, fixture, lock_names, marker_line, names, require_root, run_json, Edge, Finding,
-    JsonRun, Tracer, Variant,
+    assert_well_formed, check_edge, comm_of, edge, exactly_one_inversion, fixture, has_frame,
+    lock_names, names, require_root, run_json, EdgeSpec, Tracer, Variant,
 };
-
-// ---------------------------------------------------------------------------
-// Helpers
-
-/// Checks one edge of a cycle in fixture `source` ("ab_ba" ...): `to` was
-/// requested in `function` at the line of `to_marker` (a frame of `stack`,
-/// which starts in libc's pthread_mutex_lock), and `from` was taken in
-/// `function` (`held_stack[0]`, at the line of `from_marker` if a line is
-/// given).
-#[allow(clippy::too_many_arguments)]
-fn check_edge(
-    edge: &Edge,
-    run: &JsonRun,
-    source: &str,
-    function: &str,
-    to_marker: &str,
-    held_function: &str,
-    from_marker: &str,
-    pid: u32,
-    comm: &str,
-) {
-    let file = format!("{source}.c");
-    let to_line = marker_line(source, to_marker);
-    let from_line = marker_line(source, from_marker);
-    let what = format!("edge {} -> {}", edge.from.label(), edge.to.label());
-
-    assert!(
-        !edge.stack.is_empty() && !edge.held_stack.is_empty(),
-        "{what}: empty stack or held_stack\n{}",
-        run.describe()
-    );
-    let top = &edge.stack[0];
-    assert!(
-        top.function
-            .as_deref()
-            .is_some_and(|f| f.contains("pthread_mutex_lock"))
-            && top.module.as_deref().is_some_and(|m| {
-                Path::new(m)
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("libc"))
-            }),
-        "{what}: stack should start inside libc's pthread_mutex_lock, starts with {top:?}\n{}",
-        run.describe()
-    );
-    assert!(
-        edge.stack.iter().any(|f| f.is_at(function, &file, to_line)),
-        "{what}: stack has no frame {function} at {file}:{to_line} ({to_marker})\n{}",
-        run.describe()
-    );
-
-    let held = &edge.held_stack[0];
-    assert_eq!(
-        held.function.as_deref(),
-        Some(held_function),
-        "{what}: held_stack[0] should be where {} was taken\n{}",
-        edge.from.label(),
-        run.describe()
-    );
-    if let Some(line) = held.line {
-        assert_eq!(
-            line,
-            from_line,
-            "{what}: held_stack[0] line should be {file}:{from_line} ({from_marker})\n{}",
-            run.describe()
-        );
-    }
-
-    assert_eq!(edge.pid, pid, "{what}: pid\n{}", run.describe());
-    assert!(edge.tid != 0, "{what}: tid is 0\n{}", run.describe());
-    assert_eq!(edge.comm, comm, "{what}: comm\n{}", run.describe());
-    assert!(
-        !edge.thread.is_empty(),
-        "{what}: empty thread name\n{}",
-        run.describe()
-    );
-}
-
-fn exactly_one_finding(run: &JsonRun) -> &Finding {
-    assert_eq!(
-        run.report.findings.len(),
-        1,
-        "expected exactly one lock_order_inversion\n{}",
-        run.describe()
-    );
-    &run.report.findings[0]
-}
-
-fn assert_exit(run: &locktrace_e2e::Run, expected: i32) {
-    assert_eq!(
-        run.code(),
-        expected,
-        "unexpected tracer exit status\n{}",
-        run.describe()
-    );
-}
-
-/// The cycle's edges chain up: each edge's `to` is the next edge's `from`.
-fn assert_closed_cycle(finding: &Finding, run: &JsonRun) {
-    let n = finding.cycle.len();
-    for i in 0..n {
-        let (a, b) = (&finding.cycle[i], &finding.cycle[(i + 1) % n]);
-        assert_eq!(
-            a.to.addr,
-            b.from.addr,
-            "cycle edges {i} and {} do not chain (to != next from)\n{}",
-            (i + 1) % n,
-            run.describe()
-        );
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Findings
@@ -127,11 +16,11 @@ fn ab_ba(variant: Variant) {
     require_root();
     let bin = fixture("ab_ba", variant);
     let run = run_json(&[], &[&bin]);
-    assert_exit(&run.run, 0);
+    run.assert_exit(0);
     let pid = run.run.printed_pid("pid");
     let comm = comm_of(&bin);
 
-    let finding = exactly_one_finding(&run);
+    let finding = exactly_one_inversion(&run);
     assert_eq!(finding.cycle.len(), 2, "cycle length\n{}", run.describe());
     assert_eq!(
         lock_names(finding, &run),
@@ -139,31 +28,33 @@ fn ab_ba(variant: Variant) {
         "locks\n{}",
         run.describe()
     );
-    assert_eq!(finding.pid, pid, "finding pid\n{}", run.describe());
-    assert_eq!(finding.comm, comm, "finding comm\n{}", run.describe());
-    assert_closed_cycle(finding, &run);
+    assert_well_formed(finding, &run, pid, &comm);
 
-    let ab = edge(finding, "mutex_a", "mutex_b", &run);
-    check_edge(
-        ab,
+    let ab = check_edge(
+        finding,
+        &EdgeSpec::mutexes(
+            "mutex_a",
+            "mutex_b",
+            "lock_ab",
+            "LOCK_B_IN_AB",
+            "LOCK_A_IN_AB",
+        ),
         &run,
         "ab_ba",
-        "lock_ab",
-        "LOCK_B_IN_AB",
-        "lock_ab",
-        "LOCK_A_IN_AB",
         pid,
         &comm,
     );
-    let ba = edge(finding, "mutex_b", "mutex_a", &run);
-    check_edge(
-        ba,
+    let ba = check_edge(
+        finding,
+        &EdgeSpec::mutexes(
+            "mutex_b",
+            "mutex_a",
+            "lock_ba",
+            "LOCK_A_IN_BA",
+            "LOCK_B_IN_BA",
+        ),
         &run,
         "ab_ba",
-        "lock_ba",
-        "LOCK_A_IN_BA",
-        "lock_ba",
-        "LOCK_B_IN_BA",
         pid,
         &comm,
     );
@@ -194,41 +85,35 @@ fn three_cycle() {
     require_root();
     let bin = fixture("three_cycle", Variant::Fp);
     let run = run_json(&[], &[&bin]);
-    assert_exit(&run.run, 0);
+    run.assert_exit(0);
     let pid = run.run.printed_pid("pid");
     let comm = comm_of(&bin);
 
-    let finding = exactly_one_finding(&run);
+    let finding = exactly_one_inversion(&run);
     assert_eq!(finding.cycle.len(), 3, "cycle length\n{}", run.describe());
-    assert_eq!(
-        finding.locks.len(),
-        3,
-        "number of locks\n{}",
-        run.describe()
-    );
     assert_eq!(
         lock_names(finding, &run),
         names(&["mutex_a", "mutex_b", "mutex_c"]),
         "locks\n{}",
         run.describe()
     );
-    assert_closed_cycle(finding, &run);
-    for (from, to, function, to_marker, from_marker) in [
-        (
+    assert_well_formed(finding, &run, pid, &comm);
+    for spec in [
+        EdgeSpec::mutexes(
             "mutex_a",
             "mutex_b",
             "lock_ab",
             "LOCK_B_IN_AB",
             "LOCK_A_IN_AB",
         ),
-        (
+        EdgeSpec::mutexes(
             "mutex_b",
             "mutex_c",
             "lock_bc",
             "LOCK_C_IN_BC",
             "LOCK_B_IN_BC",
         ),
-        (
+        EdgeSpec::mutexes(
             "mutex_c",
             "mutex_a",
             "lock_ca",
@@ -236,18 +121,7 @@ fn three_cycle() {
             "LOCK_C_IN_CA",
         ),
     ] {
-        let e = edge(finding, from, to, &run);
-        check_edge(
-            e,
-            &run,
-            "three_cycle",
-            function,
-            to_marker,
-            function,
-            from_marker,
-            pid,
-            &comm,
-        );
+        check_edge(finding, &spec, &run, "three_cycle", pid, &comm);
     }
     assert_eq!(
         run.report.summary.cycles,
@@ -267,9 +141,9 @@ fn three_cycle() {
 fn same_order_has_no_finding() {
     require_root();
     let run = run_json(&[], &[fixture("same_order", Variant::Fp)]);
-    assert_exit(&run.run, 0);
+    run.assert_exit(0);
     assert!(
-        run.report.findings.is_empty(),
+        run.report.inversions().is_empty(),
         "same lock order everywhere must not be reported\n{}",
         run.describe()
     );
@@ -287,9 +161,9 @@ fn same_order_has_no_finding() {
 fn trylock_reverse_has_no_finding() {
     require_root();
     let run = run_json(&[], &[fixture("trylock_reverse", Variant::Fp)]);
-    assert_exit(&run.run, 0);
+    run.assert_exit(0);
     assert!(
-        run.report.findings.is_empty(),
+        run.report.inversions().is_empty(),
         "a reverse order taken only with trylock cannot deadlock and must not be reported\n{}",
         run.describe()
     );
@@ -311,12 +185,12 @@ fn fork_with_lock_held() {
     require_root();
     let bin = fixture("fork_held", Variant::Fp);
     let run = run_json(&[], &[&bin]);
-    assert_exit(&run.run, 0);
+    run.assert_exit(0);
     let parent = run.run.printed_pid("pid");
     let child = run.run.printed_pid("child");
     assert_ne!(parent, child);
 
-    let finding = exactly_one_finding(&run);
+    let finding = exactly_one_inversion(&run);
     assert_eq!(
         finding.pid,
         child,
@@ -336,21 +210,23 @@ fn fork_with_lock_held() {
     // A->B exists only because A, taken before fork(), stays held in the child.
     let ab = edge(finding, "mutex_a", "mutex_b", &run);
     assert!(
-        ab.stack.iter().any(|f| f.is_at(
+        has_frame(
+            &ab.stack,
+            "fork_held",
             "child_lock_b_under_inherited_a",
-            "fork_held.c",
-            marker_line("fork_held", "LOCK_B_UNDER_INHERITED_A")
-        )),
+            "LOCK_B_UNDER_INHERITED_A"
+        ),
         "A->B stack should show child_lock_b_under_inherited_a\n{}",
         run.describe()
     );
     let ba = edge(finding, "mutex_b", "mutex_a", &run);
     assert!(
-        ba.stack.iter().any(|f| f.is_at(
+        has_frame(
+            &ba.stack,
+            "fork_held",
             "child_lock_ba",
-            "fork_held.c",
-            marker_line("fork_held", "LOCK_A_IN_CHILD_BA")
-        )),
+            "LOCK_A_IN_CHILD_BA"
+        ),
         "B->A stack should show child_lock_ba\n{}",
         run.describe()
     );
@@ -369,58 +245,43 @@ fn fork_with_lock_held() {
 fn exit_code_when_reported() {
     require_root();
     let run = run_json(&["--exit-code", "66"], &[fixture("ab_ba", Variant::Fp)]);
-    assert_eq!(run.report.findings.len(), 1, "findings\n{}", run.describe());
-    assert_exit(&run.run, 66);
+    assert_eq!(
+        run.report.inversions().len(),
+        1,
+        "findings\n{}",
+        run.describe()
+    );
+    run.assert_exit(66);
 }
 
 #[test]
 fn exit_code_is_the_commands_without_option() {
     require_root();
     let run = run_json(&[], &[fixture("ab_ba", Variant::Fp)]);
-    assert_eq!(run.report.findings.len(), 1, "findings\n{}", run.describe());
-    assert_exit(&run.run, 0);
+    assert_eq!(
+        run.report.inversions().len(),
+        1,
+        "findings\n{}",
+        run.describe()
+    );
+    run.assert_exit(0);
 }
 
 #[test]
 fn exit_status_passthrough() {
     require_root();
     let run = Tracer::new(["run", "--", "sh", "-c", "exit 3"]).run();
-    assert_exit(&run, 3);
+    run.assert_exit(3);
 }
 
 // ---------------------------------------------------------------------------
 // Errors
 
-fn assert_failed(run: &locktrace_e2e::Run) {
-    assert!(
-        run.status.code().is_some_and(|c| c != 0),
-        "expected a non-zero exit status\n{}",
-        run.describe()
-    );
-}
-
-/// Exactly one non-empty stderr line, starting `locktrace: `.
-fn single_error_line(run: &locktrace_e2e::Run) -> String {
-    let lines = run.stderr_lines();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one error line on stderr\n{}",
-        run.describe()
-    );
-    assert!(
-        lines[0].starts_with("locktrace: "),
-        "error line should start with `locktrace: `\n{}",
-        run.describe()
-    );
-    lines[0].to_string()
-}
-
 #[test]
 fn bad_format_is_a_usage_error() {
     require_root();
     let run = Tracer::new(["run", "--format", "xml", "--", "true"]).run();
-    assert_failed(&run);
+    run.assert_failed();
     assert!(
         run.stderr.contains("--format"),
         "the message should name --format\n{}",
@@ -432,7 +293,7 @@ fn bad_format_is_a_usage_error() {
 fn bad_duration_is_a_usage_error() {
     require_root();
     let run = Tracer::new(["watch", "--duration", "abc"]).run();
-    assert_failed(&run);
+    run.assert_failed();
     assert!(
         run.stderr.contains("--duration"),
         "the message should name --duration\n{}",
@@ -444,8 +305,8 @@ fn bad_duration_is_a_usage_error() {
 fn missing_command() {
     require_root();
     let run = Tracer::new(["run", "--", "/nonexistent/cmd"]).run();
-    assert_failed(&run);
-    let line = single_error_line(&run);
+    run.assert_failed();
+    let line = run.single_error_line();
     assert!(
         line.contains("/nonexistent/cmd"),
         "the error should name the command\n{}",
@@ -457,8 +318,8 @@ fn missing_command() {
 fn watch_missing_pid() {
     require_root();
     let run = Tracer::new(["watch", "--pid", "999999999", "--duration", "1s"]).run();
-    assert_failed(&run);
-    let line = single_error_line(&run);
+    run.assert_failed();
+    let line = run.single_error_line();
     assert!(
         line.contains("999999999"),
         "the error should name the pid\n{}",
@@ -477,8 +338,8 @@ fn not_root() {
             "--clear-groups",
         ])
         .run();
-    assert_failed(&run);
-    let line = single_error_line(&run);
+    run.assert_failed();
+    let line = run.single_error_line();
     assert!(
         line.contains("root") || line.contains("CAP_BPF"),
         "the error should say root or CAP_BPF is needed\n{}",
@@ -505,7 +366,7 @@ fn text_report() {
         bin.as_os_str(),
     ])
     .run();
-    assert_exit(&run, 0);
+    run.assert_exit(0);
     let text = fs::read_to_string(&out)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}\n{}", out.display(), run.describe()));
     let describe = || format!("{}\n--- text output ---\n{text}---", run.describe());
@@ -532,14 +393,9 @@ fn counted_calls(extra: &[&str], n: u64) -> (u64, u64) {
             n.to_string().into(),
         ],
     );
-    assert_exit(&run.run, 0);
-    let counter = |name: &str| {
-        run.report.summary.counters[name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no counter {name}\n{}", run.describe()))
-    };
-    assert_eq!(counter("lost_events"), 0, "{}", run.describe());
-    (counter("acquisitions"), counter("releases"))
+    run.assert_exit(0);
+    assert_eq!(run.counter("lost_events"), 0, "{}", run.describe());
+    (run.counter("acquisitions"), run.counter("releases"))
 }
 
 /// Probes placed inside the functions (at the first emulated instruction)

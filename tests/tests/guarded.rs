@@ -11,10 +11,14 @@ fn cycle_under_a_gate_lock_is_a_note() {
     let context = run.describe();
     // Only a note: the exit status is the command's.
     assert_eq!(run.run.code(), 0, "{context}");
-    let raw = run.report.records("lock_order_inversion");
-    assert_eq!(raw.len(), 1, "one note\n{context}");
-    assert_eq!(raw[0]["guarded"], true, "{context}");
-    assert_eq!(raw[0]["gate"]["name"], "mutex_g", "{context}");
+    let inversions = run.report.inversions();
+    assert_eq!(inversions.len(), 1, "one note\n{context}");
+    assert!(inversions[0].guarded, "{context}");
+    assert_eq!(
+        inversions[0].gate.as_ref().map(|g| g.label()),
+        Some("mutex_g"),
+        "{context}"
+    );
 }
 
 #[test]
@@ -24,7 +28,8 @@ fn the_same_cycle_without_the_gate_is_a_finding() {
     let run = run_json(&["--exit-code", "3"], &[bin.to_str().unwrap(), "nogate"]);
     let context = run.describe();
     assert_eq!(run.run.code(), 3, "{context}");
-    let raw = run.report.records("lock_order_inversion");
-    assert_eq!(raw.len(), 1, "{context}");
-    assert_eq!(raw[0]["guarded"], false, "{context}");
+    let inversions = run.report.inversions();
+    assert_eq!(inversions.len(), 1, "{context}");
+    assert!(!inversions[0].guarded, "{context}");
+    assert_eq!(inversions[0].gate, None, "{context}");
 }

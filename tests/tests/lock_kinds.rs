@@ -19,46 +19,21 @@
 //! - a blocking or timed request of a non-recursive mutex already held by the
 //!   requesting thread is a `self_deadlock`.
 
-use std::path::Path;
-
 use locktrace_e2e::{
-    comm_of, edge, fixture, lock_names, marker_line, names, require_root, run_json, Edge, Finding,
-    Frame, JsonRun, Lock, SelfDeadlock, Variant,
+    assert_lock_kinds, assert_well_formed, check_edge, comm_of, edge, exactly_one_inversion,
+    fixture, function_contains, in_libc, lock_names, marker_line, names, require_root, run_json,
+    EdgeSpec, JsonRun, LibcFrame, LockKind, Variant,
 };
 
 // ---------------------------------------------------------------------------
 // Helpers
 
-fn assert_exit(run: &JsonRun, expected: i32) {
-    assert_eq!(
-        run.run.code(),
-        expected,
-        "unexpected tracer exit status (the fixture's own status is passed through)\n{}",
-        run.describe()
-    );
-}
-
-fn self_deadlocks(run: &JsonRun) -> Vec<SelfDeadlock> {
-    run.report
-        .self_deadlocks()
-        .unwrap_or_else(|e| panic!("{e}\n{}", run.describe()))
-}
-
-fn counter(run: &JsonRun, counter: &str) -> u64 {
-    run.report
-        .summary
-        .counters
-        .get(counter)
-        .and_then(|v| v.as_u64())
-        .unwrap_or_else(|| panic!("no counter {counter} in the summary\n{}", run.describe()))
-}
-
 /// The traced program, which unlocks every lock it takes (libc's own start-up
 /// locking included), made as many acquisitions as releases. (Not the
 /// `unmatched_releases` counter: it may count other processes' releases.)
 fn assert_balanced(run: &JsonRun, why: &str) {
-    let acquisitions = counter(run, "acquisitions");
-    let releases = counter(run, "releases");
+    let acquisitions = run.counter("acquisitions");
+    let releases = run.counter("releases");
     assert!(
         acquisitions > 0,
         "the tracer counted no acquisition\n{}",
@@ -72,33 +47,12 @@ fn assert_balanced(run: &JsonRun, why: &str) {
     );
 }
 
-/// Exactly one lock_order_inversion, and no self_deadlock.
-fn exactly_one_inversion(run: &JsonRun) -> &Finding {
-    assert_eq!(
-        run.report.findings.len(),
-        1,
-        "expected exactly one lock_order_inversion\n{}",
-        run.describe()
-    );
-    assert!(
-        self_deadlocks(run).is_empty(),
-        "expected no self_deadlock\n{}",
-        run.describe()
-    );
-    &run.report.findings[0]
-}
-
 /// No finding of any kind, no cycle, no lost event, and at least
 /// `min_dependencies` dependencies (the tracer did see the nested locks).
 fn assert_no_finding(run: &JsonRun, why: &str, min_dependencies: u64) {
     assert!(
-        run.report.findings.is_empty(),
-        "no lock_order_inversion expected: {why}\n{}",
-        run.describe()
-    );
-    assert!(
-        self_deadlocks(run).is_empty(),
-        "no self_deadlock expected: {why}\n{}",
+        run.report.records.is_empty(),
+        "no finding of any kind expected: {why}\n{}",
         run.describe()
     );
     let s = &run.report.summary;
@@ -112,183 +66,6 @@ fn assert_no_finding(run: &JsonRun, why: &str, min_dependencies: u64) {
     );
 }
 
-/// The cycle's edges chain up (each edge's `to` is the next edge's `from`),
-/// `locks[i]` is `cycle[i].from`, and the finding belongs to `pid`/`comm`.
-fn assert_well_formed(finding: &Finding, run: &JsonRun, pid: u32, comm: &str) {
-    let n = finding.cycle.len();
-    assert_eq!(
-        finding.locks.len(),
-        n,
-        "as many locks as edges\n{}",
-        run.describe()
-    );
-    for i in 0..n {
-        let (a, b) = (&finding.cycle[i], &finding.cycle[(i + 1) % n]);
-        assert_eq!(
-            a.to.addr,
-            b.from.addr,
-            "cycle edges {i} and {} do not chain (to != next from)\n{}",
-            (i + 1) % n,
-            run.describe()
-        );
-        assert_eq!(
-            finding.locks[i].addr,
-            a.from.addr,
-            "locks[{i}] is not cycle[{i}].from\n{}",
-            run.describe()
-        );
-    }
-    assert_eq!(finding.pid, pid, "finding pid\n{}", run.describe());
-    assert_eq!(finding.comm, comm, "finding comm\n{}", run.describe());
-}
-
-/// The kind of each lock in `locks` (the held modes), by name.
-fn assert_lock_kinds(finding: &Finding, run: &JsonRun, expected: &[(&str, &str)]) {
-    for &(lock, kind) in expected {
-        let found: Vec<&Lock> = finding.locks.iter().filter(|l| l.label() == lock).collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "{lock} should be in `locks` once\n{}",
-            run.describe()
-        );
-        assert_eq!(
-            found[0].kind,
-            kind,
-            "kind of {lock} in `locks` (its held mode)\n{}",
-            run.describe()
-        );
-    }
-}
-
-fn in_libc(frame: &Frame) -> bool {
-    frame.module.as_deref().is_some_and(|m| {
-        Path::new(m)
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("libc"))
-    })
-}
-
-fn function_contains(frame: &Frame, needle: &str) -> bool {
-    frame
-        .function
-        .as_deref()
-        .is_some_and(|f| f.contains(needle))
-}
-
-/// Where libc's lock function must show in an edge's `stack`.
-#[derive(Clone, Copy)]
-enum LibcFrame<'a> {
-    /// `stack[0]`'s function contains this.
-    Top(&'a str),
-    /// Some frame's function contains this (`stack[0]` is still in libc).
-    Any(&'a str),
-}
-
-/// What one edge of a cycle must look like.
-struct EdgeSpec<'a> {
-    /// Lock names.
-    from: &'a str,
-    to: &'a str,
-    /// Held mode of `from`, requested mode of `to`.
-    from_kind: &'a str,
-    to_kind: &'a str,
-    libc: LibcFrame<'a>,
-    /// `to` was requested in `function` at the line of `to_marker`.
-    function: &'a str,
-    to_marker: &'a str,
-    /// `from` was taken in `held_function` at the line of `from_marker`.
-    held_function: &'a str,
-    from_marker: &'a str,
-}
-
-/// Finds and checks the edge `spec.from` -> `spec.to` of a cycle in fixture
-/// `source`: kinds, a `stack` starting in libc (in the lock function named by
-/// `spec.libc`) with a frame of `function` at the `to_marker` line, a
-/// `held_stack[0]` in `held_function` at the `from_marker` line, pid and comm.
-fn check_edge<'a>(
-    finding: &'a Finding,
-    spec: &EdgeSpec<'_>,
-    run: &JsonRun,
-    source: &str,
-    pid: u32,
-    comm: &str,
-) -> &'a Edge {
-    let edge = edge(finding, spec.from, spec.to, run);
-    let file = format!("{source}.c");
-    let to_line = marker_line(source, spec.to_marker);
-    let from_line = marker_line(source, spec.from_marker);
-    let what = format!("edge {} -> {}", spec.from, spec.to);
-
-    assert_eq!(
-        edge.from.kind,
-        spec.from_kind,
-        "{what}: from.kind (the mode {} was held in)\n{}",
-        spec.from,
-        run.describe()
-    );
-    assert_eq!(
-        edge.to.kind,
-        spec.to_kind,
-        "{what}: to.kind (the mode {} was requested in)\n{}",
-        spec.to,
-        run.describe()
-    );
-    assert!(
-        !edge.stack.is_empty() && !edge.held_stack.is_empty(),
-        "{what}: empty stack or held_stack\n{}",
-        run.describe()
-    );
-    let top = &edge.stack[0];
-    assert!(
-        in_libc(top),
-        "{what}: stack should start inside libc, starts with {top:?}\n{}",
-        run.describe()
-    );
-    match spec.libc {
-        LibcFrame::Top(f) => assert!(
-            function_contains(top, f),
-            "{what}: stack should start in libc's {f}, starts with {top:?}\n{}",
-            run.describe()
-        ),
-        LibcFrame::Any(f) => assert!(
-            edge.stack.iter().any(|fr| function_contains(fr, f)),
-            "{what}: stack should have a frame in libc's {f}\n{}",
-            run.describe()
-        ),
-    }
-    assert!(
-        edge.stack
-            .iter()
-            .any(|f| f.is_at(spec.function, &file, to_line)),
-        "{what}: stack has no frame {} at {file}:{to_line} ({})\n{}",
-        spec.function,
-        spec.to_marker,
-        run.describe()
-    );
-
-    let held = &edge.held_stack[0];
-    assert!(
-        held.is_at(spec.held_function, &file, from_line),
-        "{what}: held_stack[0] should be where {} was taken: {} at {file}:{from_line} ({}), \
-         is {held:?}\n{}",
-        spec.from,
-        spec.held_function,
-        spec.from_marker,
-        run.describe()
-    );
-
-    assert_eq!(edge.pid, pid, "{what}: pid\n{}", run.describe());
-    assert!(edge.tid != 0, "{what}: tid is 0\n{}", run.describe());
-    assert_eq!(edge.comm, comm, "{what}: comm\n{}", run.describe());
-    assert!(
-        !edge.thread.is_empty(),
-        "{what}: empty thread name\n{}",
-        run.describe()
-    );
-    edge
-}
-
 // ---------------------------------------------------------------------------
 // rwlocks
 
@@ -296,7 +73,7 @@ fn rwlock_ww(variant: Variant) {
     require_root();
     let bin = fixture("rwlock_ww", variant);
     let run = run_json(&[], &[&bin]);
-    assert_exit(&run, 0);
+    run.assert_exit(0);
     let pid = run.run.printed_pid("pid");
     let comm = comm_of(&bin);
 
@@ -312,15 +89,18 @@ fn rwlock_ww(variant: Variant) {
     assert_lock_kinds(
         finding,
         &run,
-        &[("rwlock_a", "rwlock_write"), ("rwlock_b", "rwlock_write")],
+        &[
+            ("rwlock_a", LockKind::RwlockWrite),
+            ("rwlock_b", LockKind::RwlockWrite),
+        ],
     );
     let ab = check_edge(
         finding,
         &EdgeSpec {
             from: "rwlock_a",
             to: "rwlock_b",
-            from_kind: "rwlock_write",
-            to_kind: "rwlock_write",
+            from_kind: LockKind::RwlockWrite,
+            to_kind: LockKind::RwlockWrite,
             libc: LibcFrame::Top("pthread_rwlock_wrlock"),
             function: "wrlock_ab",
             to_marker: "WRLOCK_B_IN_AB",
@@ -337,8 +117,8 @@ fn rwlock_ww(variant: Variant) {
         &EdgeSpec {
             from: "rwlock_b",
             to: "rwlock_a",
-            from_kind: "rwlock_write",
-            to_kind: "rwlock_write",
+            from_kind: LockKind::RwlockWrite,
+            to_kind: LockKind::RwlockWrite,
             libc: LibcFrame::Top("pthread_rwlock_wrlock"),
             function: "wrlock_ba",
             to_marker: "WRLOCK_A_IN_BA",
@@ -378,7 +158,7 @@ fn rwlock_read_then_write_inversion() {
     require_root();
     let bin = fixture("rwlock_rw", Variant::NoFp);
     let run = run_json(&[], &[&bin]);
-    assert_exit(&run, 0);
+    run.assert_exit(0);
     let pid = run.run.printed_pid("pid");
     let comm = comm_of(&bin);
 
@@ -394,18 +174,21 @@ fn rwlock_read_then_write_inversion() {
     assert_lock_kinds(
         finding,
         &run,
-        &[("rwlock_a", "rwlock_read"), ("rwlock_b", "rwlock_read")],
+        &[
+            ("rwlock_a", LockKind::RwlockRead),
+            ("rwlock_b", LockKind::RwlockRead),
+        ],
     );
     for e in &finding.cycle {
         assert_eq!(
             e.from.kind,
-            "rwlock_read",
+            LockKind::RwlockRead,
             "from.kind: both locks were held for reading\n{}",
             run.describe()
         );
         assert_eq!(
             e.to.kind,
-            "rwlock_write",
+            LockKind::RwlockWrite,
             "to.kind: both requests were for writing\n{}",
             run.describe()
         );
@@ -415,8 +198,8 @@ fn rwlock_read_then_write_inversion() {
         &EdgeSpec {
             from: "rwlock_a",
             to: "rwlock_b",
-            from_kind: "rwlock_read",
-            to_kind: "rwlock_write",
+            from_kind: LockKind::RwlockRead,
+            to_kind: LockKind::RwlockWrite,
             libc: LibcFrame::Top("pthread_rwlock_wrlock"),
             function: "rdlock_a_wrlock_b",
             to_marker: "WRLOCK_B_IN_AB",
@@ -433,8 +216,8 @@ fn rwlock_read_then_write_inversion() {
         &EdgeSpec {
             from: "rwlock_b",
             to: "rwlock_a",
-            from_kind: "rwlock_read",
-            to_kind: "rwlock_write",
+            from_kind: LockKind::RwlockRead,
+            to_kind: LockKind::RwlockWrite,
             libc: LibcFrame::Top("pthread_rwlock_wrlock"),
             function: "rdlock_b_wrlock_a",
             to_marker: "WRLOCK_A_IN_BA",
@@ -459,7 +242,7 @@ fn rwlock_read_then_write_inversion() {
 fn rwlock_read_read_has_no_finding() {
     require_root();
     let run = run_json(&[], &[fixture("rwlock_rr", Variant::Fp)]);
-    assert_exit(&run, 0);
+    run.assert_exit(0);
     // rwlock_a -> rwlock_b and rwlock_b -> rwlock_a were seen.
     assert_no_finding(&run, "readers never block readers", 2);
 }
@@ -470,7 +253,7 @@ fn rwlock_read_read_has_no_finding() {
 fn rwlock_one_read_read_hop_has_no_finding() {
     require_root();
     let run = run_json(&[], &[fixture("rwlock_mixed", Variant::Fp)]);
-    assert_exit(&run, 0);
+    run.assert_exit(0);
     assert_no_finding(
         &run,
         "the read request of rwlock_a cannot block on its read hold, so not every hop \
@@ -488,7 +271,7 @@ fn rwlock_one_read_read_hop_has_no_finding() {
 fn recursive_relock_has_no_finding() {
     require_root();
     let run = run_json(&[], &[fixture("recursive", Variant::Fp)]);
-    assert_exit(&run, 0);
+    run.assert_exit(0);
     // mutex_r -> mutex_m was seen (twice, one dependency).
     assert_no_finding(
         &run,
@@ -510,7 +293,7 @@ fn recursive_held_until_last_unlock() {
     require_root();
     let bin = fixture("recursive_depth", Variant::NoFp);
     let run = run_json(&[], &[&bin]);
-    assert_exit(&run, 0);
+    run.assert_exit(0);
     let pid = run.run.printed_pid("pid");
     let comm = comm_of(&bin);
 
@@ -527,18 +310,21 @@ fn recursive_held_until_last_unlock() {
     assert_lock_kinds(
         finding,
         &run,
-        &[("mutex_r", "recursive_mutex"), ("mutex_m", "mutex")],
+        &[
+            ("mutex_r", LockKind::RecursiveMutex),
+            ("mutex_m", LockKind::Mutex),
+        ],
     );
     let rm = edge(finding, "mutex_r", "mutex_m", &run);
     assert_eq!(
         rm.from.kind,
-        "recursive_mutex",
+        LockKind::RecursiveMutex,
         "mutex_r -> mutex_m: from.kind\n{}",
         run.describe()
     );
     assert_eq!(
         rm.to.kind,
-        "mutex",
+        LockKind::Mutex,
         "mutex_r -> mutex_m: to.kind\n{}",
         run.describe()
     );
@@ -585,19 +371,19 @@ fn self_deadlock(variant: Variant) {
     require_root();
     let bin = fixture("self_deadlock", variant);
     let run = run_json(&[], &[&bin]);
-    assert_exit(&run, 0);
+    run.assert_exit(0);
     let pid = run.run.printed_pid("pid");
     let tid = run.run.printed_pid("tid");
     let comm = comm_of(&bin);
     let file = "self_deadlock.c";
 
     assert!(
-        run.report.findings.is_empty(),
+        run.report.inversions().is_empty(),
         "no lock_order_inversion expected: the failed timedlock did not hold mutex_a, so \
          there is no mutex_a -> mutex_b\n{}",
         run.describe()
     );
-    let found = self_deadlocks(&run);
+    let found = run.report.self_deadlocks();
     assert_eq!(
         found.len(),
         1,
@@ -612,7 +398,12 @@ fn self_deadlock(variant: Variant) {
         "self_deadlock lock\n{}",
         run.describe()
     );
-    assert_eq!(d.lock.kind, "mutex", "lock kind\n{}", run.describe());
+    assert_eq!(
+        d.lock.kind,
+        LockKind::Mutex,
+        "lock kind\n{}",
+        run.describe()
+    );
     assert_eq!(d.pid, pid, "pid\n{}", run.describe());
     assert_eq!(d.comm, comm, "comm\n{}", run.describe());
     assert_eq!(
@@ -675,7 +466,7 @@ fn self_deadlock_timedlock_nofp() {
 fn cond_wait_without_other_locks_has_no_finding() {
     require_root();
     let run = run_json(&[], &[fixture("cond_ok", Variant::NoFp)]);
-    assert_exit(&run, 0);
+    run.assert_exit(0);
     // mutex_m -> mutex_n was seen.
     assert_no_finding(
         &run,
@@ -696,7 +487,7 @@ fn cond_inversion(variant: Variant) {
     require_root();
     let bin = fixture("cond_inversion", variant);
     let run = run_json(&[], &[&bin]);
-    assert_exit(&run, 0);
+    run.assert_exit(0);
     let pid = run.run.printed_pid("pid");
     let comm = comm_of(&bin);
 
@@ -709,14 +500,18 @@ fn cond_inversion(variant: Variant) {
         run.describe()
     );
     assert_well_formed(finding, &run, pid, &comm);
-    assert_lock_kinds(finding, &run, &[("mutex_a", "mutex"), ("mutex_m", "mutex")]);
+    assert_lock_kinds(
+        finding,
+        &run,
+        &[("mutex_a", LockKind::Mutex), ("mutex_m", LockKind::Mutex)],
+    );
     let ma = check_edge(
         finding,
         &EdgeSpec {
             from: "mutex_m",
             to: "mutex_a",
-            from_kind: "mutex",
-            to_kind: "mutex",
+            from_kind: LockKind::Mutex,
+            to_kind: LockKind::Mutex,
             libc: LibcFrame::Top("pthread_mutex_lock"),
             function: "wait_holding_a",
             to_marker: "LOCK_A_IN_WAITER",
@@ -733,8 +528,8 @@ fn cond_inversion(variant: Variant) {
         &EdgeSpec {
             from: "mutex_a",
             to: "mutex_m",
-            from_kind: "mutex",
-            to_kind: "mutex",
+            from_kind: LockKind::Mutex,
+            to_kind: LockKind::Mutex,
             libc: LibcFrame::Any("pthread_cond_wait"),
             function: "wait_holding_a",
             to_marker: "COND_WAIT_IN_WAITER",
@@ -787,7 +582,7 @@ fn timed_and_try_acquisitions() {
     require_root();
     let bin = fixture("timed_try", Variant::Fp);
     let run = run_json(&[], &[&bin]);
-    assert_exit(&run, 0);
+    run.assert_exit(0);
     let pid = run.run.printed_pid("pid");
     let comm = comm_of(&bin);
 
@@ -806,8 +601,8 @@ fn timed_and_try_acquisitions() {
         &EdgeSpec {
             from: "mutex_c",
             to: "mutex_d",
-            from_kind: "mutex",
-            to_kind: "mutex",
+            from_kind: LockKind::Mutex,
+            to_kind: LockKind::Mutex,
             libc: LibcFrame::Top("pthread_mutex_lock"),
             function: "timedlock_c_lock_d",
             to_marker: "LOCK_D_IN_T3",
@@ -824,8 +619,8 @@ fn timed_and_try_acquisitions() {
         &EdgeSpec {
             from: "mutex_d",
             to: "mutex_c",
-            from_kind: "mutex",
-            to_kind: "mutex",
+            from_kind: LockKind::Mutex,
+            to_kind: LockKind::Mutex,
             libc: LibcFrame::Top("pthread_mutex_lock"),
             function: "lock_d_lock_c",
             to_marker: "LOCK_C_IN_T4",
@@ -859,7 +654,7 @@ fn spinlock_inversion() {
     require_root();
     let bin = fixture("spin_ab_ba", Variant::NoFp);
     let run = run_json(&[], &[&bin]);
-    assert_exit(&run, 0);
+    run.assert_exit(0);
     let pid = run.run.printed_pid("pid");
     let comm = comm_of(&bin);
 
@@ -875,15 +670,18 @@ fn spinlock_inversion() {
     assert_lock_kinds(
         finding,
         &run,
-        &[("spin_a", "spinlock"), ("spin_b", "spinlock")],
+        &[
+            ("spin_a", LockKind::Spinlock),
+            ("spin_b", LockKind::Spinlock),
+        ],
     );
     let ab = check_edge(
         finding,
         &EdgeSpec {
             from: "spin_a",
             to: "spin_b",
-            from_kind: "spinlock",
-            to_kind: "spinlock",
+            from_kind: LockKind::Spinlock,
+            to_kind: LockKind::Spinlock,
             libc: LibcFrame::Top("pthread_spin_lock"),
             function: "spin_ab",
             to_marker: "SPIN_B_IN_AB",
@@ -900,8 +698,8 @@ fn spinlock_inversion() {
         &EdgeSpec {
             from: "spin_b",
             to: "spin_a",
-            from_kind: "spinlock",
-            to_kind: "spinlock",
+            from_kind: LockKind::Spinlock,
+            to_kind: LockKind::Spinlock,
             libc: LibcFrame::Top("pthread_spin_lock"),
             function: "spin_ba",
             to_marker: "SPIN_A_IN_BA",

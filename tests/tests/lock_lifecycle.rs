@@ -11,7 +11,7 @@ fn reused_mutex_memory_is_a_new_lock() {
     let reused = run_json(&[], &[bin.to_str().unwrap(), "reuse"]);
     assert_eq!(reused.run.code(), 0, "{}", reused.describe());
     assert!(
-        reused.report.findings.is_empty(),
+        reused.report.inversions().is_empty(),
         "a destroyed and re-initialized mutex is a new lock: no inversion\n{}",
         reused.describe()
     );
@@ -20,7 +20,7 @@ fn reused_mutex_memory_is_a_new_lock() {
     let kept = run_json(&[], &[bin.to_str().unwrap(), "keep"]);
     assert_eq!(kept.run.code(), 0, "{}", kept.describe());
     assert_eq!(
-        kept.report.findings.len(),
+        kept.report.inversions().len(),
         1,
         "the same mutex taken in both orders\n{}",
         kept.describe()

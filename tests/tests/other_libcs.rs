@@ -92,8 +92,8 @@ fn wait_probed(watcher: &Watcher, pid: u32) -> String {
 fn assert_late_inversion(run: &JsonRun, pid: u32) {
     let mine: Vec<_> = run
         .report
-        .findings
-        .iter()
+        .inversions()
+        .into_iter()
         .filter(|f| f.pid == pid)
         .collect();
     assert_eq!(
@@ -131,7 +131,12 @@ fn a_copy_of_libc_started_later_is_probed() {
     late.go();
     let run = watcher.stop();
     assert_late_inversion(&run, pid);
-    let finding = run.report.findings.iter().find(|f| f.pid == pid).unwrap();
+    let finding = run
+        .report
+        .inversions()
+        .into_iter()
+        .find(|f| f.pid == pid)
+        .unwrap();
     let top = &finding.cycle[0].stack[0];
     assert_eq!(
         top.module.as_deref(),
@@ -212,8 +217,9 @@ fn a_static_program_is_traced() {
     let program = static_ab_ba(dir.path());
     // `run` probes the command itself when it carries the lock functions.
     let run = run_json(&[], &[&program]);
-    assert_eq!(run.report.findings.len(), 1, "{}", run.describe());
-    let finding = &run.report.findings[0];
+    let inversions = run.report.inversions();
+    assert_eq!(inversions.len(), 1, "{}", run.describe());
+    let finding = inversions[0];
     assert_eq!(lock_names(finding, &run), names(&["mutex_a", "mutex_b"]));
     let frames = &finding.cycle[0].stack;
     assert!(
@@ -252,11 +258,10 @@ fn a_stripped_static_binary_is_refused_with_one_line() {
         program.as_os_str(),
     ])
     .run();
-    assert_eq!(run.code(), 1, "{}", run.describe());
-    let lines = run.stderr_lines();
-    assert_eq!(lines.len(), 1, "one line of error\n{}", run.describe());
+    run.assert_exit(1);
+    let line = run.single_error_line();
     assert!(
-        lines[0].contains("ab_ba_static") && lines[0].contains("stripped"),
+        line.contains("ab_ba_static") && line.contains("stripped"),
         "names the file and the reason\n{}",
         run.describe()
     );

@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use locktrace_e2e::{edge, lock_names, require_root, run_json, workspace_dir, JsonRun, PyFrame};
+use locktrace_e2e::{
+    edge, lock_names, require_root, run_json, workspace_dir, Inversion, JsonRun, PyFrame,
+    ThreadReport,
+};
 
 /// Debian's interpreter (what mod_wsgi and Debian's gunicorn run).
 const PYTHON: &str = "/usr/bin/python3";
@@ -42,7 +45,7 @@ fn run_with(python: &str, kind: &str) -> JsonRun {
 }
 
 /// The findings between the script's own locks (see `script_findings`).
-fn script_findings(run: &JsonRun) -> Vec<&locktrace_e2e::Finding> {
+fn script_findings(run: &JsonRun) -> Vec<&Inversion> {
     locktrace_e2e::script_findings(run, "python/frames_ab_ba.py:")
 }
 
@@ -176,9 +179,9 @@ fn python_deadlock_shows_both_python_stacks() {
     let script = workspace_dir().join("tests/python/deadlock.py");
     let run = run_json(&[], &[PYTHON, script.to_str().unwrap(), "4"]);
     assert_eq!(run.run.code(), 0, "{}", run.describe());
-    let deadlocks = run.report.records("deadlock");
+    let deadlocks = run.report.deadlocks();
     assert_eq!(deadlocks.len(), 1, "one deadlock\n{}", run.describe());
-    let threads = deadlocks[0]["threads"].as_array().expect("threads");
+    let threads = &deadlocks[0].threads;
     assert_eq!(threads.len(), 2, "{}", run.describe());
     let name = |line: u32| format!("python/deadlock.py:{line}");
     let (a, b) = (
@@ -186,10 +189,7 @@ fn python_deadlock_shows_both_python_stacks() {
         name(line_in("deadlock.py", "CREATE_B")),
     );
     for t in threads {
-        let waits_for = t["waits_for"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let waits_for = t.waits_for_name().unwrap_or_default().to_string();
         let (function, marker) = if waits_for == b {
             ("first_a_then_b", "WAIT_B")
         } else {
@@ -201,11 +201,14 @@ fn python_deadlock_shows_both_python_stacks() {
             );
             ("first_b_then_a", "WAIT_A")
         };
-        let top = &t["python_stack"][0];
-        assert_eq!(top["function"], function, "{}", run.describe());
+        let top = t
+            .python_stack
+            .first()
+            .unwrap_or_else(|| panic!("no Python stack\n{}", run.describe()));
+        assert_eq!(top.function, function, "{}", run.describe());
         assert_eq!(
-            top["line"].as_u64(),
-            Some(u64::from(line_in("deadlock.py", marker))),
+            top.line,
+            line_in("deadlock.py", marker),
             "{}",
             run.describe()
         );
@@ -223,20 +226,18 @@ fn module_import_lock_deadlock() {
     let script = workspace_dir().join("tests/python/import_deadlock.py");
     let run = run_json(&[], &[PYTHON, script.to_str().unwrap(), "3"]);
     assert_eq!(run.run.code(), 0, "{}", run.describe());
-    let deadlocks = run.report.records("deadlock");
+    let deadlocks = run.report.deadlocks();
     assert_eq!(deadlocks.len(), 1, "one deadlock\n{}", run.describe());
-    let threads = deadlocks[0]["threads"].as_array().expect("threads");
+    let threads = &deadlocks[0].threads;
     assert_eq!(threads.len(), 2, "{}", run.describe());
-    let stack_has = |t: &serde_json::Value, function: &str, file: &str, line: u32| {
-        t["python_stack"].as_array().into_iter().flatten().any(|f| {
-            f["function"] == function
-                && f["file"].as_str().is_some_and(|p| p.ends_with(file))
-                && f["line"].as_u64() == Some(u64::from(line))
-        })
+    let stack_has = |t: &ThreadReport, function: &str, file: &str, line: u32| {
+        t.python_stack
+            .iter()
+            .any(|f| f.function == function && f.file.ends_with(file) && f.line == line)
     };
     let importing = threads
         .iter()
-        .find(|t| t["waits_for"]["name"] == "import of slow_module")
+        .find(|t| t.waits_for_name() == Some("import of slow_module"))
         .unwrap_or_else(|| {
             panic!(
                 "a thread waits for the import of slow_module\n{}",
@@ -270,24 +271,31 @@ fn module_import_lock_deadlock() {
         run.describe()
     );
     assert_eq!(
-        other["held_by"].as_array().map(Vec::len),
-        Some(1),
+        other.held_by,
+        [importing.tid],
         "it waits for L, held by `holder`\n{}",
         run.describe()
     );
-    assert_eq!(other["held_by"][0], importing["tid"], "{}", run.describe());
     // L was created by a module's top-level code, freed once it ran: the
     // kernel's copy of that code object still names it.
     assert_eq!(
-        other["waits_for"]["name"],
-        format!(
-            "imports/shared_lock.py:{}",
-            line_in("imports/shared_lock.py", "CREATE_L")
+        other.waits_for_name(),
+        Some(
+            format!(
+                "imports/shared_lock.py:{}",
+                line_in("imports/shared_lock.py", "CREATE_L")
+            )
+            .as_str()
         ),
         "L is named by its creation line\n{}",
         run.describe()
     );
-    assert_eq!(importing["held_by"][0], other["tid"], "{}", run.describe());
+    assert_eq!(
+        importing.held_by.first(),
+        Some(&other.tid),
+        "{}",
+        run.describe()
+    );
 }
 
 /// A program linked with a libpython that locktrace cannot read (`symbols`:
@@ -312,8 +320,9 @@ fn unreadable_python(symbols: &str, library: &str, reason: &str) {
     let host = dir.path().join("host");
     let run = run_json(&[], &[host.to_str().unwrap()]);
     assert_eq!(run.run.code(), 0, "{}", run.describe());
-    assert_eq!(run.report.findings.len(), 1, "{}", run.describe());
-    for e in &run.report.findings[0].cycle {
+    let inversions = run.report.inversions();
+    assert_eq!(inversions.len(), 1, "{}", run.describe());
+    for e in &inversions[0].cycle {
         assert!(e.python_stack.is_empty(), "{}", run.describe());
         assert!(
             e.stack.iter().any(|f| f

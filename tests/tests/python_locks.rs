@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use locktrace_e2e::{require_root, run_json, workspace_dir, Finding, JsonRun};
+use locktrace_e2e::{require_root, run_json, workspace_dir, Inversion, JsonRun, LockKind};
 
 /// Debian's interpreter, not a pyenv or virtualenv one: that is what
 /// services (mod_wsgi, gunicorn from Debian) run.
@@ -28,10 +28,10 @@ fn run(kind: &str, order: &str) -> JsonRun {
 
 /// Both edges of a two-semaphore cycle, each requested in libc's semaphore
 /// code called from the interpreter.
-fn check_python_cycle(finding: &Finding, run: &JsonRun) {
+fn check_python_cycle(finding: &Inversion, run: &JsonRun) {
     assert_eq!(finding.locks.len(), 2, "{}", run.describe());
     for lock in &finding.locks {
-        assert_eq!(lock.kind, "semaphore", "{}", run.describe());
+        assert_eq!(lock.kind, LockKind::Semaphore, "{}", run.describe());
     }
     let tids: Vec<u32> = finding.cycle.iter().map(|e| e.tid).collect();
     assert_ne!(tids[0], tids[1], "two threads\n{}", run.describe());
@@ -56,7 +56,7 @@ fn check_python_cycle(finding: &Finding, run: &JsonRun) {
 }
 
 /// The findings between the script's own locks (see `script_findings`).
-fn script_findings(run: &JsonRun) -> Vec<&Finding> {
+fn script_findings(run: &JsonRun) -> Vec<&Inversion> {
     locktrace_e2e::script_findings(run, "python/two_locks.py:")
 }
 

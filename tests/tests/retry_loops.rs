@@ -13,15 +13,10 @@ fn counters(n: u64) -> (u64, u64, u64) {
         ],
     );
     assert_eq!(run.run.code(), 0, "{}", run.describe());
-    let c = &run.report.summary.counters;
-    let get = |k: &str| {
-        c[k].as_u64()
-            .unwrap_or_else(|| panic!("no {k}\n{}", run.describe()))
-    };
     (
-        get("acquisitions"),
-        get("releases"),
-        get("unmatched_releases"),
+        run.counter("acquisitions"),
+        run.counter("releases"),
+        run.counter("unmatched_releases"),
     )
 }
 

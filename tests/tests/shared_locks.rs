@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use locktrace_e2e::{fixture, require_root, run_json, Variant};
+use locktrace_e2e::{fixture, require_root, run_json, Level, Variant};
 
 #[test]
 fn inversion_through_shared_mutexes_of_two_workers() {
@@ -11,28 +11,24 @@ fn inversion_through_shared_mutexes_of_two_workers() {
     let run = run_json(&[], &[fixture("shared_workers", Variant::NoFp)]);
     let context = run.describe();
     assert_eq!(run.run.code(), 0, "{context}");
-    let first = run.run.printed_pid("first") as u64;
-    let second = run.run.printed_pid("second") as u64;
-    let inversions = run.report.records("lock_order_inversion");
+    let first = run.run.printed_pid("first");
+    let second = run.run.printed_pid("second");
+    let inversions = run.report.inversions();
     assert_eq!(inversions.len(), 1, "one finding\n{context}");
-    let inv = &inversions[0];
+    let inv = inversions[0];
     assert_eq!(
-        inv["level"], "instance",
+        inv.level,
+        Level::Instance,
         "one lock per shared mutex\n{context}"
     );
-    let pids: BTreeSet<u64> = inv["cycle"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["pid"].as_u64())
-        .collect();
+    let pids: BTreeSet<u32> = inv.cycle.iter().map(|e| e.pid).collect();
     assert_eq!(
         pids,
         BTreeSet::from([first, second]),
         "both workers\n{context}"
     );
-    for lock in inv["locks"].as_array().unwrap() {
-        let shared = lock["shared"].as_str().unwrap_or("");
+    for lock in &inv.locks {
+        let shared = lock.shared.as_deref().unwrap_or("");
         assert!(
             shared.contains("inode") && shared.contains("/dev/zero"),
             "a shared lock is reported with its identity and mapping\n{context}"

@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use tracer_common::{gate_fingerprint, gate_mix};
+use tracer_common::{chain_key_mix, chain_key_without};
 
 use crate::classes::Classes;
 use crate::graph::LockOrderGraph;
@@ -309,7 +309,7 @@ impl Detector {
 
     fn on_request(&mut self, r: Request, host: &mut dyn Host) -> Vec<Verdict> {
         let mut verdicts = Vec::new();
-        let all_held = r.held.iter().fold(0, |h, &a| h ^ gate_mix(a));
+        let all_held = r.held.iter().fold(0, |h, &a| h ^ chain_key_mix(a));
         let instance = |addr| LockInstance { pid: r.pid, addr };
         for from in &r.from {
             let mut gates: Vec<LockInstance> = r
@@ -332,7 +332,7 @@ impl Detector {
                 held_callsite: from.callsite,
                 stack: r.stack.clone(),
                 gates,
-                chain_key: gate_fingerprint(all_held, from.addr),
+                chain_key: chain_key_without(all_held, from.addr),
                 python: r.python.clone(),
                 handoff: r.handoff,
             };

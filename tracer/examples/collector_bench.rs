@@ -23,7 +23,7 @@ use locktrace::report::build::inversion;
 use locktrace::symbolize::Resolve;
 use tracer_analysis::model::{CodeSite, Frame, HeldAt, LockInstance, PyFrame, Request, SharedLock};
 use tracer_analysis::{Detector, Event, Host, InitStack, Verdict};
-use tracer_common::{DependencyEvent, HeldLock, COMM_LEN, EVENT_DEPENDENCY, STACK_CHUNK};
+use tracer_common::{DependencyEvent, EventKind, HeldLock, COMM_LEN, STACK_CHUNK};
 
 /// Counts live heap bytes (requested sizes: malloc's own per-chunk overhead,
 /// ~8-16 bytes, is not included). One uncontended atomic add per call is
@@ -169,7 +169,7 @@ impl Workload {
             let pid = p.pid;
             let tid = pid + self.rng.below(8) as u32;
             self.clock_ns += self.rng.below(100_000);
-            ev.event = EVENT_DEPENDENCY;
+            ev.event = EventKind::Dependency as u32;
             ev.pid = pid;
             ev.tid = tid;
             ev.timestamp_ns = self.clock_ns;

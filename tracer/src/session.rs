@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use tracer_analysis::model::Waiter;
 use tracer_analysis::waits::WaitScan;
 use tracer_analysis::{Detector, Verdict};
-use tracer_common::{Counter, DependencyKey, EVENT_DEPENDENCY, EVENT_HANDOFF};
+use tracer_common::{Counter, DependencyKey, EventKind};
 use tracing::{debug, warn};
 
 use crate::enrich::{Enricher, Facts, Pending};
@@ -254,13 +254,13 @@ impl Session {
             .iter()
             .map(|d| {
                 let event = if d.handoff {
-                    EVENT_HANDOFF
+                    EventKind::Handoff
                 } else {
-                    EVENT_DEPENDENCY
+                    EventKind::Dependency
                 };
                 DependencyKey::new(
                     d.pid,
-                    event,
+                    event as u32,
                     (d.from.addr, d.from_kind as u32),
                     (d.to.addr, d.to_kind as u32),
                     d.chain_key,

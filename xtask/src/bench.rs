@@ -25,6 +25,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use serde::{ser::SerializeMap, Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 
 use crate::{cmd, prereqs, run, step, target_dir, workspace_root};
 
@@ -192,7 +194,7 @@ pub fn bench(opts: &Options) -> Result<()> {
 
     let markdown = render(&rows, &web, &collector, opts);
     println!("{markdown}");
-    let json = serde_json_like(&rows, &web, &collector);
+    let json = results_json(&rows, &web, &collector)?;
     let json_path = out_dir.join("results.json");
     std::fs::write(&json_path, json)?;
     std::fs::write(out_dir.join("results.md"), &markdown)?;
@@ -288,7 +290,8 @@ fn median(samples: &mut [f64]) -> f64 {
     }
 }
 
-fn collector_bench(quick: bool) -> Result<String> {
+/// The JSON line `collector_bench` prints last.
+fn collector_bench(quick: bool) -> Result<Box<RawValue>> {
     let mut c = run::host_cargo();
     c.current_dir(workspace_root()).args([
         "run",
@@ -309,10 +312,11 @@ fn collector_bench(quick: bool) -> Result<String> {
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
         .context("collector_bench printed no JSON")?;
-    Ok(json.trim().to_owned())
+    RawValue::from_string(json.trim().to_owned())
+        .with_context(|| format!("collector_bench printed malformed JSON: {json}"))
 }
 
-fn render(rows: &[Row], web: &WebResults, collector: &str, opts: &Options) -> String {
+fn render(rows: &[Row], web: &WebResults, collector: &RawValue, opts: &Options) -> String {
     let mut md = String::new();
     md.push_str(&format!(
         "Probe cost: ns per uncontended lock+unlock pair, median of {} interleaved rounds of {} s each.\n\n",
@@ -332,29 +336,50 @@ fn render(rows: &[Row], web: &WebResults, collector: &str, opts: &Options) -> St
     md.push('\n');
     md.push_str(&render_web(web, opts));
     md.push_str(&format!(
-        "\nCollector (one thread, no kernel): `{collector}`\n"
+        "\nCollector (one thread, no kernel): `{}`\n",
+        collector.get()
     ));
     md
 }
 
-/// The results as JSON (hand-assembled: xtask has no serde).
-fn serde_json_like(rows: &[Row], web: &WebResults, collector: &str) -> String {
-    let rows: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            let fields: Vec<String> = Setup::ALL
-                .iter()
-                .zip(&r.median_ns)
-                .map(|(s, ns)| format!("\"{}_ns\":{ns:.2}", s.name()))
-                .collect();
-            format!("{{\"workload\":\"{}\",{}}}", r.workload, fields.join(","))
-        })
-        .collect();
-    format!(
-        "{{\"probe_cost\":[{}],\"web_server\":{},\"collector\":{collector}}}\n",
-        rows.join(","),
-        web_json(web)
-    )
+/// `results.json`: the probe costs, the web server's rows and the
+/// collector's own line, one JSON object.
+fn results_json(rows: &[Row], web: &WebResults, collector: &RawValue) -> Result<String> {
+    #[derive(Serialize)]
+    struct Results<'a> {
+        probe_cost: &'a [Row],
+        web_server: &'a WebResults,
+        collector: &'a RawValue,
+    }
+    let results = Results {
+        probe_cost: rows,
+        web_server: web,
+        collector,
+    };
+    Ok(serde_json::to_string(&results)? + "\n")
+}
+
+/// `v` written with exactly `decimals` decimals (as the tables show it),
+/// null if it is not a number.
+fn fixed(v: f64, decimals: usize) -> Box<RawValue> {
+    let text = if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "null".to_owned()
+    };
+    RawValue::from_string(text).expect("a formatted f64 is JSON")
+}
+
+/// `{"workload": ..., "untraced_ns": ..., ...}`, one key per setup.
+impl Serialize for Row {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1 + Setup::ALL.len()))?;
+        map.serialize_entry("workload", &self.workload)?;
+        for (setup, ns) in Setup::ALL.iter().zip(&self.median_ns) {
+            map.serialize_entry(&format!("{}_ns", setup.name()), &fixed(*ns, 2))?;
+        }
+        map.end()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -550,32 +575,44 @@ fn web_measure(
 /// The `"events"` and `"lost_events"` of locktrace's JSON summary line, and
 /// how many findings came before it.
 fn read_summary(output: &Path) -> TraceSummary {
-    let text = std::fs::read_to_string(output).unwrap_or_default();
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.contains("\"type\":\"summary\""))
-        .unwrap_or("");
-    TraceSummary {
-        events: json_u64(line, "events"),
-        lost_events: json_u64(line, "lost_events"),
-        findings: text
-            .lines()
-            .filter(|l| l.starts_with('{') && !l.contains("\"type\":\"summary\""))
-            .count(),
-    }
+    summary_of(&std::fs::read_to_string(output).unwrap_or_default())
 }
 
-/// The first `"key":N` in `json` (hand-parsed: xtask has no serde).
-fn json_u64(json: &str, key: &str) -> Option<u64> {
-    let pattern = format!("\"{key}\":");
-    let start = json.find(&pattern)? + pattern.len();
-    let digits: String = json[start..]
-        .trim_start()
-        .chars()
-        .take_while(char::is_ascii_digit)
+/// One line of locktrace's JSON output, as far as the benchmark reads it.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum TraceRecord {
+    Summary {
+        events: u64,
+        lost_events: u64,
+    },
+    /// Any finding.
+    #[serde(other)]
+    Finding,
+}
+
+/// [`read_summary`] of the text of an output (lines that are not JSON, as
+/// the last one of a killed tracer may be, are not counted).
+fn summary_of(text: &str) -> TraceSummary {
+    let records: Vec<TraceRecord> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    digits.parse().ok()
+    let summary = records.iter().rev().find_map(|r| match r {
+        TraceRecord::Summary {
+            events,
+            lost_events,
+        } => Some((*events, *lost_events)),
+        TraceRecord::Finding => None,
+    });
+    TraceSummary {
+        events: summary.map(|s| s.0),
+        lost_events: summary.map(|s| s.1),
+        findings: records
+            .iter()
+            .filter(|r| matches!(r, TraceRecord::Finding))
+            .count(),
+    }
 }
 
 fn run_wrk(url: &str, seconds: u64) -> Result<WrkSample> {
@@ -1043,34 +1080,36 @@ fn render_web(web: &WebResults, opts: &Options) -> String {
     md
 }
 
-fn web_json(web: &WebResults) -> String {
-    let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
-    let setups: Vec<String> = web
-        .rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{{\"setup\":\"{}\",\"requests_per_s\":{:.1},\"p99_ms\":{:.3},\"events\":{},\"lost_events\":{},\"socket_errors\":{}}}",
-                r.setup.name(),
-                r.requests_per_s,
-                r.p99_ms,
-                opt(r.events),
-                opt(r.lost_events),
-                r.socket_errors
-            )
-        })
-        .collect();
-    format!(
-        "{{\"server\":\"{}\",\"load\":\"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{}s --latency\",\"setups\":[{}],\"disturbed_by\":[{}]}}",
-        web.server.replace(['"', '\\'], ""),
-        web.seconds,
-        setups.join(","),
-        web.disturbed
-            .iter()
-            .map(|d| format!("\"{d}\""))
-            .collect::<Vec<_>>()
-            .join(",")
-    )
+/// `results.json`'s `web_server`.
+impl Serialize for WebResults {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(4))?;
+        map.serialize_entry("server", &self.server)?;
+        map.serialize_entry(
+            "load",
+            &format!(
+                "wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{}s --latency",
+                self.seconds
+            ),
+        )?;
+        map.serialize_entry("setups", &self.rows)?;
+        map.serialize_entry("disturbed_by", &self.disturbed)?;
+        map.end()
+    }
+}
+
+/// One setup of `web_server.setups`.
+impl Serialize for WebRow {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(6))?;
+        map.serialize_entry("setup", self.setup.name())?;
+        map.serialize_entry("requests_per_s", &fixed(self.requests_per_s, 1))?;
+        map.serialize_entry("p99_ms", &fixed(self.p99_ms, 3))?;
+        map.serialize_entry("events", &self.events)?;
+        map.serialize_entry("lost_events", &self.lost_events)?;
+        map.serialize_entry("socket_errors", &self.socket_errors)?;
+        map.end()
+    }
 }
 
 #[cfg(test)]
@@ -1118,9 +1157,52 @@ Transfer/sec:     53.79MB
 
     #[test]
     fn reads_summary_counts() {
-        let line = r#"{"type":"summary","events":614787,"dependencies":3,"lost_events":0,"counters":{"dependency_events":9}}"#;
-        assert_eq!(json_u64(line, "events"), Some(614787));
-        assert_eq!(json_u64(line, "lost_events"), Some(0));
-        assert_eq!(json_u64(line, "missing"), None);
+        let text = r#"{"type":"self_deadlock","id":1,"pid":5}
+{"type":"summary","events":614787,"dependencies":3,"lost_events":0,"counters":{"dependency_events":9}}
+"#;
+        let s = summary_of(text);
+        assert_eq!(
+            (s.events, s.lost_events, s.findings),
+            (Some(614787), Some(0), 1)
+        );
+        // A tracer killed before its summary.
+        let s = summary_of("{\"type\":\"deadlock\",\"id\":1}\n{\"type\":\"summ");
+        assert_eq!((s.events, s.lost_events, s.findings), (None, None, 1));
+    }
+
+    /// The exact text the hand-written JSON of earlier versions had.
+    #[test]
+    fn writes_results_json() {
+        let rows = [Row {
+            workload: "mutex, 1 thread".into(),
+            median_ns: vec![17.0, 60.123, 80.5, 640.0],
+        }];
+        let web = WebResults {
+            server: "Apache/2.4.65 (Debian)".into(),
+            seconds: 10,
+            rows: vec![WebRow {
+                setup: Setup::Locktrace,
+                requests_per_s: 41849.12,
+                p99_ms: 9.57,
+                events: Some(614787),
+                lost_events: None,
+                socket_errors: 0,
+            }],
+            disturbed: vec!["locktrace [42]".into()],
+        };
+        let collector = RawValue::from_string(r#"{"events_per_s": 1.5e6}"#.into()).unwrap();
+        assert_eq!(
+            results_json(&rows, &web, &collector).unwrap(),
+            concat!(
+                r#"{"probe_cost":[{"workload":"mutex, 1 thread","untraced_ns":17.00,"#,
+                r#""floor_ns":60.12,"locktrace_ns":80.50,"offset_0_ns":640.00}],"#,
+                r#""web_server":{"server":"Apache/2.4.65 (Debian)","#,
+                r#""load":"wrk -t2 -c32 -d10s --latency","setups":[{"setup":"locktrace","#,
+                r#""requests_per_s":41849.1,"p99_ms":9.570,"events":614787,"lost_events":null,"#,
+                r#""socket_errors":0}],"disturbed_by":["locktrace [42]"]},"#,
+                r#""collector":{"events_per_s": 1.5e6}}"#,
+                "\n"
+            )
+        );
     }
 }

@@ -11,22 +11,12 @@ use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 
 use tracer_analysis::model::{Blocked, LockKind, Waiter};
-use tracer_common::{HeldLock, STACK_BYTES, STACK_CHUNK};
+use tracer_common::{
+    futex_waits_on_word, HeldLock, FUTEX_CMD_MASK, FUTEX_LOCK_PI, FUTEX_LOCK_PI2, FUTEX_TID_MASK,
+    MUTEX_OWNER_OFFSET, RWLOCK_SIZE, STACK_BYTES, STACK_CHUNK, SYS_FUTEX,
+};
 
 use crate::host::proc::{tgid_of, threads};
-
-const SYS_FUTEX: u64 = 202;
-const FUTEX_CMD_MASK: u64 = 0x7f;
-const FUTEX_WAIT: u64 = 0;
-const FUTEX_LOCK_PI: u64 = 6;
-const FUTEX_WAIT_BITSET: u64 = 9;
-const FUTEX_LOCK_PI2: u64 = 13;
-/// `pthread_mutex_t.__data.__owner` (x86_64 glibc).
-const MUTEX_OWNER_OFFSET: u64 = 8;
-/// PI futex words hold the owner's tid in their low bits.
-const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
-/// `sizeof(pthread_rwlock_t)`: an rwlock's futex words are inside it.
-const RWLOCK_SIZE: u64 = 56;
 
 /// Held-lock stacks by tid, as the kernel side keeps them (empty when no
 /// probes run, as in `locktrace snapshot`).
@@ -54,11 +44,7 @@ pub fn blocked_threads(pid: u32) -> Vec<Blocked> {
             let line = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
             let (nr, args, sp, pc) = parse_syscall(&line)?;
             let op = args[1] & FUTEX_CMD_MASK;
-            let waits = matches!(
-                op,
-                FUTEX_WAIT | FUTEX_WAIT_BITSET | FUTEX_LOCK_PI | FUTEX_LOCK_PI2
-            );
-            (nr == SYS_FUTEX && waits).then_some(Blocked {
+            (nr == SYS_FUTEX && futex_waits_on_word(op)).then_some(Blocked {
                 pid,
                 tid,
                 uaddr: args[0],
@@ -216,6 +202,7 @@ pub fn syscall_registers(pid: u32, tid: u32) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracer_common::FUTEX_WAIT;
 
     #[test]
     fn parses_a_futex_wait() {

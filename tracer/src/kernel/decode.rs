@@ -8,8 +8,7 @@ use bytes::{Buf, Bytes};
 use std::mem::{offset_of, size_of};
 use tracer_analysis::InitStack;
 use tracer_common::{
-    DependencyEvent, HeldLock, LockEvent, LockKind, PyCodeCopy, PyFrameRaw, PyStack,
-    EVENT_DEPENDENCY, EVENT_HANDOFF, EVENT_LOCK_RESET, EVENT_PROCESS_EXIT, EVENT_SELF_DEADLOCK,
+    DependencyEvent, EventKind, HeldLock, LockEvent, LockKind, PyCodeCopy, PyFrameRaw, PyStack,
     MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES, STACK_BYTES,
 };
 
@@ -36,7 +35,7 @@ pub struct RawRequest {
     /// The thread's Python frames, innermost first (empty unless the
     /// process runs a supported CPython).
     pub python: Vec<PyFrameRaw>,
-    /// Sent as a wake-up hand-off (`EVENT_HANDOFF`).
+    /// Sent as a wake-up hand-off (`EventKind::Handoff`).
     pub handoff: bool,
 }
 
@@ -79,17 +78,20 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
     if bytes.len() < 4 {
         bail!("empty ring-buffer record");
     }
-    match u32_at(bytes, 0) {
-        EVENT_DEPENDENCY | EVENT_HANDOFF => decode_request(bytes).map(Record::Dependency),
-        EVENT_SELF_DEADLOCK => decode_request(bytes).map(Record::SelfDeadlock),
-        EVENT_PROCESS_EXIT => {
+    let raw = u32_at(bytes, 0);
+    let Some(kind) = EventKind::from_raw(raw) else {
+        bail!("unknown ring-buffer record kind {raw}");
+    };
+    match kind {
+        EventKind::Dependency | EventKind::Handoff => decode_request(bytes).map(Record::Dependency),
+        EventKind::SelfDeadlock => decode_request(bytes).map(Record::SelfDeadlock),
+        EventKind::ProcessExit => {
             check_len::<LockEvent>(bytes, "process exit")?;
             Ok(Record::ProcessExit {
                 pid: u32_at(bytes, offset_of!(LockEvent, pid)),
             })
         }
-        EVENT_LOCK_RESET => decode_lock_reset(bytes),
-        other => bail!("unknown ring-buffer record kind {other}"),
+        EventKind::LockReset => decode_lock_reset(bytes),
     }
 }
 
@@ -207,7 +209,7 @@ fn decode_request(b: &[u8]) -> Result<RawRequest> {
         python: (0..py_depth)
             .map(|i| py_frame_at(b, frames_at + i * size_of::<PyFrameRaw>()))
             .collect(),
-        handoff: u32_at(b, offset_of!(DependencyEvent, event)) == EVENT_HANDOFF,
+        handoff: u32_at(b, offset_of!(DependencyEvent, event)) == EventKind::Handoff as u32,
     })
 }
 
@@ -237,7 +239,7 @@ mod tests {
         put(
             &mut b,
             offset_of!(DependencyEvent, event),
-            &EVENT_DEPENDENCY.to_ne_bytes(),
+            &(EventKind::Dependency as u32).to_ne_bytes(),
         );
         put(
             &mut b,
@@ -304,7 +306,7 @@ mod tests {
         put(
             &mut b,
             offset_of!(LockEvent, event),
-            &EVENT_LOCK_RESET.to_ne_bytes(),
+            &(EventKind::LockReset as u32).to_ne_bytes(),
         );
         put(&mut b, offset_of!(LockEvent, pid), &5u32.to_ne_bytes());
         put(&mut b, offset_of!(LockEvent, init), &1u32.to_ne_bytes());

@@ -5,13 +5,11 @@
 use anyhow::Result;
 use aya::maps::{HashMap, PerCpuArray};
 use tracer_analysis::waits::WaitStarts;
-use tracer_common::{Counter, DependencyKey, FutexKey, FutexStats, HeldLock, HeldStack, PyProcess};
+use tracer_common::{Counter, DependencyKey, FutexKey, FutexStats, HeldStack, PyProcess};
 
 use crate::kernel::load::Probes;
 
-/// Held-lock stacks by tid, as the kernel side keeps them (empty when no
-/// probes run, as in `locktrace snapshot`).
-pub type HeldByThread = std::collections::HashMap<u32, Vec<HeldLock>>;
+pub use crate::host::waitfor::HeldByThread;
 
 impl Probes {
     /// Describes CPython process `pid` to the kernel side, with the

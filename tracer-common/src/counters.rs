@@ -1,0 +1,64 @@
+//! What the kernel side counts: everything it sees or cannot handle, so that
+//! the collector can report it.
+
+/// Per-CPU counters (map `COUNTERS`, one slot per variant): everything the
+/// kernel side sees or cannot handle is counted, and the collector reports it.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Lock acquisitions (including successful try operations).
+    Acquire = 0,
+    /// Lock releases.
+    Release = 1,
+    /// Dependency events written to the ring buffer.
+    DependencyEvents = 2,
+    /// Events dropped because the ring buffer was full.
+    LostEvents = 3,
+    /// Acquisitions not tracked because a thread held `MAX_HELD` locks.
+    HeldOverflow = 4,
+    /// Releases of a lock the thread was not seen to hold (taken before the
+    /// tracer started, or past `MAX_HELD`).
+    UnmatchedRelease = 5,
+    /// Dependency events whose stack copy had to stop early.
+    StackTruncated = 6,
+    /// Dependency-cache inserts that failed (the cache is an LRU: this only
+    /// happens under memory pressure).
+    DependencyCacheFull = 7,
+    /// Futex waits of traced threads (lock contention and other blocking;
+    /// condition waits excluded).
+    FutexWaits = 8,
+    /// Nanoseconds spent in those waits.
+    FutexWaitNs = 9,
+}
+
+pub const NUM_COUNTERS: u32 = 10;
+
+impl Counter {
+    pub const ALL: [Counter; NUM_COUNTERS as usize] = [
+        Counter::Acquire,
+        Counter::Release,
+        Counter::DependencyEvents,
+        Counter::LostEvents,
+        Counter::HeldOverflow,
+        Counter::UnmatchedRelease,
+        Counter::StackTruncated,
+        Counter::DependencyCacheFull,
+        Counter::FutexWaits,
+        Counter::FutexWaitNs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Acquire => "acquisitions",
+            Counter::Release => "releases",
+            Counter::DependencyEvents => "dependency_events",
+            Counter::LostEvents => "lost_events",
+            Counter::HeldOverflow => "held_overflow",
+            Counter::UnmatchedRelease => "unmatched_releases",
+            Counter::StackTruncated => "stack_truncated",
+            Counter::DependencyCacheFull => "dependency_cache_full",
+            Counter::FutexWaits => "futex_waits",
+            Counter::FutexWaitNs => "futex_wait_ns",
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Lock kinds and the held-lock stack the kernel side keeps per thread.
+
+/// Locks one thread can hold at once that the kernel side tracks; deeper
+/// nesting is counted in [`Counter::HeldOverflow`](crate::Counter::HeldOverflow),
+/// never silently ignored.
+pub const MAX_HELD: usize = 16;
+
+/// What kind of lock an address is.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKind {
+    /// A pthread mutex (normal, error-checking or adaptive).
+    Mutex = 1,
+    /// A recursive pthread mutex (known once it was re-locked by its holder).
+    RecursiveMutex = 2,
+    /// A pthread rwlock held or requested for reading.
+    RwlockRead = 3,
+    /// A pthread rwlock held or requested for writing.
+    RwlockWrite = 4,
+    /// A pthread spinlock.
+    Spinlock = 5,
+    /// A POSIX semaphore used as a lock (CPython's `threading.Lock`).
+    Semaphore = 6,
+}
+
+impl LockKind {
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Mutex),
+            2 => Some(Self::RecursiveMutex),
+            3 => Some(Self::RwlockRead),
+            4 => Some(Self::RwlockWrite),
+            5 => Some(Self::Spinlock),
+            6 => Some(Self::Semaphore),
+            _ => None,
+        }
+    }
+
+    /// Whether holding the lock in this mode excludes other holders in
+    /// `other` mode (readers never exclude readers).
+    pub fn conflicts_with(self, other: LockKind) -> bool {
+        !(self == LockKind::RwlockRead && other == LockKind::RwlockRead)
+    }
+}
+
+/// The lock was taken with a try operation: it is held, but its acquisition
+/// could not block, so it adds no dependency of its own (lockdep's rule).
+pub const HELD_FLAG_TRY: u32 = 1;
+/// The lock was requested with a timed operation (it may fail with a
+/// timeout; like a try operation, its acquisition adds no dependency).
+pub const HELD_FLAG_TIMED: u32 = 2;
+/// A held recursive mutex counts its extra acquisitions in the high half of
+/// `HeldLock::flags`.
+pub const HELD_RECURSION_SHIFT: u32 = 16;
+
+/// A lock a thread holds, with where it was taken.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldLock {
+    /// Address of the lock object in the holder's address space.
+    pub addr: u64,
+    /// Return address into the code that called the lock function.
+    pub callsite: u64,
+    /// A [`LockKind`] as `u32`.
+    pub kind: u32,
+    /// `HELD_FLAG_*` bits.
+    pub flags: u32,
+}
+
+/// The held-lock stack of one thread (map `HELD`, keyed by tid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HeldStack {
+    pub depth: u32,
+    pub _pad: u32,
+    pub locks: [HeldLock; MAX_HELD],
+}
+
+// SAFETY (both): plain `#[repr(C)]` data, valid for any bit pattern.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for HeldLock {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for HeldStack {}

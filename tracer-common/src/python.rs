@@ -1,0 +1,95 @@
+//! What the kernel side needs to read CPython stacks, and what it captures
+//! of them.
+
+/// Python frames captured with an event (innermost first); deeper stacks
+/// are cut (the collector says so).
+pub const PY_MAX_FRAMES: usize = 16;
+
+/// Python frames captured when Python code creates a lock: its innermost
+/// frames may be library wrappers (`threading.RLock()`), the caller names it.
+pub const PY_CREATOR_FRAMES: usize = 4;
+
+/// What the kernel side needs to read the Python stack of a thread of one
+/// CPython process (map `PY_PROCESSES`, by tgid): addresses in the process
+/// and struct offsets of its CPython version (the collector's table).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PyProcess {
+    /// Address of `_PyRuntime.gilstate.tstate_current`: the `PyThreadState`
+    /// of the thread holding the GIL.
+    pub tstate_current: u64,
+    /// Offsets in `PyThreadState`.
+    pub tstate_native_thread_id: u64,
+    pub tstate_cframe: u64,
+    /// Offset in `_PyCFrame`.
+    pub cframe_current_frame: u64,
+    /// Offsets in `_PyInterpreterFrame`.
+    pub frame_code: u64,
+    pub frame_prev_instr: u64,
+    pub frame_previous: u64,
+    /// Offsets in `PyCodeObject`, `PyBytesObject` and `PyASCIIObject`, to
+    /// copy a code object that may be freed before the collector reads it
+    /// (see [`PyCodeCopy`]).
+    pub code_filename: u64,
+    pub code_qualname: u64,
+    pub code_firstlineno: u64,
+    pub code_linetable: u64,
+    pub bytes_size: u64,
+    pub bytes_data: u64,
+    pub unicode_length: u64,
+    pub unicode_state: u64,
+    pub unicode_ascii_mask: u64,
+    pub unicode_ascii_data: u64,
+}
+
+/// Bytes of a code object's location table copied (enough for a module's
+/// top-level code of a few hundred lines; a longer table is cut).
+pub const PY_LINETABLE_BYTES: usize = 512;
+/// Bytes of its file name and qualified name copied (ASCII names only).
+pub const PY_FILENAME_BYTES: usize = 128;
+pub const PY_QUALNAME_BYTES: usize = 64;
+/// Creating frames whose code object is copied.
+pub const PY_CODE_COPIES: usize = 2;
+
+/// What the collector needs of a code object, copied when a lock is
+/// created: a module's top-level code, where global locks are made, is freed
+/// as soon as the module ran.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PyCodeCopy {
+    pub code: u64,
+    pub prev_instr: u64,
+    pub first_line: i32,
+    /// The table's full length (only the first `PY_LINETABLE_BYTES` are
+    /// here); the names' lengths (0 if not copied).
+    pub linetable_len: u32,
+    pub filename_len: u32,
+    pub qualname_len: u32,
+    pub filename: [u8; PY_FILENAME_BYTES],
+    pub qualname: [u8; PY_QUALNAME_BYTES],
+    pub linetable: [u8; PY_LINETABLE_BYTES],
+}
+
+/// One Python frame as captured: its code object and the instruction it is
+/// at (the collector reads file, function and line from the code object).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PyFrameRaw {
+    pub code: u64,
+    pub prev_instr: u64,
+}
+
+/// The Python frames of the thread that made an event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PyStack {
+    /// Valid entries of `frames`; 0 when the process runs no supported
+    /// Python or the thread runs no Python code.
+    pub depth: u32,
+    pub _pad: u32,
+    pub frames: [PyFrameRaw; PY_MAX_FRAMES],
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain `#[repr(C)]` data, valid for any bit pattern.
+unsafe impl aya::Pod for PyProcess {}

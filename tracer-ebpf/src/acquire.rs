@@ -1,0 +1,280 @@
+//! Acquisitions and releases of mutexes, rwlocks and spinlocks: the generic
+//! lock-order path. A blocking request orders after every lock the thread
+//! holds (lockdep's rule); a try or timed request is remembered from its
+//! entry to its return, and if it succeeded the lock is held but orders
+//! nothing (it could not block forever).
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::bpf_probe_read_user,
+    macros::{map, uprobe, uretprobe},
+    maps::HashMap,
+    programs::{ProbeContext, RetProbeContext},
+};
+use tracer_common::{
+    Counter, EventKind, HeldLock, HeldStack, LockKind, HELD_FLAG_TIMED, HELD_FLAG_TRY,
+    HELD_RECURSION_SHIFT, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
+    MUTEX_KIND_RECURSIVE,
+};
+
+use crate::{
+    context::{lock_arg, regs, return_address},
+    counters::count,
+    emit::{emit_new_dependencies, emit_self_deadlock},
+    filter::current_traced,
+    handoff::is_handoff,
+    held::{existing_held_stack, find_held, held_stack, push, release, Released},
+    semaphores,
+};
+
+/// Try and timed operations between entry and return (by tid).
+#[map]
+static PENDING_TRY: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// An operation between its entry and its return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub lock: HeldLock,
+    /// Where the function was entered (for the report's first frame when the
+    /// return makes an event).
+    pub entry_ip: u64,
+}
+
+/// A blocking acquisition of `to`: emit the dependencies `held -> to` that are
+/// new for this process, then record `to` as held. `entry_ip` is non-zero
+/// when called at the return of a condition wait (see `DependencyEvent`).
+#[inline(always)]
+pub fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
+    let Some((tgid, tid)) = current_traced() else {
+        return 0;
+    };
+    count(Counter::Acquire);
+    if to.kind == LockKind::Semaphore as u32 && !semaphores::taken_as_lock(tgid, &tid, to.addr) {
+        return 0;
+    }
+    let Some(held) = held_stack(tgid, tid) else {
+        return 0;
+    };
+    if let Some(i) = find_held(held, to.addr) {
+        if relock(regs, held, i, tgid, tid, &to) {
+            return 0;
+        }
+    }
+    if held.depth > 0 {
+        let event = if is_handoff(tgid, tid, held, &to) {
+            EventKind::Handoff
+        } else {
+            EventKind::Dependency
+        };
+        emit_new_dependencies(regs, held, tgid, tid, &to, entry_ip, event);
+    }
+    push(held, to);
+    0
+}
+
+/// glibc's type of the mutex at `addr`: normal, recursive, error-checking.
+#[inline(always)]
+fn mutex_type(addr: u64) -> u32 {
+    // SAFETY: reading user memory through the helper, which handles faults.
+    let kind = unsafe { bpf_probe_read_user((addr + MUTEX_KIND_OFFSET) as *const u32) };
+    kind.unwrap_or(0) & MUTEX_KIND_MASK
+}
+
+/// The holder requests a lock it already holds (entry `i` of `held`).
+/// Returns true when that changes nothing more (a recursive re-lock is
+/// counted, a self-deadlock reported, an error-checking mutex refuses);
+/// false when the request is an ordinary acquisition (a reader re-reading).
+#[inline(always)]
+fn relock(
+    regs: &pt_regs,
+    held: &mut HeldStack,
+    i: usize,
+    tgid: u32,
+    tid: u32,
+    to: &HeldLock,
+) -> bool {
+    let Some(entry) = held.locks.get_mut(i) else {
+        return true;
+    };
+    let kind = entry.kind;
+    if kind == LockKind::Semaphore as u32 {
+        // Taken again without a post by this thread: it was posted by
+        // another (signalling); one entry stands for it.
+        return true;
+    }
+    if kind == LockKind::RwlockRead as u32 && to.kind == LockKind::RwlockRead as u32 {
+        return false;
+    }
+    if kind == LockKind::RwlockRead as u32 || kind == LockKind::RwlockWrite as u32 {
+        // glibc refuses (EDEADLK) a writer re-locking, and a reader upgrading.
+        return true;
+    }
+    if kind == LockKind::Mutex as u32 || kind == LockKind::RecursiveMutex as u32 {
+        match mutex_type(to.addr) {
+            MUTEX_KIND_RECURSIVE => {
+                entry.kind = LockKind::RecursiveMutex as u32;
+                entry.flags += 1 << HELD_RECURSION_SHIFT;
+                return true;
+            }
+            MUTEX_KIND_ERRORCHECK => return true,
+            _ => {}
+        }
+    }
+    // A normal mutex or a spinlock: the thread waits for itself.
+    let entry = *entry;
+    emit_self_deadlock(regs, tgid, tid, &entry, to, held);
+    true
+}
+
+/// The lock a probed lock function was called for, and where.
+#[inline(always)]
+pub fn requested(ctx: &ProbeContext, kind: LockKind, flags: u32) -> HeldLock {
+    HeldLock {
+        addr: lock_arg(ctx),
+        callsite: return_address(ctx),
+        kind: kind as u32,
+        flags,
+    }
+}
+
+#[uprobe]
+pub fn mutex_lock(ctx: ProbeContext) -> u32 {
+    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::Mutex, 0), 0)
+}
+
+#[uprobe]
+pub fn rwlock_rdlock(ctx: ProbeContext) -> u32 {
+    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::RwlockRead, 0), 0)
+}
+
+#[uprobe]
+pub fn rwlock_wrlock(ctx: ProbeContext) -> u32 {
+    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::RwlockWrite, 0), 0)
+}
+
+#[uprobe]
+pub fn spin_lock(ctx: ProbeContext) -> u32 {
+    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::Spinlock, 0), 0)
+}
+
+/// Unlock of any kind (mutex, rwlock, spinlock).
+#[uprobe]
+pub fn unlock(ctx: ProbeContext) -> u32 {
+    if let Released::NotHeld = release(lock_arg(&ctx)) {
+        count(Counter::UnmatchedRelease);
+    }
+    0
+}
+
+/// Entry of a try or timed operation: remember the lock until the return
+/// says whether it was taken. A timed request for a normal mutex the thread
+/// holds waits for itself until the timeout: a self-deadlock.
+#[inline(always)]
+pub fn try_entry(ctx: &ProbeContext, kind: LockKind, flags: u32) -> u32 {
+    let Some((tgid, tid)) = current_traced() else {
+        return 0;
+    };
+    let pending = requested(ctx, kind, flags);
+    if flags & HELD_FLAG_TIMED != 0 {
+        if let Some(held) = existing_held_stack(&tid) {
+            if let Some(i) = find_held(held, pending.addr) {
+                if let Some(entry) = held.locks.get(i) {
+                    let entry = *entry;
+                    let normal_mutex = entry.kind == LockKind::Mutex as u32 && {
+                        let t = mutex_type(pending.addr);
+                        t != MUTEX_KIND_RECURSIVE && t != MUTEX_KIND_ERRORCHECK
+                    };
+                    if normal_mutex {
+                        emit_self_deadlock(regs(ctx), tgid, tid, &entry, &pending, held);
+                    }
+                }
+            }
+        }
+    }
+    let pending = Pending {
+        lock: pending,
+        entry_ip: regs(ctx).rip,
+    };
+    let _ = PENDING_TRY.insert(&tid, &pending, 0);
+    0
+}
+
+#[uprobe]
+pub fn mutex_trylock(ctx: ProbeContext) -> u32 {
+    try_entry(&ctx, LockKind::Mutex, HELD_FLAG_TRY)
+}
+
+#[uprobe]
+pub fn mutex_timedlock(ctx: ProbeContext) -> u32 {
+    try_entry(&ctx, LockKind::Mutex, HELD_FLAG_TIMED)
+}
+
+#[uprobe]
+pub fn rwlock_tryrdlock(ctx: ProbeContext) -> u32 {
+    try_entry(&ctx, LockKind::RwlockRead, HELD_FLAG_TRY)
+}
+
+#[uprobe]
+pub fn rwlock_trywrlock(ctx: ProbeContext) -> u32 {
+    try_entry(&ctx, LockKind::RwlockWrite, HELD_FLAG_TRY)
+}
+
+#[uprobe]
+pub fn spin_trylock(ctx: ProbeContext) -> u32 {
+    try_entry(&ctx, LockKind::Spinlock, HELD_FLAG_TRY)
+}
+
+/// Return of a try or timed operation (all return 0 on success): a
+/// successful one holds the lock (or one more level of a recursive mutex it
+/// holds), and adds no dependency of its own (it could not block forever).
+#[uretprobe]
+pub fn try_return(ctx: RetProbeContext) -> u32 {
+    let Some((tgid, tid)) = current_traced() else {
+        return 0;
+    };
+    // SAFETY: copied out before the entry is removed.
+    let Some(pending) = (unsafe { PENDING_TRY.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_TRY.remove(&tid);
+    let ret: i64 = ctx.ret();
+    if ret as i32 != 0 {
+        semaphores::try_failed(tgid, tid, &pending.lock);
+        return 0;
+    }
+    let entry_ip = pending.entry_ip;
+    let pending = pending.lock;
+    if semaphores::try_orders_like_blocking(&pending) {
+        // SAFETY: the context's registers are valid for the program's run.
+        let regs = unsafe { &*ctx.regs };
+        return acquire_blocking(regs, pending, entry_ip);
+    }
+    if pending.kind == LockKind::Semaphore as u32
+        && !semaphores::taken_as_lock(tgid, &tid, pending.addr)
+    {
+        return 0;
+    }
+    count(Counter::Acquire);
+    let Some(held) = held_stack(tgid, tid) else {
+        return 0;
+    };
+    if pending.kind == LockKind::Mutex as u32 {
+        if let Some(i) = find_held(held, pending.addr) {
+            // Only a recursive mutex can be taken again by its holder.
+            if let Some(entry) = held.locks.get_mut(i) {
+                entry.kind = LockKind::RecursiveMutex as u32;
+                entry.flags += 1 << HELD_RECURSION_SHIFT;
+            }
+            return 0;
+        }
+    }
+    push(held, pending);
+    0
+}
+
+/// Thread `tid` exited.
+#[inline(always)]
+pub fn forget_thread(tid: &u32) {
+    let _ = PENDING_TRY.remove(tid);
+}

@@ -1,0 +1,280 @@
+//! Writing records to the ring buffer. Each dependency is sent once per
+//! process and chain key (`DEPENDENCIES`), so a steady workload costs no
+//! ring-buffer traffic; the stack is copied only for a new one.
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_comm, bpf_ktime_get_ns,
+        generated::bpf_probe_read_user as probe_read_user_raw,
+    },
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    chain_key_mix, chain_key_without, Counter, DependencyEvent, DependencyKey, EventKind, HeldLock,
+    HeldStack, LockEvent, LockKind, PyFrameRaw, COMM_LEN, MAX_HELD, PY_CODE_COPIES,
+    PY_CREATOR_FRAMES, STACK_BYTES, STACK_CHUNK,
+};
+
+use crate::{counters::count, held::copy_lock, python::python_stack, semaphores::is_signal_sem};
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+/// Dependencies already sent to the collector (LRU: an evicted entry is only
+/// sent again).
+#[map]
+static DEPENDENCIES: LruHashMap<DependencyKey, u8> = LruHashMap::with_max_entries(262144, 0);
+/// Scratch space for the `from` locks of new dependencies (see
+/// `emit_new_dependencies`).
+#[map]
+static NEW_FROM: PerCpuArray<NewFrom> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct NewFrom {
+    /// Entries used. Kept in map memory, which the verifier does not track:
+    /// a counter in a register would be followed value by value, and with the
+    /// other branches of the loop that exceeds its instruction budget.
+    n: u64,
+    locks: [HeldLock; MAX_HELD],
+}
+
+/// The dependencies `held -> to` not yet sent for this process: their
+/// `from` locks are gathered in `NEW_FROM` (per CPU) before the ring-buffer
+/// slot is reserved, so that a steady workload reserves nothing.
+///
+/// The loops index by a counter, never by a bitmask of new entries: the
+/// verifier follows every value of such a mask separately (2^16 paths).
+#[inline(always)]
+pub fn emit_new_dependencies(
+    regs: &pt_regs,
+    held: &HeldStack,
+    tgid: u32,
+    tid: u32,
+    to: &HeldLock,
+    entry_ip: u64,
+    event: EventKind,
+) {
+    let Some(scratch) = NEW_FROM.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch value; programs do not nest on one CPU.
+    let scratch = unsafe { &mut *scratch };
+    let n_ptr: *mut u64 = &mut scratch.n;
+    // SAFETY (all volatile accesses): a valid, aligned map value field.
+    unsafe { core::ptr::write_volatile(n_ptr, 0) };
+    let depth = held.depth as usize;
+    let mut all_held = 0u64;
+    for i in 0..MAX_HELD {
+        if i >= depth {
+            break;
+        }
+        all_held ^= chain_key_mix(held.locks[i].addr);
+    }
+    for i in 0..MAX_HELD {
+        if i >= depth {
+            break;
+        }
+        let from = &held.locks[i];
+        if from.addr == to.addr {
+            continue;
+        }
+        if from.kind == LockKind::Semaphore as u32 && is_signal_sem(tgid, from.addr) {
+            continue;
+        }
+        let mut key = dependency_key(tgid, from, to, event);
+        key.chain_key = chain_key_without(all_held, from.addr);
+        // SAFETY: presence check only.
+        if unsafe { DEPENDENCIES.get(&key) }.is_some() {
+            continue;
+        }
+        if DEPENDENCIES.insert(&key, &0, 0).is_err() {
+            count(Counter::DependencyCacheFull);
+        }
+        let n = unsafe { core::ptr::read_volatile(n_ptr) } as usize;
+        if let Some(slot) = scratch.locks.get_mut(n) {
+            copy_lock(slot, from);
+            unsafe { core::ptr::write_volatile(n_ptr, n as u64 + 1) };
+        }
+    }
+    let n = unsafe { core::ptr::read_volatile(n_ptr) } as usize;
+    if n == 0 {
+        return;
+    }
+    if !submit(
+        regs,
+        tgid,
+        tid,
+        to,
+        entry_ip,
+        event,
+        &scratch.locks,
+        n,
+        held,
+    ) {
+        // Forget them so that the next occurrence is sent again.
+        for i in 0..MAX_HELD {
+            if i >= n {
+                break;
+            }
+            let mut key = dependency_key(tgid, &scratch.locks[i], to, event);
+            key.chain_key = chain_key_without(all_held, scratch.locks[i].addr);
+            let _ = DEPENDENCIES.remove(&key);
+        }
+    }
+}
+
+/// Reports, once per lock and mode, a thread requesting a lock it holds.
+#[inline(always)]
+pub fn emit_self_deadlock(
+    regs: &pt_regs,
+    tgid: u32,
+    tid: u32,
+    held: &HeldLock,
+    to: &HeldLock,
+    stack: &HeldStack,
+) {
+    let key = dependency_key(tgid, held, to, EventKind::SelfDeadlock);
+    // SAFETY: presence check only.
+    if unsafe { DEPENDENCIES.get(&key) }.is_some() {
+        return;
+    }
+    let Some(scratch) = NEW_FROM.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch value; programs do not nest on one CPU.
+    let scratch = unsafe { &mut *scratch };
+    copy_lock(&mut scratch.locks[0], held);
+    if submit(
+        regs,
+        tgid,
+        tid,
+        to,
+        0,
+        EventKind::SelfDeadlock,
+        &scratch.locks,
+        1,
+        stack,
+    ) {
+        let _ = DEPENDENCIES.insert(&key, &0, 0);
+    }
+}
+
+/// Writes one event to the ring buffer; false (and counted) if it is full.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn submit(
+    regs: &pt_regs,
+    tgid: u32,
+    tid: u32,
+    to: &HeldLock,
+    entry_ip: u64,
+    event: EventKind,
+    from: &[HeldLock; MAX_HELD],
+    n: usize,
+    held: &HeldStack,
+) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<DependencyEvent>(0) else {
+        count(Counter::LostEvents);
+        return false;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a reserved, exclusively owned ring-buffer slot.
+    unsafe {
+        (*ev).event = event as u32;
+        (*ev).pid = tgid;
+        (*ev).tid = tid;
+        (*ev).timestamp_ns = bpf_ktime_get_ns();
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        copy_lock(&mut (*ev).to, to);
+        (*ev).entry_ip = entry_ip;
+        (*ev).ip = regs.rip;
+        (*ev).sp = regs.rsp;
+        (*ev).bp = regs.rbp;
+        // All slots (a fixed loop); only the first n_from are meaningful.
+        for i in 0..MAX_HELD {
+            copy_lock(&mut (*ev).from[i], &from[i]);
+        }
+        (*ev).n_from = n as u32;
+        for i in 0..MAX_HELD {
+            core::ptr::write_volatile(&mut (*ev).held[i], held.locks[i].addr);
+        }
+        (*ev).n_held = held.depth;
+        python_stack(tgid, tid, &mut (*ev).py);
+        (*ev).stack_len = copy_stack(&mut (*ev).stack, regs.rsp);
+    }
+    entry.submit(0);
+    count(Counter::DependencyEvents);
+    true
+}
+
+#[inline(always)]
+fn dependency_key(pid: u32, from: &HeldLock, to: &HeldLock, event: EventKind) -> DependencyKey {
+    DependencyKey::new(
+        pid,
+        event as u32,
+        (from.addr, from.kind),
+        (to.addr, to.kind),
+        0,
+    )
+}
+
+/// Copies the user stack from `sp` up: first to the end of `sp`'s page, then
+/// whole pages, stopping at the first page that cannot be read (the end of the
+/// stack mapping). Returns the bytes copied.
+#[inline(always)]
+fn copy_stack(buf: &mut [u8; STACK_BYTES], sp: u64) -> u32 {
+    let first = STACK_CHUNK - (sp as usize & (STACK_CHUNK - 1));
+    let base = buf.as_mut_ptr();
+    // SAFETY: first <= STACK_CHUNK and the later chunks end at most at
+    // first + 2 * STACK_CHUNK <= STACK_BYTES.
+    unsafe {
+        if probe_read_user_raw(base.cast(), first as u32, sp as *const _) != 0 {
+            count(Counter::StackTruncated);
+            return 0;
+        }
+        let mut copied = first;
+        for _ in 0..(STACK_BYTES / STACK_CHUNK - 1) {
+            if copied + STACK_CHUNK > STACK_BYTES {
+                break;
+            }
+            let dst = base.add(copied);
+            let src = (sp as usize + copied) as *const _;
+            if probe_read_user_raw(dst.cast(), STACK_CHUNK as u32, src) != 0 {
+                break;
+            }
+            copied += STACK_CHUNK;
+        }
+        copied as u32
+    }
+}
+
+/// The fixed part of a `LockEvent`, and no Python frames.
+///
+/// # Safety
+/// `ev` must point to a writable `LockEvent`.
+#[inline(always)]
+pub unsafe fn write_lock_event(
+    ev: *mut LockEvent,
+    event: EventKind,
+    pid: u32,
+    tid: u32,
+    init: u32,
+    addr: u64,
+    callsite: u64,
+) {
+    (*ev).event = event as u32;
+    (*ev).pid = pid;
+    (*ev).tid = tid;
+    (*ev).init = init;
+    (*ev).addr = addr;
+    (*ev).callsite = callsite;
+    for i in 0..PY_CREATOR_FRAMES {
+        (*ev).py_creator[i] = PyFrameRaw::default();
+    }
+    for i in 0..PY_CODE_COPIES {
+        (*ev).py_code[i].code = 0;
+    }
+    (*ev).sp = 0;
+    (*ev).init_stack_len = 0;
+}

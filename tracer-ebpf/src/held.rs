@@ -1,0 +1,179 @@
+//! The held-lock stack of each thread: pushed at an acquisition, removed
+//! from (in any order) at a release, inherited by a forked child's main
+//! thread.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use aya_log_ebpf::warn;
+use tracer_common::{Counter, HeldLock, HeldStack, HELD_RECURSION_SHIFT, MAX_HELD};
+
+use crate::{context::BPF_F_NO_PREALLOC, counters::count, filter::current_traced};
+
+/// Held-lock stack of every thread that took a lock (by tid).
+#[map]
+static HELD: HashMap<u32, HeldStack> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+/// Held-lock stack of a forking thread, for the child's main thread (by child
+/// pid): the child inherits the parent's memory, so it holds those locks.
+#[map]
+static INHERIT: HashMap<u32, HeldStack> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+/// A zeroed held stack to create new `HELD` entries from (too large for the
+/// 512-byte BPF stack).
+#[map]
+static EMPTY: PerCpuArray<HeldStack> = PerCpuArray::with_max_entries(1, 0);
+
+/// The thread's held-lock stack, created on its first lock.
+#[inline(always)]
+pub fn held_stack(tgid: u32, tid: u32) -> Option<&'static mut HeldStack> {
+    if let Some(held) = HELD.get_ptr_mut(&tid) {
+        // SAFETY: map value; only this thread writes its own entry.
+        return Some(unsafe { &mut *held });
+    }
+    // A forked child's main thread (tid == tgid) starts with what the forking
+    // thread held; any other new thread holds nothing.
+    let inherited = if tid == tgid {
+        INHERIT.get_ptr(&tid)
+    } else {
+        None
+    };
+    let init = match inherited {
+        Some(p) => p,
+        None => EMPTY.get_ptr(0)?,
+    };
+    // SAFETY: both are map values of the right type.
+    HELD.insert(&tid, unsafe { &*init }, 0).ok()?;
+    if inherited.is_some() {
+        let _ = INHERIT.remove(&tid);
+    }
+    HELD.get_ptr_mut(&tid).map(|p| unsafe { &mut *p })
+}
+
+/// The thread's held-lock stack if it has one (no entry is created).
+#[inline(always)]
+pub fn existing_held_stack(tid: &u32) -> Option<&'static mut HeldStack> {
+    // SAFETY: map value; only this thread writes its own entry.
+    HELD.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
+}
+
+/// Copies a held-lock record field by field. A plain struct assignment
+/// between map values and ring-buffer memory compiles to a call to the byte
+/// loop of `memcpy`, which the verifier then walks instruction by instruction
+/// (and rejects as too large).
+#[inline(always)]
+pub fn copy_lock(dst: &mut HeldLock, src: &HeldLock) {
+    // SAFETY: both are valid, aligned references.
+    unsafe {
+        core::ptr::write_volatile(&mut dst.addr, src.addr);
+        core::ptr::write_volatile(&mut dst.callsite, src.callsite);
+        core::ptr::write_volatile(&mut dst.kind, src.kind);
+        core::ptr::write_volatile(&mut dst.flags, src.flags);
+    }
+}
+
+#[inline(always)]
+pub fn push(held: &mut HeldStack, lock: HeldLock) {
+    let depth = held.depth as usize;
+    match held.locks.get_mut(depth) {
+        Some(slot) => {
+            copy_lock(slot, &lock);
+            held.depth = depth as u32 + 1;
+        }
+        None => count(Counter::HeldOverflow),
+    }
+}
+
+/// The topmost entry of `held` for `addr`.
+#[inline(always)]
+pub fn find_held(held: &HeldStack, addr: u64) -> Option<usize> {
+    let depth = (held.depth as usize).min(MAX_HELD);
+    for k in 0..MAX_HELD {
+        if k >= depth {
+            break;
+        }
+        let i = depth - 1 - k;
+        if let Some(h) = held.locks.get(i) {
+            if h.addr == addr {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+/// What a release did.
+pub enum Released {
+    /// The thread is not traced.
+    NotTraced,
+    /// The thread did not hold the lock.
+    NotHeld,
+    /// One level of a recursive mutex.
+    Level,
+    /// The entry, removed from the held stack.
+    Entry(HeldLock),
+}
+
+/// Releases `lock`: the topmost entry for it (locks need not be released in
+/// LIFO order), or one recursion level of a recursive mutex.
+#[inline(always)]
+pub fn release(lock: u64) -> Released {
+    let Some((_, tid)) = current_traced() else {
+        return Released::NotTraced;
+    };
+    count(Counter::Release);
+    let Some(held) = HELD.get_ptr_mut(&tid) else {
+        return Released::NotHeld;
+    };
+    // SAFETY: map value; only this thread writes its own entry.
+    let held = unsafe { &mut *held };
+    let Some(found) = find_held(held, lock) else {
+        return Released::NotHeld;
+    };
+    let depth = (held.depth as usize).min(MAX_HELD);
+    let Some(entry) = held.locks.get_mut(found) else {
+        return Released::NotHeld;
+    };
+    if entry.flags >> HELD_RECURSION_SHIFT > 0 {
+        entry.flags -= 1 << HELD_RECURSION_SHIFT;
+        return Released::Level;
+    }
+    let removed = *entry;
+    for j in 0..MAX_HELD - 1 {
+        if j < found {
+            continue;
+        }
+        if j + 1 >= depth {
+            break;
+        }
+        let (low, high) = held.locks.split_at_mut(j + 1);
+        if let (Some(dst), Some(src)) = (low.last_mut(), high.first()) {
+            copy_lock(dst, src);
+        }
+    }
+    held.depth = depth as u32 - 1;
+    Released::Entry(removed)
+}
+
+/// Thread `tid` forks `child`: the child's main thread will hold what `tid`
+/// holds (see `INHERIT`).
+#[inline(always)]
+pub fn follow_fork(ctx: &TracePointContext, tid: &u32, child: &u32) {
+    if let Some(held) = HELD.get_ptr(tid) {
+        // SAFETY: map value.
+        let held = unsafe { &*held };
+        if held.depth > 0 && INHERIT.insert(child, held, 0).is_err() {
+            warn!(
+                ctx,
+                "locktrace: cannot record locks held across fork by {}", *tid
+            );
+        }
+    }
+}
+
+/// Thread `tid` exited or exec'd: it holds nothing.
+#[inline(always)]
+pub fn forget_thread(tid: &u32) {
+    let _ = HELD.remove(tid);
+    let _ = INHERIT.remove(tid);
+}

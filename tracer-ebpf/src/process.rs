@@ -1,0 +1,104 @@
+//! Process and thread lifecycle (sched tracepoints): a forked child is traced
+//! like its parent and inherits the locks the forking thread held and its
+//! Python description; an exec starts afresh; an exit forgets the thread's
+//! state in every module and tells the collector when the process is gone
+//! (its pid may be reused).
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use tracer_common::{Counter, EventKind, LockEvent};
+
+use crate::{
+    acquire, condvar,
+    context::global,
+    counters::count,
+    emit::{write_lock_event, EVENTS},
+    filter::{self, is_traced},
+    futex, held, python, semaphores,
+};
+
+/// Field offsets of the sched tracepoints, read from tracefs by the collector
+/// (they differ between kernel versions).
+#[no_mangle]
+static FORK_CHILD_PID_OFFSET: u32 = 20;
+#[no_mangle]
+static EXIT_GROUP_DEAD_OFFSET: u32 = 32;
+
+#[tracepoint]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    if !is_traced(tgid) {
+        return 0;
+    }
+    // SAFETY: offset read from this kernel's tracepoint format.
+    let Ok(child) = (unsafe { ctx.read_at::<u32>(global(&FORK_CHILD_PID_OFFSET) as usize) }) else {
+        return 0;
+    };
+    filter::follow_fork(&child);
+    python::follow_fork(&tgid, &child);
+    held::follow_fork(&ctx, &tid, &child);
+    0
+}
+
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    // A new program holds no locks, and runs no Python yet.
+    held::forget_thread(&tid);
+    python::forget_process(&tgid);
+    python::forget_thread(&tid);
+    filter::follow_exec(&tgid);
+    0
+}
+
+#[tracepoint]
+pub fn process_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    held::forget_thread(&tid);
+    acquire::forget_thread(&tid);
+    condvar::forget_thread(&tid);
+    futex::forget_thread(&tid);
+    semaphores::forget_thread(&tid);
+    python::forget_thread(&tid);
+    if tid != tgid {
+        filter::forget(&tid);
+        python::forget_process(&tid);
+    }
+    // SAFETY: offset read from this kernel's tracepoint format.
+    let group_dead =
+        unsafe { ctx.read_at::<u8>(global(&EXIT_GROUP_DEAD_OFFSET) as usize) }.unwrap_or(0);
+    if group_dead != 0 {
+        // Tell the collector (before the pid leaves the filter) so that it
+        // forgets the process: its pid may be reused.
+        if is_traced(tgid) {
+            match EVENTS.reserve::<LockEvent>(0) {
+                Some(mut entry) => {
+                    // SAFETY: a reserved, exclusively owned slot.
+                    unsafe {
+                        write_lock_event(
+                            entry.as_mut_ptr(),
+                            EventKind::ProcessExit,
+                            tgid,
+                            tid,
+                            0,
+                            0,
+                            0,
+                        )
+                    };
+                    entry.submit(0);
+                }
+                None => count(Counter::LostEvents),
+            }
+        }
+        filter::forget(&tgid);
+        python::forget_process(&tgid);
+    }
+    0
+}

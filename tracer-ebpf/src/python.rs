@@ -1,0 +1,188 @@
+//! Python frames: CPython's locks are created and taken by Python code, so
+//! the Python stack names them (a creation line is a lock class) and shows
+//! where they were taken. The collector describes each CPython process
+//! (`PY_PROCESSES`); the kernel side walks the thread's frames with it.
+
+use aya_ebpf::{
+    helpers::bpf_probe_read_user,
+    macros::map,
+    maps::{HashMap, LruHashMap},
+};
+use tracer_common::{
+    PyCodeCopy, PyFrameRaw, PyProcess, PyStack, PY_CODE_COPIES, PY_CREATOR_FRAMES,
+};
+
+use crate::context::{read_user_bytes, read_user_u64, BPF_F_NO_PREALLOC};
+
+/// CPython processes (by tgid): where to find their threads' Python stacks.
+/// Set by the collector; inherited by forked children (a mod_wsgi daemon is
+/// a fork of an Apache process that loaded libpython).
+#[map]
+static PY_PROCESSES: HashMap<u32, PyProcess> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+/// `PyThreadState` of Python threads (by tid), learned while they held the
+/// GIL: a thread that blocks on a lock has released it.
+#[map]
+static PY_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// The current thread's `PyThreadState` in CPython process `py`: the GIL
+/// holder's if that is this thread (remembered for later), else the one
+/// remembered.
+#[inline(always)]
+fn py_thread_state(py: &PyProcess, tid: u32) -> u64 {
+    let current = read_user_u64(py.tstate_current);
+    if current != 0 && read_user_u64(current + py.tstate_native_thread_id) as u32 == tid {
+        let _ = PY_THREADS.insert(&tid, &current, 0);
+        return current;
+    }
+    // SAFETY: map value, copied.
+    unsafe { PY_THREADS.get(&tid) }.copied().unwrap_or(0)
+}
+
+/// Notes the `PyThreadState` of the current thread if it holds the GIL (a
+/// failed first `sem_trywait` of a CPython lock: the thread will release
+/// the GIL and block).
+#[inline(always)]
+pub fn note_py_thread(tgid: u32, tid: u32) {
+    // SAFETY: map value, read only.
+    if let Some(py) = unsafe { PY_PROCESSES.get(&tgid) } {
+        py_thread_state(py, tid);
+    }
+}
+
+/// Reads the current thread's innermost Python frames into `out`
+/// (innermost first), if its process runs CPython: returns the process's
+/// description and how many frames were read. Slots past them are left as
+/// they were.
+#[inline(always)]
+fn python_frames<const N: usize>(
+    tgid: u32,
+    tid: u32,
+    out: &mut [PyFrameRaw; N],
+) -> Option<(&'static PyProcess, u32)> {
+    // SAFETY: map value, read only.
+    let py = unsafe { PY_PROCESSES.get(&tgid) }?;
+    let tstate = py_thread_state(py, tid);
+    if tstate == 0 {
+        return Some((py, 0));
+    }
+    let cframe = read_user_u64(tstate + py.tstate_cframe);
+    let mut frame = if cframe == 0 {
+        0
+    } else {
+        read_user_u64(cframe + py.cframe_current_frame)
+    };
+    let mut depth = 0u32;
+    for slot in out.iter_mut() {
+        if frame == 0 {
+            break;
+        }
+        *slot = PyFrameRaw {
+            code: read_user_u64(frame + py.frame_code),
+            prev_instr: read_user_u64(frame + py.frame_prev_instr),
+        };
+        depth += 1;
+        frame = read_user_u64(frame + py.frame_previous);
+    }
+    Some((py, depth))
+}
+
+/// Fills `out` with the current thread's Python frames (innermost first),
+/// if its process runs CPython.
+#[inline(always)]
+pub fn python_stack(tgid: u32, tid: u32, out: &mut PyStack) {
+    out.depth = python_frames(tgid, tid, &mut out.frames).map_or(0, |(_, depth)| depth);
+}
+
+/// The length of an ASCII `str` object at `s` with its characters copied
+/// into `dst` (0 if it is not ASCII or cannot be read).
+#[inline(always)]
+fn copy_ascii<const N: usize>(py: &PyProcess, s: u64, dst: &mut [u8; N]) -> u32 {
+    if s == 0 {
+        return 0;
+    }
+    // SAFETY: the helper handles faults (0 then).
+    let state: u32 =
+        unsafe { bpf_probe_read_user((s + py.unicode_state) as *const u32) }.unwrap_or(0);
+    if u64::from(state) & py.unicode_ascii_mask == 0 {
+        return 0;
+    }
+    let len = read_user_u64(s + py.unicode_length);
+    read_user_bytes(dst, s + py.unicode_ascii_data, len)
+}
+
+/// Copies what the collector needs of the code object of a creating frame.
+#[inline(always)]
+fn copy_code(py: &PyProcess, frame: PyFrameRaw, out: &mut PyCodeCopy) {
+    out.code = frame.code;
+    out.prev_instr = frame.prev_instr;
+    out.linetable_len = 0;
+    out.filename_len = 0;
+    out.qualname_len = 0;
+    if frame.code == 0 {
+        return;
+    }
+    // SAFETY: the helper handles faults (0 then).
+    out.first_line =
+        unsafe { bpf_probe_read_user((frame.code + py.code_firstlineno) as *const i32) }
+            .unwrap_or(0);
+    let table = read_user_u64(frame.code + py.code_linetable);
+    if table != 0 {
+        let len = read_user_u64(table + py.bytes_size);
+        if read_user_bytes(&mut out.linetable, table + py.bytes_data, len) != 0 {
+            out.linetable_len = len as u32;
+        }
+    }
+    out.filename_len = copy_ascii(
+        py,
+        read_user_u64(frame.code + py.code_filename),
+        &mut out.filename,
+    );
+    out.qualname_len = copy_ascii(
+        py,
+        read_user_u64(frame.code + py.code_qualname),
+        &mut out.qualname,
+    );
+}
+
+/// Fills `frames` with the innermost Python frames of the current thread
+/// and `codes` with copies of the first ones' code objects. Both must come
+/// zeroed (see `write_lock_event`): the collector reads up to the first
+/// zero frame, and copies whose `code` is zero.
+#[inline(always)]
+pub fn python_creator(
+    tgid: u32,
+    tid: u32,
+    frames: &mut [PyFrameRaw; PY_CREATOR_FRAMES],
+    codes: &mut [PyCodeCopy; PY_CODE_COPIES],
+) {
+    let Some((py, _)) = python_frames(tgid, tid, frames) else {
+        return;
+    };
+    for i in 0..PY_CODE_COPIES {
+        copy_code(py, frames[i], &mut codes[i]);
+    }
+}
+
+/// Process `tgid` forked `child`: a child of a CPython process runs the
+/// same interpreter. (A new thread gets an entry too: its tid is removed at
+/// its exit.)
+#[inline(always)]
+pub fn follow_fork(tgid: &u32, child: &u32) {
+    // SAFETY: map value, copied.
+    if let Some(py) = unsafe { PY_PROCESSES.get(tgid) }.copied() {
+        let _ = PY_PROCESSES.insert(child, &py, 0);
+    }
+}
+
+/// Process (or thread, see `follow_fork`) `tgid` exited or exec'd: it runs
+/// no Python (yet).
+#[inline(always)]
+pub fn forget_process(tgid: &u32) {
+    let _ = PY_PROCESSES.remove(tgid);
+}
+
+/// Thread `tid` exited or exec'd.
+#[inline(always)]
+pub fn forget_thread(tid: &u32) {
+    let _ = PY_THREADS.remove(tid);
+}
