@@ -218,6 +218,12 @@ pub struct SameClassNesting {
     pub requested: Lock,
     pub stack: Vec<Frame>,
     pub held_stack: Vec<Frame>,
+    /// Every nesting of the class so far went one address order: a note.
+    pub note: bool,
+    /// The first nesting of two locks of the class the other way (then a
+    /// warning).
+    #[serde(deserialize_with = "nullable")]
+    pub opposite: Option<Edge>,
 }
 
 /// A `deadlock`: every thread waits for a lock the next one holds.
@@ -314,6 +320,10 @@ pub struct Summary {
     pub forgotten_processes: u64,
     pub forgotten_dependencies: u64,
     pub library_same_class_nesting: u64,
+    pub same_class_notes: u64,
+    pub repeated_findings: u64,
+    pub suppressed_findings: u64,
+    pub unprocessed_records: u64,
     pub handoff_cycles: u64,
     pub probed_files: Vec<String>,
     pub duration_s: f64,

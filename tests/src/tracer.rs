@@ -293,6 +293,20 @@ impl Watcher {
         self.finish(&format!("stop within {TRACER_TIMEOUT:?} of SIGTERM"))
     }
 
+    /// SIGINT, as Ctrl-C: the report, and how long the tracer took to exit
+    /// (it promises a second, whatever its load).
+    pub fn interrupt(self) -> (JsonRun, Duration) {
+        let sent = Instant::now();
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(self.guard.pid as libc::pid_t, libc::SIGINT) };
+        let mut took = Duration::ZERO;
+        let run = self.finish_timed(
+            &format!("stop within {TRACER_TIMEOUT:?} of SIGINT"),
+            |exited| took = exited.duration_since(sent),
+        );
+        (run, took)
+    }
+
     /// Waits for the tracer to end by itself (`--duration`), then the
     /// report.
     pub fn wait(self) -> JsonRun {
@@ -301,17 +315,23 @@ impl Watcher {
 
     /// Waits for the tracer to exit (else kills it and fails, saying it did
     /// not `what`), checks for leftovers, and reads the report.
-    fn finish(mut self, what: &str) -> JsonRun {
+    fn finish(self, what: &str) -> JsonRun {
+        self.finish_timed(what, |_| {})
+    }
+
+    /// [`Self::finish`], telling `exited` when the tracer was seen gone.
+    fn finish_timed(mut self, what: &str, exited: impl FnOnce(Instant)) -> JsonRun {
         let deadline = Instant::now() + TRACER_TIMEOUT;
         let status = loop {
             if let Ok(Some(status)) = self.guard.child.as_mut().unwrap().try_wait() {
+                exited(Instant::now());
                 break status;
             }
             if Instant::now() >= deadline {
                 self.guard.kill_all();
                 panic!("`{}` did not {what}", self.cmdline);
             }
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(5));
         };
         self.guard.child = None;
         let (stdout, _) = self.guard.collect_output();

@@ -48,22 +48,73 @@ fn inversion_split_across_two_processes_is_a_class_finding() {
 }
 
 #[test]
-fn two_locks_of_one_class_nested_is_its_own_finding() {
+fn locks_of_one_class_nested_both_ways_is_a_warning_after_a_note() {
     require_root();
-    let run = run_json(&[], &[fixture("same_class", Variant::NoFp)]);
+    let run = run_json(
+        &["--exit-code", "3"],
+        &[fixture("same_class", Variant::NoFp)],
+    );
     let context = run.describe();
-    assert_eq!(run.run.code(), 0, "{context}");
+    assert_eq!(
+        run.run.code(),
+        3,
+        "a warning counts for --exit-code\n{context}"
+    );
     assert!(run.report.inversions().is_empty(), "not a cycle\n{context}");
     let nesting = run.report.same_class_nestings();
-    assert_eq!(nesting.len(), 1, "{context}");
-    let n = nesting[0];
+    assert_eq!(nesting.len(), 2, "a note, then a warning\n{context}");
+    let (note, warning) = (nesting[0], nesting[1]);
+    for n in [note, warning] {
+        assert!(
+            n.class.starts_with("init@same_class_nofp+") && n.class.contains("open_account"),
+            "the class is the init call site\n{context}"
+        );
+        assert_ne!(n.held.addr, n.requested.addr, "{context}");
+        assert!(
+            has_frame(&n.stack, "same_class", "transfer", "SECOND_ACCOUNT"),
+            "{context}"
+        );
+    }
+    // The first transfer locks upwards: one order only so far, a note.
+    assert!(note.note && note.opposite.is_none(), "{context}");
     assert!(
-        n.class.starts_with("init@same_class_nofp+") && n.class.contains("open_account"),
-        "the class is the init call site\n{context}"
+        u64::from_str_radix(note.held.addr.trim_start_matches("0x"), 16).unwrap()
+            < u64::from_str_radix(note.requested.addr.trim_start_matches("0x"), 16).unwrap()
     );
-    assert_ne!(n.held.addr, n.requested.addr, "{context}");
-    assert!(
-        has_frame(&n.stack, "same_class", "transfer", "SECOND_ACCOUNT"),
+    // The second locks downwards: a warning naming the first.
+    assert!(!warning.note, "{context}");
+    let opposite = warning.opposite.as_ref().expect("the other order");
+    assert_eq!(
+        (&opposite.from.addr, &opposite.to.addr),
+        (&note.held.addr, &note.requested.addr),
         "{context}"
     );
+    assert_eq!(run.report.summary.same_class_notes, 1, "{context}");
+}
+
+#[test]
+fn an_array_of_one_class_nested_in_index_order_is_only_a_note() {
+    require_root();
+    let run = run_json(
+        &["--exit-code", "3"],
+        &[fixture("lock_array", Variant::NoFp)],
+    );
+    let context = run.describe();
+    assert_eq!(
+        run.run.code(),
+        0,
+        "a note does not count for --exit-code\n{context}"
+    );
+    assert!(run.report.inversions().is_empty(), "{context}");
+    let nesting = run.report.same_class_nestings();
+    assert_eq!(nesting.len(), 1, "{context}");
+    assert!(
+        nesting[0].note && nesting[0].opposite.is_none(),
+        "{context}"
+    );
+    assert!(
+        nesting[0].class.contains("main"),
+        "the class is the init loop in main\n{context}"
+    );
+    assert_eq!(run.report.summary.same_class_notes, 1, "{context}");
 }
