@@ -42,7 +42,41 @@ fn main() {
         }
     }
 
+    // Rust fixtures (futex-based locks of their own), built with the
+    // compiler that builds the tests, as `NAME` (no variants).
+    let rust_dir = fixtures.join("rust");
+    println!("cargo:rerun-if-changed={}", rust_dir.display());
+    if let Ok(dir) = fs::read_dir(&rust_dir) {
+        for entry in dir {
+            let source = entry.expect("read rust fixtures dir").path();
+            if source.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            println!("cargo:rerun-if-changed={}", source.display());
+            let stem = source.file_stem().unwrap().to_str().expect("UTF-8 name");
+            compile_rust(&source, &out_dir.join(stem));
+        }
+    }
+
     println!("cargo:rustc-env=FIXTURE_DIR={}", out_dir.display());
+}
+
+fn compile_rust(source: &Path, output: &Path) {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let mut cmd = Command::new(rustc);
+    cmd.args(["--edition", "2021", "-O", "-g", "-o"])
+        .arg(output)
+        .arg(source);
+    let result = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run rustc for {}: {e}", source.display()));
+    if !result.status.success() {
+        panic!(
+            "{cmd:?} failed with {}:\n{}",
+            result.status,
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
 }
 
 fn compile(source: &Path, output: &Path, fp_flag: &str) {

@@ -301,6 +301,33 @@ pub struct Contention {
     pub name: Option<String>,
     pub waits: u64,
     pub wait_ns: u64,
+    /// Of `waits`, those inside a traced lock function for this word.
+    pub lock_waits: u64,
+}
+
+/// How much of the blocking the order analysis saw.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coverage {
+    pub futex_waits: u64,
+    pub lock_waits: u64,
+    pub untraced_waits: u64,
+    pub untraced: Vec<UntracedWait>,
+}
+
+/// A futex word waited on that no traced lock function took.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UntracedWait {
+    pub pid: u32,
+    pub comm: String,
+    pub addr: String,
+    #[serde(deserialize_with = "nullable")]
+    pub name: Option<String>,
+    pub waits: u64,
+    pub wait_ns: u64,
+    /// Where a thread was caught blocked on it.
+    pub site: Vec<Frame>,
 }
 
 /// End-of-run statistics: the last line.
@@ -317,6 +344,7 @@ pub struct Summary {
     pub counters: BTreeMap<String, u64>,
     /// The futex words waited on longest, longest first.
     pub contention: Vec<Contention>,
+    pub coverage: Coverage,
     pub forgotten_processes: u64,
     pub forgotten_dependencies: u64,
     pub library_same_class_nesting: u64,

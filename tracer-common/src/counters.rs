@@ -29,9 +29,16 @@ pub enum Counter {
     FutexWaits = 8,
     /// Nanoseconds spent in those waits.
     FutexWaitNs = 9,
+    /// Held-lock entries dropped because the lock's own owner field said
+    /// the thread no longer held it (a release the probes did not see).
+    StaleHeld = 10,
+    /// Dependencies the ring buffer had no room for, kept in the kernel's
+    /// deferred map instead and read from there (not lost; their stack is
+    /// a short window).
+    DeferredDependencies = 11,
 }
 
-pub const NUM_COUNTERS: u32 = 10;
+pub const NUM_COUNTERS: u32 = 12;
 
 impl Counter {
     pub const ALL: [Counter; NUM_COUNTERS as usize] = [
@@ -45,6 +52,8 @@ impl Counter {
         Counter::DependencyCacheFull,
         Counter::FutexWaits,
         Counter::FutexWaitNs,
+        Counter::StaleHeld,
+        Counter::DeferredDependencies,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +68,8 @@ impl Counter {
             Counter::DependencyCacheFull => "dependency_cache_full",
             Counter::FutexWaits => "futex_waits",
             Counter::FutexWaitNs => "futex_wait_ns",
+            Counter::StaleHeld => "stale_held",
+            Counter::DeferredDependencies => "deferred_dependencies",
         }
     }
 }

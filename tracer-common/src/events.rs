@@ -122,6 +122,38 @@ pub struct DependencyEvent {
     pub stack: [u8; STACK_BYTES],
 }
 
+/// Stack bytes kept with a deferred dependency: enough for the collector to
+/// unwind the few frames above the lock call.
+pub const DEFERRED_STACK_BYTES: usize = 256;
+
+/// A dependency the ring buffer had no room for (map `DEFERRED`, keyed by
+/// its [`crate::DependencyKey`]): delayed, not lost. The collector reads and
+/// deletes these; their stack is a short window above the stack pointer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DeferredDependency {
+    /// An [`EventKind`] as `u32` (`Dependency` or `Handoff`).
+    pub event: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub n_held: u32,
+    pub timestamp_ns: u64,
+    pub comm: [u8; crate::COMM_LEN],
+    pub from: HeldLock,
+    pub to: HeldLock,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub held: [u64; MAX_HELD],
+    pub stack_len: u32,
+    pub _pad: u32,
+    pub stack: [u8; DEFERRED_STACK_BYTES],
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain `#[repr(C)]` data, valid for any bit pattern.
+unsafe impl aya::Pod for DeferredDependency {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

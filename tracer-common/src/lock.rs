@@ -72,8 +72,15 @@ pub struct HeldLock {
 #[derive(Clone, Copy, Debug)]
 pub struct HeldStack {
     pub depth: u32,
-    pub _pad: u32,
+    /// The thread's id in its own pid namespace, as glibc writes it into the
+    /// owner field of a mutex it holds (0 until learned at its first mutex
+    /// unlock): held entries are checked against their lock's owner.
+    pub ns_tid: u32,
     pub locks: [HeldLock; MAX_HELD],
+    /// Scratch for the kernel side, per thread (per-CPU scratch is not safe
+    /// on a preemptible kernel): the `from` locks of new dependencies.
+    pub n_new: u64,
+    pub new_from: [HeldLock; MAX_HELD],
 }
 
 // SAFETY (both): plain `#[repr(C)]` data, valid for any bit pattern.

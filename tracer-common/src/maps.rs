@@ -26,6 +26,10 @@ pub struct FutexKey {
 pub struct FutexStats {
     pub waits: u64,
     pub wait_ns: u64,
+    /// Waits made inside a traced lock function for this very word (a
+    /// pthread mutex, rwlock or semaphore the probes saw requested): the
+    /// others are locks the order analysis does not see.
+    pub lock_waits: u64,
 }
 
 // SAFETY (both): plain `#[repr(C)]` data, valid for any bit pattern.

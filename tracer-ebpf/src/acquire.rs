@@ -23,7 +23,7 @@ use crate::{
     emit::{emit_new_dependencies, emit_self_deadlock},
     filter::current_traced,
     handoff::is_handoff,
-    held::{existing_held_stack, find_held, held_stack, push, release, Released},
+    held::{drop_stale, existing_held_stack, find_held, held_stack, push, release, Released},
     semaphores,
 };
 
@@ -56,6 +56,9 @@ pub fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
     let Some(held) = held_stack(tgid, tid) else {
         return 0;
     };
+    if held.depth > 0 {
+        drop_stale(held);
+    }
     if let Some(i) = find_held(held, to.addr) {
         if relock(regs, held, i, tgid, tid, &to) {
             return 0;
@@ -178,6 +181,7 @@ pub fn try_entry(ctx: &ProbeContext, kind: LockKind, flags: u32) -> u32 {
     let pending = requested(ctx, kind, flags);
     if flags & HELD_FLAG_TIMED != 0 {
         if let Some(held) = existing_held_stack(&tid) {
+            drop_stale(held);
             if let Some(i) = find_held(held, pending.addr) {
                 if let Some(entry) = held.locks.get(i) {
                     let entry = *entry;
@@ -260,6 +264,7 @@ pub fn try_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     if pending.kind == LockKind::Mutex as u32 {
+        drop_stale(held);
         if let Some(i) = find_held(held, pending.addr) {
             // Only a recursive mutex can be taken again by its holder.
             if let Some(entry) = held.locks.get_mut(i) {
@@ -271,6 +276,13 @@ pub fn try_return(ctx: RetProbeContext) -> u32 {
     }
     push(held, pending);
     0
+}
+
+/// The lock of the thread's try or timed operation in progress, if any.
+#[inline(always)]
+pub fn pending_lock(tid: &u32) -> Option<HeldLock> {
+    // SAFETY: copied out of the map value.
+    unsafe { PENDING_TRY.get(tid) }.map(|p| p.lock)
 }
 
 /// Thread `tid` exited.

@@ -28,6 +28,12 @@ pub fn return_address(ctx: &ProbeContext) -> u64 {
 }
 
 #[inline(always)]
+pub fn read_user_u32(addr: u64) -> u32 {
+    // SAFETY: the helper handles faults (0 then).
+    unsafe { bpf_probe_read_user(addr as *const u32) }.unwrap_or(0)
+}
+
+#[inline(always)]
 pub fn read_user_u64(addr: u64) -> u64 {
     // SAFETY: the helper handles faults (0 then).
     unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)

@@ -9,16 +9,20 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 
 
 #[inline(always)]
 pub fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *slot += 1 };
-    }
+    add(counter, 1);
 }
 
+/// An atomic add: a program may be preempted by another on the same CPU
+/// (PREEMPT kernels), so even a per-CPU slot can have two writers.
 #[inline(always)]
 pub fn add(counter: Counter, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *slot += n };
+        // SAFETY: a valid, aligned map value; the add is one atomic
+        // instruction (BPF_ATOMIC).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                slot, n,
+            )
+        };
     }
 }

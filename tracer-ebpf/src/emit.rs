@@ -9,15 +9,18 @@ use aya_ebpf::{
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    chain_key_mix, chain_key_without, Counter, DependencyEvent, DependencyKey, EventKind, HeldLock,
-    HeldStack, LockEvent, LockKind, PyFrameRaw, COMM_LEN, MAX_HELD, PY_CODE_COPIES,
-    PY_CREATOR_FRAMES, STACK_BYTES, STACK_CHUNK,
+    chain_key_mix, chain_key_without, Counter, DeferredDependency, DependencyEvent, DependencyKey,
+    EventKind, HeldLock, HeldStack, LockEvent, LockKind, PyFrameRaw, COMM_LEN,
+    DEFERRED_STACK_BYTES, MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES, STACK_BYTES, STACK_CHUNK,
 };
 
-use crate::{counters::count, held::copy_lock, python::python_stack, semaphores::is_signal_sem};
+use crate::{
+    context::BPF_F_NO_PREALLOC, counters::count, held::copy_lock, python::python_stack,
+    semaphores::is_signal_sem,
+};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
@@ -25,19 +28,15 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 /// sent again).
 #[map]
 static DEPENDENCIES: LruHashMap<DependencyKey, u8> = LruHashMap::with_max_entries(262144, 0);
-/// Scratch space for the `from` locks of new dependencies (see
-/// `emit_new_dependencies`).
+/// Dependencies the ring buffer had no room for, by key: delayed, not lost.
+/// The collector reads and deletes them (see `DeferredDependency`).
 #[map]
-static NEW_FROM: PerCpuArray<NewFrom> = PerCpuArray::with_max_entries(1, 0);
-
-#[repr(C)]
-struct NewFrom {
-    /// Entries used. Kept in map memory, which the verifier does not track:
-    /// a counter in a register would be followed value by value, and with the
-    /// other branches of the loop that exceeds its instruction budget.
-    n: u64,
-    locks: [HeldLock; MAX_HELD],
-}
+static DEFERRED: HashMap<DependencyKey, DeferredDependency> =
+    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+/// A zeroed deferred record to create `DEFERRED` entries from (too large for
+/// the 512-byte BPF stack). Never written, so safe to share on any CPU.
+#[map]
+static EMPTY_DEFERRED: PerCpuArray<DeferredDependency> = PerCpuArray::with_max_entries(1, 0);
 
 /// The dependencies `held -> to` not yet sent for this process: their
 /// `from` locks are gathered in `NEW_FROM` (per CPU) before the ring-buffer
@@ -48,19 +47,18 @@ struct NewFrom {
 #[inline(always)]
 pub fn emit_new_dependencies(
     regs: &pt_regs,
-    held: &HeldStack,
+    held: &mut HeldStack,
     tgid: u32,
     tid: u32,
     to: &HeldLock,
     entry_ip: u64,
     event: EventKind,
 ) {
-    let Some(scratch) = NEW_FROM.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch value; programs do not nest on one CPU.
-    let scratch = unsafe { &mut *scratch };
-    let n_ptr: *mut u64 = &mut scratch.n;
+    // The thread's own scratch (per-CPU scratch would not survive
+    // preemption). Its count lives in map memory, which the verifier does
+    // not follow value by value: a counter in a register would be, and with
+    // the other branches of the loop that exceeds its instruction budget.
+    let n_ptr: *mut u64 = &mut held.n_new;
     // SAFETY (all volatile accesses): a valid, aligned map value field.
     unsafe { core::ptr::write_volatile(n_ptr, 0) };
     let depth = held.depth as usize;
@@ -75,14 +73,14 @@ pub fn emit_new_dependencies(
         if i >= depth {
             break;
         }
-        let from = &held.locks[i];
+        let from = held.locks[i];
         if from.addr == to.addr {
             continue;
         }
         if from.kind == LockKind::Semaphore as u32 && is_signal_sem(tgid, from.addr) {
             continue;
         }
-        let mut key = dependency_key(tgid, from, to, event);
+        let mut key = dependency_key(tgid, &from, to, event);
         key.chain_key = chain_key_without(all_held, from.addr);
         // SAFETY: presence check only.
         if unsafe { DEPENDENCIES.get(&key) }.is_some() {
@@ -92,8 +90,8 @@ pub fn emit_new_dependencies(
             count(Counter::DependencyCacheFull);
         }
         let n = unsafe { core::ptr::read_volatile(n_ptr) } as usize;
-        if let Some(slot) = scratch.locks.get_mut(n) {
-            copy_lock(slot, from);
+        if let Some(slot) = held.new_from.get_mut(n) {
+            copy_lock(slot, &from);
             unsafe { core::ptr::write_volatile(n_ptr, n as u64 + 1) };
         }
     }
@@ -101,27 +99,81 @@ pub fn emit_new_dependencies(
     if n == 0 {
         return;
     }
-    if !submit(
-        regs,
-        tgid,
-        tid,
-        to,
-        entry_ip,
-        event,
-        &scratch.locks,
-        n,
-        held,
-    ) {
-        // Forget them so that the next occurrence is sent again.
-        for i in 0..MAX_HELD {
-            if i >= n {
-                break;
-            }
-            let mut key = dependency_key(tgid, &scratch.locks[i], to, event);
-            key.chain_key = chain_key_without(all_held, scratch.locks[i].addr);
+    if submit(regs, tgid, tid, to, entry_ip, event, n, held) {
+        return;
+    }
+    // No room in the ring buffer: each new dependency waits in DEFERRED for
+    // the collector; one that cannot is forgotten, so that its next
+    // occurrence is sent again.
+    for i in 0..MAX_HELD {
+        if i >= n {
+            break;
+        }
+        let from = held.new_from[i];
+        let mut key = dependency_key(tgid, &from, to, event);
+        key.chain_key = chain_key_without(all_held, from.addr);
+        if defer(regs, &key, tgid, tid, &from, to, event, held) {
+            count(Counter::DeferredDependencies);
+        } else {
+            count(Counter::LostEvents);
             let _ = DEPENDENCIES.remove(&key);
         }
     }
+}
+
+/// Keeps one new dependency in `DEFERRED` with a short stack window.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn defer(
+    regs: &pt_regs,
+    key: &DependencyKey,
+    tgid: u32,
+    tid: u32,
+    from: &HeldLock,
+    to: &HeldLock,
+    event: EventKind,
+    held: &HeldStack,
+) -> bool {
+    let Some(zero) = EMPTY_DEFERRED.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: a map value of the right type, never written.
+    if DEFERRED.insert(key, unsafe { &*zero }, 0).is_err() {
+        return false;
+    }
+    let Some(d) = DEFERRED.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: our own new entry; the collector skips it until `event` is
+    // set, last.
+    unsafe {
+        (*d).pid = tgid;
+        (*d).tid = tid;
+        (*d).timestamp_ns = bpf_ktime_get_ns();
+        (*d).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        copy_lock(&mut (*d).from, from);
+        copy_lock(&mut (*d).to, to);
+        (*d).ip = regs.rip;
+        (*d).sp = regs.rsp;
+        (*d).bp = regs.rbp;
+        for i in 0..MAX_HELD {
+            core::ptr::write_volatile(&mut (*d).held[i], held.locks[i].addr);
+        }
+        (*d).n_held = held.depth;
+        let len = DEFERRED_STACK_BYTES as u32;
+        (*d).stack_len = if probe_read_user_raw(
+            (*d).stack.as_mut_ptr().cast(),
+            len,
+            regs.rsp as *const _,
+        ) == 0
+        {
+            len
+        } else {
+            0
+        };
+        core::ptr::write_volatile(&mut (*d).event, event as u32);
+    }
+    true
 }
 
 /// Reports, once per lock and mode, a thread requesting a lock it holds.
@@ -130,33 +182,21 @@ pub fn emit_self_deadlock(
     regs: &pt_regs,
     tgid: u32,
     tid: u32,
-    held: &HeldLock,
+    entry: &HeldLock,
     to: &HeldLock,
-    stack: &HeldStack,
+    held: &mut HeldStack,
 ) {
-    let key = dependency_key(tgid, held, to, EventKind::SelfDeadlock);
+    let key = dependency_key(tgid, entry, to, EventKind::SelfDeadlock);
     // SAFETY: presence check only.
     if unsafe { DEPENDENCIES.get(&key) }.is_some() {
         return;
     }
-    let Some(scratch) = NEW_FROM.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch value; programs do not nest on one CPU.
-    let scratch = unsafe { &mut *scratch };
-    copy_lock(&mut scratch.locks[0], held);
-    if submit(
-        regs,
-        tgid,
-        tid,
-        to,
-        0,
-        EventKind::SelfDeadlock,
-        &scratch.locks,
-        1,
-        stack,
-    ) {
+    copy_lock(&mut held.new_from[0], entry);
+    if submit(regs, tgid, tid, to, 0, EventKind::SelfDeadlock, 1, held) {
         let _ = DEPENDENCIES.insert(&key, &0, 0);
+    } else {
+        // Not marked sent: the next request reports it.
+        count(Counter::LostEvents);
     }
 }
 
@@ -170,14 +210,14 @@ fn submit(
     to: &HeldLock,
     entry_ip: u64,
     event: EventKind,
-    from: &[HeldLock; MAX_HELD],
     n: usize,
     held: &HeldStack,
 ) -> bool {
+    // A full ring buffer is not a loss yet: see `defer`.
     let Some(mut entry) = EVENTS.reserve::<DependencyEvent>(0) else {
-        count(Counter::LostEvents);
         return false;
     };
+    let from = &held.new_from;
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points to a reserved, exclusively owned ring-buffer slot.
     unsafe {

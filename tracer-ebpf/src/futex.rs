@@ -10,12 +10,17 @@ use aya_ebpf::{
     maps::{HashMap, LruPerCpuHashMap},
     programs::TracePointContext,
 };
-use tracer_common::{futex_waits_on_word, Counter, FutexKey, FutexStats, FUTEX_CMD_MASK};
+use tracer_common::{
+    futex_waits_on_word, Counter, FutexKey, FutexStats, HeldLock, LockKind, FUTEX_CMD_MASK,
+    MAX_HELD, RWLOCK_SIZE,
+};
 
 use crate::{
+    acquire::pending_lock,
     condvar::in_cond_wait,
     counters::{add, count},
     filter::current_traced,
+    held::existing_held_stack,
 };
 
 /// Futex waits in progress (by tid).
@@ -32,6 +37,8 @@ static FUTEX_STATS: LruPerCpuHashMap<FutexKey, FutexStats> =
 struct FutexWait {
     uaddr: u64,
     start_ns: u64,
+    /// 1 if the thread waits inside a traced lock function for this word.
+    lock_wait: u64,
 }
 
 // Syscall tracepoints have a fixed layout: the syscall number at 8, then
@@ -60,6 +67,7 @@ pub fn futex_enter(ctx: TracePointContext) -> u32 {
         uaddr,
         // SAFETY: a helper without preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
+        lock_wait: u64::from(requested_lock_covers(&tid, uaddr)),
     };
     let _ = FUTEX_WAITING.insert(&tid, &wait, 0);
     0
@@ -85,21 +93,58 @@ pub fn futex_exit(_ctx: TracePointContext) -> u32 {
     };
     match FUTEX_STATS.get_ptr_mut(&key) {
         Some(stats) => {
-            // SAFETY: this CPU's value; no concurrent writer.
+            // SAFETY: this CPU's value. (A preempting writer on the same
+            // CPU could lose one wait from these statistics; they are not
+            // counters the summary's totals depend on.)
             unsafe {
                 (*stats).waits += 1;
                 (*stats).wait_ns += ns;
+                (*stats).lock_waits += wait.lock_wait;
             }
         }
         None => {
             let stats = FutexStats {
                 waits: 1,
                 wait_ns: ns,
+                lock_waits: wait.lock_wait,
             };
             let _ = FUTEX_STATS.insert(&key, &stats, 0);
         }
     }
     0
+}
+
+/// Whether the thread waits for a lock it requested through a probed lock
+/// function (its held stack has the blocking request, `PENDING_TRY` a timed
+/// one) whose futex word `uaddr` is: the lock's own word, or, for an rwlock,
+/// one inside it. Other waits are on locks the order analysis cannot see.
+#[inline(always)]
+fn requested_lock_covers(tid: &u32, uaddr: u64) -> bool {
+    if pending_lock(tid).is_some_and(|l| covers(&l, uaddr)) {
+        return true;
+    }
+    let Some(held) = existing_held_stack(tid) else {
+        return false;
+    };
+    let depth = (held.depth as usize).min(MAX_HELD);
+    for i in 0..MAX_HELD {
+        if i >= depth {
+            break;
+        }
+        if covers(&held.locks[i], uaddr) {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn covers(lock: &HeldLock, uaddr: u64) -> bool {
+    if lock.kind == LockKind::RwlockRead as u32 || lock.kind == LockKind::RwlockWrite as u32 {
+        uaddr >= lock.addr && uaddr < lock.addr + RWLOCK_SIZE
+    } else {
+        uaddr == lock.addr
+    }
 }
 
 /// Thread `tid` exited (in a wait or not).

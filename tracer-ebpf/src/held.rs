@@ -8,9 +8,16 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
-use tracer_common::{Counter, HeldLock, HeldStack, HELD_RECURSION_SHIFT, MAX_HELD};
+use tracer_common::{
+    Counter, HeldLock, HeldStack, LockKind, HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_OWNER_OFFSET,
+    RWLOCK_CUR_WRITER_OFFSET,
+};
 
-use crate::{context::BPF_F_NO_PREALLOC, counters::count, filter::current_traced};
+use crate::{
+    context::{read_user_u32, BPF_F_NO_PREALLOC},
+    counters::count,
+    filter::current_traced,
+};
 
 /// Held-lock stack of every thread that took a lock (by tid).
 #[map]
@@ -102,6 +109,72 @@ pub fn find_held(held: &HeldStack, addr: u64) -> Option<usize> {
     None
 }
 
+/// The owner field of a held lock that records its owner: a mutex's
+/// `__owner`, a write-locked rwlock's `__cur_writer` (both the owner's tid in
+/// its pid namespace). None for locks without one (read-locked rwlocks,
+/// spinlocks, semaphores).
+#[inline(always)]
+fn owner_of(lock: &HeldLock) -> Option<u32> {
+    let offset =
+        if lock.kind == LockKind::Mutex as u32 || lock.kind == LockKind::RecursiveMutex as u32 {
+            MUTEX_OWNER_OFFSET
+        } else if lock.kind == LockKind::RwlockWrite as u32 {
+            RWLOCK_CUR_WRITER_OFFSET
+        } else {
+            return None;
+        };
+    Some(read_user_u32(lock.addr + offset))
+}
+
+/// Drops the held entries that the lock itself says this thread no longer
+/// holds: a release the probes did not see (the program's, or one made
+/// while the probes were being attached) must never order anything. Only
+/// once the thread's namespace tid is known (see [`learn_ns_tid`]).
+#[inline(always)]
+pub fn drop_stale(held: &mut HeldStack) {
+    let me = held.ns_tid;
+    if me == 0 {
+        return;
+    }
+    let depth = (held.depth as usize).min(MAX_HELD);
+    // The count of entries kept lives in map memory (the scratch counter),
+    // which the verifier does not follow value by value.
+    let kept: *mut u64 = &mut held.n_new;
+    // SAFETY (volatile accesses): a valid, aligned map value field.
+    unsafe { core::ptr::write_volatile(kept, 0) };
+    for i in 0..MAX_HELD {
+        if i >= depth {
+            break;
+        }
+        let entry = held.locks[i];
+        if owner_of(&entry).is_some_and(|owner| owner != me) {
+            count(Counter::StaleHeld);
+            continue;
+        }
+        let k = unsafe { core::ptr::read_volatile(kept) } as usize;
+        if k != i {
+            if let Some(slot) = held.locks.get_mut(k) {
+                copy_lock(slot, &entry);
+            }
+        }
+        unsafe { core::ptr::write_volatile(kept, k as u64 + 1) };
+    }
+    held.depth = unsafe { core::ptr::read_volatile(kept) } as u32;
+}
+
+/// Learns the thread's tid in its pid namespace from a mutex it is about to
+/// unlock and holds: glibc wrote it into the mutex's owner field.
+#[inline(always)]
+fn learn_ns_tid(held: &mut HeldStack, entry: &HeldLock) {
+    if held.ns_tid != 0 || entry.kind != LockKind::Mutex as u32 {
+        return;
+    }
+    let owner = read_user_u32(entry.addr + MUTEX_OWNER_OFFSET);
+    if owner != 0 {
+        held.ns_tid = owner;
+    }
+}
+
 /// What a release did.
 pub enum Released {
     /// The thread is not traced.
@@ -139,6 +212,7 @@ pub fn release(lock: u64) -> Released {
         return Released::Level;
     }
     let removed = *entry;
+    learn_ns_tid(held, &removed);
     for j in 0..MAX_HELD - 1 {
         if j < found {
             continue;

@@ -19,6 +19,10 @@
 //! instructions, more for the verifier to walk).
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has no `AtomicU64::fetch_add` in core, but
+// the instruction exists (BPF_ATOMIC); see `counters::add`.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod acquire;
 mod condvar;

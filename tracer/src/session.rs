@@ -3,12 +3,12 @@
 //! processes are described to the kernel side, and the wait-for graph is
 //! scanned.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tracer_analysis::model::Waiter;
+use tracer_analysis::model::{Blocked, Waiter};
 use tracer_analysis::waits::WaitScan;
 use tracer_analysis::{Detector, Verdict};
 use tracer_common::{Counter, DependencyKey, EventKind};
@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use crate::enrich::{Enricher, Facts, Pending};
 use crate::host::{proc, waitfor};
+use crate::kernel::decode::{self, Record};
 use crate::kernel::events::KernelStreams;
 use crate::kernel::follow::Follower;
 use crate::kernel::load::Probes;
@@ -26,6 +27,9 @@ use crate::symbolize::Symbolizer;
 
 /// Contended futex words listed in the summary.
 const CONTENTION_SHOWN: usize = 5;
+
+/// Futex words whose blocked threads' stacks are kept for the coverage.
+const MAX_UNTRACED_SITES: usize = 256;
 
 /// Records are processed in slices of this much time, between which the
 /// loop answers signals and timers: whatever the load, a stop is seen
@@ -61,8 +65,11 @@ pub struct Session {
     follower: Follower,
     /// Records taken in and not processed yet.
     queue: VecDeque<Pending>,
-    /// Records left unprocessed at exit (see [`EXIT_DRAIN`]).
+    /// Records left unprocessed at exit (see [`Stop`]).
     unprocessed: u64,
+    /// Stacks of threads caught blocked on futex words that are not locks
+    /// the tracer knows, by (pid, word).
+    untraced_sites: HashMap<(u32, u64), Vec<u64>>,
     started: Instant,
     /// Findings that count for `--exit-code`: all but guarded cycles (notes).
     pub alarms: u64,
@@ -83,6 +90,7 @@ impl Session {
             follower: Follower::new(false),
             queue: VecDeque::new(),
             unprocessed: 0,
+            untraced_sites: HashMap::new(),
             started: Instant::now(),
             alarms: 0,
         }
@@ -170,6 +178,22 @@ impl Session {
         self.check_pythons(programs);
         let libraries = self.enricher.symbolizer.spaces().take_new_libraries();
         self.follower.attach_new(&mut self.probes, libraries);
+        self.take_deferred();
+    }
+
+    /// Dependencies the ring buffer had no room for, kept by the kernel side
+    /// in its deferred map: queued like any record.
+    fn take_deferred(&mut self) {
+        match self.probes.take_deferred() {
+            Ok(deferred) => {
+                for d in deferred {
+                    let record = Record::Dependency(decode::deferred(&d));
+                    let pending = self.enricher.resolve_python(record);
+                    self.queue.push_back(pending);
+                }
+            }
+            Err(e) => warn!("cannot read the deferred dependencies: {e:#}"),
+        }
     }
 
     /// Takes in and processes records until there are none or `deadline`.
@@ -282,10 +306,9 @@ impl Session {
         };
         let held = self.probes.held_stacks()?;
         let starts = self.probes.futex_waits()?;
-        let waiters: Vec<Waiter> = self
-            .enricher
-            .pythons
-            .resolve_import_waits(waitfor::waiters(&pids, &held));
+        let (waiters, others) = waitfor::scan(&pids, &held);
+        self.note_untraced_sites(&others);
+        let waiters: Vec<Waiter> = self.enricher.pythons.resolve_import_waits(waiters);
         if !waiters.is_empty() {
             self.enricher.symbolizer.sync();
         }
@@ -302,6 +325,27 @@ impl Session {
         self.report(&verdicts, &scan)
     }
 
+    /// Where threads wait on futex words that are not locks the tracer
+    /// knows: the first stack caught for each word, for the summary's
+    /// coverage (bounded).
+    fn note_untraced_sites(&mut self, blocked: &[Blocked]) {
+        for b in blocked {
+            if self.untraced_sites.len() >= MAX_UNTRACED_SITES {
+                return;
+            }
+            let key = (b.pid, b.uaddr);
+            if self.untraced_sites.contains_key(&key) {
+                continue;
+            }
+            let bytes = waitfor::read_stack(b.pid, b.sp);
+            let stack = self
+                .enricher
+                .symbolizer
+                .unwind(b.pid, b.pc, b.sp, 0, &bytes);
+            self.untraced_sites.insert(key, stack);
+        }
+    }
+
     fn write_summary(&mut self, streams: &KernelStreams) -> Result<()> {
         // Mappings of processes that made no event yet name the contended
         // futex words.
@@ -314,6 +358,7 @@ impl Session {
                 .map_or(0, |(_, v)| *v)
         };
         let stats = self.detector.stats();
+        let futex = self.probes.futex_stats()?;
         let summary = Summary {
             events: get(Counter::Acquire) + get(Counter::Release),
             dependencies: stats.dependencies,
@@ -321,8 +366,10 @@ impl Session {
             cycles: stats.cycles,
             lost_events: get(Counter::LostEvents) + streams.undecodable,
             truncated_cycle_searches: stats.truncated_cycle_searches,
-            contention: summary::contention(
-                self.probes.futex_stats()?,
+            contention: summary::contention(&futex, &mut self.enricher, CONTENTION_SHOWN),
+            coverage: summary::coverage(
+                &futex,
+                &self.untraced_sites,
                 &mut self.enricher,
                 CONTENTION_SHOWN,
             ),

@@ -174,10 +174,24 @@ pub fn waiter(b: Blocked, held: &HeldByThread) -> Option<Waiter> {
 
 /// Every waiter of `pids`.
 pub fn waiters(pids: &[u32], held: &HeldByThread) -> Vec<Waiter> {
+    scan(pids, held).0
+}
+
+/// Every waiter of `pids`, and the threads blocked in a futex wait that is
+/// not on a lock the tracer knows (a futex-based lock of the program's own,
+/// a join...).
+pub fn scan(pids: &[u32], held: &HeldByThread) -> (Vec<Waiter>, Vec<Blocked>) {
+    let mut others = Vec::new();
     let mut waiters: Vec<Waiter> = pids
         .iter()
         .flat_map(|&pid| blocked_threads(pid))
-        .filter_map(|b| waiter(b, held))
+        .filter_map(|b| {
+            let w = waiter(b, held);
+            if w.is_none() {
+                others.push(b);
+            }
+            w
+        })
         .collect();
     // A thread blocked on a lock has it on its held stack already (pushed at
     // the call): it is another waiter, not a holder.
@@ -189,7 +203,7 @@ pub fn waiters(pids: &[u32], held: &HeldByThread) -> Vec<Waiter> {
         w.holders
             .retain(|&h| h == tid || !waiting.contains(&(h, lock)));
     }
-    waiters
+    (waiters, others)
 }
 
 /// The registers of a thread asleep in any syscall (sp, pc), for its stack.

@@ -8,8 +8,8 @@ use bytes::{Buf, Bytes};
 use std::mem::{offset_of, size_of};
 use tracer_analysis::InitStack;
 use tracer_common::{
-    DependencyEvent, EventKind, HeldLock, LockEvent, LockKind, PyCodeCopy, PyFrameRaw, PyStack,
-    MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES, STACK_BYTES,
+    DeferredDependency, DependencyEvent, EventKind, HeldLock, LockEvent, LockKind, PyCodeCopy,
+    PyFrameRaw, PyStack, MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES, STACK_BYTES,
 };
 
 /// A `DependencyEvent`, decoded: the lock `to` was requested while each lock
@@ -211,6 +211,29 @@ fn decode_request(b: &[u8]) -> Result<RawRequest> {
             .collect(),
         handoff: u32_at(b, offset_of!(DependencyEvent, event)) == EventKind::Handoff as u32,
     })
+}
+
+/// A dependency the ring buffer had no room for, as a request of one held
+/// lock whose stack is the short window the kernel kept.
+pub fn deferred(d: &DeferredDependency) -> RawRequest {
+    let n_held = (d.n_held as usize).min(MAX_HELD);
+    let stack_len = (d.stack_len as usize).min(d.stack.len());
+    RawRequest {
+        pid: d.pid,
+        tid: d.tid,
+        thread: comm_to_string(&d.comm),
+        timestamp_ns: d.timestamp_ns,
+        to: d.to,
+        from: vec![d.from],
+        entry_ip: 0,
+        ip: d.ip,
+        sp: d.sp,
+        bp: d.bp,
+        stack: Bytes::copy_from_slice(&d.stack[..stack_len]),
+        held: d.held[..n_held].to_vec(),
+        python: Vec::new(),
+        handoff: d.event == EventKind::Handoff as u32,
+    }
 }
 
 /// A lock kind as the kernel side sent it (unknown values read as a mutex).

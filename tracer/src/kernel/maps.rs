@@ -5,11 +5,24 @@
 use anyhow::Result;
 use aya::maps::{HashMap, PerCpuArray};
 use tracer_analysis::waits::WaitStarts;
-use tracer_common::{Counter, DependencyKey, FutexKey, FutexStats, HeldStack, PyProcess};
+use tracer_common::{
+    Counter, DeferredDependency, DependencyKey, FutexKey, FutexStats, HeldStack, PyProcess,
+};
 
 use crate::kernel::load::Probes;
 
 pub use crate::host::waitfor::HeldByThread;
+
+/// Blocking on one futex word of one process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FutexWord {
+    pub pid: u32,
+    pub addr: u64,
+    pub waits: u64,
+    pub wait_ns: u64,
+    /// Waits made inside a traced lock function for this word.
+    pub lock_waits: u64,
+}
 
 impl Probes {
     /// Describes CPython process `pid` to the kernel side, with the
@@ -99,8 +112,8 @@ impl Probes {
             .collect())
     }
 
-    /// Blocking per futex word: (pid, address, waits, ns), summed over CPUs.
-    pub fn futex_stats(&self) -> Result<Vec<(u32, u64, u64, u64)>> {
+    /// Blocking per futex word, summed over CPUs.
+    pub fn futex_stats(&self) -> Result<Vec<FutexWord>> {
         let map = self.map("FUTEX_STATS")?;
         // aya's PerCpuHashMap also handles the LRU kind.
         let stats: aya::maps::PerCpuHashMap<_, FutexKey, FutexStats> =
@@ -108,10 +121,38 @@ impl Probes {
         let mut out = Vec::new();
         for entry in stats.iter() {
             let (key, per_cpu) = entry?;
-            let (waits, ns) = per_cpu
-                .iter()
-                .fold((0, 0), |(w, n), s| (w + s.waits, n + s.wait_ns));
-            out.push((key.pid, key.uaddr, waits, ns));
+            let mut word = FutexWord {
+                pid: key.pid,
+                addr: key.uaddr,
+                ..FutexWord::default()
+            };
+            for s in per_cpu.iter() {
+                word.waits += s.waits;
+                word.wait_ns += s.wait_ns;
+                word.lock_waits += s.lock_waits;
+            }
+            out.push(word);
+        }
+        Ok(out)
+    }
+
+    /// Takes the dependencies the ring buffer had no room for (the kernel
+    /// kept them in `DEFERRED`), deleting them there.
+    pub fn take_deferred(&mut self) -> Result<Vec<DeferredDependency>> {
+        let mut deferred: HashMap<_, DependencyKey, DeferredDependency> =
+            HashMap::try_from(self.map_mut("DEFERRED")?)?;
+        let keys: Vec<DependencyKey> = deferred.keys().filter_map(|k| k.ok()).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Ok(d) = deferred.get(&key, 0) else {
+                continue;
+            };
+            // Still being written by the kernel side (it sets `event` last).
+            if d.event == 0 {
+                continue;
+            }
+            let _ = deferred.remove(&key);
+            out.push(d);
         }
         Ok(out)
     }

@@ -4,9 +4,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
-use tracer_analysis::model::hex;
+use std::collections::HashMap;
+
+use tracer_analysis::model::{hex, Frame};
 use tracer_common::Counter;
 
+use crate::kernel::maps::FutexWord;
 use crate::report::text::plural;
 use crate::symbolize::Resolve;
 
@@ -33,6 +36,8 @@ pub struct Summary {
     /// The futex words traced threads waited on longest (lock contention),
     /// longest first.
     pub contention: Vec<Contention>,
+    /// How much of the blocking the order analysis could see.
+    pub coverage: Coverage,
     /// Exited processes forgotten (their lock instances and dependencies
     /// freed: memory stays bounded under process churn), and the
     /// dependencies that went with them.
@@ -73,27 +78,91 @@ pub struct Contention {
     pub name: Option<String>,
     pub waits: u64,
     pub wait_ns: u64,
+    /// Of `waits`, those made inside a traced lock function for this word
+    /// (a lock the order analysis sees).
+    pub lock_waits: u64,
 }
 
 /// The `n` longest-waited futex words of `stats`, named with `resolve`.
-pub fn contention(
-    mut stats: Vec<(u32, u64, u64, u64)>,
-    resolve: &mut dyn Resolve,
-    n: usize,
-) -> Vec<Contention> {
-    stats.sort_by_key(|s| std::cmp::Reverse(s.3));
+pub fn contention(stats: &[FutexWord], resolve: &mut dyn Resolve, n: usize) -> Vec<Contention> {
+    let mut stats = stats.to_vec();
+    stats.sort_by_key(|s| std::cmp::Reverse(s.wait_ns));
     stats
         .into_iter()
         .take(n)
-        .map(|(pid, addr, waits, wait_ns)| Contention {
-            pid,
-            comm: resolve.process_name(pid),
-            addr,
-            name: resolve.lock_name(pid, addr),
-            waits,
-            wait_ns,
+        .map(|w| Contention {
+            pid: w.pid,
+            comm: resolve.process_name(w.pid),
+            addr: w.addr,
+            name: resolve.lock_name(w.pid, w.addr),
+            waits: w.waits,
+            wait_ns: w.wait_ns,
+            lock_waits: w.lock_waits,
         })
         .collect()
+}
+
+/// How much of the blocking seen the order analysis could see: futex waits
+/// inside traced lock functions, against all futex waits of traced threads
+/// (condition waits left out). Waits on words no traced lock function took
+/// are locks of the program's own (InnoDB's latches, Rust's
+/// `std::sync::Mutex`, parking_lot...) or joins: "0 findings" says nothing
+/// about them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Coverage {
+    pub futex_waits: u64,
+    pub lock_waits: u64,
+    pub untraced_waits: u64,
+    /// The untraced futex words waited on longest, with where a thread was
+    /// seen blocked on each (its stack, when a scan caught one).
+    pub untraced: Vec<UntracedWait>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UntracedWait {
+    pub pid: u32,
+    pub comm: String,
+    #[serde(serialize_with = "hex")]
+    pub addr: u64,
+    pub name: Option<String>,
+    pub waits: u64,
+    pub wait_ns: u64,
+    pub site: Vec<Frame>,
+}
+
+/// The coverage of `stats`: the `n` longest untraced words, each with the
+/// stack `sites` caught for it (raw addresses, symbolized here).
+pub fn coverage(
+    stats: &[FutexWord],
+    sites: &HashMap<(u32, u64), Vec<u64>>,
+    resolve: &mut dyn Resolve,
+    n: usize,
+) -> Coverage {
+    let futex_waits = stats.iter().map(|w| w.waits).sum();
+    let lock_waits = stats.iter().map(|w| w.lock_waits).sum();
+    let mut untraced: Vec<&FutexWord> = stats.iter().filter(|w| w.lock_waits < w.waits).collect();
+    untraced.sort_by_key(|w| std::cmp::Reverse(w.wait_ns));
+    Coverage {
+        futex_waits,
+        lock_waits,
+        untraced_waits: futex_waits - lock_waits,
+        untraced: untraced
+            .into_iter()
+            .take(n)
+            .map(|w| UntracedWait {
+                pid: w.pid,
+                comm: resolve.process_name(w.pid),
+                addr: w.addr,
+                name: resolve.lock_name(w.pid, w.addr),
+                waits: w.waits - w.lock_waits,
+                wait_ns: w.wait_ns,
+                site: sites
+                    .get(&(w.pid, w.addr))
+                    .map(|addrs| resolve.frames(w.pid, addrs, true))
+                    .unwrap_or_default(),
+            })
+            .collect(),
+    }
 }
 
 /// The counter map of a [`Summary`].
@@ -191,6 +260,42 @@ impl fmt::Display for Summary {
                 plural(c.waits, "wait", "waits"),
                 c.wait_ns as f64 / 1e9
             )?;
+        }
+        let cov = &self.coverage;
+        if cov.untraced_waits > 0 {
+            write!(
+                f,
+                "\n  coverage: {} of {} futex waits were on locks the order analysis sees; the rest \
+                 waited on futex words no traced lock function took (a lock of the program's own?)",
+                cov.lock_waits, cov.futex_waits
+            )?;
+            for u in &cov.untraced {
+                let name = u
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("futex {:#x}", u.addr));
+                write!(
+                    f,
+                    "\n    untraced: {name} in {} [{}]: {}, {:.3}s",
+                    u.comm,
+                    u.pid,
+                    plural(u.waits, "wait", "waits"),
+                    u.wait_ns as f64 / 1e9
+                )?;
+                // The first frame outside libc: where the program waits.
+                let site = u
+                    .site
+                    .iter()
+                    .find(|fr| !fr.module.as_deref().is_some_and(|m| m.contains("libc.so")));
+                if let Some(fr) = site {
+                    let at = match (&fr.function, &fr.file, fr.line) {
+                        (Some(func), Some(file), Some(line)) => format!("{func} {file}:{line}"),
+                        (Some(func), _, _) => func.clone(),
+                        _ => format!("{:#x}", fr.addr),
+                    };
+                    write!(f, ", blocked in {at}")?;
+                }
+            }
         }
         Ok(())
     }

@@ -185,6 +185,7 @@ fn summary() -> Summary {
             (c, v)
         })),
         contention: vec![],
+        coverage: Default::default(),
         forgotten_processes: 0,
         forgotten_dependencies: 0,
         library_same_class_nesting: 0,
@@ -438,6 +439,7 @@ fn summary_text() {
         truncated_cycle_searches: 2,
         counters: counters([(Counter::LostEvents, 1), (Counter::StackTruncated, 0)]),
         contention: vec![],
+        coverage: Default::default(),
         forgotten_processes: 0,
         forgotten_dependencies: 0,
         library_same_class_nesting: 0,
