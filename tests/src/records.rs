@@ -223,7 +223,7 @@ pub struct SameClassNesting {
     /// The first nesting of two locks of the class the other way (then a
     /// warning).
     #[serde(deserialize_with = "nullable")]
-    pub opposite: Option<Edge>,
+    pub opposite: Option<Box<Edge>>,
 }
 
 /// A `deadlock`: every thread waits for a lock the next one holds.
