@@ -116,12 +116,16 @@ impl Classes {
         if let Some((site, stack)) = self.init_sites.get(&lock) {
             let site = *site;
             // A shared library's lock-creating function (APR's
-            // apr_thread_mutex_create, GLib's g_mutex_init...) makes every
-            // lock of its callers: where it was called is the class.
-            let caller = stack
-                .as_ref()
-                .filter(|_| host.in_library(lock.pid, site))
-                .and_then(|stack| host.init_caller(lock.pid, site, stack));
+            // apr_thread_mutex_create, GLib's g_mutex_init...) or a lock
+            // wrapper (lck_init) makes every lock of its callers: the first
+            // caller outside wrappers is the class.
+            let caller = match stack {
+                Some(stack) if host.makes_locks_for_callers(lock.pid, site) => host
+                    .init_callers(lock.pid, site, stack)
+                    .into_iter()
+                    .find(|&c| !host.is_wrapper(lock.pid, c)),
+                _ => None,
+            };
             return ClassKey::InitSite {
                 site: site_of(host, site),
                 caller: caller.map(|c| site_of(host, c)),

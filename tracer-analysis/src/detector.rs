@@ -65,7 +65,7 @@ pub enum Verdict {
         id: u64,
         dep: Dependency,
         class: String,
-        opposite: Option<Dependency>,
+        opposite: Option<Box<Dependency>>,
     },
     /// A thread requested a lock it holds (`dep.from == dep.to`).
     SelfDeadlock {
@@ -329,7 +329,7 @@ impl Detector {
                 tid: r.tid,
                 thread: r.thread.clone(),
                 timestamp_ns: r.timestamp_ns,
-                held_callsite: from.callsite,
+                held_stack: from.taken_at.clone(),
                 stack: r.stack.clone(),
                 gates,
                 chain_key: chain_key_without(all_held, from.addr),
@@ -338,8 +338,8 @@ impl Detector {
             };
             self.note_shared(dep.from, host);
             self.note_shared(dep.to, host);
-            let from_class = self.class_of(dep.from, from.callsite, host);
-            let to_class = self.class_of(dep.to, r.to.callsite, host);
+            let from_class = self.class_of(dep.from, from.site(), host);
+            let to_class = self.class_of(dep.to, r.to.site(), host);
             verdicts.extend(self.on_class_dependency(from_class, to_class, &dep));
             let (a, b) = (self.identities.of(dep.from), self.identities.of(dep.to));
             for cycle in self.instances.insert(a, b, &dep) {
@@ -380,7 +380,7 @@ impl Detector {
             tid: r.tid,
             thread: r.thread,
             timestamp_ns: r.timestamp_ns,
-            held_callsite: held.callsite,
+            held_stack: held.taken_at.clone(),
             stack: r.stack,
             gates: Vec::new(),
             chain_key: 0,
@@ -500,7 +500,7 @@ impl Detector {
                     id: self.next_id(),
                     dep: dep.clone(),
                     class: class_name,
-                    opposite: Some(opposite),
+                    opposite: Some(Box::new(opposite)),
                 })
             }
             None if !seen.noted => {

@@ -563,7 +563,7 @@ mod tests {
             tid: pid + 1,
             thread: "t".into(),
             timestamp_ns: 0,
-            held_callsite: 0x1000 + from,
+            held_stack: vec![0x1000 + from],
             stack: vec![0x2000 + to],
             gates: vec![],
             chain_key: 0,

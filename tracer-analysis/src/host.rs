@@ -17,13 +17,18 @@ pub trait Host {
     /// file offset, function), if it is in a mapped file.
     fn code_site(&mut self, pid: u32, addr: u64) -> Option<CodeSite>;
 
-    /// Whether `addr` is in a shared library (not in the program itself).
-    fn in_library(&mut self, pid: u32, addr: u64) -> bool;
+    /// Whether the code at return address `addr` makes locks for its
+    /// callers: a shared library's lock-creating function (APR's
+    /// `apr_thread_mutex_create`), or a lock wrapper (`lck_init()`).
+    fn makes_locks_for_callers(&mut self, pid: u32, addr: u64) -> bool;
 
-    /// The caller of the code at `site` that called a lock's init function,
-    /// unwound from the stack copied at the init (`stack.sp` points at
+    /// Whether the code at return address `addr` is a lock wrapper.
+    fn is_wrapper(&mut self, pid: u32, addr: u64) -> bool;
+
+    /// The callers above `site` (return addresses, innermost first),
+    /// unwound from the stack copied at a lock's init (`stack.sp` points at
     /// `site`).
-    fn init_caller(&mut self, pid: u32, site: u64, stack: &InitStack) -> Option<u64>;
+    fn init_callers(&mut self, pid: u32, site: u64, stack: &InitStack) -> Vec<u64>;
 
     /// For a global or static lock: its binary's file name and its symbol.
     fn global_symbol(&mut self, lock: LockInstance) -> Option<(String, String)>;

@@ -218,12 +218,23 @@ pub struct PyFrame {
 }
 
 /// A lock a thread holds or requests, as the kernel side saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldAt {
     pub addr: u64,
     pub kind: LockKind,
-    /// The return address into the code that took (or requested) it.
-    pub callsite: u64,
+    /// Where it was taken (or requested): the return address into the code
+    /// that called the lock function, then, when that code is a lock wrapper
+    /// (`lck_lock()`), the wrapper's callers up to the first one outside
+    /// wrappers. The last entry is the site that stands for the lock's first
+    /// use (its class when it has no better one).
+    pub taken_at: Vec<u64>,
+}
+
+impl HeldAt {
+    /// The call site outside lock wrappers.
+    pub fn site(&self) -> u64 {
+        self.taken_at.last().copied().unwrap_or(0)
+    }
 }
 
 /// A blocking request the kernel side reported: thread `tid` requested `to`
@@ -265,9 +276,9 @@ pub struct Dependency {
     pub thread: String,
     /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) of the request.
     pub timestamp_ns: u64,
-    /// Return address into the code that took `from` (one frame: the kernel
-    /// side records only the call site of every acquisition, for cost).
-    pub held_callsite: u64,
+    /// Where `from` was taken: its call site, and through lock wrappers
+    /// (see [`HeldAt::taken_at`]).
+    pub held_stack: Vec<u64>,
     /// Where `to` was requested: the probe's instruction pointer first (inside
     /// the lock function), then return addresses, innermost first.
     pub stack: Vec<u64>,

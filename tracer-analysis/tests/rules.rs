@@ -51,13 +51,23 @@ impl Host for FakeHost {
     fn code_site(&mut self, pid: u32, addr: u64) -> Option<CodeSite> {
         self.sites.get(&(pid, addr)).cloned()
     }
-    fn in_library(&mut self, pid: u32, addr: u64) -> bool {
+    fn makes_locks_for_callers(&mut self, pid: u32, addr: u64) -> bool {
         self.sites
             .get(&(pid, addr))
             .is_some_and(|s| s.module.contains(".so"))
+            || self.is_wrapper(pid, addr)
     }
-    fn init_caller(&mut self, pid: u32, _site: u64, stack: &InitStack) -> Option<u64> {
-        self.callers.get(&(pid, stack.sp)).copied()
+    fn is_wrapper(&mut self, pid: u32, addr: u64) -> bool {
+        self.sites
+            .get(&(pid, addr))
+            .is_some_and(|s| s.function.as_deref() == Some("lck_init"))
+    }
+    fn init_callers(&mut self, pid: u32, _site: u64, stack: &InitStack) -> Vec<u64> {
+        self.callers
+            .get(&(pid, stack.sp))
+            .copied()
+            .into_iter()
+            .collect()
     }
     fn global_symbol(&mut self, lock: LockInstance) -> Option<(String, String)> {
         self.globals.get(&(lock.pid, lock.addr)).cloned()
@@ -73,32 +83,45 @@ impl Host for FakeHost {
     }
 }
 
-fn lock(addr: u64, kind: LockKind) -> HeldAt {
-    HeldAt {
-        addr,
-        kind,
-        // A call site per lock: each lock is its own first-use class unless
-        // a test says otherwise.
-        callsite: addr + 0x1000,
+/// A lock as a test names it.
+#[derive(Clone, Copy)]
+struct L {
+    addr: u64,
+    kind: LockKind,
+}
+
+impl L {
+    fn held(self) -> HeldAt {
+        HeldAt {
+            addr: self.addr,
+            kind: self.kind,
+            // A call site per lock: each lock is its own first-use class
+            // unless a test says otherwise.
+            taken_at: vec![self.addr + 0x1000],
+        }
     }
 }
 
-fn mutex(addr: u64) -> HeldAt {
+fn lock(addr: u64, kind: LockKind) -> L {
+    L { addr, kind }
+}
+
+fn mutex(addr: u64) -> L {
     lock(addr, LockKind::Mutex)
 }
 
 /// Thread `tid` of `pid` requests `to` holding `held` (innermost last);
 /// every held lock makes a new dependency.
-fn request(pid: u32, tid: u32, held: &[HeldAt], to: HeldAt) -> Event {
+fn request(pid: u32, tid: u32, held: &[L], to: L) -> Event {
     Event::Request(Request {
         pid,
         tid,
         thread: format!("t{tid}"),
         timestamp_ns: 1,
-        to,
-        from: held.to_vec(),
+        to: to.held(),
+        from: held.iter().map(|h| h.held()).collect(),
         held: held.iter().map(|h| h.addr).collect(),
-        stack: vec![0x7f00_0000_0000, to.callsite],
+        stack: vec![0x7f00_0000_0000, to.held().site()],
         python: Vec::new(),
         handoff: false,
     })
@@ -334,6 +357,58 @@ fn a_library_init_site_with_a_known_caller_is_classed_by_the_caller() {
         .feed(request(1, 1, &[mutex(0xa0)], mutex(0xb0)))
         .is_empty());
     assert_eq!(run.stats().classes, 2);
+}
+
+#[test]
+fn locks_made_through_a_wrapper_are_classed_by_the_wrappers_caller() {
+    let mut run = Run::new();
+    // lck_init (in the program) makes the locks of account_new and of
+    // ledger_new: two classes, and an order between them both ways is a
+    // class-level inversion, not a nesting of one class.
+    let init = 0x4000;
+    run.host.sites.insert(
+        (1, init),
+        CodeSite {
+            module: "lock_wrapper".into(),
+            offset: 0x11f4,
+            function: Some("lck_init".into()),
+        },
+    );
+    run.host
+        .site(1, 0x5000, "lock_wrapper", 0x13bc)
+        .site(1, 0x6000, "lock_wrapper", 0x13ef);
+    let callers = [
+        (0xa0, 0x5000),
+        (0xb0, 0x6000),
+        (0xc0, 0x5000),
+        (0xd0, 0x6000),
+    ];
+    for (i, (addr, caller)) in callers.into_iter().enumerate() {
+        let sp = 0x7ffc_0000 + i as u64 * 0x100;
+        run.host.callers.insert((1, sp), caller);
+        run.feed(Event::LockInit {
+            lock: LockInstance { pid: 1, addr },
+            site: init,
+            stack: Some(InitStack {
+                sp,
+                bytes: vec![0; 64],
+            }),
+        });
+    }
+    // account a -> ledger b, then ledger d -> account c.
+    assert!(run
+        .feed(request(1, 1, &[mutex(0xa0)], mutex(0xb0)))
+        .is_empty());
+    let verdicts = run.feed(request(1, 2, &[mutex(0xd0)], mutex(0xc0)));
+    let inv = inversion(&verdicts);
+    assert_eq!(inv.level, Level::Class);
+    assert_eq!(
+        inv.classes,
+        [
+            "init@lock_wrapper+0x11f4 (lck_init) <- lock_wrapper+0x13bc",
+            "init@lock_wrapper+0x11f4 (lck_init) <- lock_wrapper+0x13ef"
+        ]
+    );
 }
 
 #[test]

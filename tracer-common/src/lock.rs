@@ -65,7 +65,19 @@ pub struct HeldLock {
     pub kind: u32,
     /// `HELD_FLAG_*` bits.
     pub flags: u32,
+    /// The stack pointer and frame pointer at the lock call, and the stack
+    /// words above the return address: when the caller is a lock wrapper
+    /// (`lck_lock()` calling `pthread_mutex_lock`), its frame and its own
+    /// return address are here, and the collector unwinds it to find who
+    /// took the lock.
+    pub sp: u64,
+    pub bp: u64,
+    pub above: [u64; CALLER_WORDS],
 }
+
+/// Stack words kept above a held lock's return address: a wrapper frame of
+/// up to 40 bytes and its return address.
+pub const CALLER_WORDS: usize = 6;
 
 /// The held-lock stack of one thread (map `HELD`, keyed by tid).
 #[repr(C)]

@@ -18,7 +18,7 @@ use tracer_common::{
 };
 
 use crate::{
-    context::{lock_arg, regs, return_address},
+    context::{call_site, lock_arg, regs},
     counters::count,
     emit::{emit_new_dependencies, emit_self_deadlock},
     filter::current_traced,
@@ -133,11 +133,15 @@ fn relock(
 /// The lock a probed lock function was called for, and where.
 #[inline(always)]
 pub fn requested(ctx: &ProbeContext, kind: LockKind, flags: u32) -> HeldLock {
+    let (callsite, above) = call_site(ctx);
     HeldLock {
         addr: lock_arg(ctx),
-        callsite: return_address(ctx),
+        callsite,
         kind: kind as u32,
         flags,
+        sp: regs(ctx).rsp,
+        bp: regs(ctx).rbp,
+        above,
     }
 }
 

@@ -12,7 +12,7 @@ use tracer_common::{HeldLock, LockKind};
 
 use crate::{
     acquire::{acquire_blocking, Pending},
-    context::{regs, return_address},
+    context::{call_site, regs},
     filter::current_traced,
     handoff::note_cond_waiter,
     held::{release, Released},
@@ -35,12 +35,16 @@ pub fn cond_wait(ctx: ProbeContext) -> u32 {
         Released::Entry(entry) => entry.kind,
         _ => LockKind::Mutex as u32,
     };
+    let (callsite, above) = call_site(&ctx);
     let wait = Pending {
         lock: HeldLock {
             addr: mutex,
-            callsite: return_address(&ctx),
+            callsite,
             kind,
             flags: 0,
+            sp: regs(&ctx).rsp,
+            bp: regs(&ctx).rbp,
+            above,
         },
         entry_ip: regs(&ctx).rip,
     };

@@ -2,6 +2,8 @@
 //! registers, arguments, the caller's return address, user memory, and the
 //! globals the collector sets at load time.
 
+use tracer_common::CALLER_WORDS;
+
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_raw},
@@ -25,6 +27,19 @@ pub fn global(v: &'static u32) -> u32 {
 pub fn return_address(ctx: &ProbeContext) -> u64 {
     // SAFETY: reading user memory through the helper, which handles faults.
     unsafe { bpf_probe_read_user((*ctx.regs).rsp as *const u64) }.unwrap_or(0)
+}
+
+/// The caller's return address and the stack words above it, in one read
+/// (see `HeldLock::above`).
+#[inline(always)]
+pub fn call_site(ctx: &ProbeContext) -> (u64, [u64; CALLER_WORDS]) {
+    // SAFETY: reading user memory through the helper, which handles faults.
+    let words = unsafe { bpf_probe_read_user((*ctx.regs).rsp as *const [u64; CALLER_WORDS + 1]) };
+    match words {
+        Ok(w) => (w[0], [w[1], w[2], w[3], w[4], w[5], w[6]]),
+        // The top of a stack mapping: the return address alone.
+        Err(_) => (return_address(ctx), [0; CALLER_WORDS]),
+    }
 }
 
 #[inline(always)]

@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    Counter, HeldLock, HeldStack, LockKind, HELD_RECURSION_SHIFT, MAX_HELD, MUTEX_OWNER_OFFSET,
-    RWLOCK_CUR_WRITER_OFFSET,
+    Counter, HeldLock, HeldStack, LockKind, CALLER_WORDS, HELD_RECURSION_SHIFT, MAX_HELD,
+    MUTEX_OWNER_OFFSET, RWLOCK_CUR_WRITER_OFFSET,
 };
 
 use crate::{
@@ -76,6 +76,11 @@ pub fn copy_lock(dst: &mut HeldLock, src: &HeldLock) {
         core::ptr::write_volatile(&mut dst.callsite, src.callsite);
         core::ptr::write_volatile(&mut dst.kind, src.kind);
         core::ptr::write_volatile(&mut dst.flags, src.flags);
+        core::ptr::write_volatile(&mut dst.sp, src.sp);
+        core::ptr::write_volatile(&mut dst.bp, src.bp);
+        for i in 0..CALLER_WORDS {
+            core::ptr::write_volatile(&mut dst.above[i], src.above[i]);
+        }
     }
 }
 

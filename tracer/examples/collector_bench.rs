@@ -182,6 +182,9 @@ impl Workload {
                 callsite: Self::addr(pid, rank) + 0x10_0000_0000,
                 kind: 1,
                 flags: 0,
+                sp: 0,
+                bp: 0,
+                above: [0; 6],
             };
             ev.to = lock(to);
             (ev.ip, ev.sp, ev.bp) = (0x7f00_0000_1000, 0x7ffc_0000_0000, 0);
@@ -217,11 +220,14 @@ impl Host for NoHost {
     fn code_site(&mut self, _: u32, _: u64) -> Option<CodeSite> {
         None
     }
-    fn in_library(&mut self, _: u32, _: u64) -> bool {
+    fn makes_locks_for_callers(&mut self, _: u32, _: u64) -> bool {
         false
     }
-    fn init_caller(&mut self, _: u32, _: u64, _: &InitStack) -> Option<u64> {
-        None
+    fn is_wrapper(&mut self, _: u32, _: u64) -> bool {
+        false
+    }
+    fn init_callers(&mut self, _: u32, _: u64, _: &InitStack) -> Vec<u64> {
+        Vec::new()
     }
     fn global_symbol(&mut self, _: LockInstance) -> Option<(String, String)> {
         None
@@ -241,7 +247,7 @@ fn held_at(h: &HeldLock) -> HeldAt {
     HeldAt {
         addr: h.addr,
         kind: lock_kind(h.kind),
-        callsite: h.callsite,
+        taken_at: vec![h.callsite],
     }
 }
 
@@ -352,7 +358,7 @@ fn request(pid: u32, from: u64, to: u64) -> Event {
     let lock = |rank: u64| HeldAt {
         addr: Workload::addr(pid, rank),
         kind: lock_kind(1),
-        callsite: Workload::addr(pid, rank) + 0x10_0000_0000,
+        taken_at: vec![Workload::addr(pid, rank) + 0x10_0000_0000],
     };
     Event::Request(Request {
         pid,

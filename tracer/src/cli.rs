@@ -106,6 +106,12 @@ pub struct CommonArgs {
     /// program, or a library with its own copy of the lock functions.
     #[arg(long = "binary", value_name = "PATH")]
     pub binaries: Vec<PathBuf>,
+    /// Treat this function as a lock wrapper (repeatable; `prefix*` for a
+    /// family): locks taken or made through it are told apart by its
+    /// caller. Short functions that only call a lock function, and those of
+    /// APR, GLib, varnish, CPython and NSPR, are recognized already.
+    #[arg(long = "wrapper", value_name = "SYMBOL")]
+    pub wrappers: Vec<String>,
     /// Kernel BTF to require (default /sys/kernel/btf/vmlinux).
     #[arg(long, value_name = "PATH", hide = true)]
     pub kernel_btf: Option<PathBuf>,

@@ -14,17 +14,19 @@ use tracer_common::HeldLock;
 use crate::kernel::decode::{lock_kind, RawRequest, Record};
 use crate::kernel::load::Probes;
 use crate::python::registry::Pythons;
+use crate::symbolize::wrappers::Wrappers;
 use crate::symbolize::{Resolve, Symbolizer};
 
 pub struct Enricher {
     pub symbolizer: Symbolizer,
     pub pythons: Pythons,
+    pub wrappers: Wrappers,
 }
 
 /// A record whose Python frames are resolved, waiting to be processed.
 pub enum Pending {
     Request {
-        raw: RawRequest,
+        raw: Box<RawRequest>,
         python: Vec<PyFrame>,
         self_deadlock: bool,
     },
@@ -41,10 +43,11 @@ pub enum Pending {
 }
 
 impl Enricher {
-    pub fn new(symbolizer: Symbolizer) -> Self {
+    pub fn new(symbolizer: Symbolizer, wrappers: Wrappers) -> Self {
         Enricher {
             symbolizer,
             pythons: Pythons::new(),
+            wrappers,
         }
     }
 
@@ -54,7 +57,7 @@ impl Enricher {
             Record::Dependency(raw) => {
                 let python = self.pythons.resolve(raw.pid, &raw.python);
                 Pending::Request {
-                    raw,
+                    raw: Box::new(raw),
                     python,
                     self_deadlock: false,
                 }
@@ -62,7 +65,7 @@ impl Enricher {
             Record::SelfDeadlock(raw) => {
                 let python = self.pythons.resolve(raw.pid, &raw.python);
                 Pending::Request {
-                    raw,
+                    raw: Box::new(raw),
                     python,
                     self_deadlock: true,
                 }
@@ -93,7 +96,7 @@ impl Enricher {
                 python,
                 self_deadlock,
             } => {
-                let request = self.request(raw, python);
+                let request = self.request(*raw, python);
                 if self_deadlock {
                     Event::SelfDeadlock(request)
                 } else {
@@ -137,23 +140,59 @@ impl Enricher {
             // reads like any other request.
             stack.insert(0, raw.entry_ip);
         }
-        let held_at = |h: &HeldLock| HeldAt {
-            addr: h.addr,
-            kind: lock_kind(h.kind),
-            callsite: h.callsite,
-        };
+        let to = self.held_at(raw.pid, &raw.to);
+        let from = raw.from.iter().map(|h| self.held_at(raw.pid, h)).collect();
         Request {
             pid: raw.pid,
             tid: raw.tid,
             thread: raw.thread,
             timestamp_ns: raw.timestamp_ns,
-            to: held_at(&raw.to),
-            from: raw.from.iter().map(held_at).collect(),
+            to,
+            from,
             held: raw.held,
             stack,
             python,
             handoff: raw.handoff,
         }
+    }
+
+    /// A lock as the kernel side saw it taken, with where: its call site,
+    /// and, when that is in a lock wrapper, the wrapper's callers (unwound
+    /// from the stack words the kernel kept) up to the first one outside
+    /// wrappers.
+    fn held_at(&mut self, pid: u32, h: &HeldLock) -> HeldAt {
+        HeldAt {
+            addr: h.addr,
+            kind: lock_kind(h.kind),
+            taken_at: self.taken_at(pid, h),
+        }
+    }
+
+    fn taken_at(&mut self, pid: u32, h: &HeldLock) -> Vec<u64> {
+        let mut chain = vec![h.callsite];
+        if h.callsite == 0
+            || !self
+                .wrappers
+                .is_wrapper(&mut self.symbolizer, pid, h.callsite)
+        {
+            return chain;
+        }
+        // After the lock function returns: the wrapper runs at the call
+        // site, with the stack one word above the probe's.
+        let bytes: Vec<u8> = h.above.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let frames = self
+            .symbolizer
+            .unwind(pid, h.callsite, h.sp + 8, h.bp, &bytes);
+        for &caller in frames.iter().skip(1) {
+            if caller == 0 {
+                break;
+            }
+            chain.push(caller);
+            if !self.wrappers.is_wrapper(&mut self.symbolizer, pid, caller) {
+                break;
+            }
+        }
+        chain
     }
 
     /// The file name of the module mapped at `addr` of `pid`.
@@ -225,21 +264,30 @@ impl Host for Facts<'_> {
         })
     }
 
-    fn in_library(&mut self, pid: u32, addr: u64) -> bool {
-        self.enricher
+    fn makes_locks_for_callers(&mut self, pid: u32, addr: u64) -> bool {
+        let in_library = self
+            .enricher
             .module_of(pid, addr)
-            .is_some_and(|name| name.contains(".so"))
+            .is_some_and(|name| name.contains(".so"));
+        in_library || self.is_wrapper(pid, addr)
     }
 
-    fn init_caller(&mut self, pid: u32, site: u64, stack: &InitStack) -> Option<u64> {
+    fn is_wrapper(&mut self, pid: u32, addr: u64) -> bool {
+        let en = &mut *self.enricher;
+        en.wrappers.is_wrapper(&mut en.symbolizer, pid, addr)
+    }
+
+    fn init_callers(&mut self, pid: u32, site: u64, stack: &InitStack) -> Vec<u64> {
         // `stack.sp` points at `site` (the init function's return address):
         // unwind from the frame above it.
-        let above = stack.bytes.get(8..)?;
+        let Some(above) = stack.bytes.get(8..) else {
+            return Vec::new();
+        };
         let frames = self
             .enricher
             .symbolizer
             .unwind(pid, site, stack.sp + 8, 0, above);
-        frames.get(1).copied().filter(|&a| a != 0)
+        frames.into_iter().skip(1).take_while(|&a| a != 0).collect()
     }
 
     fn global_symbol(&mut self, lock: LockInstance) -> Option<(String, String)> {

@@ -14,7 +14,7 @@ use locktrace::{
     },
     report::{self, blocking, Reporter},
     session::{Session, Stop},
-    symbolize::Symbolizer,
+    symbolize::{wrappers::Wrappers, Symbolizer},
 };
 use nix::sys::wait::waitpid;
 use tokio::signal::unix::{signal, SignalKind};
@@ -175,7 +175,8 @@ fn run(args: RunArgs) -> Result<i32> {
             return Err(e);
         }
     };
-    let mut session = Session::new(probes, symbolizer, reporter, args.common.hang_threshold);
+    let enricher = Enricher::new(symbolizer, Wrappers::new(&args.common.wrappers));
+    let mut session = Session::new(probes, enricher, reporter, args.common.hang_threshold);
     session.follow_new_libraries(follow);
     let rt = runtime()?;
     let status = rt.block_on(async {
@@ -238,7 +239,8 @@ fn watch(args: WatchArgs) -> Result<i32> {
     };
     let symbolizer = Symbolizer::new()?;
     let probes = attach(&args.common, &filter, &targets)?;
-    let mut session = Session::new(probes, symbolizer, reporter, args.common.hang_threshold);
+    let enricher = Enricher::new(symbolizer, Wrappers::new(&args.common.wrappers));
+    let mut session = Session::new(probes, enricher, reporter, args.common.hang_threshold);
     session.follow_new_libraries(follow);
     session.check_pythons(proc::all_pids());
     let rt = runtime()?;
@@ -270,7 +272,10 @@ fn snapshot(args: SnapshotArgs) -> Result<i32> {
     } else {
         args.pids.clone()
     };
-    let mut enricher = Enricher::new(Symbolizer::with_spaces(AddressSpaces::proc_only()));
+    let mut enricher = Enricher::new(
+        Symbolizer::with_spaces(AddressSpaces::proc_only()),
+        Wrappers::new(&[]),
+    );
     let records = blocking::snapshot(&pids, &mut enricher);
     let mut deadlocks = 0;
     for record in &records {

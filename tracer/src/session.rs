@@ -23,7 +23,6 @@ use crate::kernel::load::Probes;
 use crate::kernel::maps::HeldByThread;
 use crate::report::blocking::Scan;
 use crate::report::{self, summary, Reporter, Summary};
-use crate::symbolize::Symbolizer;
 
 /// Contended futex words listed in the summary.
 const CONTENTION_SHOWN: usize = 5;
@@ -78,13 +77,13 @@ pub struct Session {
 impl Session {
     pub fn new(
         probes: Probes,
-        symbolizer: Symbolizer,
+        enricher: Enricher,
         reporter: Reporter,
         hang_threshold: Duration,
     ) -> Self {
         Session {
             probes,
-            enricher: Enricher::new(symbolizer),
+            enricher,
             detector: Detector::new(hang_threshold),
             reporter,
             follower: Follower::new(false),

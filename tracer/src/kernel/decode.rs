@@ -9,7 +9,8 @@ use std::mem::{offset_of, size_of};
 use tracer_analysis::InitStack;
 use tracer_common::{
     DeferredDependency, DependencyEvent, EventKind, HeldLock, LockEvent, LockKind, PyCodeCopy,
-    PyFrameRaw, PyStack, MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES, STACK_BYTES,
+    PyFrameRaw, PyStack, CALLER_WORDS, MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES,
+    STACK_BYTES,
 };
 
 /// A `DependencyEvent`, decoded: the lock `to` was requested while each lock
@@ -112,12 +113,19 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 fn held_lock_at(b: &[u8], at: usize) -> HeldLock {
     let mut f = &b[at..];
-    HeldLock {
+    let mut lock = HeldLock {
         addr: f.get_u64_ne(),
         callsite: f.get_u64_ne(),
         kind: f.get_u32_ne(),
         flags: f.get_u32_ne(),
+        sp: f.get_u64_ne(),
+        bp: f.get_u64_ne(),
+        above: [0; CALLER_WORDS],
+    };
+    for word in &mut lock.above {
+        *word = f.get_u64_ne();
     }
+    lock
 }
 
 fn py_frame_at(b: &[u8], at: usize) -> PyFrameRaw {

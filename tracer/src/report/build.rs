@@ -21,7 +21,7 @@ pub fn finding(verdict: &Verdict, enricher: &mut Enricher, scan: &Scan<'_>) -> F
             dep,
             class,
             opposite,
-        } => same_class_nesting(dep, opposite.as_ref(), class, enricher, *id),
+        } => same_class_nesting(dep, opposite.as_deref(), class, enricher, *id),
         Verdict::SelfDeadlock { id, dep } => self_deadlock(dep, enricher, *id),
         Verdict::Deadlock {
             id,
@@ -63,7 +63,7 @@ pub fn same_class_nesting(
         held,
         requested,
         stack: names.resolve.frames(dep.pid, &dep.stack, true),
-        held_stack: names.resolve.frames(dep.pid, &[dep.held_callsite], false),
+        held_stack: names.resolve.frames(dep.pid, &dep.held_stack, false),
         note: opposite.is_none(),
         opposite: opposite.map(|o| Box::new(names.edge(o))),
     })
@@ -86,7 +86,7 @@ pub fn self_deadlock(dep: &Dependency, resolve: &mut dyn Resolve, id: u64) -> Fi
         thread: dep.thread.clone(),
         lock,
         stack: names.resolve.frames(dep.pid, &dep.stack, true),
-        held_stack: names.resolve.frames(dep.pid, &[dep.held_callsite], false),
+        held_stack: names.resolve.frames(dep.pid, &dep.held_stack, false),
     })
 }
 
@@ -125,7 +125,7 @@ impl Names<'_> {
             comm: self.comm(d.pid),
             thread: d.thread.clone(),
             stack: self.resolve.frames(d.pid, &d.stack, true),
-            held_stack: self.resolve.frames(d.pid, &[d.held_callsite], false),
+            held_stack: self.resolve.frames(d.pid, &d.held_stack, false),
             python_stack: d.python.clone(),
         }
     }

@@ -89,7 +89,7 @@ fn dep(
         tid,
         thread: thread.into(),
         timestamp_ns: 1,
-        held_callsite: held,
+        held_stack: vec![held],
         stack: stack.to_vec(),
         gates: vec![],
         chain_key: 0,

@@ -18,6 +18,7 @@ use crate::host::spaces::{readable_path, AddressSpaces, FileKey, Mapping, ANON_P
 use crate::symbolize::unwind::Unwinder;
 
 pub mod unwind;
+pub mod wrappers;
 
 /// What building findings needs from symbolization (implemented by the
 /// collector's enrichment stage, which adds Python names; tests use a
@@ -49,8 +50,20 @@ struct CodeSym {
     function: String,
     /// Offset of the looked-up address into the function.
     offset: u64,
+    /// The function's size in bytes, if the symbol table says.
+    size: Option<u64>,
     file: Option<String>,
     line: Option<u32>,
+}
+
+/// The function holding a code address, as its file has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Function {
+    pub name: String,
+    /// A path to open the file by, and the function's file offset and size.
+    pub path: PathBuf,
+    pub file_offset: u64,
+    pub size: Option<u64>,
 }
 
 /// The data symbols and load segments of one ELF file.
@@ -182,6 +195,7 @@ impl Symbolizer {
                 Some(CodeSym {
                     function: sym.name.to_string(),
                     offset: sym.offset as u64,
+                    size: sym.size.map(|s| s as u64),
                     file,
                     line,
                 })
@@ -192,6 +206,24 @@ impl Symbolizer {
                 None
             }
         }
+    }
+
+    /// The function holding code address `addr` of `pid` (a return address
+    /// is looked up at `addr - 1`, its call).
+    pub fn function_at(&mut self, pid: u32, addr: u64) -> Option<Function> {
+        let lookup = addr.saturating_sub(1);
+        let m = self.spaces.find(pid, lookup)?.clone();
+        if !m.is_file() {
+            return None;
+        }
+        let at = m.file_offset_of(lookup);
+        let sym = self.code_sym(pid, &m, at)?;
+        Some(Function {
+            name: sym.function,
+            path: readable_path(pid, &m)?,
+            file_offset: at - sym.offset,
+            size: sym.size,
+        })
     }
 
     fn frame(&mut self, pid: u32, addr: u64, is_return: bool) -> Frame {
