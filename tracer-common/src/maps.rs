@@ -20,6 +20,16 @@ pub struct FutexKey {
     pub uaddr: u64,
 }
 
+/// A futex wait in progress (map `FUTEX_WAITING`, by tid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FutexWait {
+    pub uaddr: u64,
+    pub start_ns: u64,
+    /// 1 if the thread waits inside a traced lock function for this word.
+    pub lock_wait: u64,
+}
+
 /// Blocking on one futex word (map `FUTEX_STATS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -35,5 +45,7 @@ pub struct FutexStats {
 // SAFETY (both): plain `#[repr(C)]` data, valid for any bit pattern.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FutexKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FutexWait {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FutexStats {}

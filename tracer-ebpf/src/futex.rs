@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    futex_waits_on_word, Counter, FutexKey, FutexStats, HeldLock, LockKind, FUTEX_CMD_MASK,
-    MAX_HELD, RWLOCK_SIZE,
+    futex_waits_on_word, Counter, FutexKey, FutexStats, FutexWait, HeldLock, LockKind,
+    FUTEX_CMD_MASK, MAX_HELD, RWLOCK_SIZE,
 };
 
 use crate::{
@@ -31,15 +31,6 @@ static FUTEX_WAITING: HashMap<u32, FutexWait> = HashMap::with_max_entries(65536,
 #[map]
 static FUTEX_STATS: LruPerCpuHashMap<FutexKey, FutexStats> =
     LruPerCpuHashMap::with_max_entries(16384, 0);
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct FutexWait {
-    uaddr: u64,
-    start_ns: u64,
-    /// 1 if the thread waits inside a traced lock function for this word.
-    lock_wait: u64,
-}
 
 // Syscall tracepoints have a fixed layout: the syscall number at 8, then
 // each argument in 8 bytes from 16.

@@ -96,10 +96,14 @@ pub fn push(held: &mut HeldStack, lock: HeldLock) {
     }
 }
 
-/// The topmost entry of `held` for `addr`.
+/// The topmost entry of `held` for `addr`. `depth` is read volatile, with
+/// no `min`: then LLVM cannot prove `depth - 1 - k < MAX_HELD` and keeps the
+/// bounds check that the verifier needs (with the bound known, it dropped
+/// the check and the verifier saw a possibly negative index).
 #[inline(always)]
 pub fn find_held(held: &HeldStack, addr: u64) -> Option<usize> {
-    let depth = (held.depth as usize).min(MAX_HELD);
+    // SAFETY: a valid, aligned field.
+    let depth = unsafe { core::ptr::read_volatile(&held.depth) } as usize;
     for k in 0..MAX_HELD {
         if k >= depth {
             break;

@@ -86,12 +86,13 @@ fn preflight(common: &CommonArgs) -> Result<(Vec<Target>, bool)> {
     Ok((targets, follow))
 }
 
-/// Loads the programs and puts the probes on every target.
+/// Loads the programs and puts the probes on every target. A discovered
+/// file that cannot be probed (its process exited meanwhile) is skipped; a
+/// file named on the command line, or no file probed at all, is an error.
 fn attach(common: &CommonArgs, filter: &Filter, targets: &[Target]) -> Result<Probes> {
     let mut probes = Probes::load(filter, placement(common), programs(common))?;
+    let mut first_error = None;
     for target in targets {
-        // A libc found by discovery that cannot be probed (its process
-        // exited meanwhile) must not stop the others.
         if let Err(e) = probes.attach_file(target) {
             if common
                 .libc
@@ -102,7 +103,11 @@ fn attach(common: &CommonArgs, filter: &Filter, targets: &[Target]) -> Result<Pr
                 return Err(e);
             }
             tracing::warn!("skipping {}: {e:#}", target.name.display());
+            first_error.get_or_insert(e);
         }
+    }
+    if probes.probed_files().next().is_none() {
+        return Err(first_error.unwrap_or_else(|| anyhow::anyhow!("no file to probe")));
     }
     Ok(probes)
 }

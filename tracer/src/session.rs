@@ -159,6 +159,7 @@ impl Session {
                 }
             }
         };
+        self.take_deferred();
         self.drain(&mut streams, Instant::now() + why.drain_budget())?;
         self.unprocessed = self.queue.len() as u64 + streams.read(|_| {}) as u64;
         self.queue.clear();
@@ -221,6 +222,15 @@ impl Session {
     fn take_in(&mut self, streams: &mut KernelStreams) -> usize {
         let mut records = Vec::new();
         let n = streams.read(|r| records.push(r));
+        // Dependencies the kernel deferred (the ring buffer was full) are
+        // older than the records that came after them: they go first when a
+        // lock reset or an exit follows, which would forget their locks.
+        let resets = records
+            .iter()
+            .any(|r| matches!(r, Record::LockReset { .. } | Record::ProcessExit { .. }));
+        if resets {
+            self.take_deferred();
+        }
         for record in records {
             // A process first seen here (forked before its parent was found
             // to run Python, as mod_wsgi daemons may be) is looked at now, so

@@ -6,7 +6,8 @@ use anyhow::Result;
 use aya::maps::{HashMap, PerCpuArray};
 use tracer_analysis::waits::WaitStarts;
 use tracer_common::{
-    Counter, DeferredDependency, DependencyKey, FutexKey, FutexStats, HeldStack, PyProcess,
+    Counter, DeferredDependency, DependencyKey, FutexKey, FutexStats, FutexWait, HeldStack,
+    PyProcess,
 };
 
 use crate::kernel::load::Probes;
@@ -92,11 +93,11 @@ impl Probes {
     /// ns).
     pub fn futex_waits(&self) -> Result<WaitStarts> {
         let map = self.map("FUTEX_WAITING")?;
-        let waiting: HashMap<_, u32, [u64; 2]> = HashMap::try_from(map)?;
+        let waiting: HashMap<_, u32, FutexWait> = HashMap::try_from(map)?;
         Ok(waiting
             .iter()
             .filter_map(|e| e.ok())
-            .map(|(tid, [uaddr, start])| (tid, (uaddr, start)))
+            .map(|(tid, w)| (tid, (w.uaddr, w.start_ns)))
             .collect())
     }
 
