@@ -351,6 +351,7 @@ pub struct Summary {
     pub same_class_notes: u64,
     pub repeated_findings: u64,
     pub suppressed_findings: u64,
+    pub dropped_dependencies: u64,
     pub unprocessed_records: u64,
     pub handoff_cycles: u64,
     pub probed_files: Vec<String>,

@@ -16,7 +16,8 @@ fn check(variant: Variant) {
     assert_eq!(inv.classes.len(), 2, "{context}");
     for class in &inv.classes {
         assert!(
-            class.starts_with("init@lock_wrapper") && class.contains("(lck_init) <- lock_wrapper+"),
+            class.starts_with("init@lock_wrapper_")
+                && class.contains(" (lck_init) <- lock_wrapper_"),
             "{class}: the init site in the wrapper, and the wrapper's caller\n{context}"
         );
     }

@@ -39,6 +39,13 @@ pub enum Event {
     ProcessExit { pid: u32 },
 }
 
+/// Lock instances one process may have in the instance graph: a program
+/// that makes locks without end (never destroying them) cannot grow the
+/// collector without bound.
+pub const MAX_LOCKS_PER_PROCESS: usize = 200_000;
+/// Lock instances in the instance graph in all.
+pub const MAX_LOCKS: usize = 2_000_000;
+
 /// A cycle reported as a potential deadlock (or, guarded, as a note).
 #[derive(Clone, Debug)]
 pub struct Inversion {
@@ -132,6 +139,9 @@ pub struct Stats {
     pub repeated_findings: u64,
     /// Findings beyond a process's budget (a storm), counted.
     pub suppressed_findings: u64,
+    /// Dependencies not added because the instance graph was full (for the
+    /// process, or in total): counted, memory stays bounded.
+    pub dropped_dependencies: u64,
     pub forgotten_processes: u64,
     pub forgotten_dependencies: u64,
     pub classes: u64,
@@ -297,6 +307,19 @@ impl Detector {
         Some(self.next_id())
     }
 
+    /// Whether the instance graph may take the locks of a dependency of
+    /// process `pid`: new locks count against the process's share and the
+    /// total (see [`MAX_LOCKS_PER_PROCESS`], [`MAX_LOCKS`]).
+    fn has_room(&self, pid: u32, a: LockIdentity, b: LockIdentity) -> bool {
+        let new = [a, b]
+            .into_iter()
+            .filter(|&n| !self.instances.contains(n))
+            .count();
+        new == 0
+            || (self.instances.locks_of(pid) + new <= MAX_LOCKS_PER_PROCESS
+                && self.instances.lock_count() + new <= MAX_LOCKS)
+    }
+
     /// The memory at `lock` is a new lock from now on: the old lock's
     /// dependencies leave the graph and the kernel's cache, so that the new
     /// lock's are sent and judged afresh.
@@ -342,6 +365,10 @@ impl Detector {
             let to_class = self.class_of(dep.to, r.to.site(), host);
             verdicts.extend(self.on_class_dependency(from_class, to_class, &dep));
             let (a, b) = (self.identities.of(dep.from), self.identities.of(dep.to));
+            if !self.has_room(r.pid, a, b) {
+                self.stats.dropped_dependencies += 1;
+                continue;
+            }
             for cycle in self.instances.insert(a, b, &dep) {
                 if is_handoff_cycle(&cycle, host) {
                     self.stats.handoff_cycles += 1;
@@ -416,6 +443,9 @@ impl Detector {
         to: ClassId,
         dep: &Dependency,
     ) -> Vec<Verdict> {
+        if !self.classes.key(from).is_sound() || !self.classes.key(to).is_sound() {
+            return Vec::new();
+        }
         if from == to {
             return self.on_same_class(from, dep).into_iter().collect();
         }

@@ -161,6 +161,18 @@ impl<N: GraphNode> LockOrderGraph<N> {
         self.handoff_cycles.len() as u64
     }
 
+    /// Locks of process `pid` in the graph (by vertex).
+    pub fn locks_of(&self, pid: u32) -> usize {
+        self.by_pid.get(&pid).map_or(0, |v| v.len())
+    }
+
+    /// Whether `node` is in the graph (in either mode).
+    pub fn contains(&self, node: N) -> bool {
+        [false, true]
+            .into_iter()
+            .any(|shared| self.graph.contains_node(Vertex { node, shared }))
+    }
+
     /// Locks in the graph (an rwlock held in both modes counts twice).
     pub fn lock_count(&self) -> usize {
         self.graph.node_count()

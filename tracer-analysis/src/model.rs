@@ -160,6 +160,18 @@ pub enum ClassKey {
 }
 
 impl ClassKey {
+    /// Whether the key names a class soundly enough to judge locks by it:
+    /// the first-use site does not (the same kind of lock is first taken at
+    /// different sites, and different kinds at one), nor a code address in
+    /// no file. Such classes take part in no class-level finding.
+    pub fn is_sound(&self) -> bool {
+        match self {
+            ClassKey::FirstUse(_) => false,
+            ClassKey::InitSite { site, .. } => !site.module.is_empty(),
+            _ => true,
+        }
+    }
+
     /// Whether the class is made by a shared library's own code (a class
     /// `init@libX.so+...`): its per-object locks nest by design.
     pub fn is_library_init(&self) -> bool {
@@ -352,6 +364,9 @@ pub struct Blocked {
     pub uaddr: u64,
     /// The futex operation (`FUTEX_WAIT`...).
     pub op: u64,
+    /// The word is private to the process (`FUTEX_PRIVATE_FLAG`): a lock
+    /// that is not process-shared, whose holder must be one of its threads.
+    pub private: bool,
     /// Registers at the syscall, for unwinding its stack.
     pub sp: u64,
     pub pc: u64,

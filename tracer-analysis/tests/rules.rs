@@ -532,6 +532,7 @@ fn waiter(tid: u32, lock: u64, holders: &[u32]) -> Waiter {
             tid,
             uaddr: lock,
             op: 0,
+            private: true,
             sp: 0,
             pc: 0,
         },
@@ -603,4 +604,61 @@ fn a_storm_of_cycles_in_one_process_is_budgeted_and_counted() {
     let (a, b) = (mutex(0xa0), mutex(0xb0));
     run.feed(request(2, 3, &[a], b));
     assert_eq!(run.feed(request(2, 4, &[b], a)).len(), 1);
+}
+
+#[test]
+fn a_process_cannot_grow_the_graph_without_bound() {
+    use tracer_analysis::detector::MAX_LOCKS_PER_PROCESS;
+    let mut run = Run::new();
+    let n = MAX_LOCKS_PER_PROCESS as u64 / 2 + 10;
+    for i in 0..n {
+        run.feed(request(
+            1,
+            1,
+            &[mutex(0x10_0000 + i * 0x80)],
+            mutex(0x10_0040 + i * 0x80),
+        ));
+    }
+    assert_eq!(run.stats().locks, MAX_LOCKS_PER_PROCESS as u64);
+    assert_eq!(run.stats().dropped_dependencies, 10);
+    // Another process still has room.
+    run.feed(request(2, 2, &[mutex(0xa0)], mutex(0xb0)));
+    assert_eq!(run.stats().locks, MAX_LOCKS_PER_PROCESS as u64 + 2);
+}
+
+#[test]
+fn first_use_classes_make_no_class_level_finding() {
+    let mut run = Run::new();
+    // Heap locks with no init record nor symbol: classed by the site of
+    // their first acquisition, which says little (move_one() takes its
+    // lower lock at one site and its higher at another): no class-level
+    // cycle or nesting may come of them.
+    let site = |l: L, at: u64| HeldAt {
+        addr: l.addr,
+        kind: l.kind,
+        taken_at: vec![at],
+    };
+    let req = |tid, held: HeldAt, to: HeldAt| {
+        Event::Request(Request {
+            pid: 1,
+            tid,
+            thread: "t".into(),
+            timestamp_ns: 1,
+            held: vec![held.addr],
+            from: vec![held],
+            stack: vec![to.site()],
+            to,
+            python: Vec::new(),
+            handoff: false,
+        })
+    };
+    let (x, y, u, v) = (mutex(0x10), mutex(0x20), mutex(0x30), mutex(0x40));
+    // x first taken at S1, y at S2; u first at S2, v at S1: the classes
+    // S1 -> S2 and S2 -> S1, with no instance cycle (x -> y, u -> v).
+    assert!(run.feed(req(1, site(x, 0x1), site(y, 0x2))).is_empty());
+    let v2 = run.feed(req(2, site(u, 0x2), site(v, 0x1)));
+    assert!(v2.is_empty(), "{v2:?}");
+    // Two locks first taken at one site, nested: no same-class note.
+    let (p, q) = (mutex(0x50), mutex(0x60));
+    assert!(run.feed(req(3, site(p, 0x3), site(q, 0x3))).is_empty());
 }

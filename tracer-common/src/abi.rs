@@ -23,6 +23,10 @@ pub const RWLOCK_SIZE: u64 = 56;
 /// write-locked.
 pub const RWLOCK_CUR_WRITER_OFFSET: u64 = 24;
 
+/// A futex op's flag for a process-private futex word (glibc uses it for
+/// locks that are not process-shared).
+pub const FUTEX_PRIVATE_FLAG: u64 = 128;
+
 /// The command bits of a futex op: without `FUTEX_PRIVATE_FLAG` (128) and
 /// `FUTEX_CLOCK_REALTIME` (256).
 pub const FUTEX_CMD_MASK: u64 = 0x7f;

@@ -23,7 +23,10 @@ use crate::{
     emit::{emit_new_dependencies, emit_self_deadlock},
     filter::current_traced,
     handoff::is_handoff,
-    held::{drop_stale, existing_held_stack, find_held, held_stack, push, release, Released},
+    held::{
+        drop_stale, existing_held_stack, find_held, held_stack, push, release, surely_owned,
+        Released,
+    },
     semaphores,
 };
 
@@ -57,7 +60,7 @@ pub fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
         return 0;
     };
     if held.depth > 0 {
-        drop_stale(held);
+        drop_stale(held, tid);
     }
     if let Some(i) = find_held(held, to.addr) {
         if relock(regs, held, i, tgid, tid, &to) {
@@ -124,9 +127,13 @@ fn relock(
             _ => {}
         }
     }
-    // A normal mutex or a spinlock: the thread waits for itself.
+    // A normal mutex or a spinlock: the thread waits for itself, if it
+    // surely holds it (a release the probes missed must not make a false
+    // self-deadlock).
     let entry = *entry;
-    emit_self_deadlock(regs, tgid, tid, &entry, to, held);
+    if surely_owned(held, &entry) {
+        emit_self_deadlock(regs, tgid, tid, &entry, to, held);
+    }
     true
 }
 
@@ -185,7 +192,7 @@ pub fn try_entry(ctx: &ProbeContext, kind: LockKind, flags: u32) -> u32 {
     let pending = requested(ctx, kind, flags);
     if flags & HELD_FLAG_TIMED != 0 {
         if let Some(held) = existing_held_stack(&tid) {
-            drop_stale(held);
+            drop_stale(held, tid);
             if let Some(i) = find_held(held, pending.addr) {
                 if let Some(entry) = held.locks.get(i) {
                     let entry = *entry;
@@ -193,7 +200,7 @@ pub fn try_entry(ctx: &ProbeContext, kind: LockKind, flags: u32) -> u32 {
                         let t = mutex_type(pending.addr);
                         t != MUTEX_KIND_RECURSIVE && t != MUTEX_KIND_ERRORCHECK
                     };
-                    if normal_mutex {
+                    if normal_mutex && surely_owned(held, &entry) {
                         emit_self_deadlock(regs(ctx), tgid, tid, &entry, &pending, held);
                     }
                 }
@@ -268,7 +275,7 @@ pub fn try_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     if pending.kind == LockKind::Mutex as u32 {
-        drop_stale(held);
+        drop_stale(held, tid);
         if let Some(i) = find_held(held, pending.addr) {
             // Only a recursive mutex can be taken again by its holder.
             if let Some(entry) = held.locks.get_mut(i) {

@@ -18,7 +18,7 @@ use tracer_common::{
 use crate::{
     acquire::pending_lock,
     condvar::in_cond_wait,
-    counters::{add, count},
+    counters::{add, atomic_add, count},
     filter::current_traced,
     held::existing_held_stack,
 };
@@ -84,13 +84,12 @@ pub fn futex_exit(_ctx: TracePointContext) -> u32 {
     };
     match FUTEX_STATS.get_ptr_mut(&key) {
         Some(stats) => {
-            // SAFETY: this CPU's value. (A preempting writer on the same
-            // CPU could lose one wait from these statistics; they are not
-            // counters the summary's totals depend on.)
+            // SAFETY: this CPU's value, added to atomically (a program may
+            // be preempted by another on the same CPU).
             unsafe {
-                (*stats).waits += 1;
-                (*stats).wait_ns += ns;
-                (*stats).lock_waits += wait.lock_wait;
+                atomic_add(&mut (*stats).waits, 1);
+                atomic_add(&mut (*stats).wait_ns, ns);
+                atomic_add(&mut (*stats).lock_waits, wait.lock_wait);
             }
         }
         None => {

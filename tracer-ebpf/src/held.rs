@@ -137,14 +137,13 @@ fn owner_of(lock: &HeldLock) -> Option<u32> {
 
 /// Drops the held entries that the lock itself says this thread no longer
 /// holds: a release the probes did not see (the program's, or one made
-/// while the probes were being attached) must never order anything. Only
-/// once the thread's namespace tid is known (see [`learn_ns_tid`]).
+/// while the probes were being attached) must never order anything. A lock
+/// whose owner field is 0 is held by nobody; one owned by another thread is
+/// not ours, once the thread's namespace tid is known (see
+/// [`learn_ns_tid`]); until then, an owner equal to the thread's host tid
+/// teaches it (the init pid namespace, where most processes run).
 #[inline(always)]
-pub fn drop_stale(held: &mut HeldStack) {
-    let me = held.ns_tid;
-    if me == 0 {
-        return;
-    }
+pub fn drop_stale(held: &mut HeldStack, host_tid: u32) {
     let depth = (held.depth as usize).min(MAX_HELD);
     // The count of entries kept lives in map memory (the scratch counter),
     // which the verifier does not follow value by value.
@@ -156,9 +155,14 @@ pub fn drop_stale(held: &mut HeldStack) {
             break;
         }
         let entry = held.locks[i];
-        if owner_of(&entry).is_some_and(|owner| owner != me) {
-            count(Counter::StaleHeld);
-            continue;
+        if let Some(owner) = owner_of(&entry) {
+            if held.ns_tid == 0 && owner == host_tid {
+                held.ns_tid = host_tid;
+            }
+            if owner == 0 || (held.ns_tid != 0 && owner != held.ns_tid) {
+                count(Counter::StaleHeld);
+                continue;
+            }
         }
         let k = unsafe { core::ptr::read_volatile(kept) } as usize;
         if k != i {
@@ -169,6 +173,18 @@ pub fn drop_stale(held: &mut HeldStack) {
         unsafe { core::ptr::write_volatile(kept, k as u64 + 1) };
     }
     held.depth = unsafe { core::ptr::read_volatile(kept) } as u32;
+}
+
+/// Whether the thread owns `lock` for sure: its owner field names the
+/// thread. A lock without an owner field (or a thread whose namespace tid
+/// is not known yet) is not sure: a finding that needs the thread to hold
+/// the lock (a self-deadlock) must not be made from it.
+#[inline(always)]
+pub fn surely_owned(held: &HeldStack, lock: &HeldLock) -> bool {
+    match owner_of(lock) {
+        Some(owner) => held.ns_tid != 0 && owner == held.ns_tid,
+        None => true,
+    }
 }
 
 /// Learns the thread's tid in its pid namespace from a mutex it is about to

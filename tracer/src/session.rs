@@ -107,6 +107,12 @@ impl Session {
     pub fn check_pythons(&mut self, pids: impl IntoIterator<Item = u32>) {
         for pid in pids {
             if self.probes.may_trace(pid) {
+                // Processes traced by pid or name: their mappings now, so
+                // that they stay resolvable however soon they exit (host-wide,
+                // every process would be too many to read up front).
+                if !self.probes.is_host_wide() {
+                    self.enricher.symbolizer.spaces().remember(pid);
+                }
                 self.describe_python(pid);
             }
         }
@@ -316,7 +322,10 @@ impl Session {
         let held = self.probes.held_stacks()?;
         let starts = self.probes.futex_waits()?;
         let (waiters, others) = waitfor::scan(&pids, &held);
-        self.note_untraced_sites(&others);
+        // Sites of every blocked thread: the coverage keeps those of words
+        // no traced lock function took.
+        let blocked: Vec<Blocked> = waiters.iter().map(|w| w.blocked).chain(others).collect();
+        self.note_untraced_sites(&blocked);
         let waiters: Vec<Waiter> = self.enricher.pythons.resolve_import_waits(waiters);
         if !waiters.is_empty() {
             self.enricher.symbolizer.sync();
@@ -387,6 +396,7 @@ impl Session {
             same_class_notes: stats.same_class_notes,
             repeated_findings: stats.repeated_findings,
             suppressed_findings: stats.suppressed_findings,
+            dropped_dependencies: stats.dropped_dependencies,
             unprocessed_records: self.unprocessed,
             handoff_cycles: stats.handoff_cycles,
             forgotten_processes: stats.forgotten_processes,

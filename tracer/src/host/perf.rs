@@ -12,9 +12,22 @@ use anyhow::Context as _;
 
 use crate::host::mapping::Mapping;
 
-/// Ring buffer data pages per CPU (must be a power of two): 1 MiB, drained
-/// every 200 ms (a burst of process starts on a busy host fills 512 KiB).
-const RING_PAGES: usize = 256;
+/// Side-band ring bytes in all, split between the CPUs: a busy host (a
+/// build starting hundreds of compilers) fills 1 MiB per CPU between two
+/// drains, and a lost MMAP record leaves a short-lived process
+/// unsymbolized.
+const RING_BYTES_TOTAL: usize = 16 << 20;
+/// Per CPU, at least and at most.
+const RING_BYTES_MIN: usize = 512 << 10;
+const RING_BYTES_MAX: usize = 8 << 20;
+
+/// Data pages per CPU ring (a power of two), for `cpus` online CPUs.
+fn ring_pages(cpus: usize, page: usize) -> usize {
+    let per_cpu = (RING_BYTES_TOTAL / cpus.max(1)).clamp(RING_BYTES_MIN, RING_BYTES_MAX);
+    // The largest power of two of pages that fits.
+    let pages = (per_cpu / page).max(1);
+    1 << (usize::BITS - 1 - pages.leading_zeros())
+}
 
 const PERF_TYPE_SOFTWARE: u32 = 1;
 const PERF_COUNT_SW_DUMMY: u64 = 9;
@@ -109,15 +122,17 @@ fn online_cpus() -> anyhow::Result<Vec<u32>> {
 
 pub fn open_rings() -> anyhow::Result<Vec<Ring>> {
     let cpus = online_cpus()?;
+    let pages = ring_pages(cpus.len(), page_size());
     let mut rings = Vec::with_capacity(cpus.len());
     for cpu in cpus {
-        rings.push(Ring::open(cpu).with_context(|| format!("perf_event_open on cpu {cpu}"))?);
+        rings
+            .push(Ring::open(cpu, pages).with_context(|| format!("perf_event_open on cpu {cpu}"))?);
     }
     Ok(rings)
 }
 
 impl Ring {
-    fn open(cpu: u32) -> anyhow::Result<Self> {
+    fn open(cpu: u32, pages: usize) -> anyhow::Result<Self> {
         let page = page_size();
         let attr = PerfEventAttr {
             type_: PERF_TYPE_SOFTWARE,
@@ -134,7 +149,7 @@ impl Ring {
                 | ATTR_SAMPLE_ID_ALL
                 | ATTR_WATERMARK,
             // We never poll: wake-ups are irrelevant, keep them rare.
-            wakeup_watermark: (RING_PAGES * page / 2) as u32,
+            wakeup_watermark: (pages * page / 2) as u32,
             ..Default::default()
         };
         // SAFETY: a valid perf_event_attr of the declared size.
@@ -153,7 +168,7 @@ impl Ring {
         }
         // SAFETY: a fresh fd that we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let len = (RING_PAGES + 1) * page;
+        let len = (pages + 1) * page;
         // SAFETY: mapping a perf fd as documented in perf_event_open(2).
         let base = unsafe {
             libc::mmap(
@@ -178,7 +193,7 @@ impl Ring {
         };
         // Kernels before 4.1 leave these 0: the data follows the first page.
         let (data_offset, data_size) = if data_size == 0 {
-            (page, RING_PAGES * page)
+            (page, pages * page)
         } else {
             (data_offset, data_size)
         };
@@ -369,4 +384,19 @@ fn parse_record(b: &[u8]) -> Option<Record> {
         time: trailer_time()?,
         kind,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rings_share_a_budget_within_bounds() {
+        // 2 CPUs: 8 MiB each; 64: the 512 KiB floor; 1: the 8 MiB cap.
+        assert_eq!(ring_pages(2, 4096) * 4096, 8 << 20);
+        assert_eq!(ring_pages(64, 4096) * 4096, 512 << 10);
+        assert_eq!(ring_pages(1, 4096) * 4096, 8 << 20);
+        // 3 CPUs: 5.3 MiB rounds down to a power of two of pages.
+        assert_eq!(ring_pages(3, 4096) * 4096, 4 << 20);
+    }
 }

@@ -201,6 +201,12 @@ impl AddressSpaces {
         self.spaces.get(&pid)?.find(addr)
     }
 
+    /// Reads the mappings of a live process now, if unknown: a process
+    /// traced by pid must stay resolvable after it exits.
+    pub fn remember(&mut self, pid: u32) {
+        self.ensure(pid);
+    }
+
     /// All mappings of `pid`, sorted by address.
     pub fn mappings(&mut self, pid: u32) -> impl Iterator<Item = &Mapping> {
         self.ensure(pid);

@@ -12,8 +12,9 @@ use std::os::unix::fs::FileExt;
 
 use tracer_analysis::model::{Blocked, LockKind, Waiter};
 use tracer_common::{
-    futex_waits_on_word, HeldLock, FUTEX_CMD_MASK, FUTEX_LOCK_PI, FUTEX_LOCK_PI2, FUTEX_TID_MASK,
-    MUTEX_OWNER_OFFSET, RWLOCK_SIZE, STACK_BYTES, STACK_CHUNK, SYS_FUTEX,
+    futex_waits_on_word, HeldLock, FUTEX_CMD_MASK, FUTEX_LOCK_PI, FUTEX_LOCK_PI2,
+    FUTEX_PRIVATE_FLAG, FUTEX_TID_MASK, MUTEX_OWNER_OFFSET, RWLOCK_SIZE, STACK_BYTES, STACK_CHUNK,
+    SYS_FUTEX,
 };
 
 use crate::host::proc::{tgid_of, threads};
@@ -49,6 +50,7 @@ pub fn blocked_threads(pid: u32) -> Vec<Blocked> {
                 tid,
                 uaddr: args[0],
                 op,
+                private: args[1] & FUTEX_PRIVATE_FLAG != 0,
                 sp,
                 pc,
             })
@@ -160,9 +162,16 @@ pub fn waiter(b: Blocked, held: &HeldByThread) -> Option<Waiter> {
     } else {
         return None;
     };
-    // The owner may be in another process: a process-shared mutex.
-    if owner == 0 || owner == b.tid || tgid_of(owner).is_none() {
+    // The owner may be in another process: a process-shared mutex. A
+    // private word's owner is one of the process's threads, else the word
+    // is not a glibc mutex (a futex lock of the program's own, whose next
+    // word is data: Rust's `std::sync::Mutex`).
+    if owner == 0 || owner == b.tid {
         return None;
+    }
+    match tgid_of(owner) {
+        Some(tgid) if !b.private || tgid == b.pid => {}
+        _ => return None,
     }
     Some(Waiter {
         blocked: b,

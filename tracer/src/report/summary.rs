@@ -54,6 +54,9 @@ pub struct Summary {
     pub repeated_findings: u64,
     /// Findings beyond a process's budget (a storm of cycles): counted.
     pub suppressed_findings: u64,
+    /// Dependencies not added because the graph was full (per process or
+    /// in total): memory stays bounded, the loss is counted.
+    pub dropped_dependencies: u64,
     /// Records still unprocessed when the tracer had to stop (it stops
     /// within a second of a signal, whatever the backlog): counted.
     pub unprocessed_records: u64,
@@ -226,6 +229,13 @@ impl fmt::Display for Summary {
                 f,
                 "; {} beyond a process's budget (a storm), counted, not reported",
                 plural(self.suppressed_findings, "finding", "findings")
+            )?;
+        }
+        if self.dropped_dependencies != 0 {
+            write!(
+                f,
+                "; {} not added: the graph was full",
+                plural(self.dropped_dependencies, "dependency", "dependencies")
             )?;
         }
         if self.unprocessed_records != 0 {
