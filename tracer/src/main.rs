@@ -86,7 +86,8 @@ fn preflight(common: &CommonArgs) -> Result<(Vec<Target>, bool)> {
     Ok((targets, follow))
 }
 
-/// Loads the programs and puts the probes on every target.
+/// Loads the programs and puts the probes on every target (the caller arms
+/// the kernel side once every process it traces is probed).
 fn attach(common: &CommonArgs, filter: &Filter, targets: &[Target]) -> Result<Probes> {
     let mut probes = Probes::load(filter, placement(common), programs(common))?;
     for target in targets {
@@ -164,8 +165,11 @@ fn run(args: RunArgs) -> Result<i32> {
             pids: vec![pid.as_raw() as u32],
             comms: vec![],
             cgroups: vec![],
+            // Its children must be seen from their first instruction.
+            per_process: false,
         };
-        let probes = attach(&args.common, &filter, &targets)?;
+        let mut probes = attach(&args.common, &filter, &targets)?;
+        probes.arm()?;
         Ok::<_, anyhow::Error>((symbolizer, probes))
     })();
     let (symbolizer, probes) = match setup {
@@ -232,12 +236,23 @@ fn watch(args: WatchArgs) -> Result<i32> {
         .map(|dir| preflight::cgroup_id(dir))
         .collect::<Result<Vec<_>>>()?;
     let filter = Filter {
+        per_process: !pids.is_empty() && args.comms.is_empty() && cgroups.is_empty(),
         pids,
         comms: args.comms.clone(),
         cgroups,
     };
     let symbolizer = Symbolizer::new()?;
-    let probes = attach(&args.common, &filter, &targets)?;
+    let mut probes = attach(&args.common, &filter, &targets)?;
+    // The children of the named processes that exist now are traced too
+    // (listed after the filter holds their parents: the kernel side follows
+    // later forks).
+    for child in proc::descendants(&filter.pids) {
+        if let Err(e) = probes.trace_pid(child) {
+            // It exited meanwhile.
+            tracing::debug!(child, "cannot trace a child: {e:#}");
+        }
+    }
+    probes.arm()?;
     let mut session = Session::new(probes, symbolizer, reporter, args.common.hang_threshold);
     session.follow_new_libraries(follow);
     session.check_pythons(proc::all_pids());

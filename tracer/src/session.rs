@@ -110,6 +110,7 @@ impl Session {
                 _ = scan.tick() => {
                     self.drain(&mut streams)?;
                     self.check_waits()?;
+                    self.probes.sweep_processes();
                 }
                 _ = &mut stop => break,
             }
@@ -130,6 +131,9 @@ impl Session {
         self.check_pythons(programs);
         let libraries = self.enricher.symbolizer.spaces().take_new_libraries();
         self.follower.attach_new(&mut self.probes, libraries);
+        for (pid, forked) in self.enricher.symbolizer.spaces().take_forks() {
+            self.probes.probe_new_process(pid, Some(forked));
+        }
     }
 
     fn drain(&mut self, streams: &mut KernelStreams) -> Result<()> {
@@ -292,6 +296,8 @@ impl Session {
                 .probed_files()
                 .map(|p| p.display().to_string())
                 .collect(),
+            processes_probed_late: self.probes.late_links().processes,
+            probe_delay_max_ms: self.probes.late_links().max_delay.as_secs_f64() * 1e3,
             duration_s: self.started.elapsed().as_secs_f64(),
         };
         self.reporter

@@ -190,6 +190,8 @@ fn summary() -> Summary {
         library_same_class_nesting: 0,
         handoff_cycles: 0,
         probed_files: vec![],
+        processes_probed_late: 0,
+        probe_delay_max_ms: 0.0,
         duration_s: 2.5,
     }
 }
@@ -439,6 +441,8 @@ fn summary_text() {
         library_same_class_nesting: 0,
         handoff_cycles: 0,
         probed_files: vec![],
+        processes_probed_late: 0,
+        probe_delay_max_ms: 0.0,
         duration_s: 0.04,
     };
     assert_eq!(
