@@ -176,7 +176,7 @@ impl Probes {
     pub fn arm(&mut self) -> Result<()> {
         let mut armed: Array<_, u32> = Array::try_from(self.map_mut("ARMED")?)?;
         armed.set(0, 1, 0).context("cannot arm the kernel side")?;
-        debug!("armed: acquisitions are recorded from now on");
+        info!("armed: acquisitions are recorded from now on");
         Ok(())
     }
 
