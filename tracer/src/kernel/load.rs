@@ -113,7 +113,7 @@ impl Probes {
             .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead, true)
             .load(EBPF_OBJECT)
             .context("cannot load the eBPF programs")?;
-        let attacher = attacher(&ebpf, policy);
+        let attacher = attacher(&ebpf, policy, programs);
         let per_process = filter.per_process && matches!(attacher, Attacher::Multi(_));
         if filter.per_process && !per_process {
             info!("probes go to every process (per-process probes need multi-uprobe links), the programs filtering");
@@ -288,14 +288,22 @@ impl Drop for Probes {
 
 /// Multi-uprobe links when the kernel has them (Linux 6.6+), else aya's
 /// single uprobes, with the reason on `-v`.
-fn attacher(ebpf: &Ebpf, policy: ProbePlacement) -> Attacher {
+fn attacher(ebpf: &Ebpf, policy: ProbePlacement, programs: ProbePrograms) -> Attacher {
     if policy == ProbePlacement::Entry {
         // Some first instructions are refused, and a link is all or nothing.
         info!("probes at offset 0 are single uprobes");
         return Attacher::Single;
     }
     let started = Instant::now();
-    let programs = match multi::load_programs(EBPF_OBJECT, ebpf, &uprobe_programs()) {
+    // Only those attached: the verifier is most of the start-up time.
+    let names: Vec<&'static str> = match programs {
+        ProbePrograms::Tracer => uprobe_programs()
+            .into_iter()
+            .filter(|p| !p.starts_with("floor_"))
+            .collect(),
+        ProbePrograms::Floor => vec!["floor_entry", "floor_return"],
+    };
+    let programs = match multi::load_programs(EBPF_OBJECT, ebpf, &names) {
         Ok(programs) => programs,
         Err(e) => {
             info!("single uprobes (slow to attach and detach): {e:#}");
