@@ -241,6 +241,17 @@ fn watch(args: WatchArgs) -> Result<i32> {
         comms: args.comms.clone(),
         cgroups,
     };
+    // The signal handlers first: a SIGTERM or Ctrl-C while the probes are
+    // being attached stops the tracer as cleanly as a later one.
+    let rt = runtime()?;
+    let (mut term, mut int) = {
+        let _runtime = rt.enter();
+        let term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        (
+            term,
+            signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        )
+    };
     let symbolizer = Symbolizer::new()?;
     let mut probes = attach(&args.common, &filter, &targets)?;
     // The children of the named processes that exist now are traced too
@@ -256,12 +267,9 @@ fn watch(args: WatchArgs) -> Result<i32> {
     let mut session = Session::new(probes, symbolizer, reporter, args.common.hang_threshold);
     session.follow_new_libraries(follow);
     session.check_pythons(proc::all_pids());
-    let rt = runtime()?;
     let duration = args.duration;
     rt.block_on(async {
         let stop = async {
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
             let sleep = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
             tokio::select! {
                 _ = term.recv() => {}

@@ -72,11 +72,6 @@ impl Probes {
         Ok(missing)
     }
 
-    /// Whether links are made per traced process (`watch --pid`).
-    pub fn links_per_process(&self) -> bool {
-        self.links.per_process
-    }
-
     /// Puts the probes of every probed file in process `pid` (with links
     /// per process), once; returns whether it made links now.
     pub(super) fn link_process(&mut self, pid: u32) -> Result<bool> {
@@ -168,6 +163,7 @@ impl Probes {
         for scope in gone {
             closing.extend(self.links.by_process.remove(&scope).unwrap_or_default());
         }
+        self.links.closers.retain(|closer| !closer.is_finished());
         if !closing.is_empty() {
             self.links.closers.push(std::thread::spawn(move || {
                 multi::close_concurrently(closing)

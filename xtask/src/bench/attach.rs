@@ -29,6 +29,9 @@ use crate::step;
 const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
 /// Bounds on a tracer's start and exit here (never left running).
 const TRACER_LIMIT: Duration = Duration::from_secs(60);
+/// After "armed", the collector still looks for Python processes before
+/// its loop starts.
+const SETTLE: Duration = Duration::from_secs(1);
 
 #[derive(Serialize)]
 pub struct AttachResults {
@@ -84,6 +87,9 @@ pub fn attach_bench(locktrace: &Path, lockloop: &Path, opts: &Options) -> Result
     for round in 1..=rounds {
         let watch = Watch::start(locktrace, &[])?;
         armed.push(watch.armed_s);
+        // Stopped as a user stops a running tracer, not in its first
+        // milliseconds.
+        std::thread::sleep(SETTLE);
         exit.push(watch.stop()?);
         step(format!(
             "watch with two libcs, round {round}: armed after {:.3} s, exited {:.3} s after SIGTERM",
@@ -104,6 +110,7 @@ pub fn attach_bench(locktrace: &Path, lockloop: &Path, opts: &Options) -> Result
     for round in 1..=rounds {
         native.push(ns_per_pair(loop_cmd(opts.seconds), opts.seconds)?);
         let watch = Watch::start(locktrace, &["--pid", &other_pid])?;
+        std::thread::sleep(SETTLE);
         beside.push(ns_per_pair(loop_cmd(opts.seconds), opts.seconds)?);
         watch.stop()?;
         step(format!(
