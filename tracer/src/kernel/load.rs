@@ -4,7 +4,11 @@
 //! descriptor of this process, so the kernel also removes them if the
 //! tracer is killed; dropping `Probes` closes them all at once.
 
-use std::{os::fd::AsFd, path::Path, time::Instant};
+use std::{
+    os::fd::{AsFd, RawFd},
+    path::Path,
+    time::Instant,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -113,28 +117,37 @@ impl Probes {
             .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead, true)
             .load(EBPF_OBJECT)
             .context("cannot load the eBPF programs")?;
-        let attacher = attacher(&ebpf, policy, programs);
-        let per_process = filter.per_process && matches!(attacher, Attacher::Multi(_));
-        if filter.per_process && !per_process {
-            info!("probes go to every process (per-process probes need multi-uprobe links), the programs filtering");
-        }
+        let maps = multi::map_fds(&ebpf);
         let mut probes = Probes {
             ebpf: Some(ebpf),
             policy,
             programs,
-            links: Links::new(attacher, per_process),
+            links: Links::new(Attacher::Single, false),
             tracepoints: Vec::new(),
             host_wide: filter.is_host_wide(),
             cgroup_filter: !filter.cgroups.is_empty(),
         };
+        // The verifier takes most of the start-up time: the uprobe programs
+        // load on other threads while the tracepoints attach here.
+        let attacher = std::thread::scope(|s| {
+            let uprobes = s.spawn(|| attacher(&maps, policy, programs));
+            let tracepoints = probes
+                .install_filter(filter)
+                .and_then(|()| probes.attach_tracepoints());
+            let attacher = uprobes.join().expect("uprobe program loader");
+            tracepoints.map(|()| attacher)
+        })?;
+        let per_process = filter.per_process && matches!(attacher, Attacher::Multi(_));
+        if filter.per_process && !per_process {
+            info!("probes go to every process (per-process probes need multi-uprobe links), the programs filtering");
+        }
+        probes.links = Links::new(attacher, per_process);
         if per_process {
             // Linked by `attach_file`.
             for &pid in &filter.pids {
                 probes.links.by_process.insert(Some(pid), Vec::new());
             }
         }
-        probes.install_filter(filter)?;
-        probes.attach_tracepoints()?;
         Ok(probes)
     }
 
@@ -288,7 +301,7 @@ impl Drop for Probes {
 
 /// Multi-uprobe links when the kernel has them (Linux 6.6+), else aya's
 /// single uprobes, with the reason on `-v`.
-fn attacher(ebpf: &Ebpf, policy: ProbePlacement, programs: ProbePrograms) -> Attacher {
+fn attacher(maps: &[(String, RawFd)], policy: ProbePlacement, programs: ProbePrograms) -> Attacher {
     if policy == ProbePlacement::Entry {
         // Some first instructions are refused, and a link is all or nothing.
         info!("probes at offset 0 are single uprobes");
@@ -303,7 +316,7 @@ fn attacher(ebpf: &Ebpf, policy: ProbePlacement, programs: ProbePrograms) -> Att
             .collect(),
         ProbePrograms::Floor => vec!["floor_entry", "floor_return"],
     };
-    let programs = match multi::load_programs(EBPF_OBJECT, ebpf, &names) {
+    let programs = match multi::load_programs(EBPF_OBJECT, maps, &names) {
         Ok(programs) => programs,
         Err(e) => {
             info!("single uprobes (slow to attach and detach): {e:#}");

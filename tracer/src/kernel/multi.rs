@@ -15,7 +15,7 @@ use std::{
     collections::{HashMap, HashSet},
     ffi::CString,
     io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
     os::unix::ffi::OsStrExt,
     path::Path,
 };
@@ -32,11 +32,20 @@ const OBJ_NAME_LEN: usize = 16;
 /// Verifier log for a program the kernel refuses (its last lines are kept).
 const LOG_SIZE: usize = 1 << 20;
 
+/// The maps of `ebpf` by name, as raw descriptors (valid while `ebpf` is):
+/// what [`load_programs`] relocates against, on another thread.
+pub fn map_fds(ebpf: &Ebpf) -> Vec<(String, RawFd)> {
+    ebpf.maps()
+        .map(|(name, map)| (name.to_owned(), map_fd(map).as_raw_fd()))
+        .collect()
+}
+
 /// Loads the uprobe programs `names` of `object` for multi-uprobe links,
-/// relocated against the maps of `ebpf` (loaded from the same object).
+/// relocated against `maps` (those aya created from the same object, see
+/// [`map_fds`]).
 pub fn load_programs(
     object: &[u8],
-    ebpf: &Ebpf,
+    maps: &[(String, RawFd)],
     names: &[&'static str],
 ) -> Result<HashMap<&'static str, OwnedFd>> {
     let mut obj = aya_obj::Object::parse(object).context("cannot parse the eBPF object")?;
@@ -46,14 +55,14 @@ pub fn load_programs(
     }
     let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
     let obj_maps = std::mem::take(&mut obj.maps);
-    let mut maps = Vec::new();
-    for (name, map) in ebpf.maps() {
+    let mut relocated = Vec::new();
+    for (name, fd) in maps {
         let def = obj_maps
             .get(name)
             .ok_or_else(|| anyhow!("map {name} is not in the eBPF object"))?;
-        maps.push((name, map_fd(map).as_raw_fd(), def));
+        relocated.push((name.as_str(), *fd, def));
     }
-    obj.relocate_maps(maps.into_iter(), &text_sections)?;
+    obj.relocate_maps(relocated.into_iter(), &text_sections)?;
     obj.relocate_calls(&text_sections)?;
     // The verifier takes most of the time (up to 0.2 s for each program
     // that records acquisitions): one thread per program, on every CPU.
