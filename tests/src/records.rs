@@ -355,6 +355,10 @@ pub struct Summary {
     pub unprocessed_records: u64,
     pub handoff_cycles: u64,
     pub probed_files: Vec<String>,
+    /// Processes that got their probes after they started (`watch --pid`:
+    /// children forked while tracing), and the longest delay.
+    pub processes_probed_late: u64,
+    pub probe_delay_max_ms: f64,
     pub duration_s: f64,
 }
 

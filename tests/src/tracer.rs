@@ -202,6 +202,11 @@ impl Watcher {
     /// Starts the tracer (with `LOCKTRACE_LOG=info`) and waits until its
     /// probes are attached.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_logging(args, "info")
+    }
+
+    /// [`Watcher::start`] with `LOCKTRACE_LOG=log`.
+    pub fn start_logging(args: &[&str], log: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let report = dir.path().join("report.jsonl");
         let mut cmd = Command::new(locktrace_bin());
@@ -209,7 +214,7 @@ impl Watcher {
             .args(args)
             .args(["--format", "json", "--output"])
             .arg(&report)
-            .env("LOCKTRACE_LOG", "info")
+            .env("LOCKTRACE_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -263,6 +268,14 @@ impl Watcher {
                 ),
             }
         }
+    }
+
+    /// The tracer's log so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The records of the report written so far: every complete line (the

@@ -53,6 +53,21 @@ pub const HELD_FLAG_TIMED: u32 = 2;
 /// `HeldLock::flags`.
 pub const HELD_RECURSION_SHIFT: u32 = 16;
 
+/// The cookie of a lock probe (`bpf_get_attach_cookie`): the kind of lock
+/// its function takes and the `HELD_FLAG_*` of the request. One program
+/// serves every blocking lock function, and one every try or timed one, so
+/// that the verifier walks the acquisition path once, not once per kind.
+#[inline(always)]
+pub const fn probe_cookie(kind: LockKind, flags: u32) -> u64 {
+    kind as u64 | (flags as u64) << 32
+}
+
+/// The lock kind and flags of a probe cookie (see [`probe_cookie`]).
+#[inline(always)]
+pub const fn cookie_request(cookie: u64) -> (u32, u32) {
+    (cookie as u32, (cookie >> 32) as u32)
+}
+
 /// A lock a thread holds, with where it was taken.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

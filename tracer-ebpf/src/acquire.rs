@@ -6,13 +6,14 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::bpf_probe_read_user,
+    helpers::{bpf_probe_read_user, generated::bpf_get_attach_cookie},
     macros::{map, uprobe, uretprobe},
     maps::HashMap,
     programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
 };
 use tracer_common::{
-    Counter, EventKind, HeldLock, HeldStack, LockKind, HELD_FLAG_TIMED, HELD_FLAG_TRY,
+    cookie_request, Counter, EventKind, HeldLock, HeldStack, LockKind, HELD_FLAG_TIMED,
     HELD_RECURSION_SHIFT, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
     MUTEX_KIND_RECURSIVE,
 };
@@ -21,7 +22,7 @@ use crate::{
     context::{call_site, lock_arg, regs},
     counters::count,
     emit::{emit_new_dependencies, emit_self_deadlock},
-    filter::current_traced,
+    filter::{current_traced, is_armed},
     handoff::is_handoff,
     held::{
         drop_stale, existing_held_stack, find_held, held_stack, push, release, surely_owned,
@@ -49,6 +50,9 @@ pub struct Pending {
 /// when called at the return of a condition wait (see `DependencyEvent`).
 #[inline(always)]
 pub fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
+    if !is_armed() {
+        return 0;
+    }
     let Some((tgid, tid)) = current_traced() else {
         return 0;
     };
@@ -139,12 +143,12 @@ fn relock(
 
 /// The lock a probed lock function was called for, and where.
 #[inline(always)]
-pub fn requested(ctx: &ProbeContext, kind: LockKind, flags: u32) -> HeldLock {
+pub fn requested(ctx: &ProbeContext, kind: u32, flags: u32) -> HeldLock {
     let (callsite, above) = call_site(ctx);
     HeldLock {
         addr: lock_arg(ctx),
         callsite,
-        kind: kind as u32,
+        kind,
         flags,
         sp: regs(ctx).rsp,
         bp: regs(ctx).rbp,
@@ -152,24 +156,20 @@ pub fn requested(ctx: &ProbeContext, kind: LockKind, flags: u32) -> HeldLock {
     }
 }
 
-#[uprobe]
-pub fn mutex_lock(ctx: ProbeContext) -> u32 {
-    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::Mutex, 0), 0)
+/// The kind and flags of the request, from the probe's cookie (see
+/// `probe_cookie`).
+#[inline(always)]
+fn cookie(ctx: &ProbeContext) -> (u32, u32) {
+    // SAFETY: a helper reading the probe's own attach cookie.
+    cookie_request(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) })
 }
 
+/// Every blocking lock function (pthread_mutex_lock, the rwlock and spin
+/// locks, sem_wait): one program, the kind in the probe's cookie.
 #[uprobe]
-pub fn rwlock_rdlock(ctx: ProbeContext) -> u32 {
-    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::RwlockRead, 0), 0)
-}
-
-#[uprobe]
-pub fn rwlock_wrlock(ctx: ProbeContext) -> u32 {
-    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::RwlockWrite, 0), 0)
-}
-
-#[uprobe]
-pub fn spin_lock(ctx: ProbeContext) -> u32 {
-    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::Spinlock, 0), 0)
+pub fn lock(ctx: ProbeContext) -> u32 {
+    let (kind, flags) = cookie(&ctx);
+    acquire_blocking(regs(&ctx), requested(&ctx, kind, flags), 0)
 }
 
 /// Unlock of any kind (mutex, rwlock, spinlock).
@@ -185,7 +185,10 @@ pub fn unlock(ctx: ProbeContext) -> u32 {
 /// says whether it was taken. A timed request for a normal mutex the thread
 /// holds waits for itself until the timeout: a self-deadlock.
 #[inline(always)]
-pub fn try_entry(ctx: &ProbeContext, kind: LockKind, flags: u32) -> u32 {
+pub fn try_entry(ctx: &ProbeContext, kind: u32, flags: u32) -> u32 {
+    if !is_armed() {
+        return 0;
+    }
     let Some((tgid, tid)) = current_traced() else {
         return 0;
     };
@@ -215,29 +218,13 @@ pub fn try_entry(ctx: &ProbeContext, kind: LockKind, flags: u32) -> u32 {
     0
 }
 
+/// Every try and timed lock function (and sem_trywait, sem_timedwait...):
+/// one program, the kind and `HELD_FLAG_TRY` or `HELD_FLAG_TIMED` in the
+/// probe's cookie.
 #[uprobe]
-pub fn mutex_trylock(ctx: ProbeContext) -> u32 {
-    try_entry(&ctx, LockKind::Mutex, HELD_FLAG_TRY)
-}
-
-#[uprobe]
-pub fn mutex_timedlock(ctx: ProbeContext) -> u32 {
-    try_entry(&ctx, LockKind::Mutex, HELD_FLAG_TIMED)
-}
-
-#[uprobe]
-pub fn rwlock_tryrdlock(ctx: ProbeContext) -> u32 {
-    try_entry(&ctx, LockKind::RwlockRead, HELD_FLAG_TRY)
-}
-
-#[uprobe]
-pub fn rwlock_trywrlock(ctx: ProbeContext) -> u32 {
-    try_entry(&ctx, LockKind::RwlockWrite, HELD_FLAG_TRY)
-}
-
-#[uprobe]
-pub fn spin_trylock(ctx: ProbeContext) -> u32 {
-    try_entry(&ctx, LockKind::Spinlock, HELD_FLAG_TRY)
+pub fn try_lock(ctx: ProbeContext) -> u32 {
+    let (kind, flags) = cookie(&ctx);
+    try_entry(&ctx, kind, flags)
 }
 
 /// Return of a try or timed operation (all return 0 on success): a

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::map,
-    maps::HashMap,
+    maps::{Array, HashMap},
 };
 use tracer_common::{COMM_LEN, FILTER_ALL};
 
@@ -24,6 +24,20 @@ static COMM_FILTER: u32 = 0;
 /// Non-zero when map `CGROUPS` holds cgroup v2 ids whose processes are traced.
 #[no_mangle]
 static CGROUP_FILTER: u32 = 0;
+
+/// Entry 0 is set by the collector once every probe of the files it
+/// attaches first is live (see `kernel::attach` in the collector). Until
+/// then no acquisition is recorded: a lock taken while some release probe
+/// was not yet live could stay in a held stack for ever, and order every
+/// later lock of its thread after it (a false edge).
+#[map]
+static ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether acquisitions are recorded yet (see `ARMED`).
+#[inline(always)]
+pub fn is_armed() -> bool {
+    ARMED.get(0).is_some_and(|v| *v != 0)
+}
 
 /// Traced tgids when `FILTER_MODE == FILTER_TRACED`.
 #[map]

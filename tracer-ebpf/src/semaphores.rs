@@ -16,10 +16,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
 };
-use tracer_common::{DependencyKey, HeldLock, LockKind, HELD_FLAG_TIMED, HELD_FLAG_TRY};
+use tracer_common::{DependencyKey, HeldLock, LockKind, HELD_FLAG_TRY};
 
 use crate::{
-    acquire::{acquire_blocking, requested, try_entry},
     context::{lock_arg, regs},
     filter::current_traced,
     held::{release, Released},
@@ -78,21 +77,6 @@ pub fn try_failed(tgid: u32, tid: u32, lock: &HeldLock) {
 #[inline(always)]
 pub fn try_orders_like_blocking(lock: &HeldLock) -> bool {
     lock.kind == LockKind::Semaphore as u32 && lock.flags & HELD_FLAG_TRY != 0
-}
-
-#[uprobe]
-pub fn sem_wait(ctx: ProbeContext) -> u32 {
-    acquire_blocking(regs(&ctx), requested(&ctx, LockKind::Semaphore, 0), 0)
-}
-
-#[uprobe]
-pub fn sem_trywait(ctx: ProbeContext) -> u32 {
-    try_entry(&ctx, LockKind::Semaphore, HELD_FLAG_TRY)
-}
-
-#[uprobe]
-pub fn sem_timedwait(ctx: ProbeContext) -> u32 {
-    try_entry(&ctx, LockKind::Semaphore, HELD_FLAG_TIMED)
 }
 
 /// A post releases the semaphore if this thread holds it; a post by another

@@ -88,7 +88,8 @@ fn preflight(common: &CommonArgs) -> Result<(Vec<Target>, bool)> {
 
 /// Loads the programs and puts the probes on every target. A discovered
 /// file that cannot be probed (its process exited meanwhile) is skipped; a
-/// file named on the command line, or no file probed at all, is an error.
+/// file named on the command line, or no file probed at all, is an error. The caller arms
+/// the kernel side once every process it traces is probed.
 fn attach(common: &CommonArgs, filter: &Filter, targets: &[Target]) -> Result<Probes> {
     let mut probes = Probes::load(filter, placement(common), programs(common))?;
     let mut first_error = None;
@@ -169,8 +170,11 @@ fn run(args: RunArgs) -> Result<i32> {
             pids: vec![pid.as_raw() as u32],
             comms: vec![],
             cgroups: vec![],
+            // Its children must be seen from their first instruction.
+            per_process: false,
         };
-        let probes = attach(&args.common, &filter, &targets)?;
+        let mut probes = attach(&args.common, &filter, &targets)?;
+        probes.arm()?;
         Ok::<_, anyhow::Error>((symbolizer, probes))
     })();
     let (symbolizer, probes) = match setup {
@@ -238,22 +242,41 @@ fn watch(args: WatchArgs) -> Result<i32> {
         .map(|dir| preflight::cgroup_id(dir))
         .collect::<Result<Vec<_>>>()?;
     let filter = Filter {
+        per_process: !pids.is_empty() && args.comms.is_empty() && cgroups.is_empty(),
         pids,
         comms: args.comms.clone(),
         cgroups,
     };
+    // The signal handlers first: a SIGTERM or Ctrl-C while the probes are
+    // being attached stops the tracer as cleanly as a later one.
+    let rt = runtime()?;
+    let (mut term, mut int) = {
+        let _runtime = rt.enter();
+        let term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        (
+            term,
+            signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        )
+    };
     let symbolizer = Symbolizer::new()?;
-    let probes = attach(&args.common, &filter, &targets)?;
+    let mut probes = attach(&args.common, &filter, &targets)?;
+    // The children of the named processes that exist now are traced too
+    // (listed after the filter holds their parents: the kernel side follows
+    // later forks).
+    for child in proc::descendants(&filter.pids) {
+        if let Err(e) = probes.trace_pid(child) {
+            // It exited meanwhile.
+            tracing::debug!(child, "cannot trace a child: {e:#}");
+        }
+    }
+    probes.arm()?;
     let enricher = Enricher::new(symbolizer, Wrappers::new(&args.common.wrappers));
     let mut session = Session::new(probes, enricher, reporter, args.common.hang_threshold);
     session.follow_new_libraries(follow);
     session.check_pythons(proc::all_pids());
-    let rt = runtime()?;
     let duration = args.duration;
     rt.block_on(async {
         let stop = async {
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
             let sleep = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
             tokio::select! {
                 _ = term.recv() => Stop::Signal,

@@ -157,6 +157,7 @@ impl Session {
                 _ = scan.tick() => {
                     self.drain(&mut streams, Instant::now() + SLICE)?;
                     self.check_waits()?;
+                    self.probes.sweep_processes();
                 }
                 // Records left from the last slice: go on after a look at
                 // the other branches.
@@ -185,6 +186,9 @@ impl Session {
         let libraries = self.enricher.symbolizer.spaces().take_new_libraries();
         self.follower.attach_new(&mut self.probes, libraries);
         self.take_deferred();
+        for (pid, forked) in self.enricher.symbolizer.spaces().take_forks() {
+            self.probes.probe_new_process(pid, Some(forked));
+        }
     }
 
     /// Dependencies the ring buffer had no room for, kept by the kernel side
@@ -406,6 +410,8 @@ impl Session {
                 .probed_files()
                 .map(|p| p.display().to_string())
                 .collect(),
+            processes_probed_late: self.probes.late_links().processes,
+            probe_delay_max_ms: self.probes.late_links().max_delay.as_secs_f64() * 1e3,
             duration_s: self.started.elapsed().as_secs_f64(),
         };
         self.reporter

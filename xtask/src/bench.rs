@@ -30,10 +30,14 @@ use serde_json::value::RawValue;
 
 use crate::{cmd, prereqs, run, step, target_dir, workspace_root};
 
+mod attach;
+
 pub struct Options {
     pub rounds: usize,
     pub seconds: f64,
     pub quick: bool,
+    /// Only the attach, detach and bystander rows (`attach`).
+    pub attach_only: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -164,6 +168,16 @@ pub fn bench(opts: &Options) -> Result<()> {
             others.join(", ")
         );
     }
+    step("attach, detach and bystanders");
+    let attach = attach::attach_bench(&locktrace, &lockloop, opts)?;
+    if opts.attach_only {
+        let markdown = attach::render(&attach, opts);
+        println!("{markdown}");
+        let json = serde_json::to_string(&serde_json::json!({ "attach": attach }))? + "\n";
+        std::fs::write(out_dir.join("results.json"), json)?;
+        std::fs::write(out_dir.join("results.md"), &markdown)?;
+        return Ok(());
+    }
     let mut rows = Vec::new();
     for workload in WORKLOADS {
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Setup::ALL.len()];
@@ -192,9 +206,11 @@ pub fn bench(opts: &Options) -> Result<()> {
     step("collector throughput (tracer/examples/collector_bench.rs)");
     let collector = collector_bench(opts.quick)?;
 
-    let markdown = render(&rows, &web, &collector, opts);
+    let mut markdown = render(&rows, &web, &collector, opts);
+    markdown.push('\n');
+    markdown.push_str(&attach::render(&attach, opts));
     println!("{markdown}");
-    let json = results_json(&rows, &web, &collector)?;
+    let json = results_json(&rows, &web, &collector, &attach)?;
     let json_path = out_dir.join("results.json");
     std::fs::write(&json_path, json)?;
     std::fs::write(out_dir.join("results.md"), &markdown)?;
@@ -344,17 +360,24 @@ fn render(rows: &[Row], web: &WebResults, collector: &RawValue, opts: &Options) 
 
 /// `results.json`: the probe costs, the web server's rows and the
 /// collector's own line, one JSON object.
-fn results_json(rows: &[Row], web: &WebResults, collector: &RawValue) -> Result<String> {
+fn results_json(
+    rows: &[Row],
+    web: &WebResults,
+    collector: &RawValue,
+    attach: &attach::AttachResults,
+) -> Result<String> {
     #[derive(Serialize)]
     struct Results<'a> {
         probe_cost: &'a [Row],
         web_server: &'a WebResults,
         collector: &'a RawValue,
+        attach: &'a attach::AttachResults,
     }
     let results = Results {
         probe_cost: rows,
         web_server: web,
         collector,
+        attach,
     };
     Ok(serde_json::to_string(&results)? + "\n")
 }
@@ -1191,8 +1214,18 @@ Transfer/sec:     53.79MB
             disturbed: vec!["locktrace [42]".into()],
         };
         let collector = RawValue::from_string(r#"{"events_per_s": 1.5e6}"#.into()).unwrap();
+        let attach = attach::AttachResults {
+            run_true_untraced_s: 0.5,
+            run_true_traced_s: 0.75,
+            watch_two_libcs_armed_s: 1.0,
+            watch_two_libcs_exit_s: 0.125,
+            bystander_native_ns: 16.5,
+            bystander_beside_watch_pid_ns: 17.0,
+            busy_pid_armed_s: 1.5,
+            busy_pid_total_s: 2.5,
+        };
         assert_eq!(
-            results_json(&rows, &web, &collector).unwrap(),
+            results_json(&rows, &web, &collector, &attach).unwrap(),
             concat!(
                 r#"{"probe_cost":[{"workload":"mutex, 1 thread","untraced_ns":17.00,"#,
                 r#""floor_ns":60.12,"locktrace_ns":80.50,"offset_0_ns":640.00}],"#,
@@ -1200,7 +1233,11 @@ Transfer/sec:     53.79MB
                 r#""load":"wrk -t2 -c32 -d10s --latency","setups":[{"setup":"locktrace","#,
                 r#""requests_per_s":41849.1,"p99_ms":9.570,"events":614787,"lost_events":null,"#,
                 r#""socket_errors":0}],"disturbed_by":["locktrace [42]"]},"#,
-                r#""collector":{"events_per_s": 1.5e6}}"#,
+                r#""collector":{"events_per_s": 1.5e6},"attach":{"run_true_untraced_s":0.5,"#,
+                r#""run_true_traced_s":0.75,"watch_two_libcs_armed_s":1.0,"#,
+                r#""watch_two_libcs_exit_s":0.125,"bystander_native_ns":16.5,"#,
+                r#""bystander_beside_watch_pid_ns":17.0,"busy_pid_armed_s":1.5,"#,
+                r#""busy_pid_total_s":2.5}}"#,
                 "\n"
             )
         );

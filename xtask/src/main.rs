@@ -66,6 +66,11 @@ enum Command {
         /// One short round: a smoke run, not a measurement.
         #[arg(long)]
         quick: bool,
+        /// Only the attach, detach and bystander rows (`run` of a trivial
+        /// program, exit after SIGTERM, an untraced process beside
+        /// `watch --pid`).
+        #[arg(long)]
+        attach_only: bool,
     },
 }
 
@@ -94,18 +99,21 @@ fn real_main() -> Result<()> {
             rounds,
             seconds,
             quick,
+            attach_only,
         } => {
             let opts = if quick {
                 bench::Options {
                     rounds: 1,
                     seconds: 0.3,
                     quick,
+                    attach_only,
                 }
             } else {
                 bench::Options {
                     rounds,
                     seconds,
                     quick,
+                    attach_only,
                 }
             };
             bench::bench(&opts)

@@ -44,6 +44,7 @@ const ATTR_MMAP_DATA: u64 = 1 << 17;
 const ATTR_SAMPLE_ID_ALL: u64 = 1 << 18;
 const ATTR_MMAP2: u64 = 1 << 23;
 const ATTR_COMM_EXEC: u64 = 1 << 24;
+const ATTR_USE_CLOCKID: u64 = 1 << 25;
 
 const PERF_RECORD_MMAP: u32 = 1;
 const PERF_RECORD_LOST: u32 = 2;
@@ -147,7 +148,11 @@ impl Ring {
                 | ATTR_COMM_EXEC
                 | ATTR_TASK
                 | ATTR_SAMPLE_ID_ALL
-                | ATTR_WATERMARK,
+                | ATTR_WATERMARK
+                | ATTR_USE_CLOCKID,
+            // Record times comparable with the collector's clock (how late
+            // a forked child got its probes).
+            clockid: libc::CLOCK_MONOTONIC,
             // We never poll: wake-ups are irrelevant, keep them rare.
             wakeup_watermark: (pages * page / 2) as u32,
             ..Default::default()

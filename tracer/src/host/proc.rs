@@ -93,3 +93,52 @@ pub fn pids_with_comm(comm: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+/// The live descendants of `pids` (children, their children, ...), not
+/// `pids` themselves.
+pub fn descendants(pids: &[u32]) -> Vec<u32> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    let parent_of: Vec<(u32, u32)> = all
+        .flatten()
+        .filter_map(|p| p.stat().ok())
+        .map(|stat| (stat.pid as u32, stat.ppid as u32))
+        .collect();
+    let mut found: Vec<u32> = Vec::new();
+    let mut frontier: Vec<u32> = pids.to_vec();
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid) in &parent_of {
+            if ppid == parent && !pids.contains(&pid) && !found.contains(&pid) {
+                found.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// When process `pid` started, in CLOCK_MONOTONIC ns (to the kernel's
+/// clock tick: 10 ms).
+pub fn start_time_ns(pid: u32) -> Option<u64> {
+    let stat = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .stat()
+        .ok()?;
+    let ticks = procfs::ticks_per_second();
+    let since_boot = stat.starttime * 1_000_000_000 / ticks;
+    // /proc counts from boot (CLOCK_BOOTTIME); shift to CLOCK_MONOTONIC.
+    let offset = clock_ns(libc::CLOCK_BOOTTIME).checked_sub(clock_ns(libc::CLOCK_MONOTONIC))?;
+    since_boot.checked_sub(offset)
+}
+
+/// A clock's time in ns.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

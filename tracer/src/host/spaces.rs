@@ -91,6 +91,10 @@ pub struct AddressSpaces {
     /// last [`AddressSpaces::take_new_programs`]: the tracer looks for an
     /// interpreter in them.
     new_programs: Vec<u32>,
+    /// Processes forked since the last [`AddressSpaces::take_forks`], with
+    /// the time of the fork (CLOCK_MONOTONIC ns): with probes per process,
+    /// the children of traced processes get theirs.
+    forks: Vec<(u32, u64)>,
 }
 
 impl AddressSpaces {
@@ -125,6 +129,7 @@ impl AddressSpaces {
             last_purge: Instant::now(),
             new_libraries: Vec::new(),
             new_programs: Vec::new(),
+            forks: Vec::new(),
         }
     }
 
@@ -135,6 +140,11 @@ impl AddressSpaces {
         pids.sort_unstable();
         pids.dedup();
         pids
+    }
+
+    /// Processes forked since the last call, and when (CLOCK_MONOTONIC ns).
+    pub fn take_forks(&mut self) -> Vec<(u32, u64)> {
+        std::mem::take(&mut self.forks)
     }
 
     /// Lock libraries mapped (executable) since the last call, with the
@@ -297,6 +307,7 @@ impl AddressSpaces {
                 if r.pid == ppid || r.pid == self.self_pid {
                     return; // a new thread
                 }
+                self.forks.push((r.pid, r.time));
                 // The parent may be a process we never saw: seed it (or us).
                 if !self.spaces.contains_key(&ppid) {
                     self.seed(ppid);

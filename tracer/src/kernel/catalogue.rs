@@ -2,6 +2,7 @@
 //! entry or return, reading which argument registers; and the tracepoints.
 
 use iced_x86::Register;
+use tracer_common::{probe_cookie, LockKind, HELD_FLAG_TIMED, HELD_FLAG_TRY};
 
 /// One uprobe on a libc function.
 pub struct Uprobe {
@@ -16,6 +17,10 @@ pub struct Uprobe {
     /// The program tolerates a second hit in the same call (see
     /// `placement::place_repeat_safe`).
     pub repeat_safe: bool,
+    /// What `bpf_get_attach_cookie` returns to the program: for the lock
+    /// programs, the kind of lock and the request's flags
+    /// (`tracer_common::probe_cookie`).
+    pub cookie: u64,
 }
 
 const fn entry(program: &'static str, symbol: &'static str) -> Uprobe {
@@ -25,6 +30,25 @@ const fn entry(program: &'static str, symbol: &'static str) -> Uprobe {
         is_return: false,
         reads: &[Register::RDI],
         repeat_safe: false,
+        cookie: 0,
+    }
+}
+
+/// A blocking lock function: program `lock`, the kind in the cookie.
+const fn lock(symbol: &'static str, kind: LockKind) -> Uprobe {
+    Uprobe {
+        cookie: probe_cookie(kind, 0),
+        ..entry("lock", symbol)
+    }
+}
+
+/// A try or timed lock function's entry: program `try_lock`, the kind and
+/// `HELD_FLAG_TRY` or `HELD_FLAG_TIMED` in the cookie; its return is a
+/// `try_return` probe.
+const fn try_lock(symbol: &'static str, kind: LockKind, flags: u32) -> Uprobe {
+    Uprobe {
+        cookie: probe_cookie(kind, flags),
+        ..entry("try_lock", symbol)
     }
 }
 
@@ -41,51 +65,60 @@ const fn repeat_safe(probe: Uprobe) -> Uprobe {
 
 const fn ret(program: &'static str, symbol: &'static str) -> Uprobe {
     Uprobe {
-        program,
-        symbol,
         is_return: true,
-        reads: &[Register::RDI],
-        repeat_safe: false,
+        ..entry(program, symbol)
     }
 }
+
+/// The condition waits: the mutex is the second argument.
+const fn cond(program: &'static str, symbol: &'static str, is_return: bool) -> Uprobe {
+    Uprobe {
+        is_return,
+        reads: &[Register::RDI, Register::RSI],
+        ..entry(program, symbol)
+    }
+}
+
+const TRY: u32 = HELD_FLAG_TRY;
+const TIMED: u32 = HELD_FLAG_TIMED;
 
 /// Every probe: an entry probe per lock function (blocking operations need no
 /// return probe: their wait shows in the futex tracepoints), and a return
 /// probe where the result decides what is held (try, timed, condition waits).
 pub const UPROBES: &[Uprobe] = &[
-    entry("mutex_lock", "pthread_mutex_lock"),
+    lock("pthread_mutex_lock", LockKind::Mutex),
     entry("unlock", "pthread_mutex_unlock"),
-    entry("mutex_trylock", "pthread_mutex_trylock"),
+    try_lock("pthread_mutex_trylock", LockKind::Mutex, TRY),
     ret("try_return", "pthread_mutex_trylock"),
-    entry("mutex_timedlock", "pthread_mutex_timedlock"),
+    try_lock("pthread_mutex_timedlock", LockKind::Mutex, TIMED),
     ret("try_return", "pthread_mutex_timedlock"),
-    entry("mutex_timedlock", "pthread_mutex_clocklock"),
+    try_lock("pthread_mutex_clocklock", LockKind::Mutex, TIMED),
     ret("try_return", "pthread_mutex_clocklock"),
-    entry("rwlock_rdlock", "pthread_rwlock_rdlock"),
-    entry("rwlock_wrlock", "pthread_rwlock_wrlock"),
+    lock("pthread_rwlock_rdlock", LockKind::RwlockRead),
+    lock("pthread_rwlock_wrlock", LockKind::RwlockWrite),
     entry("unlock", "pthread_rwlock_unlock"),
-    entry("rwlock_tryrdlock", "pthread_rwlock_tryrdlock"),
+    try_lock("pthread_rwlock_tryrdlock", LockKind::RwlockRead, TRY),
     ret("try_return", "pthread_rwlock_tryrdlock"),
-    entry("rwlock_tryrdlock", "pthread_rwlock_timedrdlock"),
+    try_lock("pthread_rwlock_timedrdlock", LockKind::RwlockRead, TRY),
     ret("try_return", "pthread_rwlock_timedrdlock"),
-    entry("rwlock_tryrdlock", "pthread_rwlock_clockrdlock"),
+    try_lock("pthread_rwlock_clockrdlock", LockKind::RwlockRead, TRY),
     ret("try_return", "pthread_rwlock_clockrdlock"),
-    entry("rwlock_trywrlock", "pthread_rwlock_trywrlock"),
+    try_lock("pthread_rwlock_trywrlock", LockKind::RwlockWrite, TRY),
     ret("try_return", "pthread_rwlock_trywrlock"),
-    entry("rwlock_trywrlock", "pthread_rwlock_timedwrlock"),
+    try_lock("pthread_rwlock_timedwrlock", LockKind::RwlockWrite, TRY),
     ret("try_return", "pthread_rwlock_timedwrlock"),
-    entry("rwlock_trywrlock", "pthread_rwlock_clockwrlock"),
+    try_lock("pthread_rwlock_clockwrlock", LockKind::RwlockWrite, TRY),
     ret("try_return", "pthread_rwlock_clockwrlock"),
-    entry("spin_lock", "pthread_spin_lock"),
+    lock("pthread_spin_lock", LockKind::Spinlock),
     entry("unlock", "pthread_spin_unlock"),
-    entry("spin_trylock", "pthread_spin_trylock"),
+    try_lock("pthread_spin_trylock", LockKind::Spinlock, TRY),
     ret("try_return", "pthread_spin_trylock"),
-    entry("sem_wait", "sem_wait"),
-    repeat_safe(entry("sem_trywait", "sem_trywait")),
+    lock("sem_wait", LockKind::Semaphore),
+    repeat_safe(try_lock("sem_trywait", LockKind::Semaphore, TRY)),
     repeat_safe(ret("try_return", "sem_trywait")),
-    entry("sem_timedwait", "sem_timedwait"),
+    try_lock("sem_timedwait", LockKind::Semaphore, TIMED),
     ret("try_return", "sem_timedwait"),
-    entry("sem_timedwait", "sem_clockwait"),
+    try_lock("sem_clockwait", LockKind::Semaphore, TIMED),
     ret("try_return", "sem_clockwait"),
     repeat_safe(entry("sem_post", "sem_post")),
     // pthread_spin_init shares its code with pthread_spin_unlock: not probed.
@@ -96,49 +129,12 @@ pub const UPROBES: &[Uprobe] = &[
     entry("lock_destroy", "pthread_spin_destroy"),
     entry("lock_init", "sem_init"),
     entry("lock_destroy", "sem_destroy"),
-    // The mutex is the second argument.
-    Uprobe {
-        program: "cond_wait",
-        symbol: "pthread_cond_wait",
-        is_return: false,
-        reads: &[Register::RDI, Register::RSI],
-        repeat_safe: false,
-    },
-    Uprobe {
-        program: "cond_wait_return",
-        symbol: "pthread_cond_wait",
-        is_return: true,
-        reads: &[Register::RDI, Register::RSI],
-        repeat_safe: false,
-    },
-    Uprobe {
-        program: "cond_wait",
-        symbol: "pthread_cond_timedwait",
-        is_return: false,
-        reads: &[Register::RDI, Register::RSI],
-        repeat_safe: false,
-    },
-    Uprobe {
-        program: "cond_wait_return",
-        symbol: "pthread_cond_timedwait",
-        is_return: true,
-        reads: &[Register::RDI, Register::RSI],
-        repeat_safe: false,
-    },
-    Uprobe {
-        program: "cond_wait",
-        symbol: "pthread_cond_clockwait",
-        is_return: false,
-        reads: &[Register::RDI, Register::RSI],
-        repeat_safe: false,
-    },
-    Uprobe {
-        program: "cond_wait_return",
-        symbol: "pthread_cond_clockwait",
-        is_return: true,
-        reads: &[Register::RDI, Register::RSI],
-        repeat_safe: false,
-    },
+    cond("cond_wait", "pthread_cond_wait", false),
+    cond("cond_wait_return", "pthread_cond_wait", true),
+    cond("cond_wait", "pthread_cond_timedwait", false),
+    cond("cond_wait_return", "pthread_cond_timedwait", true),
+    cond("cond_wait", "pthread_cond_clockwait", false),
+    cond("cond_wait_return", "pthread_cond_clockwait", true),
 ];
 
 /// The functions that get probes.
@@ -154,3 +150,58 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("futex_enter", "syscalls", "sys_enter_futex"),
     ("futex_exit", "syscalls", "sys_exit_futex"),
 ];
+
+/// Whether a program records acquisitions (a lock taken, or a try or timed
+/// request pending until its return). These are attached after every other
+/// program of a file, releases first: then a lock whose acquisition was seen
+/// always has its release seen, and never stays in a held stack for ever.
+pub fn records_acquisitions(program: &str) -> bool {
+    matches!(program, "lock" | "try_lock" | "floor_entry")
+}
+
+/// The programs that go on uprobes.
+pub fn uprobe_programs() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = UPROBES.iter().map(|p| p.program).collect();
+    names.extend(["floor_entry", "floor_return"]);
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every program is placed in the attach order on purpose: a new one
+    /// must be added to one side.
+    #[test]
+    fn every_program_has_an_attach_order() {
+        let first = [
+            "unlock",
+            "try_return",
+            "sem_post",
+            "lock_init",
+            "lock_destroy",
+            "cond_wait",
+            "cond_wait_return",
+            "floor_return",
+        ];
+        for program in uprobe_programs() {
+            assert!(
+                records_acquisitions(program) != first.contains(&program),
+                "{program}"
+            );
+        }
+    }
+
+    #[test]
+    fn lock_programs_get_their_kind() {
+        for probe in UPROBES
+            .iter()
+            .filter(|p| ["lock", "try_lock"].contains(&p.program))
+        {
+            let (kind, _) = tracer_common::cookie_request(probe.cookie);
+            assert!(LockKind::from_raw(kind).is_some(), "{}", probe.symbol);
+        }
+    }
+}

@@ -73,6 +73,17 @@ impl Probes {
         Ok(())
     }
 
+    /// Forgets what the kernel side knows thread `tid` holds (also what it
+    /// inherited at a fork and has not yet taken up).
+    pub fn forget_thread(&mut self, tid: u32) -> Result<()> {
+        for name in ["HELD", "INHERIT"] {
+            let mut map: HashMap<_, u32, HeldStack> = HashMap::try_from(self.map_mut(name)?)?;
+            // Absent keys are fine.
+            let _ = map.remove(&tid);
+        }
+        Ok(())
+    }
+
     /// The held-lock stack of every thread that holds something.
     pub fn held_stacks(&self) -> Result<HeldByThread> {
         let map = self.map("HELD")?;

@@ -3,11 +3,14 @@
 //! follow), loading and attaching, typed map access, and the ring buffer's
 //! records, decoded.
 
+pub mod attach;
 pub mod catalogue;
 pub mod decode;
 pub mod events;
 pub mod follow;
+pub mod links;
 pub mod load;
 pub mod maps;
+pub mod multi;
 pub mod placement;
 pub mod targets;

@@ -65,6 +65,11 @@ pub struct Summary {
     pub handoff_cycles: u64,
     /// The files with lock probes (each libc on the host, `--binary` files).
     pub probed_files: Vec<String>,
+    /// With probes per process (`watch --pid`): processes that got their
+    /// probes after they started (children forked while tracing), and the
+    /// longest such delay: their lock operations before were not seen.
+    pub processes_probed_late: u64,
+    pub probe_delay_max_ms: f64,
     pub duration_s: f64,
 }
 
@@ -256,6 +261,14 @@ impl fmt::Display for Summary {
         // are worth naming.
         if self.probed_files.len() > 1 {
             write!(f, "\n  probed: {}", self.probed_files.join(", "))?;
+        }
+        if self.processes_probed_late > 0 {
+            write!(
+                f,
+                "\n  probed late: {} forked while tracing got the probes up to {:.1} ms after they started (their lock operations before were not seen)",
+                plural(self.processes_probed_late, "process", "processes"),
+                self.probe_delay_max_ms
+            )?;
         }
         for c in &self.contention {
             let name = c

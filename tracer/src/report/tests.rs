@@ -196,6 +196,8 @@ fn summary() -> Summary {
         unprocessed_records: 0,
         handoff_cycles: 0,
         probed_files: vec![],
+        processes_probed_late: 0,
+        probe_delay_max_ms: 0.0,
         duration_s: 2.5,
     }
 }
@@ -451,6 +453,8 @@ fn summary_text() {
         unprocessed_records: 0,
         handoff_cycles: 0,
         probed_files: vec![],
+        processes_probed_late: 0,
+        probe_delay_max_ms: 0.0,
         duration_s: 0.04,
     };
     assert_eq!(
