@@ -9,6 +9,9 @@ use crate::model::{CodeSite, LockInstance, PyFrame, SharedLock};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InitStack {
     pub sp: u64,
+    /// The frame pointer at the init function's entry: the frame above is
+    /// a frame-pointer frame in code built with them.
+    pub bp: u64,
     pub bytes: Vec<u8>,
 }
 

@@ -333,6 +333,7 @@ fn a_library_init_site_with_a_known_caller_is_classed_by_the_caller() {
     let stack = |sp| {
         Some(InitStack {
             sp,
+            bp: 0,
             bytes: vec![0; 64],
         })
     };
@@ -391,6 +392,7 @@ fn locks_made_through_a_wrapper_are_classed_by_the_wrappers_caller() {
             site: init,
             stack: Some(InitStack {
                 sp,
+                bp: 0,
                 bytes: vec![0; 64],
             }),
         });

@@ -36,9 +36,17 @@ pub enum Counter {
     /// deferred map instead and read from there (not lost; their stack is
     /// a short window).
     DeferredDependencies = 11,
+    /// Lock initializations kept in the kernel (map `PENDING_INITS`) instead
+    /// of being sent: sent only when the lock first takes part in a
+    /// dependency.
+    InitsHeldBack = 12,
+    /// Destructions of a lock whose initialization was never sent: the pair
+    /// cost no ring-buffer traffic (a lock created and destroyed per
+    /// request without ever nesting, as APR's are).
+    ResetsElided = 13,
 }
 
-pub const NUM_COUNTERS: u32 = 12;
+pub const NUM_COUNTERS: u32 = 14;
 
 impl Counter {
     pub const ALL: [Counter; NUM_COUNTERS as usize] = [
@@ -54,6 +62,8 @@ impl Counter {
         Counter::FutexWaitNs,
         Counter::StaleHeld,
         Counter::DeferredDependencies,
+        Counter::InitsHeldBack,
+        Counter::ResetsElided,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +80,8 @@ impl Counter {
             Counter::FutexWaitNs => "futex_wait_ns",
             Counter::StaleHeld => "stale_held",
             Counter::DeferredDependencies => "deferred_dependencies",
+            Counter::InitsHeldBack => "inits_held_back",
+            Counter::ResetsElided => "resets_elided",
         }
     }
 }

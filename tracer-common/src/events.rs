@@ -78,6 +78,7 @@ pub struct LockEvent {
     /// called it (a library's lock-creating function, such as APR's
     /// `apr_thread_mutex_create`, is not a lock class by itself).
     pub sp: u64,
+    pub bp: u64,
     pub init_stack_len: u32,
     pub _pad: u32,
     pub init_stack: [u8; INIT_STACK_BYTES],
@@ -153,6 +154,8 @@ pub struct DeferredDependency {
 #[cfg(feature = "user")]
 // SAFETY: plain `#[repr(C)]` data, valid for any bit pattern.
 unsafe impl aya::Pod for DeferredDependency {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for LockEvent {}
 
 #[cfg(test)]
 mod tests {

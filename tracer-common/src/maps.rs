@@ -20,6 +20,15 @@ pub struct FutexKey {
     pub uaddr: u64,
 }
 
+/// Key of maps `PENDING_INITS` and `KNOWN_LOCKS`: one lock of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LockKey {
+    pub pid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+
 /// A futex wait in progress (map `FUTEX_WAITING`, by tid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -45,6 +54,8 @@ pub struct FutexStats {
 // SAFETY (both): plain `#[repr(C)]` data, valid for any bit pattern.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FutexKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for LockKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FutexWait {}
 #[cfg(feature = "user")]

@@ -18,8 +18,8 @@ use tracer_common::{
 };
 
 use crate::{
-    context::BPF_F_NO_PREALLOC, counters::count, held::copy_lock, python::python_stack,
-    semaphores::is_signal_sem,
+    context::BPF_F_NO_PREALLOC, counters::count, held::copy_lock, instances::flush_init,
+    python::python_stack, semaphores::is_signal_sem,
 };
 
 #[map]
@@ -213,6 +213,14 @@ fn submit(
     n: usize,
     held: &HeldStack,
 ) -> bool {
+    // The held-back inits of the locks named go first (see `instances`).
+    flush_init(tgid, to.addr);
+    for i in 0..MAX_HELD {
+        if i >= n {
+            break;
+        }
+        flush_init(tgid, held.new_from[i].addr);
+    }
     // A full ring buffer is not a loss yet: see `defer`.
     let Some(mut entry) = EVENTS.reserve::<DependencyEvent>(0) else {
         return false;
@@ -316,5 +324,6 @@ pub unsafe fn write_lock_event(
         (*ev).py_code[i].code = 0;
     }
     (*ev).sp = 0;
+    (*ev).bp = 0;
     (*ev).init_stack_len = 0;
 }

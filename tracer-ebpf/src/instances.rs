@@ -2,17 +2,45 @@
 //! instance (reused memory must not inherit the old one's dependencies), and
 //! an init's call site, its caller and its Python creator name the new
 //! lock's class.
+//!
+//! Servers create and destroy locks per request (APR makes a mutex per
+//! pool), and most of them never nest with another lock: the collector
+//! needs nothing of them. So an init is kept here (`PENDING_INITS`) and sent
+//! only when its lock first takes part in a dependency (`flush_init`, just
+//! before the dependency, so the collector reads them in order); a destroy
+//! of a lock whose init was never sent is dropped with it. Locks the
+//! collector has heard of (`KNOWN_LOCKS`) have their inits and destroys sent
+//! at once, as must be for reused memory.
 
-use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use tracer_common::{Counter, EventKind, LockEvent, INIT_STACK_BYTES};
+use aya_ebpf::{
+    helpers::generated::bpf_probe_read_kernel,
+    macros::{map, uprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::ProbeContext,
+};
+use tracer_common::{Counter, EventKind, LockEvent, LockKey, INIT_STACK_BYTES};
 
 use crate::{
-    context::{lock_arg, read_user_bytes, return_address},
+    context::{lock_arg, read_user_bytes, return_address, BPF_F_NO_PREALLOC},
     counters::count,
     emit::{write_lock_event, EVENTS},
     filter::current_traced,
     python::python_creator,
 };
+
+/// Inits not sent yet, by process and address (allocated on use: a full
+/// map only means that further inits are sent at once, as before).
+#[map]
+static PENDING_INITS: HashMap<LockKey, LockEvent> =
+    HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
+/// Locks the collector has heard of (a dependency named them). LRU: an
+/// evicted lock's next init is only held back again.
+#[map]
+static KNOWN_LOCKS: LruHashMap<LockKey, u8> = LruHashMap::with_max_entries(65536, 0);
+/// A zeroed event to create `PENDING_INITS` entries from (too large for the
+/// BPF stack). Never written.
+#[map]
+static EMPTY_LOCK_EVENT: PerCpuArray<LockEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// `pthread_mutex_init`/`_destroy`, `pthread_rwlock_*`, `sem_init`/`_destroy`:
 /// the address becomes a new lock instance. The collector drops the old
@@ -23,33 +51,124 @@ fn lock_reset(ctx: &ProbeContext, init: u32) -> u32 {
     let Some((tgid, tid)) = current_traced() else {
         return 0;
     };
+    let key = LockKey {
+        pid: tgid,
+        _pad: 0,
+        addr: lock_arg(ctx),
+    };
+    // SAFETY: presence checks only.
+    let known = unsafe { KNOWN_LOCKS.get(&key) }.is_some();
+    if init != 0 && !known && hold_back(ctx, &key, tid) {
+        count(Counter::InitsHeldBack);
+        return 0;
+    }
+    if init == 0 {
+        if unsafe { PENDING_INITS.get(&key) }.is_some() {
+            let _ = PENDING_INITS.remove(&key);
+            count(Counter::ResetsElided);
+            return 0;
+        }
+        let _ = KNOWN_LOCKS.remove(&key);
+    }
     let Some(mut entry) = EVENTS.reserve::<LockEvent>(0) else {
         count(Counter::LostEvents);
         return 0;
     };
-    let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points to a reserved, exclusively owned ring-buffer slot
     // (written field by field: the event is too large for the BPF stack).
-    unsafe {
-        write_lock_event(
-            ev,
-            EventKind::LockReset,
-            tgid,
-            tid,
-            init,
-            lock_arg(ctx),
-            return_address(ctx),
-        );
-        if init != 0 {
-            python_creator(tgid, tid, &mut (*ev).py_creator, &mut (*ev).py_code);
-            let sp = (*ctx.regs).rsp;
-            (*ev).sp = sp;
-            (*ev).init_stack_len =
-                read_user_bytes(&mut (*ev).init_stack, sp, INIT_STACK_BYTES as u64);
-        }
-    }
+    unsafe { write_reset(entry.as_mut_ptr(), ctx, tgid, tid, init) };
     entry.submit(0);
     0
+}
+
+/// Keeps an init in `PENDING_INITS`; false if the map is full.
+#[inline(always)]
+fn hold_back(ctx: &ProbeContext, key: &LockKey, tid: u32) -> bool {
+    let Some(zero) = EMPTY_LOCK_EVENT.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: a map value of the right type, never written. An entry left
+    // by an earlier init at this address (memory reused without a destroy)
+    // is replaced: the collector never heard of that lock.
+    if PENDING_INITS.insert(key, unsafe { &*zero }, 0).is_err() {
+        return false;
+    }
+    let Some(ev) = PENDING_INITS.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: our own entry; `flush_init` skips it until `event` is set.
+    unsafe {
+        write_reset(ev, ctx, key.pid, tid, 1);
+        core::ptr::write_volatile(&mut (*ev).event, EventKind::LockReset as u32);
+    }
+    true
+}
+
+/// # Safety
+/// `ev` must point to a writable `LockEvent`.
+#[inline(always)]
+unsafe fn write_reset(ev: *mut LockEvent, ctx: &ProbeContext, tgid: u32, tid: u32, init: u32) {
+    write_lock_event(
+        ev,
+        EventKind::LockReset,
+        tgid,
+        tid,
+        init,
+        lock_arg(ctx),
+        return_address(ctx),
+    );
+    if init != 0 {
+        python_creator(tgid, tid, &mut (*ev).py_creator, &mut (*ev).py_code);
+        let sp = (*ctx.regs).rsp;
+        (*ev).sp = sp;
+        (*ev).bp = (*ctx.regs).rbp;
+        (*ev).init_stack_len = read_user_bytes(&mut (*ev).init_stack, sp, INIT_STACK_BYTES as u64);
+    }
+}
+
+/// Before a dependency naming the lock at `addr` is sent: its held-back
+/// init goes first, and the lock is known from now on (its destroy and its
+/// address's next init are sent at once).
+#[inline(always)]
+pub fn flush_init(tgid: u32, addr: u64) {
+    let key = LockKey {
+        pid: tgid,
+        _pad: 0,
+        addr,
+    };
+    // SAFETY: presence check only.
+    if unsafe { KNOWN_LOCKS.get(&key) }.is_none() {
+        let _ = KNOWN_LOCKS.insert(&key, &0, 0);
+    }
+    let Some(pending) = PENDING_INITS.get_ptr(&key) else {
+        return;
+    };
+    // SAFETY: a map value; read once.
+    if unsafe { core::ptr::read_volatile(&(*pending).event) } == 0 {
+        return;
+    }
+    match EVENTS.reserve::<LockEvent>(0) {
+        Some(mut entry) => {
+            // SAFETY: copies one map value into a reserved slot of its size.
+            let copied = unsafe {
+                bpf_probe_read_kernel(
+                    entry.as_mut_ptr().cast(),
+                    core::mem::size_of::<LockEvent>() as u32,
+                    pending.cast(),
+                )
+            };
+            if copied == 0 {
+                entry.submit(0);
+            } else {
+                entry.discard(0);
+                count(Counter::LostEvents);
+            }
+        }
+        // The lock's class is then unknown to the collector (as for a lock
+        // made before the tracer started), which is counted.
+        None => count(Counter::LostEvents),
+    }
+    let _ = PENDING_INITS.remove(&key);
 }
 
 #[uprobe]

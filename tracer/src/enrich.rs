@@ -286,7 +286,7 @@ impl Host for Facts<'_> {
         let frames = self
             .enricher
             .symbolizer
-            .unwind(pid, site, stack.sp + 8, 0, above);
+            .unwind(pid, site, stack.sp + 8, stack.bp, above);
         frames.into_iter().skip(1).take_while(|&a| a != 0).collect()
     }
 

@@ -69,6 +69,12 @@ pub struct Session {
     /// Stacks of threads caught blocked on futex words that are not locks
     /// the tracer knows, by (pid, word).
     untraced_sites: HashMap<(u32, u64), Vec<u64>>,
+    /// Processes seen to exit since their held-back inits were last
+    /// deleted in the kernel.
+    exited: Vec<u32>,
+    /// Scans since the last sweep of held-back inits of vanished processes
+    /// (whose exit record the ring buffer had no room for).
+    scans_since_sweep: u32,
     started: Instant,
     /// Findings that count for `--exit-code`: all but guarded cycles (notes).
     pub alarms: u64,
@@ -90,6 +96,8 @@ impl Session {
             queue: VecDeque::new(),
             unprocessed: 0,
             untraced_sites: HashMap::new(),
+            exited: Vec::new(),
+            scans_since_sweep: 0,
             started: Instant::now(),
             alarms: 0,
         }
@@ -158,6 +166,7 @@ impl Session {
                     self.drain(&mut streams, Instant::now() + SLICE)?;
                     self.check_waits()?;
                     self.probes.sweep_processes();
+                    self.forget_pending_inits();
                 }
                 // Records left from the last slice: go on after a look at
                 // the other branches.
@@ -206,6 +215,27 @@ impl Session {
         }
     }
 
+    /// Deletes the kernel's held-back inits of exited processes: at once for
+    /// those whose exit was seen, every ten seconds for any that vanished.
+    fn forget_pending_inits(&mut self) {
+        self.scans_since_sweep += 1;
+        let swept = if self.scans_since_sweep >= 25 {
+            self.scans_since_sweep = 0;
+            self.exited.clear();
+            self.probes
+                .forget_pending_inits(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        } else if !self.exited.is_empty() {
+            let exited = std::mem::take(&mut self.exited);
+            self.probes
+                .forget_pending_inits(|pid| exited.contains(&pid))
+        } else {
+            return;
+        };
+        if let Err(e) = swept {
+            warn!("cannot delete held-back lock inits: {e:#}");
+        }
+    }
+
     /// Takes in and processes records until there are none or `deadline`.
     fn drain(&mut self, streams: &mut KernelStreams, deadline: Instant) -> Result<()> {
         loop {
@@ -242,6 +272,9 @@ impl Session {
             self.take_deferred();
         }
         for record in records {
+            if let Record::ProcessExit { pid, .. } = &record {
+                self.exited.push(*pid);
+            }
             // A process first seen here (forked before its parent was found
             // to run Python, as mod_wsgi daemons may be) is looked at now, so
             // that its next events carry Python frames.

@@ -174,6 +174,7 @@ fn decode_lock_reset(b: &[u8]) -> Result<Record> {
         let len = stack_len.min(tracer_common::INIT_STACK_BYTES);
         InitStack {
             sp: u64_at(b, offset_of!(LockEvent, sp)),
+            bp: u64_at(b, offset_of!(LockEvent, bp)),
             bytes: b[at..at + len].to_vec(),
         }
     });
@@ -375,6 +376,7 @@ mod tests {
             init_stack,
             Some(InitStack {
                 sp: 0x7ff0,
+                bp: 0,
                 bytes: vec![9; 8]
             })
         );

@@ -7,7 +7,7 @@ use aya::maps::{HashMap, PerCpuArray};
 use tracer_analysis::waits::WaitStarts;
 use tracer_common::{
     Counter, DeferredDependency, DependencyKey, FutexKey, FutexStats, FutexWait, HeldStack,
-    PyProcess,
+    LockEvent, LockKey, PyProcess,
 };
 
 use crate::kernel::load::Probes;
@@ -167,6 +167,23 @@ impl Probes {
             out.push(d);
         }
         Ok(out)
+    }
+
+    /// Deletes the inits the kernel side held back (`PENDING_INITS`) for
+    /// the processes `gone` names: their locks can take part in no more
+    /// dependencies, and a process that reuses the pid must not find them.
+    pub fn forget_pending_inits(&mut self, gone: impl Fn(u32) -> bool) -> Result<usize> {
+        let mut pending: HashMap<_, LockKey, LockEvent> =
+            HashMap::try_from(self.map_mut("PENDING_INITS")?)?;
+        let keys: Vec<LockKey> = pending
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| gone(k.pid))
+            .collect();
+        for key in &keys {
+            let _ = pending.remove(key);
+        }
+        Ok(keys.len())
     }
 
     /// The kernel counters, summed over CPUs.
