@@ -200,7 +200,7 @@ pub struct Watcher {
 
 impl Watcher {
     /// Starts the tracer (with `LOCKTRACE_LOG=info`) and waits until its
-    /// probes are attached.
+    /// probes are attached and armed (acquisitions are recorded).
     pub fn start(args: &[&str]) -> Self {
         Self::start_logging(args, "info")
     }
@@ -248,7 +248,7 @@ impl Watcher {
             _dir: dir,
             cmdline,
         };
-        watcher.wait_for_log(&["probes attached"], TRACER_TIMEOUT);
+        watcher.wait_for_log(&["armed"], TRACER_TIMEOUT);
         watcher
     }
 

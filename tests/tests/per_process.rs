@@ -175,7 +175,6 @@ fn only_the_traced_process_and_its_children_get_breakpoints() {
         &["--libc", libc.to_str().unwrap(), "--pid", &parent_arg],
         "info,locktrace=debug",
     );
-    watcher.wait_for_log(&["armed"], Duration::from_secs(30));
     let offsets = probed_offsets(&watcher.stderr_so_far());
 
     for (pid, who) in [(parent, "the traced process"), (first_child, "its child")] {
