@@ -38,12 +38,12 @@ const SLICE: Duration = Duration::from_millis(50);
 /// Why tracing stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
-    /// A signal (SIGINT, SIGTERM): what is left is processed for at most
+    /// A signal (SIGINT, SIGTERM) or the end of `--duration`: what is left is processed for at most
     /// half a second, the rest counted (`unprocessed_records`), so that the
     /// tracer ends within a second.
     Signal,
-    /// The traced command exited, or the duration ended: everything left is
-    /// processed (for at most a minute).
+    /// The traced command exited: everything left is processed (for at
+    /// most a minute), so that its findings are complete.
     Finished,
 }
 
@@ -151,6 +151,11 @@ impl Session {
         // second of the last thread blocking.
         let mut scan = tokio::time::interval(Duration::from_millis(400));
         let why = loop {
+            // Let the runtime turn its timer wheel and read its signal pipe:
+            // while records keep coming, every branch below is ready at
+            // once, and a task that never waits would never see the
+            // duration end or a SIGINT.
+            tokio::task::yield_now().await;
             tokio::select! {
                 biased;
                 why = &mut stop => break why,

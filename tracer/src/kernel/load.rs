@@ -85,6 +85,8 @@ pub struct Probes {
     tracepoints: Vec<TracePointLink>,
     pub(super) host_wide: bool,
     pub(super) cgroup_filter: bool,
+    /// The kernel's deferred-dependency count when `DEFERRED` was last read.
+    pub(super) deferred_taken: u64,
 }
 
 impl Probes {
@@ -126,6 +128,7 @@ impl Probes {
             tracepoints: Vec::new(),
             host_wide: filter.is_host_wide(),
             cgroup_filter: !filter.cgroups.is_empty(),
+            deferred_taken: 0,
         };
         // The verifier takes most of the start-up time: the uprobe programs
         // load on other threads while the tracepoints attach here.

@@ -151,6 +151,13 @@ impl Probes {
     /// Takes the dependencies the ring buffer had no room for (the kernel
     /// kept them in `DEFERRED`), deleting them there.
     pub fn take_deferred(&mut self) -> Result<Vec<DeferredDependency>> {
+        // Walking an empty hash map still visits all its buckets: only when
+        // the kernel side says it deferred something since the last time.
+        let deferred_so_far = self.counter(Counter::DeferredDependencies)?;
+        if deferred_so_far == self.deferred_taken {
+            return Ok(Vec::new());
+        }
+        self.deferred_taken = deferred_so_far;
         let mut deferred: HashMap<_, DependencyKey, DeferredDependency> =
             HashMap::try_from(self.map_mut("DEFERRED")?)?;
         let keys: Vec<DependencyKey> = deferred.keys().filter_map(|k| k.ok()).collect();
@@ -184,6 +191,12 @@ impl Probes {
             let _ = pending.remove(key);
         }
         Ok(keys.len())
+    }
+
+    /// One kernel counter, summed over CPUs.
+    pub fn counter(&self, counter: Counter) -> Result<u64> {
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("COUNTERS")?)?;
+        Ok(counters.get(&(counter as u32), 0)?.iter().sum())
     }
 
     /// The kernel counters, summed over CPUs.
