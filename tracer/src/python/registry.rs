@@ -117,6 +117,15 @@ impl Pythons {
         }
     }
 
+    /// Forgets that `pid` was found not to run Python: checked right after
+    /// its exec, its loader may not have mapped `libpython` yet (an
+    /// embedding program), so its first record looks again.
+    pub fn recheck_if_not_python(&mut self, pid: u32) {
+        if matches!(self.interpreters.get(&pid), Some(None)) {
+            self.interpreters.remove(&pid);
+        }
+    }
+
     /// Whether `pid` was checked for an interpreter.
     pub fn is_checked(&self, pid: u32) -> bool {
         self.interpreters.contains_key(&pid)
@@ -190,12 +199,26 @@ impl Pythons {
         // lock by an outer frame would be wrong).
         // A lock threading.py makes for itself (a thread's tstate lock) is
         // named by its innermost frame.
+        // A lock threading.py makes while it is imported (the main
+        // thread's tstate lock, `_shutdown_locks_lock`) is named by
+        // threading's own outermost line: the import machinery's line, the
+        // next frame out, is the same for all of them and would make
+        // different locks one class (a false class-level inversion between
+        // a thread's tstate lock and `_shutdown_locks_lock`).
         let mut site = None;
         let mut in_threading = None;
+        let mut outermost_threading = None;
         for frame in frames {
             match frame {
                 Some(f) if f.file.ends_with("/threading.py") => {
                     in_threading.get_or_insert(f.clone());
+                    outermost_threading = Some(f.clone());
+                }
+                Some(f)
+                    if f.file.starts_with("<frozen importlib") && outermost_threading.is_some() =>
+                {
+                    site = outermost_threading.take();
+                    break;
                 }
                 found => {
                     site = found.clone();
@@ -320,5 +343,62 @@ mod tests {
         assert_eq!(short_path("/srv/app/views.py"), "app/views.py");
         assert_eq!(short_path("app/views.py"), "app/views.py");
         assert_eq!(short_path("views.py"), "views.py");
+    }
+
+    fn frame(file: &str, function: &str, line: u32) -> Option<PyFrame> {
+        Some(PyFrame {
+            function: function.into(),
+            file: file.into(),
+            line,
+        })
+    }
+
+    fn named(frames: &[Option<PyFrame>]) -> Option<PyFrame> {
+        let mut pythons = Pythons::new();
+        let lock = LockId { pid: 1, addr: 0x10 };
+        pythons.note_created(lock, frames);
+        pythons.creation(lock).flatten()
+    }
+
+    /// The cause of the tstate-lock false positive (an inversion between a
+    /// thread's tstate lock and `_shutdown_locks_lock`, about one run in
+    /// 40): the main thread's tstate lock and `_shutdown_locks_lock` are
+    /// both made while `threading` is imported, and were both named by the
+    /// import machinery's line, one class.
+    #[test]
+    fn locks_made_by_importing_threading_are_named_by_its_lines() {
+        let threading = "/usr/lib/python3.11/threading.py";
+        let bootstrap = "<frozen importlib._bootstrap>";
+        let main_tstate = [
+            frame(threading, "Thread._set_tstate_lock", 1013),
+            frame(threading, "_MainThread.__init__", 1420),
+            frame(threading, "<module>", 1532),
+            frame(bootstrap, "_call_with_frames_removed", 241),
+        ];
+        let shutdown = [
+            frame(threading, "<module>", 819),
+            frame(bootstrap, "_call_with_frames_removed", 241),
+        ];
+        assert_eq!(named(&main_tstate).unwrap().line, 1532);
+        assert_eq!(named(&shutdown).unwrap().line, 819);
+        // A thread's own tstate lock: threading's innermost line.
+        let tstate = [
+            frame(threading, "Thread._set_tstate_lock", 1013),
+            frame(threading, "Thread._bootstrap_inner", 1038),
+            None,
+        ];
+        assert_eq!(named(&tstate).unwrap().line, 1013);
+        // A user's RLock: its caller; a module's top-level lock, imported:
+        // the module's line.
+        let user = [
+            frame(threading, "RLock", 133),
+            frame("/srv/app.py", "<module>", 7),
+        ];
+        assert_eq!(named(&user).unwrap().file, "/srv/app.py");
+        let module = [
+            frame("/srv/shared_lock.py", "<module>", 3),
+            frame(bootstrap, "_call_with_frames_removed", 241),
+        ];
+        assert_eq!(named(&module).unwrap().line, 3);
     }
 }
