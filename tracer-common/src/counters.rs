@@ -32,9 +32,9 @@ pub enum Counter {
     /// Held-lock entries dropped because the lock's own owner field said
     /// the thread no longer held it (a release the probes did not see).
     StaleHeld = 10,
-    /// Dependencies the ring buffer had no room for, kept in the kernel's
-    /// deferred map instead and read from there (not lost; their stack is
-    /// a short window).
+    /// Dependencies (and process exits) the ring buffer had no room for,
+    /// kept in the kernel's deferred maps instead and read from there (not
+    /// lost; a dependency's stack is then a short window).
     DeferredDependencies = 11,
     /// Lock initializations kept in the kernel (map `PENDING_INITS`) instead
     /// of being sent: sent only when the lock first takes part in a
@@ -44,9 +44,12 @@ pub enum Counter {
     /// cost no ring-buffer traffic (a lock created and destroyed per
     /// request without ever nesting, as APR's are).
     ResetsElided = 13,
+    /// Lock records written to the ring buffer (inits, destroys, process
+    /// exits): with `DependencyEvents`, all the ring-buffer traffic.
+    LockRecords = 14,
 }
 
-pub const NUM_COUNTERS: u32 = 14;
+pub const NUM_COUNTERS: u32 = 15;
 
 impl Counter {
     pub const ALL: [Counter; NUM_COUNTERS as usize] = [
@@ -64,6 +67,7 @@ impl Counter {
         Counter::DeferredDependencies,
         Counter::InitsHeldBack,
         Counter::ResetsElided,
+        Counter::LockRecords,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +86,7 @@ impl Counter {
             Counter::DeferredDependencies => "deferred_dependencies",
             Counter::InitsHeldBack => "inits_held_back",
             Counter::ResetsElided => "resets_elided",
+            Counter::LockRecords => "lock_records",
         }
     }
 }

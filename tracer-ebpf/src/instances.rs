@@ -78,6 +78,7 @@ fn lock_reset(ctx: &ProbeContext, init: u32) -> u32 {
     // (written field by field: the event is too large for the BPF stack).
     unsafe { write_reset(entry.as_mut_ptr(), ctx, tgid, tid, init) };
     entry.submit(0);
+    count(Counter::LockRecords);
     0
 }
 
@@ -147,28 +148,27 @@ pub fn flush_init(tgid: u32, addr: u64) {
     if unsafe { core::ptr::read_volatile(&(*pending).event) } == 0 {
         return;
     }
-    match EVENTS.reserve::<LockEvent>(0) {
-        Some(mut entry) => {
-            // SAFETY: copies one map value into a reserved slot of its size.
-            let copied = unsafe {
-                bpf_probe_read_kernel(
-                    entry.as_mut_ptr().cast(),
-                    core::mem::size_of::<LockEvent>() as u32,
-                    pending.cast(),
-                )
-            };
-            if copied == 0 {
-                entry.submit(0);
-            } else {
-                entry.discard(0);
-                count(Counter::LostEvents);
-            }
-        }
-        // The lock's class is then unknown to the collector (as for a lock
-        // made before the tracer started), which is counted.
-        None => count(Counter::LostEvents),
+    // No room in the ring buffer: the init stays here, and the collector
+    // takes it from the map with the dependency (which then waits in
+    // `DEFERRED` too).
+    let Some(mut entry) = EVENTS.reserve::<LockEvent>(0) else {
+        return;
+    };
+    // SAFETY: copies one map value into a reserved slot of its size.
+    let copied = unsafe {
+        bpf_probe_read_kernel(
+            entry.as_mut_ptr().cast(),
+            core::mem::size_of::<LockEvent>() as u32,
+            pending.cast(),
+        )
+    };
+    if copied == 0 {
+        entry.submit(0);
+        count(Counter::LockRecords);
+        let _ = PENDING_INITS.remove(&key);
+    } else {
+        entry.discard(0);
     }
-    let _ = PENDING_INITS.remove(&key);
 }
 
 #[uprobe]

@@ -5,7 +5,10 @@
 //! (its pid may be reused).
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
 };
 use tracer_common::{Counter, EventKind, LockEvent};
 
@@ -24,6 +27,11 @@ use crate::{
 static FORK_CHILD_PID_OFFSET: u32 = 20;
 #[no_mangle]
 static EXIT_GROUP_DEAD_OFFSET: u32 = 32;
+
+/// Exited processes the ring buffer had no room to announce: the
+/// collector reads them with the deferred dependencies.
+#[map]
+static EXITS_DEFERRED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
 #[tracepoint]
 pub fn process_fork(ctx: TracePointContext) -> u32 {
@@ -93,8 +101,15 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
                         )
                     };
                     entry.submit(0);
+                    count(Counter::LockRecords);
                 }
-                None => count(Counter::LostEvents),
+                None => {
+                    if EXITS_DEFERRED.insert(&tgid, &0, 0).is_ok() {
+                        count(Counter::DeferredDependencies);
+                    } else {
+                        count(Counter::LostEvents);
+                    }
+                }
             }
         }
         filter::forget(&tgid);

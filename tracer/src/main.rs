@@ -193,7 +193,7 @@ fn run(args: RunArgs) -> Result<i32> {
         // A Python program must be described to the kernel side before it
         // takes locks: look as soon as it runs its own program.
         launch::wait_for_exec(pid);
-        session.check_pythons([pid.as_raw() as u32]);
+        session.check_python_at_exec(pid.as_raw() as u32);
         let exited = tokio::task::spawn_blocking(move || waitpid(pid, None));
         let mut status = None;
         let stop = async {

@@ -72,6 +72,9 @@ pub struct Session {
     /// Processes seen to exit since their held-back inits were last
     /// deleted in the kernel.
     exited: Vec<u32>,
+    /// Processes whose exit the kernel deferred (ring buffer full): queued
+    /// after the next records taken in.
+    deferred_exits: Vec<u32>,
     /// Scans since the last sweep of held-back inits of vanished processes
     /// (whose exit record the ring buffer had no room for).
     scans_since_sweep: u32,
@@ -97,6 +100,7 @@ impl Session {
             unprocessed: 0,
             untraced_sites: HashMap::new(),
             exited: Vec::new(),
+            deferred_exits: Vec::new(),
             scans_since_sweep: 0,
             started: Instant::now(),
             alarms: 0,
@@ -124,6 +128,13 @@ impl Session {
                 self.describe_python(pid);
             }
         }
+    }
+
+    /// [`Session::check_pythons`] of a command just exec'd by `run`: if it
+    /// does not run Python yet, its first record looks again.
+    pub fn check_python_at_exec(&mut self, pid: u32) {
+        self.check_pythons([pid]);
+        self.enricher.pythons.recheck_if_not_python(pid);
     }
 
     fn describe_python(&mut self, pid: u32) {
@@ -209,12 +220,29 @@ impl Session {
     /// in its deferred map: queued like any record.
     fn take_deferred(&mut self) {
         match self.probes.take_deferred() {
-            Ok(deferred) => {
+            Ok((deferred, exits)) => {
                 for d in deferred {
+                    // Inits the ring buffer had no room for either come
+                    // first.
+                    for addr in [d.from.addr, d.to.addr] {
+                        let Some(bytes) = self.probes.take_pending_init(d.pid, addr) else {
+                            continue;
+                        };
+                        match decode::decode(&bytes) {
+                            Ok(init) => {
+                                let pending = self.enricher.resolve_python(init);
+                                self.queue.push_back(pending);
+                            }
+                            Err(e) => warn!("cannot decode a held-back lock init: {e:#}"),
+                        }
+                    }
                     let record = Record::Dependency(decode::deferred(&d));
                     let pending = self.enricher.resolve_python(record);
                     self.queue.push_back(pending);
                 }
+                // After the records the ring buffer still holds (the
+                // process's last ones are older than its exit).
+                self.deferred_exits.extend(exits);
             }
             Err(e) => warn!("cannot read the deferred dependencies: {e:#}"),
         }
@@ -289,6 +317,11 @@ impl Session {
                 }
             }
             let pending = self.enricher.resolve_python(record);
+            self.queue.push_back(pending);
+        }
+        for pid in std::mem::take(&mut self.deferred_exits) {
+            self.exited.push(pid);
+            let pending = self.enricher.resolve_python(Record::ProcessExit { pid });
             self.queue.push_back(pending);
         }
         n

@@ -150,12 +150,14 @@ impl Probes {
 
     /// Takes the dependencies the ring buffer had no room for (the kernel
     /// kept them in `DEFERRED`), deleting them there.
-    pub fn take_deferred(&mut self) -> Result<Vec<DeferredDependency>> {
+    /// Also the processes whose exit it had no room for
+    /// (`EXITS_DEFERRED`), to be handled after their dependencies.
+    pub fn take_deferred(&mut self) -> Result<(Vec<DeferredDependency>, Vec<u32>)> {
         // Walking an empty hash map still visits all its buckets: only when
         // the kernel side says it deferred something since the last time.
         let deferred_so_far = self.counter(Counter::DeferredDependencies)?;
         if deferred_so_far == self.deferred_taken {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         self.deferred_taken = deferred_so_far;
         let mut deferred: HashMap<_, DependencyKey, DeferredDependency> =
@@ -173,7 +175,28 @@ impl Probes {
             let _ = deferred.remove(&key);
             out.push(d);
         }
-        Ok(out)
+        Ok((out, self.take_deferred_exits()?))
+    }
+
+    fn take_deferred_exits(&mut self) -> Result<Vec<u32>> {
+        let mut exits: HashMap<_, u32, u8> = HashMap::try_from(self.map_mut("EXITS_DEFERRED")?)?;
+        let pids: Vec<u32> = exits.keys().filter_map(|k| k.ok()).collect();
+        for pid in &pids {
+            let _ = exits.remove(pid);
+        }
+        Ok(pids)
+    }
+
+    /// Takes the init the kernel side held back for lock `addr` of `pid`
+    /// (`PENDING_INITS`), as the bytes of a ring-buffer record: the ring
+    /// buffer had no room for it when a dependency first named the lock.
+    pub fn take_pending_init(&mut self, pid: u32, addr: u64) -> Option<Vec<u8>> {
+        let key = LockKey { pid, _pad: 0, addr };
+        let mut pending: HashMap<_, LockKey, [u8; size_of::<LockEvent>()]> =
+            HashMap::try_from(self.map_mut("PENDING_INITS").ok()?).ok()?;
+        let bytes = pending.get(&key, 0).ok()?;
+        let _ = pending.remove(&key);
+        Some(bytes.to_vec())
     }
 
     /// Deletes the inits the kernel side held back (`PENDING_INITS`) for
