@@ -448,6 +448,9 @@ struct WrkSample {
 struct TraceSummary {
     events: Option<u64>,
     lost_events: Option<u64>,
+    /// Records the kernel side wrote to the ring buffer (dependency and
+    /// lock records): the collector's traffic.
+    records: Option<u64>,
     /// Findings reported (every JSON line but the summary).
     findings: usize,
 }
@@ -460,6 +463,8 @@ struct WebRow {
     events: Option<u64>,
     /// Most lost events in one run.
     lost_events: Option<u64>,
+    /// Median ring-buffer records per request (traced setups).
+    records_per_request: Option<f64>,
     socket_errors: u64,
 }
 
@@ -516,8 +521,12 @@ fn web_bench(locktrace: &Path, opts: &Options) -> Result<WebResults> {
                 Some(TraceSummary {
                     events: Some(e),
                     lost_events: Some(l),
+                    records,
                     findings,
-                }) => format!(", {e} events traced, {l} lost, {findings} findings"),
+                }) => format!(
+                    ", {e} events traced, {} ring-buffer records, {l} lost, {findings} findings",
+                    records.map_or("?".to_owned(), |r| r.to_string())
+                ),
                 Some(_) => ", no summary from locktrace".to_owned(),
                 None => String::new(),
             };
@@ -552,12 +561,21 @@ fn web_bench(locktrace: &Path, opts: &Options) -> Result<WebResults> {
                 .iter()
                 .filter_map(|(_, t)| t.and_then(|t| t.lost_events))
                 .max();
+            let mut per_request: Vec<f64> = runs
+                .iter()
+                .filter_map(|(w, t)| {
+                    let requests = w.requests_per_s * seconds as f64;
+                    let records = t.and_then(|t| t.records)?;
+                    (requests > 0.0).then(|| records as f64 / requests)
+                })
+                .collect();
             WebRow {
                 setup,
                 requests_per_s: median(&mut rps),
                 p99_ms: median(&mut p99),
                 events: (!events.is_empty()).then(|| median(&mut events).round() as u64),
                 lost_events,
+                records_per_request: (!per_request.is_empty()).then(|| median(&mut per_request)),
                 socket_errors: runs.iter().map(|(w, _)| w.socket_errors).sum(),
             }
         })
@@ -608,6 +626,8 @@ enum TraceRecord {
     Summary {
         events: u64,
         lost_events: u64,
+        #[serde(default)]
+        counters: std::collections::BTreeMap<String, u64>,
     },
     /// Any finding.
     #[serde(other)]
@@ -625,12 +645,20 @@ fn summary_of(text: &str) -> TraceSummary {
         TraceRecord::Summary {
             events,
             lost_events,
-        } => Some((*events, *lost_events)),
+            counters,
+        } => {
+            let records = ["dependency_events", "lock_records"]
+                .iter()
+                .map(|k| counters.get(*k).copied())
+                .sum::<Option<u64>>();
+            Some((*events, *lost_events, records))
+        }
         TraceRecord::Finding => None,
     });
     TraceSummary {
         events: summary.map(|s| s.0),
         lost_events: summary.map(|s| s.1),
+        records: summary.and_then(|s| s.2),
         findings: records
             .iter()
             .filter(|r| matches!(r, TraceRecord::Finding))
@@ -1060,9 +1088,9 @@ fn render_web(web: &WebResults, opts: &Options) -> String {
         web.server, web.seconds, opts.rounds
     );
     md.push_str(
-        "| setup | requests/s | p99 latency | requests/s vs untraced | requests/s vs floor | events per run (most lost) |\n",
+        "| setup | requests/s | p99 latency | requests/s vs untraced | requests/s vs floor | events per run (most lost) | ring-buffer records per request |\n",
     );
-    md.push_str("|---|---|---|---|---|---|\n");
+    md.push_str("|---|---|---|---|---|---|---|\n");
     let untraced = web.row(Setup::Untraced).map(|r| r.requests_per_s);
     let floor = web.row(Setup::Floor).map(|r| r.requests_per_s);
     let ratio = |base: Option<f64>, rps: f64| match base {
@@ -1075,8 +1103,11 @@ fn render_web(web: &WebResults, opts: &Options) -> String {
             (Some(e), None) => e.to_string(),
             _ => "-".to_owned(),
         };
+        let per_request = row
+            .records_per_request
+            .map_or("-".to_owned(), |r| format!("{r:.4}"));
         md.push_str(&format!(
-            "| {} | {:.0} | {:.2} ms | {} | {} | {events} |\n",
+            "| {} | {:.0} | {:.2} ms | {} | {} | {events} | {per_request} |\n",
             row.setup.label(),
             row.requests_per_s,
             row.p99_ms,
@@ -1124,12 +1155,16 @@ impl Serialize for WebResults {
 /// One setup of `web_server.setups`.
 impl Serialize for WebRow {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(6))?;
+        let mut map = s.serialize_map(Some(7))?;
         map.serialize_entry("setup", self.setup.name())?;
         map.serialize_entry("requests_per_s", &fixed(self.requests_per_s, 1))?;
         map.serialize_entry("p99_ms", &fixed(self.p99_ms, 3))?;
         map.serialize_entry("events", &self.events)?;
         map.serialize_entry("lost_events", &self.lost_events)?;
+        map.serialize_entry(
+            "records_per_request",
+            &self.records_per_request.map(|r| fixed(r, 4)),
+        )?;
         map.serialize_entry("socket_errors", &self.socket_errors)?;
         map.end()
     }
@@ -1181,12 +1216,12 @@ Transfer/sec:     53.79MB
     #[test]
     fn reads_summary_counts() {
         let text = r#"{"type":"self_deadlock","id":1,"pid":5}
-{"type":"summary","events":614787,"dependencies":3,"lost_events":0,"counters":{"dependency_events":9}}
+{"type":"summary","events":614787,"dependencies":3,"lost_events":0,"counters":{"dependency_events":9,"lock_records":4}}
 "#;
         let s = summary_of(text);
         assert_eq!(
-            (s.events, s.lost_events, s.findings),
-            (Some(614787), Some(0), 1)
+            (s.events, s.lost_events, s.records, s.findings),
+            (Some(614787), Some(0), Some(13), 1)
         );
         // A tracer killed before its summary.
         let s = summary_of("{\"type\":\"deadlock\",\"id\":1}\n{\"type\":\"summ");
@@ -1209,6 +1244,7 @@ Transfer/sec:     53.79MB
                 p99_ms: 9.57,
                 events: Some(614787),
                 lost_events: None,
+                records_per_request: Some(0.00125),
                 socket_errors: 0,
             }],
             disturbed: vec!["locktrace [42]".into()],
@@ -1232,7 +1268,7 @@ Transfer/sec:     53.79MB
                 r#""web_server":{"server":"Apache/2.4.65 (Debian)","#,
                 r#""load":"wrk -t2 -c32 -d10s --latency","setups":[{"setup":"locktrace","#,
                 r#""requests_per_s":41849.1,"p99_ms":9.570,"events":614787,"lost_events":null,"#,
-                r#""socket_errors":0}],"disturbed_by":["locktrace [42]"]},"#,
+                r#""records_per_request":0.0013,"socket_errors":0}],"disturbed_by":["locktrace [42]"]},"#,
                 r#""collector":{"events_per_s": 1.5e6},"attach":{"run_true_untraced_s":0.5,"#,
                 r#""run_true_traced_s":0.75,"watch_two_libcs_armed_s":1.0,"#,
                 r#""watch_two_libcs_exit_s":0.125,"bystander_native_ns":16.5,"#,
