@@ -191,9 +191,14 @@ fn run(args: RunArgs) -> Result<i32> {
     let status = rt.block_on(async {
         let pid = child.release()?;
         // A Python program must be described to the kernel side before it
-        // takes locks: look as soon as it runs its own program.
-        launch::wait_for_exec(pid);
+        // takes locks: look while it is held at its entry point (or, if it
+        // could not be held, as soon as it runs its own program).
+        let held = launch::run_to_entry(pid);
+        if held.is_none() {
+            launch::wait_for_exec(pid);
+        }
         session.check_python_at_exec(pid.as_raw() as u32);
+        drop(held);
         let exited = tokio::task::spawn_blocking(move || waitpid(pid, None));
         let mut status = None;
         let stop = async {

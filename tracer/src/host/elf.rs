@@ -64,6 +64,23 @@ pub fn load_bias(mapping: &Mapping, loads: &[LoadSegment]) -> Option<u64> {
 /// `libc.so.6` (glibc 2.34 and later: pthread is in it), or, for older
 /// glibc, `libpthread.so.0` (the old `libc.so.6` only has forwarders, which
 /// [`Target::defines_lock_functions`] rejects).
+/// Whether the ELF executable at `path` names a dynamic loader (its
+/// libraries are mapped after the exec); false for a static program or
+/// what cannot be read.
+pub fn has_interpreter(path: &Path) -> bool {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(file) = ElfFile64::<object::Endianness>::parse(&*data) else {
+        return false;
+    };
+    let endian = file.endian();
+    file.elf_program_headers()
+        .iter()
+        .any(|ph| ph.p_type(endian) == object::elf::PT_INTERP)
+}
+
 pub fn is_lock_library(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;

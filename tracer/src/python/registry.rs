@@ -30,6 +30,11 @@ pub struct Pythons {
     cache: CodeCache,
     /// Reasons already reported (each once per session).
     unsupported: HashSet<String>,
+    /// Processes found with an interpreter that cannot be read.
+    unsupported_pids: HashSet<u32>,
+    /// Processes checked and found with no Python at all (not one found
+    /// with an interpreter it cannot read).
+    without_python: HashSet<u32>,
     /// Locks Python code created (`threading.Lock()`), with the creating
     /// frame when it could be read (a module's top-level code object is
     /// freed once the module ran: a lock created there may be unnamed).
@@ -104,9 +109,13 @@ impl Pythons {
             }
             Ok(None) => {
                 self.interpreters.insert(pid, None);
+                self.without_python.insert(pid);
             }
             Err(unsupported) => {
-                if self.unsupported.insert(unsupported.reason.clone()) {
+                // One note per process (a second look at a process that is
+                // exiting fails for another reason) and per reason.
+                let first_for_pid = self.unsupported_pids.insert(pid);
+                if first_for_pid && self.unsupported.insert(unsupported.reason.clone()) {
                     warn!(
                         pid,
                         "Python frames unavailable, native stacks only: {}", unsupported.reason
@@ -121,7 +130,8 @@ impl Pythons {
     /// its exec, its loader may not have mapped `libpython` yet (an
     /// embedding program), so its first record looks again.
     pub fn recheck_if_not_python(&mut self, pid: u32) {
-        if matches!(self.interpreters.get(&pid), Some(None)) {
+        // (Not one found with an interpreter it cannot read: that was said.)
+        if self.without_python.remove(&pid) {
             self.interpreters.remove(&pid);
         }
     }
@@ -210,6 +220,11 @@ impl Pythons {
         let mut outermost_threading = None;
         for frame in frames {
             match frame {
+                // A frame whose line could not be found (a long module's
+                // line table cut in the copy, its code object freed): by
+                // file alone it would make every lock that module creates
+                // one class. Unnamed, the lock is a class of its own.
+                Some(f) if f.line == 0 => break,
                 Some(f) if f.file.ends_with("/threading.py") => {
                     in_threading.get_or_insert(f.clone());
                     outermost_threading = Some(f.clone());
@@ -315,6 +330,8 @@ impl Pythons {
 
     pub fn forget_process(&mut self, pid: u32) {
         self.interpreters.remove(&pid);
+        self.without_python.remove(&pid);
+        self.unsupported_pids.remove(&pid);
         self.cache.forget_process(pid);
         self.created_at.retain(|l, _| l.pid != pid);
         self.import_waits.retain(|l, _| l.pid != pid);
@@ -400,5 +417,19 @@ mod tests {
             frame(bootstrap, "_call_with_frames_removed", 241),
         ];
         assert_eq!(named(&module).unwrap().line, 3);
+        // threading's top-level code is too long for the line table copy:
+        // its frame has no line, and names nothing (the two locks it makes
+        // while imported were one class "threading.py:0").
+        let shutdown_unread = [
+            frame(threading, "<module>", 0),
+            frame(bootstrap, "_call_with_frames_removed", 241),
+        ];
+        assert_eq!(named(&shutdown_unread), None);
+        let main_unread = [
+            frame(threading, "Thread._set_tstate_lock", 1013),
+            frame(threading, "_MainThread.__init__", 1420),
+            frame(threading, "<module>", 0),
+        ];
+        assert_eq!(named(&main_unread).unwrap().line, 1013);
     }
 }
