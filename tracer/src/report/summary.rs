@@ -111,8 +111,8 @@ pub fn contention(stats: &[FutexWord], resolve: &mut dyn Resolve, n: usize) -> V
 }
 
 /// How much of the blocking seen the order analysis could see: futex waits
-/// inside traced lock functions, against all futex waits of traced threads
-/// (condition waits left out). Waits on words no traced lock function took
+/// on words that traced lock functions wait on (`lock_waits`), against all
+/// futex waits of traced threads (condition waits left out). Waits on words no traced lock function took
 /// are locks of the program's own (InnoDB's latches, Rust's
 /// `std::sync::Mutex`, parking_lot...) or joins: "0 findings" says nothing
 /// about them.
@@ -146,14 +146,17 @@ pub fn coverage(
     resolve: &mut dyn Resolve,
     n: usize,
 ) -> Coverage {
-    let futex_waits = stats.iter().map(|w| w.waits).sum();
-    let lock_waits = stats.iter().map(|w| w.lock_waits).sum();
-    let mut untraced: Vec<&FutexWord> = stats.iter().filter(|w| w.lock_waits < w.waits).collect();
+    // A word some traced lock function waited on is a lock the analysis
+    // sees, whatever else waited on it (a mutex re-locked inside
+    // `pthread_cond_wait` goes through glibc's internal lock function).
+    let futex_waits: u64 = stats.iter().map(|w| w.waits).sum();
+    let mut untraced: Vec<&FutexWord> = stats.iter().filter(|w| w.lock_waits == 0).collect();
+    let untraced_waits: u64 = untraced.iter().map(|w| w.waits).sum();
     untraced.sort_by_key(|w| std::cmp::Reverse(w.wait_ns));
     Coverage {
         futex_waits,
-        lock_waits,
-        untraced_waits: futex_waits - lock_waits,
+        lock_waits: futex_waits - untraced_waits,
+        untraced_waits,
         untraced: untraced
             .into_iter()
             .take(n)
@@ -162,7 +165,7 @@ pub fn coverage(
                 comm: resolve.process_name(w.pid),
                 addr: w.addr,
                 name: resolve.lock_name(w.pid, w.addr),
-                waits: w.waits - w.lock_waits,
+                waits: w.waits,
                 wait_ns: w.wait_ns,
                 site: sites
                     .get(&(w.pid, w.addr))
