@@ -99,26 +99,16 @@ impl Classes {
     }
 
     fn key_for(&self, lock: LockInstance, first_site: u64, host: &mut dyn Host) -> ClassKey {
-        match host.python_creation(lock) {
-            Some(Some(frame)) => {
-                return ClassKey::PythonLine {
-                    file: frame.file,
-                    line: frame.line,
-                }
-            }
-            Some(None) => return ClassKey::PythonUnnamed(lock),
-            None => {}
-        }
         let site_of = |host: &mut dyn Host, addr: u64| {
             host.code_site(lock.pid, addr)
                 .unwrap_or_else(|| CodeSite::unmapped(addr))
         };
-        if let Some((site, stack)) = self.init_sites.get(&lock) {
+        // A shared library's lock-creating function (APR's
+        // apr_thread_mutex_create, GLib's g_mutex_init...) or a lock
+        // wrapper (lck_init) makes every lock of its callers: the first
+        // caller outside wrappers is the class.
+        let init = self.init_sites.get(&lock).map(|(site, stack)| {
             let site = *site;
-            // A shared library's lock-creating function (APR's
-            // apr_thread_mutex_create, GLib's g_mutex_init...) or a lock
-            // wrapper (lck_init) makes every lock of its callers: the first
-            // caller outside wrappers is the class.
             let caller = match stack {
                 Some(stack) if host.makes_locks_for_callers(lock.pid, site) => host
                     .init_callers(lock.pid, site, stack)
@@ -126,10 +116,34 @@ impl Classes {
                     .find(|&c| !host.is_wrapper(lock.pid, c)),
                 _ => None,
             };
-            return ClassKey::InitSite {
-                site: site_of(host, site),
-                caller: caller.map(|c| site_of(host, c)),
-            };
+            (site_of(host, site), caller.map(|c| site_of(host, c)))
+        });
+        // A lock CPython's own C code makes for itself (the global import
+        // lock, made on first use by `_PyImport_AcquireLock`) is named by
+        // that code, not by whichever Python line first needed it: that
+        // line differs between processes and would split one lock into
+        // classes. Locks Python code asks for (`threading.Lock()`) come
+        // from the `_thread` module's static functions, not `Py*`/`_Py*`.
+        let made_by_runtime = init.as_ref().is_some_and(|(_, caller)| {
+            caller
+                .as_ref()
+                .and_then(|c| c.function.as_deref())
+                .is_some_and(|f| f.starts_with("_Py") || f.starts_with("Py"))
+        });
+        if !made_by_runtime {
+            match host.python_creation(lock) {
+                Some(Some(frame)) => {
+                    return ClassKey::PythonLine {
+                        file: frame.file,
+                        line: frame.line,
+                    }
+                }
+                Some(None) => return ClassKey::PythonUnnamed(lock),
+                None => {}
+            }
+        }
+        if let Some((site, caller)) = init {
+            return ClassKey::InitSite { site, caller };
         }
         if let Some((module, symbol)) = host.global_symbol(lock) {
             return ClassKey::Global { module, symbol };

@@ -213,13 +213,17 @@ fn submit(
     n: usize,
     held: &HeldStack,
 ) -> bool {
-    // The held-back inits of the locks named go first (see `instances`).
-    flush_init(tgid, to.addr);
+    // The held-back inits of the locks named go first (see `instances`);
+    // one that cannot sends the dependency to `DEFERRED`.
+    let mut inits_sent = flush_init(tgid, to.addr);
     for i in 0..MAX_HELD {
         if i >= n {
             break;
         }
-        flush_init(tgid, held.new_from[i].addr);
+        inits_sent &= flush_init(tgid, held.new_from[i].addr);
+    }
+    if !inits_sent {
+        return false;
     }
     // A full ring buffer is not a loss yet: see `defer`.
     let Some(mut entry) = EVENTS.reserve::<DependencyEvent>(0) else {

@@ -129,9 +129,12 @@ unsafe fn write_reset(ev: *mut LockEvent, ctx: &ProbeContext, tgid: u32, tid: u3
 
 /// Before a dependency naming the lock at `addr` is sent: its held-back
 /// init goes first, and the lock is known from now on (its destroy and its
-/// address's next init are sent at once).
+/// address's next init are sent at once). False if the init had to stay
+/// in the map (no room in the ring buffer): the dependency must then wait
+/// in `DEFERRED` too, where the collector takes the init with it (sent
+/// through the ring buffer, it would be classed without its init).
 #[inline(always)]
-pub fn flush_init(tgid: u32, addr: u64) {
+pub fn flush_init(tgid: u32, addr: u64) -> bool {
     let key = LockKey {
         pid: tgid,
         _pad: 0,
@@ -142,17 +145,17 @@ pub fn flush_init(tgid: u32, addr: u64) {
         let _ = KNOWN_LOCKS.insert(&key, &0, 0);
     }
     let Some(pending) = PENDING_INITS.get_ptr(&key) else {
-        return;
+        return true;
     };
     // SAFETY: a map value; read once.
     if unsafe { core::ptr::read_volatile(&(*pending).event) } == 0 {
-        return;
+        return true;
     }
     // No room in the ring buffer: the init stays here, and the collector
     // takes it from the map with the dependency (which then waits in
     // `DEFERRED` too).
     let Some(mut entry) = EVENTS.reserve::<LockEvent>(0) else {
-        return;
+        return false;
     };
     // SAFETY: copies one map value into a reserved slot of its size.
     let copied = unsafe {
@@ -166,8 +169,10 @@ pub fn flush_init(tgid: u32, addr: u64) {
         entry.submit(0);
         count(Counter::LockRecords);
         let _ = PENDING_INITS.remove(&key);
+        true
     } else {
         entry.discard(0);
+        false
     }
 }
 
