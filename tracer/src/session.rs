@@ -137,8 +137,27 @@ impl Session {
         self.enricher.pythons.recheck_if_not_python(pid);
     }
 
+    /// New programs (exec'd since the last look): described if they run a
+    /// readable Python already, else looked at again at their first record.
+    fn check_new_programs(&mut self, pids: Vec<u32>) {
+        for pid in pids {
+            if self.probes.may_trace(pid) {
+                if !self.probes.is_host_wide() {
+                    self.enricher.symbolizer.spaces().remember(pid);
+                }
+                let found = self.enricher.pythons.check_just_exec(pid);
+                self.set_pythons(found);
+            }
+        }
+    }
+
     fn describe_python(&mut self, pid: u32) {
-        for d in self.enricher.pythons.check(pid) {
+        let found = self.enricher.pythons.check(pid);
+        self.set_pythons(found);
+    }
+
+    fn set_pythons(&mut self, found: Vec<crate::python::registry::Description>) {
+        for d in found {
             if let Err(e) = self.probes.set_python(d.pid, &d.process, &d.threads) {
                 warn!(
                     pid = d.pid,
@@ -207,7 +226,7 @@ impl Session {
         // the perf buffers are finite.
         self.enricher.symbolizer.sync();
         let programs = self.enricher.symbolizer.spaces().take_new_programs();
-        self.check_pythons(programs);
+        self.check_new_programs(programs);
         let libraries = self.enricher.symbolizer.spaces().take_new_libraries();
         self.follower.attach_new(&mut self.probes, libraries);
         self.take_deferred();

@@ -126,6 +126,18 @@ impl Pythons {
         }
     }
 
+    /// [`Pythons::check`] of a program that has just been exec'd: its
+    /// loader may still be mapping its libraries (a half-mapped libpython
+    /// reads as garbage), so only a readable interpreter counts; otherwise
+    /// nothing is recorded or said, and its first record looks again.
+    #[must_use]
+    pub fn check_just_exec(&mut self, pid: u32) -> Vec<Description> {
+        match python::detect(pid) {
+            Ok(Some(_)) => self.check(pid),
+            _ => Vec::new(),
+        }
+    }
+
     /// Forgets that `pid` was found not to run Python: checked right after
     /// its exec, its loader may not have mapped `libpython` yet (an
     /// embedding program), so its first record looks again.

@@ -264,21 +264,27 @@ fn not_python() {
 fn fake_python(dir: &Path, lib: &str, symbols: &str) -> Proc {
     let libfile = dir.join(format!("lib{lib}.so"));
     gcc(dir, &format!("lib{lib}.so"), symbols, "-shared -fPIC");
+    // It says when it runs main: its libraries are then mapped and
+    // relocated (a library caught half-mapped reads as garbage).
     let main = "extern const unsigned long Py_Version;\n\
         #include <unistd.h>\n\
-        int main(void) { volatile unsigned long v = Py_Version; (void)v; pause(); return 0; }\n";
+        int main(void) { volatile unsigned long v = Py_Version; (void)v; \
+        (void)!write(1, \"r\", 1); pause(); return 0; }\n";
     let flags = format!("-L{0} -l{lib} -Wl,-rpath,{0}", dir.display());
     let exe = gcc(dir, "prog", main, &flags);
-    let p = Proc(Command::new(exe).spawn().unwrap());
-    // Wait for the dynamic loader to map the library.
-    for _ in 0..100 {
-        let maps = std::fs::read_to_string(format!("/proc/{}/maps", p.0.id())).unwrap_or_default();
-        if maps.contains(libfile.to_str().unwrap()) {
-            return p;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{} not mapped", libfile.display());
+    let mut child = Command::new(exe)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 1];
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap_or_else(|e| panic!("{} did not start: {e}", libfile.display()));
+    Proc(child)
 }
 
 #[test]
