@@ -165,10 +165,12 @@ pub fn flush_init(tgid: u32, addr: u64) -> bool {
             pending.cast(),
         )
     };
-    if copied == 0 {
+    // Whoever deletes the entry owns the init: here, or the collector
+    // taking it with a deferred dependency (then this dependency is
+    // deferred too, to come after it).
+    if copied == 0 && PENDING_INITS.remove(&key).is_ok() {
         entry.submit(0);
         count(Counter::LockRecords);
-        let _ = PENDING_INITS.remove(&key);
         true
     } else {
         entry.discard(0);

@@ -34,6 +34,9 @@ const MAX_UNTRACED_SITES: usize = 256;
 /// loop answers signals and timers: whatever the load, a stop is seen
 /// within a slice.
 const SLICE: Duration = Duration::from_millis(50);
+/// Deferred records kept back while the ring buffer keeps delivering (see
+/// `take_in`); beyond this they are queued anyway.
+const MAX_DEFERRED_WAITING: usize = 100_000;
 
 /// Why tracing stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +78,9 @@ pub struct Session {
     /// Processes whose exit the kernel deferred (ring buffer full): queued
     /// after the next records taken in.
     deferred_exits: Vec<u32>,
+    /// Records the kernel deferred (dependencies, and inits the ring
+    /// buffer had no room for): queued after the next records taken in.
+    deferred_records: Vec<Pending>,
     /// Scans since the last sweep of held-back inits of vanished processes
     /// (whose exit record the ring buffer had no room for).
     scans_since_sweep: u32,
@@ -101,6 +107,7 @@ impl Session {
             untraced_sites: HashMap::new(),
             exited: Vec::new(),
             deferred_exits: Vec::new(),
+            deferred_records: Vec::new(),
             scans_since_sweep: 0,
             started: Instant::now(),
             alarms: 0,
@@ -212,7 +219,8 @@ impl Session {
         };
         self.take_deferred();
         self.drain(&mut streams, Instant::now() + why.drain_budget())?;
-        self.unprocessed = self.queue.len() as u64 + streams.read(|_| {}) as u64;
+        self.unprocessed =
+            (self.queue.len() + self.deferred_records.len()) as u64 + streams.read(|_| {}) as u64;
         self.queue.clear();
         streams.flush_log();
         self.write_summary(&streams)
@@ -250,14 +258,14 @@ impl Session {
                         match decode::decode(&bytes) {
                             Ok(init) => {
                                 let pending = self.enricher.resolve_python(init);
-                                self.queue.push_back(pending);
+                                self.deferred_records.push(pending);
                             }
                             Err(e) => warn!("cannot decode a held-back lock init: {e:#}"),
                         }
                     }
                     let record = Record::Dependency(decode::deferred(&d));
                     let pending = self.enricher.resolve_python(record);
-                    self.queue.push_back(pending);
+                    self.deferred_records.push(pending);
                 }
                 // After the records the ring buffer still holds (the
                 // process's last ones are older than its exit).
@@ -312,18 +320,30 @@ impl Session {
     /// resolved at once: they are read from the process's memory, where a
     /// code object may not live long.
     fn take_in(&mut self, streams: &mut KernelStreams) -> usize {
+        // Dependencies the kernel deferred (the ring buffer was full) are
+        // taken before the ring buffer is read and queued after what it
+        // held (but before a destroy or an exit): the inits of their locks
+        // that did reach the ring buffer were written before them, and must
+        // be processed first (a lock classed before its init is seen gets
+        // another class).
+        self.take_deferred();
         let mut records = Vec::new();
         let n = streams.read(|r| records.push(r));
-        // Dependencies the kernel deferred (the ring buffer was full) are
-        // older than the records that came after them: they go first when a
-        // lock reset or an exit follows, which would forget their locks.
-        let resets = records
-            .iter()
-            .any(|r| matches!(r, Record::LockReset { .. } | Record::ProcessExit { .. }));
-        if resets {
-            self.take_deferred();
-        }
         for record in records {
+            // A destroy or an exit forgets locks: the deferred records (older)
+            // go before it.
+            let forgets = matches!(
+                record,
+                Record::ProcessExit { .. }
+                    | Record::LockReset {
+                        init_site: None,
+                        ..
+                    }
+            );
+            if forgets {
+                self.queue
+                    .extend(std::mem::take(&mut self.deferred_records));
+            }
             if let Record::ProcessExit { pid, .. } = &record {
                 self.exited.push(*pid);
             }
@@ -338,10 +358,18 @@ impl Session {
             let pending = self.enricher.resolve_python(record);
             self.queue.push_back(pending);
         }
-        for pid in std::mem::take(&mut self.deferred_exits) {
-            self.exited.push(pid);
-            let pending = self.enricher.resolve_python(Record::ProcessExit { pid });
-            self.queue.push_back(pending);
+        // Only once the ring buffer looked empty: a read can stop early at
+        // a record another CPU is still writing, with older ones behind it.
+        // Deferred exits after them (a process's records come before its
+        // exit).
+        if n == 0 || self.deferred_records.len() > MAX_DEFERRED_WAITING {
+            self.queue
+                .extend(std::mem::take(&mut self.deferred_records));
+            for pid in std::mem::take(&mut self.deferred_exits) {
+                self.exited.push(pid);
+                let pending = self.enricher.resolve_python(Record::ProcessExit { pid });
+                self.queue.push_back(pending);
+            }
         }
         n
     }

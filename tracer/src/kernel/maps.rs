@@ -195,7 +195,9 @@ impl Probes {
         let mut pending: HashMap<_, LockKey, [u8; size_of::<LockEvent>()]> =
             HashMap::try_from(self.map_mut("PENDING_INITS").ok()?).ok()?;
         let bytes = pending.get(&key, 0).ok()?;
-        let _ = pending.remove(&key);
+        // Whoever deletes the entry owns the init (the kernel side may be
+        // sending it at this moment).
+        pending.remove(&key).ok()?;
         Some(bytes.to_vec())
     }
 

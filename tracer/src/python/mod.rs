@@ -201,7 +201,10 @@ fn probe(pid: u32, m: &Mapping) -> Result<Option<Interpreter>, Unsupported> {
     } = *symbols;
     let name = m.path.file_name().unwrap_or_default().to_string_lossy();
     let path = m.path.display();
-    if runtime.is_none() && py_version.is_none() && !name.contains("python") {
+    // A file not named for Python is the runtime only if it defines
+    // `_PyRuntime`: a program that merely reads `Py_Version` from its
+    // libpython has a copy of it (a copy relocation), not an interpreter.
+    if runtime.is_none() && !name.contains("python") {
         return Ok(None);
     }
     let bias = elf::load_bias(m, segments)
