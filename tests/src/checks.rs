@@ -93,6 +93,29 @@ pub fn lock_names(finding: &Inversion, run: &JsonRun) -> BTreeSet<String> {
         .collect()
 }
 
+/// The one `lock_order_inversion` of process `pid`, between the locks named
+/// `expected` (`which` says what the process is, for the message).
+pub fn assert_one_inversion_of(run: &JsonRun, pid: u32, which: &str, expected: &[&str]) {
+    let found: Vec<_> = run
+        .report
+        .inversions()
+        .into_iter()
+        .filter(|f| f.pid == pid)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one inversion in {which} [{pid}]\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        lock_names(found[0], run),
+        names(expected),
+        "{}",
+        run.describe()
+    );
+}
+
 /// The single `lock_order_inversion` of the run; no `self_deadlock` either.
 pub fn exactly_one_inversion(run: &JsonRun) -> &Inversion {
     let inversions = run.report.inversions();

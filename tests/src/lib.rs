@@ -31,6 +31,27 @@ pub fn require_root() {
     );
 }
 
+/// The libc this test process runs with (the host's).
+pub fn host_libc() -> PathBuf {
+    fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libc.so.6"))
+        .map(PathBuf::from)
+        .expect("the test runs on a libc.so.6")
+}
+
+/// An executable copy of `from` at `to`: a new inode, so the kernel's
+/// uprobes on the original (another tracer's) do not see it.
+pub fn copy_executable(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(to.parent().unwrap()).unwrap();
+    fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// The workspace root (parent of this crate).
 pub fn workspace_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

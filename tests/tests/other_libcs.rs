@@ -3,34 +3,14 @@
 //! linked program. Each is traced like any other.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use locktrace_e2e::{
-    fixture, fixture_source, lock_names, names, require_root, run_json, JsonRun, Variant, Watcher,
+    assert_one_inversion_of, copy_executable, fixture, fixture_source, host_libc, lock_names,
+    names, require_root, run_json, Variant, Watcher,
 };
-
-/// The libc this test process runs with (the host's).
-fn host_libc() -> PathBuf {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.ends_with("/libc.so.6"))
-        .map(PathBuf::from)
-        .expect("the test runs on a libc.so.6")
-}
-
-/// A copy (a new inode: the kernel's uprobes on the host's libc do not see
-/// it) of `from` at `to`.
-fn copy_file(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    std::fs::copy(from, to)
-        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
 
 /// A started `late_ab_ba`: it prints its pid, then waits for a line on
 /// stdin before taking its locks.
@@ -88,34 +68,12 @@ fn wait_probed(watcher: &Watcher, pid: u32) -> String {
     )
 }
 
-/// The one inversion of process `pid` (late_a/late_b), and its report.
-fn assert_late_inversion(run: &JsonRun, pid: u32) {
-    let mine: Vec<_> = run
-        .report
-        .inversions()
-        .into_iter()
-        .filter(|f| f.pid == pid)
-        .collect();
-    assert_eq!(
-        mine.len(),
-        1,
-        "one inversion from pid {pid}\n{}",
-        run.describe()
-    );
-    assert_eq!(
-        lock_names(mine[0], run),
-        names(&["late_a", "late_b"]),
-        "{}",
-        run.describe()
-    );
-}
-
 #[test]
 fn a_copy_of_libc_started_later_is_probed() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("lib").join("libc.so.6");
-    copy_file(&host_libc(), &copy);
+    copy_executable(&host_libc(), &copy);
     let watcher = Watcher::start(&[]);
     let mut cmd = Command::new("/lib64/ld-linux-x86-64.so.2");
     cmd.arg("--library-path")
@@ -130,7 +88,7 @@ fn a_copy_of_libc_started_later_is_probed() {
     );
     late.go();
     let run = watcher.stop();
-    assert_late_inversion(&run, pid);
+    assert_one_inversion_of(&run, pid, "late_ab_ba", &["late_a", "late_b"]);
     let finding = run
         .report
         .inversions()
@@ -174,9 +132,9 @@ fn a_program_in_a_chroot_is_traced() {
     // inodes.
     for lib in libraries_of(&program) {
         let real = std::fs::canonicalize(&lib).unwrap();
-        copy_file(&real, &root.path().join(lib.strip_prefix("/").unwrap()));
+        copy_executable(&real, &root.path().join(lib.strip_prefix("/").unwrap()));
     }
-    copy_file(&program, &root.path().join("late_ab_ba"));
+    copy_executable(&program, &root.path().join("late_ab_ba"));
     let watcher = Watcher::start(&[]);
     let mut cmd = Command::new("chroot");
     cmd.arg(root.path()).arg("/late_ab_ba");
@@ -189,7 +147,7 @@ fn a_program_in_a_chroot_is_traced() {
     );
     late.go();
     let run = watcher.stop();
-    assert_late_inversion(&run, pid);
+    assert_one_inversion_of(&run, pid, "late_ab_ba", &["late_a", "late_b"]);
     assert!(
         run.report.summary.probed_files.len() >= 2,
         "the host's libc and the chroot's\n{}",

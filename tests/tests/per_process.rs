@@ -10,12 +10,13 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use locktrace_e2e::{fixture, lock_names, names, require_root, JsonRun, Variant, Watcher};
+use locktrace_e2e::{
+    assert_one_inversion_of, copy_executable, fixture, host_libc, require_root, Variant, Watcher,
+};
 
 const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
 /// x86's breakpoint instruction (int3).
@@ -23,16 +24,8 @@ const INT3: u8 = 0xcc;
 
 /// A copy of the host's libc (a new inode) in `dir`.
 fn copy_libc(dir: &Path) -> PathBuf {
-    let host = std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.ends_with("/libc.so.6"))
-        .map(PathBuf::from)
-        .expect("the test runs on a libc.so.6");
     let copy = dir.join("libc.so.6");
-    std::fs::copy(&host, &copy).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy_executable(&host_libc(), &copy);
     copy
 }
 
@@ -135,28 +128,6 @@ fn compare(pid: u32, file: &Path, offsets: &[u64]) -> (Vec<u64>, Vec<u64>) {
     (changed, breakpoints)
 }
 
-/// The inversion of `pid` between fork_a and fork_b is reported.
-fn assert_inversion(run: &JsonRun, pid: u32, which: &str) {
-    let found: Vec<_> = run
-        .report
-        .inversions()
-        .into_iter()
-        .filter(|f| f.pid == pid)
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "one inversion in {which} [{pid}]\n{}",
-        run.describe()
-    );
-    assert_eq!(
-        lock_names(found[0], run),
-        names(&["fork_a", "fork_b"]),
-        "{}",
-        run.describe()
-    );
-}
-
 #[test]
 fn only_the_traced_process_and_its_children_get_breakpoints() {
     require_root();
@@ -205,7 +176,12 @@ fn only_the_traced_process_and_its_children_get_breakpoints() {
     expect_line(&mut out, "done");
 
     let run = watcher.stop();
-    assert_inversion(&run, first_child, "the child forked before tracing");
+    assert_one_inversion_of(
+        &run,
+        first_child,
+        "the child forked before tracing",
+        &["fork_a", "fork_b"],
+    );
     // The late child runs the same code: its inversion has the first one's
     // shape, so it is counted as a repeat (the only one: the parent takes
     // no locks), not reported again.

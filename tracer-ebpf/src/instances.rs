@@ -56,15 +56,16 @@ fn lock_reset(ctx: &ProbeContext, init: u32) -> u32 {
         _pad: 0,
         addr: lock_arg(ctx),
     };
-    // SAFETY: presence checks only.
-    let known = unsafe { KNOWN_LOCKS.get(&key) }.is_some();
-    if init != 0 && !known && hold_back(ctx, &key, tid) {
-        count(Counter::InitsHeldBack);
-        return 0;
-    }
-    if init == 0 {
-        if unsafe { PENDING_INITS.get(&key) }.is_some() {
-            let _ = PENDING_INITS.remove(&key);
+    if init != 0 {
+        // SAFETY: presence check only.
+        let known = unsafe { KNOWN_LOCKS.get(&key) }.is_some();
+        if !known && hold_back(ctx, &key, tid) {
+            count(Counter::InitsHeldBack);
+            return 0;
+        }
+    } else {
+        // An init never sent: the pair is dropped.
+        if PENDING_INITS.remove(&key).is_ok() {
             count(Counter::ResetsElided);
             return 0;
         }

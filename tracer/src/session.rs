@@ -124,17 +124,7 @@ impl Session {
     /// running when the session starts, in the filter's scope), and
     /// describes those found to the kernel side.
     pub fn check_pythons(&mut self, pids: impl IntoIterator<Item = u32>) {
-        for pid in pids {
-            if self.probes.may_trace(pid) {
-                // Processes traced by pid or name: their mappings now, so
-                // that they stay resolvable however soon they exit (host-wide,
-                // every process would be too many to read up front).
-                if !self.probes.is_host_wide() {
-                    self.enricher.symbolizer.spaces().remember(pid);
-                }
-                self.describe_python(pid);
-            }
-        }
+        self.look_for_pythons(pids, false);
     }
 
     /// [`Session::check_pythons`] of a command just exec'd by `run`: if it
@@ -147,14 +137,26 @@ impl Session {
     /// New programs (exec'd since the last look): described if they run a
     /// readable Python already, else looked at again at their first record.
     fn check_new_programs(&mut self, pids: Vec<u32>) {
+        self.look_for_pythons(pids, true);
+    }
+
+    fn look_for_pythons(&mut self, pids: impl IntoIterator<Item = u32>, just_exec: bool) {
         for pid in pids {
-            if self.probes.may_trace(pid) {
-                if !self.probes.is_host_wide() {
-                    self.enricher.symbolizer.spaces().remember(pid);
-                }
-                let found = self.enricher.pythons.check_just_exec(pid);
-                self.set_pythons(found);
+            if !self.probes.may_trace(pid) {
+                continue;
             }
+            // Processes traced by pid or name: their mappings now, so that
+            // they stay resolvable however soon they exit (host-wide, every
+            // process would be too many to read up front).
+            if !self.probes.is_host_wide() {
+                self.enricher.symbolizer.spaces().remember(pid);
+            }
+            let found = if just_exec {
+                self.enricher.pythons.check_just_exec(pid)
+            } else {
+                self.enricher.pythons.check(pid)
+            };
+            self.set_pythons(found);
         }
     }
 
@@ -283,7 +285,7 @@ impl Session {
             self.scans_since_sweep = 0;
             self.exited.clear();
             self.probes
-                .forget_pending_inits(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+                .forget_pending_inits(|pid| !proc::is_process(pid))
         } else if !self.exited.is_empty() {
             let exited = std::mem::take(&mut self.exited);
             self.probes

@@ -949,18 +949,18 @@ fn web_page() -> String {
 }
 
 /// `locktrace watch` host-wide: started by [`Tracer::start`] (returns once
-/// the probes are attached), stopped by [`Tracer::stop`] or, on an error,
+/// the kernel side is armed: every probe live, acquisitions recorded), stopped by [`Tracer::stop`] or, on an error,
 /// when dropped. Never left running.
 struct Tracer {
     child: Option<Child>,
-    /// locktrace's stderr: whether "probes attached" was logged, and the last
+    /// locktrace's stderr: whether "armed" was logged, and the last
     /// lines (for errors).
     log: Arc<Mutex<TracerLog>>,
 }
 
 #[derive(Default)]
 struct TracerLog {
-    attached: bool,
+    armed: bool,
     tail: VecDeque<String>,
 }
 
@@ -971,7 +971,8 @@ impl Tracer {
             .args(args)
             .args(["--format", "json", "--output"])
             .arg(output)
-            // `info` logs "probes attached" once every probe is live.
+            // `info` logs "armed" once every probe is live and acquisitions
+            // are recorded ("probes attached" comes before that).
             .env("LOCKTRACE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -985,7 +986,7 @@ impl Tracer {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                    log.attached |= line.contains("probes attached");
+                    log.armed |= line.contains("armed: acquisitions are recorded");
                     log.tail.push_back(line);
                     if log.tail.len() > 20 {
                         log.tail.pop_front();
@@ -999,12 +1000,7 @@ impl Tracer {
         };
         let start = Instant::now();
         loop {
-            if tracer
-                .log
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .attached
-            {
+            if tracer.log.lock().unwrap_or_else(|e| e.into_inner()).armed {
                 break;
             }
             if let Some(child) = tracer.child.as_mut() {

@@ -86,27 +86,7 @@ impl Pythons {
 
     fn check_into(&mut self, pid: u32, found: &mut Vec<Description>) {
         match python::detect(pid) {
-            Ok(Some(interp)) => {
-                let threads = python::thread_states(&interp).unwrap_or_default();
-                found.push(Description {
-                    pid,
-                    process: kernel_view(&interp),
-                    threads: threads.clone(),
-                });
-                info!(
-                    pid,
-                    version = ?interp.version,
-                    module = %interp.module.display(),
-                    threads = threads.len(),
-                    "Python process: its lock events carry Python frames"
-                );
-                self.interpreters.insert(pid, Some(interp));
-                for child in children_of(pid) {
-                    if !self.is_checked(child) {
-                        self.check_into(child, found);
-                    }
-                }
-            }
+            Ok(Some(interp)) => self.found(pid, interp, found),
             Ok(None) => {
                 self.interpreters.insert(pid, None);
                 self.without_python.insert(pid);
@@ -132,9 +112,34 @@ impl Pythons {
     /// nothing is recorded or said, and its first record looks again.
     #[must_use]
     pub fn check_just_exec(&mut self, pid: u32) -> Vec<Description> {
-        match python::detect(pid) {
-            Ok(Some(_)) => self.check(pid),
-            _ => Vec::new(),
+        let mut found = Vec::new();
+        if let Ok(Some(interp)) = python::detect(pid) {
+            self.found(pid, interp, &mut found);
+        }
+        found
+    }
+
+    /// `pid` runs `interp`: its description, and those of its children
+    /// not checked yet (forked before now).
+    fn found(&mut self, pid: u32, interp: Interpreter, found: &mut Vec<Description>) {
+        let threads = python::thread_states(&interp).unwrap_or_default();
+        found.push(Description {
+            pid,
+            process: kernel_view(&interp),
+            threads: threads.clone(),
+        });
+        info!(
+            pid,
+            version = ?interp.version,
+            module = %interp.module.display(),
+            threads = threads.len(),
+            "Python process: its lock events carry Python frames"
+        );
+        self.interpreters.insert(pid, Some(interp));
+        for child in children_of(pid) {
+            if !self.is_checked(child) {
+                self.check_into(child, found);
+            }
         }
     }
 
