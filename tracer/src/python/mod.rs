@@ -255,15 +255,25 @@ struct FileSymbols {
     segments: Vec<LoadSegment>,
 }
 
-/// The symbols of the file mapped by `m`, read once per file (dev, inode):
-/// every worker of a pool maps the same libpython, and a tracer that looks
-/// at each new process must not parse it each time.
+/// Files whose symbols `file_symbols` remembers.
+const MAX_KNOWN_FILES: usize = 4096;
+
+/// The symbols of the file mapped by `m`, read once per file: every worker
+/// of a pool maps the same libpython, and a tracer that looks at each new
+/// process must not parse it each time. A file is its (dev, inode) and its
+/// ctime: a deleted file's inode is reused by the next file created (a
+/// package upgrade, a rebuilt virtualenv), which must not inherit its
+/// symbols.
 fn file_symbols(pid: u32, m: &Mapping) -> Option<std::sync::Arc<FileSymbols>> {
     use object::{Object as _, ObjectSymbol as _};
+    use std::os::unix::fs::MetadataExt;
     use std::sync::{Arc, Mutex};
-    type Known = HashMap<(u64, u64), Option<Arc<FileSymbols>>>;
+    type Known = HashMap<(u64, u64, i64, i64), Option<Arc<FileSymbols>>>;
     static FILES: Mutex<Option<Known>> = Mutex::new(None);
-    let key = (m.dev, m.inode);
+    let path = spaces::readable_path(pid, m)?;
+    let file = File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    let key = (m.dev, m.inode, meta.ctime(), meta.ctime_nsec());
     if let Some(known) = FILES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -272,7 +282,6 @@ fn file_symbols(pid: u32, m: &Mapping) -> Option<std::sync::Arc<FileSymbols>> {
     {
         return known.clone();
     }
-    let file = spaces::readable_path(pid, m).and_then(|p| File::open(p).ok())?;
     // Read lazily: only the headers and symbol tables of a ~7 MB library.
     let cache = object::ReadCache::new(file);
     let found = object::File::parse(&cache).ok().map(|elf| {
@@ -287,11 +296,13 @@ fn file_symbols(pid: u32, m: &Mapping) -> Option<std::sync::Arc<FileSymbols>> {
             segments: elf::load_segments(&elf),
         })
     });
-    FILES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashMap::new)
-        .insert(key, found.clone());
+    let mut files = FILES.lock().unwrap_or_else(|e| e.into_inner());
+    let known = files.get_or_insert_with(HashMap::new);
+    // Bounded: a host that keeps rebuilding its executables would grow it.
+    if known.len() >= MAX_KNOWN_FILES {
+        known.clear();
+    }
+    known.insert(key, found.clone());
     found
 }
 
