@@ -78,6 +78,14 @@ pub struct WatchArgs {
     /// itself, not its children; checked in the kernel).
     #[arg(long = "cgroup", value_name = "DIR")]
     pub cgroups: Vec<PathBuf>,
+    /// Put the probes in every process, the programs filtering, instead of
+    /// only in the traced ones: a process that starts later is then seen
+    /// from its first instruction (short-lived workers, CGI), but every
+    /// process on the host pays a trap per lock call. Without it, a process
+    /// that starts later gets its probes when the tracer sees it (within
+    /// tens of milliseconds: the delay is logged and counted).
+    #[arg(long)]
+    pub probe_all: bool,
     /// Stop after this long (e.g. 30s, 500ms, 5m, 1h; a bare number is seconds).
     #[arg(long, value_parser = parse_duration, value_name = "D")]
     pub duration: Option<Duration>,

@@ -170,6 +170,7 @@ fn run(args: RunArgs) -> Result<i32> {
             pids: vec![pid.as_raw() as u32],
             comms: vec![],
             cgroups: vec![],
+            cgroup_dirs: vec![],
             // Its children must be seen from their first instruction.
             per_process: false,
         };
@@ -246,11 +247,20 @@ fn watch(args: WatchArgs) -> Result<i32> {
         .iter()
         .map(|dir| preflight::cgroup_id(dir))
         .collect::<Result<Vec<_>>>()?;
+    for dir in &args.cgroups {
+        pids.extend(proc::pids_in_cgroup(dir));
+    }
+    // Never the tracer itself (it may run in the cgroup it traces).
+    pids.retain(|&p| p != std::process::id());
+    pids.sort_unstable();
+    pids.dedup();
+    let filtered = !args.pids.is_empty() || !args.comms.is_empty() || !cgroups.is_empty();
     let filter = Filter {
-        per_process: !pids.is_empty() && args.comms.is_empty() && cgroups.is_empty(),
+        per_process: filtered && !args.probe_all,
         pids,
         comms: args.comms.clone(),
         cgroups,
+        cgroup_dirs: args.cgroups.clone(),
     };
     // The signal handlers first: a SIGTERM or Ctrl-C while the probes are
     // being attached stops the tracer as cleanly as a later one.

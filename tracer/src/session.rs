@@ -240,8 +240,13 @@ impl Session {
         let libraries = self.enricher.symbolizer.spaces().take_new_libraries();
         self.follower.attach_new(&mut self.probes, libraries);
         self.take_deferred();
-        for (pid, forked) in self.enricher.symbolizer.spaces().take_forks() {
-            self.probes.probe_new_process(pid, Some(forked));
+        // With probes per process: new traced processes get theirs, those
+        // forked by traced ones and those that exec'd a traced name.
+        for (pid, started) in self.enricher.symbolizer.spaces().take_forks() {
+            self.probes.probe_new_process(pid, Some(started));
+        }
+        for (pid, started) in self.enricher.symbolizer.spaces().take_execs() {
+            self.probes.probe_new_process(pid, Some(started));
         }
     }
 

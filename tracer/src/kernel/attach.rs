@@ -133,10 +133,25 @@ impl Probes {
             return;
         }
         self.unlink_exited();
-        let Ok(traced) = self.traced_pids() else {
+        let Ok(mut traced) = self.traced_pids() else {
             return;
         };
+        // Processes moved into a traced cgroup (no fork or exec there).
+        for dir in &self.cgroup_dirs {
+            for pid in crate::host::proc::pids_in_cgroup(dir) {
+                if !traced.contains(&pid) && pid != std::process::id() {
+                    traced.push(pid);
+                }
+            }
+        }
         for pid in traced {
+            if !self.links.by_process.contains_key(&Some(pid)) && !self.may_trace(pid) {
+                // In the cgroup, not yet in the filter.
+                if let Err(e) = self.add_to_filter(pid) {
+                    debug!(pid, "cannot trace a process of the cgroup: {e:#}");
+                    continue;
+                }
+            }
             if !self.links.by_process.contains_key(&Some(pid)) {
                 let started = crate::host::proc::start_time_ns(pid);
                 self.probe_new_process(pid, started);

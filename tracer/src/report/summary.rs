@@ -268,7 +268,7 @@ impl fmt::Display for Summary {
         if self.processes_probed_late > 0 {
             write!(
                 f,
-                "\n  probed late: {} forked while tracing got the probes up to {:.1} ms after they started (their lock operations before were not seen)",
+                "\n  probed late: {} started while tracing got the probes up to {:.1} ms after their fork or exec (their lock operations before were not seen)",
                 plural(self.processes_probed_late, "process", "processes"),
                 self.probe_delay_max_ms
             )?;
