@@ -5,6 +5,7 @@
 //! once, then written by one printer per format). `host` reads `/proc` and
 //! the perf side-band for every stage; `session` runs the loop.
 
+pub mod budget;
 pub mod cli;
 pub mod enrich;
 pub mod host;

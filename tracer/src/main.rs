@@ -171,6 +171,7 @@ fn run(args: RunArgs) -> Result<i32> {
             comms: vec![],
             cgroups: vec![],
             cgroup_dirs: vec![],
+            sliced: false,
             // Its children must be seen from their first instruction.
             per_process: false,
         };
@@ -261,6 +262,7 @@ fn watch(args: WatchArgs) -> Result<i32> {
         comms: args.comms.clone(),
         cgroups,
         cgroup_dirs: args.cgroups.clone(),
+        sliced: args.budget.is_some(),
     };
     // The signal handlers first: a SIGTERM or Ctrl-C while the probes are
     // being attached stops the tracer as cleanly as a later one.
@@ -289,6 +291,9 @@ fn watch(args: WatchArgs) -> Result<i32> {
     let mut session = Session::new(probes, enricher, reporter, args.common.hang_threshold);
     session.follow_new_libraries(follow);
     session.check_pythons(proc::all_pids());
+    if let Some(pct) = args.budget {
+        session.set_budget(pct, args.budget_slice);
+    }
     let duration = args.duration;
     rt.block_on(async {
         let stop = async {

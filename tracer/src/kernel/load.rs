@@ -73,6 +73,9 @@ pub struct Filter {
     /// members are listed again at every sweep (a process moved into a
     /// cgroup without a fork or an exec is seen nowhere else).
     pub cgroup_dirs: Vec<PathBuf>,
+    /// Probe the lock traffic in time slices (an overhead budget; see
+    /// `slices`): its links are kept apart from the lifecycle ones.
+    pub sliced: bool,
 }
 
 impl Filter {
@@ -151,7 +154,13 @@ impl Probes {
         if filter.per_process && !per_process {
             info!("probes go to every process (per-process probes need multi-uprobe links), the programs filtering");
         }
+        if filter.sliced && !matches!(attacher, Attacher::Multi(_)) {
+            bail!(
+                "--budget needs multi-uprobe links (Linux 6.6 or later), which this kernel lacks"
+            );
+        }
         probes.links = Links::new(attacher, per_process);
+        probes.links.sliced = filter.sliced;
         if per_process {
             // Linked by `attach_file`.
             for &pid in &filter.pids {
