@@ -31,6 +31,7 @@ use serde_json::value::RawValue;
 use crate::{cmd, prereqs, run, step, target_dir, workspace_root};
 
 mod attach;
+mod memcached;
 
 pub struct Options {
     pub rounds: usize,
@@ -156,6 +157,9 @@ pub fn bench(opts: &Options) -> Result<()> {
     }
     let toolchain = prereqs::ensure(prereqs::Scope::Bench)?;
     let locktrace = run::build_all(&toolchain, true)?;
+    // Not beside a test suite: its host-wide tracers would slow every
+    // setup, and the benchmark's tracers would see its programs.
+    let _lock = crate::test::machine_lock()?;
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let lockloop = compile_lockloop(&out_dir)?;
@@ -203,14 +207,19 @@ pub fn bench(opts: &Options) -> Result<()> {
 
     let web = web_bench(&locktrace, opts)?;
 
+    step("memcached under memcaslap: untraced, full, budget 5%");
+    let memcached = memcached::memcached_bench(&locktrace, opts)?;
+
     step("collector throughput (tracer/examples/collector_bench.rs)");
     let collector = collector_bench(opts.quick)?;
 
     let mut markdown = render(&rows, &web, &collector, opts);
     markdown.push('\n');
+    markdown.push_str(&memcached::render(&memcached, opts));
+    markdown.push('\n');
     markdown.push_str(&attach::render(&attach, opts));
     println!("{markdown}");
-    let json = results_json(&rows, &web, &collector, &attach)?;
+    let json = results_json(&rows, &web, &collector, &attach, &memcached)?;
     let json_path = out_dir.join("results.json");
     std::fs::write(&json_path, json)?;
     std::fs::write(out_dir.join("results.md"), &markdown)?;
@@ -365,6 +374,7 @@ fn results_json(
     web: &WebResults,
     collector: &RawValue,
     attach: &attach::AttachResults,
+    memcached: &memcached::MemcachedResults,
 ) -> Result<String> {
     #[derive(Serialize)]
     struct Results<'a> {
@@ -372,12 +382,14 @@ fn results_json(
         web_server: &'a WebResults,
         collector: &'a RawValue,
         attach: &'a attach::AttachResults,
+        memcached: &'a memcached::MemcachedResults,
     }
     let results = Results {
         probe_cost: rows,
         web_server: web,
         collector,
         attach,
+        memcached,
     };
     Ok(serde_json::to_string(&results)? + "\n")
 }
@@ -735,6 +747,10 @@ struct ScratchDir {
 }
 
 impl ScratchDir {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn new(name: &str) -> Result<ScratchDir> {
         use std::os::unix::fs::PermissionsExt;
         let path =
@@ -1256,8 +1272,15 @@ Transfer/sec:     53.79MB
             busy_pid_armed_s: 1.5,
             busy_pid_total_s: 2.5,
         };
+        let memcached = memcached::MemcachedResults {
+            seconds: 20,
+            ops_per_s: vec![50000.0, 25000.0, 47500.0],
+            dependencies: vec![30000.0, 15000.0],
+            findings: vec![0, 0],
+            budget_duty_cycle: 0.0625,
+        };
         assert_eq!(
-            results_json(&rows, &web, &collector, &attach).unwrap(),
+            results_json(&rows, &web, &collector, &attach, &memcached).unwrap(),
             concat!(
                 r#"{"probe_cost":[{"workload":"mutex, 1 thread","untraced_ns":17.00,"#,
                 r#""floor_ns":60.12,"locktrace_ns":80.50,"offset_0_ns":640.00}],"#,
@@ -1269,7 +1292,9 @@ Transfer/sec:     53.79MB
                 r#""run_true_traced_s":0.75,"watch_two_libcs_armed_s":1.0,"#,
                 r#""watch_two_libcs_exit_s":0.125,"bystander_native_ns":16.5,"#,
                 r#""bystander_beside_watch_pid_ns":17.0,"busy_pid_armed_s":1.5,"#,
-                r#""busy_pid_total_s":2.5}}"#,
+                r#""busy_pid_total_s":2.5},"memcached":{"seconds":20,"#,
+                r#""ops_per_s":[50000.0,25000.0,47500.0],"dependencies":[30000.0,15000.0],"#,
+                r#""findings":[0,0],"budget_duty_cycle":0.0625}}"#,
                 "\n"
             )
         );
