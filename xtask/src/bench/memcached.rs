@@ -97,8 +97,7 @@ fn load(port: u16, seconds: u64) -> Result<f64> {
     )?;
     // "Run time: 20.0s Ops: 1043710 TPS: 52182 Net_rate: 45.0M/s"
     out.lines()
-        .filter(|l| l.starts_with("Run time"))
-        .last()
+        .rfind(|l| l.starts_with("Run time"))
         .and_then(|l| {
             l.split("TPS:")
                 .nth(1)?
