@@ -158,8 +158,8 @@ impl<K: Copy + Eq + Hash> Store<K> {
             }
         };
         self.edge_count += 1;
-        self.node_mut(a).out.push((b, e));
-        self.node_mut(b).inc.push((a, e));
+        push_small(&mut self.node_mut(a).out, (b, e));
+        push_small(&mut self.node_mut(b).inc, (a, e));
     }
 
     pub fn successors(&self, n: NodeId) -> impl Iterator<Item = NodeId> + '_ {
@@ -209,4 +209,13 @@ impl<K: Copy + Eq + Hash> Store<K> {
         }
         removed
     }
+}
+
+/// Most locks have one or two dependencies each way: a list starts with
+/// room for one (a `Vec` would make room for four).
+fn push_small<T>(list: &mut Vec<T>, item: T) {
+    if list.capacity() == 0 {
+        list.reserve_exact(1);
+    }
+    list.push(item);
 }
