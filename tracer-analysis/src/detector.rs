@@ -5,6 +5,7 @@
 //! verdicts afterwards (the collector's `report`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracer_common::{chain_key_mix, chain_key_without};
@@ -14,7 +15,7 @@ use crate::graph::LockOrderGraph;
 use crate::host::{Host, InitStack};
 use crate::identity::Identities;
 use crate::model::{
-    ClassId, Cycle, Dependency, Level, LockIdentity, LockInstance, LockKind, Request,
+    ClassId, Cycle, Dependency, Level, LockIdentity, LockInstance, LockKind, PyFrame, Request,
 };
 use crate::waits::{Holder, WaitScan, WaitVerdict, Waiting, Watchdog};
 
@@ -334,6 +335,10 @@ impl Detector {
         let mut verdicts = Vec::new();
         let all_held = r.held.iter().fold(0, |h, &a| h ^ chain_key_mix(a));
         let instance = |addr| LockInstance { pid: r.pid, addr };
+        // One copy of the request's evidence, shared by its dependencies.
+        let thread: Arc<str> = r.thread.as_str().into();
+        let stack: Arc<[u64]> = r.stack.into();
+        let python: Arc<[PyFrame]> = r.python.into();
         for from in &r.from {
             let mut gates: Vec<LockInstance> = r
                 .held
@@ -350,13 +355,13 @@ impl Detector {
                 to_kind: r.to.kind,
                 pid: r.pid,
                 tid: r.tid,
-                thread: r.thread.clone(),
+                thread: thread.clone(),
                 timestamp_ns: r.timestamp_ns,
-                held_stack: from.taken_at.clone(),
-                stack: r.stack.clone(),
+                held_stack: from.taken_at.as_slice().into(),
+                stack: stack.clone(),
                 gates,
                 chain_key: chain_key_without(all_held, from.addr),
-                python: r.python.clone(),
+                python: python.clone(),
                 handoff: r.handoff,
             };
             self.note_shared(dep.from, host);
@@ -369,7 +374,7 @@ impl Detector {
                 self.stats.dropped_dependencies += 1;
                 continue;
             }
-            for cycle in self.instances.insert(a, b, &dep) {
+            for cycle in self.instances.insert(a, b, dep) {
                 if is_handoff_cycle(&cycle, host) {
                     self.stats.handoff_cycles += 1;
                     continue;
@@ -405,13 +410,13 @@ impl Detector {
             to_kind: r.to.kind,
             pid: r.pid,
             tid: r.tid,
-            thread: r.thread,
+            thread: r.thread.into(),
             timestamp_ns: r.timestamp_ns,
-            held_stack: held.taken_at.clone(),
-            stack: r.stack,
+            held_stack: held.taken_at.as_slice().into(),
+            stack: r.stack.into(),
             gates: Vec::new(),
             chain_key: 0,
-            python: r.python,
+            python: r.python.into(),
             handoff: r.handoff,
         };
         Some(Verdict::SelfDeadlock {
@@ -450,7 +455,7 @@ impl Detector {
             return self.on_same_class(from, dep).into_iter().collect();
         }
         let mut verdicts = Vec::new();
-        for cycle in self.class_graph.insert(from, to, dep) {
+        for cycle in self.class_graph.insert(from, to, dep.clone()) {
             let n = cycle.edges.len();
             // One bug, one finding: a cycle of instances is reported by the
             // instance graph. At each lock of the cycle, the two edges meet

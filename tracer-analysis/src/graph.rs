@@ -225,16 +225,17 @@ impl<N: GraphNode> LockOrderGraph<N> {
     /// that were not reported before (a cycle is identified by its nodes,
     /// whatever their modes). A dependency already in the graph is a no-op;
     /// a self-edge is recorded but never part of a cycle.
-    pub fn insert(&mut self, from: N, to: N, dep: &Dependency) -> Vec<Cycle<N>> {
+    pub fn insert(&mut self, from: N, to: N, dep: Dependency) -> Vec<Cycle<N>> {
         let held = Vertex::holding(from, dep.from_kind);
-        let mut cycles = self.insert_edge(held, Vertex::exclusive(to), dep);
-        if dep.to_kind == LockKind::RwlockWrite {
-            let shared = Vertex {
-                node: to,
-                shared: true,
-            };
-            cycles.extend(self.insert_edge(held, shared, dep));
+        if dep.to_kind != LockKind::RwlockWrite {
+            return self.insert_edge(held, Vertex::exclusive(to), dep);
         }
+        let mut cycles = self.insert_edge(held, Vertex::exclusive(to), dep.clone());
+        let shared = Vertex {
+            node: to,
+            shared: true,
+        };
+        cycles.extend(self.insert_edge(held, shared, dep));
         cycles
     }
 
@@ -255,7 +256,7 @@ impl<N: GraphNode> LockOrderGraph<N> {
         n
     }
 
-    fn insert_edge(&mut self, from: Vertex<N>, to: Vertex<N>, dep: &Dependency) -> Vec<Cycle<N>> {
+    fn insert_edge(&mut self, from: Vertex<N>, to: Vertex<N>, dep: Dependency) -> Vec<Cycle<N>> {
         let a = self.node(from, true);
         let b = self.node(to, false);
         if let Some(e) = self.store.edge(a, b) {
@@ -277,10 +278,10 @@ impl<N: GraphNode> LockOrderGraph<N> {
             *kept = Dependency {
                 gates: always,
                 handoff,
-                ..dep.clone()
+                ..dep
             };
         } else {
-            self.store.add_edge(a, b, dep.clone());
+            self.store.add_edge(a, b, dep);
             self.dependencies_seen += 1;
         }
         if a == b {
@@ -553,7 +554,7 @@ mod tests {
             self.0.insert(
                 LockIdentity::Private(d.from),
                 LockIdentity::Private(d.to),
-                &d,
+                d,
             )
         }
         fn dependency(&self, from: LockId, to: LockId) -> Option<&Dependency> {
@@ -591,11 +592,11 @@ mod tests {
             tid: pid + 1,
             thread: "t".into(),
             timestamp_ns: 0,
-            held_stack: vec![0x1000 + from],
-            stack: vec![0x2000 + to],
+            held_stack: vec![0x1000 + from].into(),
+            stack: vec![0x2000 + to].into(),
             gates: vec![],
             chain_key: 0,
-            python: vec![],
+            python: vec![].into(),
             handoff: false,
         }
     }
@@ -747,7 +748,7 @@ mod tests {
         check_shape(&cycles[0]);
         assert_eq!(pairs(&cycles[0]), [(0xa, 0xb), (0xb, 0xc), (0xc, 0xa)]);
         // The edge kept is the one observed, with its own stack.
-        assert_eq!(cycles[0].edges[2].stack, [0x2000 + 0xa]);
+        assert_eq!(*cycles[0].edges[2].stack, [0x2000 + 0xa]);
         for (f, t) in [(0xa, 0xb), (0xb, 0xc), (0xc, 0xa)] {
             assert!(g.insert(dep(f, t)).is_empty());
         }

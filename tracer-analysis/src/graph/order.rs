@@ -13,9 +13,16 @@
 
 use super::store::{NodeId, Store};
 
+const FORWARD: usize = 0;
+const BACKWARD: usize = 1;
+
 impl<K: Copy + Eq + std::hash::Hash> Store<K> {
     fn ord(&self, n: NodeId) -> i64 {
         self.node(self.node(n).rep).ord
+    }
+
+    fn seen(&self, n: NodeId, way: usize, epoch: u32) -> bool {
+        self.node(n).seen[way].get() == epoch
     }
 
     fn alone(&self, n: NodeId) -> bool {
@@ -60,8 +67,7 @@ impl<K: Copy + Eq + std::hash::Hash> Store<K> {
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
             // Stamps of 2^32 searches ago would read as this one's.
-            self.forward_seen.fill(0);
-            self.backward_seen.fill(0);
+            self.clear_stamps();
             self.epoch = 1;
         }
         // Blocks reachable from `b`'s without going past `a`'s place, and
@@ -74,7 +80,7 @@ impl<K: Copy + Eq + std::hash::Hash> Store<K> {
         slots.extend(
             backward
                 .iter()
-                .filter(|&&x| self.forward_seen[x as usize] != epoch)
+                .filter(|&&x| !self.seen(x, FORWARD, epoch))
                 .map(|&x| self.ord(x)),
         );
         slots.sort_unstable();
@@ -96,10 +102,10 @@ impl<K: Copy + Eq + std::hash::Hash> Store<K> {
         // block, between what only reaches it and what it only reaches.
         let (cycle, only_forward): (Vec<NodeId>, Vec<NodeId>) = forward
             .into_iter()
-            .partition(|&x| self.backward_seen[x as usize] == epoch);
+            .partition(|&x| self.seen(x, BACKWARD, epoch));
         let only_backward: Vec<NodeId> = backward
             .into_iter()
-            .filter(|&x| self.forward_seen[x as usize] != epoch)
+            .filter(|&x| !self.seen(x, FORWARD, epoch))
             .collect();
         let only_backward = by_ord(self, only_backward);
         let only_forward = by_ord(self, only_forward);
@@ -130,32 +136,26 @@ impl<K: Copy + Eq + std::hash::Hash> Store<K> {
         forward: bool,
     ) -> (Vec<NodeId>, bool) {
         let epoch = self.epoch;
-        let nodes = &self.nodes;
-        let node = |n: NodeId| nodes[n as usize].as_ref().expect("live vertex");
-        let seen = if forward {
-            &mut self.forward_seen
-        } else {
-            &mut self.backward_seen
-        };
+        let way = if forward { FORWARD } else { BACKWARD };
         let mut found = vec![start];
         let mut stack = vec![start];
         let mut reached = false;
-        seen[start as usize] = epoch;
+        self.node(start).seen[way].set(epoch);
         while let Some(x) = stack.pop() {
             let mut m = x;
             loop {
-                let member = node(m);
+                let member = self.node(m);
                 let edges = if forward { &member.out } else { &member.inc };
                 for &(w, _) in edges {
-                    let w = node(w).rep;
-                    if seen[w as usize] == epoch {
+                    let w = self.node(w).rep;
+                    let block = self.node(w);
+                    if block.seen[way].get() == epoch {
                         continue;
                     }
-                    let ord = node(w).ord;
-                    if (forward && ord > bound) || (!forward && ord < bound) {
+                    if (forward && block.ord > bound) || (!forward && block.ord < bound) {
                         continue;
                     }
-                    seen[w as usize] = epoch;
+                    block.seen[way].set(epoch);
                     reached |= w == goal;
                     found.push(w);
                     stack.push(w);
@@ -224,10 +224,9 @@ mod tests {
     /// Every edge between blocks goes forward; a block's vertices agree on
     /// it.
     fn check_invariant(s: &Store<u32>) {
-        for (i, node) in s.nodes.iter().enumerate() {
-            let Some(node) = node else { continue };
+        for (i, node) in s.all_nodes() {
             assert_eq!(s.node(node.rep).rep, node.rep, "vertex {i}");
-            assert!(s.members(node.rep).contains(&(i as NodeId)));
+            assert!(s.members(node.rep).contains(&i));
             for &(w, _) in &node.out {
                 let (a, b) = (node.rep, s.node(w).rep);
                 assert!(a == b || s.ord(a) < s.ord(b), "edge {i} -> {w} backward");

@@ -2,6 +2,7 @@
 //! with each vertex's edges both ways in small vectors. A vertex key is
 //! hashed once per insert; walks of the graph follow indices.
 
+use std::cell::Cell;
 use std::hash::Hash;
 
 use crate::model::Dependency;
@@ -25,22 +26,19 @@ pub(super) struct Node<K> {
     pub(super) next: NodeId,
     /// Its index in its process's list of vertices.
     pid_slot: u32,
+    /// Stamps of the order's searches (forward, backward) that visited it.
+    pub(super) seen: [Cell<u32>; 2],
 }
 
 pub struct Store<K> {
     index: FastMap<K, NodeId>,
-    pub(super) nodes: Vec<Option<Node<K>>>,
-    free_nodes: Vec<NodeId>,
-    edges: Vec<Option<Dependency>>,
-    free_edges: Vec<EdgeId>,
-    edge_count: usize,
+    nodes: Slab<Node<K>>,
+    edges: Slab<Dependency>,
     /// The ends of the order: a new source goes before `low`, a new target
     /// after `high`.
     pub(super) low: i64,
     pub(super) high: i64,
-    /// Visit stamps of the order's searches, by vertex.
-    pub(super) forward_seen: Vec<u32>,
-    pub(super) backward_seen: Vec<u32>,
+    /// The stamp of the order's current search.
     pub(super) epoch: u32,
 }
 
@@ -48,15 +46,10 @@ impl<K> Default for Store<K> {
     fn default() -> Self {
         Store {
             index: FastMap::default(),
-            nodes: Vec::new(),
-            free_nodes: Vec::new(),
-            edges: Vec::new(),
-            free_edges: Vec::new(),
-            edge_count: 0,
+            nodes: Slab::default(),
+            edges: Slab::default(),
             low: 0,
             high: 0,
-            forward_seen: Vec::new(),
-            backward_seen: Vec::new(),
             epoch: 0,
         }
     }
@@ -72,15 +65,21 @@ impl<K: Copy + Eq + Hash> Store<K> {
     }
 
     pub fn edge_count(&self) -> usize {
-        self.edge_count
+        self.edges.live
     }
 
     pub(super) fn node(&self, n: NodeId) -> &Node<K> {
-        self.nodes[n as usize].as_ref().expect("live vertex")
+        self.nodes.get(n).expect("live vertex")
     }
 
     pub(super) fn node_mut(&mut self, n: NodeId) -> &mut Node<K> {
-        self.nodes[n as usize].as_mut().expect("live vertex")
+        self.nodes.get_mut(n).expect("live vertex")
+    }
+
+    /// Every live vertex, with its id.
+    #[cfg(test)]
+    pub(super) fn all_nodes(&self) -> impl Iterator<Item = (NodeId, &Node<K>)> {
+        (0..self.nodes.slots as NodeId).filter_map(|n| Some((n, self.nodes.get(n)?)))
     }
 
     pub fn key(&self, n: NodeId) -> &K {
@@ -95,6 +94,12 @@ impl<K: Copy + Eq + Hash> Store<K> {
         self.node_mut(n).pid_slot = slot;
     }
 
+    pub(super) fn clear_stamps(&self) {
+        for &n in self.index.values() {
+            self.node(n).seen.iter().for_each(|s| s.set(0));
+        }
+    }
+
     /// Adds a vertex with no edges, first in the order if it is to be a
     /// `source`, last otherwise.
     pub fn add_node(&mut self, key: K, source: bool) -> NodeId {
@@ -105,24 +110,18 @@ impl<K: Copy + Eq + Hash> Store<K> {
             self.high += 1;
             self.high
         };
-        let n = match self.free_nodes.pop() {
-            Some(n) => n,
-            None => {
-                self.nodes.push(None);
-                self.forward_seen.push(0);
-                self.backward_seen.push(0);
-                (self.nodes.len() - 1) as NodeId
-            }
-        };
-        self.nodes[n as usize] = Some(Node {
+        let n = self.nodes.insert(Node {
             key,
             out: Vec::new(),
             inc: Vec::new(),
             ord,
-            rep: n,
-            next: n,
+            rep: 0,
+            next: 0,
             pid_slot: 0,
+            seen: Default::default(),
         });
+        let node = self.node_mut(n);
+        (node.rep, node.next) = (n, n);
         self.index.insert(key, n);
         n
     }
@@ -139,25 +138,15 @@ impl<K: Copy + Eq + Hash> Store<K> {
     }
 
     pub fn dependency(&self, e: EdgeId) -> &Dependency {
-        self.edges[e as usize].as_ref().expect("live edge")
+        self.edges.get(e).expect("live edge")
     }
 
     pub fn dependency_mut(&mut self, e: EdgeId) -> &mut Dependency {
-        self.edges[e as usize].as_mut().expect("live edge")
+        self.edges.get_mut(e).expect("live edge")
     }
 
     pub fn add_edge(&mut self, a: NodeId, b: NodeId, dep: Dependency) {
-        let e = match self.free_edges.pop() {
-            Some(e) => {
-                self.edges[e as usize] = Some(dep);
-                e
-            }
-            None => {
-                self.edges.push(Some(dep));
-                (self.edges.len() - 1) as EdgeId
-            }
-        };
-        self.edge_count += 1;
+        let e = self.edges.insert(dep);
         push_small(&mut self.node_mut(a).out, (b, e));
         push_small(&mut self.node_mut(b).inc, (a, e));
     }
@@ -171,18 +160,15 @@ impl<K: Copy + Eq + Hash> Store<K> {
     }
 
     fn take_edge(&mut self, e: EdgeId) -> Dependency {
-        self.edge_count -= 1;
-        self.free_edges.push(e);
-        self.edges[e as usize].take().expect("live edge")
+        self.edges.take(e).expect("live edge")
     }
 
     /// Removes a vertex and returns the dependencies of its edges
     /// (outgoing, then incoming).
     pub fn remove_node(&mut self, n: NodeId) -> Vec<Dependency> {
         self.leave_block(n);
-        let node = self.nodes[n as usize].take().expect("live vertex");
+        let node = self.nodes.take(n).expect("live vertex");
         self.index.remove(&node.key);
-        self.free_nodes.push(n);
         let mut removed = Vec::with_capacity(node.out.len() + node.inc.len());
         for &(w, e) in &node.out {
             if w != n {
@@ -218,4 +204,69 @@ fn push_small<T>(list: &mut Vec<T>, item: T) {
         list.reserve_exact(1);
     }
     list.push(item);
+}
+
+/// Slots allocated this many at a time: a `Vec` of all of them would keep
+/// up to twice the room they need after it grows.
+const CHUNK: usize = 1024;
+
+/// Values addressed by a `u32`, with the slots of removed ones reused.
+struct Slab<T> {
+    chunks: Vec<Vec<Option<T>>>,
+    free: Vec<u32>,
+    /// Slots ever used, and slots holding a value.
+    slots: usize,
+    live: usize,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            chunks: Vec::new(),
+            free: Vec::new(),
+            slots: 0,
+            live: 0,
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    fn insert(&mut self, value: T) -> u32 {
+        self.live += 1;
+        if let Some(i) = self.free.pop() {
+            self.chunks[i as usize / CHUNK][i as usize % CHUNK] = Some(value);
+            return i;
+        }
+        if self.slots % CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        self.chunks.last_mut().expect("a chunk").push(Some(value));
+        self.slots += 1;
+        (self.slots - 1) as u32
+    }
+
+    fn get(&self, i: u32) -> Option<&T> {
+        self.chunks
+            .get(i as usize / CHUNK)?
+            .get(i as usize % CHUNK)?
+            .as_ref()
+    }
+
+    fn get_mut(&mut self, i: u32) -> Option<&mut T> {
+        self.chunks
+            .get_mut(i as usize / CHUNK)?
+            .get_mut(i as usize % CHUNK)?
+            .as_mut()
+    }
+
+    fn take(&mut self, i: u32) -> Option<T> {
+        let value = self
+            .chunks
+            .get_mut(i as usize / CHUNK)?
+            .get_mut(i as usize % CHUNK)?
+            .take()?;
+        self.live -= 1;
+        self.free.push(i);
+        Some(value)
+    }
 }
