@@ -155,7 +155,10 @@ impl Classes {
             }
         }
         if let Some((site, caller)) = init {
-            return ClassKey::InitSite { site, caller };
+            return ClassKey::InitSite {
+                site,
+                caller: caller.map(Box::new),
+            };
         }
         if let Some((module, symbol)) = host.global_symbol(lock) {
             return ClassKey::Global { module, symbol };

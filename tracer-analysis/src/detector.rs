@@ -170,6 +170,9 @@ pub struct Detector {
     /// too (their next occurrence is then sent and judged afresh).
     forgotten: Vec<Dependency>,
     stats: Stats,
+    /// The Python frames of requests from threads running no Python code,
+    /// shared (most requests).
+    no_python: Arc<[PyFrame]>,
 }
 
 impl Detector {
@@ -188,6 +191,7 @@ impl Detector {
             budgets: HashMap::new(),
             forgotten: Vec::new(),
             stats: Stats::default(),
+            no_python: Arc::new([]),
         }
     }
 
@@ -338,7 +342,13 @@ impl Detector {
         // One copy of the request's evidence, shared by its dependencies.
         let thread: Arc<str> = r.thread.as_str().into();
         let stack: Arc<[u64]> = r.stack.into();
-        let python: Arc<[PyFrame]> = r.python.into();
+        let python: Arc<[PyFrame]> = if r.python.is_empty() {
+            self.no_python.clone()
+        } else {
+            r.python.into()
+        };
+        // The requested lock's class, found with the first dependency's.
+        let mut to_class = None;
         for from in &r.from {
             let mut gates: Vec<LockInstance> = r
                 .held
@@ -365,9 +375,14 @@ impl Detector {
                 handoff: r.handoff,
             };
             self.note_shared(dep.from, host);
-            self.note_shared(dep.to, host);
             let from_class = self.class_of(dep.from, from.site(), host);
-            let to_class = self.class_of(dep.to, r.to.site(), host);
+            let to_class = match to_class {
+                Some(class) => class,
+                None => {
+                    self.note_shared(dep.to, host);
+                    *to_class.insert(self.class_of(dep.to, r.to.site(), host))
+                }
+            };
             verdicts.extend(self.on_class_dependency(from_class, to_class, &dep));
             let (a, b) = (self.identities.of(dep.from), self.identities.of(dep.to));
             if !self.has_room(r.pid, a, b) {

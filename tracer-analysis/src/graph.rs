@@ -378,16 +378,20 @@ impl<N: GraphNode> LockOrderGraph<N> {
     /// removed dependencies.
     pub fn forget_lock(&mut self, node: N) -> Vec<Dependency> {
         let mut removed = Vec::new();
+        let mut was_in = false;
         for shared in [false, true] {
             let Some(n) = self.store.id(&Vertex { node, shared }) else {
                 continue;
             };
+            was_in = true;
             if let Some(pid) = node.owner() {
                 self.unlist(pid, n);
             }
             removed.extend(self.store.remove_node(n));
         }
-        if !removed.is_empty() || !self.reported.is_empty() {
+        // A cycle reported is in the graph: only a lock of the graph (most
+        // inits and destroys are not) can be in one.
+        if was_in {
             self.reported
                 .retain(|key, _| key.iter().all(|(a, b)| *a != node && *b != node));
         }

@@ -150,7 +150,8 @@ pub enum ClassKey {
     /// function, the site that called it.
     InitSite {
         site: CodeSite,
-        caller: Option<CodeSite>,
+        /// Boxed: most classes have none, and a key is kept per class.
+        caller: Option<Box<CodeSite>>,
     },
     /// A global or static lock: its binary and symbol.
     Global { module: String, symbol: String },
@@ -400,7 +401,7 @@ mod tests {
         };
         let init = ClassKey::InitSite {
             site: site("libapr-1.so.0", 0x1f2a, Some("apr_thread_mutex_create")),
-            caller: Some(site("mod_wsgi.so", 0x2c57, None)),
+            caller: Some(Box::new(site("mod_wsgi.so", 0x2c57, None))),
         };
         assert_eq!(
             init.to_string(),
