@@ -237,7 +237,7 @@ impl<T> Slab<T> {
             self.chunks[i as usize / CHUNK][i as usize % CHUNK] = Some(value);
             return i;
         }
-        if self.slots % CHUNK == 0 {
+        if self.slots.is_multiple_of(CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
         self.chunks.last_mut().expect("a chunk").push(Some(value));
