@@ -171,8 +171,11 @@ pub struct Detector {
     forgotten: Vec<Dependency>,
     stats: Stats,
     /// The Python frames of requests from threads running no Python code,
-    /// shared (most requests).
+    /// shared (most requests), and the stack of requests not unwound.
     no_python: Arc<[PyFrame]>,
+    no_stack: Arc<[u64]>,
+    /// Thread names, one copy each for the dependencies that keep them.
+    thread_names: Names,
 }
 
 impl Detector {
@@ -192,6 +195,8 @@ impl Detector {
             forgotten: Vec::new(),
             stats: Stats::default(),
             no_python: Arc::new([]),
+            no_stack: Arc::new([]),
+            thread_names: Names::default(),
         }
     }
 
@@ -346,8 +351,12 @@ impl Detector {
         let all_held = r.held.iter().fold(0, |h, &a| h ^ chain_key_mix(a));
         let instance = |addr| LockInstance { pid: r.pid, addr };
         // One copy of the request's evidence, shared by its dependencies.
-        let thread: Arc<str> = r.thread.as_str().into();
-        let stack: Arc<[u64]> = r.stack.into();
+        let thread = self.thread_names.intern(&r.thread);
+        let stack: Arc<[u64]> = if r.stack.is_empty() {
+            self.no_stack.clone()
+        } else {
+            r.stack.into()
+        };
         let python: Arc<[PyFrame]> = if r.python.is_empty() {
             self.no_python.clone()
         } else {
@@ -571,6 +580,29 @@ impl Detector {
             }
             _ => None,
         }
+    }
+}
+
+/// Interned names: a host has few distinct thread names (comms), and a
+/// dependency keeps its thread's. Bounded: past [`Names::MAX`] distinct
+/// names the set starts over (names in use stay alive in their
+/// dependencies).
+#[derive(Default)]
+struct Names(HashSet<Arc<str>, foldhash::fast::RandomState>);
+
+impl Names {
+    const MAX: usize = 4096;
+
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(name) {
+            return known.clone();
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        let name: Arc<str> = name.into();
+        self.0.insert(name.clone());
+        name
     }
 }
 
