@@ -11,20 +11,25 @@
 //! - otherwise: the call site of its first acquisition seen.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use crate::host::{Host, InitStack};
 use crate::model::{ClassId, ClassKey, CodeSite, LockInstance, SharedLock};
+use crate::FastMap;
 
 #[derive(Default)]
 pub struct Classes {
     /// The class of each lock instance seen.
-    by_lock: HashMap<LockInstance, ClassId>,
+    by_lock: FastMap<LockInstance, ClassId>,
     /// Init call sites of locks set up by an init function, with the stack
     /// copied at the init (to find the caller of a library's lock-creating
     /// function when the class is first needed).
-    init_sites: HashMap<LockInstance, (u64, Option<InitStack>)>,
-    /// Interned class keys.
-    ids: HashMap<ClassKey, ClassId>,
+    init_sites: FastMap<LockInstance, (u64, Option<InitStack>)>,
+    /// Interned class keys: each key is kept once, in `keys`, and found by
+    /// its hash (keys whose hash another key has are in `collided`).
+    by_hash: FastMap<u64, ClassId>,
+    collided: HashMap<ClassKey, ClassId>,
+    hasher: foldhash::fast::RandomState,
     keys: Vec<ClassKey>,
 }
 
@@ -89,12 +94,19 @@ impl Classes {
     }
 
     fn intern(&mut self, key: ClassKey) -> ClassId {
-        if let Some(&id) = self.ids.get(&key) {
-            return id;
+        let hash = self.hasher.hash_one(&key);
+        let next = ClassId(self.keys.len() as u32);
+        let id = match self.by_hash.get(&hash) {
+            Some(&id) if self.keys[id.0 as usize] == key => return id,
+            Some(_) => *self.collided.entry(key.clone()).or_insert(next),
+            None => {
+                self.by_hash.insert(hash, next);
+                next
+            }
+        };
+        if id == next {
+            self.keys.push(key);
         }
-        let id = ClassId(self.keys.len() as u32);
-        self.ids.insert(key.clone(), id);
-        self.keys.push(key);
         id
     }
 
@@ -143,7 +155,10 @@ impl Classes {
             }
         }
         if let Some((site, caller)) = init {
-            return ClassKey::InitSite { site, caller };
+            return ClassKey::InitSite {
+                site,
+                caller: caller.map(Box::new),
+            };
         }
         if let Some((module, symbol)) = host.global_symbol(lock) {
             return ClassKey::Global { module, symbol };

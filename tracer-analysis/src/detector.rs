@@ -5,6 +5,7 @@
 //! verdicts afterwards (the collector's `report`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracer_common::{chain_key_mix, chain_key_without};
@@ -14,7 +15,7 @@ use crate::graph::LockOrderGraph;
 use crate::host::{Host, InitStack};
 use crate::identity::Identities;
 use crate::model::{
-    ClassId, Cycle, Dependency, Level, LockIdentity, LockInstance, LockKind, Request,
+    ClassId, Cycle, Dependency, Level, LockIdentity, LockInstance, LockKind, PyFrame, Request,
 };
 use crate::waits::{Holder, WaitScan, WaitVerdict, Waiting, Watchdog};
 
@@ -169,6 +170,12 @@ pub struct Detector {
     /// too (their next occurrence is then sent and judged afresh).
     forgotten: Vec<Dependency>,
     stats: Stats,
+    /// The Python frames of requests from threads running no Python code,
+    /// shared (most requests), and the stack of requests not unwound.
+    no_python: Arc<[PyFrame]>,
+    no_stack: Arc<[u64]>,
+    /// Thread names, one copy each for the dependencies that keep them.
+    thread_names: Names,
 }
 
 impl Detector {
@@ -187,6 +194,9 @@ impl Detector {
             budgets: HashMap::new(),
             forgotten: Vec::new(),
             stats: Stats::default(),
+            no_python: Arc::new([]),
+            no_stack: Arc::new([]),
+            thread_names: Names::default(),
         }
     }
 
@@ -311,6 +321,12 @@ impl Detector {
     /// process `pid`: new locks count against the process's share and the
     /// total (see [`MAX_LOCKS_PER_PROCESS`], [`MAX_LOCKS`]).
     fn has_room(&self, pid: u32, a: LockIdentity, b: LockIdentity) -> bool {
+        // Room for two new locks, whatever they are: no need to look.
+        if self.instances.locks_of(pid) + 2 <= MAX_LOCKS_PER_PROCESS
+            && self.instances.lock_count() + 2 <= MAX_LOCKS
+        {
+            return true;
+        }
         let new = [a, b]
             .into_iter()
             .filter(|&n| !self.instances.contains(n))
@@ -334,6 +350,20 @@ impl Detector {
         let mut verdicts = Vec::new();
         let all_held = r.held.iter().fold(0, |h, &a| h ^ chain_key_mix(a));
         let instance = |addr| LockInstance { pid: r.pid, addr };
+        // One copy of the request's evidence, shared by its dependencies.
+        let thread = self.thread_names.intern(&r.thread);
+        let stack: Arc<[u64]> = if r.stack.is_empty() {
+            self.no_stack.clone()
+        } else {
+            r.stack.into()
+        };
+        let python: Arc<[PyFrame]> = if r.python.is_empty() {
+            self.no_python.clone()
+        } else {
+            r.python.into()
+        };
+        // The requested lock's class, found with the first dependency's.
+        let mut to_class = None;
         for from in &r.from {
             let mut gates: Vec<LockInstance> = r
                 .held
@@ -350,26 +380,31 @@ impl Detector {
                 to_kind: r.to.kind,
                 pid: r.pid,
                 tid: r.tid,
-                thread: r.thread.clone(),
+                thread: thread.clone(),
                 timestamp_ns: r.timestamp_ns,
-                held_stack: from.taken_at.clone(),
-                stack: r.stack.clone(),
+                held_stack: from.taken_at.as_slice().into(),
+                stack: stack.clone(),
                 gates,
                 chain_key: chain_key_without(all_held, from.addr),
-                python: r.python.clone(),
+                python: python.clone(),
                 handoff: r.handoff,
             };
             self.note_shared(dep.from, host);
-            self.note_shared(dep.to, host);
             let from_class = self.class_of(dep.from, from.site(), host);
-            let to_class = self.class_of(dep.to, r.to.site(), host);
+            let to_class = match to_class {
+                Some(class) => class,
+                None => {
+                    self.note_shared(dep.to, host);
+                    *to_class.insert(self.class_of(dep.to, r.to.site(), host))
+                }
+            };
             verdicts.extend(self.on_class_dependency(from_class, to_class, &dep));
             let (a, b) = (self.identities.of(dep.from), self.identities.of(dep.to));
             if !self.has_room(r.pid, a, b) {
                 self.stats.dropped_dependencies += 1;
                 continue;
             }
-            for cycle in self.instances.insert(a, b, &dep) {
+            for cycle in self.instances.insert(a, b, dep) {
                 if is_handoff_cycle(&cycle, host) {
                     self.stats.handoff_cycles += 1;
                     continue;
@@ -405,13 +440,13 @@ impl Detector {
             to_kind: r.to.kind,
             pid: r.pid,
             tid: r.tid,
-            thread: r.thread,
+            thread: r.thread.into(),
             timestamp_ns: r.timestamp_ns,
-            held_stack: held.taken_at.clone(),
-            stack: r.stack,
+            held_stack: held.taken_at.as_slice().into(),
+            stack: r.stack.into(),
             gates: Vec::new(),
             chain_key: 0,
-            python: r.python,
+            python: r.python.into(),
             handoff: r.handoff,
         };
         Some(Verdict::SelfDeadlock {
@@ -450,7 +485,7 @@ impl Detector {
             return self.on_same_class(from, dep).into_iter().collect();
         }
         let mut verdicts = Vec::new();
-        for cycle in self.class_graph.insert(from, to, dep) {
+        for cycle in self.class_graph.insert(from, to, dep.clone()) {
             let n = cycle.edges.len();
             // One bug, one finding: a cycle of instances is reported by the
             // instance graph. At each lock of the cycle, the two edges meet
@@ -545,6 +580,29 @@ impl Detector {
             }
             _ => None,
         }
+    }
+}
+
+/// Interned names: a host has few distinct thread names (comms), and a
+/// dependency keeps its thread's. Bounded: past [`Names::MAX`] distinct
+/// names the set starts over (names in use stay alive in their
+/// dependencies).
+#[derive(Default)]
+struct Names(HashSet<Arc<str>, foldhash::fast::RandomState>);
+
+impl Names {
+    const MAX: usize = 4096;
+
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(name) {
+            return known.clone();
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        let name: Arc<str> = name.into();
+        self.0.insert(name.clone());
+        name
     }
 }
 

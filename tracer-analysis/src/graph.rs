@@ -7,19 +7,26 @@
 //! new edge, so each cycle is reported exactly once, when its last edge
 //! appears.
 //!
+//! Most inserts cannot close a cycle, and must not pay a search of the
+//! graph to learn it: the graph keeps a topological order of its vertices
+//! (Pearce and Kelly's dynamic topological sort, see `order.rs`), so an
+//! edge that goes forward in that order is known to close nothing at once.
+//!
 //! Enumeration of the simple cycles through a new edge is bounded (cycle
 //! length and cycles per insert, plus a work budget against pathological
 //! graphs); inserts whose enumeration was cut are counted in
 //! [`LockOrderGraph::truncated_searches`].
 
+mod order;
+mod store;
+
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash;
 
-use petgraph::graphmap::DiGraphMap;
-use petgraph::Direction;
-
 use crate::model::{ClassId, Cycle, Dependency, LockIdentity, LockInstance, LockKind};
+use crate::FastMap;
+use store::{NodeId, Store};
 
 /// What a graph's nodes are.
 pub trait GraphNode: Copy + Ord + Hash + Debug {
@@ -118,9 +125,9 @@ impl WorkBudget {
 type CycleKey<N> = Vec<(N, N)>;
 
 pub struct LockOrderGraph<N: GraphNode> {
-    graph: DiGraphMap<Vertex<N>, Dependency>,
+    store: Store<Vertex<N>>,
     /// Vertices of each process, for [`Self::forget_process`].
-    by_pid: HashMap<u32, HashSet<Vertex<N>>>,
+    by_pid: FastMap<u32, Vec<NodeId>>,
     /// Keys of the cycles reported and still in the graph, and whether they
     /// were reported as guarded (a guarded cycle whose gate disappears is
     /// reported again, as a potential deadlock).
@@ -138,8 +145,8 @@ pub struct LockOrderGraph<N: GraphNode> {
 impl<N: GraphNode> Default for LockOrderGraph<N> {
     fn default() -> Self {
         Self {
-            graph: DiGraphMap::new(),
-            by_pid: HashMap::new(),
+            store: Store::default(),
+            by_pid: FastMap::default(),
             reported: HashMap::new(),
             cycles: 0,
             truncated_searches: 0,
@@ -170,18 +177,18 @@ impl<N: GraphNode> LockOrderGraph<N> {
     pub fn contains(&self, node: N) -> bool {
         [false, true]
             .into_iter()
-            .any(|shared| self.graph.contains_node(Vertex { node, shared }))
+            .any(|shared| self.store.id(&Vertex { node, shared }).is_some())
     }
 
     /// Locks in the graph (an rwlock held in both modes counts twice).
     pub fn lock_count(&self) -> usize {
-        self.graph.node_count()
+        self.store.node_count()
     }
 
     /// Distinct dependencies in the graph (self-edges included; a write
     /// request of an rwlock is an edge to each of its modes).
     pub fn dependency_count(&self) -> usize {
-        self.graph.edge_count()
+        self.store.edge_count()
     }
 
     /// Locks ever added, including those of exited processes.
@@ -209,29 +216,51 @@ impl<N: GraphNode> LockOrderGraph<N> {
 
     /// The dependency kept for `from -> to` (both exclusive), if any.
     pub fn dependency(&self, from: N, to: N) -> Option<&Dependency> {
-        self.graph
-            .edge_weight(Vertex::exclusive(from), Vertex::exclusive(to))
+        let a = self.store.id(&Vertex::exclusive(from))?;
+        let b = self.store.id(&Vertex::exclusive(to))?;
+        self.store.edge(a, b).map(|e| self.store.dependency(e))
     }
 
     /// Adds `dep` as an edge `from -> to` and returns the cycles it closes
     /// that were not reported before (a cycle is identified by its nodes,
     /// whatever their modes). A dependency already in the graph is a no-op;
     /// a self-edge is recorded but never part of a cycle.
-    pub fn insert(&mut self, from: N, to: N, dep: &Dependency) -> Vec<Cycle<N>> {
+    pub fn insert(&mut self, from: N, to: N, dep: Dependency) -> Vec<Cycle<N>> {
         let held = Vertex::holding(from, dep.from_kind);
-        let mut cycles = self.insert_edge(held, Vertex::exclusive(to), dep);
-        if dep.to_kind == LockKind::RwlockWrite {
-            let shared = Vertex {
-                node: to,
-                shared: true,
-            };
-            cycles.extend(self.insert_edge(held, shared, dep));
+        if dep.to_kind != LockKind::RwlockWrite {
+            return self.insert_edge(held, Vertex::exclusive(to), dep);
         }
+        let mut cycles = self.insert_edge(held, Vertex::exclusive(to), dep.clone());
+        let shared = Vertex {
+            node: to,
+            shared: true,
+        };
+        cycles.extend(self.insert_edge(held, shared, dep));
         cycles
     }
 
-    fn insert_edge(&mut self, from: Vertex<N>, to: Vertex<N>, dep: &Dependency) -> Vec<Cycle<N>> {
-        if let Some(kept) = self.graph.edge_weight_mut(from, to) {
+    /// The node of `v`, added if new. A new vertex is given a place in the
+    /// order where it breaks nothing: first when it is the edge's source
+    /// (it has no incoming edge yet), last when it is the target.
+    fn node(&mut self, v: Vertex<N>, source: bool) -> NodeId {
+        if let Some(n) = self.store.id(&v) {
+            return n;
+        }
+        let n = self.store.add_node(v, source);
+        if let Some(pid) = v.node.owner() {
+            let of_pid = self.by_pid.entry(pid).or_default();
+            self.store.set_pid_slot(n, of_pid.len() as u32);
+            of_pid.push(n);
+        }
+        self.locks_seen += 1;
+        n
+    }
+
+    fn insert_edge(&mut self, from: Vertex<N>, to: Vertex<N>, dep: Dependency) -> Vec<Cycle<N>> {
+        let a = self.node(from, true);
+        let b = self.node(to, false);
+        if let Some(e) = self.store.edge(a, b) {
+            let kept = self.store.dependency_mut(e);
             // The same pair under other held locks: its gate locks are those
             // held every time. Keep this occurrence (its stacks) if that
             // shrinks them, and judge its cycles again.
@@ -249,30 +278,25 @@ impl<N: GraphNode> LockOrderGraph<N> {
             *kept = Dependency {
                 gates: always,
                 handoff,
-                ..dep.clone()
+                ..dep
             };
         } else {
-            for v in [from, to] {
-                if !self.graph.contains_node(v) {
-                    self.graph.add_node(v);
-                    if let Some(pid) = v.node.owner() {
-                        self.by_pid.entry(pid).or_default().insert(v);
-                    }
-                    self.locks_seen += 1;
-                }
-            }
-            self.graph.add_edge(from, to, dep.clone());
+            self.store.add_edge(a, b, dep);
             self.dependencies_seen += 1;
         }
-        if from.node == to.node {
+        if a == b {
+            return Vec::new();
+        }
+        // Most edges follow the order (or can be made to, locally): no path
+        // `to ~> from` can exist, nothing to search.
+        if !self.store.may_reach(b, a) {
             return Vec::new();
         }
 
         // The shortest cycle through the new edge, whatever its length: a
         // breadth-first search from `to` for `from`, whose cost grows with
-        // the graph, not with the length of the cycle. Most inserts close
-        // none, and stop here.
-        let Some(shortest) = self.shortest_path(to, from) else {
+        // the graph, not with the length of the cycle.
+        let Some(shortest) = self.shortest_path(b, a) else {
             return Vec::new();
         };
         // Further cycles through the edge: enumerated, bounded (length,
@@ -282,18 +306,18 @@ impl<N: GraphNode> LockOrderGraph<N> {
         let truncated = budget == 0 || {
             // Vertices with a path to `from`: the only ones a path
             // `to ~> from` can use.
-            let ancestors = self.ancestors(from);
+            let ancestors = self.ancestors(a);
             let mut search = Search {
-                graph: &self.graph,
+                store: &self.store,
                 ancestors: &ancestors,
-                target: from,
-                path: vec![to],
-                on_path: HashSet::from([to]),
+                target: a,
+                path: vec![b],
+                on_path: HashSet::from([b]),
                 found: Vec::new(),
                 budget,
                 truncated: false,
             };
-            search.dfs(to);
+            search.dfs(b);
             self.work.give_back(search.budget);
             for path in search.found {
                 if !paths.contains(&path) {
@@ -306,23 +330,21 @@ impl<N: GraphNode> LockOrderGraph<N> {
         let mut cycles = Vec::new();
         for path in paths.into_iter().take(MAX_CYCLES_PER_INSERT) {
             // path = [to, .., from]; the cycle is from -> to -> .. -> from.
-            let mut vertices = Vec::with_capacity(path.len());
-            vertices.push(from);
-            vertices.extend_from_slice(&path[..path.len() - 1]);
-            let start = (0..vertices.len())
-                .min_by_key(|&i| vertices[i])
+            let mut ids = Vec::with_capacity(path.len());
+            ids.push(a);
+            ids.extend_from_slice(&path[..path.len() - 1]);
+            let start = (0..ids.len())
+                .min_by_key(|&i| self.store.key(ids[i]))
                 .unwrap_or(0);
-            vertices.rotate_left(start);
-            let edges: Vec<Dependency> = (0..vertices.len())
+            ids.rotate_left(start);
+            let edges: Vec<Dependency> = (0..ids.len())
                 .map(|i| {
-                    let (a, b) = (vertices[i], vertices[(i + 1) % vertices.len()]);
-                    self.graph
-                        .edge_weight(a, b)
-                        .expect("cycle edge is in the graph")
-                        .clone()
+                    let (x, y) = (ids[i], ids[(i + 1) % ids.len()]);
+                    let e = self.store.edge(x, y).expect("cycle edge is in the graph");
+                    self.store.dependency(e).clone()
                 })
                 .collect();
-            let nodes: Vec<N> = vertices.iter().map(|v| v.node).collect();
+            let nodes: Vec<N> = ids.iter().map(|&i| self.store.key(i).node).collect();
             // A cycle of wake-up hand-offs only (each thread locked another's
             // mutex while that one waited on a condition with it, as
             // mod_wsgi's workers do) cannot close while those threads wait:
@@ -356,15 +378,23 @@ impl<N: GraphNode> LockOrderGraph<N> {
     /// removed dependencies.
     pub fn forget_lock(&mut self, node: N) -> Vec<Dependency> {
         let mut removed = Vec::new();
+        let mut was_in = false;
         for shared in [false, true] {
-            let v = Vertex { node, shared };
-            removed.extend(self.remove_vertex(v));
-            if let Some(vs) = node.owner().and_then(|pid| self.by_pid.get_mut(&pid)) {
-                vs.remove(&v);
+            let Some(n) = self.store.id(&Vertex { node, shared }) else {
+                continue;
+            };
+            was_in = true;
+            if let Some(pid) = node.owner() {
+                self.unlist(pid, n);
             }
+            removed.extend(self.store.remove_node(n));
         }
-        self.reported
-            .retain(|key, _| key.iter().all(|(a, b)| *a != node && *b != node));
+        // A cycle reported is in the graph: only a lock of the graph (most
+        // inits and destroys are not) can be in one.
+        if was_in {
+            self.reported
+                .retain(|key, _| key.iter().all(|(a, b)| *a != node && *b != node));
+        }
         removed
     }
 
@@ -372,12 +402,12 @@ impl<N: GraphNode> LockOrderGraph<N> {
     /// process exited; its pid may be reused by an unrelated process).
     /// Returns the removed dependencies.
     pub fn forget_process(&mut self, pid: u32) -> Vec<Dependency> {
-        let Some(vertices) = self.by_pid.remove(&pid) else {
+        let Some(nodes) = self.by_pid.remove(&pid) else {
             return Vec::new();
         };
         let mut removed = Vec::new();
-        for v in vertices {
-            removed.extend(self.remove_vertex(v));
+        for n in nodes {
+            removed.extend(self.store.remove_node(n));
         }
         self.reported.retain(|key, _| {
             key.iter()
@@ -386,34 +416,24 @@ impl<N: GraphNode> LockOrderGraph<N> {
         removed
     }
 
-    /// Removes a vertex and returns the dependencies of its edges (both
-    /// directions).
-    fn remove_vertex(&mut self, v: Vertex<N>) -> Vec<Dependency> {
-        if !self.graph.contains_node(v) {
-            return Vec::new();
+    /// Takes node `n` off its process's list.
+    fn unlist(&mut self, pid: u32, n: NodeId) {
+        let Some(of_pid) = self.by_pid.get_mut(&pid) else {
+            return;
+        };
+        let slot = self.store.pid_slot(n) as usize;
+        of_pid.swap_remove(slot);
+        if let Some(&moved) = of_pid.get(slot) {
+            self.store.set_pid_slot(moved, slot as u32);
         }
-        let edges: Vec<(Vertex<N>, Vertex<N>)> = self
-            .graph
-            .neighbors_directed(v, Direction::Outgoing)
-            .map(|w| (v, w))
-            .chain(
-                self.graph
-                    .neighbors_directed(v, Direction::Incoming)
-                    .filter(|&u| u != v)
-                    .map(|u| (u, v)),
-            )
-            .collect();
-        let removed = edges
-            .into_iter()
-            .filter_map(|(a, b)| self.graph.remove_edge(a, b))
-            .collect();
-        self.graph.remove_node(v);
-        removed
+        if of_pid.is_empty() {
+            self.by_pid.remove(&pid);
+        }
     }
 
     /// The shortest path `from ~> to` (both included), if any.
-    fn shortest_path(&self, from: Vertex<N>, to: Vertex<N>) -> Option<Vec<Vertex<N>>> {
-        let mut parent: HashMap<Vertex<N>, Vertex<N>> = HashMap::new();
+    fn shortest_path(&self, from: NodeId, to: NodeId) -> Option<Vec<NodeId>> {
+        let mut parent: FastMap<NodeId, NodeId> = FastMap::default();
         let mut queue = VecDeque::from([from]);
         parent.insert(from, from);
         while let Some(v) = queue.pop_front() {
@@ -427,7 +447,7 @@ impl<N: GraphNode> LockOrderGraph<N> {
                 path.reverse();
                 return Some(path);
             }
-            for w in self.graph.neighbors_directed(v, Direction::Outgoing) {
+            for w in self.store.successors(v) {
                 if let std::collections::hash_map::Entry::Vacant(e) = parent.entry(w) {
                     e.insert(v);
                     queue.push_back(w);
@@ -438,11 +458,12 @@ impl<N: GraphNode> LockOrderGraph<N> {
     }
 
     /// All vertices with a path to `v`, `v` included.
-    fn ancestors(&self, v: Vertex<N>) -> HashSet<Vertex<N>> {
-        let mut seen = HashSet::from([v]);
+    fn ancestors(&self, v: NodeId) -> HashSet<NodeId, foldhash::fast::RandomState> {
+        let mut seen = HashSet::default();
+        seen.insert(v);
         let mut queue = VecDeque::from([v]);
         while let Some(w) = queue.pop_front() {
-            for p in self.graph.neighbors_directed(w, Direction::Incoming) {
+            for p in self.store.predecessors(w) {
                 if seen.insert(p) {
                     queue.push_back(p);
                 }
@@ -471,21 +492,21 @@ fn common_gate(edges: &[Dependency]) -> Option<LockInstance> {
 }
 
 /// Enumeration of the simple paths `path[0] ~> target`.
-struct Search<'a, N: GraphNode> {
-    graph: &'a DiGraphMap<Vertex<N>, Dependency>,
-    ancestors: &'a HashSet<Vertex<N>>,
-    target: Vertex<N>,
-    path: Vec<Vertex<N>>,
-    on_path: HashSet<Vertex<N>>,
+struct Search<'a, K> {
+    store: &'a Store<K>,
+    ancestors: &'a HashSet<NodeId, foldhash::fast::RandomState>,
+    target: NodeId,
+    path: Vec<NodeId>,
+    on_path: HashSet<NodeId>,
     /// Up to `MAX_CYCLES_PER_INSERT + 1` paths (one more tells "cut").
-    found: Vec<Vec<Vertex<N>>>,
+    found: Vec<Vec<NodeId>>,
     budget: usize,
     truncated: bool,
 }
 
-impl<N: GraphNode> Search<'_, N> {
+impl<K: Copy + Eq + Hash> Search<'_, K> {
     /// Returns false to stop the whole search.
-    fn dfs(&mut self, v: Vertex<N>) -> bool {
+    fn dfs(&mut self, v: NodeId) -> bool {
         if v == self.target {
             self.found.push(self.path.clone());
             return self.found.len() <= MAX_CYCLES_PER_INSERT;
@@ -501,8 +522,8 @@ impl<N: GraphNode> Search<'_, N> {
             return false;
         }
         self.budget -= 1;
-        let graph = self.graph;
-        for w in graph.neighbors_directed(v, Direction::Outgoing) {
+        let store = self.store;
+        for w in store.successors(v) {
             if !self.ancestors.contains(&w) || self.on_path.contains(&w) {
                 continue;
             }
@@ -537,7 +558,7 @@ mod tests {
             self.0.insert(
                 LockIdentity::Private(d.from),
                 LockIdentity::Private(d.to),
-                &d,
+                d,
             )
         }
         fn dependency(&self, from: LockId, to: LockId) -> Option<&Dependency> {
@@ -575,16 +596,16 @@ mod tests {
             tid: pid + 1,
             thread: "t".into(),
             timestamp_ns: 0,
-            held_stack: vec![0x1000 + from],
-            stack: vec![0x2000 + to],
+            held_stack: vec![0x1000 + from].into(),
+            stack: vec![0x2000 + to].into(),
             gates: vec![],
             chain_key: 0,
-            python: vec![],
+            python: vec![].into(),
             handoff: false,
         }
     }
 
-    fn dep(from: u64, to: u64) -> Dependency {
+    pub(super) fn dep(from: u64, to: u64) -> Dependency {
         dep_in(PID, from, to)
     }
 
@@ -731,7 +752,7 @@ mod tests {
         check_shape(&cycles[0]);
         assert_eq!(pairs(&cycles[0]), [(0xa, 0xb), (0xb, 0xc), (0xc, 0xa)]);
         // The edge kept is the one observed, with its own stack.
-        assert_eq!(cycles[0].edges[2].stack, [0x2000 + 0xa]);
+        assert_eq!(*cycles[0].edges[2].stack, [0x2000 + 0xa]);
         for (f, t) in [(0xa, 0xb), (0xb, 0xc), (0xc, 0xa)] {
             assert!(g.insert(dep(f, t)).is_empty());
         }

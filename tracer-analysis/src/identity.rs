@@ -6,11 +6,12 @@
 use std::collections::HashMap;
 
 use crate::model::{LockIdentity, LockInstance, SharedLock};
+use crate::FastMap;
 
 #[derive(Default)]
 pub struct Identities {
     /// Instances in shared memory, by instance.
-    shared_of: HashMap<LockInstance, u32>,
+    shared_of: FastMap<LockInstance, u32>,
     /// Shared locks, interned: index = `LockIdentity::Shared` number.
     shared: Vec<SharedLock>,
     index: HashMap<SharedLock, u32>,

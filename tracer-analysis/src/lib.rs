@@ -13,4 +13,10 @@ pub mod model;
 pub mod waits;
 
 pub use detector::{Detector, Event, Verdict};
+
+/// A hash map for the detector's hot tables, keyed by addresses and small
+/// ids: foldhash, several times faster than SipHash on such keys, and still
+/// seeded per process (a traced program cannot choose colliding addresses
+/// ahead of time).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub use host::{Host, InitStack};

@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -149,7 +150,8 @@ pub enum ClassKey {
     /// function, the site that called it.
     InitSite {
         site: CodeSite,
-        caller: Option<CodeSite>,
+        /// Boxed: most classes have none, and a key is kept per class.
+        caller: Option<Box<CodeSite>>,
     },
     /// A global or static lock: its binary and symbol.
     Global { module: String, symbol: String },
@@ -284,16 +286,17 @@ pub struct Dependency {
     pub to_kind: LockKind,
     pub pid: u32,
     pub tid: u32,
-    /// The thread's name (its comm).
-    pub thread: String,
+    /// The thread's name (its comm), shared by the dependencies of a
+    /// request.
+    pub thread: Arc<str>,
     /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) of the request.
     pub timestamp_ns: u64,
     /// Where `from` was taken: its call site, and through lock wrappers
     /// (see [`HeldAt::taken_at`]).
-    pub held_stack: Vec<u64>,
+    pub held_stack: Box<[u64]>,
     /// Where `to` was requested: the probe's instruction pointer first (inside
     /// the lock function), then return addresses, innermost first.
-    pub stack: Vec<u64>,
+    pub stack: Arc<[u64]>,
     /// The other locks the thread held (besides `from` and `to`), sorted: a
     /// lock held at every occurrence of every edge of a cycle is its gate.
     pub gates: Vec<LockInstance>,
@@ -301,7 +304,7 @@ pub struct Dependency {
     pub chain_key: u64,
     /// The requesting thread's Python frames (innermost first), for a
     /// thread running Python code.
-    pub python: Vec<PyFrame>,
+    pub python: Arc<[PyFrame]>,
     /// Every occurrence seen was a wake-up hand-off: `to` was a mutex another
     /// thread waited on a condition with.
     pub handoff: bool,
@@ -398,7 +401,7 @@ mod tests {
         };
         let init = ClassKey::InitSite {
             site: site("libapr-1.so.0", 0x1f2a, Some("apr_thread_mutex_create")),
-            caller: Some(site("mod_wsgi.so", 0x2c57, None)),
+            caller: Some(Box::new(site("mod_wsgi.so", 0x2c57, None))),
         };
         assert_eq!(
             init.to_string(),

@@ -254,7 +254,7 @@ fn held_at(h: &HeldLock) -> HeldAt {
 /// What the session does with a dependency record, minus unwinding: that
 /// step needs the traced process's memory maps and ELF files, so every
 /// request gets an empty stack here (a real stack adds 8 bytes per frame to
-/// each dependency).
+/// each request, shared by its dependencies and both graphs).
 fn on_request(detector: &mut Detector, findings: &mut u64, d: RawRequest) {
     let request = Request {
         pid: d.pid,

@@ -58,7 +58,7 @@ pub fn same_class_nesting(
         pid: dep.pid,
         comm,
         tid: dep.tid,
-        thread: dep.thread.clone(),
+        thread: dep.thread.to_string(),
         class: class.to_string(),
         held,
         requested,
@@ -83,7 +83,7 @@ pub fn self_deadlock(dep: &Dependency, resolve: &mut dyn Resolve, id: u64) -> Fi
         pid: dep.pid,
         comm,
         tid: dep.tid,
-        thread: dep.thread.clone(),
+        thread: dep.thread.to_string(),
         lock,
         stack: names.resolve.frames(dep.pid, &dep.stack, true),
         held_stack: names.resolve.frames(dep.pid, &dep.held_stack, false),
@@ -123,10 +123,10 @@ impl Names<'_> {
             pid: d.pid,
             tid: d.tid,
             comm: self.comm(d.pid),
-            thread: d.thread.clone(),
+            thread: d.thread.to_string(),
             stack: self.resolve.frames(d.pid, &d.stack, true),
             held_stack: self.resolve.frames(d.pid, &d.held_stack, false),
-            python_stack: d.python.clone(),
+            python_stack: d.python.to_vec(),
         }
     }
 

@@ -89,11 +89,11 @@ fn dep(
         tid,
         thread: thread.into(),
         timestamp_ns: 1,
-        held_stack: vec![held],
-        stack: stack.to_vec(),
+        held_stack: vec![held].into(),
+        stack: stack.into(),
         gates: vec![],
         chain_key: 0,
-        python: vec![],
+        python: vec![].into(),
         handoff: false,
     }
 }
