@@ -288,6 +288,107 @@ mod tests {
         assert_eq!(service_of_cgroup("0::/\n"), None);
     }
 
+    use crate::report::{Edge, Inversion};
+    use tracer_analysis::model::Level;
+
+    /// The AB/BA inversion of a process `pid` whose program lies at `path`
+    /// and whose locks are `a` and `b`.
+    fn ab_ba(pid: u32, path: &str, base: u64, a: &str, b: &str) -> Finding {
+        let lock = |name: &str, addr| Lock {
+            addr,
+            kind: "mutex",
+            name: Some(name.to_string()),
+            shared: None,
+            pid,
+        };
+        let frame = |function: &str, addr| Frame {
+            addr,
+            module: Some(path.to_string()),
+            function: Some(function.to_string()),
+            offset: Some(34),
+            file: None,
+            line: None,
+        };
+        let libc = Frame {
+            addr: 0x7f00_0000_1000,
+            module: Some("/usr/lib/x86_64-linux-gnu/libc.so.6".into()),
+            function: Some("___pthread_mutex_lock".into()),
+            offset: Some(14),
+            file: None,
+            line: None,
+        };
+        let edge = |from: &Lock, to: &Lock, function: &str| Edge {
+            from: from.clone(),
+            to: to.clone(),
+            pid,
+            tid: pid + 1,
+            comm: "prog".into(),
+            thread: "prog".into(),
+            stack: vec![libc.clone(), frame(function, base + 0x1100)],
+            held_stack: vec![frame(function, base + 0x10f0)],
+            python_stack: vec![],
+        };
+        let (la, lb) = (lock(a, base + 0x4080), lock(b, base + 0x40c0));
+        Finding::LockOrderInversion(Inversion {
+            id: 1,
+            pid,
+            comm: "prog".into(),
+            locks: vec![la.clone(), lb.clone()],
+            cycle: vec![edge(&la, &lb, "lock_ab"), edge(&lb, &la, "lock_ba")],
+            guarded: false,
+            gate: None,
+            level: Level::Instance,
+            classes: vec![],
+        })
+    }
+
+    #[test]
+    fn fingerprints_ignore_pids_addresses_and_paths() {
+        let one = fingerprint(&ab_ba(
+            100,
+            "/opt/a/prog",
+            0x5500_0000_0000,
+            "mutex_a",
+            "mutex_b",
+        ));
+        let other = fingerprint(&ab_ba(
+            2000,
+            "/srv/b/prog2",
+            0x5611_0000_0000,
+            "mutex_a",
+            "mutex_b",
+        ));
+        assert_eq!(one, other);
+        assert_eq!(one.len(), 16);
+        let renamed = fingerprint(&ab_ba(
+            100,
+            "/opt/a/prog",
+            0x5500_0000_0000,
+            "mutex_a",
+            "mutex_c",
+        ));
+        assert_ne!(one, renamed);
+    }
+
+    #[test]
+    fn an_inversion_alert() {
+        let finding = ab_ba(100, "/opt/a/prog", 0x5500_0000_0000, "mutex_a", "mutex_b");
+        let ctx = Context {
+            host: "web1",
+            runbook_url: "file:///r",
+            active_for: Duration::from_secs(60),
+        };
+        let alert = alert(&finding, &ctx, SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(alert.labels["alertname"], "LockOrderInversion");
+        assert_eq!(alert.labels["severity"], "warning");
+        assert_eq!(alert.labels["host"], "web1");
+        assert_eq!(
+            alert.annotations["summary"],
+            "lock-order inversion mutex_a -> mutex_b -> mutex_a at lock_ab, lock_ba in prog (pid 100)"
+        );
+        assert_eq!(alert.ends_at, "1970-01-01T00:01:00Z");
+    }
+
     #[test]
     fn fnv_is_the_published_function() {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
