@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use locktrace_e2e::records::Record;
 use locktrace_e2e::tracer::{Tracer, Watcher};
-use locktrace_e2e::{comm_of, fixture, require_root, workspace_dir, Variant};
+use locktrace_e2e::{comm_of, copy_executable, fixture, require_root, workspace_dir, Variant};
 use serde_json::Value;
 
 const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
@@ -42,29 +43,14 @@ fn bad_config_is_one_line_naming_key_and_line() {
 fn inversion_becomes_one_alertmanager_notification() {
     require_root();
     let receiver = Receiver::start();
-    let alertmanager = Alertmanager::start(&receiver.url());
+    let alertmanager = Alertmanager::start(&receiver.url(), free_port());
     let metrics = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("locktrace.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nhost = \"test-host\"\n[metrics]\nlisten = \"{metrics}\"\n\
-             [alertmanager]\nurl = \"{}\"\n",
-            alertmanager.url
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), &metrics, &alertmanager.url);
     let program = fixture("ab_ba", Variant::Fp);
     let comm = comm_of(&program);
-    let agent = Watcher::start_agent(&["--config", config.to_str().unwrap(), "--comm", &comm]);
-    // Ready once the probes are attached (the session is set up just after
-    // they are armed).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while http_get(&metrics, "/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "/readyz not 200 within 10s");
-        thread::sleep(Duration::from_millis(50));
-    }
+    let agent = Watcher::start_agent(&["--config", &config, "--comm", &comm], &[]);
+    wait_ready(&metrics);
 
     let out = Command::new(&program).output().unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -123,6 +109,116 @@ fn inversion_becomes_one_alertmanager_notification() {
     assert_eq!(counter(&text, "locktrace_alerts_sent_total"), 1.0, "{text}");
     assert!(counter(&text, "locktrace_events_total") > 0.0, "{text}");
     assert_eq!(health.0, 200, "{}", health.1);
+}
+
+/// Alertmanager is down when the inversion is found: the alert is queued,
+/// the failed attempts counted, and once Alertmanager starts the alert
+/// arrives. Meanwhile the agent told systemd (a `NOTIFY_SOCKET` of the
+/// test's) it is ready and pinged the watchdog.
+#[test]
+fn alerts_wait_for_alertmanager_and_systemd_is_notified() {
+    require_root();
+    let receiver = Receiver::start();
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &metrics, &format!("http://127.0.0.1:{port}"));
+    let notify = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Its own copy of the fixture: a name no other test's agent traces.
+    let program = dir.path().join("ab_ba_queued");
+    copy_executable(&fixture("ab_ba", Variant::Fp), &program);
+    let comm = comm_of(&program);
+    let agent = Watcher::start_agent(
+        &["--config", &config, "--comm", &comm],
+        &[
+            ("NOTIFY_SOCKET", notify.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    wait_ready(&metrics);
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(messages.iter().any(|m: &String| m.starts_with("READY=1"))
+        && messages.iter().any(|m| m == "WATCHDOG=1"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "sd_notify messages: {messages:?}"
+        );
+        let mut buf = [0; 256];
+        if let Ok(n) = socket.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+
+    let out = Command::new(&program).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(
+        &http_get(&metrics, "/metrics").1,
+        "locktrace_alerts_failed_total",
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "no failed attempt counted");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let alertmanager = Alertmanager::start(&receiver.url(), port);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while receiver.notifications().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_secs(2));
+    let notifications = receiver.notifications();
+    let text = http_get(&metrics, "/metrics").1;
+    let run = agent.stop();
+    assert_eq!(
+        notifications.len(),
+        1,
+        "one notification\n{notifications:#?}\n{}\n{}",
+        alertmanager.log(),
+        run.run.describe()
+    );
+    let labels = &notifications[0]["alerts"][0]["labels"];
+    assert_eq!(labels["alertname"], "LockOrderInversion", "{labels}");
+    assert_eq!(labels["service"], comm.as_str(), "{labels}");
+    assert_eq!(counter(&text, "locktrace_alerts_sent_total"), 1.0, "{text}");
+    assert!(
+        counter(&text, "locktrace_alerts_failed_total") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        counter(&text, "locktrace_alerts_dropped_total"),
+        0.0,
+        "{text}"
+    );
+}
+
+/// A config file for the agent in `dir`; its path.
+fn write_config(dir: &Path, metrics: &str, alertmanager: &str) -> String {
+    let config = dir.join("locktrace.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nhost = \"test-host\"\n[metrics]\nlisten = \"{metrics}\"\n\
+             [alertmanager]\nurl = \"{alertmanager}\"\n"
+        ),
+    )
+    .unwrap();
+    config.to_str().unwrap().to_string()
+}
+
+/// Waits for /readyz: the probes are attached (the session is set up just
+/// after they are armed).
+fn wait_ready(metrics: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(metrics, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "/readyz not 200 within 10s");
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The value of the sample `name` (with its labels) in a metrics text.
@@ -228,7 +324,7 @@ struct Alertmanager {
 }
 
 impl Alertmanager {
-    fn start(webhook: &str) -> Alertmanager {
+    fn start(webhook: &str, port: u16) -> Alertmanager {
         assert!(
             Path::new(ALERTMANAGER).exists(),
             "{ALERTMANAGER} is missing: `cargo xtask test` installs prometheus-alertmanager"
@@ -245,7 +341,7 @@ impl Alertmanager {
             ),
         )
         .unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
         let child = Command::new(ALERTMANAGER)
             .arg(format!("--config.file={}", config.display()))

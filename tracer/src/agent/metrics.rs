@@ -209,6 +209,12 @@ impl Metrics {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Serves the endpoints on `listener` until the runtime stops.
 pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;

@@ -13,6 +13,9 @@ pub fn notify(state: &str) {
         return;
     };
     let sent = UnixDatagram::unbound().and_then(|socket| {
+        // A full queue at the receiver would block the send, and with it
+        // the tracing loop: a message that cannot go now is dropped.
+        socket.set_nonblocking(true)?;
         let bytes = path.as_encoded_bytes();
         match bytes.strip_prefix(b"@") {
             // An abstract socket.
