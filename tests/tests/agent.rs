@@ -197,6 +197,77 @@ fn alerts_wait_for_alertmanager_and_systemd_is_notified() {
     );
 }
 
+/// A real deadlock: a critical `Deadlock` alert, resolved once the
+/// deadlocked process is killed.
+#[test]
+fn deadlock_alert_is_resolved_when_the_process_is_killed() {
+    require_root();
+    let receiver = Receiver::start();
+    let alertmanager = Alertmanager::start(&receiver.url(), free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &metrics, &alertmanager.url);
+    let program = dir.path().join("deadlock_agent");
+    copy_executable(&fixture("deadlock", Variant::Fp), &program);
+    let comm = comm_of(&program);
+    let agent = Watcher::start_agent(
+        &[
+            "--config",
+            &config,
+            "--comm",
+            &comm,
+            "--hang-threshold",
+            "60s",
+        ],
+        &[],
+    );
+    wait_ready(&metrics);
+    let mut deadlocked = Command::new(&program)
+        .arg("30")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadlock = |status: &str| {
+        receiver
+            .notifications()
+            .into_iter()
+            .find(|n| n["status"] == status && n["commonLabels"]["alertname"] == "Deadlock")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while deadlock("firing").is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let firing = deadlock("firing");
+    let _ = deadlocked.kill();
+    let _ = deadlocked.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while firing.is_some() && deadlock("resolved").is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let resolved = deadlock("resolved");
+    let all = receiver.notifications();
+    let run = agent.stop();
+    let firing = firing.unwrap_or_else(|| {
+        panic!(
+            "no Deadlock alert\n{all:#?}\n{}\n{}",
+            alertmanager.log(),
+            run.run.describe()
+        )
+    });
+    assert_eq!(firing["commonLabels"]["severity"], "critical", "{firing}");
+    assert_eq!(firing["commonLabels"]["service"], comm.as_str(), "{firing}");
+    let resolved = resolved.unwrap_or_else(|| {
+        panic!(
+            "the Deadlock alert was not resolved\n{all:#?}\n{}",
+            alertmanager.log()
+        )
+    });
+    assert_eq!(
+        resolved["commonLabels"]["fingerprint"], firing["commonLabels"]["fingerprint"],
+        "{resolved}"
+    );
+}
+
 /// A config file for the agent in `dir`; its path.
 fn write_config(dir: &Path, metrics: &str, alertmanager: &str) -> String {
     let config = dir.join("locktrace.toml");
@@ -335,9 +406,9 @@ impl Alertmanager {
             &config,
             format!(
                 "route:\n  receiver: test\n  group_by: [alertname, fingerprint]\n  \
-                 group_wait: 1s\n  group_interval: 1m\n  repeat_interval: 1h\n\
+                 group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
                  receivers:\n  - name: test\n    webhook_configs:\n      - url: {webhook}\n        \
-                 send_resolved: false\n"
+                 send_resolved: true\n"
             ),
         )
         .unwrap();

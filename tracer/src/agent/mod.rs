@@ -109,6 +109,7 @@ impl Agent {
             metrics: self.metrics.clone(),
             alerts: self.alerts.take(),
             before: Live::default(),
+            blocked: Vec::new(),
             host: self.host.clone(),
             active_for: self.inversion_active,
         })
@@ -129,8 +130,35 @@ struct AgentObserver {
     metrics: Arc<Metrics>,
     alerts: Option<mpsc::Sender<Alert>>,
     before: Live,
+    /// Alerts of deadlocks and hangs still active, by process: resolved
+    /// (sent again, ending now) once the process is gone.
+    blocked: Vec<(u32, Alert)>,
     host: String,
     active_for: Duration,
+}
+
+impl AgentObserver {
+    fn send(&self, alert: Alert) {
+        if let Some(tx) = &self.alerts {
+            if tx.try_send(alert).is_err() {
+                self.metrics.alerts_dropped.inc();
+            }
+        }
+    }
+
+    /// Deadlocked or hung threads stay blocked until their process ends
+    /// (killed or restarted): then their alert is resolved.
+    fn resolve_cleared(&mut self) {
+        let now = SystemTime::now();
+        let (gone, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.blocked)
+            .into_iter()
+            .partition(|(pid, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        self.blocked = live;
+        for (_, mut alert) in gone {
+            alert.ends_at = alerts::rfc3339(now);
+            self.send(alert);
+        }
+    }
 }
 
 impl Observer for AgentObserver {
@@ -141,21 +169,28 @@ impl Observer for AgentObserver {
             return;
         };
         self.metrics.count_finding(kind);
-        let Some(tx) = &self.alerts else { return };
+        if self.alerts.is_none() {
+            return;
+        }
         let ctx = alerts::Context {
             host: &self.host,
             runbook_url: RUNBOOK_URL,
             active_for: self.active_for,
         };
-        if let Some(alert) = alerts::alert(finding, &ctx, SystemTime::now()) {
-            if tx.try_send(alert).is_err() {
-                self.metrics.alerts_dropped.inc();
-            }
+        let Some(alert) = alerts::alert(finding, &ctx, SystemTime::now()) else {
+            return;
+        };
+        match finding {
+            Finding::Deadlock(d) => self.blocked.push((d.pid, alert.clone())),
+            Finding::LockWaitTimeout(t) => self.blocked.push((t.pid, alert.clone())),
+            _ => {}
         }
+        self.send(alert);
     }
 
     fn progress(&mut self, live: &Live) {
         self.metrics.set_live(live, &self.before);
         self.before = live.clone();
+        self.resolve_cleared();
     }
 }
