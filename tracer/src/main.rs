@@ -235,12 +235,11 @@ fn run(args: RunArgs) -> Result<i32> {
 }
 
 fn watch(args: WatchArgs) -> Result<i32> {
-    let reporter = reporter(&args.common)?;
     // The signal handlers first: a SIGTERM or Ctrl-C while the probes are
     // being attached stops the tracer as cleanly as a later one.
     let rt = runtime()?;
     let (mut term, mut int) = stop_signals(&rt)?;
-    let mut session = start_watch(&args, reporter)?;
+    let mut session = start_watch(&args)?;
     let duration = args.duration;
     rt.block_on(async {
         let stop = async {
@@ -270,11 +269,12 @@ fn stop_signals(
 
 /// `watch`'s session, probes attached and armed: the host, or the
 /// processes the filters name.
-fn start_watch(args: &WatchArgs, reporter: Reporter) -> Result<Session> {
+fn start_watch(args: &WatchArgs) -> Result<Session> {
     for &pid in &args.pids {
         preflight::check_pid(pid)?;
     }
     let (targets, follow) = preflight(&args.common)?;
+    let reporter = reporter(&args.common)?;
     let mut pids = args.pids.clone();
     for comm in &args.comms {
         pids.extend(proc::pids_with_comm(comm));
@@ -332,11 +332,10 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
         cgroups: config.cgroups.clone(),
         duration: None,
     };
-    let reporter = reporter(&watch.common)?;
     let mut agent = Agent::start(&config)?;
     let rt = runtime()?;
     let (mut term, mut int) = stop_signals(&rt)?;
-    let mut session = start_watch(&watch, reporter)?;
+    let mut session = start_watch(&watch)?;
     session.observe(agent.observer());
     agent.ready();
     rt.block_on(async {
