@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use checks::*;
-pub use process::{group_members, stop_group};
+pub use process::{cgroup2_root, group_members, stop_group, TestCgroup};
 pub use records::*;
 pub use tracer::{run_json, JsonRun, Run, Tracer, Watcher, TRACER_TIMEOUT};
 

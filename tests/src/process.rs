@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::process::Child;
+use std::process::{Child, Command};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -190,6 +190,52 @@ fn mentions_number(haystack: &str, number: &str) -> bool {
         let after = haystack[i + number.len()..].chars().next();
         !before.is_some_and(|c| c.is_ascii_digit()) && !after.is_some_and(|c| c.is_ascii_digit())
     })
+}
+
+/// The cgroup v2 hierarchy (at /sys/fs/cgroup, or /sys/fs/cgroup/unified
+/// beside cgroup v1).
+pub fn cgroup2_root() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+        })
+        .expect("a cgroup v2 hierarchy is mounted")
+}
+
+/// A test cgroup named for `label` and this test process, removed when
+/// dropped (its processes must have exited by then).
+pub struct TestCgroup(pub std::path::PathBuf);
+
+impl TestCgroup {
+    pub fn new(label: &str) -> Self {
+        let dir = cgroup2_root().join(format!("locktrace-e2e-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a test cgroup");
+        TestCgroup(dir)
+    }
+
+    /// `sh -c` that moves itself into this cgroup, then execs `program`
+    /// with `args` (the program starts in the cgroup).
+    pub fn command(&self, program: &std::path::Path, args: &[&std::ffi::OsStr]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
+                self.0.display()
+            ))
+            .arg("sh")
+            .arg(program)
+            .args(args);
+        cmd
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 #[cfg(test)]

@@ -359,7 +359,20 @@ pub struct Summary {
     /// children forked while tracing), and the longest delay.
     pub processes_probed_late: u64,
     pub probe_delay_max_ms: f64,
+    /// With `--budget` only: the duty cycle and what the last slices found.
+    #[serde(default)]
+    pub budget: Option<BudgetStats>,
     pub duration_s: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetStats {
+    pub budget_pct: f64,
+    pub duty_cycle: f64,
+    pub slices: u64,
+    pub estimated_cost_pct: f64,
+    pub new_dependencies_last_slices: Vec<u64>,
 }
 
 /// Parses JSON Lines into records, in order; an error names the line.

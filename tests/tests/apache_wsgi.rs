@@ -27,6 +27,20 @@ fn records_of<'a>(run: &'a JsonRun, pids: &[u32]) -> Vec<&'a Record> {
         .collect()
 }
 
+/// The tracer's arguments: started before Apache, it probes every process
+/// (`--probe-all`), so that Apache's processes are seen from their first
+/// instruction (a worker re-creates CPython's import lock right after its
+/// fork: without its creation, the lock has no class shared with its
+/// siblings'); attached to a running Apache, only Apache's processes get
+/// probes (the default).
+fn tracer_args(tracer_first: bool) -> &'static [&'static str] {
+    if tracer_first {
+        &["--comm", "apache2", "--probe-all"]
+    } else {
+        &["--comm", "apache2"]
+    }
+}
+
 /// One Apache scenario at a time: a hang or a wrk load in one would slow the
 /// others' start (and their tracers see every Apache).
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -43,11 +57,11 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 fn sequenced_requests(mode: WsgiMode, tracer_first: bool) {
     require_root();
     let _serial = one_at_a_time();
-    let mut watcher = tracer_first.then(|| Watcher::start(&["--comm", "apache2"]));
+    let mut watcher = tracer_first.then(|| Watcher::start(tracer_args(true)));
     let apache = Apache::start(mode, Duration::from_millis(100));
     if watcher.is_none() {
         // Attached to a live service, as on a production host.
-        watcher = Some(Watcher::start(&["--comm", "apache2"]));
+        watcher = Some(Watcher::start(tracer_args(false)));
     }
     let watcher = watcher.unwrap();
     let timeout = Duration::from_secs(20);
@@ -150,11 +164,11 @@ fn inversion_is_found_in_embedded_mode() {
 fn concurrent_first_requests_deadlock(tracer_first: bool) {
     require_root();
     let _serial = one_at_a_time();
-    let mut watcher = tracer_first.then(|| Watcher::start(&["--comm", "apache2"]));
+    let mut watcher = tracer_first.then(|| Watcher::start(tracer_args(true)));
     let apache = Apache::start(WsgiMode::Daemon { processes: 1 }, Duration::from_secs(1));
     if watcher.is_none() {
         // Attached to a live service, as on a production host.
-        watcher = Some(Watcher::start(&["--comm", "apache2"]));
+        watcher = Some(Watcher::start(tracer_args(false)));
     }
     let watcher = watcher.unwrap();
     let daemons = apache.daemon_pids("g");
@@ -263,7 +277,7 @@ fn deadlock_is_reported_when_attached_to_a_running_apache() {
 fn split_across_two_daemons_is_a_class_level_inversion() {
     require_root();
     let _serial = one_at_a_time();
-    let watcher = Watcher::start(&["--comm", "apache2"]);
+    let watcher = Watcher::start(tracer_args(true));
     let apache = Apache::start(WsgiMode::TwoDaemonGroups, Duration::from_millis(100));
     let timeout = Duration::from_secs(20);
     apache.get("/b-imp", timeout).expect("/b-imp answers");

@@ -1,5 +1,5 @@
 //! Process churn: a pool forking 1,000 short-lived workers while
-//! `locktrace watch --comm` runs. Every worker's dependency is seen, none is
+//! `locktrace watch --comm --probe-all` runs. Every worker's dependency is seen, none is
 //! lost, and the tracer forgets exited workers: its memory after the churn
 //! is what it was after a warm-up round.
 
@@ -25,7 +25,8 @@ const CHURN: u32 = 1000;
 fn a_thousand_short_lived_workers() {
     require_root();
     let program = fixture("churn", Variant::NoFp);
-    let watcher = Watcher::start(&["--comm", &comm_of(&program)]);
+    // Workers that lock at once: probed from their first instruction.
+    let watcher = Watcher::start(&["--comm", &comm_of(&program), "--probe-all"]);
     // Two rounds of 1,000: the first warms the tracer up, the second is
     // measured.
     let per_round = CHURN;

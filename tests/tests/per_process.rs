@@ -5,9 +5,13 @@
 //! exits. Children that existed when tracing started are traced; a child
 //! forked while tracing gets its probes as soon as it is seen.
 //!
+//! `watch --cgroup` likewise: only the cgroup's processes get breakpoints,
+//! one started there after the tracer as soon as it is seen.
+//!
 //! The processes run on a private copy of libc (`--libc`), so that another
 //! tracer on the machine cannot put breakpoints in them.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -15,7 +19,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use locktrace_e2e::{
-    assert_one_inversion_of, copy_executable, fixture, host_libc, require_root, Variant, Watcher,
+    assert_one_inversion_of, copy_executable, fixture, host_libc, require_root, TestCgroup,
+    Variant, Watcher,
 };
 
 const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
@@ -36,10 +41,27 @@ struct OnCopy {
 
 impl OnCopy {
     fn start(lib_dir: &Path, program: &Path) -> (Self, ChildStdin, BufReader<ChildStdout>) {
-        let mut child = Command::new(LOADER)
-            .arg("--library-path")
-            .arg(lib_dir)
-            .arg(program)
+        let mut cmd = Command::new(LOADER);
+        cmd.arg("--library-path").arg(lib_dir).arg(program);
+        Self::spawn(cmd, program)
+    }
+
+    /// Started in `cgroup` (moved there before it execs).
+    fn start_in(
+        cgroup: &TestCgroup,
+        lib_dir: &Path,
+        program: &Path,
+    ) -> (Self, ChildStdin, BufReader<ChildStdout>) {
+        let args = [
+            OsStr::new("--library-path"),
+            lib_dir.as_os_str(),
+            program.as_os_str(),
+        ];
+        Self::spawn(cgroup.command(Path::new(LOADER), &args), program)
+    }
+
+    fn spawn(mut cmd: Command, program: &Path) -> (Self, ChildStdin, BufReader<ChildStdout>) {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -203,4 +225,65 @@ fn only_the_traced_process_and_its_children_get_breakpoints() {
     );
     drop(stdin);
     drop(traced);
+}
+
+#[test]
+fn only_processes_of_the_cgroup_get_breakpoints() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let libc = copy_libc(dir.path());
+    let cgroup = TestCgroup::new("per-process");
+    let watcher = Watcher::start_logging(
+        &[
+            "--libc",
+            libc.to_str().unwrap(),
+            "--cgroup",
+            cgroup.0.to_str().unwrap(),
+        ],
+        "info,locktrace=debug",
+    );
+    let offsets = probed_offsets(&watcher.stderr_so_far());
+    // Both start after the tracer and wait for a line before they lock.
+    let program = fixture("late_ab_ba", Variant::NoFp);
+    let (inside, mut inside_in, mut inside_out) = OnCopy::start_in(&cgroup, dir.path(), &program);
+    let inside_pid = read_number(&mut inside_out, "pid ");
+    let (bystander, mut bystander_in, mut bystander_out) = OnCopy::start(dir.path(), &program);
+    let bystander_pid = read_number(&mut bystander_out, "pid ");
+    watcher.wait_for_log(
+        &["probes put in a new process", &format!("pid={inside_pid}")],
+        Duration::from_secs(10),
+    );
+
+    let (_, breakpoints) = compare(inside_pid, &libc, &offsets);
+    assert_eq!(
+        breakpoints.len(),
+        offsets.len(),
+        "the process of the cgroup [{inside_pid}] has a breakpoint at every probed offset"
+    );
+    let (changed, _) = compare(bystander_pid, &libc, &offsets);
+    assert!(
+        changed.is_empty(),
+        "a process outside the cgroup keeps its original instructions at the probed offsets; changed: {changed:?}"
+    );
+
+    for (stdin, out) in [
+        (&mut inside_in, &mut inside_out),
+        (&mut bystander_in, &mut bystander_out),
+    ] {
+        stdin.write_all(b"go\n").unwrap();
+        expect_line(out, "done");
+    }
+    let run = watcher.stop();
+    assert_one_inversion_of(
+        &run,
+        inside_pid,
+        "the process of the cgroup",
+        &["late_a", "late_b"],
+    );
+    assert!(
+        run.report.summary.processes_probed_late >= 1,
+        "the summary counts the process probed when it was seen\n{}",
+        run.describe()
+    );
+    drop((inside, bystander));
 }

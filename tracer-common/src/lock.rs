@@ -110,7 +110,20 @@ pub struct HeldStack {
     pub new_from: [HeldLock; MAX_HELD],
 }
 
-// SAFETY (both): plain `#[repr(C)]` data, valid for any bit pattern.
+/// A try, timed or condition-wait operation between its entry and its
+/// return (maps `PENDING_TRY` and `COND_WAITS`, keyed by tid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Pending {
+    pub lock: HeldLock,
+    /// Where the function was entered (for the report's first frame when the
+    /// return makes an event).
+    pub entry_ip: u64,
+}
+
+// SAFETY (all): plain `#[repr(C)]` data, valid for any bit pattern.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Pending {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for HeldLock {}
 #[cfg(feature = "user")]

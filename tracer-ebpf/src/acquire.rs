@@ -35,15 +35,7 @@ use crate::{
 #[map]
 static PENDING_TRY: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 
-/// An operation between its entry and its return.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Pending {
-    pub lock: HeldLock,
-    /// Where the function was entered (for the report's first frame when the
-    /// return makes an event).
-    pub entry_ip: u64,
-}
+pub use tracer_common::Pending;
 
 /// A blocking acquisition of `to`: emit the dependencies `held -> to` that are
 /// new for this process, then record `to` as held. `entry_ip` is non-zero

@@ -91,9 +91,17 @@ pub fn follow_fork(child: &u32) {
 }
 
 /// Process `tgid` exec'd: traced from now on if its new command name is one
-/// the collector named.
+/// the collector named, or if it runs in a traced cgroup (a service's
+/// process is often moved into its cgroup between its fork and its exec).
+/// The entry tells the collector to put the probes in it, when they are
+/// per process.
 #[inline(always)]
 pub fn follow_exec(tgid: &u32) {
+    // SAFETY: a helper without preconditions; presence check only.
+    if global(&CGROUP_FILTER) != 0 && unsafe { CGROUPS.get(&bpf_get_current_cgroup_id()).is_some() }
+    {
+        let _ = TRACED.insert(tgid, &1, 0);
+    }
     if global(&COMM_FILTER) != 0 {
         if let Ok(comm) = bpf_get_current_comm() {
             // SAFETY: presence check only.

@@ -127,6 +127,25 @@ pub struct WatchArgs {
     /// itself, not its children; checked in the kernel).
     #[arg(long = "cgroup", value_name = "DIR")]
     pub cgroups: Vec<PathBuf>,
+    /// Put the probes in every process, the programs filtering, instead of
+    /// only in the traced ones: a process that starts later is then seen
+    /// from its first instruction (short-lived workers, CGI), but every
+    /// process on the host pays a trap per lock call. Without it, a process
+    /// that starts later gets its probes when the tracer sees it (within
+    /// tens of milliseconds: the delay is logged and counted).
+    #[arg(long)]
+    pub probe_all: bool,
+    /// Keep the probes' estimated cost under PCT percent of the traced
+    /// processes' CPU time, by probing their lock traffic in time slices
+    /// (lock inits and destroys stay probed). For always-on tracing of
+    /// lock-heavy servers: the lock orders of a service repeat, so slices
+    /// learn them too, more slowly; the summary states the duty cycle and
+    /// what the last slices still found.
+    #[arg(long, value_name = "PCT", value_parser = parse_budget)]
+    pub budget: Option<f64>,
+    /// How long each slice of --budget probes (tests use short ones).
+    #[arg(long, value_parser = parse_duration, value_name = "D", default_value = "1s", hide = true)]
+    pub budget_slice: Duration,
     /// Stop after this long (e.g. 30s, 500ms, 5m, 1h; a bare number is seconds).
     #[arg(long, value_parser = parse_duration, value_name = "D")]
     pub duration: Option<Duration>,
@@ -183,6 +202,19 @@ pub struct CommonArgs {
 pub enum Format {
     Text,
     Json,
+}
+
+/// A budget in percent: more than 0, at most 100.
+pub fn parse_budget(s: &str) -> Result<f64, String> {
+    let pct: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage (example: 5)"))?;
+    if !(pct > 0.0 && pct <= 100.0) {
+        return Err(format!("`{s}` is not a budget between 0 and 100 percent"));
+    }
+    Ok(pct)
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

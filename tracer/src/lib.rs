@@ -7,6 +7,7 @@
 //! runs it as a service.
 
 pub mod agent;
+pub mod budget;
 pub mod cli;
 pub mod enrich;
 pub mod host;

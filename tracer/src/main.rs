@@ -173,6 +173,8 @@ fn run(args: RunArgs) -> Result<i32> {
             pids: vec![pid.as_raw() as u32],
             comms: vec![],
             cgroups: vec![],
+            cgroup_dirs: vec![],
+            sliced: false,
             // Its children must be seen from their first instruction.
             per_process: false,
         };
@@ -284,11 +286,21 @@ fn start_watch(args: &WatchArgs) -> Result<Session> {
         .iter()
         .map(|dir| preflight::cgroup_id(dir))
         .collect::<Result<Vec<_>>>()?;
+    for dir in &args.cgroups {
+        pids.extend(proc::pids_in_cgroup(dir));
+    }
+    // Never the tracer itself (it may run in the cgroup it traces).
+    pids.retain(|&p| p != std::process::id());
+    pids.sort_unstable();
+    pids.dedup();
+    let filtered = !args.pids.is_empty() || !args.comms.is_empty() || !cgroups.is_empty();
     let filter = Filter {
-        per_process: !pids.is_empty() && args.comms.is_empty() && cgroups.is_empty(),
+        per_process: filtered && !args.probe_all,
         pids,
         comms: args.comms.clone(),
         cgroups,
+        cgroup_dirs: args.cgroups.clone(),
+        sliced: args.budget.is_some(),
     };
     let symbolizer = Symbolizer::new()?;
     let mut probes = attach(&args.common, &filter, &targets)?;
@@ -306,6 +318,9 @@ fn start_watch(args: &WatchArgs) -> Result<Session> {
     let mut session = Session::new(probes, enricher, reporter, args.common.hang_threshold);
     session.follow_new_libraries(follow);
     session.check_pythons(proc::all_pids());
+    if let Some(pct) = args.budget {
+        session.set_budget(pct, args.budget_slice);
+    }
     Ok(session)
 }
 
@@ -330,6 +345,11 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
         pids: config.pids.clone(),
         comms: config.comms.clone(),
         cgroups: config.cgroups.clone(),
+        // A filtered agent still sees a process from its first instruction
+        // (as the tests need: a fixture locks as soon as it starts).
+        probe_all: true,
+        budget: None,
+        budget_slice: Duration::from_secs(1),
         duration: None,
     };
     let mut agent = Agent::start(&config)?;

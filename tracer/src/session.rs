@@ -14,6 +14,7 @@ use tracer_analysis::{Detector, Verdict};
 use tracer_common::{Counter, DependencyKey, EventKind};
 use tracing::{debug, warn};
 
+use crate::budget::Slicer;
 use crate::enrich::{Enricher, Facts, Pending};
 use crate::host::{proc, waitfor};
 use crate::kernel::decode::{self, Record};
@@ -109,6 +110,8 @@ pub struct Session {
     started: Instant,
     /// Findings that count for `--exit-code`: all but guarded cycles (notes).
     pub alarms: u64,
+    /// With an overhead budget: the slices of probed lock traffic.
+    slicer: Option<Slicer>,
 }
 
 impl Session {
@@ -134,7 +137,21 @@ impl Session {
             scans_since_sweep: 0,
             started: Instant::now(),
             alarms: 0,
+            slicer: None,
         }
+    }
+
+    /// Probes the lock traffic in slices under an overhead budget of
+    /// `pct` percent (see [`crate::budget`]).
+    pub fn set_budget(&mut self, pct: f64, slice: Duration) {
+        let seen = self.dependencies_seen();
+        self.slicer = Some(Slicer::new(pct, slice, &self.probes, seen));
+    }
+
+    /// Dependencies taken into the graph so far (forgotten ones included).
+    fn dependencies_seen(&self) -> u64 {
+        let stats = self.detector.stats();
+        stats.dependencies + stats.forgotten_dependencies
     }
 
     /// Tells `observer` of every finding, and of the counts after every
@@ -232,6 +249,10 @@ impl Session {
                     self.drain(&mut streams, Instant::now() + SLICE)?;
                 }
                 _ = tick.tick() => {
+                    let seen = self.dependencies_seen();
+                    if let Some(slicer) = &mut self.slicer {
+                        slicer.step(&mut self.probes, seen);
+                    }
                     self.follow_host();
                     self.drain(&mut streams, Instant::now() + SLICE)?;
                 }
@@ -270,8 +291,13 @@ impl Session {
         let libraries = self.enricher.symbolizer.spaces().take_new_libraries();
         self.follower.attach_new(&mut self.probes, libraries);
         self.take_deferred();
-        for (pid, forked) in self.enricher.symbolizer.spaces().take_forks() {
-            self.probes.probe_new_process(pid, Some(forked));
+        // With probes per process: new traced processes get theirs, those
+        // forked by traced ones and those that exec'd a traced name.
+        for (pid, started) in self.enricher.symbolizer.spaces().take_forks() {
+            self.probes.probe_new_process(pid, Some(started));
+        }
+        for (pid, started) in self.enricher.symbolizer.spaces().take_execs() {
+            self.probes.probe_new_process(pid, Some(started));
         }
     }
 
@@ -508,6 +534,11 @@ impl Session {
 
     /// Looks for deadlocks and hangs among the traced threads.
     fn check_waits(&mut self) -> Result<()> {
+        // Held stacks may be stale while the traffic links close (releases
+        // no longer seen): no wait-for graph from them.
+        if self.slicer.as_ref().is_some_and(Slicer::held_state_unsure) {
+            return Ok(());
+        }
         let pids = if self.probes.is_host_wide() {
             proc::all_pids()
         } else {
@@ -602,6 +633,10 @@ impl Session {
                 .collect(),
             processes_probed_late: self.probes.late_links().processes,
             probe_delay_max_ms: self.probes.late_links().max_delay.as_secs_f64() * 1e3,
+            budget: self
+                .slicer
+                .as_ref()
+                .map(|s| s.controller.stats(self.started.elapsed())),
             duration_s: self.started.elapsed().as_secs_f64(),
         };
         self.reporter

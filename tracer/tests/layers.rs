@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("kernel", 1),
     ("python", 2),
     ("symbolize", 2),
+    ("budget", 3),
     ("enrich", 3),
     ("report", 4),
     ("session", 5),

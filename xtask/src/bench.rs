@@ -31,6 +31,7 @@ use serde_json::value::RawValue;
 use crate::{cmd, prereqs, run, step, target_dir, workspace_root};
 
 mod attach;
+mod memcached;
 
 pub struct Options {
     pub rounds: usize,
@@ -156,6 +157,9 @@ pub fn bench(opts: &Options) -> Result<()> {
     }
     let toolchain = prereqs::ensure(prereqs::Scope::Bench)?;
     let locktrace = run::build_all(&toolchain, true)?;
+    // Not beside a test suite: its host-wide tracers would slow every
+    // setup, and the benchmark's tracers would see its programs.
+    let _lock = crate::test::machine_lock()?;
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let lockloop = compile_lockloop(&out_dir)?;
@@ -203,14 +207,19 @@ pub fn bench(opts: &Options) -> Result<()> {
 
     let web = web_bench(&locktrace, opts)?;
 
+    step("memcached under memcaslap: untraced, full, budget 5%");
+    let memcached = memcached::memcached_bench(&locktrace, opts)?;
+
     step("collector throughput (tracer/examples/collector_bench.rs)");
     let collector = collector_bench(opts.quick)?;
 
     let mut markdown = render(&rows, &web, &collector, opts);
     markdown.push('\n');
+    markdown.push_str(&memcached::render(&memcached, opts));
+    markdown.push('\n');
     markdown.push_str(&attach::render(&attach, opts));
     println!("{markdown}");
-    let json = results_json(&rows, &web, &collector, &attach)?;
+    let json = results_json(&rows, &web, &collector, &attach, &memcached)?;
     let json_path = out_dir.join("results.json");
     std::fs::write(&json_path, json)?;
     std::fs::write(out_dir.join("results.md"), &markdown)?;
@@ -365,6 +374,7 @@ fn results_json(
     web: &WebResults,
     collector: &RawValue,
     attach: &attach::AttachResults,
+    memcached: &memcached::MemcachedResults,
 ) -> Result<String> {
     #[derive(Serialize)]
     struct Results<'a> {
@@ -372,12 +382,14 @@ fn results_json(
         web_server: &'a WebResults,
         collector: &'a RawValue,
         attach: &'a attach::AttachResults,
+        memcached: &'a memcached::MemcachedResults,
     }
     let results = Results {
         probe_cost: rows,
         web_server: web,
         collector,
         attach,
+        memcached,
     };
     Ok(serde_json::to_string(&results)? + "\n")
 }
@@ -453,6 +465,10 @@ struct TraceSummary {
     records: Option<u64>,
     /// Findings reported (every JSON line but the summary).
     findings: usize,
+    /// The tracer's own CPU time during the load, in percent of one core,
+    /// and its peak resident memory (MiB), read from /proc before it stops.
+    cpu_pct: Option<f64>,
+    peak_rss_mib: Option<f64>,
 }
 
 struct WebRow {
@@ -465,6 +481,10 @@ struct WebRow {
     lost_events: Option<u64>,
     /// Median ring-buffer records per request (traced setups).
     records_per_request: Option<f64>,
+    /// The tracer's median CPU (percent of one core) during the load, and
+    /// its largest peak resident memory (MiB).
+    tracer_cpu_pct: Option<f64>,
+    tracer_peak_rss_mib: Option<f64>,
     socket_errors: u64,
 }
 
@@ -523,9 +543,14 @@ fn web_bench(locktrace: &Path, opts: &Options) -> Result<WebResults> {
                     lost_events: Some(l),
                     records,
                     findings,
+                    cpu_pct,
+                    peak_rss_mib,
                 }) => format!(
-                    ", {e} events traced, {} ring-buffer records, {l} lost, {findings} findings",
-                    records.map_or("?".to_owned(), |r| r.to_string())
+                    ", {e} events traced, {} ring-buffer records, {l} lost, {findings} findings, \
+                     tracer CPU {}, peak RSS {}",
+                    records.map_or("?".to_owned(), |r| r.to_string()),
+                    cpu_pct.map_or("?".to_owned(), |c| format!("{c:.1}%")),
+                    peak_rss_mib.map_or("?".to_owned(), |r| format!("{r:.0} MiB")),
                 ),
                 Some(_) => ", no summary from locktrace".to_owned(),
                 None => String::new(),
@@ -569,8 +594,18 @@ fn web_bench(locktrace: &Path, opts: &Options) -> Result<WebResults> {
                     (requests > 0.0).then(|| records as f64 / requests)
                 })
                 .collect();
+            let mut cpu: Vec<f64> = runs
+                .iter()
+                .filter_map(|(_, t)| t.and_then(|t| t.cpu_pct))
+                .collect();
+            let rss = runs
+                .iter()
+                .filter_map(|(_, t)| t.and_then(|t| t.peak_rss_mib))
+                .reduce(f64::max);
             WebRow {
                 setup,
+                tracer_cpu_pct: (!cpu.is_empty()).then(|| median(&mut cpu)),
+                tracer_peak_rss_mib: rss,
                 requests_per_s: median(&mut rps),
                 p99_ms: median(&mut p99),
                 events: (!events.is_empty()).then(|| median(&mut events).round() as u64),
@@ -606,9 +641,14 @@ fn web_measure(
         .join(format!("trace-{}.jsonl", setup.name()));
     let tracer = Tracer::start(locktrace, args, &output)?;
     // On an error, dropping `tracer` stops it.
+    let cpu_before = tracer.cpu_seconds();
     let wrk = run_wrk(&apache.url(), seconds)?;
+    let cpu = tracer.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
+    let peak_rss = tracer.peak_rss_mib();
     tracer.stop()?;
-    let summary = read_summary(&output);
+    let mut summary = read_summary(&output);
+    summary.cpu_pct = cpu.map(|c| 100.0 * c / seconds as f64);
+    summary.peak_rss_mib = peak_rss;
     let _ = std::fs::remove_file(&output);
     Ok((wrk, Some(summary)))
 }
@@ -663,6 +703,8 @@ fn summary_of(text: &str) -> TraceSummary {
             .iter()
             .filter(|r| matches!(r, TraceRecord::Finding))
             .count(),
+        cpu_pct: None,
+        peak_rss_mib: None,
     }
 }
 
@@ -735,6 +777,10 @@ struct ScratchDir {
 }
 
 impl ScratchDir {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn new(name: &str) -> Result<ScratchDir> {
         use std::os::unix::fs::PermissionsExt;
         let path =
@@ -1024,6 +1070,35 @@ impl Tracer {
         Ok(tracer)
     }
 
+    /// The tracer's CPU time so far (user + system), from /proc.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After "pid (comm) ": state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Some(ticks / hz)
+    }
+
+    /// The tracer's peak resident memory so far (VmHWM), in MiB.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+
     fn tail(&self) -> String {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         log.tail.iter().map(|l| format!("  {l}\n")).collect()
@@ -1084,9 +1159,9 @@ fn render_web(web: &WebResults, opts: &Options) -> String {
         web.server, web.seconds, opts.rounds
     );
     md.push_str(
-        "| setup | requests/s | p99 latency | requests/s vs untraced | requests/s vs floor | events per run (most lost) | ring-buffer records per request |\n",
+        "| setup | requests/s | p99 latency | requests/s vs untraced | requests/s vs floor | events per run (most lost) | ring-buffer records per request | tracer CPU (% of a core) | tracer peak RSS |\n",
     );
-    md.push_str("|---|---|---|---|---|---|---|\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|\n");
     let untraced = web.row(Setup::Untraced).map(|r| r.requests_per_s);
     let floor = web.row(Setup::Floor).map(|r| r.requests_per_s);
     let ratio = |base: Option<f64>, rps: f64| match base {
@@ -1102,8 +1177,14 @@ fn render_web(web: &WebResults, opts: &Options) -> String {
         let per_request = row
             .records_per_request
             .map_or("-".to_owned(), |r| format!("{r:.4}"));
+        let cpu = row
+            .tracer_cpu_pct
+            .map_or("-".to_owned(), |c| format!("{c:.1}%"));
+        let rss = row
+            .tracer_peak_rss_mib
+            .map_or("-".to_owned(), |r| format!("{r:.0} MiB"));
         md.push_str(&format!(
-            "| {} | {:.0} | {:.2} ms | {} | {} | {events} | {per_request} |\n",
+            "| {} | {:.0} | {:.2} ms | {} | {} | {events} | {per_request} | {cpu} | {rss} |\n",
             row.setup.label(),
             row.requests_per_s,
             row.p99_ms,
@@ -1151,7 +1232,7 @@ impl Serialize for WebResults {
 /// One setup of `web_server.setups`.
 impl Serialize for WebRow {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(7))?;
+        let mut map = s.serialize_map(Some(9))?;
         map.serialize_entry("setup", self.setup.name())?;
         map.serialize_entry("requests_per_s", &fixed(self.requests_per_s, 1))?;
         map.serialize_entry("p99_ms", &fixed(self.p99_ms, 3))?;
@@ -1160,6 +1241,11 @@ impl Serialize for WebRow {
         map.serialize_entry(
             "records_per_request",
             &self.records_per_request.map(|r| fixed(r, 4)),
+        )?;
+        map.serialize_entry("tracer_cpu_pct", &self.tracer_cpu_pct.map(|c| fixed(c, 1)))?;
+        map.serialize_entry(
+            "tracer_peak_rss_mib",
+            &self.tracer_peak_rss_mib.map(|r| fixed(r, 1)),
         )?;
         map.serialize_entry("socket_errors", &self.socket_errors)?;
         map.end()
@@ -1241,6 +1327,8 @@ Transfer/sec:     53.79MB
                 events: Some(614787),
                 lost_events: None,
                 records_per_request: Some(0.00125),
+                tracer_cpu_pct: Some(12.34),
+                tracer_peak_rss_mib: Some(61.0),
                 socket_errors: 0,
             }],
             disturbed: vec!["locktrace [42]".into()],
@@ -1256,20 +1344,30 @@ Transfer/sec:     53.79MB
             busy_pid_armed_s: 1.5,
             busy_pid_total_s: 2.5,
         };
+        let memcached = memcached::MemcachedResults {
+            seconds: 20,
+            ops_per_s: vec![50000.0, 25000.0, 47500.0],
+            dependencies: vec![30000.0, 15000.0],
+            findings: vec![0, 0],
+            budget_duty_cycle: 0.0625,
+        };
         assert_eq!(
-            results_json(&rows, &web, &collector, &attach).unwrap(),
+            results_json(&rows, &web, &collector, &attach, &memcached).unwrap(),
             concat!(
                 r#"{"probe_cost":[{"workload":"mutex, 1 thread","untraced_ns":17.00,"#,
                 r#""floor_ns":60.12,"locktrace_ns":80.50,"offset_0_ns":640.00}],"#,
                 r#""web_server":{"server":"Apache/2.4.65 (Debian)","#,
                 r#""load":"wrk -t2 -c32 -d10s --latency","setups":[{"setup":"locktrace","#,
                 r#""requests_per_s":41849.1,"p99_ms":9.570,"events":614787,"lost_events":null,"#,
-                r#""records_per_request":0.0013,"socket_errors":0}],"disturbed_by":["locktrace [42]"]},"#,
+                r#""records_per_request":0.0013,"tracer_cpu_pct":12.3,"tracer_peak_rss_mib":61.0,"#,
+                r#""socket_errors":0}],"disturbed_by":["locktrace [42]"]},"#,
                 r#""collector":{"events_per_s": 1.5e6},"attach":{"run_true_untraced_s":0.5,"#,
                 r#""run_true_traced_s":0.75,"watch_two_libcs_armed_s":1.0,"#,
                 r#""watch_two_libcs_exit_s":0.125,"bystander_native_ns":16.5,"#,
                 r#""bystander_beside_watch_pid_ns":17.0,"busy_pid_armed_s":1.5,"#,
-                r#""busy_pid_total_s":2.5}}"#,
+                r#""busy_pid_total_s":2.5},"memcached":{"seconds":20,"#,
+                r#""ops_per_s":[50000.0,25000.0,47500.0],"dependencies":[30000.0,15000.0],"#,
+                r#""findings":[0,0],"budget_duty_cycle":0.0625}}"#,
                 "\n"
             )
         );

@@ -43,6 +43,11 @@ pub const PROMTOOL: &str = "/usr/bin/promtool";
 pub const APACHE2: &str = "/usr/sbin/apache2";
 pub const APACHE2_MPM_EVENT: &str = "/usr/lib/apache2/modules/mod_mpm_event.so";
 pub const WRK: &str = "/usr/bin/wrk";
+/// `cargo xtask bench`'s lock-heavy server: Debian's memcached, loaded by
+/// memcaslap (libmemcached-tools).
+pub const APT_BENCH_MEMCACHED: &[&str] = &["memcached", "libmemcached-tools"];
+pub const MEMCACHED: &str = "/usr/bin/memcached";
+pub const MEMCASLAP: &str = "/usr/bin/memcaslap";
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -153,6 +158,18 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
             "the benchmark's web-server measurement runs its own Apache (MPM event) and \
              loads it with wrk (where apt starts the apache2 system service too, the \
              benchmark neither uses nor stops it)",
+        ));
+    }
+    if scope == Scope::Bench
+        && [MEMCACHED, MEMCASLAP]
+            .iter()
+            .any(|p| !Path::new(p).exists())
+    {
+        apt.push((
+            APT_BENCH_MEMCACHED,
+            "the benchmark runs its own memcached on loopback under memcaslap (a lock-heavy \
+             server: full tracing against the overhead budget; where apt starts the memcached \
+             system service too, the benchmark neither uses nor stops it)",
         ));
     }
     if !bpf_linker_ok && !Path::new(LLVM_PREFIX).join("lib/libLLVM.so").exists() {

@@ -40,8 +40,8 @@ pub fn test(args: &[String]) -> Result<()> {
 const MACHINE_LOCK: &str = "/run/lock/locktrace-e2e.lock";
 
 /// Takes the machine-wide test lock, waiting (and saying so) while another
-/// suite holds it.
-fn machine_lock() -> Result<std::fs::File> {
+/// suite (or benchmark) holds it.
+pub fn machine_lock() -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let file = std::fs::OpenOptions::new()
         .create(true)

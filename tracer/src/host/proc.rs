@@ -94,6 +94,13 @@ pub fn pids_with_comm(comm: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The processes in cgroup v2 directory `dir` itself (not its children).
+pub fn pids_in_cgroup(dir: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 /// The live descendants of `pids` (children, their children, ...), not
 /// `pids` themselves.
 pub fn descendants(pids: &[u32]) -> Vec<u32> {

@@ -95,6 +95,9 @@ pub struct AddressSpaces {
     /// the time of the fork (CLOCK_MONOTONIC ns): with probes per process,
     /// the children of traced processes get theirs.
     forks: Vec<(u32, u64)>,
+    /// Processes that exec'd since the last [`AddressSpaces::take_execs`],
+    /// with when (CLOCK_MONOTONIC ns).
+    execs: Vec<(u32, u64)>,
 }
 
 impl AddressSpaces {
@@ -130,6 +133,7 @@ impl AddressSpaces {
             new_libraries: Vec::new(),
             new_programs: Vec::new(),
             forks: Vec::new(),
+            execs: Vec::new(),
         }
     }
 
@@ -145,6 +149,12 @@ impl AddressSpaces {
     /// Processes forked since the last call, and when (CLOCK_MONOTONIC ns).
     pub fn take_forks(&mut self) -> Vec<(u32, u64)> {
         std::mem::take(&mut self.forks)
+    }
+
+    /// Processes that started a new program since the last call, and when
+    /// (CLOCK_MONOTONIC ns).
+    pub fn take_execs(&mut self) -> Vec<(u32, u64)> {
+        std::mem::take(&mut self.execs)
     }
 
     /// Lock libraries mapped (executable) since the last call, with the
@@ -294,6 +304,7 @@ impl AddressSpaces {
                     // The address space is replaced; the new image's mmap
                     // records follow.
                     self.new_programs.push(r.pid);
+                    self.execs.push((r.pid, r.time));
                     let space = self.spaces.entry(r.pid).or_default();
                     space.maps = Default::default();
                     space.exited = None;

@@ -25,7 +25,7 @@ use aya::programs::{
 use tracing::{debug, info, warn};
 
 use crate::kernel::catalogue::{records_acquisitions, UPROBES};
-use crate::kernel::links::{Attacher, FilePlan, Group, LateLinks};
+use crate::kernel::links::{Attacher, FilePlan, Group, LateLinks, Which};
 use crate::kernel::load::{ProbePlacement, ProbePrograms, Probes};
 use crate::kernel::multi;
 use crate::kernel::placement;
@@ -51,16 +51,13 @@ impl Probes {
                 vec![None]
             };
             for scope in scopes {
-                match self.link(&plan, scope) {
-                    Ok(links) => self
-                        .links
-                        .by_process
-                        .entry(scope)
-                        .or_default()
-                        .extend(links),
-                    // The process exited meanwhile.
-                    Err(e) if scope.is_some() && is_gone(&e) => {}
-                    Err(e) => return Err(e),
+                for &which in self.links.linked_now() {
+                    match self.link(&plan, scope, which) {
+                        Ok(links) => self.links.keep(scope, which, links),
+                        // The process exited meanwhile.
+                        Err(e) if scope.is_some() && is_gone(&e) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
@@ -78,11 +75,14 @@ impl Probes {
         if !self.links.per_process || self.links.by_process.contains_key(&Some(pid)) {
             return Ok(false);
         }
-        let mut made = Vec::new();
-        for plan in self.links.plans.values() {
-            made.extend(self.link(plan, Some(pid))?);
+        self.links.by_process.insert(Some(pid), Vec::new());
+        for &which in self.links.linked_now() {
+            let mut made = Vec::new();
+            for plan in self.links.plans.values() {
+                made.extend(self.link(plan, Some(pid), which)?);
+            }
+            self.links.keep(Some(pid), which, made);
         }
-        self.links.by_process.insert(Some(pid), made);
         Ok(true)
     }
 
@@ -133,10 +133,25 @@ impl Probes {
             return;
         }
         self.unlink_exited();
-        let Ok(traced) = self.traced_pids() else {
+        let Ok(mut traced) = self.traced_pids() else {
             return;
         };
+        // Processes moved into a traced cgroup (no fork or exec there).
+        for dir in &self.cgroup_dirs {
+            for pid in crate::host::proc::pids_in_cgroup(dir) {
+                if !traced.contains(&pid) && pid != std::process::id() {
+                    traced.push(pid);
+                }
+            }
+        }
         for pid in traced {
+            if !self.links.by_process.contains_key(&Some(pid)) && !self.may_trace(pid) {
+                // In the cgroup, not yet in the filter.
+                if let Err(e) = self.add_to_filter(pid) {
+                    debug!(pid, "cannot trace a process of the cgroup: {e:#}");
+                    continue;
+                }
+            }
             if !self.links.by_process.contains_key(&Some(pid)) {
                 let started = crate::host::proc::start_time_ns(pid);
                 self.probe_new_process(pid, started);
@@ -162,6 +177,7 @@ impl Probes {
         let mut closing = Vec::new();
         for scope in gone {
             closing.extend(self.links.by_process.remove(&scope).unwrap_or_default());
+            closing.extend(self.links.traffic.remove(&scope).unwrap_or_default());
         }
         self.links.closers.retain(|closer| !closer.is_finished());
         if !closing.is_empty() {
@@ -243,13 +259,19 @@ impl Probes {
         Ok((plan, missing))
     }
 
-    /// Attaches the groups of `plan` in order, in process `pid` or in all.
-    fn link(&self, plan: &FilePlan, pid: Option<u32>) -> Result<Vec<OwnedFd>> {
+    /// Attaches the groups of `plan` that `which` names, in order, in
+    /// process `pid` or in all.
+    pub(super) fn link(
+        &self,
+        plan: &FilePlan,
+        pid: Option<u32>,
+        which: Which,
+    ) -> Result<Vec<OwnedFd>> {
         let Attacher::Multi(programs) = &self.links.attacher else {
             return Ok(Vec::new()); // see `attach_single`
         };
         let mut links = Vec::with_capacity(plan.groups.len());
-        for group in &plan.groups {
+        for group in plan.groups.iter().filter(|g| which.wants(g.program)) {
             let program = programs
                 .get(group.program)
                 .ok_or_else(|| anyhow!("program {} was not loaded", group.program))?;

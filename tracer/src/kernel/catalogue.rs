@@ -159,6 +159,12 @@ pub fn records_acquisitions(program: &str) -> bool {
     matches!(program, "lock" | "try_lock" | "floor_entry")
 }
 
+/// Whether a program follows a lock's life (init, destroy) rather than its
+/// traffic: kept on when the traffic is probed in slices.
+pub fn is_lifecycle(program: &str) -> bool {
+    matches!(program, "lock_init" | "lock_destroy")
+}
+
 /// The programs that go on uprobes.
 pub fn uprobe_programs() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = UPROBES.iter().map(|p| p.program).collect();

@@ -62,6 +62,37 @@ pub struct Links {
     pub late: LateLinks,
     /// Threads closing the links of exited processes.
     pub closers: Vec<JoinHandle<()>>,
+    /// With an overhead budget: the links of the lock traffic programs
+    /// (acquisitions and releases), by process, apart from the lock
+    /// lifecycle ones in `by_process` (see `slices`).
+    pub traffic: HashMap<Option<u32>, Vec<OwnedFd>>,
+    /// Whether the lock traffic is probed now (always without a budget).
+    pub traffic_on: bool,
+    /// Lock traffic links are kept in `traffic` (an overhead budget).
+    pub sliced: bool,
+}
+
+/// Which groups of a plan to link.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    All,
+    /// Lock init and destroy: always probed, so that a lock's identity
+    /// (its class, a reused address) is known even when its traffic is
+    /// not.
+    Lifecycle,
+    /// Acquisitions and releases (with condition waits).
+    Traffic,
+}
+
+impl Which {
+    pub fn wants(self, program: &str) -> bool {
+        let lifecycle = crate::kernel::catalogue::is_lifecycle(program);
+        match self {
+            Which::All => true,
+            Which::Lifecycle => lifecycle,
+            Which::Traffic => !lifecycle,
+        }
+    }
 }
 
 impl Links {
@@ -73,6 +104,28 @@ impl Links {
             per_process,
             late: LateLinks::default(),
             closers: Vec::new(),
+            traffic: HashMap::new(),
+            traffic_on: true,
+            sliced: false,
+        }
+    }
+
+    /// Keeps the links `made` for `scope` by `which`.
+    pub fn keep(&mut self, scope: Option<u32>, which: Which, made: Vec<OwnedFd>) {
+        let to = if self.sliced && which == Which::Traffic {
+            &mut self.traffic
+        } else {
+            &mut self.by_process
+        };
+        to.entry(scope).or_default().extend(made);
+    }
+
+    /// What to link in a new scope or file now.
+    pub fn linked_now(&self) -> &'static [Which] {
+        match (self.sliced, self.traffic_on) {
+            (false, _) => &[Which::All],
+            (true, true) => &[Which::Lifecycle, Which::Traffic],
+            (true, false) => &[Which::Lifecycle],
         }
     }
 
@@ -80,6 +133,7 @@ impl Links {
     pub fn close_all(&mut self) {
         let all: Vec<OwnedFd> = std::mem::take(&mut self.by_process)
             .into_values()
+            .chain(std::mem::take(&mut self.traffic).into_values())
             .flatten()
             .collect();
         multi::close_concurrently(all);

@@ -6,7 +6,7 @@
 
 use std::{
     os::fd::{AsFd, RawFd},
-    path::Path,
+    path::{Path, PathBuf},
     time::Instant,
 };
 
@@ -60,14 +60,22 @@ pub struct Filter {
     /// Trace processes with these command names (from their next exec on, and
     /// those already running).
     pub comms: Vec<String>,
-    /// Insert breakpoints only in the traced processes (`watch --pid`), with
-    /// links per process; else in every process, the programs filtering
-    /// (`run`, `--comm`, `--cgroup` and host-wide: a process must be
-    /// probed from its first instruction on, before it is known).
+    /// Insert breakpoints only in the traced processes (`watch` with a
+    /// filter), with links per process, a process that starts later getting
+    /// its own when the collector sees it; else in every process, the
+    /// programs filtering (`run`, `--probe-all` and host-wide: a process is
+    /// then probed from its first instruction on, before it is known).
     pub per_process: bool,
     /// Trace the processes in these cgroups (cgroup v2 ids: the inode of
     /// the cgroup's directory), checked in the kernel at every hit.
     pub cgroups: Vec<u64>,
+    /// The directories of `cgroups`: with probes per process, their
+    /// members are listed again at every sweep (a process moved into a
+    /// cgroup without a fork or an exec is seen nowhere else).
+    pub cgroup_dirs: Vec<PathBuf>,
+    /// Probe the lock traffic in time slices (an overhead budget; see
+    /// `slices`): its links are kept apart from the lifecycle ones.
+    pub sliced: bool,
 }
 
 impl Filter {
@@ -85,6 +93,7 @@ pub struct Probes {
     tracepoints: Vec<TracePointLink>,
     pub(super) host_wide: bool,
     pub(super) cgroup_filter: bool,
+    pub(super) cgroup_dirs: Vec<PathBuf>,
     /// The kernel's deferred-dependency count when `DEFERRED` was last read.
     pub(super) deferred_taken: u64,
 }
@@ -128,6 +137,7 @@ impl Probes {
             tracepoints: Vec::new(),
             host_wide: filter.is_host_wide(),
             cgroup_filter: !filter.cgroups.is_empty(),
+            cgroup_dirs: filter.cgroup_dirs.clone(),
             deferred_taken: 0,
         };
         // The verifier takes most of the start-up time: the uprobe programs
@@ -144,7 +154,13 @@ impl Probes {
         if filter.per_process && !per_process {
             info!("probes go to every process (per-process probes need multi-uprobe links), the programs filtering");
         }
+        if filter.sliced && !matches!(attacher, Attacher::Multi(_)) {
+            bail!(
+                "--budget needs multi-uprobe links (Linux 6.6 or later), which this kernel lacks"
+            );
+        }
         probes.links = Links::new(attacher, per_process);
+        probes.links.sliced = filter.sliced;
         if per_process {
             // Linked by `attach_file`.
             for &pid in &filter.pids {
@@ -179,12 +195,17 @@ impl Probes {
     /// Adds a process to the traced set (with `FILTER_TRACED`), and puts
     /// the probes in it (with links per process).
     pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
+        self.add_to_filter(pid)?;
+        self.link_process(pid)?;
+        Ok(())
+    }
+
+    /// Adds `pid` to the kernel's filter (`TRACED`), without probes.
+    pub(super) fn add_to_filter(&mut self, pid: u32) -> Result<()> {
         let mut traced: HashMap<_, u32, u8> = HashMap::try_from(self.map_mut("TRACED")?)?;
         traced
             .insert(pid, 1, 0)
-            .context("cannot add a pid to the filter")?;
-        self.link_process(pid)?;
-        Ok(())
+            .context("cannot add a pid to the filter")
     }
 
     /// Arms the kernel side: from now on it records acquisitions. Called

@@ -39,11 +39,14 @@ impl Probes {
         Ok(())
     }
 
-    /// Whether the kernel side may trace `pid` (always host-wide; cgroup
-    /// membership is only known to the kernel, at each hit).
+    /// Whether the kernel side may trace `pid` (always host-wide). With
+    /// probes in every process, cgroup membership is only checked by the
+    /// kernel, at each hit; with probes per process, the kernel side adds a
+    /// cgroup's processes to `TRACED` at their fork or exec, and the sweeps
+    /// those that moved in.
     pub fn may_trace(&self, pid: u32) -> bool {
         self.host_wide
-            || self.cgroup_filter
+            || (self.cgroup_filter && !self.links.per_process)
             || self
                 .map("TRACED")
                 .and_then(|m| Ok(HashMap::<_, u32, u8>::try_from(m)?.get(&pid, 0).is_ok()))

@@ -13,4 +13,5 @@ pub mod load;
 pub mod maps;
 pub mod multi;
 pub mod placement;
+pub mod slices;
 pub mod targets;

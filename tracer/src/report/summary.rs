@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use tracer_analysis::model::{hex, Frame};
 use tracer_common::Counter;
 
+use crate::budget::BudgetStats;
 use crate::kernel::maps::FutexWord;
 use crate::report::text::plural;
 use crate::symbolize::Resolve;
@@ -70,6 +71,10 @@ pub struct Summary {
     /// longest such delay: their lock operations before were not seen.
     pub processes_probed_late: u64,
     pub probe_delay_max_ms: f64,
+    /// With an overhead budget (`--budget`): how much of the time the lock
+    /// traffic was probed, and whether the last slices still learned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStats>,
     pub duration_s: f64,
 }
 
@@ -268,9 +273,22 @@ impl fmt::Display for Summary {
         if self.processes_probed_late > 0 {
             write!(
                 f,
-                "\n  probed late: {} forked while tracing got the probes up to {:.1} ms after they started (their lock operations before were not seen)",
+                "\n  probed late: {} started while tracing got the probes up to {:.1} ms after their fork or exec (their lock operations before were not seen)",
                 plural(self.processes_probed_late, "process", "processes"),
                 self.probe_delay_max_ms
+            )?;
+        }
+        if let Some(b) = &self.budget {
+            let recent: u64 = b.new_dependencies_last_slices.iter().sum();
+            write!(
+                f,
+                "\n  budget {}%: lock traffic probed {:.1}% of the time ({}, estimated cost while probed {:.1}% of the traced CPU time); the last {} found {}",
+                b.budget_pct,
+                b.duty_cycle * 100.0,
+                plural(b.slices, "slice", "slices"),
+                b.estimated_cost_pct,
+                plural(b.new_dependencies_last_slices.len() as u64, "slice", "slices"),
+                plural(recent, "new dependency", "new dependencies"),
             )?;
         }
         for c in &self.contention {

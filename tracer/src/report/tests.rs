@@ -198,6 +198,7 @@ fn summary() -> Summary {
         probed_files: vec![],
         processes_probed_late: 0,
         probe_delay_max_ms: 0.0,
+        budget: None,
         duration_s: 2.5,
     }
 }
@@ -455,6 +456,7 @@ fn summary_text() {
         probed_files: vec![],
         processes_probed_late: 0,
         probe_delay_max_ms: 0.0,
+        budget: None,
         duration_s: 0.04,
     };
     assert_eq!(
