@@ -207,19 +207,30 @@ impl Watcher {
 
     /// [`Watcher::start`] with `LOCKTRACE_LOG=log`.
     pub fn start_logging(args: &[&str], log: &str) -> Self {
+        Self::start_command("watch", args, log, &[])
+    }
+
+    /// `locktrace agent ARGS` (its findings also written as JSON Lines, as
+    /// `watch`'s), once its probes are armed.
+    pub fn start_agent(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_command("agent", args, "info", env)
+    }
+
+    fn start_command(subcommand: &str, args: &[&str], log: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let report = dir.path().join("report.jsonl");
         let mut cmd = Command::new(locktrace_bin());
-        cmd.arg("watch")
+        cmd.arg(subcommand)
             .args(args)
             .args(["--format", "json", "--output"])
             .arg(&report)
             .env("LOCKTRACE_LOG", log)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        let cmdline = format!("locktrace watch {}", args.join(" "));
+        let cmdline = format!("locktrace {subcommand} {}", args.join(" "));
         let active = ActiveRun::start();
         let mut child = cmd
             .spawn()

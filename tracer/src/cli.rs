@@ -27,6 +27,55 @@ pub enum Command {
     /// the deadlocks among them (like jstack or py-spy dump, for locks).
     /// Needs no probes: pthread mutexes only (their owner is in the mutex).
     Snapshot(SnapshotArgs),
+    /// Trace the whole host as a service until SIGTERM: findings counted on
+    /// a Prometheus endpoint and sent to Alertmanager. Settings come from
+    /// the config file; a flag wins over its key.
+    Agent(AgentArgs),
+}
+
+/// `locktrace agent`: every option is also a key of the config file (named
+/// after each flag's help); left out here, the file's value (or the
+/// default) holds.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The TOML config file (default /etc/locktrace/locktrace.toml; a
+    /// missing default file means all defaults).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// `[trace] comms`: trace processes with this command name (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// `[trace] cgroups`: trace the processes of this cgroup v2 directory
+    /// (repeatable).
+    #[arg(long = "cgroup", value_name = "DIR")]
+    pub cgroups: Vec<PathBuf>,
+    /// `[trace] pids`: trace this process and its children (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// `[trace] hang_threshold`: report a thread blocked on a lock longer
+    /// than this (default 10s).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    pub hang_threshold: Option<Duration>,
+    /// `[metrics] listen`: address of /metrics, /healthz and /readyz
+    /// (default 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// `[alertmanager] url`: Alertmanager to send every finding to, e.g.
+    /// http://127.0.0.1:9093 (none by default).
+    #[arg(long, value_name = "URL")]
+    pub alertmanager_url: Option<String>,
+    /// `[agent] host`: the `host` label of alerts (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// `[report] output`: also write findings to FILE.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// `[report] format`: format of that file (default text).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// More diagnostics on standard error.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 #[derive(Debug, Args)]
@@ -148,7 +197,8 @@ pub struct CommonArgs {
     pub verbose: u8,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     Text,
     Json,

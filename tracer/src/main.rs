@@ -5,7 +5,8 @@ use std::{fs::File, io::Write, path::PathBuf, process::ExitCode, time::Duration}
 use anyhow::{Context, Result};
 use clap::Parser;
 use locktrace::{
-    cli::{Cli, Command, CommonArgs, Format, RunArgs, SnapshotArgs, WatchArgs},
+    agent::{self, Agent},
+    cli::{AgentArgs, Cli, Command, CommonArgs, Format, RunArgs, SnapshotArgs, WatchArgs},
     enrich::Enricher,
     host::{launch, preflight, proc, spaces::AddressSpaces},
     kernel::{
@@ -25,12 +26,14 @@ fn main() -> ExitCode {
         Command::Run(a) => a.common.verbose,
         Command::Watch(a) => a.common.verbose,
         Command::Snapshot(a) => a.verbose,
+        Command::Agent(a) => a.verbose,
     };
     init_logging(verbose);
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Watch(args) => watch(args),
         Command::Snapshot(args) => snapshot(args),
+        Command::Agent(args) => run_agent(args),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -234,6 +237,41 @@ fn run(args: RunArgs) -> Result<i32> {
 }
 
 fn watch(args: WatchArgs) -> Result<i32> {
+    // The signal handlers first: a SIGTERM or Ctrl-C while the probes are
+    // being attached stops the tracer as cleanly as a later one.
+    let rt = runtime()?;
+    let (mut term, mut int) = stop_signals(&rt)?;
+    let mut session = start_watch(&args)?;
+    let duration = args.duration;
+    rt.block_on(async {
+        let stop = async {
+            let sleep = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
+            tokio::select! {
+                _ = term.recv() => Stop::Signal,
+                _ = int.recv() => Stop::Signal,
+                // An operator who asked for N seconds gets the summary
+                // within a second after them, as after a signal.
+                _ = sleep => Stop::Signal,
+            }
+        };
+        session.run_until(stop).await
+    })?;
+    Ok(exit_code(&session, args.common.exit_code, 0))
+}
+
+fn stop_signals(
+    rt: &tokio::runtime::Runtime,
+) -> Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)> {
+    let _runtime = rt.enter();
+    Ok((
+        signal(SignalKind::terminate()).context("SIGTERM handler")?,
+        signal(SignalKind::interrupt()).context("SIGINT handler")?,
+    ))
+}
+
+/// `watch`'s session, probes attached and armed: the host, or the
+/// processes the filters name.
+fn start_watch(args: &WatchArgs) -> Result<Session> {
     for &pid in &args.pids {
         preflight::check_pid(pid)?;
     }
@@ -264,17 +302,6 @@ fn watch(args: WatchArgs) -> Result<i32> {
         cgroup_dirs: args.cgroups.clone(),
         sliced: args.budget.is_some(),
     };
-    // The signal handlers first: a SIGTERM or Ctrl-C while the probes are
-    // being attached stops the tracer as cleanly as a later one.
-    let rt = runtime()?;
-    let (mut term, mut int) = {
-        let _runtime = rt.enter();
-        let term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        (
-            term,
-            signal(SignalKind::interrupt()).context("SIGINT handler")?,
-        )
-    };
     let symbolizer = Symbolizer::new()?;
     let mut probes = attach(&args.common, &filter, &targets)?;
     // The children of the named processes that exist now are traced too
@@ -294,21 +321,62 @@ fn watch(args: WatchArgs) -> Result<i32> {
     if let Some(pct) = args.budget {
         session.set_budget(pct, args.budget_slice);
     }
-    let duration = args.duration;
+    Ok(session)
+}
+
+/// `locktrace agent`: `watch` until SIGTERM, findings counted on the
+/// metrics endpoint and sent to Alertmanager.
+fn run_agent(args: AgentArgs) -> Result<i32> {
+    let config = agent::Config::load(&args)?;
+    let watch = WatchArgs {
+        common: CommonArgs {
+            format: config.format,
+            output: config.output.clone(),
+            hang_threshold: config.hang_threshold,
+            exit_code: None,
+            libc: vec![],
+            binaries: vec![],
+            wrappers: vec![],
+            kernel_btf: None,
+            probe_at_entry: false,
+            floor_probes: false,
+            verbose: args.verbose,
+        },
+        pids: config.pids.clone(),
+        comms: config.comms.clone(),
+        cgroups: config.cgroups.clone(),
+        // A filtered agent still sees a process from its first instruction
+        // (as the tests need: a fixture locks as soon as it starts).
+        probe_all: true,
+        budget: None,
+        budget_slice: Duration::from_secs(1),
+        duration: None,
+    };
+    let mut agent = Agent::start(&config)?;
+    let rt = runtime()?;
+    let (mut term, mut int) = stop_signals(&rt)?;
+    let mut session = start_watch(&watch)?;
+    session.observe(agent.observer());
+    agent.ready();
     rt.block_on(async {
         let stop = async {
-            let sleep = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
-            tokio::select! {
-                _ = term.recv() => Stop::Signal,
-                _ = int.recv() => Stop::Signal,
-                // An operator who asked for N seconds gets the summary
-                // within a second after them, as after a signal.
-                _ = sleep => Stop::Signal,
+            let pings = agent::notify::watchdog_interval();
+            let mut watchdog = tokio::time::interval(pings.unwrap_or(Duration::MAX / 4));
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break Stop::Signal,
+                    _ = int.recv() => break Stop::Signal,
+                    // The session's loop polls this future between slices:
+                    // a ping says that loop turns.
+                    _ = watchdog.tick(), if pings.is_some() => agent::notify::notify("WATCHDOG=1"),
+                }
             }
         };
         session.run_until(stop).await
     })?;
-    Ok(exit_code(&session, args.common.exit_code, 0))
+    drop(session);
+    agent.finish();
+    Ok(0)
 }
 
 fn snapshot(args: SnapshotArgs) -> Result<i32> {

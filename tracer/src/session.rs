@@ -60,8 +60,30 @@ impl Stop {
     }
 }
 
+/// What a long-running caller (the agent) learns while tracing: each
+/// finding as it is reported, and the live counts after every scan.
+pub trait Observer {
+    /// `alarm`: a warning (not a note: a guarded cycle, a same-class
+    /// nesting in one address order).
+    fn finding(&mut self, finding: &report::Finding, alarm: bool);
+    fn progress(&mut self, live: &Live);
+}
+
+/// The session's counts so far (those of the end-of-run [`Summary`]).
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    pub events: u64,
+    pub lost_events: u64,
+    pub dependencies: u64,
+    pub locks: u64,
+    pub lock_classes: u64,
+    pub traced_processes: u64,
+    pub probed_files: u64,
+}
+
 pub struct Session {
     pub probes: Probes,
+    observer: Option<Box<dyn Observer>>,
     enricher: Enricher,
     detector: Detector,
     reporter: Reporter,
@@ -101,6 +123,7 @@ impl Session {
     ) -> Self {
         Session {
             probes,
+            observer: None,
             enricher,
             detector: Detector::new(hang_threshold),
             reporter,
@@ -129,6 +152,12 @@ impl Session {
     fn dependencies_seen(&self) -> u64 {
         let stats = self.detector.stats();
         stats.dependencies + stats.forgotten_dependencies
+    }
+
+    /// Tells `observer` of every finding, and of the counts after every
+    /// scan (a few times a second).
+    pub fn observe(&mut self, observer: Box<dyn Observer>) {
+        self.observer = Some(observer);
     }
 
     /// Probe, as they appear, the lock libraries processes map (a container
@@ -232,6 +261,7 @@ impl Session {
                     self.check_waits()?;
                     self.probes.sweep_processes();
                     self.forget_pending_inits();
+                    self.tell_progress(&streams);
                 }
                 // Records left from the last slice: go on after a look at
                 // the other branches.
@@ -429,6 +459,9 @@ impl Session {
             self.reporter
                 .finding(&finding)
                 .context("cannot write the report")?;
+            if let Some(observer) = &mut self.observer {
+                observer.finding(&finding, verdict.is_alarm());
+            }
         }
         Ok(())
     }
@@ -460,6 +493,43 @@ impl Session {
             return Ok(());
         }
         self.probes.forget_dependencies(&keys)
+    }
+
+    fn tell_progress(&mut self, streams: &KernelStreams) {
+        if self.observer.is_none() {
+            return;
+        }
+        let counters = match self.probes.counters() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("cannot read the kernel counters: {e:#}");
+                return;
+            }
+        };
+        let get = |c: Counter| {
+            counters
+                .iter()
+                .find(|(k, _)| *k == c)
+                .map_or(0, |(_, v)| *v)
+        };
+        let stats = self.detector.stats();
+        let traced_processes = if self.probes.is_host_wide() {
+            proc::all_pids().len()
+        } else {
+            self.probes.traced_pids().map_or(0, |p| p.len())
+        };
+        let live = Live {
+            events: get(Counter::Acquire) + get(Counter::Release),
+            lost_events: get(Counter::LostEvents) + streams.undecodable,
+            dependencies: stats.dependencies,
+            locks: stats.locks,
+            lock_classes: stats.classes,
+            traced_processes: traced_processes as u64,
+            probed_files: self.probes.probed_files().count() as u64,
+        };
+        if let Some(observer) = &mut self.observer {
+            observer.progress(&live);
+        }
     }
 
     /// Looks for deadlocks and hangs among the traced threads.

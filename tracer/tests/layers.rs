@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("report", 4),
     ("session", 5),
     ("cli", 5),
+    ("agent", 6),
 ];
 
 fn rank(stage: &str) -> u32 {

@@ -34,6 +34,11 @@ pub const APT_BENCH: &[&str] = &["apache2", "wrk"];
 pub const APT_WSGI: &[&str] = &["apache2", "libapache2-mod-wsgi-py3", "wrk"];
 /// Where Debian's mod_wsgi lands (from [`APT_WSGI`]).
 pub const MOD_WSGI: &str = "/usr/lib/apache2/modules/mod_wsgi.so";
+/// The agent's tests: a real Alertmanager receiving its alerts, and
+/// promtool checking the shipped alerting rules.
+pub const APT_AGENT: &[&str] = &["prometheus-alertmanager", "prometheus"];
+pub const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
+pub const PROMTOOL: &str = "/usr/bin/promtool";
 /// What the web-server measurement runs (from [`APT_BENCH`]).
 pub const APACHE2: &str = "/usr/sbin/apache2";
 pub const APACHE2_MPM_EVENT: &str = "/usr/lib/apache2/modules/mod_mpm_event.so";
@@ -131,6 +136,16 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
         apt.push((
             APT_WSGI,
             "the end-to-end tests run a WSGI application under Apache and mod_wsgi, loaded by wrk",
+        ));
+    }
+    if scope == Scope::Test
+        && [ALERTMANAGER, PROMTOOL]
+            .iter()
+            .any(|p| !Path::new(p).exists())
+    {
+        apt.push((
+            APT_AGENT,
+            "the agent's tests send alerts to Debian's Alertmanager and check the shipped rules with promtool",
         ));
     }
     if scope == Scope::Bench

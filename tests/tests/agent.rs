@@ -1,0 +1,508 @@
+//! `locktrace agent` with the real components around it: Debian's
+//! Alertmanager (its own config and data directory, on loopback) notifying
+//! a webhook receiver run by the test, and the agent's /metrics endpoint.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use locktrace_e2e::records::Record;
+use locktrace_e2e::tracer::{Tracer, Watcher};
+use locktrace_e2e::{comm_of, copy_executable, fixture, require_root, workspace_dir, Variant};
+use serde_json::Value;
+
+const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
+
+/// A config error stops the agent at once, in one line naming the key and
+/// its line.
+#[test]
+fn bad_config_is_one_line_naming_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("locktrace.toml");
+    std::fs::write(&config, "[trace]\nhang_threshold = \"5y\"\n").unwrap();
+    let run = Tracer::new(["agent", "--config", config.to_str().unwrap()]).run();
+    assert_ne!(run.code(), 0, "{}", run.describe());
+    let lines = run.stderr_lines();
+    assert_eq!(lines.len(), 1, "one line\n{}", run.describe());
+    let expected = format!(
+        "locktrace: config {}:2: key `trace.hang_threshold`:",
+        config.display()
+    );
+    assert!(lines[0].starts_with(&expected), "{}", run.describe());
+}
+
+/// An AB/BA inversion while the agent runs: exactly one `LockOrderInversion`
+/// notification reaches Alertmanager's webhook receiver, with the
+/// fingerprint, service and summary, and /metrics counts it.
+#[test]
+fn inversion_becomes_one_alertmanager_notification() {
+    require_root();
+    let receiver = Receiver::start();
+    let alertmanager = Alertmanager::start(&receiver.url(), free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &metrics, &alertmanager.url);
+    let program = fixture("ab_ba", Variant::Fp);
+    let comm = comm_of(&program);
+    let agent = Watcher::start_agent(&["--config", &config, "--comm", &comm], &[]);
+    wait_ready(&metrics);
+
+    let out = Command::new(&program).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.notifications().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Anything more would come within Alertmanager's group_wait (1s).
+    thread::sleep(Duration::from_secs(3));
+    let notifications = receiver.notifications();
+    let (status, text) = http_get(&metrics, "/metrics");
+    let health = http_get(&metrics, "/healthz");
+    let run = agent.stop();
+    // For the README's examples.
+    eprintln!(
+        "notifications:\n{}\n/metrics:\n{text}",
+        serde_json::to_string_pretty(&notifications).unwrap()
+    );
+
+    let inversions: Vec<_> = run
+        .report
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::LockOrderInversion(_)))
+        .collect();
+    assert_eq!(inversions.len(), 1, "{}", run.run.describe());
+    assert_eq!(
+        notifications.len(),
+        1,
+        "one notification\n{notifications:#?}\n{}\n{}",
+        alertmanager.log(),
+        run.run.describe()
+    );
+    let alerts = notifications[0]["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{notifications:#?}");
+    let labels = &alerts[0]["labels"];
+    assert_eq!(labels["alertname"], "LockOrderInversion", "{labels}");
+    assert_eq!(labels["severity"], "warning", "{labels}");
+    assert_eq!(labels["host"], "test-host", "{labels}");
+    // The test runs in no systemd service or container: the command name.
+    assert_eq!(labels["service"], comm.as_str(), "{labels}");
+    let fingerprint = labels["fingerprint"].as_str().unwrap();
+    assert!(
+        fingerprint.len() == 16 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{labels}"
+    );
+    let summary = alerts[0]["annotations"]["summary"].as_str().unwrap();
+    for needle in ["mutex_a", "mutex_b", "lock_ab", "lock_ba", comm.as_str()] {
+        assert!(summary.contains(needle), "{needle} in {summary:?}");
+    }
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        counter(&text, "locktrace_findings_total{type=\"inversion\"}") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(counter(&text, "locktrace_alerts_sent_total"), 1.0, "{text}");
+    assert!(counter(&text, "locktrace_events_total") > 0.0, "{text}");
+    assert_eq!(health.0, 200, "{}", health.1);
+}
+
+/// Alertmanager is down when the inversion is found: the alert is queued,
+/// the failed attempts counted, and once Alertmanager starts the alert
+/// arrives. Meanwhile the agent told systemd (a `NOTIFY_SOCKET` of the
+/// test's) it is ready and pinged the watchdog.
+#[test]
+fn alerts_wait_for_alertmanager_and_systemd_is_notified() {
+    require_root();
+    let receiver = Receiver::start();
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &metrics, &format!("http://127.0.0.1:{port}"));
+    let notify = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Its own copy of the fixture: a name no other test's agent traces.
+    let program = dir.path().join("ab_ba_queued");
+    copy_executable(&fixture("ab_ba", Variant::Fp), &program);
+    let comm = comm_of(&program);
+    let agent = Watcher::start_agent(
+        &["--config", &config, "--comm", &comm],
+        &[
+            ("NOTIFY_SOCKET", notify.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    wait_ready(&metrics);
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(messages.iter().any(|m: &String| m.starts_with("READY=1"))
+        && messages.iter().any(|m| m == "WATCHDOG=1"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "sd_notify messages: {messages:?}"
+        );
+        let mut buf = [0; 256];
+        if let Ok(n) = socket.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+
+    let out = Command::new(&program).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(
+        &http_get(&metrics, "/metrics").1,
+        "locktrace_alerts_failed_total",
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "no failed attempt counted");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let alertmanager = Alertmanager::start(&receiver.url(), port);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while receiver.notifications().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_secs(2));
+    let notifications = receiver.notifications();
+    let text = http_get(&metrics, "/metrics").1;
+    let run = agent.stop();
+    assert_eq!(
+        notifications.len(),
+        1,
+        "one notification\n{notifications:#?}\n{}\n{}",
+        alertmanager.log(),
+        run.run.describe()
+    );
+    let labels = &notifications[0]["alerts"][0]["labels"];
+    assert_eq!(labels["alertname"], "LockOrderInversion", "{labels}");
+    assert_eq!(labels["service"], comm.as_str(), "{labels}");
+    assert_eq!(counter(&text, "locktrace_alerts_sent_total"), 1.0, "{text}");
+    assert!(
+        counter(&text, "locktrace_alerts_failed_total") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        counter(&text, "locktrace_alerts_dropped_total"),
+        0.0,
+        "{text}"
+    );
+}
+
+/// A real deadlock: a critical `Deadlock` alert, resolved once the
+/// deadlocked process is killed.
+#[test]
+fn deadlock_alert_is_resolved_when_the_process_is_killed() {
+    require_root();
+    let receiver = Receiver::start();
+    let alertmanager = Alertmanager::start(&receiver.url(), free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &metrics, &alertmanager.url);
+    let program = dir.path().join("deadlock_agent");
+    copy_executable(&fixture("deadlock", Variant::Fp), &program);
+    let comm = comm_of(&program);
+    let agent = Watcher::start_agent(
+        &[
+            "--config",
+            &config,
+            "--comm",
+            &comm,
+            "--hang-threshold",
+            "60s",
+        ],
+        &[],
+    );
+    wait_ready(&metrics);
+    let mut deadlocked = Command::new(&program)
+        .arg("30")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadlock = |status: &str| {
+        receiver
+            .notifications()
+            .into_iter()
+            .find(|n| n["status"] == status && n["commonLabels"]["alertname"] == "Deadlock")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while deadlock("firing").is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let firing = deadlock("firing");
+    let _ = deadlocked.kill();
+    let _ = deadlocked.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while firing.is_some() && deadlock("resolved").is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let resolved = deadlock("resolved");
+    let all = receiver.notifications();
+    let run = agent.stop();
+    let firing = firing.unwrap_or_else(|| {
+        panic!(
+            "no Deadlock alert\n{all:#?}\n{}\n{}",
+            alertmanager.log(),
+            run.run.describe()
+        )
+    });
+    assert_eq!(firing["commonLabels"]["severity"], "critical", "{firing}");
+    assert_eq!(firing["commonLabels"]["service"], comm.as_str(), "{firing}");
+    let resolved = resolved.unwrap_or_else(|| {
+        panic!(
+            "the Deadlock alert was not resolved\n{all:#?}\n{}",
+            alertmanager.log()
+        )
+    });
+    assert_eq!(
+        resolved["commonLabels"]["fingerprint"], firing["commonLabels"]["fingerprint"],
+        "{resolved}"
+    );
+}
+
+/// A config file for the agent in `dir`; its path.
+fn write_config(dir: &Path, metrics: &str, alertmanager: &str) -> String {
+    let config = dir.join("locktrace.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nhost = \"test-host\"\n[metrics]\nlisten = \"{metrics}\"\n\
+             [alertmanager]\nurl = \"{alertmanager}\"\n"
+        ),
+    )
+    .unwrap();
+    config.to_str().unwrap().to_string()
+}
+
+/// Waits for /readyz: the probes are attached (the session is set up just
+/// after they are armed).
+fn wait_ready(metrics: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(metrics, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "/readyz not 200 within 10s");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of the sample `name` (with its labels) in a metrics text.
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name}"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` over HTTP/1.0: the status and body ((0, "") if nothing
+/// answers).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+/// Alertmanager's webhook receiver: keeps every notification's JSON.
+struct Receiver {
+    port: u16,
+    received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let kept = received.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                if let Some(body) = read_post(stream) {
+                    kept.lock().unwrap().push(body);
+                }
+            }
+        });
+        Receiver { port, received }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn notifications(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// One request: its JSON body, answered 200.
+fn read_post(mut stream: TcpStream) -> Option<Value> {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().ok()?;
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    serde_json::from_slice(&body).ok()
+}
+
+/// Debian's Alertmanager on a free loopback port, with a route that groups
+/// by alert name and fingerprint and notifies the receiver after 1s.
+struct Alertmanager {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    fn start(webhook: &str, port: u16) -> Alertmanager {
+        assert!(
+            Path::new(ALERTMANAGER).exists(),
+            "{ALERTMANAGER} is missing: `cargo xtask test` installs prometheus-alertmanager"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "route:\n  receiver: test\n  group_by: [alertname, fingerprint]\n  \
+                 group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+                 receivers:\n  - name: test\n    webhook_configs:\n      - url: {webhook}\n        \
+                 send_resolved: true\n"
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
+        let child = Command::new(ALERTMANAGER)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            // No cluster: no gossip port.
+            .arg("--cluster.listen-address=")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let am = Alertmanager {
+            child,
+            url: format!("http://{addr}"),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(&addr, "/-/ready").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "Alertmanager not ready within 20s"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        am
+    }
+}
+
+impl Alertmanager {
+    fn log(&self) -> String {
+        let path = self.dir.path().join("alertmanager.log");
+        format!(
+            "--- alertmanager log ---\n{}",
+            std::fs::read_to_string(path).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The shipped unit passes `systemd-analyze verify` without a warning
+/// (its ExecStart pointed at the built binary).
+#[test]
+fn systemd_unit_verifies() {
+    let shipped = workspace_dir().join("dist/systemd/locktrace.service");
+    let text = std::fs::read_to_string(&shipped).unwrap();
+    assert!(
+        text.contains("ExecStart=/usr/bin/locktrace agent"),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("locktrace.service");
+    let bin = locktrace_e2e::locktrace_bin();
+    std::fs::write(
+        &unit,
+        text.replace("/usr/bin/locktrace", bin.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (systemd) is installed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{out:?}");
+}
+
+/// The shipped alerting rules load (`promtool check rules`) and pass their
+/// unit tests (`promtool test rules`).
+#[test]
+fn prometheus_rules_check_and_test() {
+    let dir = workspace_dir().join("dist/prometheus");
+    for args in [
+        ["check", "rules", "locktrace-rules.yml"],
+        ["test", "rules", "locktrace-rules.test.yml"],
+    ] {
+        let out = Command::new("/usr/bin/promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool: `cargo xtask test` installs prometheus");
+        assert!(out.status.success(), "promtool {args:?}: {out:?}");
+    }
+}

@@ -1,0 +1,397 @@
+//! A finding as an Alertmanager alert (API v2): its labels, annotations and
+//! stable fingerprint.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::report::{Finding, Lock};
+use tracer_analysis::model::Frame;
+
+/// The text report in `description` is cut to this many bytes.
+const MAX_DESCRIPTION: usize = 4000;
+
+/// One alert as `POST /api/v2/alerts` takes it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Alert {
+    pub labels: BTreeMap<&'static str, String>,
+    pub annotations: BTreeMap<&'static str, String>,
+    #[serde(rename = "startsAt")]
+    pub starts_at: String,
+    #[serde(rename = "endsAt")]
+    pub ends_at: String,
+}
+
+/// Where the alert comes from and how long it stays active.
+pub struct Context<'a> {
+    pub host: &'a str,
+    pub runbook_url: &'a str,
+    pub active_for: Duration,
+}
+
+/// The `type` label of `locktrace_findings_total` and the alert's name;
+/// `None` for a record that is not a finding.
+pub fn kind(finding: &Finding) -> Option<(&'static str, &'static str)> {
+    Some(match finding {
+        Finding::LockOrderInversion(_) => ("inversion", "LockOrderInversion"),
+        Finding::Deadlock(_) => ("deadlock", "Deadlock"),
+        Finding::LockWaitTimeout(_) => ("lock_wait_timeout", "LockWaitTimeout"),
+        Finding::SelfDeadlock(_) => ("self_deadlock", "SelfDeadlock"),
+        Finding::SameClassNesting(_) => ("same_class_nesting", "SameClassNesting"),
+        Finding::BlockedThread(_) => return None,
+    })
+}
+
+pub fn alert(finding: &Finding, ctx: &Context<'_>, now: SystemTime) -> Option<Alert> {
+    let (_, alertname) = kind(finding)?;
+    let severity = match finding {
+        Finding::Deadlock(_) | Finding::SelfDeadlock(_) => "critical",
+        _ => "warning",
+    };
+    let (pid, comm) = pid_comm(finding);
+    let labels = BTreeMap::from([
+        ("alertname", alertname.to_string()),
+        ("severity", severity.to_string()),
+        ("fingerprint", fingerprint(finding)),
+        ("host", ctx.host.to_string()),
+        ("service", service(pid, comm)),
+    ]);
+    let mut description = finding.to_string();
+    if description.len() > MAX_DESCRIPTION {
+        let mut cut = MAX_DESCRIPTION;
+        while !description.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        description.truncate(cut);
+        description.push_str("\n[cut]");
+    }
+    let annotations = BTreeMap::from([
+        ("summary", summary(finding)),
+        ("description", description),
+        ("runbook_url", ctx.runbook_url.to_string()),
+    ]);
+    Some(Alert {
+        labels,
+        annotations,
+        starts_at: rfc3339(now),
+        ends_at: rfc3339(now + ctx.active_for),
+    })
+}
+
+fn pid_comm(finding: &Finding) -> (u32, &str) {
+    match finding {
+        Finding::LockOrderInversion(f) => (f.pid, &f.comm),
+        Finding::Deadlock(f) => (f.pid, &f.comm),
+        Finding::LockWaitTimeout(f) => (f.pid, &f.comm),
+        Finding::SelfDeadlock(f) => (f.pid, &f.comm),
+        Finding::SameClassNesting(f) => (f.pid, &f.comm),
+        Finding::BlockedThread(t) => (t.pid, &t.comm),
+    }
+}
+
+/// One line: which locks, where.
+pub fn summary(finding: &Finding) -> String {
+    let (pid, comm) = pid_comm(finding);
+    let what = match finding {
+        Finding::LockOrderInversion(f) => {
+            let mut names: Vec<String> = f.locks.iter().map(Lock::label).collect();
+            if let Some(first) = names.first().cloned() {
+                names.push(first);
+            }
+            let sites: Vec<String> = f.cycle.iter().filter_map(|e| site(&e.stack)).collect();
+            format!(
+                "lock-order inversion {} at {}",
+                names.join(" -> "),
+                sites.join(", ")
+            )
+        }
+        Finding::Deadlock(f) => format!("deadlock of {} threads", f.threads.len()),
+        Finding::LockWaitTimeout(f) => match &f.waiter.waits_for {
+            Some(lock) => format!("thread {} blocked on {}", f.waiter.tid, lock.label()),
+            None => format!("thread {} blocked on a lock", f.waiter.tid),
+        },
+        Finding::SelfDeadlock(f) => format!(
+            "thread {} requested {} it holds, at {}",
+            f.tid,
+            f.lock.label(),
+            site(&f.stack).unwrap_or_default()
+        ),
+        Finding::SameClassNesting(f) => format!(
+            "two locks of class {} nested at {}",
+            f.class,
+            site(&f.stack).unwrap_or_default()
+        ),
+        Finding::BlockedThread(_) => "blocked thread".to_string(),
+    };
+    format!("{what} in {comm} (pid {pid})")
+}
+
+/// The first frame of the program's own code (past the lock functions of
+/// libc): `function` or `module+offset`.
+fn site(stack: &[Frame]) -> Option<String> {
+    let frame = stack
+        .iter()
+        .find(|f| !f.module.as_deref().is_some_and(is_lock_library))
+        .or(stack.first())?;
+    Some(match (&frame.function, &frame.module) {
+        (Some(function), _) => function.clone(),
+        (None, Some(module)) => format!("{}+{:#x}", basename(module), frame.offset.unwrap_or(0)),
+        (None, None) => format!("{:#x}", frame.addr),
+    })
+}
+
+fn is_lock_library(module: &str) -> bool {
+    let name = basename(module);
+    name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("libpthread")
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The finding's stable identity, 16 hex digits: FNV-1a (64 bits, a fixed
+/// function: the same on every build and host) of its type, its locks
+/// (kind and symbol, sorted) and the program sites that took them
+/// (function names, sorted). Never pids, addresses or paths: the same bug
+/// in a restarted process, another worker or another host running the same
+/// code has the same fingerprint. A lock without a symbol (on the heap) is
+/// known by the site that took it.
+pub fn fingerprint(finding: &Finding) -> String {
+    let (kind, _) = kind(finding).unwrap_or(("record", ""));
+    let mut locks: Vec<String> = Vec::new();
+    let mut sites: Vec<String> = Vec::new();
+    let mut lock = |l: &Lock, taken: &[Frame]| {
+        locks.push(match &l.name {
+            Some(name) => format!("{} {name}", l.kind),
+            None => format!("{} @{}", l.kind, site(taken).unwrap_or_default()),
+        });
+    };
+    match finding {
+        Finding::LockOrderInversion(f) => {
+            for e in &f.cycle {
+                lock(&e.from, &e.held_stack);
+                sites.extend(site(&e.stack));
+            }
+        }
+        Finding::SelfDeadlock(f) => {
+            lock(&f.lock, &f.held_stack);
+            sites.extend(site(&f.stack));
+        }
+        Finding::SameClassNesting(f) => {
+            locks.push(f.class.clone());
+            sites.extend(site(&f.stack));
+        }
+        Finding::Deadlock(f) => {
+            for t in &f.threads {
+                if let Some(l) = &t.waits_for {
+                    lock(l, &t.stack);
+                }
+                sites.extend(site(&t.stack));
+            }
+        }
+        Finding::LockWaitTimeout(f) => {
+            if let Some(l) = &f.waiter.waits_for {
+                lock(l, &f.waiter.stack);
+            }
+            sites.extend(site(&f.waiter.stack));
+        }
+        Finding::BlockedThread(_) => {}
+    }
+    locks.sort();
+    locks.dedup();
+    sites.sort();
+    sites.dedup();
+    let text = format!("{kind}\n{}\n{}", locks.join("\n"), sites.join("\n"));
+    format!("{:016x}", fnv1a(text.as_bytes()))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The `service` label: the process's systemd service, else its container,
+/// else its command name.
+pub fn service(pid: u32, comm: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|text| service_of_cgroup(&text))
+        .unwrap_or_else(|| comm.to_string())
+}
+
+/// From `/proc/PID/cgroup`: the innermost `*.service` of the cgroup v2
+/// path, else a container id (64 hex digits in a path component, as
+/// docker, containerd and CRI-O name them), cut to 12 like `docker ps`.
+fn service_of_cgroup(text: &str) -> Option<String> {
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if let Some(unit) = parts.iter().rev().find(|p| p.ends_with(".service")) {
+        return Some(unit.to_string());
+    }
+    parts.iter().rev().find_map(|p| {
+        let id = p.trim_end_matches(".scope");
+        let id = id.rsplit(['-', ':']).next().unwrap_or(id);
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| format!("container:{}", &id[..12]))
+    })
+}
+
+/// `2026-12-07T05:31:48Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's days-to-civil.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_621_508);
+        assert_eq!(rfc3339(t), "2026-12-07T05:31:48Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn services_from_cgroups() {
+        assert_eq!(
+            service_of_cgroup("0::/system.slice/apache2.service\n").as_deref(),
+            Some("apache2.service")
+        );
+        let id = "a".repeat(64);
+        assert_eq!(
+            service_of_cgroup(&format!("0::/system.slice/docker-{id}.scope\n")),
+            Some("container:aaaaaaaaaaaa".to_string())
+        );
+        assert_eq!(service_of_cgroup("0::/user.slice/session-1.scope\n"), None);
+        assert_eq!(service_of_cgroup("0::/\n"), None);
+    }
+
+    use crate::report::{Edge, Inversion};
+    use tracer_analysis::model::Level;
+
+    /// The AB/BA inversion of a process `pid` whose program lies at `path`
+    /// and whose locks are `a` and `b`.
+    fn ab_ba(pid: u32, path: &str, base: u64, a: &str, b: &str) -> Finding {
+        let lock = |name: &str, addr| Lock {
+            addr,
+            kind: "mutex",
+            name: Some(name.to_string()),
+            shared: None,
+            pid,
+        };
+        let frame = |function: &str, addr| Frame {
+            addr,
+            module: Some(path.to_string()),
+            function: Some(function.to_string()),
+            offset: Some(34),
+            file: None,
+            line: None,
+        };
+        let libc = Frame {
+            addr: 0x7f00_0000_1000,
+            module: Some("/usr/lib/x86_64-linux-gnu/libc.so.6".into()),
+            function: Some("___pthread_mutex_lock".into()),
+            offset: Some(14),
+            file: None,
+            line: None,
+        };
+        let edge = |from: &Lock, to: &Lock, function: &str| Edge {
+            from: from.clone(),
+            to: to.clone(),
+            pid,
+            tid: pid + 1,
+            comm: "prog".into(),
+            thread: "prog".into(),
+            stack: vec![libc.clone(), frame(function, base + 0x1100)],
+            held_stack: vec![frame(function, base + 0x10f0)],
+            python_stack: vec![],
+        };
+        let (la, lb) = (lock(a, base + 0x4080), lock(b, base + 0x40c0));
+        Finding::LockOrderInversion(Inversion {
+            id: 1,
+            pid,
+            comm: "prog".into(),
+            locks: vec![la.clone(), lb.clone()],
+            cycle: vec![edge(&la, &lb, "lock_ab"), edge(&lb, &la, "lock_ba")],
+            guarded: false,
+            gate: None,
+            level: Level::Instance,
+            classes: vec![],
+        })
+    }
+
+    #[test]
+    fn fingerprints_ignore_pids_addresses_and_paths() {
+        let one = fingerprint(&ab_ba(
+            100,
+            "/opt/a/prog",
+            0x5500_0000_0000,
+            "mutex_a",
+            "mutex_b",
+        ));
+        let other = fingerprint(&ab_ba(
+            2000,
+            "/srv/b/prog2",
+            0x5611_0000_0000,
+            "mutex_a",
+            "mutex_b",
+        ));
+        assert_eq!(one, other);
+        assert_eq!(one.len(), 16);
+        let renamed = fingerprint(&ab_ba(
+            100,
+            "/opt/a/prog",
+            0x5500_0000_0000,
+            "mutex_a",
+            "mutex_c",
+        ));
+        assert_ne!(one, renamed);
+    }
+
+    #[test]
+    fn an_inversion_alert() {
+        let finding = ab_ba(100, "/opt/a/prog", 0x5500_0000_0000, "mutex_a", "mutex_b");
+        let ctx = Context {
+            host: "web1",
+            runbook_url: "file:///r",
+            active_for: Duration::from_secs(60),
+        };
+        let alert = alert(&finding, &ctx, SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(alert.labels["alertname"], "LockOrderInversion");
+        assert_eq!(alert.labels["severity"], "warning");
+        assert_eq!(alert.labels["host"], "web1");
+        assert_eq!(
+            alert.annotations["summary"],
+            "lock-order inversion mutex_a -> mutex_b -> mutex_a at lock_ab, lock_ba in prog (pid 100)"
+        );
+        assert_eq!(alert.ends_at, "1970-01-01T00:01:00Z");
+    }
+
+    #[test]
+    fn fnv_is_the_published_function() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

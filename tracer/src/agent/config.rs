@@ -1,0 +1,343 @@
+//! The agent's settings: the TOML config file, overridden by flags. An
+//! error names the key and its line, in one line, so that a service that
+//! fails to start says why in `systemctl status`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::cli::{parse_duration, AgentArgs, Format};
+
+/// Where the agent looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/locktrace/locktrace.toml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+const DEFAULT_HANG_THRESHOLD: Duration = Duration::from_secs(10);
+/// Alerts kept while Alertmanager cannot be reached; older ones are
+/// dropped (and counted as failed) beyond this.
+const DEFAULT_ALERT_QUEUE: usize = 1000;
+/// How long an inversion's alert stays active: it is a property of the
+/// code, not of a moment, but it should not fire forever after a fix.
+const DEFAULT_INVERSION_ACTIVE: Duration = Duration::from_secs(24 * 3600);
+
+/// The file as written: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    agent: AgentSection,
+    #[serde(default)]
+    trace: TraceSection,
+    #[serde(default)]
+    metrics: MetricsSection,
+    #[serde(default)]
+    alertmanager: AlertmanagerSection,
+    #[serde(default)]
+    report: ReportSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentSection {
+    host: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceSection {
+    #[serde(default)]
+    comms: Vec<String>,
+    #[serde(default)]
+    cgroups: Vec<PathBuf>,
+    #[serde(default)]
+    pids: Vec<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    hang_threshold: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertmanagerSection {
+    url: Option<Spanned<String>>,
+    queue: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    inversion_active: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportSection {
+    output: Option<PathBuf>,
+    format: Option<Format>,
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// The settings in force: the file's, each overridden by its flag.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub host: String,
+    pub comms: Vec<String>,
+    pub cgroups: Vec<PathBuf>,
+    pub pids: Vec<u32>,
+    pub hang_threshold: Duration,
+    pub metrics_listen: SocketAddr,
+    pub alertmanager: Option<Alertmanager>,
+    pub output: Option<PathBuf>,
+    pub format: Format,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alertmanager {
+    /// `http://host:port`, without a trailing slash.
+    pub base: String,
+    pub queue: usize,
+    pub inversion_active: Duration,
+}
+
+impl Config {
+    /// Reads `--config` (or the default file, if it exists) and applies
+    /// the flags.
+    pub fn load(args: &AgentArgs) -> Result<Config> {
+        let (path, text) = match &args.config {
+            Some(path) => (path.clone(), read(path)?),
+            None if Path::new(DEFAULT_CONFIG).exists() => (
+                PathBuf::from(DEFAULT_CONFIG),
+                read(Path::new(DEFAULT_CONFIG))?,
+            ),
+            None => (PathBuf::from(DEFAULT_CONFIG), String::new()),
+        };
+        Self::parse(&path, &text, args)
+    }
+
+    pub fn parse(path: &Path, text: &str, args: &AgentArgs) -> Result<Config> {
+        let at = |span: std::ops::Range<usize>, message: &str| {
+            anyhow!("{}", located(path, text, span, message))
+        };
+        let file: File = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            at(span, e.message())
+        })?;
+        let listen = match (&args.metrics_listen, &file.metrics.listen) {
+            (Some(flag), _) => flag.parse().map_err(|_| {
+                anyhow!("--metrics-listen: `{flag}` is not an address like {DEFAULT_LISTEN}")
+            })?,
+            (None, Some(key)) => key.get_ref().parse().map_err(|_| {
+                at(
+                    key.span(),
+                    &format!(
+                        "`{}` is not an address like {DEFAULT_LISTEN}",
+                        key.get_ref()
+                    ),
+                )
+            })?,
+            (None, None) => DEFAULT_LISTEN.parse().expect("the default address"),
+        };
+        let url = match (&args.alertmanager_url, &file.alertmanager.url) {
+            (Some(flag), _) => {
+                Some(alertmanager_base(flag).map_err(|e| anyhow!("--alertmanager-url: {e}"))?)
+            }
+            (None, Some(key)) => {
+                Some(alertmanager_base(key.get_ref()).map_err(|e| at(key.span(), &e.to_string()))?)
+            }
+            (None, None) => None,
+        };
+        let alertmanager = url.map(|base| Alertmanager {
+            base,
+            queue: file
+                .alertmanager
+                .queue
+                .unwrap_or(DEFAULT_ALERT_QUEUE)
+                .max(1),
+            inversion_active: file
+                .alertmanager
+                .inversion_active
+                .unwrap_or(DEFAULT_INVERSION_ACTIVE),
+        });
+        Ok(Config {
+            host: args
+                .host
+                .clone()
+                .or(file.agent.host)
+                .unwrap_or_else(hostname),
+            comms: or_file(&args.comms, file.trace.comms),
+            cgroups: or_file(&args.cgroups, file.trace.cgroups),
+            pids: or_file(&args.pids, file.trace.pids),
+            hang_threshold: args
+                .hang_threshold
+                .or(file.trace.hang_threshold)
+                .unwrap_or(DEFAULT_HANG_THRESHOLD),
+            metrics_listen: listen,
+            alertmanager,
+            output: args.output.clone().or(file.report.output),
+            format: args.format.or(file.report.format).unwrap_or(Format::Text),
+        })
+    }
+}
+
+/// A list flag given replaces the file's list.
+fn or_file<T: Clone>(flag: &[T], key: Vec<T>) -> Vec<T> {
+    if flag.is_empty() {
+        key
+    } else {
+        flag.to_vec()
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("cannot read the config file {}: {e}", path.display()))
+}
+
+/// Only plain HTTP: Alertmanager is expected on the host or behind a local
+/// proxy.
+fn alertmanager_base(url: &str) -> Result<String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        bail!("`{url}` is not an http:// URL (https is not supported)");
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || !authority.contains(':') {
+        bail!("`{url}` has no host:port");
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+/// `FILE:LINE: key `K`: MESSAGE` on one line: the key is read from the
+/// line the error points to, with its table.
+fn located(path: &Path, text: &str, span: std::ops::Range<usize>, message: &str) -> String {
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(['[', ']']).trim());
+    let message = message.lines().next().unwrap_or("").trim();
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let key = match (table, key) {
+        (Some(t), Some(k)) => format!(" key `{t}.{k}`:"),
+        (None, Some(k)) => format!(" key `{k}`:"),
+        _ => String::new(),
+    };
+    format!("config {}:{line_no}:{key} {message}", path.display())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(flags: &[&str]) -> AgentArgs {
+        let cli = crate::cli::Cli::try_parse_from(
+            ["locktrace", "agent"].iter().chain(flags.iter()).copied(),
+        )
+        .unwrap();
+        match cli.command {
+            crate::cli::Command::Agent(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    fn parse(text: &str, flags: &[&str]) -> Result<Config> {
+        Config::parse(Path::new("/etc/l.toml"), text, &args(flags))
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c.metrics_listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.hang_threshold, DEFAULT_HANG_THRESHOLD);
+        assert_eq!(c.alertmanager, None);
+        assert!(c.comms.is_empty());
+    }
+
+    #[test]
+    fn keys_are_read_and_flags_win() {
+        let text = "[agent]\nhost = \"web1\"\n[trace]\ncomms = [\"a\"]\nhang_threshold = \"2s\"\n\
+                    [metrics]\nlisten = \"127.0.0.1:9999\"\n\
+                    [alertmanager]\nurl = \"http://127.0.0.1:9093/\"\nqueue = 5\n";
+        let c = parse(text, &[]).unwrap();
+        assert_eq!(c.host, "web1");
+        assert_eq!(c.comms, ["a"]);
+        assert_eq!(c.hang_threshold, Duration::from_secs(2));
+        assert_eq!(c.metrics_listen.port(), 9999);
+        let am = c.alertmanager.unwrap();
+        assert_eq!((am.base.as_str(), am.queue), ("http://127.0.0.1:9093", 5));
+        let c = parse(
+            text,
+            &[
+                "--comm",
+                "b",
+                "--hang-threshold",
+                "1s",
+                "--metrics-listen",
+                "127.0.0.1:1",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.comms, ["b"]);
+        assert_eq!(c.hang_threshold, Duration::from_secs(1));
+        assert_eq!(c.metrics_listen.port(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line_in_one_line() {
+        let cases = [
+            (
+                "[trace]\nhang_threshold = \"5y\"\n",
+                "/etc/l.toml:2: key `trace.hang_threshold`:",
+            ),
+            (
+                "[metrics]\n\nlisten = \"nowhere\"\n",
+                "/etc/l.toml:3: key `metrics.listen`:",
+            ),
+            (
+                "[alertmanager]\nurl = \"https://a:1\"\n",
+                "/etc/l.toml:2: key `alertmanager.url`:",
+            ),
+            (
+                "[trace]\ncomm = [\"x\"]\n",
+                "/etc/l.toml:2: key `trace.comm`: unknown field",
+            ),
+            (
+                "[trace]\npids = \"x\"\n",
+                "/etc/l.toml:2: key `trace.pids`:",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = parse(text, &[]).unwrap_err().to_string();
+            assert!(e.contains(expected), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{text:?}: {e}");
+        }
+        let e = parse("", &["--alertmanager-url", "ftp://x"]).unwrap_err();
+        assert!(e.to_string().starts_with("--alertmanager-url:"), "{e}");
+    }
+}

@@ -1,0 +1,277 @@
+//! The agent's Prometheus metrics (the `prometheus-client` crate), served
+//! with /healthz and /readyz by a small HTTP server on its own thread: a
+//! slow scraper never delays tracing.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info};
+use prometheus_client::registry::Registry;
+use tracing::debug;
+
+use crate::session::Live;
+
+/// The session reports its counts every 400 ms: without a report for this
+/// long, its loop is stuck and /healthz says so.
+const STALE_AFTER: Duration = Duration::from_secs(10);
+
+type TypeLabel = Vec<(&'static str, &'static str)>;
+
+pub struct Metrics {
+    registry: Registry,
+    findings: Family<TypeLabel, Counter>,
+    events: Counter,
+    events_lost: Counter,
+    lock_dependencies: Gauge,
+    locks: Gauge,
+    lock_classes: Gauge,
+    traced_processes: Gauge,
+    probed_files: Gauge,
+    pub alerts_sent: Counter,
+    pub alerts_failed: Counter,
+    pub alerts_dropped: Counter,
+    /// Probes attached and armed.
+    ready: AtomicBool,
+    started: Instant,
+    /// Milliseconds after `started` of the session's last report.
+    last_progress_ms: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("locktrace");
+        let m = Metrics {
+            registry: Registry::default(),
+            findings: Family::default(),
+            events: Counter::default(),
+            events_lost: Counter::default(),
+            lock_dependencies: Gauge::default(),
+            locks: Gauge::default(),
+            lock_classes: Gauge::default(),
+            traced_processes: Gauge::default(),
+            probed_files: Gauge::default(),
+            alerts_sent: Counter::default(),
+            alerts_failed: Counter::default(),
+            alerts_dropped: Counter::default(),
+            ready: AtomicBool::new(false),
+            started: Instant::now(),
+            last_progress_ms: AtomicU64::new(0),
+        };
+        registry.register(
+            "findings",
+            "Findings reported (warnings; notes are not counted), by type",
+            m.findings.clone(),
+        );
+        registry.register(
+            "events",
+            "Lock operations seen by the probes (acquisitions and releases)",
+            m.events.clone(),
+        );
+        registry.register(
+            "events_lost",
+            "Lock events lost (ring buffer full) or undecodable",
+            m.events_lost.clone(),
+        );
+        registry.register(
+            "lock_dependencies",
+            "Distinct dependencies added to the lock-order graph",
+            m.lock_dependencies.clone(),
+        );
+        registry.register(
+            "locks",
+            "Lock instances added to the lock-order graph",
+            m.locks.clone(),
+        );
+        registry.register("lock_classes", "Lock classes known", m.lock_classes.clone());
+        registry.register(
+            "traced_processes",
+            "Processes in the tracing scope",
+            m.traced_processes.clone(),
+        );
+        registry.register(
+            "probed_files",
+            "Files with lock probes (each libc, --binary files)",
+            m.probed_files.clone(),
+        );
+        registry.register(
+            "alerts_sent",
+            "Alerts accepted by Alertmanager",
+            m.alerts_sent.clone(),
+        );
+        registry.register(
+            "alerts_failed",
+            "Alerts not delivered by an attempt (Alertmanager unreachable or refusing); retried",
+            m.alerts_failed.clone(),
+        );
+        registry.register(
+            "alerts_dropped",
+            "Alerts dropped undelivered: the queue was full while Alertmanager was down",
+            m.alerts_dropped.clone(),
+        );
+        registry.register(
+            "build",
+            "The agent's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn count_finding(&self, kind: &'static str) {
+        self.findings.get_or_create(&vec![("type", kind)]).inc();
+    }
+
+    /// The session's counts: gauges set, counters moved by what they grew
+    /// since `before`.
+    pub fn set_live(&self, live: &Live, before: &Live) {
+        self.events
+            .inc_by(live.events.saturating_sub(before.events));
+        self.events_lost
+            .inc_by(live.lost_events.saturating_sub(before.lost_events));
+        self.lock_dependencies.set(live.dependencies as i64);
+        self.locks.set(live.locks as i64);
+        self.lock_classes.set(live.lock_classes as i64);
+        self.traced_processes.set(live.traced_processes as i64);
+        self.probed_files.set(live.probed_files as i64);
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_progress_ms.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// The probes are attached and armed.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    fn healthy(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err("probes not attached yet".into());
+        }
+        let last = self.last_progress_ms.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        if last == 0 || now.saturating_sub(last) > STALE_AFTER.as_millis() as u64 {
+            // Right after start, the first scan is due within a second.
+            if last == 0 && now < STALE_AFTER.as_millis() as u64 {
+                return Ok(());
+            }
+            return Err(format!(
+                "the tracing loop has not reported for {:.1}s",
+                now.saturating_sub(last) as f64 / 1e3
+            ));
+        }
+        Ok(())
+    }
+
+    fn respond(&self, path: &str) -> Response<Full<Bytes>> {
+        let reply = |status: StatusCode, content_type: &str, body: String| {
+            Response::builder()
+                .status(status)
+                .header("content-type", content_type)
+                .body(Full::new(Bytes::from(body)))
+                .expect("a valid response")
+        };
+        let text = "text/plain; charset=utf-8";
+        match path {
+            "/metrics" => {
+                let mut body = String::new();
+                match encode(&mut body, &self.registry) {
+                    Ok(()) => reply(
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        body,
+                    ),
+                    Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, text, e.to_string()),
+                }
+            }
+            "/healthz" => match self.healthy() {
+                Ok(()) => reply(StatusCode::OK, text, "ok\n".into()),
+                Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, text, why + "\n"),
+            },
+            "/readyz" if self.ready.load(Ordering::Relaxed) => {
+                reply(StatusCode::OK, text, "ready\n".into())
+            }
+            "/readyz" => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                text,
+                "probes not attached yet\n".into(),
+            ),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                text,
+                "/metrics, /healthz, /readyz\n".into(),
+            ),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves the endpoints on `listener` until the runtime stops.
+pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let response = metrics.respond(req.uri().path());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, "metrics connection: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_text_has_the_documented_names() {
+        let m = Metrics::new();
+        m.count_finding("inversion");
+        let live = Live {
+            events: 10,
+            lost_events: 1,
+            dependencies: 2,
+            locks: 3,
+            lock_classes: 4,
+            traced_processes: 5,
+            probed_files: 1,
+        };
+        m.set_live(&live, &Live::default());
+        m.set_live(&live, &live);
+        let mut text = String::new();
+        encode(&mut text, &m.registry).unwrap();
+        for line in [
+            "locktrace_findings_total{type=\"inversion\"} 1",
+            "locktrace_events_total 10",
+            "locktrace_events_lost_total 1",
+            "locktrace_lock_dependencies 2",
+            "locktrace_locks 3",
+            "locktrace_lock_classes 4",
+            "locktrace_traced_processes 5",
+            "locktrace_probed_files 1",
+            "locktrace_alerts_sent_total 0",
+            "locktrace_alerts_failed_total 0",
+            "locktrace_build_info{version=",
+        ] {
+            assert!(text.contains(line), "no `{line}` in\n{text}");
+        }
+    }
+}
