@@ -5,7 +5,8 @@ use std::{fs::File, io::Write, path::PathBuf, process::ExitCode, time::Duration}
 use anyhow::{Context, Result};
 use clap::Parser;
 use locktrace::{
-    cli::{Cli, Command, CommonArgs, Format, RunArgs, SnapshotArgs, WatchArgs},
+    cli,
+    cli::{Cli, Command, CommonArgs, Format, ReportArgs, RunArgs, SnapshotArgs, WatchArgs},
     enrich::Enricher,
     host::{launch, preflight, proc, spaces::AddressSpaces},
     kernel::{
@@ -25,12 +26,14 @@ fn main() -> ExitCode {
         Command::Run(a) => a.common.verbose,
         Command::Watch(a) => a.common.verbose,
         Command::Snapshot(a) => a.verbose,
+        Command::Report(_) => 0,
     };
     init_logging(verbose);
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Watch(args) => watch(args),
         Command::Snapshot(args) => snapshot(args),
+        Command::Report(args) => replay(args),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -39,6 +42,39 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `locktrace report`: the work is in [`report::replay`].
+fn replay(args: ReportArgs) -> Result<i32> {
+    use report::replay::{self, Filter, Output};
+    let mut captures = Vec::new();
+    for path in &args.files {
+        let text =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let capture = replay::parse(&path.display().to_string(), &String::from_utf8_lossy(&text))?;
+        captures.push(capture);
+    }
+    for warning in captures.iter().flat_map(|c| &c.warnings) {
+        eprintln!("locktrace: warning: {warning}");
+    }
+    let filter = Filter {
+        types: args.types,
+        pids: args.pids,
+        comms: args.comms,
+    };
+    let output = match args.format {
+        cli::ReportFormat::Text => Output::Text,
+        cli::ReportFormat::Json => Output::Json,
+        cli::ReportFormat::Dot => Output::Dot,
+    };
+    let out: Box<dyn Write + Send> = match &args.output {
+        Some(path) => Box::new(
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    replay::print(&captures, &filter, output, out)?;
+    Ok(0)
 }
 
 fn init_logging(verbose: u8) {
