@@ -44,6 +44,8 @@ pub struct Capture {
     /// The summary line as written (absent when the run was cut short, or
     /// for a `snapshot`).
     pub summary: Option<Value>,
+    /// That line, as written (its keys in their order).
+    pub summary_line: Option<String>,
     /// One per line skipped: its number and why.
     pub warnings: Vec<String>,
 }
@@ -81,6 +83,7 @@ pub fn parse(name: &str, text: &str) -> Result<Capture> {
                     );
                 }
                 capture.summary = Some(value);
+                capture.summary_line = Some(line.to_string());
             }
             _ => match Finding::deserialize(&value) {
                 Ok(f) => capture.findings.push(f),
@@ -172,8 +175,8 @@ pub fn print(
             if output == Output::Text {
                 out.write_all(describe(captures, shown.len()).as_bytes())?;
             } else {
-                for summary in captures.iter().filter_map(|c| c.summary.as_ref()) {
-                    json::write(&mut out, summary)?;
+                for line in captures.iter().filter_map(|c| c.summary_line.as_ref()) {
+                    writeln!(out, "{line}")?;
                 }
             }
             out.flush()
