@@ -28,10 +28,27 @@ pub fn quote(s: &str) -> String {
     q
 }
 
-/// Where a lock was requested: the first frame with a source line, else
-/// the first with a function, else the innermost address.
+/// A frame of the C library (glibc, musl), where every lock call goes
+/// through: not the call site a programmer looks for.
+fn in_libc(fr: &Frame) -> bool {
+    let module = fr.module.as_deref().unwrap_or_default();
+    let base = module.rsplit('/').next().unwrap_or(module);
+    ["libc.so", "libc-", "libpthread", "ld-musl", "libc.musl"]
+        .iter()
+        .any(|p| base.starts_with(p))
+}
+
+/// Where a lock was requested: the first frame outside the C library with
+/// a source line (libc with debug info has lines too), else any with a
+/// line, else the first with a function, else the innermost address.
 pub fn call_site(stack: &[Frame]) -> String {
-    if let Some(fr) = stack.iter().find(|f| f.file.is_some() && f.line.is_some()) {
+    let with_line = |f: &&Frame| f.file.is_some() && f.line.is_some();
+    let first = stack
+        .iter()
+        .filter(with_line)
+        .find(|f| !in_libc(f))
+        .or_else(|| stack.iter().find(with_line));
+    if let Some(fr) = first {
         let file = fr.file.as_deref().unwrap_or_default();
         let file = file.rsplit('/').next().unwrap_or(file);
         let func = fr.function.as_deref().unwrap_or("??");

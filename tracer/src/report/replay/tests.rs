@@ -147,6 +147,33 @@ fn dot_of_an_inversion_names_its_locks_and_call_sites() {
     assert!(out.trim_end().ends_with('}'));
 }
 
+#[test]
+fn the_call_site_is_the_first_line_outside_libc() {
+    let frame = |module: &str, function: &str, file: &str, line| Frame {
+        addr: 1,
+        module: Some(module.into()),
+        function: Some(function.into()),
+        file: Some(file.into()),
+        line: Some(line),
+        offset: None,
+    };
+    let stack = [
+        frame(
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "___pthread_mutex_lock",
+            "./nptl/pthread_mutex_lock.c",
+            84,
+        ),
+        frame("/src/ab_ba", "lock_ab", "/src/ab_ba.c", 14),
+    ];
+    assert_eq!(dot::call_site(&stack), "lock_ab ab_ba.c:14");
+    assert_eq!(
+        dot::call_site(&stack[..1]),
+        "___pthread_mutex_lock pthread_mutex_lock.c:84"
+    );
+    assert_eq!(dot::call_site(&[]), "(no stack)");
+}
+
 fn lock(name: &str, addr: u64) -> Lock {
     Lock {
         addr,
