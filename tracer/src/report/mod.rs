@@ -1,7 +1,8 @@
 //! Findings: what locktrace reports, as typed values built from the
 //! detector's verdicts (`build`, `blocking`), then written by one printer
 //! per format (`text`, `json`) through the [`sink::Reporter`]; the end-of-run
-//! [`summary::Summary`].
+//! [`summary::Summary`]. `replay` reads a JSON capture back for `locktrace
+//! report`, which also draws findings as graphs (`dot`).
 
 use serde::{Deserialize, Serialize};
 use tracer_analysis::model::{from_hex, hex, Frame, Level, LockKind, PyFrame};
