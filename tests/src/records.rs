@@ -363,6 +363,8 @@ pub struct Summary {
     #[serde(default)]
     pub budget: Option<BudgetStats>,
     pub duration_s: f64,
+    /// The version of the JSON layout (`locktrace report` refuses newer).
+    pub schema: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -14,7 +14,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use tracer_common::LockKind;
 
@@ -201,7 +201,7 @@ impl fmt::Display for ClassKey {
 }
 
 /// Which graph a cycle was found in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     /// A cycle of lock instances (in one process, or through shared locks).
@@ -221,7 +221,7 @@ impl Level {
 }
 
 /// One Python frame, resolved.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PyFrame {
     /// `co_qualname`, e.g. `Condition.wait`.
     pub function: String,
@@ -340,9 +340,9 @@ impl<N> Cycle<N> {
 
 /// A symbolized stack frame. `addr` is the address in the process; for return
 /// addresses, file and line describe the call instruction (addr - 1).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
-    #[serde(serialize_with = "hex")]
+    #[serde(serialize_with = "hex", deserialize_with = "from_hex")]
     pub addr: u64,
     /// Path of the mapped file (binary or shared library) holding `addr`.
     pub module: Option<String>,
@@ -356,6 +356,14 @@ pub struct Frame {
 
 pub fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{v:#x}"))
+}
+
+/// Reads back what [`hex`] wrote (`"0x7f..."`), for `locktrace report`.
+pub fn from_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    s.strip_prefix("0x")
+        .and_then(|digits| u64::from_str_radix(digits, 16).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not a 0x... address")))
 }
 
 /// A thread asleep in a futex wait (from `/proc/PID/task/TID/syscall`).

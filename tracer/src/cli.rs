@@ -31,6 +31,10 @@ pub enum Command {
     /// a Prometheus endpoint and sent to Alertmanager. Settings come from
     /// the config file; a flag wins over its key.
     Agent(AgentArgs),
+    /// Print the findings of a capture (what run or watch wrote with
+    /// --format json -o FILE) again, filtered, as text, JSON or DOT graphs,
+    /// with a summary of the capture. Reads nothing from the host.
+    Report(ReportArgs),
 }
 
 /// `locktrace agent`: every option is also a key of the config file (named
@@ -76,6 +80,37 @@ pub struct AgentArgs {
     /// More diagnostics on standard error.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The captures (JSON Lines), read in order.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// text: as the tracer prints them; json: JSON Lines (a capture again);
+    /// dot: one Graphviz digraph per finding (render with `dot -Tsvg`).
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+    /// Only findings of this type (repeatable).
+    #[arg(long = "type", value_name = "TYPE",
+          value_parser = clap::builder::PossibleValuesParser::new(crate::report::replay::TYPE_NAMES))]
+    pub types: Vec<String>,
+    /// Only findings about this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only findings about processes with this command name (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Write to FILE instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Dot,
 }
 
 #[derive(Debug, Args)]

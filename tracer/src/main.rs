@@ -6,7 +6,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use locktrace::{
     agent::{self, Agent},
-    cli::{AgentArgs, Cli, Command, CommonArgs, Format, RunArgs, SnapshotArgs, WatchArgs},
+    cli,
+    cli::{
+        AgentArgs, Cli, Command, CommonArgs, Format, ReportArgs, RunArgs, SnapshotArgs, WatchArgs,
+    },
     enrich::Enricher,
     host::{launch, preflight, proc, spaces::AddressSpaces},
     kernel::{
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
         Command::Watch(a) => a.common.verbose,
         Command::Snapshot(a) => a.verbose,
         Command::Agent(a) => a.verbose,
+        Command::Report(_) => 0,
     };
     init_logging(verbose);
     let result = match cli.command {
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
         Command::Watch(args) => watch(args),
         Command::Snapshot(args) => snapshot(args),
         Command::Agent(args) => run_agent(args),
+        Command::Report(args) => replay(args),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -42,6 +47,39 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `locktrace report`: the work is in [`report::replay`].
+fn replay(args: ReportArgs) -> Result<i32> {
+    use report::replay::{self, Filter, Output};
+    let mut captures = Vec::new();
+    for path in &args.files {
+        let text =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let capture = replay::parse(&path.display().to_string(), &String::from_utf8_lossy(&text))?;
+        captures.push(capture);
+    }
+    for warning in captures.iter().flat_map(|c| &c.warnings) {
+        eprintln!("locktrace: warning: {warning}");
+    }
+    let filter = Filter {
+        types: args.types,
+        pids: args.pids,
+        comms: args.comms,
+    };
+    let output = match args.format {
+        cli::ReportFormat::Text => Output::Text,
+        cli::ReportFormat::Json => Output::Json,
+        cli::ReportFormat::Dot => Output::Dot,
+    };
+    let out: Box<dyn Write + Send> = match &args.output {
+        Some(path) => Box::new(
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    replay::print(&captures, &filter, output, out)?;
+    Ok(0)
 }
 
 fn init_logging(verbose: u8) {

@@ -32,6 +32,11 @@ pub const APT_BENCH: &[&str] = &["apache2", "wrk"];
 /// and mod_wsgi for Python 3 (run from a test-owned configuration; the
 /// system service is neither used nor started by the tests).
 pub const APT_WSGI: &[&str] = &["apache2", "libapache2-mod-wsgi-py3", "wrk"];
+/// `locktrace report --format dot` is checked by rendering it with Debian's
+/// Graphviz (`dot -Tsvg`).
+pub const APT_GRAPHVIZ: &[&str] = &["graphviz"];
+/// Graphviz's renderer (from [`APT_GRAPHVIZ`]).
+pub const DOT: &str = "/usr/bin/dot";
 /// Where Debian's mod_wsgi lands (from [`APT_WSGI`]).
 pub const MOD_WSGI: &str = "/usr/lib/apache2/modules/mod_wsgi.so";
 /// The agent's tests: a real Alertmanager receiving its alerts, and
@@ -146,6 +151,12 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
         apt.push((
             APT_AGENT,
             "the agent's tests send alerts to Debian's Alertmanager and check the shipped rules with promtool",
+        ));
+    }
+    if scope == Scope::Test && !Path::new(DOT).exists() {
+        apt.push((
+            APT_GRAPHVIZ,
+            "the end-to-end tests render `locktrace report --format dot` with Graphviz",
         ));
     }
     if scope == Scope::Bench

@@ -4,9 +4,36 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use crate::report::Summary;
+
+/// The version of the JSON Lines layout, written on the summary line
+/// (`"schema": 1`). Adding a field or a record type keeps it; renaming,
+/// removing or changing the meaning of one bumps it, and `locktrace report`
+/// refuses a capture of a newer schema.
+pub const SCHEMA: u64 = 1;
+
 /// Writes one record as one line (compact JSON escapes newlines in
 /// strings).
 pub fn write<T: Serialize>(out: &mut dyn Write, value: &T) -> io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
+}
+
+/// The summary line: the summary's fields, then the schema version.
+#[derive(Serialize)]
+struct SummaryLine<'a> {
+    #[serde(flatten)]
+    summary: &'a Summary,
+    schema: u64,
+}
+
+/// Writes the summary line, with [`SCHEMA`].
+pub fn write_summary(out: &mut dyn Write, summary: &Summary) -> io::Result<()> {
+    write(
+        out,
+        &SummaryLine {
+            summary,
+            schema: SCHEMA,
+        },
+    )
 }

@@ -1,14 +1,17 @@
 //! Findings: what locktrace reports, as typed values built from the
 //! detector's verdicts (`build`, `blocking`), then written by one printer
 //! per format (`text`, `json`) through the [`sink::Reporter`]; the end-of-run
-//! [`summary::Summary`].
+//! [`summary::Summary`]. `replay` reads a JSON capture back for `locktrace
+//! report`, which also draws findings as graphs (`dot`).
 
-use serde::Serialize;
-use tracer_analysis::model::{hex, Frame, Level, LockKind, PyFrame};
+use serde::{Deserialize, Serialize};
+use tracer_analysis::model::{from_hex, hex, Frame, Level, LockKind, PyFrame};
 
 pub mod blocking;
 pub mod build;
+pub mod dot;
 pub mod json;
+pub mod replay;
 pub mod sink;
 pub mod summary;
 pub mod text;
@@ -32,8 +35,48 @@ pub fn kind_name(kind: LockKind) -> &'static str {
     }
 }
 
+/// Every name [`kind_name`] gives.
+const KIND_NAMES: [&str; 6] = [
+    "mutex",
+    "recursive_mutex",
+    "rwlock_read",
+    "rwlock_write",
+    "spinlock",
+    "semaphore",
+];
+
+/// A [`Lock`] as written, read back by `locktrace report`: its kind is
+/// checked against [`KIND_NAMES`].
+#[derive(Deserialize)]
+struct LockRecord {
+    #[serde(deserialize_with = "from_hex")]
+    addr: u64,
+    kind: String,
+    name: Option<String>,
+    #[serde(default)]
+    shared: Option<String>,
+}
+
+// By hand: a derived one would borrow `kind` from the input.
+impl<'de> Deserialize<'de> for Lock {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = LockRecord::deserialize(d)?;
+        let kind = KIND_NAMES
+            .into_iter()
+            .find(|k| *k == r.kind)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown lock kind `{}`", r.kind)))?;
+        Ok(Lock {
+            addr: r.addr,
+            kind,
+            name: r.name,
+            shared: r.shared,
+            pid: 0,
+        })
+    }
+}
+
 /// One report, serialized with its `"type"` first.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Finding {
     LockOrderInversion(Inversion),
@@ -61,7 +104,7 @@ impl Finding {
 /// A thread took two locks of the same class, one while holding the other
 /// (like two accounts in a transfer): deadlock-prone unless every thread
 /// orders the instances the same way, which the class graph cannot tell.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SameClassNesting {
     pub id: u64,
     pub pid: u32,
@@ -85,7 +128,7 @@ pub struct SameClassNesting {
 
 /// A real deadlock: every thread of `threads` waits for a lock that the next
 /// one holds (the last for the first's).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Deadlock {
     pub id: u64,
     pub pid: u32,
@@ -96,7 +139,7 @@ pub struct Deadlock {
 }
 
 /// A thread blocked on a lock longer than the hang threshold.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LockWaitTimeout {
     pub id: u64,
     pub pid: u32,
@@ -107,7 +150,7 @@ pub struct LockWaitTimeout {
 }
 
 /// One thread, as a deadlock or hang report shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ThreadReport {
     pub pid: u32,
     pub comm: String,
@@ -129,11 +172,11 @@ pub struct ThreadReport {
     pub stack: Vec<Frame>,
     /// Its Python stack, innermost first, for a thread of a Python process
     /// (read from the process while the thread is blocked).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub python_stack: Vec<PyFrame>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HeldReport {
     pub lock: Lock,
     /// The call site that took it (empty if taken before the tracer started).
@@ -143,7 +186,7 @@ pub struct HeldReport {
 /// A thread requested, with a blocking or timed operation, a non-recursive
 /// lock it already holds: it waits for itself (forever, or until the
 /// timeout).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SelfDeadlock {
     pub id: u64,
     pub pid: u32,
@@ -159,7 +202,7 @@ pub struct SelfDeadlock {
 }
 
 /// A cycle in the lock-order graph: a potential deadlock.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Inversion {
     pub id: u64,
     /// The process of the cycle (of its first edge if it spans processes).
@@ -192,6 +235,7 @@ pub struct Lock {
     /// it): its identity (device, inode, offset) and the mapping's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared: Option<String>,
+    /// Not written: the finding's process says it (0 when read back).
     #[serde(skip)]
     pub pid: u32,
 }
@@ -208,7 +252,7 @@ impl Lock {
 
 /// One dependency of a cycle: thread `tid` requested `to` while holding
 /// `from`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Edge {
     pub from: Lock,
     pub to: Lock,
@@ -224,6 +268,6 @@ pub struct Edge {
     pub held_stack: Vec<Frame>,
     /// The Python frames of the request (innermost first), when the thread
     /// ran Python code: what `stack`'s interpreter frames were running.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub python_stack: Vec<PyFrame>,
 }

@@ -27,6 +27,11 @@ impl Reporter {
         Self { format, out }
     }
 
+    /// The output, for what follows the findings.
+    pub fn into_inner(self) -> Box<dyn Write + Send> {
+        self.out
+    }
+
     pub fn format(&self) -> Format {
         self.format
     }
@@ -44,7 +49,7 @@ impl Reporter {
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
         match self.format {
             Format::Text => writeln!(self.out, "{s}")?,
-            Format::Json => json::write(&mut self.out, s)?,
+            Format::Json => json::write_summary(&mut self.out, s)?,
         }
         self.out.flush()
     }

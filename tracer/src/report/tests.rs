@@ -9,7 +9,7 @@ use tracer_analysis::detector;
 use tracer_analysis::model::{Dependency, Frame, Level, LockInstance as LockId, LockKind};
 use tracer_common::Counter;
 
-use crate::report::build::inversion;
+pub(super) use crate::report::build::inversion;
 use crate::report::summary::counters;
 use crate::report::{Finding, Format, Reporter, Summary};
 use crate::symbolize::Resolve;
@@ -20,7 +20,7 @@ const MUTEX_B: u64 = 0x55d0c0a01080;
 
 /// Symbolization from tables; unknown addresses give bare frames.
 #[derive(Default)]
-struct FakeResolve {
+pub(super) struct FakeResolve {
     frames: HashMap<(u32, u64), Frame>,
     locks: HashMap<(u32, u64), String>,
     procs: HashMap<u32, String>,
@@ -102,7 +102,7 @@ const LOCK_IP: u64 = 0x7f00_0008_a0f0;
 const START_THREAD: u64 = 0x7f00_0008_9134;
 
 /// The ab_ba fixture: worker1 takes a then b, worker2 b then a.
-fn ab_ba() -> (detector::Inversion, FakeResolve) {
+pub(super) fn ab_ba() -> (detector::Inversion, FakeResolve) {
     let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
     let bin = "/src/tests/fixtures/ab_ba";
     let src = "/src/tests/fixtures/ab_ba.c";
@@ -150,7 +150,7 @@ fn ab_ba() -> (detector::Inversion, FakeResolve) {
 
 /// A `Write` whose bytes the test can read back.
 #[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
+pub(super) struct Shared(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Shared {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -163,12 +163,12 @@ impl Write for Shared {
 }
 
 impl Shared {
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
 }
 
-fn summary() -> Summary {
+pub(super) fn summary() -> Summary {
     Summary {
         events: 1234,
         dependencies: 2,

@@ -1,0 +1,255 @@
+//! `locktrace report`: reads a capture (the JSON Lines `run`/`watch` wrote
+//! with `--format json -o FILE`) and prints its findings again, filtered,
+//! as text, JSON or DOT. Everything comes from the file: nothing is read
+//! from the host, so a capture from a production host reads anywhere.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use anyhow::{bail, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::report::{dot, json, text::plural, Finding, Format, Reporter};
+
+/// The `type` of every record [`Finding`] reads, as `--type` takes it.
+pub const TYPE_NAMES: [&str; 6] = [
+    "lock_order_inversion",
+    "deadlock",
+    "lock_wait_timeout",
+    "self_deadlock",
+    "same_class_nesting",
+    "blocked_thread",
+];
+
+/// The `type` of a finding, as written (one of [`TYPE_NAMES`]).
+pub fn type_name(f: &Finding) -> &'static str {
+    match f {
+        Finding::LockOrderInversion(_) => "lock_order_inversion",
+        Finding::Deadlock(_) => "deadlock",
+        Finding::LockWaitTimeout(_) => "lock_wait_timeout",
+        Finding::SelfDeadlock(_) => "self_deadlock",
+        Finding::SameClassNesting(_) => "same_class_nesting",
+        Finding::BlockedThread(_) => "blocked_thread",
+    }
+}
+
+/// One capture file, read.
+#[derive(Debug, Default)]
+pub struct Capture {
+    /// The file's name, for messages.
+    pub name: String,
+    pub findings: Vec<Finding>,
+    /// The summary line as written (absent when the run was cut short, or
+    /// for a `snapshot`).
+    pub summary: Option<Value>,
+    /// That line, as written (its keys in their order).
+    pub summary_line: Option<String>,
+    /// One per line skipped: its number and why.
+    pub warnings: Vec<String>,
+}
+
+/// Reads `text`, the content of capture `name`. A line that is not a
+/// record (garbage, or a last line cut short) is skipped with a warning
+/// naming it; a capture of a newer schema is refused.
+pub fn parse(name: &str, text: &str) -> Result<Capture> {
+    let mut capture = Capture {
+        name: name.to_string(),
+        ..Capture::default()
+    };
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let n = i + 1;
+        let value: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => {
+                capture
+                    .warnings
+                    .push(format!("{name} line {n} is not JSON, skipped ({e})"));
+                continue;
+            }
+        };
+        match value.get("type").and_then(Value::as_str) {
+            Some("summary") => {
+                let schema = value.get("schema").and_then(Value::as_u64).unwrap_or(1);
+                if schema > json::SCHEMA {
+                    bail!(
+                        "{name} was written by a newer locktrace (JSON schema {schema}; this one \
+                         reads schema {}): read it with that version",
+                        json::SCHEMA
+                    );
+                }
+                capture.summary = Some(value);
+                capture.summary_line = Some(line.to_string());
+            }
+            _ => match Finding::deserialize(&value) {
+                Ok(f) => capture.findings.push(f),
+                Err(e) => capture.warnings.push(format!(
+                    "{name} line {n} is not a locktrace finding, skipped ({e})"
+                )),
+            },
+        }
+    }
+    Ok(capture)
+}
+
+/// Which findings to print: each list, when not empty, must match.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub types: Vec<String>,
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, f: &Finding) -> bool {
+        let procs = processes(f);
+        (self.types.is_empty() || self.types.iter().any(|t| t == type_name(f)))
+            && (self.pids.is_empty() || procs.iter().any(|(p, _)| self.pids.contains(p)))
+            && (self.comms.is_empty() || procs.iter().any(|(_, c)| self.comms.contains(c)))
+    }
+}
+
+/// The processes a finding is about: its own, and for a cycle across
+/// processes, those of every edge.
+pub fn processes(f: &Finding) -> Vec<(u32, String)> {
+    let mut procs = match f {
+        Finding::LockOrderInversion(inv) => {
+            let mut v = vec![(inv.pid, inv.comm.clone())];
+            v.extend(inv.cycle.iter().map(|e| (e.pid, e.comm.clone())));
+            v
+        }
+        Finding::Deadlock(d) => vec![(d.pid, d.comm.clone())],
+        Finding::LockWaitTimeout(t) => vec![(t.pid, t.comm.clone())],
+        Finding::SelfDeadlock(d) => vec![(d.pid, d.comm.clone())],
+        Finding::SameClassNesting(n) => {
+            let mut v = vec![(n.pid, n.comm.clone())];
+            v.extend(n.opposite.iter().map(|e| (e.pid, e.comm.clone())));
+            v
+        }
+        Finding::BlockedThread(t) => vec![(t.pid, t.comm.clone())],
+    };
+    procs.sort();
+    procs.dedup();
+    procs
+}
+
+/// What `locktrace report` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+    Dot,
+}
+
+/// Prints the findings of `captures` that pass `filter` to `out`: text
+/// (with a summary of the captures at the end), JSON Lines (the findings,
+/// then each capture's summary line as written: a capture again), or one
+/// DOT digraph per finding.
+pub fn print(
+    captures: &[Capture],
+    filter: &Filter,
+    output: Output,
+    out: Box<dyn Write + Send>,
+) -> io::Result<()> {
+    let shown: Vec<&Finding> = captures
+        .iter()
+        .flat_map(|c| &c.findings)
+        .filter(|f| filter.matches(f))
+        .collect();
+    match output {
+        Output::Text | Output::Json => {
+            let format = if output == Output::Text {
+                Format::Text
+            } else {
+                Format::Json
+            };
+            let mut reporter = Reporter::new(format, out);
+            for f in &shown {
+                reporter.finding(f)?;
+            }
+            let mut out = reporter.into_inner();
+            if output == Output::Text {
+                out.write_all(describe(captures, shown.len()).as_bytes())?;
+            } else {
+                for line in captures.iter().filter_map(|c| c.summary_line.as_ref()) {
+                    writeln!(out, "{line}")?;
+                }
+            }
+            out.flush()
+        }
+        Output::Dot => {
+            let mut out = out;
+            for f in &shown {
+                dot::write(&mut out, f)?;
+            }
+            out.flush()
+        }
+    }
+}
+
+/// What the captures hold: findings by type, processes, lost events.
+pub fn describe(captures: &[Capture], shown: usize) -> String {
+    let mut s = String::new();
+    for c in captures {
+        let mut by_type: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut procs: Vec<(u32, String)> = Vec::new();
+        for f in &c.findings {
+            *by_type.entry(type_name(f)).or_default() += 1;
+            procs.extend(processes(f));
+        }
+        procs.sort();
+        procs.dedup();
+        let _ = writeln!(
+            s,
+            "capture {}: {}",
+            c.name,
+            plural(c.findings.len() as u64, "finding", "findings")
+        );
+        for (t, n) in &by_type {
+            let _ = writeln!(s, "  {t}: {n}");
+        }
+        if !procs.is_empty() {
+            let names: Vec<String> = procs.iter().map(|(p, c)| format!("{c} [{p}]")).collect();
+            let _ = writeln!(s, "  processes: {}", names.join(", "));
+        }
+        match &c.summary {
+            Some(sum) => {
+                let field = |k: &str| sum.get(k).and_then(Value::as_u64).unwrap_or(0);
+                let _ = writeln!(
+                    s,
+                    "  traced: {} lock operations, {} locks, {} dependencies, in {:.1}s",
+                    field("events"),
+                    field("locks"),
+                    field("dependencies"),
+                    sum.get("duration_s").and_then(Value::as_f64).unwrap_or(0.0)
+                );
+                let _ = writeln!(s, "  lost events: {}", field("lost_events"));
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "  no summary line: the run was cut short (or is a snapshot); lost events unknown"
+                );
+            }
+        }
+        if !c.warnings.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {} skipped",
+                plural(c.warnings.len() as u64, "line", "lines")
+            );
+        }
+    }
+    let total: usize = captures.iter().map(|c| c.findings.len()).sum();
+    if shown != total {
+        let _ = writeln!(s, "shown: {shown} of {total} findings (filtered)");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

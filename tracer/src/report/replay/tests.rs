@@ -1,0 +1,253 @@
+//! `locktrace report` over captures written by the JSON printer.
+
+use tracer_analysis::model::Frame;
+
+use crate::report::dot;
+use crate::report::replay::{self, print, Filter, Output};
+use crate::report::tests::{ab_ba, inversion, summary, Shared};
+use crate::report::{
+    Deadlock, Finding, Format, HeldReport, Lock, Reporter, SelfDeadlock, ThreadReport,
+};
+
+/// The ab_ba inversion as the tracer made it.
+fn ab_ba_finding() -> Finding {
+    let (cycle, mut r) = ab_ba();
+    inversion(&cycle, &mut r)
+}
+
+/// What `run --format json -o F` writes for `findings`.
+fn capture(findings: &[Finding]) -> String {
+    let out = Shared::default();
+    let mut rep = Reporter::new(Format::Json, Box::new(out.clone()));
+    for f in findings {
+        rep.finding(f).unwrap();
+    }
+    rep.summary(&summary()).unwrap();
+    out.text()
+}
+
+fn printed(captures: &[replay::Capture], filter: &Filter, output: Output) -> String {
+    let out = Shared::default();
+    print(captures, filter, output, Box::new(out.clone())).unwrap();
+    out.text()
+}
+
+#[test]
+fn a_capture_prints_the_same_text_as_the_tracer() {
+    let finding = ab_ba_finding();
+    let c = replay::parse("cap.jsonl", &capture(std::slice::from_ref(&finding))).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.findings.len(), 1);
+    assert_eq!(c.findings[0].to_string(), finding.to_string());
+    let summary = c.summary.as_ref().expect("summary line");
+    assert_eq!(summary["schema"], 1);
+    let text = printed(&[c], &Filter::default(), Output::Text);
+    assert!(text.starts_with(&finding.to_string()), "{text}");
+    assert!(text.contains("capture cap.jsonl: 1 finding\n  lock_order_inversion: 1\n"));
+    assert!(text.contains("processes: ab_ba [4242]"), "{text}");
+    assert!(text.contains("lost events: 0"), "{text}");
+}
+
+#[test]
+fn json_output_is_a_capture_again() {
+    let raw = capture(&[ab_ba_finding()]);
+    let c = replay::parse("a", &raw).unwrap();
+    assert_eq!(printed(&[c], &Filter::default(), Output::Json), raw);
+}
+
+#[test]
+fn garbage_and_a_cut_last_line_are_skipped_with_their_line_numbers() {
+    let raw = capture(&[ab_ba_finding(), ab_ba_finding()]);
+    let lines: Vec<&str> = raw.lines().collect();
+    let cut = &lines[1][..lines[1].len() / 2];
+    let text = format!("not json\n{}\n{{\"type\":\"mystery\"}}\n{cut}\n", lines[0]);
+    let c = replay::parse("cap", &text).unwrap();
+    assert_eq!(c.findings.len(), 1);
+    assert!(c.summary.is_none());
+    assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+    assert!(c.warnings[0].starts_with("cap line 1 is not JSON"));
+    assert!(c.warnings[1].starts_with("cap line 3 is not a locktrace finding"));
+    assert!(c.warnings[2].starts_with("cap line 4 is not JSON"));
+    let out = printed(&[c], &Filter::default(), Output::Text);
+    assert!(out.contains("no summary line"), "{out}");
+    assert!(out.contains("3 lines skipped"), "{out}");
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let raw = capture(&[ab_ba_finding()]).replace("\"schema\":1", "\"schema\":2");
+    let e = replay::parse("new.jsonl", &raw).unwrap_err().to_string();
+    assert!(e.contains("newer locktrace (JSON schema 2"), "{e}");
+    // A capture from before the schema field reads as schema 1.
+    let old = capture(&[ab_ba_finding()]).replace(",\"schema\":1", "");
+    assert_eq!(replay::parse("old", &old).unwrap().findings.len(), 1);
+}
+
+#[test]
+fn an_unknown_lock_kind_is_not_a_finding() {
+    let raw = capture(&[ab_ba_finding()]).replacen("\"mutex\"", "\"futex9\"", 1);
+    let c = replay::parse("k", &raw).unwrap();
+    assert!(c.findings.is_empty());
+    assert!(
+        c.warnings[0].contains("unknown lock kind `futex9`"),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn filters_by_type_pid_and_comm() {
+    let f = ab_ba_finding();
+    let filter = |types: &[&str], pids: &[u32], comms: &[&str]| Filter {
+        types: types.iter().map(|s| s.to_string()).collect(),
+        pids: pids.to_vec(),
+        comms: comms.iter().map(|s| s.to_string()).collect(),
+    };
+    assert!(filter(&[], &[], &[]).matches(&f));
+    assert!(filter(&["deadlock", "lock_order_inversion"], &[4242], &["ab_ba"]).matches(&f));
+    assert!(!filter(&["deadlock"], &[], &[]).matches(&f));
+    assert!(!filter(&[], &[1], &[]).matches(&f));
+    assert!(!filter(&[], &[], &["other"]).matches(&f));
+    let c = replay::parse("c", &capture(&[f])).unwrap();
+    let out = printed(&[c], &filter(&["deadlock"], &[], &[]), Output::Text);
+    assert!(out.starts_with("capture c: 1 finding"), "{out}");
+    assert!(
+        out.ends_with("shown: 0 of 1 findings (filtered)\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn dot_strings_are_escaped() {
+    assert_eq!(dot::quote("plain"), "\"plain\"");
+    assert_eq!(dot::quote("a\"b\\c\nd\u{7}"), "\"a\\\"b\\\\c\\nd\"");
+}
+
+#[test]
+fn dot_of_an_inversion_names_its_locks_and_call_sites() {
+    let c = replay::parse("c", &capture(&[ab_ba_finding()])).unwrap();
+    let out = printed(&[c], &Filter::default(), Output::Dot);
+    assert!(out.starts_with("digraph \"finding 1\" {\n"), "{out}");
+    assert!(
+        out.contains("l0 [shape=ellipse, label=\"mutex_a\\nmutex 0x55d0c0a01040\"];"),
+        "{out}"
+    );
+    assert!(
+        out.contains("l1 [shape=ellipse, label=\"mutex_b\\nmutex 0x55d0c0a01080\"];"),
+        "{out}"
+    );
+    assert!(
+        out.contains("l0 -> l1 [label=\"thread worker1 [4243]\\nat worker_ab ab_ba.c:22\"];"),
+        "{out}"
+    );
+    assert!(
+        out.contains("l1 -> l0 [label=\"thread worker2 [4244]\\nat worker_ba ab_ba.c:32\"];"),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with('}'));
+}
+
+#[test]
+fn the_call_site_is_the_first_line_outside_libc() {
+    let frame = |module: &str, function: &str, file: &str, line| Frame {
+        addr: 1,
+        module: Some(module.into()),
+        function: Some(function.into()),
+        file: Some(file.into()),
+        line: Some(line),
+        offset: None,
+    };
+    let stack = [
+        frame(
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "___pthread_mutex_lock",
+            "./nptl/pthread_mutex_lock.c",
+            84,
+        ),
+        frame("/src/ab_ba", "lock_ab", "/src/ab_ba.c", 14),
+    ];
+    assert_eq!(dot::call_site(&stack), "lock_ab ab_ba.c:14");
+    assert_eq!(
+        dot::call_site(&stack[..1]),
+        "___pthread_mutex_lock pthread_mutex_lock.c:84"
+    );
+    assert_eq!(dot::call_site(&[]), "(no stack)");
+}
+
+fn lock(name: &str, addr: u64) -> Lock {
+    Lock {
+        addr,
+        kind: "mutex",
+        name: Some(name.into()),
+        shared: None,
+        pid: 0,
+    }
+}
+
+fn thread(tid: u32, holds: &Lock, waits_for: &Lock, holder: u32) -> ThreadReport {
+    ThreadReport {
+        pid: 7,
+        comm: "dl".into(),
+        tid,
+        thread: format!("t{tid}"),
+        state: "S".into(),
+        waits_for: Some(waits_for.clone()),
+        waiting_s: Some(1.0),
+        held_by: vec![holder],
+        holds: vec![HeldReport {
+            lock: holds.clone(),
+            taken_at: vec![],
+        }],
+        stack: vec![Frame {
+            addr: 0x10,
+            function: Some("lock_ab".into()),
+            file: Some("/src/deadlock.c".into()),
+            line: Some(12),
+            ..Frame::default()
+        }],
+        python_stack: vec![],
+    }
+}
+
+#[test]
+fn dot_of_a_deadlock_has_waits_for_and_held_by_edges() {
+    let (a, b) = (lock("mutex_a", 0xa0), lock("mutex_b", 0xb0));
+    let d = Finding::Deadlock(Deadlock {
+        id: 2,
+        pid: 7,
+        comm: "dl".into(),
+        threads: vec![thread(8, &a, &b, 9), thread(9, &b, &a, 8)],
+        inversion: Some(1),
+    });
+    let mut out = Vec::new();
+    dot::write(&mut out, &d).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    for edge in [
+        "t8 -> l1 [style=dashed, label=\"waits for 1.0s\\nat lock_ab deadlock.c:12\"];",
+        "t9 -> l0 [style=dashed",
+        "l0 -> t8 [label=\"held by\"];",
+        "l1 -> t9 [label=\"held by\"];",
+    ] {
+        assert!(out.contains(edge), "{edge}\n{out}");
+    }
+    assert_eq!(out.matches("held by").count(), 2, "{out}");
+    assert_eq!(out.matches("[shape=box").count(), 2, "{out}");
+
+    let s = Finding::SelfDeadlock(SelfDeadlock {
+        id: 3,
+        pid: 7,
+        comm: "dl".into(),
+        tid: 8,
+        thread: "t8".into(),
+        lock: a.clone(),
+        stack: vec![],
+        held_stack: vec![],
+    });
+    let mut out = Vec::new();
+    dot::write(&mut out, &s).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("t8 -> l0 [style=dashed, label=\"waits for\\nat (no stack)\"];"),
+        "{out}"
+    );
+}
