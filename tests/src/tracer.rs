@@ -289,6 +289,25 @@ impl Watcher {
             .clone()
     }
 
+    /// Waits (at most `timeout`) until the report has a finding about
+    /// process `pid`: the collector may be behind the kernel on a loaded
+    /// machine, and a tracer stopped now would leave that record
+    /// unprocessed (it stops within a second of a signal, whatever is
+    /// left). Returns whether one came; the test's own assertions say what
+    /// was expected.
+    pub fn wait_for_finding_of(&self, pid: u32, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.records_so_far().iter().any(|r| r.pid() == Some(pid)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The records of the report written so far: every complete line (the
     /// tracer may be writing the last one), each of which must parse.
     pub fn records_so_far(&self) -> Vec<Record> {

@@ -87,6 +87,7 @@ fn a_copy_of_libc_started_later_is_probed() {
         "probed the copy: {line}"
     );
     late.go();
+    watcher.wait_for_finding_of(pid, Duration::from_secs(10));
     let run = watcher.stop();
     assert_one_inversion_of(&run, pid, "late_ab_ba", &["late_a", "late_b"]);
     let finding = run
@@ -146,6 +147,7 @@ fn a_program_in_a_chroot_is_traced() {
         "probed the chroot's libc: {line}"
     );
     late.go();
+    watcher.wait_for_finding_of(pid, Duration::from_secs(10));
     let run = watcher.stop();
     assert_one_inversion_of(&run, pid, "late_ab_ba", &["late_a", "late_b"]);
     assert!(

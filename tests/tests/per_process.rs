@@ -197,6 +197,7 @@ fn only_the_traced_process_and_its_children_get_breakpoints() {
     stdin.write_all(b"late\n").unwrap();
     expect_line(&mut out, "done");
 
+    watcher.wait_for_finding_of(first_child, Duration::from_secs(10));
     let run = watcher.stop();
     assert_one_inversion_of(
         &run,
@@ -273,6 +274,7 @@ fn only_processes_of_the_cgroup_get_breakpoints() {
         stdin.write_all(b"go\n").unwrap();
         expect_line(out, "done");
     }
+    watcher.wait_for_finding_of(inside_pid, Duration::from_secs(10));
     let run = watcher.stop();
     assert_one_inversion_of(
         &run,
