@@ -57,7 +57,9 @@ pub fn alert(finding: &Finding, ctx: &Context<'_>, now: SystemTime) -> Option<Al
         ("host", ctx.host.to_string()),
         ("service", service(pid, comm)),
     ]);
-    let mut description = finding.to_string();
+    // The text report's form: names escaped, as a mail or chat message of
+    // the alert shows it to a person.
+    let mut description = crate::report::escape::finding(finding).to_string();
     if description.len() > MAX_DESCRIPTION {
         let mut cut = MAX_DESCRIPTION;
         while !description.is_char_boundary(cut) {

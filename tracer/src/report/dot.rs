@@ -8,7 +8,7 @@ use std::io::{self, Write};
 
 use tracer_analysis::model::{Frame, Level};
 
-use crate::report::{Edge, Finding, Inversion, Lock, SameClassNesting, ThreadReport};
+use crate::report::{escape, Edge, Finding, Inversion, Lock, SameClassNesting, ThreadReport};
 
 /// `s` as a DOT quoted string: `"` and `\` escaped, line breaks as `\n`
 /// (a centred line in a label), other control characters dropped.
@@ -224,6 +224,9 @@ fn wait_graph(out: &mut dyn Write, threads: &[&ThreadReport]) -> io::Result<()> 
 
 /// Writes `f` as one DOT digraph.
 pub fn write(out: &mut dyn Write, f: &Finding) -> io::Result<()> {
+    // Names escaped as in the text report (`quote` alone would drop ESC and
+    // keep the rest of a forged sequence).
+    let f = &escape::finding(f);
     match f {
         Finding::LockOrderInversion(inv) => inversion(out, inv),
         Finding::SameClassNesting(n) => nesting(out, n),

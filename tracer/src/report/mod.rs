@@ -1,6 +1,7 @@
 //! Findings: what locktrace reports, as typed values built from the
 //! detector's verdicts (`build`, `blocking`), then written by one printer
-//! per format (`text`, `json`) through the [`sink::Reporter`]; the end-of-run
+//! per format (`text`, `json`) through the [`sink::Reporter`] (names from
+//! traced processes escaped for text by `escape`); the end-of-run
 //! [`summary::Summary`]. `replay` reads a JSON capture back for `locktrace
 //! report`, which also draws findings as graphs (`dot`).
 
@@ -10,6 +11,7 @@ use tracer_analysis::model::{from_hex, hex, Frame, Level, LockKind, PyFrame};
 pub mod blocking;
 pub mod build;
 pub mod dot;
+pub mod escape;
 pub mod json;
 pub mod replay;
 pub mod sink;

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::report::{dot, json, text::plural, Finding, Format, Reporter};
+use crate::report::{dot, escape, json, text::plural, Finding, Format, Reporter};
 
 /// The `type` of every record [`Finding`] reads, as `--type` takes it.
 pub const TYPE_NAMES: [&str; 6] = [
@@ -206,14 +206,17 @@ pub fn describe(captures: &[Capture], shown: usize) -> String {
         let _ = writeln!(
             s,
             "capture {}: {}",
-            c.name,
+            escape::name(&c.name),
             plural(c.findings.len() as u64, "finding", "findings")
         );
         for (t, n) in &by_type {
             let _ = writeln!(s, "  {t}: {n}");
         }
         if !procs.is_empty() {
-            let names: Vec<String> = procs.iter().map(|(p, c)| format!("{c} [{p}]")).collect();
+            let names: Vec<String> = procs
+                .iter()
+                .map(|(p, c)| format!("{} [{p}]", escape::name(c)))
+                .collect();
             let _ = writeln!(s, "  processes: {}", names.join(", "));
         }
         match &c.summary {

@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use crate::report::{json, Finding, Summary};
+use crate::report::{escape, json, Finding, Summary};
 
 /// Output format of a [`Reporter`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,8 +39,11 @@ impl Reporter {
     pub fn finding(&mut self, f: &Finding) -> io::Result<()> {
         match self.format {
             // The text of a finding ends with a newline; one more separates
-            // findings.
-            Format::Text => writeln!(self.out, "{f}")?,
+            // findings. Names from traced processes escaped (see `escape`).
+            Format::Text => {
+                let text = escape::finding(f).to_string();
+                writeln!(self.out, "{}", escape::rest(&text))?
+            }
             Format::Json => json::write(&mut self.out, f)?,
         }
         self.out.flush()
@@ -48,7 +51,10 @@ impl Reporter {
 
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
         match self.format {
-            Format::Text => writeln!(self.out, "{s}")?,
+            Format::Text => {
+                let text = escape::summary(s).to_string();
+                writeln!(self.out, "{}", escape::rest(&text))?
+            }
             Format::Json => json::write_summary(&mut self.out, s)?,
         }
         self.out.flush()
