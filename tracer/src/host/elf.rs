@@ -1,9 +1,55 @@
-//! ELF helpers shared by the stages that read binaries: how a file's
+//! ELF helpers shared by the stages that read binaries: whether a file is
+//! an ELF file of this machine (from its header alone), how a file's
 //! PT_LOAD segments map its addresses.
 
+use std::io::Read;
 use std::path::Path;
 
 use crate::host::mapping::Mapping;
+
+/// The ELF machine the probes and the instruction decoder are built for.
+#[cfg(target_arch = "x86_64")]
+const MACHINE: (u16, &str) = (object::elf::EM_X86_64, "x86-64");
+#[cfg(target_arch = "aarch64")]
+const MACHINE: (u16, &str) = (object::elf::EM_AARCH64, "AArch64");
+
+/// Checks, from its first 64 bytes only, that `path` is a 64-bit
+/// little-endian ELF file for this machine: a file that is not is refused
+/// before anything reads it whole (a 2 GiB file of something else, a
+/// 32-bit libc whose functions no probe could be placed in).
+pub fn check_header(path: &Path) -> anyhow::Result<()> {
+    use anyhow::{bail, Context};
+    let mut header = [0u8; 64];
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut got = 0;
+    while got < header.len() {
+        match file.read(&mut header[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+    if got < header.len() || header[..4] != object::elf::ELFMAG {
+        bail!("{} is not an ELF file", path.display());
+    }
+    let (machine, name) = MACHINE;
+    if header[4] != object::elf::ELFCLASS64 || header[5] != object::elf::ELFDATA2LSB {
+        bail!(
+            "{} is a 32-bit or big-endian ELF file, not {name} ELF64: its lock functions cannot be probed",
+            path.display()
+        );
+    }
+    let found = u16::from_le_bytes([header[18], header[19]]);
+    if found != machine {
+        bail!(
+            "{} is an ELF file for machine {found}, not {name}: its lock functions cannot be probed",
+            path.display()
+        );
+    }
+    Ok(())
+}
 
 /// A PT_LOAD program header of an ELF file: how file offsets map to the
 /// addresses stated in the file (SVMAs).
@@ -69,6 +115,9 @@ pub fn load_bias(mapping: &Mapping, loads: &[LoadSegment]) -> Option<u64> {
 /// what cannot be read.
 pub fn has_interpreter(path: &Path) -> bool {
     use object::read::elf::{ElfFile64, ProgramHeader};
+    if check_header(path).is_err() {
+        return false;
+    }
     let Ok(data) = std::fs::read(path) else {
         return false;
     };
@@ -90,4 +139,46 @@ pub fn is_lock_library(path: &Path) -> bool {
         || name == "libpthread.so.0"
         || versioned("libc-")
         || versioned("libpthread-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_checked_before_anything_is_read_whole() {
+        let dir = std::env::temp_dir().join(format!("locktrace-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Our own executable: an ELF file of this machine.
+        check_header(&std::env::current_exe().unwrap()).unwrap();
+        let text = dir.join("text");
+        std::fs::write(&text, vec![b'x'; 100]).unwrap();
+        assert!(check_header(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("not an ELF"));
+        let short = dir.join("short");
+        std::fs::write(&short, b"\x7fELF").unwrap();
+        assert!(check_header(&short).is_err());
+        let mut elf32 = vec![0u8; 64];
+        elf32[..4].copy_from_slice(&object::elf::ELFMAG);
+        elf32[4] = object::elf::ELFCLASS32;
+        elf32[5] = object::elf::ELFDATA2LSB;
+        let path32 = dir.join("elf32");
+        std::fs::write(&path32, &elf32).unwrap();
+        assert!(check_header(&path32)
+            .unwrap_err()
+            .to_string()
+            .contains("32-bit"));
+        let mut arm = elf32.clone();
+        arm[4] = object::elf::ELFCLASS64;
+        arm[18..20].copy_from_slice(&object::elf::EM_ARM.to_le_bytes());
+        let path_arm = dir.join("arm");
+        std::fs::write(&path_arm, &arm).unwrap();
+        assert!(check_header(&path_arm)
+            .unwrap_err()
+            .to_string()
+            .contains("machine 40"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -237,6 +237,16 @@ impl Probes {
                 probe.cookie,
             ));
         }
+        // Symbols but no function a probe could be placed in (another
+        // machine's code, or not the functions the catalogue knows): not
+        // probed, and not to be listed as probed.
+        if groups.is_empty() {
+            bail!(
+                "{}: none of its lock functions can be probed ({} missing or not placeable)",
+                target.name.display(),
+                missing.len()
+            );
+        }
         let groups = groups
             .into_iter()
             .map(|((_, program, is_return), mut offsets)| {

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::host::elf::is_lock_library;
+use crate::host::elf::{check_header, is_lock_library};
 use crate::host::spaces::{read_proc_maps, readable_path, Mapping};
 
 /// A file's identity: what the kernel attaches a uprobe to.
@@ -68,7 +68,8 @@ impl Target {
 
     /// Whether this (discovered) library has the lock functions.
     pub fn is_lock_library_file(&self) -> bool {
-        std::fs::read(&self.open_path).is_ok_and(|elf| Target::defines_lock_functions(&elf))
+        check_header(&self.open_path).is_ok()
+            && std::fs::read(&self.open_path).is_ok_and(|elf| Target::defines_lock_functions(&elf))
     }
 
     /// Whether a shared library has the lock functions themselves (not
@@ -100,6 +101,8 @@ fn defines(elf: &[u8], names: &[&str]) -> bool {
 /// (a stripped static binary has no symbols to put probes on).
 pub fn check_explicit(path: &Path) -> Result<Target> {
     let target = Target::from_path(path)?;
+    // The header first: a huge file of something else is refused unread.
+    check_header(path)?;
     let elf = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     object::File::parse(&*elf)
         .map_err(|e| anyhow!("{} is not an ELF file: {e}", path.display()))?;
@@ -121,6 +124,9 @@ pub fn static_program(program: &str) -> Result<Option<Target>> {
     let Some(path) = find_in_path(program) else {
         return Ok(None); // the launch reports it
     };
+    if check_header(&path).is_err() {
+        return Ok(None); // a script, or 32-bit: its interpreter is probed
+    }
     let Ok(elf) = std::fs::read(&path) else {
         return Ok(None);
     };
