@@ -77,6 +77,10 @@ pub struct AgentArgs {
     /// `[report] format`: format of that file (default text).
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+    /// `[report] force`: write that file even if it exists and is not a
+    /// regular file of root's with one name (a symlink is refused all the same).
+    #[arg(long)]
+    pub force: bool,
     /// More diagnostics on standard error.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -104,6 +108,10 @@ pub struct ReportArgs {
     /// Write to FILE instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Write FILE even if it exists and is not a regular file of root's
+    /// with one name (a symlink is refused all the same).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -124,8 +132,12 @@ pub struct SnapshotArgs {
     /// Write the report to FILE instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Exit with this status when a deadlock is found.
-    #[arg(long, value_name = "N")]
+    /// Write FILE even if it exists and is not a regular file of root's
+    /// with one name (a symlink is refused all the same).
+    #[arg(long)]
+    pub force: bool,
+    /// Exit with this status (1 to 255) when a deadlock is found.
+    #[arg(long, value_name = "N", value_parser = parse_exit_code, allow_negative_numbers = true)]
     pub exit_code: Option<i32>,
     /// More diagnostics on standard error.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -194,12 +206,17 @@ pub struct CommonArgs {
     /// Write the report to FILE instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Write FILE even if it exists and is not a regular file of root's
+    /// with one name (a symlink is refused all the same).
+    #[arg(long)]
+    pub force: bool,
     /// Report a thread blocked on a lock for longer than this (a hang), once
     /// per wait, with its stack and what the lock's holders are doing.
     #[arg(long, value_parser = parse_duration, value_name = "D", default_value = "10s")]
     pub hang_threshold: Duration,
-    /// Exit with this status when anything was reported (for CI gating).
-    #[arg(long, value_name = "N")]
+    /// Exit with this status (1 to 255) when anything was reported (for CI
+    /// gating).
+    #[arg(long, value_name = "N", value_parser = parse_exit_code, allow_negative_numbers = true)]
     pub exit_code: Option<i32>,
     /// Probe only this libc (repeatable), instead of every libc on the host
     /// and those that processes map later (containers, chroots, copies).
@@ -275,7 +292,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(format!("`{s}` is not a positive duration"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    // Durations end up as nanoseconds in u64 (the kernel side's clocks):
+    // a bound well inside that keeps every sum of them from wrapping.
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "`{s}` is out of range (at most {}h, about 10 years)",
+            MAX_DURATION.as_secs() / 3600
+        ));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{s}` is out of range"))
+}
+
+/// The longest duration any option takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(87_600 * 3600);
+
+/// `--exit-code N`: the status to exit with when anything was reported,
+/// 1 to 255 (what a process can exit with). 0 is refused: a gate that
+/// exits 0 on findings never fails, and leaving the option out already
+/// means "exit with the command's status".
+pub fn parse_exit_code(s: &str) -> Result<i32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if (1..=255).contains(&n) => Ok(n as i32),
+        Ok(0) => Err("0 would make findings look like success: use 1 to 255 (leave --exit-code out to exit with the command's own status)".into()),
+        Ok(_) => Err(format!("`{s}` is not an exit status from 1 to 255")),
+        Err(_) => Err(format!("`{s}` is not a number from 1 to 255")),
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +332,28 @@ mod tests {
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("0").is_err());
+        // Out of range: an error, not a panic.
+        assert!(parse_duration("99999999999999999999999h")
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(parse_duration("1e400").is_err());
+        assert!(parse_duration("87600h").is_ok());
+        assert!(parse_duration("87601h").is_err());
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(parse_exit_code("1"), Ok(1));
+        assert_eq!(parse_exit_code("255"), Ok(255));
+        assert!(parse_exit_code("0").unwrap_err().contains("success"));
+        assert!(parse_exit_code("-1").is_err());
+        assert!(parse_exit_code("256").is_err());
+        assert!(parse_exit_code("300").is_err());
+        assert!(parse_exit_code("x").is_err());
+        let err = Cli::try_parse_from(["locktrace", "run", "--exit-code", "-1", "--", "p"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 to 255"), "{err}");
     }
 
     #[test]

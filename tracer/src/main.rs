@@ -1,6 +1,6 @@
 //! The `locktrace` binary: parses the command line and drives one session.
 
-use std::{fs::File, io::Write, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -11,7 +11,7 @@ use locktrace::{
         AgentArgs, Cli, Command, CommonArgs, Format, ReportArgs, RunArgs, SnapshotArgs, WatchArgs,
     },
     enrich::Enricher,
-    host::{launch, preflight, proc, spaces::AddressSpaces},
+    host::{launch, outfile, preflight, proc, spaces::AddressSpaces},
     kernel::{
         load::{Filter, ProbePlacement, ProbePrograms, Probes},
         targets::{self, Target},
@@ -24,7 +24,10 @@ use nix::sys::wait::waitpid;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let verbose = match &cli.command {
         Command::Run(a) => a.common.verbose,
         Command::Watch(a) => a.common.verbose,
@@ -47,6 +50,43 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A bad command line: clap's own help and version as clap prints them,
+/// any other error as one `locktrace:` line (the first of clap's message),
+/// exit status 2 as clap's.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    eprintln!("locktrace: {}", first.trim_start_matches("error: "));
+    ExitCode::from(2)
+}
+
+/// The processes `--pid` names: a thread id stands for its process, with a
+/// note (tracing a single thread is not something the probes can do).
+fn processes(pids: &[u32]) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for &pid in pids {
+        let process = preflight::process_of(pid)?;
+        if process != pid {
+            eprintln!(
+                "locktrace: note: --pid {pid} is a thread of process {process}: tracing process {process}"
+            );
+        }
+        out.push(process);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 /// `locktrace report`: the work is in [`report::replay`].
@@ -73,9 +113,7 @@ fn replay(args: ReportArgs) -> Result<i32> {
         cli::ReportFormat::Dot => Output::Dot,
     };
     let out: Box<dyn Write + Send> = match &args.output {
-        Some(path) => Box::new(
-            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-        ),
+        Some(path) => Box::new(outfile::create(path, args.force)?),
         None => Box::new(std::io::stdout()),
     };
     replay::print(&captures, &filter, output, out)?;
@@ -155,15 +193,12 @@ fn attach(common: &CommonArgs, filter: &Filter, targets: &[Target]) -> Result<Pr
 }
 
 fn reporter(common: &CommonArgs) -> Result<Reporter> {
-    open_reporter(common.output.as_ref(), common.format)
+    open_reporter(common.output.as_ref(), common.format, common.force)
 }
 
-fn open_reporter(output: Option<&PathBuf>, format: Format) -> Result<Reporter> {
+fn open_reporter(output: Option<&PathBuf>, format: Format, force: bool) -> Result<Reporter> {
     let out: Box<dyn Write + Send> = match output {
-        Some(path) => Box::new(
-            File::create(path)
-                .with_context(|| format!("cannot create the output file {}", path.display()))?,
-        ),
+        Some(path) => Box::new(outfile::create(path, force)?),
         None => Box::new(std::io::stdout()),
     };
     let format = match format {
@@ -255,11 +290,17 @@ fn run(args: RunArgs) -> Result<i32> {
                         status = r.ok().and_then(|r| r.ok());
                         break Stop::Finished;
                     }
-                    // The command gets Ctrl-C from the terminal itself; a
-                    // second one stops tracing.
+                    // The first SIGINT is the command's to act on (a
+                    // server may shut down cleanly, a test may ignore it):
+                    // it gets it from the terminal itself, or from us when
+                    // it came from elsewhere (`kill -INT`); tracing goes on
+                    // until it exits. A second one stops tracing.
                     _ = int.recv() => {
                         interrupts += 1;
                         if interrupts > 1 { break Stop::Signal; }
+                        if !launch::in_terminal_foreground(pid) {
+                            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+                        }
                     }
                     _ = term.recv() => {
                         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -270,6 +311,10 @@ fn run(args: RunArgs) -> Result<i32> {
         session.run_until(stop).await?;
         Ok::<_, anyhow::Error>(status)
     })?;
+    // Stopped by a second signal, the command still runs and the thread
+    // waiting for it with it: dropping the runtime would wait for that
+    // thread, keeping the probes attached until the command exits.
+    rt.shutdown_background();
     let code = status.map_or(130, launch::exit_status);
     Ok(exit_code(&session, args.common.exit_code, code))
 }
@@ -310,12 +355,10 @@ fn stop_signals(
 /// `watch`'s session, probes attached and armed: the host, or the
 /// processes the filters name.
 fn start_watch(args: &WatchArgs) -> Result<Session> {
-    for &pid in &args.pids {
-        preflight::check_pid(pid)?;
-    }
+    let named = processes(&args.pids)?;
     let (targets, follow) = preflight(&args.common)?;
     let reporter = reporter(&args.common)?;
-    let mut pids = args.pids.clone();
+    let mut pids = named;
     for comm in &args.comms {
         pids.extend(proc::pids_with_comm(comm));
     }
@@ -370,6 +413,7 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
         common: CommonArgs {
             format: config.format,
             output: config.output.clone(),
+            force: config.force,
             hang_threshold: config.hang_threshold,
             exit_code: None,
             libc: vec![],
@@ -419,14 +463,12 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
 
 fn snapshot(args: SnapshotArgs) -> Result<i32> {
     preflight::check_privileges()?;
-    for &pid in &args.pids {
-        preflight::check_pid(pid)?;
-    }
-    let mut reporter = open_reporter(args.output.as_ref(), args.format)?;
-    let pids = if args.pids.is_empty() {
+    let named = processes(&args.pids)?;
+    let mut reporter = open_reporter(args.output.as_ref(), args.format, args.force)?;
+    let pids = if named.is_empty() {
         proc::all_pids()
     } else {
-        args.pids.clone()
+        named
     };
     let mut enricher = Enricher::new(
         Symbolizer::with_spaces(AddressSpaces::proc_only()),

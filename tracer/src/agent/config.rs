@@ -78,6 +78,7 @@ struct AlertmanagerSection {
 struct ReportSection {
     output: Option<PathBuf>,
     format: Option<Format>,
+    force: Option<bool>,
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -99,6 +100,8 @@ pub struct Config {
     pub alertmanager: Option<Alertmanager>,
     pub output: Option<PathBuf>,
     pub format: Format,
+    /// Write `output` even if it exists and is not root's (see `host::outfile`).
+    pub force: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -185,6 +188,7 @@ impl Config {
             alertmanager,
             output: args.output.clone().or(file.report.output),
             format: args.format.or(file.report.format).unwrap_or(Format::Text),
+            force: args.force || file.report.force.unwrap_or(false),
         })
     }
 }

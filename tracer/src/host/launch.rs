@@ -212,3 +212,21 @@ pub fn exit_status(status: WaitStatus) -> i32 {
         _ => 1,
     }
 }
+
+/// Whether `pid` is in the foreground process group of the tracer's
+/// controlling terminal: then a Ctrl-C typed there reached it already (the
+/// terminal signals the whole group), and forwarding the tracer's copy
+/// would make it two. False without a terminal.
+pub fn in_terminal_foreground(pid: Pid) -> bool {
+    let Ok(tty) = std::fs::File::open("/dev/tty") else {
+        return false;
+    };
+    // SAFETY: tcgetpgrp and getpgid only read kernel state; the fd is ours.
+    let (foreground, group) = unsafe {
+        (
+            libc::tcgetpgrp(tty.as_raw_fd()),
+            libc::getpgid(pid.as_raw()),
+        )
+    };
+    foreground > 0 && foreground == group
+}

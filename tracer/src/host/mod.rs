@@ -1,10 +1,12 @@
 //! Host access: every `/proc` read, process address spaces and the perf
-//! side-band, ELF helpers, starting the traced command, the checks made
-//! before tracing, and the blocked threads of the wait-for graph.
+//! side-band, ELF helpers, starting the traced command, opening the files
+//! the tracer writes (`outfile`), the checks made before tracing, and the
+//! blocked threads of the wait-for graph.
 
 pub mod elf;
 pub mod launch;
 pub mod mapping;
+pub mod outfile;
 pub mod perf;
 pub mod preflight;
 pub mod proc;
