@@ -232,6 +232,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn run(args: RunArgs) -> Result<i32> {
+    // The signal handlers first (as `watch`): a SIGINT that arrives while the
+    // probes are attached, or before the loop first looks, must be the
+    // loop's to judge, not kill the tracer with the command still running.
+    // (A current-thread runtime starts no thread: the fork below stays safe.)
+    let rt = runtime()?;
+    let (mut term, mut int) = stop_signals(&rt)?;
     let (mut targets, follow) = preflight(&args.common)?;
     if let Some(program) = targets::static_program(&args.command[0])? {
         targets.push(program);
@@ -265,7 +271,6 @@ fn run(args: RunArgs) -> Result<i32> {
     let enricher = Enricher::new(symbolizer, Wrappers::new(&args.common.wrappers));
     let mut session = Session::new(probes, enricher, reporter, args.common.hang_threshold);
     session.follow_new_libraries(follow);
-    let rt = runtime()?;
     let status = rt.block_on(async {
         let pid = child.release()?;
         // A Python program must be described to the kernel side before it
@@ -280,8 +285,6 @@ fn run(args: RunArgs) -> Result<i32> {
         let exited = tokio::task::spawn_blocking(move || waitpid(pid, None));
         let mut status = None;
         let stop = async {
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
             tokio::pin!(exited);
             let mut interrupts = 0;
             loop {
