@@ -251,3 +251,49 @@ fn dot_of_a_deadlock_has_waits_for_and_held_by_edges() {
         "{out}"
     );
 }
+
+#[test]
+fn text_escapes_names_and_changes_nothing_else() {
+    use crate::report::escape;
+    let a = lock("a\x1b[2J", 0x100);
+    let b = lock("b", 0x200);
+    let mut t1 = thread(11, &a, &b, 12);
+    t1.thread = "\r\nERROR: x".into();
+    t1.comm = "dl\u{9b}".into();
+    let t2 = thread(12, &b, &a, 11);
+    let deadlock = Finding::Deadlock(Deadlock {
+        id: 1,
+        pid: 7,
+        comm: "dl\x07".into(),
+        threads: vec![t1, t2],
+        inversion: None,
+    });
+    let out = Shared::default();
+    let mut rep = Reporter::new(Format::Text, Box::new(out.clone()));
+    rep.finding(&deadlock).unwrap();
+    let text = out.text();
+    assert!(!text.chars().any(|c| c != '\n' && c.is_control()), "{text}");
+    // (A deadlock's own first line is an ERROR: line.)
+    assert!(!text.lines().any(|l| l.starts_with("ERROR: x")), "{text}");
+    assert!(
+        text.contains("thread \\r\\nERROR: x [11] of dl\\u{9b} [7]"),
+        "{text}"
+    );
+    assert!(text.contains("a\\x1b[2J"), "{text}");
+    // Without anything to escape, the round trip through the serialized
+    // form prints the same text.
+    for f in [ab_ba_finding(), dot_deadlock()] {
+        assert_eq!(escape::finding(&f).to_string(), f.to_string());
+    }
+}
+
+fn dot_deadlock() -> Finding {
+    let (a, b) = (lock("a", 0x100), lock("b", 0x200));
+    Finding::Deadlock(Deadlock {
+        id: 2,
+        pid: 7,
+        comm: "dl".into(),
+        threads: vec![thread(11, &a, &b, 12), thread(12, &b, &a, 11)],
+        inversion: Some(1),
+    })
+}
