@@ -207,16 +207,28 @@ impl Watcher {
 
     /// [`Watcher::start`] with `LOCKTRACE_LOG=log`.
     pub fn start_logging(args: &[&str], log: &str) -> Self {
-        Self::start_command("watch", args, log, &[])
+        Self::start_command::<&str>("watch", args, log, &[], &[])
     }
 
     /// `locktrace agent ARGS` (its findings also written as JSON Lines, as
     /// `watch`'s), once its probes are armed.
     pub fn start_agent(args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::start_command("agent", args, "info", env)
+        Self::start_command::<&str>("agent", args, "info", env, &[])
     }
 
-    fn start_command(subcommand: &str, args: &[&str], log: &str, env: &[(&str, &str)]) -> Self {
+    /// `locktrace run -- COMMAND` in the background (for a test that
+    /// signals the tracer while the command runs), once its probes are armed.
+    pub fn start_run<S: AsRef<OsStr>>(command: &[S]) -> Self {
+        Self::start_command("run", &[], "info", &[], command)
+    }
+
+    fn start_command<S: AsRef<OsStr>>(
+        subcommand: &str,
+        args: &[&str],
+        log: &str,
+        env: &[(&str, &str)],
+        command: &[S],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let report = dir.path().join("report.jsonl");
         let mut cmd = Command::new(locktrace_bin());
@@ -224,6 +236,8 @@ impl Watcher {
             .args(args)
             .args(["--format", "json", "--output"])
             .arg(&report)
+            .args(if command.is_empty() { None } else { Some("--") })
+            .args(command)
             .env("LOCKTRACE_LOG", log)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

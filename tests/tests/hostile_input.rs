@@ -1,0 +1,323 @@
+//! A shared host's hostile users and careless operators (issue 20): report
+//! paths planted by another user, names that forge report lines, option
+//! values out of range, files that are not what they claim, and Ctrl-C
+//! meant for the traced command.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use locktrace_e2e::{fixture, require_root, Run, Tracer, Variant, Watcher};
+
+/// The unprivileged user of the attacks.
+const NOBODY: u32 = 65534;
+
+/// `argv` run as nobody; it must succeed.
+fn as_nobody(argv: &[&str]) {
+    let status = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(argv)
+        .status()
+        .expect("setpriv");
+    assert!(status.success(), "as nobody: {argv:?}: {status}");
+}
+
+/// A fresh world-writable sticky directory, as /tmp is, reachable by
+/// nobody.
+fn sticky_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("locktrace-hostile-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+    dir
+}
+
+/// `locktrace run -o OUTPUT [EXTRA] -- ab_ba`.
+fn run_to(output: &Path, extra: &[&str]) -> Run {
+    let mut args: Vec<String> = vec!["run".into(), "-o".into(), output.display().to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.push("--".into());
+    args.push(fixture("ab_ba", Variant::NoFp).display().to_string());
+    Tracer::new(&args).run()
+}
+
+// ---------------------------------------------------------------------------
+// Report files
+
+#[test]
+fn a_symlink_planted_by_another_user_is_refused() {
+    require_root();
+    let dir = sticky_dir();
+    let private = tempfile::tempdir().unwrap();
+    let secret = private.path().join("secret");
+    fs::write(&secret, b"root's own bytes\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let link = dir.path().join("report.txt");
+    as_nobody(&["ln", "-s", secret.to_str().unwrap(), link.to_str().unwrap()]);
+
+    for extra in [&[][..], &["--force"][..]] {
+        let run = run_to(&link, extra);
+        run.assert_failed();
+        let line = run.single_error_line();
+        assert!(
+            line.contains("symbolic link") && line.contains("report.txt"),
+            "names the file and why\n{}",
+            run.describe()
+        );
+        println!("refusal: {line}");
+    }
+    assert_eq!(fs::read(&secret).unwrap(), b"root's own bytes\n");
+    let meta = fs::metadata(&secret).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600);
+    assert_eq!(meta.uid(), 0);
+}
+
+#[test]
+fn a_new_report_file_is_readable_by_root_only() {
+    require_root();
+    let dir = sticky_dir();
+    let path = dir.path().join("new.txt");
+    let run = run_to(&path, &[]);
+    run.assert_exit(0);
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600, "{}", run.describe());
+    assert_eq!(meta.uid(), 0);
+    assert!(fs::read_to_string(&path)
+        .unwrap()
+        .contains("WARNING: potential deadlock"));
+
+    // Root's own file is written again.
+    let again = run_to(&path, &[]);
+    again.assert_exit(0);
+    assert!(fs::read_to_string(&path)
+        .unwrap()
+        .contains("WARNING: potential deadlock"));
+}
+
+#[test]
+fn a_file_of_another_user_is_refused_without_force() {
+    require_root();
+    let dir = sticky_dir();
+    let theirs = dir.path().join("theirs.txt");
+    as_nobody(&["sh", "-c", &format!("echo planted > {}", theirs.display())]);
+
+    let run = run_to(&theirs, &[]);
+    run.assert_failed();
+    let line = run.single_error_line();
+    assert!(
+        line.contains(&format!("uid {NOBODY}")) && line.contains("--force"),
+        "says whose file it is and how to write it anyway\n{}",
+        run.describe()
+    );
+    println!("refusal: {line}");
+    assert_eq!(fs::read(&theirs).unwrap(), b"planted\n");
+
+    let forced = run_to(&theirs, &["--force"]);
+    forced.assert_exit(0);
+    assert!(fs::read_to_string(&theirs)
+        .unwrap()
+        .contains("WARNING: potential deadlock"));
+}
+
+// ---------------------------------------------------------------------------
+// Names
+
+#[test]
+fn forged_thread_names_are_escaped_in_the_text_report() {
+    require_root();
+    let run = Tracer::new([
+        "run".as_ref(),
+        "--".as_ref(),
+        fixture("forged_names", Variant::NoFp).as_os_str(),
+    ])
+    .run();
+    run.assert_exit(0);
+    let text = &run.stdout;
+    assert!(
+        text.contains("WARNING: potential deadlock"),
+        "the inversion is reported\n{}",
+        run.describe()
+    );
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|&c| c != '\n' && c.is_control())
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "raw control characters {raw:?}\n{}",
+        run.describe()
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("ERROR:")),
+        "a forged line\n{}",
+        run.describe()
+    );
+    for shown in ["\\r\\nERROR: x\\x1b[2J", "\\x1b[2J\\nERROR:\\x7f\\u{9b}"] {
+        assert!(
+            text.contains(shown),
+            "shows {shown} escaped\n{}",
+            run.describe()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Option values
+
+/// A usage error: one `locktrace:` line, a non-zero exit, no panic.
+fn refused(args: &[&str], says: &str) -> String {
+    let run = Tracer::new(args).run();
+    run.assert_failed();
+    let line = run.single_error_line();
+    assert!(
+        line.contains(says) && !run.stderr.contains("panicked"),
+        "expected `{says}`\n{}",
+        run.describe()
+    );
+    println!("refusal: {line}");
+    line
+}
+
+#[test]
+fn out_of_range_durations_and_exit_codes_are_one_line_errors() {
+    require_root();
+    refused(
+        &["watch", "--duration", "99999999999999999999999h"],
+        "out of range",
+    );
+    refused(
+        &["watch", "--hang-threshold", "1000000000000h"],
+        "out of range",
+    );
+    for code in ["-1", "0", "300"] {
+        refused(&["run", "--exit-code", code, "--", "true"], "--exit-code");
+    }
+}
+
+#[test]
+fn a_thread_id_as_pid_traces_its_process() {
+    require_root();
+    let mut python = Command::new("python3")
+        .args([
+            "-c",
+            "import threading, time\n\
+             def f():\n    print(threading.get_native_id(), flush=True); time.sleep(30)\n\
+             threading.Thread(target=f, daemon=True).start(); time.sleep(30)",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(python.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let tid: u32 = line.trim().parse().unwrap();
+    let pid = python.id();
+    assert_ne!(tid, pid);
+    let run = Tracer::new(["watch", "--duration", "1s", "--pid", &tid.to_string()]).run();
+    let _ = python.kill();
+    let _ = python.wait();
+    run.assert_exit(0);
+    let note = format!("--pid {tid} is a thread of process {pid}: tracing process {pid}");
+    assert!(run.stderr.contains(&note), "{}", run.describe());
+    assert!(
+        run.stdout.contains("locktrace: "),
+        "a summary\n{}",
+        run.describe()
+    );
+    println!("note: {note}");
+}
+
+/// The largest resident size of the children this test process waited for.
+fn children_max_rss_kib() -> i64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss
+}
+
+#[test]
+fn a_huge_file_that_is_not_elf_is_refused_unread() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("libc.so.6");
+    let status = Command::new("truncate")
+        .args(["-s", "2G"])
+        .arg(&huge)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let line = refused(
+        &[
+            "watch",
+            "--duration",
+            "1s",
+            "--libc",
+            huge.to_str().unwrap(),
+        ],
+        "not an ELF file",
+    );
+    assert!(line.contains("libc.so.6"));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // Reading it whole took 2 GB (tests run in parallel: other tracers
+    // count too, none near that).
+    let rss = children_max_rss_kib();
+    assert!(rss < 1024 * 1024, "a child reached {rss} KiB");
+}
+
+#[test]
+fn a_32_bit_elf_file_is_refused() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let elf32: PathBuf = dir.path().join("libc32.so.6");
+    let mut header = vec![0u8; 4096];
+    header[..4].copy_from_slice(b"\x7fELF");
+    header[4] = 1; // ELFCLASS32
+    header[5] = 1; // little-endian
+    header[18] = 3; // EM_386
+    fs::write(&elf32, &header).unwrap();
+    refused(
+        &[
+            "watch",
+            "--duration",
+            "1s",
+            "--binary",
+            elf32.to_str().unwrap(),
+        ],
+        "32-bit",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Ctrl-C
+
+#[test]
+fn run_forwards_the_first_sigint_and_reports_until_the_command_exits() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let program = fixture("sigint_ab_ba", Variant::NoFp);
+    let watcher = Watcher::start_run(&[program.as_os_str(), ready.as_os_str()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the command never got ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // As `kill -INT` of the tracer (no terminal): the command handles it,
+    // then locks AB/BA and exits 3; the tracer sees that and stops.
+    let (run, _) = watcher.interrupt();
+    run.assert_exit(3);
+    assert_eq!(
+        run.report.inversions().len(),
+        1,
+        "the inversion made after the SIGINT\n{}",
+        run.describe()
+    );
+}
