@@ -295,6 +295,35 @@ fn a_32_bit_elf_file_is_refused() {
     );
 }
 
+#[test]
+fn a_file_where_no_lock_function_can_be_probed_is_refused() {
+    require_root();
+    // An x86-64 library whose `pthread_mutex_lock` is a variable in .bss:
+    // a defined symbol, no code to put a probe in.
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("fake.c");
+    fs::write(&source, "int pthread_mutex_lock;\nint sem_wait;\n").unwrap();
+    let lib = dir.path().join("libfake.so");
+    let status = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-fno-common", "-nostdlib", "-o"])
+        .arg(&lib)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let line = refused(
+        &[
+            "watch",
+            "--duration",
+            "1s",
+            "--binary",
+            lib.to_str().unwrap(),
+        ],
+        "none of its lock functions can be probed",
+    );
+    assert!(line.contains("libfake.so"));
+}
+
 // ---------------------------------------------------------------------------
 // Ctrl-C
 
@@ -320,4 +349,29 @@ fn run_forwards_the_first_sigint_and_reports_until_the_command_exits() {
         "the inversion made after the SIGINT\n{}",
         run.describe()
     );
+}
+
+#[test]
+fn a_second_sigint_stops_tracing_without_waiting_for_the_command() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    // A command that ignores SIGINT and runs on for a while.
+    let script = format!("trap '' INT; touch {}; sleep 3", ready.display());
+    let watcher = Watcher::start_run(&["sh", "-c", &script]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the command never got ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) of the tracer, our child.
+    unsafe { libc::kill(watcher.pid() as libc::pid_t, libc::SIGINT) };
+    std::thread::sleep(Duration::from_millis(200));
+    let (run, took) = watcher.interrupt();
+    assert!(
+        took < Duration::from_millis(1500),
+        "took {took:?} after the second SIGINT (the command runs 3 s)\n{}",
+        run.describe()
+    );
+    run.assert_exit(130);
 }
