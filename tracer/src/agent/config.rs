@@ -313,6 +313,17 @@ mod tests {
     }
 
     #[test]
+    fn the_report_file_is_forced_by_key_or_flag() {
+        assert!(
+            !parse("[report]\noutput = \"/var/lib/l\"\n", &[])
+                .unwrap()
+                .force
+        );
+        assert!(parse("[report]\nforce = true\n", &[]).unwrap().force);
+        assert!(parse("", &["--force"]).unwrap().force);
+    }
+
+    #[test]
     fn errors_name_the_key_and_line_in_one_line() {
         let cases = [
             (

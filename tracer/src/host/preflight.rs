@@ -148,4 +148,23 @@ mod tests {
         assert_eq!(parse_field_offset(FORK_FORMAT, "child_comm"), Some(16));
         assert_eq!(parse_field_offset(FORK_FORMAT, "nope"), None);
     }
+
+    #[test]
+    fn a_thread_id_stands_for_its_process() {
+        let me = std::process::id();
+        assert_eq!(process_of(me).unwrap(), me);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let _ = done.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert_ne!(tid, me);
+        assert_eq!(process_of(tid).unwrap(), me);
+        drop(done_tx);
+        t.join().unwrap();
+        assert!(process_of(0).is_err());
+    }
 }
