@@ -191,6 +191,12 @@ impl Session {
             if !self.probes.may_trace(pid) {
                 continue;
             }
+            if let Err(e) = self.probes.set_pid_ns(pid) {
+                warn!(
+                    pid,
+                    "cannot tell the kernel side a process's pid namespace: {e:#}"
+                );
+            }
             // Processes traced by pid or name: their mappings now, so that
             // they stay resolvable however soon they exit (host-wide, every
             // process would be too many to read up front).

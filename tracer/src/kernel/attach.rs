@@ -24,7 +24,7 @@ use aya::programs::{
 };
 use tracing::{debug, info, warn};
 
-use crate::kernel::catalogue::{records_acquisitions, UPROBES};
+use crate::kernel::catalogue::{records_acquisitions, TWO_HIT_FLOOR_ONLY, UPROBES};
 use crate::kernel::links::{Attacher, FilePlan, Group, LateLinks, Which};
 use crate::kernel::load::{ProbePlacement, ProbePrograms, Probes};
 use crate::kernel::multi;
@@ -201,7 +201,11 @@ impl Probes {
         // (acquisitions last, program, return) -> (offset, placed, cookie)
         type Placed = Vec<(u64, u64, u64)>;
         let mut groups: BTreeMap<(bool, &'static str, bool), Placed> = BTreeMap::new();
-        for probe in UPROBES {
+        let floor_only = match self.programs {
+            ProbePrograms::Floor => TWO_HIT_FLOOR_ONLY,
+            _ => &[],
+        };
+        for probe in UPROBES.iter().chain(floor_only) {
             let symbol = probe.symbol;
             let Ok((placed, function)) =
                 placement::place_symbol(&elf, symbol, probe.reads, probe.repeat_safe)
@@ -222,8 +226,8 @@ impl Probes {
             );
             let program = match (self.programs, probe.is_return) {
                 (ProbePrograms::Tracer, _) => probe.program,
-                (ProbePrograms::Floor, false) => "floor_entry",
-                (ProbePrograms::Floor, true) => "floor_return",
+                (ProbePrograms::Floor | ProbePrograms::OneHitFloor, false) => "floor_entry",
+                (ProbePrograms::Floor | ProbePrograms::OneHitFloor, true) => "floor_return",
             };
             // Acquisition programs sort last.
             let key = (
