@@ -100,6 +100,12 @@ pub struct HeldStack {
     /// owner field of a mutex it holds (0 until its namespace is known):
     /// held entries are checked against their lock's owner.
     pub ns_tid: u32,
+    /// For a forked child's main thread: the namespace tid of the thread
+    /// that forked it (0 otherwise). The memory it inherited still names
+    /// that thread as the owner of the mutexes it held, which the child now
+    /// holds.
+    pub inherited_tid: u32,
+    pub _pad: u32,
     pub locks: [HeldLock; MAX_HELD],
     /// Scratch for the kernel side, per thread (per-CPU scratch is not safe
     /// on a preemptible kernel): the `from` locks of new dependencies.

@@ -133,21 +133,26 @@ fn mutex_words(addr: u64) -> [u32; 5] {
     unsafe { bpf_probe_read_user(addr as *const [u32; 5]) }.unwrap_or([0; 5])
 }
 
-/// Whether the thread whose namespace tid is `ns_tid` (0: not known) holds
-/// the mutex at `addr` right now. Mutex unlocks are not probed, so this is
+/// Whether `owner`, a lock's owner field, names the thread of `held`: its
+/// namespace tid, or for a forked child's main thread, the thread that
+/// forked it (whose holds the child inherited with the memory).
+#[inline(always)]
+fn names_us(held: &HeldStack, owner: u32) -> bool {
+    owner != 0 && (owner == held.ns_tid || owner == held.inherited_tid)
+}
+
+/// Whether the thread of `held` (its namespace tid learned, see
+/// [`learn_ns_tid`]) holds the mutex at `addr` right now. Mutex unlocks are not probed, so this is
 /// how a held entry is known to be still held: the lock word is taken, its
 /// owner names the thread, and a recursive mutex still counts a level
 /// (glibc clears the owner when the last level goes, before the word).
 /// Memory reused for something else would have to look like a locked mutex
 /// owned by this thread to pass.
 #[inline(always)]
-pub fn mutex_held_by(addr: u64, ns_tid: u32) -> bool {
-    if ns_tid == 0 {
-        return false;
-    }
+pub fn mutex_held_by(held: &HeldStack, addr: u64) -> bool {
     let [lock, count, owner, _, kind] = mutex_words(addr);
     lock != 0
-        && owner == ns_tid
+        && names_us(held, owner)
         && (kind & MUTEX_KIND_MASK != MUTEX_KIND_RECURSIVE || count > 0)
 }
 
@@ -188,8 +193,8 @@ pub fn drop_stale(held: &mut HeldStack, tgid: &u32) {
         }
         let entry = held.locks[i];
         if is_mutex(&entry) {
-            if !mutex_held_by(entry.addr, ns_tid) {
-                count(if ns_tid == 0 {
+            if !mutex_held_by(held, entry.addr) {
+                count(if ns_tid == 0 && held.inherited_tid == 0 {
                     Counter::UnconfirmedHeld
                 } else {
                     Counter::StaleHeld
@@ -198,7 +203,7 @@ pub fn drop_stale(held: &mut HeldStack, tgid: &u32) {
             }
         } else if entry.kind == LockKind::RwlockWrite as u32 {
             let owner = read_user_u32(entry.addr + RWLOCK_CUR_WRITER_OFFSET);
-            if owner == 0 || (ns_tid != 0 && owner != ns_tid) {
+            if owner == 0 || (ns_tid != 0 && !names_us(held, owner)) {
                 count(Counter::StaleHeld);
                 continue;
             }
@@ -222,9 +227,9 @@ pub fn drop_stale(held: &mut HeldStack, tgid: &u32) {
 #[inline(always)]
 pub fn surely_owned(held: &HeldStack, lock: &HeldLock) -> bool {
     if is_mutex(lock) {
-        mutex_held_by(lock.addr, held.ns_tid)
+        mutex_held_by(held, lock.addr)
     } else if lock.kind == LockKind::RwlockWrite as u32 {
-        held.ns_tid != 0 && read_user_u32(lock.addr + RWLOCK_CUR_WRITER_OFFSET) == held.ns_tid
+        names_us(held, read_user_u32(lock.addr + RWLOCK_CUR_WRITER_OFFSET))
     } else {
         true
     }
@@ -287,18 +292,37 @@ pub fn release(lock: u64) -> Released {
     Released::Entry(removed)
 }
 
-/// Thread `tid` forks `child`: the child's main thread will hold what `tid`
-/// holds (see `INHERIT`).
+/// Thread `tid` of `tgid` forks `child`: the child's main thread will hold
+/// what `tid` holds (see `INHERIT`); the mutexes among them name `tid` as
+/// their owner (see `HeldStack::inherited_tid`).
 #[inline(always)]
-pub fn follow_fork(ctx: &TracePointContext, tid: &u32, child: &u32) {
-    if let Some(held) = HELD.get_ptr(tid) {
-        // SAFETY: map value.
-        let held = unsafe { &*held };
-        if held.depth > 0 && INHERIT.insert(child, held, 0).is_err() {
-            warn!(
-                ctx,
-                "locktrace: cannot record locks held across fork by {}", *tid
-            );
+pub fn follow_fork(ctx: &TracePointContext, tgid: &u32, tid: &u32, child: &u32) {
+    let Some(held) = HELD.get_ptr(tid) else {
+        return;
+    };
+    // SAFETY: map value.
+    let held = unsafe { &*held };
+    if held.depth == 0 {
+        return;
+    }
+    if INHERIT.insert(child, held, 0).is_err() {
+        warn!(
+            ctx,
+            "locktrace: cannot record locks held across fork by {}", *tid
+        );
+        return;
+    }
+    if let Some(inherited) = INHERIT.get_ptr_mut(child) {
+        // This runs in the forking thread: its namespace tid is at hand.
+        let forker = if held.ns_tid != 0 {
+            held.ns_tid
+        } else {
+            current_ns_tid(tgid)
+        };
+        // SAFETY: map value, not yet visible to the child.
+        unsafe {
+            (*inherited).inherited_tid = forker;
+            (*inherited).ns_tid = 0;
         }
     }
 }

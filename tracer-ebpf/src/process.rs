@@ -47,7 +47,7 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
     };
     filter::follow_fork(&child);
     python::follow_fork(&tgid, &child);
-    held::follow_fork(&ctx, &tid, &child);
+    held::follow_fork(&ctx, &tgid, &tid, &child);
     nstid::follow_fork(&tgid, &child);
     0
 }

@@ -178,6 +178,12 @@ impl Probes {
         for scope in gone {
             closing.extend(self.links.by_process.remove(&scope).unwrap_or_default());
             closing.extend(self.links.traffic.remove(&scope).unwrap_or_default());
+            closing.extend(
+                self.links
+                    .traffic_acquisitions
+                    .remove(&scope)
+                    .unwrap_or_default(),
+            );
         }
         self.links.closers.retain(|closer| !closer.is_finished());
         if !closing.is_empty() {
