@@ -163,8 +163,10 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 /// Whether a program records acquisitions (a lock taken, or a try or timed
 /// request pending until its return). These are attached after every other
-/// program of a file, releases first: then a lock whose acquisition was seen
-/// always has its release seen, and never stays in a held stack for ever.
+/// program of a file, releases first (and closed before them, see
+/// `slices`): then a lock whose acquisition was seen always has its release
+/// seen, and never stays in a held stack for ever. (A mutex has no release
+/// probe: its owner field says whether it is still held.)
 pub fn records_acquisitions(program: &str) -> bool {
     matches!(program, "lock" | "try_lock" | "floor_entry")
 }
