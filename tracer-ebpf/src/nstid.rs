@@ -13,9 +13,7 @@
 //! child in a new namespace simply does not match).
 
 use aya_ebpf::{
-    bindings::bpf_pidns_info,
-    helpers::generated::bpf_get_ns_current_pid_tgid,
-    macros::map,
+    bindings::bpf_pidns_info, helpers::generated::bpf_get_ns_current_pid_tgid, macros::map,
     maps::HashMap,
 };
 
