@@ -158,3 +158,44 @@ fn holder_that_unlocked_between_scans_makes_no_deadlock() {
         "mutex_a's holder is the thread that sleeps with it\n{context}"
     );
 }
+
+/// `mode` of the fixture in a new pid namespace (as in a container), where
+/// glibc writes namespace tids into the owner fields. A shell waits there
+/// first, so that the collector has told the kernel side the namespace
+/// before the fixture (the same process, exec'd) takes its locks.
+fn run_in_pid_namespace(mode: &str) -> JsonRun {
+    let fixture = fixture("lazy_release", Variant::NoFp);
+    let script = format!("sleep 0.5; exec {} {mode}", fixture.display());
+    run_json(
+        &[],
+        &["unshare", "--pid", "--fork", "--", "/bin/sh", "-c", &script],
+    )
+}
+
+/// In a pid namespace the owner field holds the namespace's tid: the
+/// thread's own must be known to confirm a held mutex (else the real
+/// cycle would be lost), and a mutex another thread holds must still not
+/// count as the first thread's (else a false one).
+#[test]
+fn owner_checks_work_in_a_pid_namespace() {
+    require_root();
+    let real = run_in_pid_namespace("same_thread");
+    real.assert_exit(0);
+    let finding = exactly_one_inversion(&real);
+    assert_eq!(
+        lock_names(finding, &real),
+        names(&["mutex_a", "mutex_b"]),
+        "the real cycle, seen through namespace tids\n{}",
+        real.describe()
+    );
+    let ab = edge(finding, "mutex_a", "mutex_b", &real);
+    assert!(
+        has_frame(&ab.stack, "lazy_release", "a_then_b", "A_THEN_B"),
+        "{}",
+        real.describe()
+    );
+    assert_no_false_finding(
+        &run_in_pid_namespace("other_thread"),
+        "in a pid namespace too, mutex_a held by another thread is not the first thread's",
+    );
+}
