@@ -415,9 +415,11 @@ fn placed_probes_fire_once_per_call() {
             2000,
             "acquisitions with {extra:?}: {acquired_100} for N=100, {acquired_1100} for N=1100"
         );
+        // Mutex unlocks are not probed: a held mutex is checked against
+        // its owner field instead.
         assert_eq!(
             released_1100 - released_100,
-            2000,
+            0,
             "releases with {extra:?}: {released_100} for N=100, {released_1100} for N=1100"
         );
     }

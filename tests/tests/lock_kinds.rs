@@ -11,7 +11,8 @@
 //!   and add no dependency, but the lock they took orders later blocking
 //!   acquisitions;
 //! - a recursive mutex re-locked by its holder adds no dependency and stays
-//!   held until unlocked as often as it was locked;
+//!   held until unlocked as often as it was locked (its `__count` says so:
+//!   mutex unlocks are not probed);
 //! - `pthread_cond_wait` releases its mutex for the wait and re-acquires it
 //!   (a blocking acquisition, ordered after the other held locks) on return;
 //! - readers never block readers: a cycle is reported only if every hop can
@@ -29,7 +30,10 @@ use locktrace_e2e::{
 // Helpers
 
 /// The traced program, which unlocks every lock it takes (libc's own start-up
-/// locking included), made as many acquisitions as releases. (Not the
+/// locking included), made no more releases the probes saw than
+/// acquisitions: mutex unlocks are not probed (a held mutex is checked
+/// against its owner field), the releases counted are those of the other
+/// kinds and of condition waits, each matching an acquisition. (Not the
 /// `unmatched_releases` counter: it may count other processes' releases.)
 fn assert_balanced(run: &JsonRun, why: &str) {
     let acquisitions = run.counter("acquisitions");
@@ -39,10 +43,9 @@ fn assert_balanced(run: &JsonRun, why: &str) {
         "the tracer counted no acquisition\n{}",
         run.describe()
     );
-    assert_eq!(
-        acquisitions,
-        releases,
-        "acquisitions and releases should match: {why}\n{}",
+    assert!(
+        releases <= acquisitions,
+        "no more releases than acquisitions: {why}\n{}",
         run.describe()
     );
 }
@@ -281,8 +284,8 @@ fn recursive_relock_has_no_finding() {
     );
     assert_balanced(
         &run,
-        "each lock of the recursive mutex, re-locks included, is one acquisition, \
-         each unlock one release",
+        "each lock of the recursive mutex, re-locks included, is one acquisition; \
+         its unlocks are not probed",
     );
 }
 
@@ -359,8 +362,8 @@ fn recursive_held_until_last_unlock() {
     );
     assert_balanced(
         &run,
-        "each lock of the recursive mutex, re-locks included, is one acquisition, \
-         each unlock one release",
+        "each lock of the recursive mutex, re-locks included, is one acquisition; \
+         its unlocks are not probed",
     );
 }
 

@@ -132,6 +132,70 @@ fn byte_in_memory(pid: u32, file: &Path, offset: u64) -> u8 {
     byte[0]
 }
 
+/// The number after `label ` on the next line of `out`, as a u64.
+fn read_address(out: &mut BufReader<ChildStdout>, label: &str) -> u64 {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line.strip_prefix(label)
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("expected `{label} N`, read {line:?}"))
+}
+
+/// The file offset of address `vaddr` of `file` as process `pid` maps it.
+fn file_offset(pid: u32, file: &Path, vaddr: u64) -> u64 {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines()
+        .filter(|l| l.ends_with(file.to_str().unwrap()))
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (start, end) = f[0].split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            let map_offset = u64::from_str_radix(f[2], 16).ok()?;
+            (start <= vaddr && vaddr < end).then(|| vaddr - start + map_offset)
+        })
+        .unwrap_or_else(|| panic!("process {pid} maps {vaddr:#x} from {}", file.display()))
+}
+
+/// Mutex unlocks are not probed (a held mutex is checked against its owner
+/// field instead): in a traced process, `pthread_mutex_unlock` keeps its
+/// original code while `pthread_mutex_lock` has its breakpoint.
+#[test]
+fn mutex_unlock_carries_no_breakpoint() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let libc = copy_libc(dir.path());
+    let (traced, mut stdin, mut out) =
+        OnCopy::start(dir.path(), &fixture("lock_addresses", Variant::NoFp));
+    let pid = read_number(&mut out, "pid ");
+    let lock = read_address(&mut out, "lock ");
+    let unlock = read_address(&mut out, "unlock ");
+    let pid_arg = pid.to_string();
+    let watcher = Watcher::start_logging(
+        &["--libc", libc.to_str().unwrap(), "--pid", &pid_arg],
+        "info,locktrace=debug",
+    );
+    // Probes go within the first instructions of a function.
+    let window = |start: u64| -> Vec<u64> {
+        let at = file_offset(pid, &libc, start);
+        (at..at + 64).collect()
+    };
+    let (_, in_lock) = compare(pid, &libc, &window(lock));
+    assert_eq!(
+        in_lock.len(),
+        1,
+        "pthread_mutex_lock has its breakpoint (the test reads the right code)"
+    );
+    let (changed, in_unlock) = compare(pid, &libc, &window(unlock));
+    assert!(
+        changed.is_empty() && in_unlock.is_empty(),
+        "pthread_mutex_unlock keeps its original code; changed at {changed:?}"
+    );
+    drop(watcher.stop());
+    stdin.write_all(b"done\n").unwrap();
+    drop(traced);
+}
+
 /// The offsets (of `offsets`) where process `pid`'s memory differs from
 /// the file, and the offsets that hold a breakpoint.
 fn compare(pid: u32, file: &Path, offsets: &[u64]) -> (Vec<u64>, Vec<u64>) {

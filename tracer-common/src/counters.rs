@@ -30,7 +30,8 @@ pub enum Counter {
     /// Nanoseconds spent in those waits.
     FutexWaitNs = 9,
     /// Held-lock entries dropped because the lock's own owner field said
-    /// the thread no longer held it (a release the probes did not see).
+    /// the thread no longer held it (a mutex unlocked: mutex unlocks are
+    /// not probed; or a release the probes did not see).
     StaleHeld = 10,
     /// Dependencies (and process exits) the ring buffer had no room for,
     /// kept in the kernel's deferred maps instead and read from there (not
@@ -47,9 +48,13 @@ pub enum Counter {
     /// Lock records written to the ring buffer (inits, destroys, process
     /// exits): with `DependencyEvents`, all the ring-buffer traffic.
     LockRecords = 14,
+    /// Held mutex entries dropped because the thread's tid in its pid
+    /// namespace was not known yet (its process's namespace not yet told
+    /// to the kernel side), so the mutex's owner could not confirm them.
+    UnconfirmedHeld = 15,
 }
 
-pub const NUM_COUNTERS: u32 = 15;
+pub const NUM_COUNTERS: u32 = 16;
 
 impl Counter {
     pub const ALL: [Counter; NUM_COUNTERS as usize] = [
@@ -68,6 +73,7 @@ impl Counter {
         Counter::InitsHeldBack,
         Counter::ResetsElided,
         Counter::LockRecords,
+        Counter::UnconfirmedHeld,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +93,7 @@ impl Counter {
             Counter::InitsHeldBack => "inits_held_back",
             Counter::ResetsElided => "resets_elided",
             Counter::LockRecords => "lock_records",
+            Counter::UnconfirmedHeld => "unconfirmed_held",
         }
     }
 }

@@ -49,9 +49,6 @@ pub const HELD_FLAG_TRY: u32 = 1;
 /// The lock was requested with a timed operation (it may fail with a
 /// timeout; like a try operation, its acquisition adds no dependency).
 pub const HELD_FLAG_TIMED: u32 = 2;
-/// A held recursive mutex counts its extra acquisitions in the high half of
-/// `HeldLock::flags`.
-pub const HELD_RECURSION_SHIFT: u32 = 16;
 
 /// The cookie of a lock probe (`bpf_get_attach_cookie`): the kind of lock
 /// its function takes and the `HELD_FLAG_*` of the request. One program
@@ -100,9 +97,15 @@ pub const CALLER_WORDS: usize = 6;
 pub struct HeldStack {
     pub depth: u32,
     /// The thread's id in its own pid namespace, as glibc writes it into the
-    /// owner field of a mutex it holds (0 until learned at its first mutex
-    /// unlock): held entries are checked against their lock's owner.
+    /// owner field of a mutex it holds (0 until its namespace is known):
+    /// held entries are checked against their lock's owner.
     pub ns_tid: u32,
+    /// For a forked child's main thread: the namespace tid of the thread
+    /// that forked it (0 otherwise). The memory it inherited still names
+    /// that thread as the owner of the mutexes it held, which the child now
+    /// holds.
+    pub inherited_tid: u32,
+    pub _pad: u32,
     pub locks: [HeldLock; MAX_HELD],
     /// Scratch for the kernel side, per thread (per-CPU scratch is not safe
     /// on a preemptible kernel): the `from` locks of new dependencies.

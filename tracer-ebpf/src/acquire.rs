@@ -14,8 +14,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     cookie_request, Counter, EventKind, HeldLock, HeldStack, LockKind, HELD_FLAG_TIMED,
-    HELD_RECURSION_SHIFT, MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET,
-    MUTEX_KIND_RECURSIVE,
+    MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET, MUTEX_KIND_RECURSIVE,
 };
 
 use crate::{
@@ -25,8 +24,8 @@ use crate::{
     filter::{current_traced, is_armed},
     handoff::is_handoff,
     held::{
-        drop_stale, existing_held_stack, find_held, held_stack, push, release, surely_owned,
-        Released,
+        drop_stale, existing_held_stack, find_held, held_stack, push, release, remove_at,
+        surely_owned, Released,
     },
     semaphores,
 };
@@ -56,7 +55,7 @@ pub fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
         return 0;
     };
     if held.depth > 0 {
-        drop_stale(held, tid);
+        drop_stale(held, &tgid);
     }
     if let Some(i) = find_held(held, to.addr) {
         if relock(regs, held, i, tgid, tid, &to) {
@@ -84,8 +83,9 @@ fn mutex_type(addr: u64) -> u32 {
 }
 
 /// The holder requests a lock it already holds (entry `i` of `held`).
-/// Returns true when that changes nothing more (a recursive re-lock is
-/// counted, a self-deadlock reported, an error-checking mutex refuses);
+/// Returns true when that changes nothing more (a recursive re-lock keeps
+/// the one entry, a self-deadlock is reported, an error-checking mutex
+/// refuses);
 /// false when the request is an ordinary acquisition (a reader re-reading).
 #[inline(always)]
 fn relock(
@@ -114,9 +114,10 @@ fn relock(
     }
     if kind == LockKind::Mutex as u32 || kind == LockKind::RecursiveMutex as u32 {
         match mutex_type(to.addr) {
+            // One entry for every level: it goes once the last level is
+            // unlocked (see `drop_stale`).
             MUTEX_KIND_RECURSIVE => {
                 entry.kind = LockKind::RecursiveMutex as u32;
-                entry.flags += 1 << HELD_RECURSION_SHIFT;
                 return true;
             }
             MUTEX_KIND_ERRORCHECK => return true,
@@ -164,7 +165,8 @@ pub fn lock(ctx: ProbeContext) -> u32 {
     acquire_blocking(regs(&ctx), requested(&ctx, kind, flags), 0)
 }
 
-/// Unlock of any kind (mutex, rwlock, spinlock).
+/// Unlock of an rwlock or a spinlock (mutex unlocks are not probed: a held
+/// mutex is checked against its owner field instead, see `drop_stale`).
 #[uprobe]
 pub fn unlock(ctx: ProbeContext) -> u32 {
     if let Released::NotHeld = release(lock_arg(&ctx)) {
@@ -187,7 +189,7 @@ pub fn try_entry(ctx: &ProbeContext, kind: u32, flags: u32) -> u32 {
     let pending = requested(ctx, kind, flags);
     if flags & HELD_FLAG_TIMED != 0 {
         if let Some(held) = existing_held_stack(&tid) {
-            drop_stale(held, tid);
+            drop_stale(held, &tgid);
             if let Some(i) = find_held(held, pending.addr) {
                 if let Some(entry) = held.locks.get(i) {
                     let entry = *entry;
@@ -254,14 +256,19 @@ pub fn try_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     if pending.kind == LockKind::Mutex as u32 {
-        drop_stale(held, tid);
+        drop_stale(held, &tgid);
         if let Some(i) = find_held(held, pending.addr) {
-            // Only a recursive mutex can be taken again by its holder.
-            if let Some(entry) = held.locks.get_mut(i) {
-                entry.kind = LockKind::RecursiveMutex as u32;
-                entry.flags += 1 << HELD_RECURSION_SHIFT;
+            // Only a recursive mutex can be taken again by its holder: one
+            // entry for every level. Any other mutex was free for this try
+            // to succeed: its entry is from a hold that ended unprobed (the
+            // owner check passed only because the thread took it again).
+            if mutex_type(pending.addr) == MUTEX_KIND_RECURSIVE {
+                if let Some(entry) = held.locks.get_mut(i) {
+                    entry.kind = LockKind::RecursiveMutex as u32;
+                }
+                return 0;
             }
-            return 0;
+            remove_at(held, i);
         }
     }
     push(held, pending);

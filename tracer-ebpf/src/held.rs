@@ -1,22 +1,25 @@
 //! The held-lock stack of each thread: pushed at an acquisition, removed
-//! from (in any order) at a release, inherited by a forked child's main
-//! thread.
+//! from (in any order) at a probed release, or, for a mutex (whose unlock
+//! is not probed), at the next acquisition once the mutex no longer names
+//! the thread as its owner; inherited by a forked child's main thread.
 
 use aya_ebpf::{
+    helpers::bpf_probe_read_user,
     macros::map,
     maps::{HashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    Counter, HeldLock, HeldStack, LockKind, CALLER_WORDS, HELD_RECURSION_SHIFT, MAX_HELD,
-    MUTEX_OWNER_OFFSET, RWLOCK_CUR_WRITER_OFFSET,
+    Counter, HeldLock, HeldStack, LockKind, CALLER_WORDS, MAX_HELD, MUTEX_KIND_MASK,
+    MUTEX_KIND_RECURSIVE, RWLOCK_CUR_WRITER_OFFSET,
 };
 
 use crate::{
     context::{read_user_u32, BPF_F_NO_PREALLOC},
     counters::count,
     filter::current_traced,
+    nstid::current_ns_tid,
 };
 
 /// Held-lock stack of every thread that took a lock (by tid).
@@ -86,7 +89,10 @@ pub fn copy_lock(dst: &mut HeldLock, src: &HeldLock) {
 
 #[inline(always)]
 pub fn push(held: &mut HeldStack, lock: HeldLock) {
-    let depth = held.depth as usize;
+    // Volatile (see `find_held`): after `remove_at`, LLVM knew the depth's
+    // bound, dropped the check, and the verifier saw an unbounded index.
+    // SAFETY: a valid, aligned field.
+    let depth = unsafe { core::ptr::read_volatile(&held.depth) } as usize;
     match held.locks.get_mut(depth) {
         Some(slot) => {
             copy_lock(slot, &lock);
@@ -118,32 +124,63 @@ pub fn find_held(held: &HeldStack, addr: u64) -> Option<usize> {
     None
 }
 
-/// The owner field of a held lock that records its owner: a mutex's
-/// `__owner`, a write-locked rwlock's `__cur_writer` (both the owner's tid in
-/// its pid namespace). None for locks without one (read-locked rwlocks,
-/// spinlocks, semaphores).
+/// What glibc's mutex says about its holder: `__lock`, `__count`,
+/// `__owner`, `__nusers`, `__kind`, in one read.
 #[inline(always)]
-fn owner_of(lock: &HeldLock) -> Option<u32> {
-    let offset =
-        if lock.kind == LockKind::Mutex as u32 || lock.kind == LockKind::RecursiveMutex as u32 {
-            MUTEX_OWNER_OFFSET
-        } else if lock.kind == LockKind::RwlockWrite as u32 {
-            RWLOCK_CUR_WRITER_OFFSET
-        } else {
-            return None;
-        };
-    Some(read_user_u32(lock.addr + offset))
+fn mutex_words(addr: u64) -> [u32; 5] {
+    // SAFETY: reading user memory through the helper, which handles faults
+    // (all zero then: held by nobody).
+    unsafe { bpf_probe_read_user(addr as *const [u32; 5]) }.unwrap_or([0; 5])
+}
+
+/// Whether `owner`, a lock's owner field, names the thread of `held`: its
+/// namespace tid, or for a forked child's main thread, the thread that
+/// forked it (whose holds the child inherited with the memory).
+#[inline(always)]
+fn names_us(held: &HeldStack, owner: u32) -> bool {
+    owner != 0 && (owner == held.ns_tid || owner == held.inherited_tid)
+}
+
+/// Whether the thread of `held` (its namespace tid learned, see
+/// [`learn_ns_tid`]) holds the mutex at `addr` right now. Mutex unlocks are not probed, so this is
+/// how a held entry is known to be still held: the lock word is taken, its
+/// owner names the thread, and a recursive mutex still counts a level
+/// (glibc clears the owner when the last level goes, before the word).
+/// Memory reused for something else would have to look like a locked mutex
+/// owned by this thread to pass.
+#[inline(always)]
+pub fn mutex_held_by(held: &HeldStack, addr: u64) -> bool {
+    let [lock, count, owner, _, kind] = mutex_words(addr);
+    lock != 0
+        && names_us(held, owner)
+        && (kind & MUTEX_KIND_MASK != MUTEX_KIND_RECURSIVE || count > 0)
+}
+
+#[inline(always)]
+fn is_mutex(lock: &HeldLock) -> bool {
+    lock.kind == LockKind::Mutex as u32 || lock.kind == LockKind::RecursiveMutex as u32
+}
+
+/// Learns the thread's namespace tid if it is not known yet (see
+/// `nstid`); 0 while its namespace is not known.
+#[inline(always)]
+pub fn learn_ns_tid(held: &mut HeldStack, tgid: &u32) -> u32 {
+    if held.ns_tid == 0 {
+        held.ns_tid = current_ns_tid(tgid);
+    }
+    held.ns_tid
 }
 
 /// Drops the held entries that the lock itself says this thread no longer
-/// holds: a release the probes did not see (the program's, or one made
-/// while the probes were being attached) must never order anything. A lock
-/// whose owner field is 0 is held by nobody; one owned by another thread is
-/// not ours, once the thread's namespace tid is known (see
-/// [`learn_ns_tid`]); until then, an owner equal to the thread's host tid
-/// teaches it (the init pid namespace, where most processes run).
+/// holds. Mutex unlocks are not probed: a mutex entry stays until here,
+/// where it must be confirmed held (see [`mutex_held_by`]), and is dropped
+/// when it cannot be, also while the thread's namespace tid is not known
+/// (an edge lost, never one invented). A write-locked rwlock has its unlock
+/// probed; its `__cur_writer` only catches a release the probes did not
+/// see (one made while they were being attached).
 #[inline(always)]
-pub fn drop_stale(held: &mut HeldStack, host_tid: u32) {
+pub fn drop_stale(held: &mut HeldStack, tgid: &u32) {
+    let ns_tid = learn_ns_tid(held, tgid);
     let depth = (held.depth as usize).min(MAX_HELD);
     // The count of entries kept lives in map memory (the scratch counter),
     // which the verifier does not follow value by value.
@@ -155,11 +192,18 @@ pub fn drop_stale(held: &mut HeldStack, host_tid: u32) {
             break;
         }
         let entry = held.locks[i];
-        if let Some(owner) = owner_of(&entry) {
-            if held.ns_tid == 0 && owner == host_tid {
-                held.ns_tid = host_tid;
+        if is_mutex(&entry) {
+            if !mutex_held_by(held, entry.addr) {
+                count(if ns_tid == 0 && held.inherited_tid == 0 {
+                    Counter::UnconfirmedHeld
+                } else {
+                    Counter::StaleHeld
+                });
+                continue;
             }
-            if owner == 0 || (held.ns_tid != 0 && owner != held.ns_tid) {
+        } else if entry.kind == LockKind::RwlockWrite as u32 {
+            let owner = read_user_u32(entry.addr + RWLOCK_CUR_WRITER_OFFSET);
+            if owner == 0 || (ns_tid != 0 && !names_us(held, owner)) {
                 count(Counter::StaleHeld);
                 continue;
             }
@@ -175,29 +219,42 @@ pub fn drop_stale(held: &mut HeldStack, host_tid: u32) {
     held.depth = unsafe { core::ptr::read_volatile(kept) } as u32;
 }
 
-/// Whether the thread owns `lock` for sure: its owner field names the
-/// thread. A lock without an owner field (or a thread whose namespace tid
-/// is not known yet) is not sure: a finding that needs the thread to hold
-/// the lock (a self-deadlock) must not be made from it.
+/// Whether the thread owns `lock` for sure: a mutex confirmed held (see
+/// [`mutex_held_by`]), a write-locked rwlock whose `__cur_writer` names the
+/// thread. A lock without an owner field is taken as held (its release is
+/// probed). A finding that needs the thread to hold the lock (a
+/// self-deadlock) must not be made otherwise.
 #[inline(always)]
 pub fn surely_owned(held: &HeldStack, lock: &HeldLock) -> bool {
-    match owner_of(lock) {
-        Some(owner) => held.ns_tid != 0 && owner == held.ns_tid,
-        None => true,
+    if is_mutex(lock) {
+        mutex_held_by(held, lock.addr)
+    } else if lock.kind == LockKind::RwlockWrite as u32 {
+        names_us(held, read_user_u32(lock.addr + RWLOCK_CUR_WRITER_OFFSET))
+    } else {
+        true
     }
 }
 
-/// Learns the thread's tid in its pid namespace from a mutex it is about to
-/// unlock and holds: glibc wrote it into the mutex's owner field.
+/// Removes entry `found` of `held`, keeping the order of the others.
 #[inline(always)]
-fn learn_ns_tid(held: &mut HeldStack, entry: &HeldLock) {
-    if held.ns_tid != 0 || entry.kind != LockKind::Mutex as u32 {
+pub fn remove_at(held: &mut HeldStack, found: usize) {
+    let depth = (held.depth as usize).min(MAX_HELD);
+    if found >= depth {
         return;
     }
-    let owner = read_user_u32(entry.addr + MUTEX_OWNER_OFFSET);
-    if owner != 0 {
-        held.ns_tid = owner;
+    for j in 0..MAX_HELD - 1 {
+        if j < found {
+            continue;
+        }
+        if j + 1 >= depth {
+            break;
+        }
+        let (low, high) = held.locks.split_at_mut(j + 1);
+        if let (Some(dst), Some(src)) = (low.last_mut(), high.first()) {
+            copy_lock(dst, src);
+        }
     }
+    held.depth = depth as u32 - 1;
 }
 
 /// What a release did.
@@ -206,14 +263,13 @@ pub enum Released {
     NotTraced,
     /// The thread did not hold the lock.
     NotHeld,
-    /// One level of a recursive mutex.
-    Level,
     /// The entry, removed from the held stack.
     Entry(HeldLock),
 }
 
-/// Releases `lock`: the topmost entry for it (locks need not be released in
-/// LIFO order), or one recursion level of a recursive mutex.
+/// Releases `lock` (an rwlock, a spinlock, a semaphore, or the mutex of a
+/// condition wait): the topmost entry for it (locks need not be released
+/// in LIFO order). Mutex unlocks are not probed: see [`drop_stale`].
 #[inline(always)]
 pub fn release(lock: u64) -> Released {
     let Some((_, tid)) = current_traced() else {
@@ -228,44 +284,45 @@ pub fn release(lock: u64) -> Released {
     let Some(found) = find_held(held, lock) else {
         return Released::NotHeld;
     };
-    let depth = (held.depth as usize).min(MAX_HELD);
-    let Some(entry) = held.locks.get_mut(found) else {
+    let Some(entry) = held.locks.get(found) else {
         return Released::NotHeld;
     };
-    if entry.flags >> HELD_RECURSION_SHIFT > 0 {
-        entry.flags -= 1 << HELD_RECURSION_SHIFT;
-        return Released::Level;
-    }
     let removed = *entry;
-    learn_ns_tid(held, &removed);
-    for j in 0..MAX_HELD - 1 {
-        if j < found {
-            continue;
-        }
-        if j + 1 >= depth {
-            break;
-        }
-        let (low, high) = held.locks.split_at_mut(j + 1);
-        if let (Some(dst), Some(src)) = (low.last_mut(), high.first()) {
-            copy_lock(dst, src);
-        }
-    }
-    held.depth = depth as u32 - 1;
+    remove_at(held, found);
     Released::Entry(removed)
 }
 
-/// Thread `tid` forks `child`: the child's main thread will hold what `tid`
-/// holds (see `INHERIT`).
+/// Thread `tid` of `tgid` forks `child`: the child's main thread will hold
+/// what `tid` holds (see `INHERIT`); the mutexes among them name `tid` as
+/// their owner (see `HeldStack::inherited_tid`).
 #[inline(always)]
-pub fn follow_fork(ctx: &TracePointContext, tid: &u32, child: &u32) {
-    if let Some(held) = HELD.get_ptr(tid) {
-        // SAFETY: map value.
-        let held = unsafe { &*held };
-        if held.depth > 0 && INHERIT.insert(child, held, 0).is_err() {
-            warn!(
-                ctx,
-                "locktrace: cannot record locks held across fork by {}", *tid
-            );
+pub fn follow_fork(ctx: &TracePointContext, tgid: &u32, tid: &u32, child: &u32) {
+    let Some(held) = HELD.get_ptr(tid) else {
+        return;
+    };
+    // SAFETY: map value.
+    let held = unsafe { &*held };
+    if held.depth == 0 {
+        return;
+    }
+    if INHERIT.insert(child, held, 0).is_err() {
+        warn!(
+            ctx,
+            "locktrace: cannot record locks held across fork by {}", *tid
+        );
+        return;
+    }
+    if let Some(inherited) = INHERIT.get_ptr_mut(child) {
+        // This runs in the forking thread: its namespace tid is at hand.
+        let forker = if held.ns_tid != 0 {
+            held.ns_tid
+        } else {
+            current_ns_tid(tgid)
+        };
+        // SAFETY: map value, not yet visible to the child.
+        unsafe {
+            (*inherited).inherited_tid = forker;
+            (*inherited).ns_tid = 0;
         }
     }
 }

@@ -35,6 +35,7 @@ mod futex;
 mod handoff;
 mod held;
 mod instances;
+mod nstid;
 mod process;
 mod python;
 mod semaphores;

@@ -18,7 +18,7 @@ use crate::{
     counters::count,
     emit::{write_lock_event, EVENTS},
     filter::{self, is_traced},
-    futex, held, python, semaphores,
+    futex, held, nstid, python, semaphores,
 };
 
 /// Field offsets of the sched tracepoints, read from tracefs by the collector
@@ -47,7 +47,8 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
     };
     filter::follow_fork(&child);
     python::follow_fork(&tgid, &child);
-    held::follow_fork(&ctx, &tid, &child);
+    held::follow_fork(&ctx, &tgid, &tid, &child);
+    nstid::follow_fork(&tgid, &child);
     0
 }
 
@@ -78,6 +79,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     if tid != tgid {
         filter::forget(&tid);
         python::forget_process(&tid);
+        nstid::forget(&tid);
     }
     // SAFETY: offset read from this kernel's tracepoint format.
     let group_dead =
@@ -114,6 +116,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
         }
         filter::forget(&tgid);
         python::forget_process(&tgid);
+        nstid::forget(&tgid);
     }
     0
 }

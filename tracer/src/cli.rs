@@ -243,6 +243,10 @@ pub struct CommonArgs {
     /// the cost floor of a probe hit, for `cargo xtask bench`.
     #[arg(long, hide = true)]
     pub floor_probes: bool,
+    /// Like `--floor-probes`, without the probe on `pthread_mutex_unlock`
+    /// (which the real programs do without): one hit per mutex pair.
+    #[arg(long, hide = true)]
+    pub one_hit_floor_probes: bool,
     /// More diagnostics on standard error (-v: probe placement and progress,
     /// -vv: every event).
     #[arg(short, long, action = clap::ArgAction::Count)]

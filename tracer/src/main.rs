@@ -217,7 +217,9 @@ fn placement(common: &CommonArgs) -> ProbePlacement {
 }
 
 fn programs(common: &CommonArgs) -> ProbePrograms {
-    if common.floor_probes {
+    if common.one_hit_floor_probes {
+        ProbePrograms::OneHitFloor
+    } else if common.floor_probes {
         ProbePrograms::Floor
     } else {
         ProbePrograms::Tracer
@@ -425,6 +427,7 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
             kernel_btf: None,
             probe_at_entry: false,
             floor_probes: false,
+            one_hit_floor_probes: false,
             verbose: args.verbose,
         },
         pids: config.pids.clone(),

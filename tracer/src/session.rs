@@ -191,6 +191,7 @@ impl Session {
             if !self.probes.may_trace(pid) {
                 continue;
             }
+            self.tell_pid_ns(pid);
             // Processes traced by pid or name: their mappings now, so that
             // they stay resolvable however soon they exit (host-wide, every
             // process would be too many to read up front).
@@ -203,6 +204,20 @@ impl Session {
                 self.enricher.pythons.check(pid)
             };
             self.set_pythons(found);
+        }
+    }
+
+    /// Tells the kernel side the pid namespace of `pid` if it is traced and
+    /// not in ours (see `Probes::set_pid_ns`).
+    fn tell_pid_ns(&mut self, pid: u32) {
+        if !self.probes.may_trace(pid) {
+            return;
+        }
+        if let Err(e) = self.probes.set_pid_ns(pid) {
+            warn!(
+                pid,
+                "cannot tell the kernel side a process's pid namespace: {e:#}"
+            );
         }
     }
 
@@ -295,6 +310,9 @@ impl Session {
         // forked by traced ones and those that exec'd a traced name.
         for (pid, started) in self.enricher.symbolizer.spaces().take_forks() {
             self.probes.probe_new_process(pid, Some(started));
+            // A child forked into a new pid namespace (a container's first
+            // process) may run there without an exec.
+            self.tell_pid_ns(pid);
         }
         for (pid, started) in self.enricher.symbolizer.spaces().take_execs() {
             self.probes.probe_new_process(pid, Some(started));

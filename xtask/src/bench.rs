@@ -3,9 +3,11 @@
 //! drift between runs, ratios of interleaved measurements much less).
 //!
 //! Probe cost: `bench/lockloop.c` locks and unlocks uncontended mutexes for a
-//! fixed time and prints the mean ns per pair, under four setups run in
+//! fixed time and prints the mean ns per pair, under five setups run in
 //! turn, round after round: untraced; the floor (empty BPF programs on the
-//! same placed probes: the price of the probe hits alone); locktrace; and
+//! same placed probes and on `pthread_mutex_unlock`: the price of two probe
+//! hits per pair); the one-hit floor (the same without the unlock probe,
+//! which locktrace does without: the price of one hit); locktrace; and
 //! locktrace with every probe on its function's first instruction (what other
 //! tools do). Collector throughput: `tracer/examples/collector_bench.rs`.
 //!
@@ -45,6 +47,9 @@ pub struct Options {
 enum Setup {
     Untraced,
     Floor,
+    /// The floor without the probe on `pthread_mutex_unlock` (which
+    /// locktrace does without): one hit per mutex pair.
+    OneHitFloor,
     Locktrace,
     EntryProbes,
 }
@@ -57,10 +62,20 @@ impl Setup {
         Setup::EntryProbes,
     ];
 
+    /// The setups of the probe-cost table: also the one-hit floor.
+    const PROBE_COST: [Setup; 5] = [
+        Setup::Untraced,
+        Setup::Floor,
+        Setup::OneHitFloor,
+        Setup::Locktrace,
+        Setup::EntryProbes,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Setup::Untraced => "untraced",
             Setup::Floor => "floor",
+            Setup::OneHitFloor => "one_hit_floor",
             Setup::Locktrace => "locktrace",
             Setup::EntryProbes => "offset_0",
         }
@@ -71,6 +86,7 @@ impl Setup {
         match self {
             Setup::Untraced => "untraced",
             Setup::Floor => "floor (empty programs, placed probes)",
+            Setup::OneHitFloor => "one-hit floor (no probe on the mutex unlock)",
             Setup::Locktrace => "locktrace",
             Setup::EntryProbes => "probes at offset 0",
         }
@@ -81,6 +97,7 @@ impl Setup {
         match self {
             Setup::Untraced => None,
             Setup::Floor => Some(&["--floor-probes"]),
+            Setup::OneHitFloor => Some(&["--one-hit-floor-probes"]),
             Setup::Locktrace => Some(&[]),
             Setup::EntryProbes => Some(&["--probe-at-entry"]),
         }
@@ -184,9 +201,9 @@ pub fn bench(opts: &Options) -> Result<()> {
     }
     let mut rows = Vec::new();
     for workload in WORKLOADS {
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Setup::ALL.len()];
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Setup::PROBE_COST.len()];
         for round in 0..opts.rounds {
-            for (i, setup) in Setup::ALL.into_iter().enumerate() {
+            for (i, setup) in Setup::PROBE_COST.into_iter().enumerate() {
                 let command = workload.command(&lockloop, opts.seconds);
                 let ns = measure(&locktrace, &command, setup, opts.seconds)
                     .with_context(|| format!("{}, {}", workload.name(), setup.name()))?;
@@ -229,7 +246,7 @@ pub fn bench(opts: &Options) -> Result<()> {
 
 struct Row {
     workload: String,
-    /// Per setup, in `Setup::ALL` order.
+    /// Per setup, in `Setup::PROBE_COST` order.
     median_ns: Vec<f64>,
 }
 
@@ -347,14 +364,15 @@ fn render(rows: &[Row], web: &WebResults, collector: &RawValue, opts: &Options) 
         "Probe cost: ns per uncontended lock+unlock pair, median of {} interleaved rounds of {} s each.\n\n",
         opts.rounds, opts.seconds
     ));
-    md.push_str("| workload | untraced | floor (empty programs, placed probes) | locktrace | probes at offset 0 | locktrace / floor | offset 0 / locktrace |\n");
-    md.push_str("|---|---|---|---|---|---|---|\n");
+    md.push_str("| workload | untraced | floor (empty programs, placed probes) | one-hit floor (no probe on the mutex unlock) | locktrace | probes at offset 0 | locktrace / floor | locktrace / one-hit floor | offset 0 / locktrace |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for row in rows {
-        let [u, f, l, e] = [0, 1, 2, 3].map(|i| row.median_ns[i]);
+        let [u, f, f1, l, e] = [0, 1, 2, 3, 4].map(|i| row.median_ns[i]);
         md.push_str(&format!(
-            "| {} | {u:.1} | {f:.1} | {l:.1} | {e:.1} | {:.2}x | {:.1}x |\n",
+            "| {} | {u:.1} | {f:.1} | {f1:.1} | {l:.1} | {e:.1} | {:.2}x | {:.2}x | {:.1}x |\n",
             row.workload,
             l / f,
+            l / f1,
             e / l
         ));
     }
@@ -408,9 +426,9 @@ fn fixed(v: f64, decimals: usize) -> Box<RawValue> {
 /// `{"workload": ..., "untraced_ns": ..., ...}`, one key per setup.
 impl Serialize for Row {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(1 + Setup::ALL.len()))?;
+        let mut map = s.serialize_map(Some(1 + Setup::PROBE_COST.len()))?;
         map.serialize_entry("workload", &self.workload)?;
-        for (setup, ns) in Setup::ALL.iter().zip(&self.median_ns) {
+        for (setup, ns) in Setup::PROBE_COST.iter().zip(&self.median_ns) {
             map.serialize_entry(&format!("{}_ns", setup.name()), &fixed(*ns, 2))?;
         }
         map.end()
@@ -1315,7 +1333,7 @@ Transfer/sec:     53.79MB
     fn writes_results_json() {
         let rows = [Row {
             workload: "mutex, 1 thread".into(),
-            median_ns: vec![17.0, 60.123, 80.5, 640.0],
+            median_ns: vec![17.0, 60.123, 40.25, 80.5, 640.0],
         }];
         let web = WebResults {
             server: "Apache/2.4.65 (Debian)".into(),
@@ -1355,7 +1373,8 @@ Transfer/sec:     53.79MB
             results_json(&rows, &web, &collector, &attach, &memcached).unwrap(),
             concat!(
                 r#"{"probe_cost":[{"workload":"mutex, 1 thread","untraced_ns":17.00,"#,
-                r#""floor_ns":60.12,"locktrace_ns":80.50,"offset_0_ns":640.00}],"#,
+                r#""floor_ns":60.12,"one_hit_floor_ns":40.25,"locktrace_ns":80.50,"#,
+                r#""offset_0_ns":640.00}],"#,
                 r#""web_server":{"server":"Apache/2.4.65 (Debian)","#,
                 r#""load":"wrk -t2 -c32 -d10s --latency","setups":[{"setup":"locktrace","#,
                 r#""requests_per_s":41849.1,"p99_ms":9.570,"events":614787,"lost_events":null,"#,

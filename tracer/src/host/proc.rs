@@ -149,3 +149,29 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// The pid namespace of process `pid` ("self": ours) as the kernel names it
+/// to `bpf_get_ns_current_pid_tgid`: the device (in the kernel's encoding)
+/// and inode of `/proc/PID/ns/pid`.
+pub fn pid_namespace(pid: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(format!("/proc/{pid}/ns/pid")).ok()?;
+    let dev = meta.dev();
+    // stat(2) gives the userspace encoding; the kernel's dev_t is
+    // MAJOR << 20 | MINOR.
+    let kernel_dev = (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev));
+    Some((kernel_dev, meta.ino()))
+}
+
+/// Thread `tid`'s id in its own pid namespace: what glibc writes into the
+/// owner field of a mutex the thread holds (`NSpid:`, innermost last).
+pub fn ns_tid(pid: u32, tid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}

@@ -2,7 +2,8 @@
 //! thread. A thread blocked on a lock sleeps in the `futex` syscall on the
 //! lock's futex word (`/proc/PID/task/TID/syscall` says so, with its stack
 //! pointer and program counter); the lock's holders come from the kernel
-//! side's held-lock stacks and, for pthread mutexes, from the owner tid that
+//! side's held-lock stacks (a mutex checked against its owner tid, its unlock
+//! not being probed) and, for pthread mutexes, from the owner tid that
 //! glibc keeps in the mutex (so locks taken before the tracer started count
 //! too). A cycle of waits is a deadlock.
 
@@ -17,7 +18,7 @@ use tracer_common::{
     SYS_FUTEX,
 };
 
-use crate::host::proc::{tgid_of, threads};
+use crate::host::proc::{ns_tid, tgid_of, threads};
 
 /// Held-lock stacks by tid, as the kernel side keeps them (empty when no
 /// probes run, as in `locktrace snapshot`).
@@ -89,11 +90,33 @@ pub fn read_stack(pid: u32, sp: u64) -> Vec<u8> {
     buf
 }
 
+/// Whether thread `tid` of `pid` still holds `h`, an entry of its held
+/// stack. Mutex unlocks are not probed, so a mutex entry stays until the
+/// thread's next acquisition: it counts only while the mutex is locked and
+/// its owner field (the holder's tid in its pid namespace) names the
+/// thread. Other kinds have their releases probed.
+pub fn still_held(pid: u32, tid: u32, h: &HeldLock) -> bool {
+    if !matches!(
+        LockKind::from_raw(h.kind),
+        Some(LockKind::Mutex | LockKind::RecursiveMutex)
+    ) {
+        return true;
+    }
+    let (Some(word), Some(owner), Some(me)) = (
+        read_u32(pid, h.addr),
+        read_u32(pid, h.addr + MUTEX_OWNER_OFFSET),
+        ns_tid(pid, tid),
+    ) else {
+        return false;
+    };
+    word != 0 && owner == me
+}
+
 /// What `b` waits for: the lock its futex word belongs to, and its holders
 /// among the other threads of the process.
 pub fn waiter(b: Blocked, held: &HeldByThread) -> Option<Waiter> {
     let tids = threads(b.pid);
-    // Locks the tracer saw taken: exact for every kind.
+    // Locks the tracer saw taken (a mutex checked against its owner).
     let mut holders = Vec::new();
     let mut found: Option<(u64, LockKind)> = None;
     for &tid in tids.iter().filter(|&&t| t != b.tid) {
@@ -105,7 +128,9 @@ pub fn waiter(b: Blocked, held: &HeldByThread) -> Option<Waiter> {
                 }
                 _ => h.addr == b.uaddr,
             };
-            if covers {
+            // A mutex released since (its unlock is not probed) is not
+            // held: never a false holder, never a false deadlock.
+            if covers && still_held(b.pid, tid, h) {
                 found.get_or_insert((h.addr, kind));
                 if !holders.contains(&tid) {
                     holders.push(tid);

@@ -24,7 +24,7 @@ use aya::programs::{
 };
 use tracing::{debug, info, warn};
 
-use crate::kernel::catalogue::{records_acquisitions, UPROBES};
+use crate::kernel::catalogue::{records_acquisitions, TWO_HIT_FLOOR_ONLY, UPROBES};
 use crate::kernel::links::{Attacher, FilePlan, Group, LateLinks, Which};
 use crate::kernel::load::{ProbePlacement, ProbePrograms, Probes};
 use crate::kernel::multi;
@@ -178,6 +178,12 @@ impl Probes {
         for scope in gone {
             closing.extend(self.links.by_process.remove(&scope).unwrap_or_default());
             closing.extend(self.links.traffic.remove(&scope).unwrap_or_default());
+            closing.extend(
+                self.links
+                    .traffic_acquisitions
+                    .remove(&scope)
+                    .unwrap_or_default(),
+            );
         }
         self.links.closers.retain(|closer| !closer.is_finished());
         if !closing.is_empty() {
@@ -201,7 +207,11 @@ impl Probes {
         // (acquisitions last, program, return) -> (offset, placed, cookie)
         type Placed = Vec<(u64, u64, u64)>;
         let mut groups: BTreeMap<(bool, &'static str, bool), Placed> = BTreeMap::new();
-        for probe in UPROBES {
+        let floor_only = match self.programs {
+            ProbePrograms::Floor => TWO_HIT_FLOOR_ONLY,
+            _ => &[],
+        };
+        for probe in UPROBES.iter().chain(floor_only) {
             let symbol = probe.symbol;
             let Ok((placed, function)) =
                 placement::place_symbol(&elf, symbol, probe.reads, probe.repeat_safe)
@@ -222,8 +232,8 @@ impl Probes {
             );
             let program = match (self.programs, probe.is_return) {
                 (ProbePrograms::Tracer, _) => probe.program,
-                (ProbePrograms::Floor, false) => "floor_entry",
-                (ProbePrograms::Floor, true) => "floor_return",
+                (ProbePrograms::Floor | ProbePrograms::OneHitFloor, false) => "floor_entry",
+                (ProbePrograms::Floor | ProbePrograms::OneHitFloor, true) => "floor_return",
             };
             // Acquisition programs sort last.
             let key = (

@@ -85,9 +85,14 @@ const TIMED: u32 = HELD_FLAG_TIMED;
 /// Every probe: an entry probe per lock function (blocking operations need no
 /// return probe: their wait shows in the futex tracepoints), and a return
 /// probe where the result decides what is held (try, timed, condition waits).
+///
+/// `pthread_mutex_unlock` is not probed: glibc writes the owner's tid into
+/// every mutex it locks (`__owner`) and clears it at the unlock, so the
+/// kernel side checks a held mutex there at the thread's next acquisition
+/// (and the collector before it names a holder in the wait-for graph): one
+/// probe hit per lock/unlock pair instead of two.
 pub const UPROBES: &[Uprobe] = &[
     lock("pthread_mutex_lock", LockKind::Mutex),
-    entry("unlock", "pthread_mutex_unlock"),
     try_lock("pthread_mutex_trylock", LockKind::Mutex, TRY),
     ret("try_return", "pthread_mutex_trylock"),
     try_lock("pthread_mutex_timedlock", LockKind::Mutex, TIMED),
@@ -137,6 +142,11 @@ pub const UPROBES: &[Uprobe] = &[
     cond("cond_wait_return", "pthread_cond_clockwait", true),
 ];
 
+/// What only the two-hit cost floor (`--floor-probes`) probes: the mutex
+/// unlock, which the real programs validate lazily. Against it, `cargo
+/// xtask bench` shows what leaving it out saves.
+pub const TWO_HIT_FLOOR_ONLY: &[Uprobe] = &[entry("unlock", "pthread_mutex_unlock")];
+
 /// The functions that get probes.
 pub fn probed_symbols() -> Vec<&'static str> {
     UPROBES.iter().map(|p| p.symbol).collect()
@@ -153,8 +163,10 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 /// Whether a program records acquisitions (a lock taken, or a try or timed
 /// request pending until its return). These are attached after every other
-/// program of a file, releases first: then a lock whose acquisition was seen
-/// always has its release seen, and never stays in a held stack for ever.
+/// program of a file, releases first (and closed before them, see
+/// `slices`): then a lock whose acquisition was seen always has its release
+/// seen, and never stays in a held stack for ever. (A mutex has no release
+/// probe: its owner field says whether it is still held.)
 pub fn records_acquisitions(program: &str) -> bool {
     matches!(program, "lock" | "try_lock" | "floor_entry")
 }

@@ -62,10 +62,12 @@ pub struct Links {
     pub late: LateLinks,
     /// Threads closing the links of exited processes.
     pub closers: Vec<JoinHandle<()>>,
-    /// With an overhead budget: the links of the lock traffic programs
-    /// (acquisitions and releases), by process, apart from the lock
-    /// lifecycle ones in `by_process` (see `slices`).
+    /// With an overhead budget: the links of the lock traffic programs, by
+    /// process, apart from the lock lifecycle ones in `by_process` (see
+    /// `slices`): releases (with condition waits) here, acquisitions in
+    /// `traffic_acquisitions`, so that those close first.
     pub traffic: HashMap<Option<u32>, Vec<OwnedFd>>,
+    pub traffic_acquisitions: HashMap<Option<u32>, Vec<OwnedFd>>,
     /// Whether the lock traffic is probed now (always without a budget).
     pub traffic_on: bool,
     /// Lock traffic links are kept in `traffic` (an overhead budget).
@@ -80,17 +82,24 @@ pub enum Which {
     /// (its class, a reused address) is known even when its traffic is
     /// not.
     Lifecycle,
-    /// Acquisitions and releases (with condition waits).
-    Traffic,
+    /// Releases, and the other traffic programs that record no
+    /// acquisition (condition waits, the returns of try operations).
+    Releases,
+    /// The programs that record acquisitions: made after the releases,
+    /// closed before them, so that an acquisition seen always has its
+    /// release seen.
+    Acquisitions,
 }
 
 impl Which {
     pub fn wants(self, program: &str) -> bool {
-        let lifecycle = crate::kernel::catalogue::is_lifecycle(program);
+        use crate::kernel::catalogue::{is_lifecycle, records_acquisitions};
+        let lifecycle = is_lifecycle(program);
         match self {
             Which::All => true,
             Which::Lifecycle => lifecycle,
-            Which::Traffic => !lifecycle,
+            Which::Releases => !lifecycle && !records_acquisitions(program),
+            Which::Acquisitions => records_acquisitions(program),
         }
     }
 }
@@ -105,6 +114,7 @@ impl Links {
             late: LateLinks::default(),
             closers: Vec::new(),
             traffic: HashMap::new(),
+            traffic_acquisitions: HashMap::new(),
             traffic_on: true,
             sliced: false,
         }
@@ -112,10 +122,10 @@ impl Links {
 
     /// Keeps the links `made` for `scope` by `which`.
     pub fn keep(&mut self, scope: Option<u32>, which: Which, made: Vec<OwnedFd>) {
-        let to = if self.sliced && which == Which::Traffic {
-            &mut self.traffic
-        } else {
-            &mut self.by_process
+        let to = match (self.sliced, which) {
+            (true, Which::Releases) => &mut self.traffic,
+            (true, Which::Acquisitions) => &mut self.traffic_acquisitions,
+            _ => &mut self.by_process,
         };
         to.entry(scope).or_default().extend(made);
     }
@@ -124,7 +134,7 @@ impl Links {
     pub fn linked_now(&self) -> &'static [Which] {
         match (self.sliced, self.traffic_on) {
             (false, _) => &[Which::All],
-            (true, true) => &[Which::Lifecycle, Which::Traffic],
+            (true, true) => &[Which::Lifecycle, Which::Releases, Which::Acquisitions],
             (true, false) => &[Which::Lifecycle],
         }
     }
@@ -134,6 +144,7 @@ impl Links {
         let all: Vec<OwnedFd> = std::mem::take(&mut self.by_process)
             .into_values()
             .chain(std::mem::take(&mut self.traffic).into_values())
+            .chain(std::mem::take(&mut self.traffic_acquisitions).into_values())
             .flatten()
             .collect();
         multi::close_concurrently(all);

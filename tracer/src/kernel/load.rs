@@ -42,9 +42,13 @@ pub enum ProbePrograms {
     /// locktrace's programs.
     #[default]
     Tracer,
-    /// Empty programs at the same places: the cost floor of a probe hit
+    /// Empty programs at the same places, and on `pthread_mutex_unlock`:
+    /// the cost floor of a tracer that probes both ends of a mutex pair
     /// (`cargo xtask bench`).
     Floor,
+    /// Empty programs at exactly the same places: the floor of one probe
+    /// hit per mutex pair.
+    OneHitFloor,
 }
 
 /// The eBPF object built by `cargo xtask build-ebpf` and embedded by build.rs
@@ -118,12 +122,18 @@ impl Probes {
             FILTER_TRACED
         };
         let comm_filter = u32::from(!filter.comms.is_empty());
+        // Our pid namespace: a traced thread in it learns its namespace tid
+        // (a mutex's owner) at once; see `set_pid_ns` for the others.
+        let (pidns_dev, pidns_ino) = crate::host::proc::pid_namespace("self")
+            .context("cannot read our pid namespace (/proc/self/ns/pid)")?;
         let cgroup_filter = u32::from(!filter.cgroups.is_empty());
         let ebpf = EbpfLoader::new()
             .override_global("TRACER_TGID", &tgid, true)
             .override_global("FILTER_MODE", &mode, true)
             .override_global("COMM_FILTER", &comm_filter, true)
             .override_global("CGROUP_FILTER", &cgroup_filter, true)
+            .override_global("PIDNS_DEV", &pidns_dev, true)
+            .override_global("PIDNS_INO", &pidns_ino, true)
             .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)
             .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead, true)
             .load(EBPF_OBJECT)
@@ -338,7 +348,7 @@ fn attacher(maps: &[(String, RawFd)], policy: ProbePlacement, programs: ProbePro
             .into_iter()
             .filter(|p| !p.starts_with("floor_"))
             .collect(),
-        ProbePrograms::Floor => vec!["floor_entry", "floor_return"],
+        ProbePrograms::Floor | ProbePrograms::OneHitFloor => vec!["floor_entry", "floor_return"],
     };
     let programs = match multi::load_programs(EBPF_OBJECT, maps, &names) {
         Ok(programs) => programs,

@@ -10,6 +10,7 @@ use tracer_common::{
     LockEvent, LockKey, PyProcess,
 };
 
+use crate::host::proc;
 use crate::kernel::load::Probes;
 
 pub use crate::host::waitfor::HeldByThread;
@@ -35,6 +36,25 @@ impl Probes {
         let mut tstates: HashMap<_, u32, u64> = HashMap::try_from(self.map_mut("PY_THREADS")?)?;
         for (tid, tstate) in threads {
             tstates.insert(tid, tstate, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the kernel side the pid namespace of process `pid` when it is
+    /// not ours (ours is a global), so that its threads' held mutexes can
+    /// be checked against their owner field (see `nstid` in the kernel
+    /// side). Until then they order nothing.
+    pub fn set_pid_ns(&mut self, pid: u32) -> Result<()> {
+        let (Some(theirs), Some(ours)) = (
+            proc::pid_namespace(&pid.to_string()),
+            proc::pid_namespace("self"),
+        ) else {
+            // Gone already.
+            return Ok(());
+        };
+        if theirs != ours {
+            let mut ns: HashMap<_, u32, [u64; 2]> = HashMap::try_from(self.map_mut("PID_NS")?)?;
+            ns.insert(pid, [theirs.0, theirs.1], 0)?;
         }
         Ok(())
     }

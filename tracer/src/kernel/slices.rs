@@ -10,6 +10,8 @@
 //! taken in a slice and released after it is forgotten at the next switch:
 //! neither can order anything.
 
+use std::collections::HashMap as StdHashMap;
+use std::os::fd::OwnedFd;
 use std::thread::JoinHandle;
 
 use anyhow::Result;
@@ -28,14 +30,21 @@ const THREAD_STATE: &[&str] = &["HELD", "INHERIT", "PENDING_TRY", "COND_WAITS"];
 
 impl Probes {
     /// Stops probing the lock traffic: its links close on a thread that
-    /// ends once they are gone.
+    /// ends once they are gone, the acquisitions' first. (All at once, a
+    /// release link could go first: a lock released then, unseen, while
+    /// the acquisition probes still ran, would order the thread's next
+    /// acquisition after it.)
     pub fn traffic_off(&mut self) -> JoinHandle<()> {
         self.links.traffic_on = false;
-        let closing: Vec<_> = std::mem::take(&mut self.links.traffic)
-            .into_values()
-            .flatten()
-            .collect();
-        std::thread::spawn(move || multi::close_concurrently(closing))
+        let take = |links: &mut StdHashMap<Option<u32>, Vec<OwnedFd>>| -> Vec<OwnedFd> {
+            std::mem::take(links).into_values().flatten().collect()
+        };
+        let acquisitions = take(&mut self.links.traffic_acquisitions);
+        let releases = take(&mut self.links.traffic);
+        std::thread::spawn(move || {
+            multi::close_concurrently(acquisitions);
+            multi::close_concurrently(releases);
+        })
     }
 
     /// Probes the lock traffic again, in every traced scope, after
@@ -44,20 +53,23 @@ impl Probes {
         self.forget_thread_state()?;
         self.links.traffic_on = true;
         let scopes: Vec<Option<u32>> = self.links.by_process.keys().copied().collect();
-        for scope in scopes {
-            let mut made = Vec::new();
-            for plan in self.links.plans.values() {
-                match self.link(plan, scope, Which::Traffic) {
-                    Ok(links) => made.extend(links),
-                    // The process exited meanwhile: `unlink_exited` closes
-                    // what it has.
-                    Err(e) if scope.is_some_and(|pid| !crate::host::proc::is_process(pid)) => {
-                        tracing::debug!("cannot probe an exited process: {e:#}");
+        // Releases first (see `Which::Acquisitions`).
+        for which in [Which::Releases, Which::Acquisitions] {
+            for &scope in &scopes {
+                let mut made = Vec::new();
+                for plan in self.links.plans.values() {
+                    match self.link(plan, scope, which) {
+                        Ok(links) => made.extend(links),
+                        // The process exited meanwhile: `unlink_exited`
+                        // closes what it has.
+                        Err(e) if scope.is_some_and(|pid| !crate::host::proc::is_process(pid)) => {
+                            tracing::debug!("cannot probe an exited process: {e:#}");
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
                 }
+                self.links.keep(scope, which, made);
             }
-            self.links.keep(scope, Which::Traffic, made);
         }
         Ok(())
     }

@@ -179,6 +179,8 @@ fn describe(
         // A blocked thread's own request is on its stack already (pushed at
         // the lock call's entry): it is not held yet.
         .filter(|h| waiter.is_none_or(|w| h.addr != w.lock))
+        // A mutex unlocked since it was taken (unlocks are not probed).
+        .filter(|h| waitfor::still_held(pid, tid, h))
         .map(|h| HeldReport {
             lock: lock(en, pid, h.addr, lock_kind(h.kind)),
             taken_at: en.frames(pid, &[h.callsite], false),
