@@ -12,7 +12,7 @@ use crate::enrich::Enricher;
 use crate::host::{proc, waitfor};
 use crate::kernel::decode::lock_kind;
 use crate::kernel::maps::HeldByThread;
-use crate::report::{
+use crate::report::findings::{
     kind_name, Deadlock, Finding, HeldReport, Lock, LockWaitTimeout, ThreadReport,
 };
 use crate::symbolize::Resolve;

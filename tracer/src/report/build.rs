@@ -8,7 +8,9 @@ use tracer_analysis::model::{Dependency, LockInstance as LockId, LockKind};
 
 use crate::enrich::Enricher;
 use crate::report::blocking::{self, Scan};
-use crate::report::{kind_name, Edge, Finding, Inversion, Lock, SameClassNesting, SelfDeadlock};
+use crate::report::findings::{
+    kind_name, Edge, Finding, Inversion, Lock, SameClassNesting, SelfDeadlock,
+};
 use crate::symbolize::Resolve;
 
 /// The finding of a verdict. Deadlocks and hangs describe live threads

@@ -8,7 +8,8 @@ use std::io::{self, Write};
 
 use tracer_analysis::model::{Frame, Level};
 
-use crate::report::{escape, Edge, Finding, Inversion, Lock, SameClassNesting, ThreadReport};
+use crate::report::escape;
+use crate::report::findings::{Edge, Finding, Inversion, Lock, SameClassNesting, ThreadReport};
 
 /// `s` as a DOT quoted string: `"` and `\` escaped, line breaks as `\n`
 /// (a centred line in a label), other control characters dropped.

@@ -12,7 +12,8 @@ use std::fmt::Write as _;
 
 use serde::Deserialize;
 
-use crate::report::{Finding, Summary};
+use crate::report::findings::Finding;
+use crate::report::summary::Summary;
 
 /// Whether `c` must not reach a terminal as it is: C0 controls (line
 /// breaks and ESC among them), DEL, C1 controls (U+0080-U+009F: 0x9b is a

@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::report::Summary;
+use crate::report::summary::Summary;
 
 /// The version of the JSON Lines layout, written on the summary line
 /// (`"schema": 1`). Adding a field or a record type keeps it; renaming,

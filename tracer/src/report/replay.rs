@@ -11,7 +11,12 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::report::{dot, escape, json, text::plural, Finding, Format, Reporter};
+use crate::report::dot;
+use crate::report::escape;
+use crate::report::findings::Finding;
+use crate::report::json;
+use crate::report::sink::{Format, Reporter};
+use crate::report::text::plural;
 
 /// The `type` of every record [`Finding`] reads, as `--type` takes it.
 pub const TYPE_NAMES: [&str; 6] = [

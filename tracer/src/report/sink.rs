@@ -3,7 +3,10 @@
 
 use std::io::{self, Write};
 
-use crate::report::{escape, json, Finding, Summary};
+use crate::report::escape;
+use crate::report::findings::Finding;
+use crate::report::json;
+use crate::report::summary::Summary;
 
 /// Output format of a [`Reporter`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use tracer_analysis::model::{Frame, Level, PyFrame};
 
-use crate::report::{
+use crate::report::findings::{
     Deadlock, Finding, Inversion, Lock, LockWaitTimeout, SameClassNesting, SelfDeadlock,
     ThreadReport,
 };
