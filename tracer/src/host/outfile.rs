@@ -60,7 +60,8 @@ pub fn create(path: &Path, force: bool) -> Result<File> {
 
 /// Why an existing file (its `st_mode`, owner and link count) must not be
 /// written, if it must not: a symlink, always; without `force`, anything
-/// but a regular file of root's with one name.
+/// but a regular file of root's with one name, or a character device of
+/// root's (`/dev/null`: writing it creates and exposes nothing).
 pub fn refusal(mode: u32, uid: u32, nlink: u64, force: bool) -> Option<String> {
     let kind = mode & libc::S_IFMT;
     if kind == libc::S_IFLNK {
@@ -69,6 +70,9 @@ pub fn refusal(mode: u32, uid: u32, nlink: u64, force: bool) -> Option<String> {
         );
     }
     if force {
+        return None;
+    }
+    if kind == libc::S_IFCHR && uid == 0 {
         return None;
     }
     if kind != libc::S_IFREG {
@@ -110,6 +114,9 @@ mod tests {
         assert!(refusal(libc::S_IFIFO | 0o600, 0, 1, false).is_some());
         assert_eq!(refusal(REG, 65534, 2, true), None);
         assert_eq!(refusal(libc::S_IFCHR | 0o666, 0, 1, true), None);
+        // /dev/null, root's own terminal; not a user's terminal.
+        assert_eq!(refusal(libc::S_IFCHR | 0o666, 0, 1, false), None);
+        assert!(refusal(libc::S_IFCHR | 0o620, 1000, 1, false).is_some());
     }
 
     #[test]
