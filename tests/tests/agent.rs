@@ -51,6 +51,11 @@ fn inversion_becomes_one_alertmanager_notification() {
     let comm = comm_of(&program);
     let agent = Watcher::start_agent(&["--config", &config, "--comm", &comm], &[]);
     wait_ready(&metrics);
+    // `systemctl reload` sends SIGHUP: the agent keeps tracing (it says
+    // it cannot reload yet) instead of dying of the signal's default.
+    // SAFETY: kill(2) on the test's own unreaped child.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) }, 0);
+    agent.wait_for_log(&["SIGHUP"], Duration::from_secs(5));
 
     let out = Command::new(&program).output().unwrap();
     assert!(out.status.success(), "{out:?}");
