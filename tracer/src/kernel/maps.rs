@@ -182,21 +182,27 @@ impl Probes {
         if deferred_so_far == self.deferred_taken {
             return Ok((Vec::new(), Vec::new()));
         }
-        self.deferred_taken = deferred_so_far;
         let mut deferred: HashMap<_, DependencyKey, DeferredDependency> =
             HashMap::try_from(self.map_mut("DEFERRED")?)?;
         let keys: Vec<DependencyKey> = deferred.keys().filter_map(|k| k.ok()).collect();
         let mut out = Vec::with_capacity(keys.len());
+        let mut unfinished = false;
         for key in keys {
             let Ok(d) = deferred.get(&key, 0) else {
                 continue;
             };
-            // Still being written by the kernel side (it sets `event` last).
+            // Still being written by the kernel side (it sets `event` last):
+            // the next call must walk the map again, even if nothing else is
+            // deferred meanwhile.
             if d.event == 0 {
+                unfinished = true;
                 continue;
             }
             let _ = deferred.remove(&key);
             out.push(d);
+        }
+        if !unfinished {
+            self.deferred_taken = deferred_so_far;
         }
         Ok((out, self.take_deferred_exits()?))
     }
