@@ -105,13 +105,7 @@ pub fn check_pid(pid: u32) -> Result<()> {
 /// side match processes, so a thread id as it is would trace nothing.
 pub fn process_of(pid: u32) -> Result<u32> {
     check_pid(pid)?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("no process with pid {pid}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("cannot read the process of pid {pid}"))
+    crate::host::proc::tgid_of(pid).with_context(|| format!("cannot read the process of pid {pid}"))
 }
 
 /// The id of a cgroup v2 directory (its inode number, which is what the

@@ -100,6 +100,8 @@ pub struct Probes {
     pub(super) cgroup_dirs: Vec<PathBuf>,
     /// The kernel's deferred-dependency count when `DEFERRED` was last read.
     pub(super) deferred_taken: u64,
+    /// Our pid namespace (device, inode), as the kernel side has it.
+    pub(super) pid_ns: (u64, u64),
 }
 
 impl Probes {
@@ -149,6 +151,7 @@ impl Probes {
             cgroup_filter: !filter.cgroups.is_empty(),
             cgroup_dirs: filter.cgroup_dirs.clone(),
             deferred_taken: 0,
+            pid_ns: (pidns_dev, pidns_ino),
         };
         // The verifier takes most of the start-up time: the uprobe programs
         // load on other threads while the tracepoints attach here.

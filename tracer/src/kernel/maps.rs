@@ -45,14 +45,11 @@ impl Probes {
     /// be checked against their owner field (see `nstid` in the kernel
     /// side). Until then they order nothing.
     pub fn set_pid_ns(&mut self, pid: u32) -> Result<()> {
-        let (Some(theirs), Some(ours)) = (
-            proc::pid_namespace(&pid.to_string()),
-            proc::pid_namespace("self"),
-        ) else {
+        let Some(theirs) = proc::pid_namespace(&pid.to_string()) else {
             // Gone already.
             return Ok(());
         };
-        if theirs != ours {
+        if theirs != self.pid_ns {
             let mut ns: HashMap<_, u32, [u64; 2]> = HashMap::try_from(self.map_mut("PID_NS")?)?;
             ns.insert(pid, [theirs.0, theirs.1], 0)?;
         }
