@@ -196,7 +196,7 @@ impl Probes {
     /// Where each program goes in `target`.
     fn plan(&self, target: &Target) -> Result<(FilePlan, Vec<&'static str>)> {
         let path = &target.open_path;
-        let elf = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let elf = crate::host::elf::read_bounded(path)?;
         if !Target::defines_any_lock_function(&elf) {
             bail!(
                 "{} does not define any lock function (pthread_mutex_lock, sem_wait, ...)",

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::host::elf::{check_header, is_lock_library};
+use crate::host::elf::{check_header, is_lock_library, read_bounded};
 use crate::host::spaces::{read_proc_maps, readable_path, Mapping};
 
 /// A file's identity: what the kernel attaches a uprobe to.
@@ -69,7 +69,7 @@ impl Target {
     /// Whether this (discovered) library has the lock functions.
     pub fn is_lock_library_file(&self) -> bool {
         check_header(&self.open_path).is_ok()
-            && std::fs::read(&self.open_path).is_ok_and(|elf| Target::defines_lock_functions(&elf))
+            && read_bounded(&self.open_path).is_ok_and(|elf| Target::defines_lock_functions(&elf))
     }
 
     /// Whether a shared library has the lock functions themselves (not
@@ -103,7 +103,7 @@ pub fn check_explicit(path: &Path) -> Result<Target> {
     let target = Target::from_path(path)?;
     // The header first: a huge file of something else is refused unread.
     check_header(path)?;
-    let elf = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let elf = read_bounded(path)?;
     object::File::parse(&*elf)
         .map_err(|e| anyhow!("{} is not an ELF file: {e}", path.display()))?;
     if !Target::defines_any_lock_function(&elf) {
@@ -127,7 +127,7 @@ pub fn static_program(program: &str) -> Result<Option<Target>> {
     if check_header(&path).is_err() {
         return Ok(None); // a script, or 32-bit: its interpreter is probed
     }
-    let Ok(elf) = std::fs::read(&path) else {
+    let Ok(elf) = read_bounded(&path) else {
         return Ok(None);
     };
     let Ok(file) = ElfFile64::<object::Endianness>::parse(&*elf) else {

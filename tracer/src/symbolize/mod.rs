@@ -76,7 +76,7 @@ struct DataSyms {
 impl DataSyms {
     fn read(path: &Path) -> Option<Self> {
         use object::{Object as _, ObjectSymbol as _, SymbolKind};
-        let bytes = std::fs::read(path).ok()?;
+        let bytes = crate::host::elf::read_bounded(path).ok()?;
         let elf = object::File::parse(&*bytes).ok()?;
         let mut syms: Vec<(u64, u64, String)> = elf
             .symbols()
