@@ -92,7 +92,8 @@ pub struct ReportArgs {
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// text: as the tracer prints them; json: JSON Lines (a capture again);
-    /// dot: one Graphviz digraph per finding (render with `dot -Tsvg`).
+    /// dot: one Graphviz digraph per finding (render with `dot -Tsvg`);
+    /// html: one self-contained page (pictures drawn by Graphviz if installed).
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub format: ReportFormat,
     /// Only findings of this type (repeatable).
@@ -119,6 +120,7 @@ pub enum ReportFormat {
     Text,
     Json,
     Dot,
+    Html,
 }
 
 #[derive(Debug, Args)]

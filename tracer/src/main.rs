@@ -111,6 +111,7 @@ fn replay(args: ReportArgs) -> Result<i32> {
         cli::ReportFormat::Text => Output::Text,
         cli::ReportFormat::Json => Output::Json,
         cli::ReportFormat::Dot => Output::Dot,
+        cli::ReportFormat::Html => Output::Html,
     };
     let out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(outfile::create(path, args.force)?),

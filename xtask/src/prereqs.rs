@@ -37,6 +37,9 @@ pub const APT_WSGI: &[&str] = &["apache2", "libapache2-mod-wsgi-py3", "wrk"];
 pub const APT_GRAPHVIZ: &[&str] = &["graphviz"];
 /// Graphviz's renderer (from [`APT_GRAPHVIZ`]).
 pub const DOT: &str = "/usr/bin/dot";
+/// `locktrace report --format html` is opened in Debian's headless Chromium.
+pub const APT_CHROMIUM: &[&str] = &["chromium"];
+pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Where Debian's mod_wsgi lands (from [`APT_WSGI`]).
 pub const MOD_WSGI: &str = "/usr/lib/apache2/modules/mod_wsgi.so";
 /// The agent's tests: a real Alertmanager receiving its alerts, and
@@ -157,6 +160,12 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
         apt.push((
             APT_GRAPHVIZ,
             "the end-to-end tests render `locktrace report --format dot` with Graphviz",
+        ));
+    }
+    if scope == Scope::Test && !Path::new(CHROMIUM).exists() {
+        apt.push((
+            APT_CHROMIUM,
+            "the end-to-end tests open `locktrace report --format html` in headless Chromium",
         ));
     }
     if scope == Scope::Bench
