@@ -291,7 +291,10 @@ fn thread(page: &mut String, t: &ThreadReport) {
         }
         None => page.push_str(", not waiting for a lock"),
     }
-    page.push_str("</h3>\n<div class=\"stacks\">");
+    page.push_str("</h3>\n");
+    if !t.holds.is_empty() {
+        page.push_str("<div class=\"stacks\">");
+    }
     for h in &t.holds {
         let _ = write!(page, "<div><h4>holds {}, taken at</h4>", lock_cell(&h.lock));
         if h.taken_at.is_empty() {
@@ -301,6 +304,11 @@ fn thread(page: &mut String, t: &ThreadReport) {
         }
         page.push_str("</div>");
     }
+    if !t.holds.is_empty() {
+        page.push_str("</div>");
+    }
+    // Its own stacks at full width: beside the held locks' call sites,
+    // a deep stack's columns would be squeezed.
     page.push_str("<div>");
     if !t.python_stack.is_empty() {
         page.push_str("<h4>Python stack</h4>");
@@ -308,7 +316,7 @@ fn thread(page: &mut String, t: &ThreadReport) {
     }
     page.push_str("<h4>stack</h4>");
     stack(page, &t.stack);
-    page.push_str("</div></div>\n");
+    page.push_str("</div>\n");
 }
 
 fn stack(page: &mut String, frames: &[Frame]) {
