@@ -89,6 +89,12 @@ pub struct Lock {
     /// Written only for a lock in shared memory: its identity and mapping.
     #[serde(default)]
     pub shared: Option<String>,
+    /// Written only for a lock in a file's image: the file's build-id
+    /// and the lock's offset in it.
+    #[serde(default)]
+    pub build_id: Option<String>,
+    #[serde(default)]
+    pub file_offset: Option<u64>,
 }
 
 impl Lock {
@@ -113,6 +119,12 @@ pub struct Frame {
     pub file: Option<String>,
     #[serde(deserialize_with = "nullable")]
     pub line: Option<u64>,
+    /// The module's GNU build-id (hex), when it has one.
+    #[serde(deserialize_with = "nullable")]
+    pub build_id: Option<String>,
+    /// The file offset of `addr` in the module.
+    #[serde(deserialize_with = "nullable")]
+    pub file_offset: Option<u64>,
 }
 
 impl Frame {

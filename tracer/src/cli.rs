@@ -71,6 +71,11 @@ pub struct AgentArgs {
     /// `[agent] host`: the `host` label of alerts (default: the hostname).
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
+    /// `[agent] state_dir`: where the fingerprints already alerted on and
+    /// the active alerts are kept across restarts (default
+    /// /var/lib/locktrace).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// `[report] output`: also write findings to FILE.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,

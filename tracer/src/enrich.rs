@@ -15,7 +15,7 @@ use crate::kernel::decode::{lock_kind, RawRequest, Record};
 use crate::kernel::load::Probes;
 use crate::python::registry::Pythons;
 use crate::symbolize::wrappers::Wrappers;
-use crate::symbolize::{Resolve, Symbolizer};
+use crate::symbolize::{ImageLock, Resolve, Symbolizer};
 
 pub struct Enricher {
     pub symbolizer: Symbolizer,
@@ -233,6 +233,13 @@ impl Resolve for Enricher {
         self.symbolizer
             .shared_lock(pid, addr)
             .map(|s| s.to_string())
+    }
+
+    fn image_lock(&mut self, pid: u32, addr: u64) -> Option<ImageLock> {
+        if self.pythons.lock_name(LockInstance { pid, addr }).is_some() {
+            return None;
+        }
+        self.symbolizer.image_lock(pid, addr)
     }
 }
 

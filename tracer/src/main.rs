@@ -444,9 +444,8 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
     let mut agent = Agent::start(&config)?;
     let rt = runtime()?;
     let (mut term, mut int) = stop_signals(&rt)?;
-    // `systemctl reload` (or a stray `kill -HUP`) must not end an agent:
-    // SIGHUP's default action is to terminate. Reloading is not built yet,
-    // so it keeps what it runs with and says so.
+    // `systemctl reload` (or a stray `kill -HUP`): the config file is read
+    // again (SIGHUP's default action, to terminate, would stop tracing).
     let mut hangup = {
         let _runtime = rt.enter();
         signal(SignalKind::hangup()).context("SIGHUP handler")?
@@ -462,10 +461,13 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
                 tokio::select! {
                     _ = term.recv() => break Stop::Signal,
                     _ = int.recv() => break Stop::Signal,
-                    _ = hangup.recv() => tracing::warn!(
-                        "SIGHUP: reloading the configuration is not supported yet; \
-                         the agent keeps running with the configuration it started with"
-                    ),
+                    _ = hangup.recv() => match agent::Config::load(&args) {
+                        Ok(new) => agent.reload(new),
+                        // One line, naming the key: the old one goes on.
+                        Err(e) => tracing::error!(
+                            "SIGHUP: {e:#}; keeping the configuration in force"
+                        ),
+                    },
                     // The session's loop polls this future between slices:
                     // a ping says that loop turns.
                     _ = watchdog.tick(), if pings.is_some() => agent::notify::notify("WATCHDOG=1"),

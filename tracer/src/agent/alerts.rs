@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::report::{Finding, Lock};
 use tracer_analysis::model::Frame;
@@ -13,10 +13,10 @@ use tracer_analysis::model::Frame;
 const MAX_DESCRIPTION: usize = 4000;
 
 /// One alert as `POST /api/v2/alerts` takes it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Alert {
-    pub labels: BTreeMap<&'static str, String>,
-    pub annotations: BTreeMap<&'static str, String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
     #[serde(rename = "startsAt")]
     pub starts_at: String,
     #[serde(rename = "endsAt")]
@@ -51,11 +51,11 @@ pub fn alert(finding: &Finding, ctx: &Context<'_>, now: SystemTime) -> Option<Al
     };
     let (pid, comm) = pid_comm(finding);
     let labels = BTreeMap::from([
-        ("alertname", alertname.to_string()),
-        ("severity", severity.to_string()),
-        ("fingerprint", fingerprint(finding)),
-        ("host", ctx.host.to_string()),
-        ("service", service(pid, comm)),
+        ("alertname".to_string(), alertname.to_string()),
+        ("severity".to_string(), severity.to_string()),
+        ("fingerprint".to_string(), fingerprint(finding)),
+        ("host".to_string(), ctx.host.to_string()),
+        ("service".to_string(), service(pid, comm)),
     ]);
     // The text report's form: names escaped, as a mail or chat message of
     // the alert shows it to a person.
@@ -69,9 +69,9 @@ pub fn alert(finding: &Finding, ctx: &Context<'_>, now: SystemTime) -> Option<Al
         description.push_str("\n[cut]");
     }
     let annotations = BTreeMap::from([
-        ("summary", summary(finding)),
-        ("description", description),
-        ("runbook_url", ctx.runbook_url.to_string()),
+        ("summary".to_string(), summary(finding)),
+        ("description".to_string(), description),
+        ("runbook_url".to_string(), ctx.runbook_url.to_string()),
     ]);
     Some(Alert {
         labels,
@@ -132,15 +132,19 @@ pub fn summary(finding: &Finding) -> String {
 /// The first frame of the program's own code (past the lock functions of
 /// libc): `function` or `module+offset`.
 fn site(stack: &[Frame]) -> Option<String> {
-    let frame = stack
-        .iter()
-        .find(|f| !f.module.as_deref().is_some_and(is_lock_library))
-        .or(stack.first())?;
+    let frame = program_frame(stack)?;
     Some(match (&frame.function, &frame.module) {
         (Some(function), _) => function.clone(),
         (None, Some(module)) => format!("{}+{:#x}", basename(module), frame.offset.unwrap_or(0)),
         (None, None) => format!("{:#x}", frame.addr),
     })
+}
+
+fn program_frame(stack: &[Frame]) -> Option<&Frame> {
+    stack
+        .iter()
+        .find(|f| !f.module.as_deref().is_some_and(is_lock_library))
+        .or(stack.first())
 }
 
 fn is_lock_library(module: &str) -> bool {
@@ -153,50 +157,61 @@ fn basename(path: &str) -> &str {
 }
 
 /// The finding's stable identity, 16 hex digits: FNV-1a (64 bits, a fixed
-/// function: the same on every build and host) of its type, its locks
-/// (kind and symbol, sorted) and the program sites that took them
-/// (function names, sorted). Never pids, addresses or paths: the same bug
-/// in a restarted process, another worker or another host running the same
-/// code has the same fingerprint. A lock without a symbol (on the heap) is
-/// known by the site that took it.
+/// function: the same on every build and host) of its type, its lock
+/// classes and the program sites that took them, each sorted. Code is
+/// keyed by the ELF build-id and file offset of the binary that holds it:
+/// a global lock by its file's build-id and its offset in that file, a lock
+/// on the heap by the site that took it, a site by its frame's build-id and
+/// file offset, a Python lock by the file and line that created it (its
+/// name) and a Python site by its innermost Python frame. Never pids,
+/// addresses or paths: the same bug in a restarted process, another worker
+/// or another host running the same build has the same fingerprint; a
+/// rebuilt binary (another build-id) has another. Code in a file without a
+/// build-id is known by its function or symbol name.
 pub fn fingerprint(finding: &Finding) -> String {
     let (kind, _) = kind(finding).unwrap_or(("record", ""));
     let mut locks: Vec<String> = Vec::new();
     let mut sites: Vec<String> = Vec::new();
     let mut lock = |l: &Lock, taken: &[Frame]| {
-        locks.push(match &l.name {
-            Some(name) => format!("{} {name}", l.kind),
-            None => format!("{} @{}", l.kind, site(taken).unwrap_or_default()),
+        locks.push(match (&l.build_id, l.file_offset, &l.name) {
+            (Some(build_id), Some(offset), _) => format!("{} {build_id}+{offset:#x}", l.kind),
+            (_, _, Some(name)) => format!("{} {name}", l.kind),
+            _ => format!("{} @{}", l.kind, site_key(taken).unwrap_or_default()),
         });
     };
     match finding {
         Finding::LockOrderInversion(f) => {
             for e in &f.cycle {
                 lock(&e.from, &e.held_stack);
-                sites.extend(site(&e.stack));
+                match e.python_stack.first() {
+                    Some(py) => sites.push(format!("python {}:{}", py.file, py.line)),
+                    None => sites.extend(site_key(&e.stack)),
+                }
             }
         }
         Finding::SelfDeadlock(f) => {
             lock(&f.lock, &f.held_stack);
-            sites.extend(site(&f.stack));
+            sites.extend(site_key(&f.stack));
         }
         Finding::SameClassNesting(f) => {
+            // Its two locks are instances of one class: the class's name
+            // (a file name and offset, not yet a build-id) keys it.
             locks.push(f.class.clone());
-            sites.extend(site(&f.stack));
+            sites.extend(site_key(&f.stack));
         }
         Finding::Deadlock(f) => {
             for t in &f.threads {
                 if let Some(l) = &t.waits_for {
                     lock(l, &t.stack);
                 }
-                sites.extend(site(&t.stack));
+                sites.extend(site_key(&t.stack));
             }
         }
         Finding::LockWaitTimeout(f) => {
             if let Some(l) = &f.waiter.waits_for {
                 lock(l, &f.waiter.stack);
             }
-            sites.extend(site(&f.waiter.stack));
+            sites.extend(site_key(&f.waiter.stack));
         }
         Finding::BlockedThread(_) => {}
     }
@@ -206,6 +221,16 @@ pub fn fingerprint(finding: &Finding) -> String {
     sites.dedup();
     let text = format!("{kind}\n{}\n{}", locks.join("\n"), sites.join("\n"));
     format!("{:016x}", fnv1a(text.as_bytes()))
+}
+
+/// The program's own site of a stack (past libc's lock functions), as the
+/// fingerprint keys it: `build-id+file offset`, else its name.
+fn site_key(stack: &[Frame]) -> Option<String> {
+    let frame = program_frame(stack)?;
+    match (&frame.build_id, frame.file_offset) {
+        (Some(build_id), Some(offset)) => Some(format!("{build_id}+{offset:#x}")),
+        _ => site(stack),
+    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -301,6 +326,8 @@ mod tests {
             kind: "mutex",
             name: Some(name.to_string()),
             shared: None,
+            build_id: None,
+            file_offset: None,
             pid,
         };
         let frame = |function: &str, addr| Frame {
@@ -308,16 +335,14 @@ mod tests {
             module: Some(path.to_string()),
             function: Some(function.to_string()),
             offset: Some(34),
-            file: None,
-            line: None,
+            ..Frame::default()
         };
         let libc = Frame {
             addr: 0x7f00_0000_1000,
             module: Some("/usr/lib/x86_64-linux-gnu/libc.so.6".into()),
             function: Some("___pthread_mutex_lock".into()),
             offset: Some(14),
-            file: None,
-            line: None,
+            ..Frame::default()
         };
         let edge = |from: &Lock, to: &Lock, function: &str| Edge {
             from: from.clone(),
@@ -370,6 +395,62 @@ mod tests {
             "mutex_c",
         ));
         assert_ne!(one, renamed);
+    }
+
+    /// `finding` (of [`ab_ba`]) as a program whose file has build-id `id`
+    /// and is loaded at `base`: its frames and locks keyed by build-id and
+    /// file offset.
+    fn built(finding: Finding, id: &str, base: u64) -> Finding {
+        let Finding::LockOrderInversion(mut f) = finding else {
+            unreachable!()
+        };
+        let key_lock = |l: &mut Lock| {
+            l.build_id = Some(id.to_string());
+            l.file_offset = Some(l.addr - base);
+        };
+        f.locks.iter_mut().for_each(key_lock);
+        for e in &mut f.cycle {
+            key_lock(&mut e.from);
+            key_lock(&mut e.to);
+            for frame in e.stack.iter_mut().chain(e.held_stack.iter_mut()) {
+                if frame.addr >= base && frame.addr < base + 0x10_0000 {
+                    frame.build_id = Some(id.to_string());
+                    frame.file_offset = Some(frame.addr - base);
+                }
+            }
+        }
+        Finding::LockOrderInversion(f)
+    }
+
+    #[test]
+    fn fingerprints_follow_the_build_id() {
+        let (a, b) = (0x5500_0000_0000, 0x5611_0000_0000);
+        let one = fingerprint(&built(
+            ab_ba(100, "/opt/a/prog", a, "mutex_a", "mutex_b"),
+            "0123abcd",
+            a,
+        ));
+        // The same build elsewhere, in another process.
+        let same = fingerprint(&built(
+            ab_ba(2000, "/srv/b/prog2", b, "mutex_a", "mutex_b"),
+            "0123abcd",
+            b,
+        ));
+        assert_eq!(one, same);
+        // The same code, rebuilt: another build-id, another bug to judge.
+        let rebuilt = fingerprint(&built(
+            ab_ba(100, "/opt/a/prog", a, "mutex_a", "mutex_b"),
+            "4567ef01",
+            a,
+        ));
+        assert_ne!(one, rebuilt);
+        // Keyed by build-id and offset, not by the symbols' names.
+        let renamed = fingerprint(&built(
+            ab_ba(100, "/opt/a/prog", a, "mutex_x", "mutex_y"),
+            "0123abcd",
+            a,
+        ));
+        assert_eq!(one, renamed);
     }
 
     #[test]

@@ -165,12 +165,19 @@ fn describe(
     en: &mut Enricher,
 ) -> ThreadReport {
     let (state, thread) = proc::thread_state(pid, tid);
-    let lock = |en: &mut Enricher, pid: u32, addr: u64, kind: LockKind| Lock {
-        addr,
-        kind: kind_name(kind),
-        name: en.lock_name(pid, addr),
-        shared: en.shared_identity(pid, addr),
-        pid,
+    let lock = |en: &mut Enricher, pid: u32, addr: u64, kind: LockKind| {
+        let image = en.image_lock(pid, addr);
+        Lock {
+            addr,
+            kind: kind_name(kind),
+            name: en.lock_name(pid, addr),
+            shared: en.shared_identity(pid, addr),
+            build_id: image
+                .as_ref()
+                .and_then(|i| Some(i.build_id.as_deref()?.to_string())),
+            file_offset: image.map(|i| i.file_offset),
+            pid,
+        }
     };
     let mut holds: Vec<HeldReport> = held
         .get(&tid)

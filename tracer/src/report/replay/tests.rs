@@ -156,6 +156,7 @@ fn the_call_site_is_the_first_line_outside_libc() {
         file: Some(file.into()),
         line: Some(line),
         offset: None,
+        ..Frame::default()
     };
     let stack = [
         frame(
@@ -180,6 +181,8 @@ fn lock(name: &str, addr: u64) -> Lock {
         kind: "mutex",
         name: Some(name.into()),
         shared: None,
+        build_id: None,
+        file_offset: None,
         pid: 0,
     }
 }
