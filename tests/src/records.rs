@@ -183,6 +183,8 @@ pub enum Level {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inversion {
+    /// Its stable identity (the agent's alert label), 16 hex digits.
+    pub fingerprint: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -203,6 +205,8 @@ pub struct Inversion {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelfDeadlock {
+    /// Its stable identity (the agent's alert label), 16 hex digits.
+    pub fingerprint: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -220,6 +224,8 @@ pub struct SelfDeadlock {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SameClassNesting {
+    /// Its stable identity (the agent's alert label), 16 hex digits.
+    pub fingerprint: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -242,6 +248,8 @@ pub struct SameClassNesting {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deadlock {
+    /// Its stable identity (the agent's alert label), 16 hex digits.
+    pub fingerprint: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -255,6 +263,8 @@ pub struct Deadlock {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockWaitTimeout {
+    /// Its stable identity (the agent's alert label), 16 hex digits.
+    pub fingerprint: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,

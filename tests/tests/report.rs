@@ -107,6 +107,28 @@ fn check_capture(name: &str, variant: Variant, expected: &[&str]) {
     assert_eq!(inversion_locks(&again, &cap.run), names(expected));
     assert_eq!(again.summary.schema, 1);
 
+    // Every finding line carries its fingerprint (the agent's alert label),
+    // and `--fingerprint` selects by it.
+    let inversion_line = original
+        .raw
+        .lines()
+        .find(|l| l.contains("\"type\":\"lock_order_inversion\""))
+        .expect("the inversion's line");
+    let line: serde_json::Value = serde_json::from_str(inversion_line).unwrap();
+    let fp = line["fingerprint"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fingerprint on {inversion_line}"));
+    assert_eq!(fp.len(), 16, "{fp}");
+    let one = report(&["--format", "json", "--fingerprint", fp], &cap.path);
+    let selected = Report::parse(&one.stdout).unwrap();
+    assert_eq!(selected.inversions().len(), 1, "{}", one.describe());
+    assert_eq!(selected.records.len(), 1, "{}", one.describe());
+    let none = report(
+        &["--format", "json", "--fingerprint", "0123456789abcdef"],
+        &cap.path,
+    );
+    assert!(Report::parse(&none.stdout).unwrap().records.is_empty());
+
     // DOT: one digraph per finding, rendered by Graphviz, naming every lock.
     let dot_path = cap.dir.path().join(format!("{name}.dot"));
     report(

@@ -111,6 +111,10 @@ pub struct ReportArgs {
     /// Only findings about processes with this command name (repeatable).
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
+    /// Only the findings with this fingerprint (repeatable): the
+    /// `fingerprint` label of the agent's alerts and of each JSON finding.
+    #[arg(long = "fingerprint", value_name = "HEX")]
+    pub fingerprints: Vec<String>,
     /// Write to FILE instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,

@@ -106,6 +106,7 @@ fn replay(args: ReportArgs) -> Result<i32> {
         types: args.types,
         pids: args.pids,
         comms: args.comms,
+        fingerprints: args.fingerprints,
     };
     let output = match args.format {
         cli::ReportFormat::Text => Output::Text,

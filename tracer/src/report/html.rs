@@ -152,6 +152,13 @@ fn finding(page: &mut String, i: usize, f: &Finding) {
         esc(level),
         esc(rest)
     );
+    if !matches!(f, Finding::BlockedThread(_)) {
+        let _ = writeln!(
+            page,
+            "<p class=\"muted\">fingerprint <code>{}</code></p>",
+            crate::report::fingerprint::fingerprint(f)
+        );
+    }
     picture(page, f);
     match f {
         Finding::LockOrderInversion(inv) => inversion(page, inv),

@@ -11,6 +11,7 @@ pub mod build;
 pub mod dot;
 pub mod escape;
 pub mod findings;
+pub mod fingerprint;
 pub mod html;
 pub mod json;
 pub mod replay;

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::report::dot;
 use crate::report::escape;
 use crate::report::findings::Finding;
+use crate::report::fingerprint::fingerprint;
 use crate::report::html;
 use crate::report::json;
 use crate::report::sink::{Format, Reporter};
@@ -108,6 +109,7 @@ pub struct Filter {
     pub types: Vec<String>,
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
+    pub fingerprints: Vec<String>,
 }
 
 impl Filter {
@@ -116,6 +118,7 @@ impl Filter {
         (self.types.is_empty() || self.types.iter().any(|t| t == type_name(f)))
             && (self.pids.is_empty() || procs.iter().any(|(p, _)| self.pids.contains(p)))
             && (self.comms.is_empty() || procs.iter().any(|(_, c)| self.comms.contains(c)))
+            && (self.fingerprints.is_empty() || self.fingerprints.contains(&fingerprint(f)))
     }
 }
 

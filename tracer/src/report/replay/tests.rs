@@ -102,6 +102,7 @@ fn filters_by_type_pid_and_comm() {
         types: types.iter().map(|s| s.to_string()).collect(),
         pids: pids.to_vec(),
         comms: comms.iter().map(|s| s.to_string()).collect(),
+        fingerprints: vec![],
     };
     assert!(filter(&[], &[], &[]).matches(&f));
     assert!(filter(&["deadlock", "lock_order_inversion"], &[4242], &["ab_ba"]).matches(&f));
@@ -115,6 +116,24 @@ fn filters_by_type_pid_and_comm() {
         out.ends_with("shown: 0 of 1 findings (filtered)\n"),
         "{out}"
     );
+}
+
+#[test]
+fn filters_by_fingerprint_as_written_on_the_line() {
+    let f = ab_ba_finding();
+    let c = replay::parse("c", &capture(&[f.clone()])).unwrap();
+    let raw = capture(&[f.clone()]);
+    let written: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
+    let fp = written["fingerprint"]
+        .as_str()
+        .expect("a fingerprint on the line");
+    assert_eq!(fp, crate::report::fingerprint::fingerprint(&c.findings[0]));
+    let by = |fps: &[&str]| Filter {
+        fingerprints: fps.iter().map(|s| s.to_string()).collect(),
+        ..Filter::default()
+    };
+    assert!(by(&[fp]).matches(&c.findings[0]));
+    assert!(!by(&["0000000000000000"]).matches(&c.findings[0]));
 }
 
 #[test]
