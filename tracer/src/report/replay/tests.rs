@@ -121,8 +121,8 @@ fn filters_by_type_pid_and_comm() {
 #[test]
 fn filters_by_fingerprint_as_written_on_the_line() {
     let f = ab_ba_finding();
-    let c = replay::parse("c", &capture(&[f.clone()])).unwrap();
-    let raw = capture(&[f.clone()]);
+    let c = replay::parse("c", &capture(std::slice::from_ref(&f))).unwrap();
+    let raw = capture(std::slice::from_ref(&f));
     let written: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
     let fp = written["fingerprint"]
         .as_str()
