@@ -91,7 +91,7 @@ impl ThreadReport {
                 f,
                 ", blocked for good in pthread_mutex_lock: the kernel refused its \
                  priority-inheritance mutex (a deadlock, or an owner that died; which mutex \
-                 needs the probes: `watch`)"
+                 only a tracer that saw the request knows)"
             )?,
             None => writeln!(f, ", not waiting for a lock")?,
         }
