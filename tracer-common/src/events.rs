@@ -86,6 +86,8 @@ pub struct LockEvent {
     pub sp: u64,
     pub bp: u64,
     pub init_stack_len: u32,
+    /// Kernel side only: the program image (exec count) of a held-back
+    /// init.
     pub _pad: u32,
     pub init_stack: [u8; INIT_STACK_BYTES],
 }

@@ -18,7 +18,7 @@ use crate::{
     counters::count,
     emit::{write_lock_event, EVENTS},
     filter::{self, is_traced},
-    futex, held, nstid, python, semaphores,
+    futex, held, instances, nstid, python, semaphores,
 };
 
 /// Field offsets of the sched tracepoints, read from tracefs by the collector
@@ -67,6 +67,7 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
     // image's records are all in the ring buffer already: its other threads
     // died before this tracepoint, and this thread wrote its own first.
     if is_traced(tgid) {
+        instances::follow_exec(&tgid);
         announce(EventKind::ProcessExec, tgid, tid);
     }
     filter::follow_exec(&tgid);
@@ -125,6 +126,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
         filter::forget(&tgid);
         python::forget_process(&tgid);
         nstid::forget(&tgid);
+        instances::forget_process(&tgid);
     }
     0
 }
