@@ -284,6 +284,10 @@ pub struct ThreadReport {
     pub state: String,
     #[serde(deserialize_with = "nullable")]
     pub waits_for: Option<Lock>,
+    /// Parked for good in `pthread_mutex_lock` after the kernel refused a
+    /// priority-inheritance mutex, which mutex unknown (written when true).
+    #[serde(default)]
+    pub refused_lock: bool,
     /// Null when the wait began before the tracer started.
     #[serde(deserialize_with = "nullable")]
     pub waiting_s: Option<f64>,

@@ -40,6 +40,9 @@ pub enum Pending {
     ProcessExit {
         pid: u32,
     },
+    ProcessExec {
+        pid: u32,
+    },
 }
 
 impl Enricher {
@@ -84,6 +87,7 @@ impl Enricher {
                 init_stack,
             },
             Record::ProcessExit { pid } => Pending::ProcessExit { pid },
+            Record::ProcessExec { pid } => Pending::ProcessExec { pid },
         }
     }
 
@@ -126,6 +130,10 @@ impl Enricher {
             Pending::ProcessExit { pid } => {
                 self.pythons.forget_process(pid);
                 Event::ProcessExit { pid }
+            }
+            Pending::ProcessExec { pid } => {
+                self.pythons.forget_process(pid);
+                Event::ProcessExec { pid }
             }
         }
     }

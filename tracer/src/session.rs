@@ -415,6 +415,7 @@ impl Session {
             let forgets = matches!(
                 record,
                 Record::ProcessExit { .. }
+                    | Record::ProcessExec { .. }
                     | Record::LockReset {
                         init_site: None,
                         ..
@@ -431,7 +432,10 @@ impl Session {
                 self.queue
                     .extend(std::mem::take(&mut self.deferred_records));
             }
-            if let Record::ProcessExit { pid, .. } = &record {
+            // An exec'd process's held-back inits are its old image's: a
+            // lock of the new image at the same address must not be
+            // classed by them.
+            if let Record::ProcessExit { pid } | Record::ProcessExec { pid } = &record {
                 self.exited.push(*pid);
             }
             // A process first seen here (forked before its parent was found

@@ -149,6 +149,11 @@ pub struct ThreadReport {
     pub state: String,
     /// The lock it waits for, if it is blocked on one.
     pub waits_for: Option<Lock>,
+    /// Blocked for good in `pthread_mutex_lock` after the kernel refused its
+    /// priority-inheritance mutex (a deadlock, or an owner that died), when
+    /// which mutex is not known (`snapshot` has no probes to say).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused_lock: bool,
     /// How long it has waited (null when unknown: the wait began before the
     /// tracer started).
     pub waiting_s: Option<f64>,

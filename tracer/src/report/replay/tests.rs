@@ -214,6 +214,7 @@ fn thread(tid: u32, holds: &Lock, waits_for: &Lock, holder: u32) -> ThreadReport
         thread: format!("t{tid}"),
         state: "S".into(),
         waits_for: Some(waits_for.clone()),
+        refused_lock: false,
         waiting_s: Some(1.0),
         held_by: vec![holder],
         holds: vec![HeldReport {
