@@ -144,6 +144,7 @@ static TABLE: &[((u32, u32), &Offsets)] = &[
     ((3, 8), &layout::V3_8),
     ((3, 7), &layout::V3_7),
     ((3, 6), &layout::V3_6),
+    ((2, 7), &layout::V2_7),
 ];
 
 /// The offsets for CPython `major.minor`, if known.
@@ -477,6 +478,9 @@ pub fn frame_from_copy(o: &Offsets, c: &tracer_common::PyCodeCopy) -> Option<PyF
 
 /// A `str` object (PEP 393: 1, 2 or 4 bytes per code point).
 fn read_str(mem: Mem, o: &Offsets, addr: u64) -> Result<String> {
+    if o.frames == FrameKind::Object27 {
+        return layout::read_bytes_str(mem, o, addr);
+    }
     let hdr = mem.bytes(addr, o.unicode_ascii_data)?;
     let len = word(&hdr, o.unicode_length).min(MAX_STR);
     let state = u32::from_le_bytes(hdr[o.unicode_state as usize..][..4].try_into().unwrap()) as u64;

@@ -9,8 +9,9 @@ use std::time::Duration;
 use super::super::{detect, thread_stack, CodeCache};
 use super::*;
 
-/// A thread blocked in `waiter` (called by `outer`); prints "WAITER_TID".
-const SCRIPT: &str = r#"import threading, time
+/// A thread blocked in `waiter` (called by `outer`); prints "ready" (in
+/// Python 2 and 3).
+const SCRIPT: &str = r#"import sys, threading, time
 ev = threading.Event()
 tids = []
 
@@ -24,7 +25,8 @@ def outer():
 threading.Thread(target=outer).start()
 while not tids:
     time.sleep(0.01)
-print("ready", flush=True)
+sys.stdout.write("ready\n")
+sys.stdout.flush()
 time.sleep(3600)
 "#;
 
@@ -172,6 +174,43 @@ fn pyenv_3_6() {
 }
 
 #[test]
+fn pyenv_2_7() {
+    check("2.7.18");
+}
+
+/// A 3.13 patch release that moved fields: its `_Py_DebugOffsets` (here
+/// in this process's memory) win over the table; what they lack stays the
+/// table's.
+#[test]
+fn debug_offsets_override_the_table() {
+    let mut words = [0u64; debug::WORDS];
+    words[0] = u64::from_le_bytes(*b"xdebugpy");
+    words[debug::VERSION] = 0x030d05f0;
+    words[debug::TSTATE_NATIVE_THREAD_ID] = V3_13.tstate_native_thread_id + 8;
+    words[debug::TSTATE_CURRENT_FRAME] = V3_13.tstate_cframe + 8;
+    words[debug::FRAME_EXECUTABLE] = 8;
+    words[debug::CODE_ADAPTIVE] = V3_13.code_adaptive + 16;
+    words[debug::INTERP_GIL_HOLDER] = 100;
+    let pid = std::process::id();
+    let at = words.as_ptr() as u64;
+    let o = with_debug_offsets(pid, at, 0x030d05f0, &V3_13).unwrap();
+    assert_eq!(o.tstate_native_thread_id, V3_13.tstate_native_thread_id + 8);
+    assert_eq!(o.tstate_cframe, V3_13.tstate_cframe + 8);
+    assert_eq!(o.frame_code, 8);
+    assert_eq!(o.code_adaptive, V3_13.code_adaptive + 16);
+    assert_eq!(o.runtime_tstate_current, V3_13.runtime_main_interp + 100);
+    assert_eq!(o.code_firsttraceable, V3_13.code_firsttraceable);
+    assert_eq!(o.unicode_ascii_mask, V3_13.unicode_ascii_mask);
+    // Another minor version's, a free-threaded build's, no cookie: refused.
+    assert!(with_debug_offsets(pid, at, 0x030e00f0, &V3_13).is_err());
+    words[debug::FREE_THREADED] = 1;
+    assert!(with_debug_offsets(pid, at, 0x030d05f0, &V3_13).is_err());
+    words[debug::FREE_THREADED] = 0;
+    words[0] = 0;
+    assert!(with_debug_offsets(pid, at, 0x030d05f0, &V3_13).is_err());
+}
+
+#[test]
 fn line_tables() {
     // 3.10: (start delta, line delta) pairs; -128 = no line.
     let table = [6, 0, 4, 1, 2, 0x80, 8, 2];
@@ -182,7 +221,9 @@ fn line_tables() {
     assert_eq!(linetable_310(&table, 10, 20), None);
     // lnotab: (offset increment, line increment) pairs.
     let table = [0, 1, 6, 1, 8, 0xff];
-    assert_eq!(lnotab(&table, 10, 0), Some(11));
-    assert_eq!(lnotab(&table, 10, 6), Some(12));
-    assert_eq!(lnotab(&table, 10, 14), Some(11));
+    assert_eq!(lnotab(&table, 10, 0, true), Some(11));
+    assert_eq!(lnotab(&table, 10, 6, true), Some(12));
+    assert_eq!(lnotab(&table, 10, 14, true), Some(11));
+    // Python 2's: unsigned line increments.
+    assert_eq!(lnotab(&table, 10, 14, false), Some(267));
 }
