@@ -136,15 +136,15 @@ static V3_11: Offsets = Offsets {
 /// (major, minor) -> layout. CPython keeps struct layouts within a minor
 /// version, so one entry covers all its patch releases.
 static TABLE: &[((u32, u32), &Offsets)] = &[
+    ((2, 7), &layout::V2_7),
+    ((3, 6), &layout::V3_6),
+    ((3, 7), &layout::V3_7),
+    ((3, 8), &layout::V3_8),
+    ((3, 9), &layout::V3_9),
+    ((3, 10), &layout::V3_10),
     ((3, 11), &V3_11),
     ((3, 12), &layout::V3_12),
     ((3, 13), &layout::V3_13),
-    ((3, 10), &layout::V3_10),
-    ((3, 9), &layout::V3_9),
-    ((3, 8), &layout::V3_8),
-    ((3, 7), &layout::V3_7),
-    ((3, 6), &layout::V3_6),
-    ((2, 7), &layout::V2_7),
 ];
 
 /// The offsets for CPython `major.minor`, if known.
