@@ -1,5 +1,6 @@
 //! Python frames for each CPython this machine has under pyenv: the
-//! AB/BA of `tests/python/frames_ab_ba.py` under `locktrace run -- PYTHON`
+//! AB/BA of `tests/python/frames_ab_ba.py` (with `Lock`, and with `RLock`
+//! from 3.6) under `locktrace run -- PYTHON`
 //! is one inversion whose locks are named by their creation lines and whose
 //! edges name the script's functions and lines.
 
@@ -82,19 +83,26 @@ fn assert_requested_in(frames: &[PyFrame], function: &str, marker: &str, run: &J
     );
 }
 
+/// `Lock` and `RLock` (a C `_thread.RLock` in 3.x) under `version`.
 fn check(version: &str) {
-    let run = run_script(version);
+    for kind in ["Lock", "RLock"] {
+        check_kind(version, kind);
+    }
+}
+
+fn check_kind(version: &str, kind: &str) {
+    let run = run_script(version, kind);
     let ours = locktrace_e2e::script_findings(&run, "python/frames_ab_ba.py:");
     assert_eq!(ours.len(), 1, "exactly one inversion\n{}", run.describe());
     check_inversion(ours[0], &run);
 }
 
-fn run_script(version: &str) -> JsonRun {
+fn run_script(version: &str, kind: &str) -> JsonRun {
     require_root();
     let python = python(version);
     let run = run_json(
         &[],
-        &[python.to_str().unwrap(), script().to_str().unwrap(), "Lock"],
+        &[python.to_str().unwrap(), script().to_str().unwrap(), kind],
     );
     assert_eq!(run.run.code(), 0, "python exit status\n{}", run.describe());
     assert!(
@@ -187,7 +195,7 @@ fn cpython_3_6() {
 /// every Python lock (issue 17 item 5, not fixed here).
 #[test]
 fn cpython_2_7() {
-    let run = run_script("2.7.18");
+    let run = run_script("2.7.18", "Lock");
     let pair: std::collections::BTreeSet<String> = [created_at("CREATE_A"), created_at("CREATE_B")]
         .into_iter()
         .collect();
