@@ -32,6 +32,10 @@ pub const APT_BENCH: &[&str] = &["apache2", "wrk"];
 /// and mod_wsgi for Python 3 (run from a test-owned configuration; the
 /// system service is neither used nor started by the tests).
 pub const APT_WSGI: &[&str] = &["apache2", "libapache2-mod-wsgi-py3", "wrk"];
+/// The tests that trace other glibc builds and distro Pythons from the
+/// host build Debian 11 and 13 trees with it (cached under target/rootfs).
+pub const APT_DEBOOTSTRAP: &[&str] = &["debootstrap"];
+pub const DEBOOTSTRAP: &str = "/usr/sbin/debootstrap";
 /// `locktrace report --format dot` is checked by rendering it with Debian's
 /// Graphviz (`dot -Tsvg`).
 pub const APT_GRAPHVIZ: &[&str] = &["graphviz"];
@@ -154,6 +158,13 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
         apt.push((
             APT_AGENT,
             "the agent's tests send alerts to Debian's Alertmanager and check the shipped rules with promtool",
+        ));
+    }
+    if scope == Scope::Test && !Path::new(DEBOOTSTRAP).exists() {
+        apt.push((
+            APT_DEBOOTSTRAP,
+            "the end-to-end tests build Debian 11 and 13 trees (glibc 2.31 and 2.41, Python 3.9 \
+             and 3.13) and trace programs run in them (built once, kept under target/rootfs)",
         ));
     }
     if scope == Scope::Test && !Path::new(DOT).exists() {

@@ -62,7 +62,8 @@ impl Probes {
             }
         }
         info!(
-            file = %target.name.display(), via = %target.open_path.display(), ?missing,
+            file = %target.name.display(), inode = target.id.inode,
+            via = %target.open_path.display(), ?missing,
             elapsed = ?started.elapsed(), "probes attached"
         );
         self.links.plans.insert(target.id, plan);
@@ -226,7 +227,7 @@ impl Probes {
                 ProbePlacement::Emulated => placed.offset,
             };
             debug!(
-                program = probe.program, symbol, offset, file_offset = function.file_offset + offset,
+                file = %target.name.display(), inode = target.id.inode, program = probe.program, symbol, offset, file_offset = function.file_offset + offset,
                 instruction = %placed.instruction, emulated = placed.emulated,
                 reason = %placed.reason, "probe placement"
             );

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::host::elf::{check_header, is_lock_library, read_bounded};
-use crate::host::spaces::{read_proc_maps, readable_path, Mapping};
+use crate::host::spaces::{host_path, read_proc_maps, readable_path, Mapping};
 
 /// A file's identity: what the kernel attaches a uprobe to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,7 +54,10 @@ impl Target {
         })
     }
 
-    /// The file of a mapping of process `pid`, if the tracer can open it.
+    /// The file of a mapping of process `pid`, if the tracer can open it;
+    /// named by its host path when the process has a root of its own
+    /// (else a chroot's libc and the host's would both be
+    /// `/usr/lib/x86_64-linux-gnu/libc.so.6` in the summary).
     pub fn from_mapping(pid: u32, m: &Mapping) -> Option<Self> {
         Some(Target {
             id: FileId {
@@ -62,7 +65,7 @@ impl Target {
                 inode: m.inode,
             },
             open_path: readable_path(pid, m)?,
-            name: m.path.clone(),
+            name: host_path(pid, m).unwrap_or_else(|| m.path.clone()),
         })
     }
 

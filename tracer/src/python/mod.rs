@@ -256,8 +256,16 @@ fn probe(pid: u32, m: &Mapping) -> Result<Option<Interpreter>, Unsupported> {
     let (major, minor, micro) = version;
     let Some(offsets) = offsets_for(major, minor) else {
         let known: Vec<String> = TABLE.iter().map(|((a, b), _)| format!("{a}.{b}")).collect();
+        // Since 3.13 `threading.Lock` is a PyMutex (an atomic byte, parked
+        // threads wait on semaphores of their own): no lock function sees it.
+        let pymutex = if (major, minor) >= (3, 13) {
+            "; and its threading.Lock is a PyMutex, which takes no C library lock: \
+             only RLock and C-level locks are seen"
+        } else {
+            ""
+        };
         return Err(unsupported(format!(
-            "{path}: CPython {major}.{minor} is not supported (supported: {})",
+            "{path}: CPython {major}.{minor} is not supported (supported: {}){pymutex}",
             known.join(", ")
         )));
     };
