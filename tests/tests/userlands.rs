@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use locktrace_e2e::rootfs::{Suite, Userland, BULLSEYE, TRIXIE};
 use locktrace_e2e::{
-    assert_one_inversion_of, marker_line, require_root, Frame, JsonRun, LockKind, Record,
-    TestCgroup, Watcher,
+    assert_one_inversion_of, marker_line, require_root, workspace_dir, Frame, JsonRun, LockKind,
+    Record, TestCgroup, Watcher,
 };
 
 /// The log filter that shows probe placement (as `-v`).
@@ -474,11 +474,26 @@ fn inversion_in_a_container(suite: &'static Suite) {
 /// `frames_ab_ba.py KIND` run to its end by the tree's `python3` (under
 /// `chroot`); returns its pid.
 fn run_script(userland: &Userland, kind: &str) -> u32 {
+    // A copy of the script per tree: Python locks are classed by file and
+    // line, and the other tree's test (host-wide beside this one) would
+    // otherwise make this inversion a repeat of its own.
+    let script = userland.fixture(&format!("frames_ab_ba_{}.py", userland.suite.name));
+    std::fs::copy(
+        userland.host_path(&userland.fixture("frames_ab_ba.py")),
+        userland.host_path(&script),
+    )
+    .expect("copy frames_ab_ba.py in the tree");
+    // The script runs after a pause of 1 s: host-wide, a new interpreter is
+    // described (which lets the kernel side copy its Python frames) within
+    // about 0.1 s of its exec, and locks it creates before then carry no
+    // creation line (`run` holds its command until then; a long-running
+    // service is described once, at its start).
+    let paused = format!(
+        "import sys, time\ntime.sleep(1)\nsys.argv = [{script:?}, {kind:?}]\n\
+         exec(compile(open({script:?}).read(), {script:?}, 'exec'))"
+    );
     let mut child = userland
-        .chroot(
-            "/usr/bin/python3",
-            &[&userland.fixture("frames_ab_ba.py"), kind],
-        )
+        .chroot("/usr/bin/python3", &["-c", &paused])
         .stdout(Stdio::null())
         .spawn()
         .expect("start python3 in the tree");
@@ -488,13 +503,26 @@ fn run_script(userland: &Userland, kind: &str) -> u32 {
     pid
 }
 
-/// Host-wide: a Python AB/BA by the distro's own interpreter. Neither 3.9
-/// nor 3.13 has a frame table yet (only 3.11 has): the tracer says so in
-/// one warning naming the version, and reports the inversion with native
-/// stacks (the interpreter's and the tree's C library's functions). Since
-/// 3.13, `threading.Lock` is a PyMutex, which takes no C library lock: its
-/// inversion is not seen at all (`RLock`'s still is), and the warning says
-/// that too. `lock_is_seen`: whether `Lock`'s inversion is expected.
+/// 1-based line of `tests/python/frames_ab_ba.py` (copied into the tree
+/// as it is) carrying `# MARKER`.
+fn script_line(marker: &str) -> u32 {
+    let text = std::fs::read_to_string(workspace_dir().join("tests/python/frames_ab_ba.py"))
+        .expect("frames_ab_ba.py");
+    let needle = format!("# {marker}");
+    let hits: Vec<u32> = (text.lines().enumerate())
+        .filter(|(_, l)| l.trim_end().ends_with(&needle))
+        .map(|(i, _)| i as u32 + 1)
+        .collect();
+    assert_eq!(hits.len(), 1, "one line marked {needle}");
+    hits[0]
+}
+
+/// Host-wide: a Python AB/BA by the distro's own interpreter (3.9, 3.13),
+/// with Python frames: the locks named by the script's creation lines, each
+/// edge requested in the script's function and line, up to threading's
+/// `run`. Since 3.13's patch releases, `threading.Lock` is a PyMutex on
+/// Debian 13 (no C library lock: nothing to see), `RLock` still a
+/// semaphore. `lock_is_seen`: whether `Lock`'s inversion is expected.
 fn python_ab_ba(suite: &'static Suite, lock_is_seen: bool) {
     require_root();
     let userland = Userland::get(suite);
@@ -502,64 +530,42 @@ fn python_ab_ba(suite: &'static Suite, lock_is_seen: bool) {
     // The tree's lock library probed first: then the interpreter is traced
     // from its first instruction, as its locks are created.
     let _warm = late_in_chroot(&watcher, userland, "late_ab_ba");
-    // An interpreter that stays: the tracer looks at a Python process when
-    // its first record arrives (here, of one RLock taken inside another),
-    // and says once that it has no frames for it; a script that has exited
-    // by then is not looked at.
-    let idle = Started::start(userland.chroot(
-        "/usr/bin/python3",
-        &[
-            "-c",
-            "import os, sys, threading\n\
-             print('pid', os.getpid(), flush=True)\n\
-             a, b = threading.RLock(), threading.RLock()\n\
-             with a:\n    with b:\n        pass\n\
-             sys.stdin.readline()",
-        ],
-    ));
-    wait_logged(
-        &watcher,
-        &[&[
-            "Python frames unavailable, native stacks only",
-            &format!("pid={}", idle.pid),
-        ]],
-        Duration::from_secs(20),
-    );
+    // Both scripts name their locks by the same creation lines: one lock
+    // class pair, so an `RLock` run after a seen `Lock` run would be the
+    // same class-level cycle again (a repeat, not reported). `RLock` runs
+    // only where `Lock` is not seen, and second: once its finding is in,
+    // the first script's records have been processed too.
     let lock = run_script(userland, "Lock");
-    // Run second, and waited for: once its finding is in, the first
-    // script's records have been processed too.
-    let rlock = run_script(userland, "RLock");
-    watcher.wait_for_finding_of(rlock, Duration::from_secs(20));
-    if lock_is_seen {
+    let rlock = if lock_is_seen {
         watcher.wait_for_finding_of(lock, Duration::from_secs(20));
-    }
+        None
+    } else {
+        let rlock = run_script(userland, "RLock");
+        watcher.wait_for_finding_of(rlock, Duration::from_secs(20));
+        Some(rlock)
+    };
     let run = watcher.stop();
     let name = suite.name;
-    let warning = run
-        .run
-        .stderr
-        .lines()
-        .find(|l| {
-            l.contains("Python frames unavailable, native stacks only")
-                && l.contains(&format!("pid={}", idle.pid))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{name}: one warning says Python {} has no frames\n{}",
-                suite.python,
-                run.describe()
-            )
-        });
+    // (The other tree's test runs beside this one: its lines are not ours.)
+    let ours = |l: &&str| {
+        std::iter::once(lock)
+            .chain(rlock)
+            .any(|p| l.contains(&format!("pid={p}")))
+    };
+    let unavailable: Vec<&str> = (run.run.stderr.lines())
+        .filter(|l| l.contains("Python frames unavailable"))
+        .filter(ours)
+        .collect();
     assert!(
-        warning.contains(&format!("CPython {} is not supported", suite.python)),
-        "{name}: the warning names the version: {warning}"
+        unavailable.is_empty(),
+        "{name}: CPython {} is described: {unavailable:?}\n{}",
+        suite.python,
+        run.describe()
     );
-    assert_eq!(
-        warning.contains("threading.Lock is a PyMutex"),
-        !lock_is_seen,
-        "{name}: the warning says whether threading.Lock is seen: {warning}"
-    );
-    for (pid, kind, expected) in [(lock, "Lock", lock_is_seen), (rlock, "RLock", true)] {
+    let created = |marker: &str| format!("frames_ab_ba_{name}.py:{}", script_line(marker));
+    let runs =
+        std::iter::once((lock, "Lock", lock_is_seen)).chain(rlock.map(|p| (p, "RLock", true)));
+    for (pid, kind, expected) in runs {
         let found: Vec<_> = run
             .report
             .inversions()
@@ -590,35 +596,63 @@ fn python_ab_ba(suite: &'static Suite, lock_is_seen: bool) {
                 "{name}: {kind} is a semaphore\n{}",
                 run.describe()
             );
-            assert!(
-                edge.python_stack.is_empty(),
-                "{name}: no Python frames without a table\n{}",
+            let label = |l: &locktrace_e2e::Lock| l.name.clone().unwrap_or_default();
+            let (from, to) = (label(&edge.from), label(&edge.to));
+            let (a, b) = (created("CREATE_A"), created("CREATE_B"));
+            let (function, marker) = if from.ends_with(&a) && to.ends_with(&b) {
+                ("take_a_then_b", "A_THEN_B")
+            } else if from.ends_with(&b) && to.ends_with(&a) {
+                ("take_b_then_a", "B_THEN_A")
+            } else {
+                panic!(
+                    "{name}: {kind}'s locks are named by their creation lines {a} and {b}: \
+                     {from} -> {to}\n{}",
+                    run.describe()
+                )
+            };
+            if !suite_request_frames(suite) {
+                // Known gap, kept visible: see `suite_request_frames`.
+                assert!(
+                    edge.python_stack.is_empty(),
+                    "{name}: the requests of Debian's CPython {} carry Python frames now: \
+                     update this test and the README\n{}",
+                    suite.python,
+                    run.describe()
+                );
+                continue;
+            }
+            let top = edge.python_stack.first().unwrap_or_else(|| {
+                panic!(
+                    "{name}: Python frames in {kind}'s request\n{}",
+                    run.describe()
+                )
+            });
+            assert_eq!(
+                (top.function.as_str(), top.line),
+                (function, script_line(marker)),
+                "{name}: the innermost Python frame\n{}",
                 run.describe()
             );
-            let top = &edge.stack[0];
             assert!(
-                top.module
-                    .as_deref()
-                    .is_some_and(|m| m.ends_with(suite.lock_library))
-                    && top
-                        .function
-                        .as_deref()
-                        .is_some_and(|f| f.contains("sem_trywait")),
-                "{name}: CPython takes its lock with the tree's sem_trywait: {top:?}\n{}",
-                run.describe()
-            );
-            // The caller of sem_trywait (3.13's is a static function
-            // without a symbol: its module and offset only).
-            let interpreter = format!("/usr/bin/python{}", suite.python);
-            assert!(
-                edge.stack
-                    .get(1)
-                    .is_some_and(|f| f.module.as_deref() == Some(interpreter.as_str())),
-                "{name}: the native stack goes on in {interpreter}\n{}",
+                edge.python_stack
+                    .iter()
+                    .any(|f| f.function.ends_with("run") && f.file.ends_with("threading.py")),
+                "{name}: the Python stack goes up to threading's run\n{}",
                 run.describe()
             );
         }
     }
+}
+
+/// Whether the requests of the tree's Python threads carry Python frames.
+/// Debian 13's CPython 3.13.5 does not yet: its locks are named by their
+/// creation lines (the main thread's frames are read), but a worker
+/// thread's request has native frames only, while pyenv's 3.13.0 gets them
+/// (`tests/tests/python_versions.rs`). The layout fields `_Py_DebugOffsets`
+/// lacks come from 3.13.0's table (the main interpreter's GIL, where the
+/// kernel side finds the thread holding it), the first suspect.
+fn suite_request_frames(suite: &Suite) -> bool {
+    suite.python != "3.13"
 }
 
 macro_rules! suite_tests {

@@ -454,46 +454,66 @@ pub(super) fn native_tid(mem: Mem, pthread_tid: u64, id: u64) -> u32 {
 /// For a version whose thread states keep a `pthread_t`: the offset of the
 /// tid in glibc's `struct pthread`, from the `_thread_db_pthread_tid`
 /// descriptor glibc exports for debuggers ({bits, count, offset}) in the
-/// process's libc. Ok(0) when the version keeps the tid itself.
+/// process's libc (before glibc 2.34, in libpthread: Debian 11's 3.9). Ok(0)
+/// when the version keeps the tid itself.
 pub fn pthread_tid_offset(pid: u32, o: &Offsets) -> Result<u64, String> {
     if !o.native_id_is_pthread {
         return Ok(0);
     }
     let mut spaces = AddressSpaces::proc_only();
-    let libc = spaces
+    let mut libraries: Vec<_> = spaces
         .mappings(pid)
         .filter(|m| m.is_file())
-        .find(|m| {
+        .filter(|m| {
             let name = m.path.file_name().unwrap_or_default().to_string_lossy();
-            name.starts_with("libc.so") || name.starts_with("libc-")
+            name.starts_with("libc.so")
+                || name.starts_with("libc-")
+                || name.starts_with("libpthread")
         })
         .cloned()
-        .ok_or("no glibc mapped: cannot tell its Python threads apart")?;
-    let path = spaces::readable_path(pid, &libc).ok_or("its libc cannot be opened")?;
-    // One parse per libc file (every Python process maps the same one).
-    static KNOWN: Mutex<Option<HashMap<(u64, u64), u64>>> = Mutex::new(None);
-    let key = (libc.dev, libc.inode);
-    if let Some(&off) = KNOWN
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashMap::new)
-        .get(&key)
-    {
-        return Ok(off);
+        .collect();
+    libraries.dedup_by_key(|m| (m.dev, m.inode));
+    if libraries.is_empty() {
+        return Err("no glibc mapped: cannot tell its Python threads apart".into());
     }
-    let off = thread_db_tid(&path).ok_or_else(|| {
-        format!(
-            "{}: no _thread_db_pthread_tid symbol: cannot tell its Python threads apart",
-            libc.path.display()
-        )
-    })?;
-    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
-    let known = known.get_or_insert_with(HashMap::new);
-    if known.len() >= 256 {
-        known.clear();
+    // One parse per library file (every Python process maps the same ones).
+    static KNOWN: Mutex<Option<HashMap<(u64, u64), Option<u64>>>> = Mutex::new(None);
+    for lib in &libraries {
+        let key = (lib.dev, lib.inode);
+        let known = KNOWN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(HashMap::new)
+            .get(&key)
+            .copied();
+        let off = match known {
+            Some(off) => off,
+            None => {
+                let Some(path) = spaces::readable_path(pid, lib) else {
+                    continue;
+                };
+                let off = thread_db_tid(&path);
+                let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+                let known = known.get_or_insert_with(HashMap::new);
+                if known.len() >= 256 {
+                    known.clear();
+                }
+                known.insert(key, off);
+                off
+            }
+        };
+        if let Some(off) = off {
+            return Ok(off);
+        }
     }
-    known.insert(key, off);
-    Ok(off)
+    let names: Vec<String> = libraries
+        .iter()
+        .map(|m| m.path.display().to_string())
+        .collect();
+    Err(format!(
+        "{}: no _thread_db_pthread_tid symbol: cannot tell its Python threads apart",
+        names.join(", ")
+    ))
 }
 
 fn thread_db_tid(path: &std::path::Path) -> Option<u64> {
