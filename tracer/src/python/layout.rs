@@ -476,8 +476,10 @@ pub fn pthread_tid_offset(pid: u32, o: &Offsets) -> Result<u64, String> {
     if libraries.is_empty() {
         return Err("no glibc mapped: cannot tell its Python threads apart".into());
     }
-    // One parse per library file (every Python process maps the same ones).
-    static KNOWN: Mutex<Option<HashMap<(u64, u64), Option<u64>>>> = Mutex::new(None);
+    // One parse per library file (every Python process maps the same ones):
+    // (device, inode) -> the offset, or None for a library without it.
+    type Known = HashMap<(u64, u64), Option<u64>>;
+    static KNOWN: Mutex<Option<Known>> = Mutex::new(None);
     for lib in &libraries {
         let key = (lib.dev, lib.inode);
         let known = KNOWN
