@@ -375,8 +375,10 @@ pub fn code_offset(o: &Offsets, code: u64, prev_instr: u64, first_traceable: u64
         // `_PyFrame_IsIncomplete` also exempts generator-owned frames, but a
         // generator on a stack has run past its first traceable instruction.
         FrameKind::Interpreter => {
-            let first = code + o.code_adaptive;
-            (prev_instr >= first + 2 * first_traceable).then(|| prev_instr - first)
+            // Checked: the values come from the traced process's memory.
+            let first = code.checked_add(o.code_adaptive)?;
+            (prev_instr >= first.saturating_add(first_traceable.saturating_mul(2)))
+                .then(|| prev_instr - first)
         }
         // `f_lasti` is -1 before the first instruction.
         FrameKind::Object310 => u64::try_from(prev_instr as u32 as i32).ok().map(|i| 2 * i),
