@@ -133,7 +133,8 @@ impl Pins {
         });
     }
 
-    pub fn len(&self) -> usize {
+    /// Files pinned now.
+    pub fn count(&self) -> usize {
         self.files.len()
     }
 }
@@ -162,7 +163,7 @@ mod tests {
         for i in 0..(MAX_PINNED as u64 + 10) {
             pins.pin((1, i), 100 + i as u32, devnull);
         }
-        assert_eq!(pins.len(), MAX_PINNED);
+        assert_eq!(pins.count(), MAX_PINNED);
         // The oldest went first.
         assert!(pins.path((1, 0)).is_none());
         assert!(pins.path((1, MAX_PINNED as u64 + 9)).is_some());
