@@ -394,9 +394,20 @@ fn open_fds(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
+/// A fixture process, killed when dropped (a failed assertion leaves none
+/// behind).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `fixture` started as nobody with `args`, stdin and stdout piped, once it
 /// printed `ready`.
-fn start_as_nobody(fixture: &Path, args: &[&str]) -> std::process::Child {
+fn start_as_nobody(fixture: &Path, args: &[&str]) -> Killed {
     let mut child = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(fixture)
@@ -412,7 +423,7 @@ fn start_as_nobody(fixture: &Path, args: &[&str]) -> std::process::Child {
     )
     .unwrap();
     assert_eq!(line.trim(), "ready", "{} did not start", fixture.display());
-    child
+    Killed(child)
 }
 
 #[test]
@@ -431,8 +442,8 @@ fn shared_memory_of_another_user_is_not_kept_after_it_exits() {
         shmem_during > shmem_before + 400 * 1024,
         "the fixture made its shared memory ({shmem_before} -> {shmem_during} KiB)"
     );
-    drop(pins.stdin.take());
-    assert!(pins.wait().unwrap().success());
+    drop(pins.0.stdin.take());
+    assert!(pins.0.wait().unwrap().success());
     // Its memory is the kernel's to free as soon as nobody holds it.
     let deadline = Instant::now() + Duration::from_secs(5);
     let (mut shmem_after, mut fds_after);
@@ -467,7 +478,7 @@ fn a_tracer_short_of_descriptors_keeps_tracing_and_writes_its_summary() {
     require_root();
     // 300 memfds with a process-shared mutex in each, as nobody, running
     // before the tracer starts (as the attack did), for 40 s at most.
-    let mut memfds = start_as_nobody(&fixture("memfd_locks", Variant::NoFp), &["300", "40"]);
+    let memfds = start_as_nobody(&fixture("memfd_locks", Variant::NoFp), &["300", "40"]);
     let watcher = Watcher::start_wrapped(&["prlimit", "--nofile=256:256", "--"], &[]);
     std::thread::sleep(Duration::from_secs(2));
     // A real inversion beside it is still found.
@@ -483,8 +494,7 @@ fn a_tracer_short_of_descriptors_keeps_tracing_and_writes_its_summary() {
     let found = watcher.wait_for_finding_of(pid, Duration::from_secs(20));
     let fds = open_fds(watcher.pid());
     let (run, took) = watcher.terminate();
-    let _ = memfds.kill();
-    let _ = memfds.wait();
+    drop(memfds);
     println!(
         "tracer descriptors {fds} of 256; stopped {took:?} after SIGTERM; summary: {:?} unopened files",
         run.report.summary.unopened_files
@@ -528,24 +538,25 @@ fn a_flood_of_new_dependencies_is_bounded_and_sigterm_stops_it_within_a_second()
     require_root();
     // 100,000 mutexes taken in random pairs, always in address order: nearly
     // every pair is a dependency never seen before.
-    let mut flood = Command::new(fixture("mutex_flood", Variant::NoFp))
-        .args(["40"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("mutex_flood");
+    let mut flood = Killed(
+        Command::new(fixture("mutex_flood", Variant::NoFp))
+            .args(["40"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mutex_flood"),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(flood.stdout.as_mut().unwrap()),
+        &mut std::io::BufReader::new(flood.0.stdout.as_mut().unwrap()),
         &mut line,
     )
     .unwrap();
-    let pid = flood.id().to_string();
+    let pid = flood.0.id().to_string();
     let watcher = Watcher::start(&["--pid", &pid]);
     std::thread::sleep(Duration::from_secs(20));
     let peak = peak_rss_kib(watcher.pid());
     let (run, took) = watcher.terminate();
-    let _ = flood.kill();
-    let _ = flood.wait();
+    drop(flood);
     let s = &run.report.summary;
     println!(
         "flood: collector peak RSS {} MiB after 20 s; stopped {took:?} after SIGTERM; \

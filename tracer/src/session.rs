@@ -312,6 +312,13 @@ impl Session {
         debug!(elapsed = ?stopping.elapsed(), "stopping: the rest counted");
         self.write_summary(&streams)?;
         debug!(elapsed = ?stopping.elapsed(), "stopping: summary written");
+        // The tracer exits next: the kernel takes the graphs back at once,
+        // where freeing them one allocation at a time took a few tenths of
+        // a second for a graph of 300,000 dependencies on a loaded host.
+        std::mem::forget(std::mem::replace(
+            &mut self.detector,
+            Detector::new(Duration::ZERO),
+        ));
         Ok(())
     }
 
