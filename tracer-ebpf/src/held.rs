@@ -102,19 +102,25 @@ pub fn push(held: &mut HeldStack, lock: HeldLock) {
     }
 }
 
-/// The topmost entry of `held` for `addr`. `depth` is read volatile, with
-/// no `min`: then LLVM cannot prove `depth - 1 - k < MAX_HELD` and keeps the
-/// bounds check that the verifier needs (with the bound known, it dropped
-/// the check and the verifier saw a possibly negative index).
+/// The topmost entry of `held` for `addr`. `depth` is read volatile (LLVM
+/// cannot see that it stays within `MAX_HELD`), and bounded here: the loop
+/// that LLVM makes counts down from it, and the verifier must see that
+/// counter bounded to see the loop end. The index is masked for 6.1's
+/// verifier, which does not learn `depth >= 1` from the loop's exit test
+/// and otherwise sees `depth - 1` as possibly -1 (and refuses the program);
+/// the mask changes nothing, `k < depth <= MAX_HELD`.
 #[inline(always)]
 pub fn find_held(held: &HeldStack, addr: u64) -> Option<usize> {
     // SAFETY: a valid, aligned field.
     let depth = unsafe { core::ptr::read_volatile(&held.depth) } as usize;
+    if depth > MAX_HELD {
+        return None;
+    }
     for k in 0..MAX_HELD {
         if k >= depth {
             break;
         }
-        let i = depth - 1 - k;
+        let i = (depth - 1 - k) & (MAX_HELD - 1);
         if let Some(h) = held.locks.get(i) {
             if h.addr == addr {
                 return Some(i);
@@ -123,6 +129,9 @@ pub fn find_held(held: &HeldStack, addr: u64) -> Option<usize> {
     }
     None
 }
+
+// `find_held` masks its index with `MAX_HELD - 1`.
+const _: () = assert!(MAX_HELD.is_power_of_two());
 
 /// What glibc's mutex says about its holder: `__lock`, `__count`,
 /// `__owner`, `__nusers`, `__kind`, in one read.
