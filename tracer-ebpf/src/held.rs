@@ -102,36 +102,28 @@ pub fn push(held: &mut HeldStack, lock: HeldLock) {
     }
 }
 
-/// The topmost entry of `held` for `addr`. `depth` is read volatile (LLVM
-/// cannot see that it stays within `MAX_HELD`), and bounded here: the loop
-/// that LLVM makes counts down from it, and the verifier must see that
-/// counter bounded to see the loop end. The index is masked for 6.1's
-/// verifier, which does not learn `depth >= 1` from the loop's exit test
-/// and otherwise sees `depth - 1` as possibly -1 (and refuses the program);
-/// the mask changes nothing, `k < depth <= MAX_HELD`.
+/// The topmost entry of `held` for `addr`. The index counts down from the
+/// constant `MAX_HELD - 1`, entries at or above `depth` skipped: an index
+/// counted down from `depth - 1` is one that 6.1's verifier cannot bound
+/// (it does not learn `depth >= 1` from the loop's exit test, sees `-1`
+/// possible, and either refuses the index or never sees the loop end).
+/// `depth` is read volatile so that LLVM does not fold the bound into
+/// the loop again.
 #[inline(always)]
 pub fn find_held(held: &HeldStack, addr: u64) -> Option<usize> {
     // SAFETY: a valid, aligned field.
     let depth = unsafe { core::ptr::read_volatile(&held.depth) } as usize;
-    if depth > MAX_HELD {
-        return None;
-    }
     for k in 0..MAX_HELD {
-        if k >= depth {
-            break;
+        let i = MAX_HELD - 1 - k;
+        if i >= depth {
+            continue;
         }
-        let i = (depth - 1 - k) & (MAX_HELD - 1);
-        if let Some(h) = held.locks.get(i) {
-            if h.addr == addr {
-                return Some(i);
-            }
+        if held.locks[i].addr == addr {
+            return Some(i);
         }
     }
     None
 }
-
-// `find_held` masks its index with `MAX_HELD - 1`.
-const _: () = assert!(MAX_HELD.is_power_of_two());
 
 /// What glibc's mutex says about its holder: `__lock`, `__count`,
 /// `__owner`, `__nusers`, `__kind`, in one read.
