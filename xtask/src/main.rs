@@ -46,8 +46,12 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Build everything, then run `cargo test --workspace` (needs root).
+    /// Build everything, then run `cargo test --workspace` (needs root);
+    /// without ARGS (the whole suite), `vm-test` afterwards.
     Test {
+        /// Do not run `vm-test` after the whole suite.
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -108,7 +112,7 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Run { release, args } => run::run(release, &args),
-        Command::Test { args } => test::test(&args),
+        Command::Test { args, no_vm } => test::test(&args, no_vm),
         Command::VmTest { kernels, tcg } => vm::vm_test(&kernels, tcg),
         Command::Bench {
             rounds,

@@ -170,7 +170,10 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
             "the end-to-end tests render `locktrace report --format dot` with Graphviz",
         ));
     }
-    if scope == Scope::Vm && [QEMU, DEBOOTSTRAP, MKFS_EXT4].iter().any(|p| !Path::new(p).exists())
+    if scope == Scope::Vm
+        && [QEMU, DEBOOTSTRAP, MKFS_EXT4]
+            .iter()
+            .any(|p| !Path::new(p).exists())
     {
         apt.push((
             APT_VM,
