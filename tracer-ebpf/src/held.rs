@@ -102,23 +102,24 @@ pub fn push(held: &mut HeldStack, lock: HeldLock) {
     }
 }
 
-/// The topmost entry of `held` for `addr`. `depth` is read volatile, with
-/// no `min`: then LLVM cannot prove `depth - 1 - k < MAX_HELD` and keeps the
-/// bounds check that the verifier needs (with the bound known, it dropped
-/// the check and the verifier saw a possibly negative index).
+/// The topmost entry of `held` for `addr`. The index counts down from the
+/// constant `MAX_HELD - 1`, entries at or above `depth` skipped: an index
+/// counted down from `depth - 1` is one that 6.1's verifier cannot bound
+/// (it does not learn `depth >= 1` from the loop's exit test, sees `-1`
+/// possible, and either refuses the index or never sees the loop end).
+/// `depth` is read volatile so that LLVM does not fold the bound into
+/// the loop again.
 #[inline(always)]
 pub fn find_held(held: &HeldStack, addr: u64) -> Option<usize> {
     // SAFETY: a valid, aligned field.
     let depth = unsafe { core::ptr::read_volatile(&held.depth) } as usize;
     for k in 0..MAX_HELD {
-        if k >= depth {
-            break;
+        let i = MAX_HELD - 1 - k;
+        if i >= depth {
+            continue;
         }
-        let i = depth - 1 - k;
-        if let Some(h) = held.locks.get(i) {
-            if h.addr == addr {
-                return Some(i);
-            }
+        if held.locks[i].addr == addr {
+            return Some(i);
         }
     }
     None

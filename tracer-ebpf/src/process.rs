@@ -25,8 +25,13 @@ use crate::{
 /// (they differ between kernel versions).
 #[no_mangle]
 static FORK_CHILD_PID_OFFSET: u32 = 20;
+/// [`NO_GROUP_DEAD`] on kernels whose `sched_process_exit` has no
+/// `group_dead` field (6.1 has none).
 #[no_mangle]
 static EXIT_GROUP_DEAD_OFFSET: u32 = 32;
+/// See [`EXIT_GROUP_DEAD_OFFSET`]: the process then ends with its main
+/// thread's exit.
+const NO_GROUP_DEAD: u32 = u32::MAX;
 
 /// Exited processes the ring buffer had no room to announce: the
 /// collector reads them with the deferred dependencies.
@@ -114,10 +119,19 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
         python::forget_process(&tid);
         nstid::forget(&tid);
     }
-    // SAFETY: offset read from this kernel's tracepoint format.
-    let group_dead =
-        unsafe { ctx.read_at::<u8>(global(&EXIT_GROUP_DEAD_OFFSET) as usize) }.unwrap_or(0);
-    if group_dead != 0 {
+    let offset = global(&EXIT_GROUP_DEAD_OFFSET);
+    let group_dead = if offset == NO_GROUP_DEAD {
+        // Without the field: the main thread's exit stands for the
+        // process's. Its other threads, when the main one left first
+        // (pthread_exit in main), are then forgotten early: their later
+        // lock operations go unseen or are seen as a new process's, which
+        // loses findings but makes none up.
+        tid == tgid
+    } else {
+        // SAFETY: offset read from this kernel's tracepoint format.
+        unsafe { ctx.read_at::<u8>(offset as usize) }.unwrap_or(0) != 0
+    };
+    if group_dead {
         // Tell the collector (before the pid leaves the filter) so that it
         // forgets the process: its pid may be reused.
         if is_traced(tgid) {

@@ -9,6 +9,7 @@ mod ebpf;
 mod prereqs;
 mod run;
 mod test;
+mod vm;
 
 use std::path::PathBuf;
 
@@ -45,11 +46,28 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Build everything, then run `cargo test --workspace` (needs root).
+    /// Build everything, then run `cargo test --workspace` (needs root);
+    /// without ARGS (the whole suite), `vm-test` afterwards.
     Test {
+        /// Do not run `vm-test` after the whole suite.
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test`.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Boot Debian 12's own kernels (6.1: linux-image-amd64, and 6.1
+    /// PREEMPT_RT: linux-image-rt-amd64) under KVM on a bookworm root
+    /// filesystem (debootstrap, cached in target/vm) and run smoke checks of
+    /// the release locktrace inside; one verdict per check and kernel (needs
+    /// root and /dev/kvm; installs qemu-system-x86 and debootstrap).
+    VmTest {
+        /// Kernel flavours to boot (amd64, rt-amd64); both when none.
+        kernels: Vec<String>,
+        /// Run the VMs under QEMU's software emulation even where KVM
+        /// works (it is chosen by itself where KVM cannot boot them).
+        #[arg(long)]
+        tcg: bool,
     },
     /// Measure the cost of tracing side by side (probe cost per lock
     /// operation in C and Python loops, and Apache under wrk, each untraced,
@@ -94,7 +112,8 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Run { release, args } => run::run(release, &args),
-        Command::Test { args } => test::test(&args),
+        Command::Test { args, no_vm } => test::test(&args, no_vm),
+        Command::VmTest { kernels, tcg } => vm::vm_test(&kernels, tcg),
         Command::Bench {
             rounds,
             seconds,

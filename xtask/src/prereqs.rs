@@ -61,6 +61,14 @@ pub const APT_BENCH_MEMCACHED: &[&str] = &["memcached", "libmemcached-tools"];
 pub const MEMCACHED: &str = "/usr/bin/memcached";
 pub const MEMCASLAP: &str = "/usr/bin/memcaslap";
 
+/// `cargo xtask vm-test`: Debian's kernels boot under KVM
+/// (qemu-system-x86) on a bookworm root filesystem built by debootstrap and
+/// written into an ext4 image without mounting it (`mkfs.ext4 -d`,
+/// e2fsprogs).
+pub const APT_VM: &[&str] = &["qemu-system-x86", "debootstrap", "e2fsprogs"];
+pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+pub const MKFS_EXT4: &str = "/usr/sbin/mkfs.ext4";
+
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The oldest rustc the eBPF side builds with (aya-ebpf 0.2's build
@@ -77,6 +85,8 @@ pub enum Scope {
     Test,
     /// Also running `cargo xtask bench` (the tests' tools, Apache and wrk).
     Bench,
+    /// `cargo xtask vm-test`: the fixtures' compiler, qemu and debootstrap.
+    Vm,
 }
 
 /// A toolchain that can build `core` for bpfel-unknown-none.
@@ -177,6 +187,17 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
         apt.push((
             APT_CHROMIUM,
             "the end-to-end tests open `locktrace report --format html` in headless Chromium",
+        ));
+    }
+    if scope == Scope::Vm
+        && [QEMU, DEBOOTSTRAP, MKFS_EXT4]
+            .iter()
+            .any(|p| !Path::new(p).exists())
+    {
+        apt.push((
+            APT_VM,
+            "`cargo xtask vm-test` boots Debian's kernels under KVM (qemu-system-x86) on a \
+             bookworm root filesystem it builds with debootstrap into an ext4 image (e2fsprogs)",
         ));
     }
     if scope == Scope::Bench

@@ -5,7 +5,7 @@
 //! tracer is killed; dropping `Probes` closes them all at once.
 
 use std::{
-    os::fd::{AsFd, RawFd},
+    os::fd::RawFd,
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -108,6 +108,7 @@ impl Probes {
     /// Loads the programs, installs the filter and attaches the process
     /// tracepoints; the lock probes come with [`Probes::attach_file`].
     pub fn load(filter: &Filter, policy: ProbePlacement, programs: ProbePrograms) -> Result<Self> {
+        crate::kernel::features::check()?;
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this locktrace binary was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild"
@@ -122,8 +123,7 @@ impl Probes {
         aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("cannot read {path}: {e}"))?;
         let fork_child =
             preflight::tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?;
-        let group_dead =
-            preflight::tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?;
+        let group_dead = exit_group_dead_offset()?;
         let tgid = std::process::id();
         let mode = if filter.is_host_wide() {
             FILTER_ALL
@@ -314,6 +314,22 @@ impl Probes {
     }
 }
 
+/// Where `sched_process_exit` says whether the whole process is gone, or
+/// [`NO_GROUP_DEAD`] on kernels without the field (then the kernel side
+/// takes the main thread's exit for the process's; `-v` says so).
+fn exit_group_dead_offset() -> Result<u32> {
+    let exit = preflight::tracepoint_field_offset("sched", "sched_process_exit", "pid")
+        .map(|_| preflight::tracepoint_field_offset("sched", "sched_process_exit", "group_dead"))?;
+    Ok(exit.unwrap_or_else(|e| {
+        info!("{e}: a process's exit is its main thread's");
+        NO_GROUP_DEAD
+    }))
+}
+
+/// `EXIT_GROUP_DEAD_OFFSET` for a kernel without the field (the kernel
+/// side's `NO_GROUP_DEAD`).
+const NO_GROUP_DEAD: u32 = u32::MAX;
+
 fn comm_key(comm: &str) -> [u8; 16] {
     let mut key = [0u8; 16];
     // The kernel keeps 15 bytes of the name and a NUL.
@@ -359,6 +375,10 @@ fn attacher(maps: &[(String, RawFd)], policy: ProbePlacement, programs: ProbePro
         info!("probes at offset 0 are single uprobes");
         return Attacher::Single;
     }
+    if let Err(e) = multi::probe_support() {
+        info!("single uprobes (slow to attach and detach): {e:#}");
+        return Attacher::Single;
+    }
     let started = Instant::now();
     // Only those attached: the verifier is most of the start-up time.
     let names: Vec<&'static str> = match programs {
@@ -375,11 +395,6 @@ fn attacher(maps: &[(String, RawFd)], policy: ProbePlacement, programs: ProbePro
             return Attacher::Single;
         }
     };
-    let probe = programs.values().next().expect("uprobe programs");
-    if let Err(e) = multi::check_support(probe.as_fd()) {
-        info!("single uprobes (slow to attach and detach): this kernel has no multi-uprobe links ({e})");
-        return Attacher::Single;
-    }
     debug!(elapsed = ?started.elapsed(), "uprobe programs loaded for multi-uprobe links");
     Attacher::Multi(programs)
 }

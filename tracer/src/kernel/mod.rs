@@ -7,6 +7,7 @@ pub mod attach;
 pub mod catalogue;
 pub mod decode;
 pub mod events;
+pub mod features;
 pub mod follow;
 pub mod links;
 pub mod load;
