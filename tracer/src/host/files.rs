@@ -11,6 +11,7 @@
 //!   counted ([`unopened`], the summary's `unopened_files`) and logged at
 //!   `-v`: symbolization degrades, tracing goes on.
 
+use crate::host::elf::MAX_ELF_BYTES;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
@@ -18,7 +19,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use crate::host::elf::MAX_ELF_BYTES;
 
 /// Files kept open for processes of other mount namespaces (or deleted
 /// files): least recently pinned first out.
