@@ -354,6 +354,8 @@ pub struct Summary {
     pub dropped_dependencies: u64,
     pub unprocessed_records: u64,
     pub handoff_cycles: u64,
+    /// Processes posing as CPython whose memory does not parse (issue 20).
+    pub unparsable_processes: u64,
     pub probed_files: Vec<String>,
     /// Processes that got their probes after they started (`watch --pid`:
     /// children forked while tracing), and the longest delay.

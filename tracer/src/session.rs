@@ -649,6 +649,7 @@ impl Session {
             dropped_dependencies: stats.dropped_dependencies,
             unprocessed_records: self.unprocessed,
             handoff_cycles: stats.handoff_cycles,
+            unparsable_processes: self.enricher.pythons.unparsable_processes(),
             forgotten_processes: stats.forgotten_processes,
             forgotten_dependencies: stats.forgotten_dependencies,
             probed_files: self
