@@ -364,6 +364,20 @@ impl Watcher {
         (run, took)
     }
 
+    /// SIGTERM, as systemd or `kill` stops it: the report, and how long the
+    /// tracer took to exit (it promises a second, whatever its load).
+    pub fn terminate(self) -> (JsonRun, Duration) {
+        let sent = Instant::now();
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(self.guard.pid as libc::pid_t, libc::SIGTERM) };
+        let mut took = Duration::ZERO;
+        let run = self.finish_timed(
+            &format!("stop within {TRACER_TIMEOUT:?} of SIGTERM"),
+            |exited| took = exited.duration_since(sent),
+        );
+        (run, took)
+    }
+
     /// Waits for the tracer to end by itself (`--duration`), then the
     /// report.
     pub fn wait(self) -> JsonRun {
