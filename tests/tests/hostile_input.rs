@@ -496,11 +496,6 @@ fn traced_beside_a_real_program(variant: &str) {
         "the real program's inversion is reported\n{}",
         watcher.stderr_so_far()
     );
-    let marked = watcher.wait_for_log(
-        &["poses as CPython", &format!("process {} ", forged.pid)],
-        Duration::from_secs(20),
-    );
-    println!("-v: {marked}");
     assert!(
         watcher.wait_for_finding_of(forged.pid, Duration::from_secs(20)),
         "the forged process's own inversion counts too\n{}",
@@ -508,6 +503,15 @@ fn traced_beside_a_real_program(variant: &str) {
     );
     let peak = peak_rss_kib(watcher.pid());
     println!("collector peak RSS: {} MiB", peak / 1024);
+    assert!(
+        peak < RSS_BOUND_KIB,
+        "collector peak RSS {peak} KiB (bound {RSS_BOUND_KIB} KiB)"
+    );
+    let marked = watcher.wait_for_log(
+        &["poses as CPython", &format!("process {} ", forged.pid)],
+        Duration::from_secs(20),
+    );
+    println!("-v: {marked}");
     let (run, took) = watcher.terminate();
     assert!(
         took < Duration::from_secs(1),
@@ -515,10 +519,6 @@ fn traced_beside_a_real_program(variant: &str) {
         run.describe()
     );
     run.assert_exit(0);
-    assert!(
-        peak < RSS_BOUND_KIB,
-        "collector peak RSS {peak} KiB (bound {RSS_BOUND_KIB} KiB)"
-    );
     assert_eq!(
         run.report.summary.unparsable_processes,
         1,

@@ -152,7 +152,13 @@ impl<'a> Reader<'a> {
     pub fn words<const N: usize>(&self, base: u64, offs: [u64; N]) -> Result<[u64; N], ReadError> {
         let lo = offs.iter().copied().min().unwrap_or(0);
         let hi = offs.iter().copied().max().unwrap_or(0) + 8;
-        let buf = self.bytes(base.checked_add(lo).ok_or(ReadError::Fault { addr: base, len: hi })?, hi - lo)?;
+        let buf = self.bytes(
+            base.checked_add(lo).ok_or(ReadError::Fault {
+                addr: base,
+                len: hi,
+            })?,
+            hi - lo,
+        )?;
         Ok(offs.map(|f| word(&buf, f - lo)))
     }
 }
@@ -234,6 +240,9 @@ mod tests {
         assert!(r.u64(8).is_ok());
         assert!(matches!(r.u64(8), Err(ReadError::Unparsable(_))));
         let r = Reader::new(&Everywhere, limits);
-        assert!(matches!(r.bytes(u64::MAX - 3, 8), Err(ReadError::Fault { .. })));
+        assert!(matches!(
+            r.bytes(u64::MAX - 3, 8),
+            Err(ReadError::Fault { .. })
+        ));
     }
 }

@@ -23,7 +23,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 
-
 use crate::host::elf::{self, LoadSegment};
 use crate::host::spaces::{self, AddressSpaces, Mapping};
 
@@ -257,6 +256,10 @@ struct FileSymbols {
     segments: Vec<LoadSegment>,
 }
 
+/// The largest symbol and string tables read to find `_PyRuntime`
+/// (libpython3.11 with its debug symbols has a few MiB).
+const MAX_SYMBOL_TABLES: u64 = 64 << 20;
+
 /// Files whose symbols `file_symbols` remembers.
 const MAX_KNOWN_FILES: usize = 4096;
 
@@ -284,20 +287,34 @@ fn file_symbols(pid: u32, m: &Mapping) -> Option<std::sync::Arc<FileSymbols>> {
     {
         return known.clone();
     }
-    // Read lazily: only the headers and symbol tables of a ~7 MB library.
+    // Read lazily: only the headers and symbol tables of a ~7 MB library;
+    // a file whose symbol tables are larger than any CPython's (any
+    // process's executable is looked at, and its owner chose it) is not
+    // read: it would be read whole, into memory.
     let cache = object::ReadCache::new(file);
-    let found = object::File::parse(&cache).ok().map(|elf| {
-        let symbol = |name: &str| {
-            (elf.dynamic_symbols().chain(elf.symbols()))
-                .find(|s| s.is_definition() && s.name() == Ok(name))
-                .map(|s| s.address())
-        };
-        Arc::new(FileSymbols {
-            runtime: symbol("_PyRuntime"),
-            py_version: symbol("Py_Version"),
-            segments: elf::load_segments(&elf),
+    let found = object::File::parse(&cache)
+        .ok()
+        .filter(|elf| {
+            use object::ObjectSection as _;
+            let tables: u64 = [".symtab", ".strtab", ".dynsym", ".dynstr"]
+                .iter()
+                .filter_map(|name| elf.section_by_name(name))
+                .map(|s| s.size())
+                .fold(0, u64::saturating_add);
+            tables <= MAX_SYMBOL_TABLES
         })
-    });
+        .map(|elf| {
+            let symbol = |name: &str| {
+                (elf.dynamic_symbols().chain(elf.symbols()))
+                    .find(|s| s.is_definition() && s.name() == Ok(name))
+                    .map(|s| s.address())
+            };
+            Arc::new(FileSymbols {
+                runtime: symbol("_PyRuntime"),
+                py_version: symbol("Py_Version"),
+                segments: elf::load_segments(&elf),
+            })
+        });
     let mut files = FILES.lock().unwrap_or_else(|e| e.into_inner());
     let known = files.get_or_insert_with(HashMap::new);
     // Bounded: a host that keeps rebuilding its executables would grow it.
@@ -530,7 +547,12 @@ impl CodeCache {
     }
 }
 
-fn read_code(interp: &Interpreter, mem: &Reader, hdr: &[u8], ident: [u64; 3]) -> Result<Code, ReadError> {
+fn read_code(
+    interp: &Interpreter,
+    mem: &Reader,
+    hdr: &[u8],
+    ident: [u64; 3],
+) -> Result<Code, ReadError> {
     let o = interp.offsets;
     let int = |off: u64| i32::from_le_bytes(hdr[off as usize..][..4].try_into().unwrap());
     let linetable = word(hdr, o.code_linetable);
@@ -564,7 +586,9 @@ pub fn frame_from_copy(o: &Offsets, c: &tracer_common::PyCodeCopy) -> Option<PyF
     let function = text(&c.qualname, c.qualname_len)?;
     let file = text(&c.filename, c.filename_len)?;
     let table = &c.linetable[..(c.linetable_len as usize).min(c.linetable.len())];
-    let offset = c.prev_instr.checked_sub(c.code.checked_add(o.code_adaptive)?)?;
+    let offset = c
+        .prev_instr
+        .checked_sub(c.code.checked_add(o.code_adaptive)?)?;
     // A cut table may not reach the instruction: then we cannot tell.
     let line = addr2line(table, c.first_line, offset)?;
     Some(PyFrame {
@@ -621,7 +645,8 @@ fn addr2line(table: &[u8], first_line: i32, addr: u64) -> Option<u32> {
             _ => 0,
         });
         if (start..end).contains(&addr) {
-            return (code != 15 && (0..=i64::from(u32::MAX)).contains(&line)).then_some(line as u32);
+            return (code != 15 && (0..=i64::from(u32::MAX)).contains(&line))
+                .then_some(line as u32);
         }
         start = end;
         i += 1 + data.iter().take_while(|&&d| d & 0x80 == 0).count();

@@ -280,7 +280,10 @@ impl Pythons {
                 .and_then(|c| python::frame_from_copy(interp.offsets, c));
             let frame = match copied {
                 Some(f) => Some(f),
-                None => match self.cache.resolve(&interp, &reader, raw.code, raw.prev_instr) {
+                None => match self
+                    .cache
+                    .resolve(&interp, &reader, raw.code, raw.prev_instr)
+                {
                     Ok(f) => f,
                     Err(e) => {
                         self.strike(pid, &e);
@@ -469,7 +472,11 @@ impl Pythons {
         }
         let strikes = self.strikes.entry(pid).or_default();
         *strikes += 1;
-        debug!(pid, strikes = *strikes, "Python memory does not parse: {why}");
+        debug!(
+            pid,
+            strikes = *strikes,
+            "Python memory does not parse: {why}"
+        );
         if *strikes < MAX_STRIKES {
             return false;
         }

@@ -460,8 +460,13 @@ mod forged {
         // the thread runs may loop).
         let mut m = forged(2, 16);
         m.put_u64(FRAMES + 128 + o.frame_previous, FRAMES);
-        let stack =
-            thread_stack(&interp, &mut CodeCache::new(), &Reader::new(&m, RECORD), TID).unwrap();
+        let stack = thread_stack(
+            &interp,
+            &mut CodeCache::new(),
+            &Reader::new(&m, RECORD),
+            TID,
+        )
+        .unwrap();
         assert_eq!(stack.len(), 2);
     }
 
@@ -527,7 +532,10 @@ mod forged {
             let (entries, bytes) = cache.size();
             assert!(entries <= CACHE_ENTRIES && bytes <= CACHE_BYTES);
         }
-        assert_eq!(cache.size().0, CACHE_ENTRIES.min(20 * CACHE_PROCESS_ENTRIES));
+        assert_eq!(
+            cache.size().0,
+            CACHE_ENTRIES.min(20 * CACHE_PROCESS_ENTRIES)
+        );
         for pid in 1..=20 {
             cache.forget_process(pid);
         }
