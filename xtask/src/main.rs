@@ -6,6 +6,7 @@
 mod bench;
 mod cmd;
 mod ebpf;
+mod fuzz;
 mod prereqs;
 mod run;
 mod test;
@@ -45,11 +46,19 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Build everything, then run `cargo test --workspace` (needs root).
+    /// Build everything, then run `cargo test --workspace` (needs root);
+    /// with no ARGS (the whole suite, as CI runs it), then `fuzz`.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Run each fuzz target of tracer/fuzz (the CPython frame reader, the
+    /// ring-buffer record decoder) for a bounded time; installs cargo-fuzz.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::SECONDS)]
+        seconds: u64,
     },
     /// Measure the cost of tracing side by side (probe cost per lock
     /// operation in C and Python loops, and Apache under wrk, each untraced,
@@ -95,6 +104,7 @@ fn real_main() -> Result<()> {
         }
         Command::Run { release, args } => run::run(release, &args),
         Command::Test { args } => test::test(&args),
+        Command::Fuzz { seconds } => fuzz::fuzz(seconds),
         Command::Bench {
             rounds,
             seconds,

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: build everything, then `cargo test --workspace`
-//! against the built `locktrace`.
+//! against the built `locktrace`, then (the whole suite only) the fuzz
+//! targets for a bounded time.
 
 use std::path::Path;
 
@@ -32,6 +33,12 @@ pub fn test(args: &[String]) -> Result<()> {
         .args(args)
         .env("LOCKTRACE_BIN", &bin);
     let status = cmd::status(&mut cargo)?;
+    // The whole suite (CI's run): the fuzz targets too, after the tests
+    // (they need no lock: they trace nothing). A targeted run skips them.
+    drop(_lock);
+    if status.success() && args.is_empty() {
+        crate::fuzz::fuzz(crate::fuzz::SECONDS)?;
+    }
     std::process::exit(status.code().unwrap_or(1));
 }
 
