@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::memory::{Limits, Memory, RECORD};
+use super::memory::{Limits, RECORD};
 use super::*;
 
 /// A reader of process `pid` with a record's budget.
