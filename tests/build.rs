@@ -1,6 +1,7 @@
 //! Compiles the C fixtures in `fixtures/` with gcc, each in two variants:
 //! `NAME_fp` (`-fno-omit-frame-pointer`) and `NAME_nofp` (`-fomit-frame-pointer`),
-//! into OUT_DIR, and exports that directory as `FIXTURE_DIR`.
+//! into OUT_DIR, and exports that directory as `FIXTURE_DIR`. A fixture may
+//! add flags with a line `/* cflags: FLAGS */`.
 
 use std::env;
 use std::fs;
@@ -79,9 +80,23 @@ fn compile_rust(source: &Path, output: &Path) {
     }
 }
 
+/// The flags a fixture asks for on a line `/* cflags: FLAGS */` (a
+/// non-PIE program: `-no-pie`).
+fn extra_cflags(source: &Path) -> Vec<String> {
+    let text = fs::read_to_string(source)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", source.display()));
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("/* cflags:"))
+        .filter_map(|l| l.strip_suffix("*/"))
+        .flat_map(|flags| flags.split_whitespace().map(String::from))
+        .collect()
+}
+
 fn compile(source: &Path, output: &Path, fp_flag: &str) {
     let mut cmd = Command::new("gcc");
-    cmd.args(["-g", "-O0", "-pthread", "-Wall", "-Wextra", fp_flag, "-o"])
+    cmd.args(["-g", "-O0", "-pthread", "-Wall", "-Wextra", fp_flag])
+        .args(extra_cflags(source))
+        .arg("-o")
         .arg(output)
         .arg(source);
     let result = cmd

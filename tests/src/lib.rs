@@ -8,6 +8,7 @@ pub mod apache;
 pub mod checks;
 pub mod process;
 pub mod records;
+pub mod rootfs;
 pub mod tracer;
 
 use std::fs;

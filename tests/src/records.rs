@@ -89,6 +89,12 @@ pub struct Lock {
     /// Written only for a lock in shared memory: its identity and mapping.
     #[serde(default)]
     pub shared: Option<String>,
+    /// Written only for a lock in a file's image: the file's build-id
+    /// and the lock's offset in it.
+    #[serde(default)]
+    pub build_id: Option<String>,
+    #[serde(default)]
+    pub file_offset: Option<u64>,
 }
 
 impl Lock {
@@ -113,6 +119,12 @@ pub struct Frame {
     pub file: Option<String>,
     #[serde(deserialize_with = "nullable")]
     pub line: Option<u64>,
+    /// The module's GNU build-id (hex), when it has one.
+    #[serde(deserialize_with = "nullable")]
+    pub build_id: Option<String>,
+    /// The file offset of `addr` in the module.
+    #[serde(deserialize_with = "nullable")]
+    pub file_offset: Option<u64>,
 }
 
 impl Frame {
@@ -171,6 +183,8 @@ pub enum Level {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inversion {
+    /// Its stable identity (the agent's alert label), 16 hex digits.
+    pub fingerprint: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -191,6 +205,8 @@ pub struct Inversion {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelfDeadlock {
+    /// Its stable identity (the agent's alert label), 16 hex digits.
+    pub fingerprint: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -208,6 +224,8 @@ pub struct SelfDeadlock {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SameClassNesting {
+    /// Its stable identity (the agent's alert label), 16 hex digits.
+    pub fingerprint: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -230,6 +248,8 @@ pub struct SameClassNesting {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deadlock {
+    /// Its stable identity (the agent's alert label), 16 hex digits.
+    pub fingerprint: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -243,6 +263,8 @@ pub struct Deadlock {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockWaitTimeout {
+    /// Its stable identity (the agent's alert label), 16 hex digits.
+    pub fingerprint: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -262,6 +284,10 @@ pub struct ThreadReport {
     pub state: String,
     #[serde(deserialize_with = "nullable")]
     pub waits_for: Option<Lock>,
+    /// Parked for good in `pthread_mutex_lock` after the kernel refused a
+    /// priority-inheritance mutex, which mutex unknown (written when true).
+    #[serde(default)]
+    pub refused_lock: bool,
     /// Null when the wait began before the tracer started.
     #[serde(deserialize_with = "nullable")]
     pub waiting_s: Option<f64>,

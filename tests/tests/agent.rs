@@ -51,8 +51,8 @@ fn inversion_becomes_one_alertmanager_notification() {
     let comm = comm_of(&program);
     let agent = Watcher::start_agent(&["--config", &config, "--comm", &comm], &[]);
     wait_ready(&metrics);
-    // `systemctl reload` sends SIGHUP: the agent keeps tracing (it says
-    // it cannot reload yet) instead of dying of the signal's default.
+    // `systemctl reload` sends SIGHUP: the agent reloads its config and
+    // keeps tracing instead of dying of the signal's default.
     // SAFETY: kill(2) on the test's own unreaped child.
     assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) }, 0);
     agent.wait_for_log(&["SIGHUP"], Duration::from_secs(5));
@@ -273,14 +273,506 @@ fn deadlock_alert_is_resolved_when_the_process_is_killed() {
     );
 }
 
-/// A config file for the agent in `dir`; its path.
+/// Alertmanager keeps alerts in memory: stopped and restarted (a fresh
+/// instance, its data gone) while an inversion's alert is active, it gets
+/// the alert again from the agent's re-sends, with its first `startsAt`,
+/// and notifies the receiver again. The attempts made while it was down are
+/// counted as failed.
+#[test]
+fn active_alert_is_sent_again_to_a_restarted_alertmanager() {
+    require_root();
+    let receiver = Receiver::start();
+    let port = free_port();
+    let alertmanager = Alertmanager::start(&receiver.url(), port);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(
+        dir.path(),
+        &metrics,
+        &alertmanager.url,
+        "resend_interval = \"1s\"\n",
+    );
+    let program = dir.path().join("ab_ba_resent");
+    copy_executable(&fixture("ab_ba", Variant::Fp), &program);
+    let comm = comm_of(&program);
+    let agent = Watcher::start_agent(&["--config", &config, "--comm", &comm], &[]);
+    wait_ready(&metrics);
+    let out = Command::new(&program).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.notifications().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let first = receiver.notifications();
+    let before = http_get(&metrics, "/metrics").1;
+    drop(alertmanager);
+    // Re-sends fail while it is down.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(
+        &http_get(&metrics, "/metrics").1,
+        "locktrace_alerts_failed_total",
+    ) < 1.0
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let down = http_get(&metrics, "/metrics").1;
+    let restarted = Alertmanager::start(&receiver.url(), port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.notifications().len() < 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let all = receiver.notifications();
+    let (_, listed) = http_get(&restarted.url["http://".len()..], "/api/v2/alerts");
+    let after = http_get(&metrics, "/metrics").1;
+    let run = agent.stop();
+    assert_eq!(
+        first.len(),
+        1,
+        "one notification before the restart\n{first:#?}\n{}",
+        run.run.describe()
+    );
+    assert_eq!(
+        counter(&before, "locktrace_alerts_failed_total"),
+        0.0,
+        "{before}"
+    );
+    assert!(
+        counter(&down, "locktrace_alerts_failed_total") >= 1.0,
+        "re-sends to the stopped Alertmanager counted as failed\n{down}"
+    );
+    assert_eq!(
+        all.len(),
+        2,
+        "the alert again after the restart\n{all:#?}\n{}\n{}",
+        restarted.log(),
+        run.run.describe()
+    );
+    let (one, two) = (&all[0]["alerts"][0], &all[1]["alerts"][0]);
+    assert_eq!(two["labels"]["alertname"], "LockOrderInversion", "{two}");
+    assert_eq!(two["status"], "firing", "{two}");
+    assert_eq!(
+        two["labels"]["fingerprint"], one["labels"]["fingerprint"],
+        "{two}"
+    );
+    assert_eq!(
+        two["startsAt"], one["startsAt"],
+        "its first startsAt\n{all:#?}"
+    );
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert!(
+        counter(&after, "locktrace_alerts_sent_total") >= 2.0,
+        "{after}"
+    );
+    assert_eq!(
+        counter(&after, "locktrace_alerts_dropped_total"),
+        0.0,
+        "{after}"
+    );
+}
+
+/// A hang whose wait ends while its process lives on: its
+/// `LockWaitTimeout` alert is resolved then, not when the process exits.
+#[test]
+fn hang_alert_is_resolved_when_the_wait_ends() {
+    require_root();
+    let receiver = Receiver::start();
+    let alertmanager = Alertmanager::start(&receiver.url(), free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &metrics, &alertmanager.url);
+    let program = dir.path().join("hang_agent");
+    copy_executable(&fixture("hang", Variant::Fp), &program);
+    let comm = comm_of(&program);
+    let agent = Watcher::start_agent(
+        &[
+            "--config",
+            &config,
+            "--comm",
+            &comm,
+            "--hang-threshold",
+            "1s",
+        ],
+        &[],
+    );
+    wait_ready(&metrics);
+    // Holds mutex_a 4 s while another thread waits for it, then lives 60 s.
+    let mut hung = Command::new(&program)
+        .args(["4", "60"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let hang = |status: &str| {
+        receiver
+            .notifications()
+            .into_iter()
+            .find(|n| n["status"] == status && n["commonLabels"]["alertname"] == "LockWaitTimeout")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hang("resolved").is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let still_running = hung.try_wait().unwrap().is_none();
+    let (firing, resolved) = (hang("firing"), hang("resolved"));
+    let all = receiver.notifications();
+    let _ = hung.kill();
+    let _ = hung.wait();
+    let run = agent.stop();
+    let firing = firing.unwrap_or_else(|| {
+        panic!(
+            "no LockWaitTimeout alert\n{all:#?}\n{}\n{}",
+            alertmanager.log(),
+            run.run.describe()
+        )
+    });
+    let resolved = resolved.unwrap_or_else(|| {
+        panic!(
+            "the hang's alert was not resolved while its process lived\n{all:#?}\n{}\n{}",
+            alertmanager.log(),
+            run.run.describe()
+        )
+    });
+    assert!(still_running, "resolved only once the process exited");
+    assert_eq!(firing["commonLabels"]["severity"], "warning", "{firing}");
+    assert_eq!(
+        resolved["commonLabels"]["fingerprint"], firing["commonLabels"]["fingerprint"],
+        "{resolved}"
+    );
+}
+
+/// A finding's fingerprint follows the build, not the path: the fixture's
+/// source built twice into two directories (the same build-id) gives one
+/// fingerprint (the second is not alerted on again); built again with
+/// another build-id, another. JSON frames
+/// and global locks carry the build-id and file offset.
+#[test]
+fn fingerprints_follow_the_build_id_not_the_path() {
+    require_root();
+    let receiver = Receiver::start();
+    let alertmanager = Alertmanager::start(&receiver.url(), free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &metrics, &alertmanager.url);
+    const FORCED: &str = "0123456789abcdef0123456789abcdef01234567";
+    let builds = [
+        ("one/ab_ba_bid_one", None),
+        ("two/ab_ba_bid_two", None),
+        ("new/ab_ba_bid_new", Some(FORCED)),
+    ];
+    let source = locktrace_e2e::fixture_source("ab_ba");
+    let mut programs = Vec::new();
+    for (path, build_id) in builds {
+        let out = dir.path().join(path);
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        // From the source's directory, by its file name: the debug info
+        // (and so the build-id) is the same for the first two builds.
+        let mut cc = Command::new("gcc");
+        cc.current_dir(source.parent().unwrap())
+            .args(["-g", "-O0", "-pthread", "-fno-omit-frame-pointer", "-o"])
+            .arg(&out)
+            .arg(source.file_name().unwrap());
+        if let Some(id) = build_id {
+            cc.arg(format!("-Wl,--build-id=0x{id}"));
+        }
+        let status = cc.status().unwrap();
+        assert!(status.success(), "{cc:?}");
+        programs.push(out);
+    }
+    let comms: Vec<String> = programs.iter().map(|p| comm_of(p)).collect();
+    let mut args = vec!["--config", config.as_str()];
+    for comm in &comms {
+        args.extend(["--comm", comm.as_str()]);
+    }
+    let agent = Watcher::start_agent(&args, &[]);
+    wait_ready(&metrics);
+    for program in &programs {
+        let out = Command::new(program).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let am = &alertmanager.url["http://".len()..];
+    let alerts = || -> Vec<Value> {
+        serde_json::from_str::<Value>(&http_get(am, "/api/v2/alerts").1)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The second build's inversion has the first's fingerprint: it is not
+    // alerted on again (the agent says so in its log).
+    while !(alerts().len() >= 2 && agent.stderr_so_far().contains("already alerted on"))
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_secs(1));
+    let listed = alerts();
+    let log = agent.stderr_so_far();
+    let run = agent.stop();
+    let fingerprint_of = |comm: &str| {
+        listed
+            .iter()
+            .find(|a| a["labels"]["service"] == comm)
+            .map(|a| a["labels"]["fingerprint"].as_str().unwrap().to_string())
+    };
+    let describe = || format!("{listed:#?}\n{}", run.run.describe());
+    // One of the first two builds is alerted on (the one whose finding came
+    // first), the other is the repeat.
+    let one = match (fingerprint_of(&comms[0]), fingerprint_of(&comms[1])) {
+        (Some(f), None) | (None, Some(f)) => f,
+        other => panic!(
+            "one alert for the first two builds: {other:?}\n{}",
+            describe()
+        ),
+    };
+    let new = fingerprint_of(&comms[2]).unwrap_or_else(|| panic!("no alert\n{}", describe()));
+    let again = log
+        .lines()
+        .find_map(|l| l.split("already alerted on (fingerprint ").nth(1))
+        .map(|rest| rest.trim_end_matches(')').to_string())
+        .unwrap_or_else(|| panic!("the second build not judged a repeat\n{}", describe()));
+    eprintln!("fingerprints: {one} {again} {new}");
+    assert_eq!(again, one, "same build, other path\n{}", describe());
+    assert_ne!(one, new, "another build-id\n{}", describe());
+
+    // The JSON report: the program's frames and its global locks, keyed
+    // by build-id and file offset.
+    let mut seen = Vec::new();
+    for record in &run.report.records {
+        let Record::LockOrderInversion(inv) = record else {
+            continue;
+        };
+        let program = programs
+            .iter()
+            .position(|p| comm_of(p) == inv.comm)
+            .unwrap_or_else(|| panic!("an inversion of {}", inv.comm));
+        let edge = inv
+            .cycle
+            .iter()
+            .find(|e| {
+                e.stack
+                    .iter()
+                    .any(|f| f.function.as_deref() == Some("lock_ab"))
+            })
+            .unwrap_or_else(|| panic!("no edge taken in lock_ab: {inv:#?}"));
+        let frame = edge
+            .stack
+            .iter()
+            .find(|f| f.function.as_deref() == Some("lock_ab"))
+            .unwrap();
+        let lock = inv
+            .locks
+            .iter()
+            .find(|l| l.name.as_deref() == Some("mutex_a"))
+            .unwrap_or_else(|| panic!("mutex_a in {inv:#?}"));
+        // For the README.
+        eprintln!("{}: {frame:?}\n{lock:?}", inv.comm);
+        seen.push((
+            program,
+            frame.build_id.clone(),
+            frame.file_offset,
+            lock.build_id.clone(),
+            lock.file_offset,
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [0, 1, 2],
+        "one inversion per build\n{}",
+        run.run.describe()
+    );
+    let build_id = seen[0]
+        .1
+        .clone()
+        .expect("a build-id on the program's frame");
+    assert_eq!(seen[1].1.as_deref(), Some(build_id.as_str()), "{seen:?}");
+    assert_eq!(seen[2].1.as_deref(), Some(FORCED), "{seen:?}");
+    for s in &seen {
+        assert!(s.2.is_some(), "a file offset on the frame: {seen:?}");
+        assert_eq!(s.2, seen[0].2, "the same code at the same offset: {seen:?}");
+        assert_eq!(s.3, s.1, "the lock's build-id is its program's: {seen:?}");
+        assert!(s.4.is_some(), "mutex_a's file offset: {seen:?}");
+        assert_eq!(s.4, seen[0].4, "{seen:?}");
+    }
+}
+
+/// The agent restarted with the same state dir does not alert again on an
+/// inversion it reported before: the first run's alert ends (a short
+/// `inversion_active`) and is resolved; the same inversion after the
+/// restart is in the report but no new alert fires.
+#[test]
+fn restart_with_state_does_not_alert_again() {
+    require_root();
+    let receiver = Receiver::start();
+    let alertmanager = Alertmanager::start(&receiver.url(), free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(
+        dir.path(),
+        &metrics,
+        &alertmanager.url,
+        "inversion_active = \"4s\"\n",
+    );
+    let program = dir.path().join("ab_ba_state");
+    copy_executable(&fixture("ab_ba", Variant::Fp), &program);
+    let comm = comm_of(&program);
+    let notified = |status: &str| {
+        receiver
+            .notifications()
+            .into_iter()
+            .filter(|n| n["status"] == status)
+            .count()
+    };
+    let mut runs = Vec::new();
+    for round in 0..2 {
+        let agent = Watcher::start_agent(&["--config", &config, "--comm", &comm], &[]);
+        wait_ready(&metrics);
+        let out = Command::new(&program).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        if round == 0 {
+            // Alerted, then ended by itself.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while notified("resolved") == 0 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(100));
+            }
+        } else {
+            // A new alert would be notified within a few seconds.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !agent.stderr_so_far().contains("already alerted on") && Instant::now() < deadline
+            {
+                thread::sleep(Duration::from_millis(100));
+            }
+            thread::sleep(Duration::from_secs(4));
+        }
+        runs.push(agent.stop());
+    }
+    let all = receiver.notifications();
+    let describe = || {
+        format!(
+            "{all:#?}\n{}\n{}\n{}",
+            alertmanager.log(),
+            runs[0].run.describe(),
+            runs[1].run.describe()
+        )
+    };
+    for run in &runs {
+        let inversions = run
+            .report
+            .records
+            .iter()
+            .filter(|r| matches!(r, Record::LockOrderInversion(_)))
+            .count();
+        assert_eq!(inversions, 1, "each run finds it\n{}", describe());
+    }
+    assert_eq!(notified("firing"), 1, "alerted once\n{}", describe());
+    assert_eq!(notified("resolved"), 1, "{}", describe());
+    let state = std::fs::read_to_string(dir.path().join("state/state.json")).unwrap();
+    let fingerprint = all[0]["alerts"][0]["labels"]["fingerprint"]
+        .as_str()
+        .unwrap();
+    assert!(state.contains(fingerprint), "{state}");
+}
+
+/// SIGHUP reloads the config file: a bad one is one error line and the
+/// agent goes on as it was; a suppression added (a frame glob) makes the
+/// next inversion counted as suppressed, reported, and not alerted on.
+#[test]
+fn sighup_adds_a_suppression_and_a_bad_reload_keeps_the_old_config() {
+    require_root();
+    let receiver = Receiver::start();
+    let alertmanager = Alertmanager::start(&receiver.url(), free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &metrics, &alertmanager.url);
+    let good = std::fs::read_to_string(&config).unwrap();
+    let program = dir.path().join("ab_ba_hup");
+    copy_executable(&fixture("ab_ba", Variant::Fp), &program);
+    let comm = comm_of(&program);
+    let agent = Watcher::start_agent(&["--config", &config, "--comm", &comm], &[]);
+    wait_ready(&metrics);
+    let hangup = || {
+        // SAFETY: kill(2) on the test's own unreaped child.
+        assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) }, 0);
+    };
+    std::fs::write(
+        &config,
+        format!("{good}[suppress]\nframes = [\"lock_[ab\"]\n"),
+    )
+    .unwrap();
+    hangup();
+    let bad = agent.wait_for_log(&["SIGHUP"], Duration::from_secs(5));
+    std::fs::write(
+        &config,
+        format!("{good}[suppress]\nframes = [\"lock_ba\"]\n"),
+    )
+    .unwrap();
+    hangup();
+    let reloaded = agent.wait_for_log(&["SIGHUP"], Duration::from_secs(5));
+    let out = Command::new(&program).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.stderr_so_far().contains("suppressed") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    // An alert would be notified within a few seconds.
+    thread::sleep(Duration::from_secs(4));
+    let text = http_get(&metrics, "/metrics").1;
+    let notifications = receiver.notifications();
+    let run = agent.stop();
+    // For the README.
+    eprintln!("{bad}\n{reloaded}\n/metrics:\n{text}");
+    assert!(
+        bad.contains("ERROR")
+            && bad.contains(&format!("{config}:"))
+            && bad.contains("key `suppress.frames`")
+            && bad.contains("keeping the configuration in force"),
+        "one error line naming the key: {bad}"
+    );
+    assert!(reloaded.contains("reloaded (1 suppressions)"), "{reloaded}");
+    let inversions = run
+        .report
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::LockOrderInversion(_)))
+        .count();
+    assert_eq!(inversions, 1, "still reported\n{}", run.run.describe());
+    assert_eq!(
+        counter(
+            &text,
+            "locktrace_findings_suppressed_total{type=\"inversion\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        !text.contains("locktrace_findings_total{type=\"inversion\"}"),
+        "{text}"
+    );
+    assert_eq!(counter(&text, "locktrace_alerts_sent_total"), 0.0, "{text}");
+    assert!(
+        notifications.is_empty(),
+        "not alerted\n{notifications:#?}\n{}",
+        run.run.describe()
+    );
+}
+
+/// A config file for the agent in `dir` (its state in `dir/state`); its
+/// path.
 fn write_config(dir: &Path, metrics: &str, alertmanager: &str) -> String {
+    write_config_with(dir, metrics, alertmanager, "")
+}
+
+/// The same, with more keys of `[alertmanager]`.
+fn write_config_with(dir: &Path, metrics: &str, alertmanager: &str, more: &str) -> String {
     let config = dir.join("locktrace.toml");
     std::fs::write(
         &config,
         format!(
-            "[agent]\nhost = \"test-host\"\n[metrics]\nlisten = \"{metrics}\"\n\
-             [alertmanager]\nurl = \"{alertmanager}\"\n"
+            "[agent]\nhost = \"test-host\"\nstate_dir = \"{}\"\n\
+             [metrics]\nlisten = \"{metrics}\"\n\
+             [alertmanager]\nurl = \"{alertmanager}\"\n{more}",
+            dir.join("state").display()
         ),
     )
     .unwrap();

@@ -202,6 +202,11 @@ fn concurrent_first_requests_deadlock(tracer_first: bool) {
     );
     let run = watcher.stop();
     apache.stop();
+    // The capture, for the README's picture of this case
+    // (`locktrace report --format html`).
+    if let Ok(keep) = std::env::var("LOCKTRACE_KEEP_CAPTURE") {
+        std::fs::write(format!("{keep}-{tracer_first}.jsonl"), &run.report.raw).unwrap();
+    }
 
     // (Tests run in parallel: another test's Apache may deadlock too.)
     let deadlocks: Vec<_> = run

@@ -273,6 +273,39 @@ fn a_huge_file_that_is_not_elf_is_refused_unread() {
 }
 
 #[test]
+fn a_huge_file_with_an_elf_header_is_refused_unread() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("libc.so.6");
+    // The host's libc's own header, then 2 GiB of holes: it passes the
+    // header check, and reading it whole took 2 GB.
+    let libc = fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+    fs::write(&huge, &libc[..64]).unwrap();
+    let status = Command::new("truncate")
+        .args(["-s", "2G"])
+        .arg(&huge)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let line = refused(
+        &[
+            "watch",
+            "--duration",
+            "1s",
+            "--libc",
+            huge.to_str().unwrap(),
+        ],
+        "MiB: not read",
+    );
+    assert!(line.contains("libc.so.6"));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let rss = children_max_rss_kib();
+    assert!(rss < 1024 * 1024, "a child reached {rss} KiB");
+}
+
+#[test]
 fn a_32_bit_elf_file_is_refused() {
     require_root();
     let dir = tempfile::tempdir().unwrap();

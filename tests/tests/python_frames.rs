@@ -346,9 +346,9 @@ fn unreadable_python(symbols: &str, library: &str, reason: &str) {
 #[test]
 fn unsupported_python_version_gives_native_stacks_and_one_note() {
     unreadable_python(
-        "const unsigned long Py_Version = 0x030c01f0;\nchar _PyRuntime[4096];\n",
-        "python3.12",
-        "CPython 3.12 is not supported",
+        "const unsigned long Py_Version = 0x030e00f0;\nchar _PyRuntime[4096];\n",
+        "python3.14",
+        "CPython 3.14 is not supported",
     );
 }
 

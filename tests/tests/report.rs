@@ -107,6 +107,28 @@ fn check_capture(name: &str, variant: Variant, expected: &[&str]) {
     assert_eq!(inversion_locks(&again, &cap.run), names(expected));
     assert_eq!(again.summary.schema, 1);
 
+    // Every finding line carries its fingerprint (the agent's alert label),
+    // and `--fingerprint` selects by it.
+    let inversion_line = original
+        .raw
+        .lines()
+        .find(|l| l.contains("\"type\":\"lock_order_inversion\""))
+        .expect("the inversion's line");
+    let line: serde_json::Value = serde_json::from_str(inversion_line).unwrap();
+    let fp = line["fingerprint"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fingerprint on {inversion_line}"));
+    assert_eq!(fp.len(), 16, "{fp}");
+    let one = report(&["--format", "json", "--fingerprint", fp], &cap.path);
+    let selected = Report::parse(&one.stdout).unwrap();
+    assert_eq!(selected.inversions().len(), 1, "{}", one.describe());
+    assert_eq!(selected.records.len(), 1, "{}", one.describe());
+    let none = report(
+        &["--format", "json", "--fingerprint", "0123456789abcdef"],
+        &cap.path,
+    );
+    assert!(Report::parse(&none.stdout).unwrap().records.is_empty());
+
     // DOT: one digraph per finding, rendered by Graphviz, naming every lock.
     let dot_path = cap.dir.path().join(format!("{name}.dot"));
     report(
@@ -178,4 +200,181 @@ fn a_garbage_line_is_skipped_with_a_warning_and_a_newer_schema_refused() {
     let error = run.single_error_line();
     assert!(error.contains("newer locktrace"), "{}", run.describe());
     assert!(run.stdout.is_empty(), "{}", run.describe());
+}
+
+/// Debian's Chromium (installed by `cargo xtask test`), headless.
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Chromium, headless, on `page` with `extra` arguments, in a fresh profile
+/// under `dir`, with its network log written to `dir/NAME.netlog.json`.
+/// Returns its standard output and the network log.
+fn chromium(dir: &Path, name: &str, page: &Path, extra: &[&str]) -> (String, String) {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: apt-get install chromium"
+    );
+    let profile = dir.join(format!("{name}.profile"));
+    let netlog = dir.join(format!("{name}.netlog.json"));
+    let out = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--log-net-log={}", netlog.display()))
+        .args(extra)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {CHROMIUM}: {e}"));
+    assert!(
+        out.status.success(),
+        "chromium {extra:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = fs::read_to_string(&netlog).unwrap_or_else(|e| panic!("{}: {e}", netlog.display()));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), log)
+}
+
+/// The addresses the page itself asked the network for, from Chromium's
+/// network log: requests with an initiator (a `file://` page's is `null`);
+/// Chromium's own (update checks, sign-in) have none ("not an origin").
+fn page_requests(netlog: &str) -> Vec<String> {
+    let log: serde_json::Value = serde_json::from_str(netlog).expect("the network log is JSON");
+    let start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+        .as_u64()
+        .expect("the log names URL_REQUEST_START_JOB");
+    log["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"].as_u64() == Some(start_job))
+        .filter(|e| e["params"]["initiator"].as_str() != Some("not an origin"))
+        .filter_map(|e| e["params"]["url"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn html_report_shows_every_finding_in_chromium_without_the_network() {
+    require_root();
+    let captures = [
+        capture("ab_ba", Variant::NoFp),
+        capture("three_cycle", Variant::Fp),
+    ];
+    // A real deadlock (killed by its alarm after 3 s) and a Python AB/BA.
+    let deadlock = run_json(
+        &[],
+        &[
+            fixture("deadlock", Variant::NoFp).into_os_string(),
+            "3".into(),
+        ],
+    );
+    assert_eq!(
+        deadlock.report.deadlocks().len(),
+        1,
+        "{}",
+        deadlock.describe()
+    );
+    let script = locktrace_e2e::workspace_dir().join("tests/python/frames_ab_ba.py");
+    let python = run_json(
+        &[],
+        &["/usr/bin/python3", script.to_str().unwrap(), "instance"],
+    );
+    python.run.assert_exit(0);
+    assert!(
+        !python.report.inversions().is_empty(),
+        "{}",
+        python.describe()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths: Vec<PathBuf> = captures.iter().map(|c| c.path.clone()).collect();
+    for (name, run) in [("deadlock", &deadlock), ("python", &python)] {
+        let path = dir.path().join(format!("{name}.jsonl"));
+        fs::write(&path, &run.report.raw).unwrap();
+        paths.push(path);
+    }
+    let page = dir.path().join("report.html");
+    let mut argv: Vec<String> = ["report", "--format", "html", "-o"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    argv.push(page.display().to_string());
+    argv.extend(paths.iter().map(|p| p.display().to_string()));
+    let run = Tracer::new(&argv).run();
+    run.assert_exit(0);
+
+    // Every finding of every capture, with its picture and its lock names.
+    let runs: Vec<&JsonRun> = captures
+        .iter()
+        .map(|c| &c.run)
+        .chain([&deadlock, &python])
+        .collect();
+    let findings: usize = runs.iter().map(|r| r.report.records.len()).sum();
+    let (dom, netlog) = chromium(dir.path(), "dom", &page, &["--dump-dom"]);
+    assert_eq!(
+        dom.matches("<article ").count(),
+        findings,
+        "one article per finding\n{dom}"
+    );
+    assert_eq!(
+        dom.matches("<svg ").count(),
+        findings,
+        "one Graphviz picture per finding\n{dom}"
+    );
+    for r in &runs {
+        for inv in r.report.inversions() {
+            for lock in lock_names(inv, r) {
+                assert!(dom.contains(&lock), "{lock} is shown\n{dom}");
+            }
+        }
+    }
+    assert!(
+        dom.contains("deadlock: 2 threads of deadlock_nofp"),
+        "{dom}"
+    );
+    assert!(dom.contains("frames_ab_ba.py:"), "Python frames\n{dom}");
+    assert!(dom.contains("lost events: "), "the summary\n{dom}");
+    let urls = page_requests(&netlog);
+    assert!(urls.is_empty(), "the page fetched {urls:?}");
+    // The same check sees a page that does fetch something.
+    let control = dir.path().join("control.html");
+    fs::write(&control, "<p>x</p><img src=\"http://127.0.0.1:9/x.png\">").unwrap();
+    let (_, control_log) = chromium(dir.path(), "control", &control, &["--dump-dom"]);
+    assert_eq!(
+        page_requests(&control_log),
+        ["http://127.0.0.1:9/x.png"],
+        "the network-log check sees a page's own request"
+    );
+
+    // A screenshot: the page renders to something that is not blank.
+    let shot = dir.path().join("report.png");
+    let (_, netlog) = chromium(
+        dir.path(),
+        "shot",
+        &page,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,1600",
+        ],
+    );
+    let png = fs::read(&shot).expect("the screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    assert!(
+        png.len() > 30_000,
+        "a page with pictures, not blank: {} bytes",
+        png.len()
+    );
+    let urls = page_requests(&netlog);
+    assert!(urls.is_empty(), "the page fetched {urls:?}");
+    if let Ok(keep) = std::env::var("LOCKTRACE_KEEP_HTML") {
+        fs::copy(&page, format!("{keep}.html")).unwrap();
+        fs::copy(&shot, format!("{keep}.png")).unwrap();
+    }
 }

@@ -38,6 +38,11 @@ pub enum Event {
     LockDestroy { lock: LockInstance },
     /// A traced process exited.
     ProcessExit { pid: u32 },
+    /// A traced process exec'd a new program: a new address space, whose
+    /// locks are not the previous image's even at the same addresses (a
+    /// non-PIE program's globals). Classes are unaffected: the old image's
+    /// class edges stay, named by its binary and symbols.
+    ProcessExec { pid: u32 },
 }
 
 /// Lock instances one process may have in the instance graph: a program
@@ -215,13 +220,13 @@ impl Detector {
                 Vec::new()
             }
             Event::ProcessExit { pid } => {
-                let removed = self.instances.forget_process(pid);
-                self.identities.forget_process(pid);
-                self.classes.forget_process(pid);
+                self.forget_image(pid);
                 self.stats.forgotten_processes += 1;
-                self.stats.forgotten_dependencies += removed.len() as u64;
                 self.budgets.remove(&pid);
-                self.forgotten.extend(removed);
+                Vec::new()
+            }
+            Event::ProcessExec { pid } => {
+                self.forget_image(pid);
                 Vec::new()
             }
         }
@@ -334,6 +339,20 @@ impl Detector {
         new == 0
             || (self.instances.locks_of(pid) + new <= MAX_LOCKS_PER_PROCESS
                 && self.instances.lock_count() + new <= MAX_LOCKS)
+    }
+
+    /// The program image of process `pid` is gone (the process exited, or
+    /// exec'd another program): its lock instances leave the instance
+    /// graph (their dependencies the kernel's cache too), and its
+    /// addresses their classes and shared identities. The class graph keeps
+    /// its edges: a class is named by binary and symbol or site, the same
+    /// in the next process or image that runs that code.
+    fn forget_image(&mut self, pid: u32) {
+        let removed = self.instances.forget_process(pid);
+        self.identities.forget_process(pid);
+        self.classes.forget_process(pid);
+        self.stats.forgotten_dependencies += removed.len() as u64;
+        self.forgotten.extend(removed);
     }
 
     /// The memory at `lock` is a new lock from now on: the old lock's

@@ -352,6 +352,14 @@ pub struct Frame {
     pub offset: Option<u64>,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// The GNU build-id of `module` (hex), when it has one: with
+    /// `file_offset`, names the code on any host running the same build
+    /// (`debuginfod`, `addr2line -e` a copy of the file).
+    #[serde(default)]
+    pub build_id: Option<String>,
+    /// The file offset of `addr` in `module`.
+    #[serde(default)]
+    pub file_offset: Option<u64>,
 }
 
 pub fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {

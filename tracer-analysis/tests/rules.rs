@@ -527,6 +527,29 @@ fn an_exited_process_is_forgotten_and_its_pid_may_be_reused() {
     assert!(run.feed(request(1, 2, &[b], a)).is_empty());
 }
 
+/// Two non-PIE programs exec'd one after the other in pid 1, their globals
+/// at the same addresses: the second image's B -> A is no cycle with the
+/// first's A -> B, at instance level or at class level, and each image's
+/// globals are classes of its own binary.
+#[test]
+fn an_exec_starts_a_new_address_space() {
+    let mut run = Run::new();
+    let (a, b) = (mutex(0x404080), mutex(0x4040c0));
+    run.host
+        .global(1, 0x404080, "exec_ab", "lock_one")
+        .global(1, 0x4040c0, "exec_ab", "lock_two");
+    run.feed(request(1, 1, &[a], b));
+    run.feed(Event::ProcessExec { pid: 1 });
+    assert_eq!(run.detector.take_forgotten().len(), 1);
+    // Forgotten, not gone: the process lives on.
+    assert_eq!(run.stats().forgotten_processes, 0);
+    assert_eq!(run.stats().forgotten_dependencies, 1);
+    run.host
+        .global(1, 0x404080, "exec_ba", "lock_one")
+        .global(1, 0x4040c0, "exec_ba", "lock_two");
+    assert!(run.feed(request(1, 1, &[b], a)).is_empty());
+}
+
 fn waiter(tid: u32, lock: u64, holders: &[u32]) -> Waiter {
     Waiter {
         blocked: Blocked {

@@ -16,6 +16,11 @@ pub const MUTEX_KIND_OFFSET: u64 = 16;
 pub const MUTEX_KIND_MASK: u32 = 3;
 pub const MUTEX_KIND_RECURSIVE: u32 = 1;
 pub const MUTEX_KIND_ERRORCHECK: u32 = 2;
+/// `__kind` bit of a priority-inheritance mutex (`PTHREAD_PRIO_INHERIT`):
+/// its futex word holds the owner's tid (`FUTEX_LOCK_PI`).
+pub const MUTEX_KIND_PRIO_INHERIT: u32 = 32;
+/// `__kind` bit of a process-shared mutex.
+pub const MUTEX_KIND_PSHARED: u32 = 128;
 
 /// `sizeof(pthread_rwlock_t)`: an rwlock's futex words are inside it.
 pub const RWLOCK_SIZE: u64 = 56;

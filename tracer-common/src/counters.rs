@@ -46,7 +46,8 @@ pub enum Counter {
     /// request without ever nesting, as APR's are).
     ResetsElided = 13,
     /// Lock records written to the ring buffer (inits, destroys, process
-    /// exits): with `DependencyEvents`, all the ring-buffer traffic.
+    /// exits and execs): with `DependencyEvents`, all the ring-buffer
+    /// traffic.
     LockRecords = 14,
     /// Held mutex entries dropped because the thread's tid in its pid
     /// namespace was not known yet (its process's namespace not yet told

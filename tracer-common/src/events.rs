@@ -27,6 +27,11 @@ pub enum EventKind {
     /// own a mutex and lock the next idle one's to wake it). Sent apart from
     /// ordinary occurrences of the same dependency (its own dedup key).
     Handoff = 5,
+    /// A [`LockEvent`] (only `pid` is meaningful): a traced process exec'd a
+    /// new program. Its address space is new: the lock instances of the
+    /// previous image (the same addresses, in a non-PIE program) are other
+    /// locks, and their dependencies must not join the new image's.
+    ProcessExec = 6,
 }
 
 impl EventKind {
@@ -37,6 +42,7 @@ impl EventKind {
             3 => Some(Self::LockReset),
             4 => Some(Self::ProcessExit),
             5 => Some(Self::Handoff),
+            6 => Some(Self::ProcessExec),
             _ => None,
         }
     }
@@ -80,6 +86,8 @@ pub struct LockEvent {
     pub sp: u64,
     pub bp: u64,
     pub init_stack_len: u32,
+    /// Kernel side only: the program image (exec count) of a held-back
+    /// init.
     pub _pad: u32,
     pub init_stack: [u8; INIT_STACK_BYTES],
 }
@@ -169,12 +177,13 @@ mod tests {
             (EventKind::LockReset, 3),
             (EventKind::ProcessExit, 4),
             (EventKind::Handoff, 5),
+            (EventKind::ProcessExec, 6),
         ];
         for (kind, raw) in kinds {
             assert_eq!(kind as u32, raw);
             assert_eq!(EventKind::from_raw(raw), Some(kind));
         }
         assert_eq!(EventKind::from_raw(0), None);
-        assert_eq!(EventKind::from_raw(6), None);
+        assert_eq!(EventKind::from_raw(7), None);
     }
 }

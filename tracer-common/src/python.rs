@@ -40,6 +40,19 @@ pub struct PyProcess {
     pub unicode_state: u64,
     pub unicode_ascii_mask: u64,
     pub unicode_ascii_data: u64,
+    /// Non-zero: the `PyThreadState` word at `tstate_cframe` is the current
+    /// frame itself (3.13's `current_frame`, `frame` up to 3.10), not a
+    /// `_PyCFrame` whose `current_frame` is the frame.
+    pub tstate_frame_direct: u64,
+    /// Non-zero: the word at `tstate_native_thread_id` is a `pthread_t`
+    /// (`thread_id`: CPython before 3.11 keeps no Linux tid), and the tid is
+    /// the `u32` at this offset in glibc's `struct pthread` it points to.
+    pub pthread_tid: u64,
+    /// Offset of `_PyInterpreterFrame.owner` and, if non-zero, the owner
+    /// of the shim frames 3.12+ pushes where C calls Python
+    /// (`FRAME_OWNED_BY_CSTACK`): those are skipped, they run no code.
+    pub frame_owner: u64,
+    pub frame_owner_cstack: u64,
 }
 
 /// Bytes of a code object's location table copied (enough for a module's

@@ -37,6 +37,15 @@ static PENDING_INITS: HashMap<LockKey, LockEvent> =
 /// evicted lock's next init is only held back again.
 #[map]
 static KNOWN_LOCKS: LruHashMap<LockKey, u8> = LruHashMap::with_max_entries(65536, 0);
+/// How many times each traced process exec'd since it was first seen here
+/// (absent: never). A held-back init carries its image's number, and
+/// `flush_init` drops one made by an earlier image: a lock of the new
+/// program at the same address (a non-PIE program's global) must not be
+/// classed by the old program's init site. LRU: an evicted process counts
+/// from 0 again, so its older inits only fail to match and are dropped (a
+/// lock classed without its init; never another lock's init).
+#[map]
+static IMAGES: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 /// A zeroed event to create `PENDING_INITS` entries from (too large for the
 /// BPF stack). Never written.
 #[map]
@@ -101,9 +110,30 @@ fn hold_back(ctx: &ProbeContext, key: &LockKey, tid: u32) -> bool {
     // SAFETY: our own entry; `flush_init` skips it until `event` is set.
     unsafe {
         write_reset(ev, ctx, key.pid, tid, 1);
+        (*ev)._pad = image_of(key.pid);
         core::ptr::write_volatile(&mut (*ev).event, EventKind::LockReset as u32);
     }
     true
+}
+
+/// The number of process `tgid`'s current program image (see `IMAGES`).
+#[inline(always)]
+fn image_of(tgid: u32) -> u32 {
+    // SAFETY: a plain value read once.
+    unsafe { IMAGES.get(&tgid) }.copied().unwrap_or(0)
+}
+
+/// Process `tgid` exec'd: its held-back inits are the old image's.
+#[inline(always)]
+pub fn follow_exec(tgid: &u32) {
+    let next = image_of(*tgid).wrapping_add(1);
+    let _ = IMAGES.insert(tgid, &next, 0);
+}
+
+/// Process `tgid` exited: its pid may be reused, as a first image.
+#[inline(always)]
+pub fn forget_process(tgid: &u32) {
+    let _ = IMAGES.remove(tgid);
 }
 
 /// # Safety
@@ -150,6 +180,13 @@ pub fn flush_init(tgid: u32, addr: u64) -> bool {
     };
     // SAFETY: a map value; read once.
     if unsafe { core::ptr::read_volatile(&(*pending).event) } == 0 {
+        return true;
+    }
+    // Made by the program this process ran before its exec: not this
+    // lock's init (the lock is classed without one).
+    // SAFETY: a map value; `_pad` was written before `event`.
+    if unsafe { (*pending)._pad } != image_of(tgid) {
+        let _ = PENDING_INITS.remove(&key);
         return true;
     }
     // No room in the ring buffer: the init stays here, and the collector

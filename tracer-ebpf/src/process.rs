@@ -18,7 +18,7 @@ use crate::{
     counters::count,
     emit::{write_lock_event, EVENTS},
     filter::{self, is_traced},
-    futex, held, nstid, python, semaphores,
+    futex, held, instances, nstid, python, semaphores,
 };
 
 /// Field offsets of the sched tracepoints, read from tracefs by the collector
@@ -61,8 +61,41 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
     held::forget_thread(&tid);
     python::forget_process(&tgid);
     python::forget_thread(&tid);
+    // Its address space is new: the collector separates the previous
+    // image's lock instances from this one's (a non-PIE program has its
+    // globals at the same addresses as the one before it). The previous
+    // image's records are all in the ring buffer already: its other threads
+    // died before this tracepoint, and this thread wrote its own first.
+    if is_traced(tgid) {
+        instances::follow_exec(&tgid);
+        announce(EventKind::ProcessExec, tgid, tid);
+    }
     filter::follow_exec(&tgid);
     0
+}
+
+/// Tells the collector that process `tgid` exited or exec'd: both end its
+/// lock instances. When the ring buffer has no room, the pid waits in
+/// `EXITS_DEFERRED`, which the collector handles as an exit: an exec needs
+/// the same (the old image's locks forgotten; the new image's dependencies
+/// deferred meanwhile may be forgotten with them: lost, never joined).
+#[inline(always)]
+fn announce(kind: EventKind, tgid: u32, tid: u32) {
+    match EVENTS.reserve::<LockEvent>(0) {
+        Some(mut entry) => {
+            // SAFETY: a reserved, exclusively owned slot.
+            unsafe { write_lock_event(entry.as_mut_ptr(), kind, tgid, tid, 0, 0, 0) };
+            entry.submit(0);
+            count(Counter::LockRecords);
+        }
+        None => {
+            if EXITS_DEFERRED.insert(&tgid, &0, 0).is_ok() {
+                count(Counter::DeferredDependencies);
+            } else {
+                count(Counter::LostEvents);
+            }
+        }
+    }
 }
 
 #[tracepoint]
@@ -88,35 +121,12 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
         // Tell the collector (before the pid leaves the filter) so that it
         // forgets the process: its pid may be reused.
         if is_traced(tgid) {
-            match EVENTS.reserve::<LockEvent>(0) {
-                Some(mut entry) => {
-                    // SAFETY: a reserved, exclusively owned slot.
-                    unsafe {
-                        write_lock_event(
-                            entry.as_mut_ptr(),
-                            EventKind::ProcessExit,
-                            tgid,
-                            tid,
-                            0,
-                            0,
-                            0,
-                        )
-                    };
-                    entry.submit(0);
-                    count(Counter::LockRecords);
-                }
-                None => {
-                    if EXITS_DEFERRED.insert(&tgid, &0, 0).is_ok() {
-                        count(Counter::DeferredDependencies);
-                    } else {
-                        count(Counter::LostEvents);
-                    }
-                }
-            }
+            announce(EventKind::ProcessExit, tgid, tid);
         }
         filter::forget(&tgid);
         python::forget_process(&tgid);
         nstid::forget(&tgid);
+        instances::forget_process(&tgid);
     }
     0
 }

@@ -12,7 +12,7 @@ use tracer_common::{
     PyCodeCopy, PyFrameRaw, PyProcess, PyStack, PY_CODE_COPIES, PY_CREATOR_FRAMES,
 };
 
-use crate::context::{read_user_bytes, read_user_u64, BPF_F_NO_PREALLOC};
+use crate::context::{read_user_bytes, read_user_u32, read_user_u64, BPF_F_NO_PREALLOC};
 
 /// CPython processes (by tgid): where to find their threads' Python stacks.
 /// Set by the collector; inherited by forked children (a mod_wsgi daemon is
@@ -30,12 +30,29 @@ static PY_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0)
 #[inline(always)]
 fn py_thread_state(py: &PyProcess, tid: u32) -> u64 {
     let current = read_user_u64(py.tstate_current);
-    if current != 0 && read_user_u64(current + py.tstate_native_thread_id) as u32 == tid {
+    if current != 0 && native_tid(py, current) == tid {
         let _ = PY_THREADS.insert(&tid, &current, 0);
         return current;
     }
     // SAFETY: map value, copied.
     unsafe { PY_THREADS.get(&tid) }.copied().unwrap_or(0)
+}
+
+/// The Linux tid of `PyThreadState` `tstate`: its `native_thread_id`, or
+/// up to 3.10 the tid glibc keeps in the `pthread_t` it has instead.
+#[inline(always)]
+fn native_tid(py: &PyProcess, tstate: u64) -> u32 {
+    let id = read_user_u64(tstate + py.tstate_native_thread_id);
+    if py.pthread_tid == 0 || id == 0 {
+        return id as u32;
+    }
+    read_user_u32(id + py.pthread_tid)
+}
+
+#[inline(always)]
+fn read_user_u8(addr: u64) -> u8 {
+    // SAFETY: the helper handles faults (0 then).
+    unsafe { bpf_probe_read_user(addr as *const u8) }.unwrap_or(0)
 }
 
 /// Notes the `PyThreadState` of the current thread if it holds the GIL (a
@@ -65,14 +82,27 @@ fn python_frames<const N: usize>(
     if tstate == 0 {
         return Some((py, 0));
     }
+    // Versions differ as data: 3.11 and 3.12 reach the frame through a
+    // `_PyCFrame`, 3.13 and those up to 3.10 point to it directly.
     let cframe = read_user_u64(tstate + py.tstate_cframe);
-    let mut frame = if cframe == 0 {
-        0
+    let mut frame = if cframe == 0 || py.tstate_frame_direct != 0 {
+        cframe
     } else {
         read_user_u64(cframe + py.cframe_current_frame)
     };
     let mut depth = 0u32;
     for slot in out.iter_mut() {
+        // 3.12+ only (`frame_owner_cstack` is 0 before): a shim frame,
+        // where C called Python, is skipped. Its `previous` is the Python
+        // frame that made the C call, never another shim: one hop, in the
+        // same slot (a variable slot index would multiply the verifier's
+        // states).
+        if frame != 0
+            && py.frame_owner_cstack != 0
+            && read_user_u8(frame + py.frame_owner) as u64 == py.frame_owner_cstack
+        {
+            frame = read_user_u64(frame + py.frame_previous);
+        }
         if frame == 0 {
             break;
         }

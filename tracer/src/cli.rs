@@ -71,6 +71,11 @@ pub struct AgentArgs {
     /// `[agent] host`: the `host` label of alerts (default: the hostname).
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
+    /// `[agent] state_dir`: where the fingerprints already alerted on and
+    /// the active alerts are kept across restarts (default
+    /// /var/lib/locktrace).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// `[report] output`: also write findings to FILE.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -92,7 +97,8 @@ pub struct ReportArgs {
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// text: as the tracer prints them; json: JSON Lines (a capture again);
-    /// dot: one Graphviz digraph per finding (render with `dot -Tsvg`).
+    /// dot: one Graphviz digraph per finding (render with `dot -Tsvg`);
+    /// html: one self-contained page (pictures drawn by Graphviz if installed).
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub format: ReportFormat,
     /// Only findings of this type (repeatable).
@@ -105,6 +111,10 @@ pub struct ReportArgs {
     /// Only findings about processes with this command name (repeatable).
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
+    /// Only the findings with this fingerprint (repeatable): the
+    /// `fingerprint` label of the agent's alerts and of each JSON finding.
+    #[arg(long = "fingerprint", value_name = "HEX")]
+    pub fingerprints: Vec<String>,
     /// Write to FILE instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -119,6 +129,7 @@ pub enum ReportFormat {
     Text,
     Json,
     Dot,
+    Html,
 }
 
 #[derive(Debug, Args)]

@@ -15,7 +15,7 @@ use crate::kernel::decode::{lock_kind, RawRequest, Record};
 use crate::kernel::load::Probes;
 use crate::python::registry::Pythons;
 use crate::symbolize::wrappers::Wrappers;
-use crate::symbolize::{Resolve, Symbolizer};
+use crate::symbolize::{ImageLock, Resolve, Symbolizer};
 
 pub struct Enricher {
     pub symbolizer: Symbolizer,
@@ -38,6 +38,9 @@ pub enum Pending {
         init_stack: Option<InitStack>,
     },
     ProcessExit {
+        pid: u32,
+    },
+    ProcessExec {
         pid: u32,
     },
 }
@@ -84,6 +87,7 @@ impl Enricher {
                 init_stack,
             },
             Record::ProcessExit { pid } => Pending::ProcessExit { pid },
+            Record::ProcessExec { pid } => Pending::ProcessExec { pid },
         }
     }
 
@@ -126,6 +130,10 @@ impl Enricher {
             Pending::ProcessExit { pid } => {
                 self.pythons.forget_process(pid);
                 Event::ProcessExit { pid }
+            }
+            Pending::ProcessExec { pid } => {
+                self.pythons.forget_process(pid);
+                Event::ProcessExec { pid }
             }
         }
     }
@@ -233,6 +241,13 @@ impl Resolve for Enricher {
         self.symbolizer
             .shared_lock(pid, addr)
             .map(|s| s.to_string())
+    }
+
+    fn image_lock(&mut self, pid: u32, addr: u64) -> Option<ImageLock> {
+        if self.pythons.lock_name(LockInstance { pid, addr }).is_some() {
+            return None;
+        }
+        self.symbolizer.image_lock(pid, addr)
     }
 }
 

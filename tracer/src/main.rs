@@ -106,11 +106,13 @@ fn replay(args: ReportArgs) -> Result<i32> {
         types: args.types,
         pids: args.pids,
         comms: args.comms,
+        fingerprints: args.fingerprints,
     };
     let output = match args.format {
         cli::ReportFormat::Text => Output::Text,
         cli::ReportFormat::Json => Output::Json,
         cli::ReportFormat::Dot => Output::Dot,
+        cli::ReportFormat::Html => Output::Html,
     };
     let out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(outfile::create(path, args.force)?),
@@ -130,7 +132,7 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| report::escape::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
@@ -443,9 +445,8 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
     let mut agent = Agent::start(&config)?;
     let rt = runtime()?;
     let (mut term, mut int) = stop_signals(&rt)?;
-    // `systemctl reload` (or a stray `kill -HUP`) must not end an agent:
-    // SIGHUP's default action is to terminate. Reloading is not built yet,
-    // so it keeps what it runs with and says so.
+    // `systemctl reload` (or a stray `kill -HUP`): the config file is read
+    // again (SIGHUP's default action, to terminate, would stop tracing).
     let mut hangup = {
         let _runtime = rt.enter();
         signal(SignalKind::hangup()).context("SIGHUP handler")?
@@ -461,10 +462,13 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
                 tokio::select! {
                     _ = term.recv() => break Stop::Signal,
                     _ = int.recv() => break Stop::Signal,
-                    _ = hangup.recv() => tracing::warn!(
-                        "SIGHUP: reloading the configuration is not supported yet; \
-                         the agent keeps running with the configuration it started with"
-                    ),
+                    _ = hangup.recv() => match agent::Config::load(&args) {
+                        Ok(new) => agent.reload(new),
+                        // One line, naming the key: the old one goes on.
+                        Err(e) => tracing::error!(
+                            "SIGHUP: {e:#}; keeping the configuration in force"
+                        ),
+                    },
                     // The session's loop polls this future between slices:
                     // a ping says that loop turns.
                     _ = watchdog.tick(), if pings.is_some() => agent::notify::notify("WATCHDOG=1"),

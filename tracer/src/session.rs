@@ -67,6 +67,10 @@ pub trait Observer {
     /// nesting in one address order).
     fn finding(&mut self, finding: &report::Finding, alarm: bool);
     fn progress(&mut self, live: &Live);
+    /// After each scan of the wait-for graph: every thread blocked on a
+    /// lock now, as (pid, tid, lock address). A deadlock or hang whose
+    /// waits are gone has cleared.
+    fn waits(&mut self, _blocked: &[(u32, u32, u64)]) {}
 }
 
 /// The session's counts so far (those of the end-of-run [`Summary`]).
@@ -411,6 +415,7 @@ impl Session {
             let forgets = matches!(
                 record,
                 Record::ProcessExit { .. }
+                    | Record::ProcessExec { .. }
                     | Record::LockReset {
                         init_site: None,
                         ..
@@ -427,7 +432,10 @@ impl Session {
                 self.queue
                     .extend(std::mem::take(&mut self.deferred_records));
             }
-            if let Record::ProcessExit { pid, .. } = &record {
+            // An exec'd process's held-back inits are its old image's: a
+            // lock of the new image at the same address must not be
+            // classed by them.
+            if let Record::ProcessExit { pid } | Record::ProcessExec { pid } = &record {
                 self.exited.push(*pid);
             }
             // A process first seen here (forked before its parent was found
@@ -577,6 +585,13 @@ impl Session {
         let blocked: Vec<Blocked> = waiters.iter().map(|w| w.blocked).chain(others).collect();
         self.note_untraced_sites(&blocked);
         let waiters: Vec<Waiter> = self.enricher.pythons.resolve_import_waits(waiters);
+        if let Some(observer) = &mut self.observer {
+            let blocked: Vec<(u32, u32, u64)> = waiters
+                .iter()
+                .map(|w| (w.blocked.pid, w.blocked.tid, w.lock))
+                .collect();
+            observer.waits(&blocked);
+        }
         if !waiters.is_empty() {
             self.enricher.symbolizer.sync();
         }

@@ -32,11 +32,18 @@ pub const APT_BENCH: &[&str] = &["apache2", "wrk"];
 /// and mod_wsgi for Python 3 (run from a test-owned configuration; the
 /// system service is neither used nor started by the tests).
 pub const APT_WSGI: &[&str] = &["apache2", "libapache2-mod-wsgi-py3", "wrk"];
+/// The tests that trace other glibc builds and distro Pythons from the
+/// host build Debian 11 and 13 trees with it (cached under target/rootfs).
+pub const APT_DEBOOTSTRAP: &[&str] = &["debootstrap"];
+pub const DEBOOTSTRAP: &str = "/usr/sbin/debootstrap";
 /// `locktrace report --format dot` is checked by rendering it with Debian's
 /// Graphviz (`dot -Tsvg`).
 pub const APT_GRAPHVIZ: &[&str] = &["graphviz"];
 /// Graphviz's renderer (from [`APT_GRAPHVIZ`]).
 pub const DOT: &str = "/usr/bin/dot";
+/// `locktrace report --format html` is opened in Debian's headless Chromium.
+pub const APT_CHROMIUM: &[&str] = &["chromium"];
+pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Where Debian's mod_wsgi lands (from [`APT_WSGI`]).
 pub const MOD_WSGI: &str = "/usr/lib/apache2/modules/mod_wsgi.so";
 /// The agent's tests: a real Alertmanager receiving its alerts, and
@@ -156,10 +163,23 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
             "the agent's tests send alerts to Debian's Alertmanager and check the shipped rules with promtool",
         ));
     }
+    if scope == Scope::Test && !Path::new(DEBOOTSTRAP).exists() {
+        apt.push((
+            APT_DEBOOTSTRAP,
+            "the end-to-end tests build Debian 11 and 13 trees (glibc 2.31 and 2.41, Python 3.9 \
+             and 3.13) and trace programs run in them (built once, kept under target/rootfs)",
+        ));
+    }
     if scope == Scope::Test && !Path::new(DOT).exists() {
         apt.push((
             APT_GRAPHVIZ,
             "the end-to-end tests render `locktrace report --format dot` with Graphviz",
+        ));
+    }
+    if scope == Scope::Test && !Path::new(CHROMIUM).exists() {
+        apt.push((
+            APT_CHROMIUM,
+            "the end-to-end tests open `locktrace report --format html` in headless Chromium",
         ));
     }
     if scope == Scope::Bench

@@ -23,11 +23,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(record) = decode(&record) else {
         return;
     };
-    let offsets = offsets_for(3, 11).unwrap();
     match record {
         Record::LockReset { py_code, .. } => {
-            for copy in &py_code {
-                let _ = frame_from_copy(offsets, copy);
+            // Each version's instruction offsets and line tables.
+            for (major, minor) in [(3, 11), (3, 12), (3, 13), (3, 10), (3, 9), (2, 7)] {
+                let offsets = offsets_for(major, minor).unwrap();
+                for copy in &py_code {
+                    let _ = frame_from_copy(offsets, copy);
+                }
             }
         }
         Record::Dependency(r) | Record::SelfDeadlock(r) => {

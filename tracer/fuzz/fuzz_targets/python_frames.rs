@@ -1,12 +1,15 @@
 //! The CPython frame reader on a forged address space: the input is the
 //! memory of a "process" (at `BASE`, `_PyRuntime` first) whose lists,
-//! frames, code objects, strings and location tables the fuzzer chooses.
-//! Whatever they are, the reader must end within a record's budget
-//! (libFuzzer's -timeout and -rss_limit_mb catch a loop or a blow-up),
-//! never panic, and keep its cache within its bounds.
+//! frames, code objects, strings and location tables the fuzzer chooses,
+//! and (its last byte) the CPython version it poses as: every layout's
+//! walk and line table, and for 3.13 its `_Py_DebugOffsets` read from that
+//! memory. Whatever they are, the reader must end within a record's
+//! budget (libFuzzer's -timeout and -rss_limit_mb catch a loop or a
+//! blow-up), never panic, and keep its cache within its bounds.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use locktrace::python::layout;
 use locktrace::python::memory::{Reader, Segments, RECORD};
 use locktrace::python::{
     import_state, offsets_for, thread_stack, thread_states, CodeCache, Interpreter,
@@ -17,14 +20,46 @@ use locktrace::python::{
 /// the fuzzer finds easily.
 const BASE: u64 = 0x100;
 
+/// The versions posed as, one per value of the input's last byte.
+const VERSIONS: [(u32, u32); 9] = [
+    (3, 11),
+    (3, 12),
+    (3, 13),
+    (3, 10),
+    (3, 9),
+    (3, 8),
+    (3, 7),
+    (3, 6),
+    (2, 7),
+];
+
+/// glibc's offset of the tid in `struct pthread` (x86-64): threads of
+/// versions before 3.11 are found through it.
+const PTHREAD_TID: u64 = 0x2d0;
+
 fuzz_target!(|data: &[u8]| {
     let mem = Segments(vec![(BASE, data.to_vec())]);
+    let version = VERSIONS[usize::from(data.last().copied().unwrap_or(0)) % VERSIONS.len()];
+    let mut offsets = offsets_for(version.0, version.1).unwrap();
+    if version == (3, 13) {
+        // As `probe` does: the forged runtime's own offsets, if they are
+        // accepted, else the table's.
+        let reader = Reader::new(&mem, RECORD);
+        if let Ok(o) = layout::with_debug_offsets(&reader, BASE, 0x030d_00f0, offsets) {
+            offsets = o;
+        }
+    }
     let interp = Interpreter {
         pid: 1,
-        version: (3, 11, 2),
+        version: (version.0, version.1, 0),
         runtime: BASE,
-        module: "libpython3.11.so.1.0".into(),
-        offsets: offsets_for(3, 11).unwrap(),
+        module: "libpython.so".into(),
+        offsets,
+        pthread_tid: if offsets.native_id_is_pthread {
+            PTHREAD_TID
+        } else {
+            0
+        },
     };
     let mut cache = CodeCache::new();
     let reader = Reader::new(&mem, RECORD);

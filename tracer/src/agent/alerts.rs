@@ -4,19 +4,20 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+pub use crate::report::fingerprint::fingerprint;
+use crate::report::fingerprint::site;
 use crate::report::{Finding, Lock};
-use tracer_analysis::model::Frame;
 
 /// The text report in `description` is cut to this many bytes.
 const MAX_DESCRIPTION: usize = 4000;
 
 /// One alert as `POST /api/v2/alerts` takes it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Alert {
-    pub labels: BTreeMap<&'static str, String>,
-    pub annotations: BTreeMap<&'static str, String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
     #[serde(rename = "startsAt")]
     pub starts_at: String,
     #[serde(rename = "endsAt")]
@@ -51,11 +52,11 @@ pub fn alert(finding: &Finding, ctx: &Context<'_>, now: SystemTime) -> Option<Al
     };
     let (pid, comm) = pid_comm(finding);
     let labels = BTreeMap::from([
-        ("alertname", alertname.to_string()),
-        ("severity", severity.to_string()),
-        ("fingerprint", fingerprint(finding)),
-        ("host", ctx.host.to_string()),
-        ("service", service(pid, comm)),
+        ("alertname".to_string(), alertname.to_string()),
+        ("severity".to_string(), severity.to_string()),
+        ("fingerprint".to_string(), fingerprint(finding)),
+        ("host".to_string(), ctx.host.to_string()),
+        ("service".to_string(), service(pid, comm)),
     ]);
     // The text report's form: names escaped, as a mail or chat message of
     // the alert shows it to a person.
@@ -69,9 +70,9 @@ pub fn alert(finding: &Finding, ctx: &Context<'_>, now: SystemTime) -> Option<Al
         description.push_str("\n[cut]");
     }
     let annotations = BTreeMap::from([
-        ("summary", summary(finding)),
-        ("description", description),
-        ("runbook_url", ctx.runbook_url.to_string()),
+        ("summary".to_string(), summary(finding)),
+        ("description".to_string(), description),
+        ("runbook_url".to_string(), ctx.runbook_url.to_string()),
     ]);
     Some(Alert {
         labels,
@@ -129,91 +130,6 @@ pub fn summary(finding: &Finding) -> String {
     format!("{what} in {comm} (pid {pid})")
 }
 
-/// The first frame of the program's own code (past the lock functions of
-/// libc): `function` or `module+offset`.
-fn site(stack: &[Frame]) -> Option<String> {
-    let frame = stack
-        .iter()
-        .find(|f| !f.module.as_deref().is_some_and(is_lock_library))
-        .or(stack.first())?;
-    Some(match (&frame.function, &frame.module) {
-        (Some(function), _) => function.clone(),
-        (None, Some(module)) => format!("{}+{:#x}", basename(module), frame.offset.unwrap_or(0)),
-        (None, None) => format!("{:#x}", frame.addr),
-    })
-}
-
-fn is_lock_library(module: &str) -> bool {
-    let name = basename(module);
-    name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("libpthread")
-}
-
-fn basename(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
-/// The finding's stable identity, 16 hex digits: FNV-1a (64 bits, a fixed
-/// function: the same on every build and host) of its type, its locks
-/// (kind and symbol, sorted) and the program sites that took them
-/// (function names, sorted). Never pids, addresses or paths: the same bug
-/// in a restarted process, another worker or another host running the same
-/// code has the same fingerprint. A lock without a symbol (on the heap) is
-/// known by the site that took it.
-pub fn fingerprint(finding: &Finding) -> String {
-    let (kind, _) = kind(finding).unwrap_or(("record", ""));
-    let mut locks: Vec<String> = Vec::new();
-    let mut sites: Vec<String> = Vec::new();
-    let mut lock = |l: &Lock, taken: &[Frame]| {
-        locks.push(match &l.name {
-            Some(name) => format!("{} {name}", l.kind),
-            None => format!("{} @{}", l.kind, site(taken).unwrap_or_default()),
-        });
-    };
-    match finding {
-        Finding::LockOrderInversion(f) => {
-            for e in &f.cycle {
-                lock(&e.from, &e.held_stack);
-                sites.extend(site(&e.stack));
-            }
-        }
-        Finding::SelfDeadlock(f) => {
-            lock(&f.lock, &f.held_stack);
-            sites.extend(site(&f.stack));
-        }
-        Finding::SameClassNesting(f) => {
-            locks.push(f.class.clone());
-            sites.extend(site(&f.stack));
-        }
-        Finding::Deadlock(f) => {
-            for t in &f.threads {
-                if let Some(l) = &t.waits_for {
-                    lock(l, &t.stack);
-                }
-                sites.extend(site(&t.stack));
-            }
-        }
-        Finding::LockWaitTimeout(f) => {
-            if let Some(l) = &f.waiter.waits_for {
-                lock(l, &f.waiter.stack);
-            }
-            sites.extend(site(&f.waiter.stack));
-        }
-        Finding::BlockedThread(_) => {}
-    }
-    locks.sort();
-    locks.dedup();
-    sites.sort();
-    sites.dedup();
-    let text = format!("{kind}\n{}\n{}", locks.join("\n"), sites.join("\n"));
-    format!("{:016x}", fnv1a(text.as_bytes()))
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// The `service` label: the process's systemd service, else its container,
 /// else its command name.
 pub fn service(pid: u32, comm: &str) -> String {
@@ -267,6 +183,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracer_analysis::model::Frame;
 
     #[test]
     fn timestamps() {
@@ -301,6 +218,8 @@ mod tests {
             kind: "mutex",
             name: Some(name.to_string()),
             shared: None,
+            build_id: None,
+            file_offset: None,
             pid,
         };
         let frame = |function: &str, addr| Frame {
@@ -308,16 +227,14 @@ mod tests {
             module: Some(path.to_string()),
             function: Some(function.to_string()),
             offset: Some(34),
-            file: None,
-            line: None,
+            ..Frame::default()
         };
         let libc = Frame {
             addr: 0x7f00_0000_1000,
             module: Some("/usr/lib/x86_64-linux-gnu/libc.so.6".into()),
             function: Some("___pthread_mutex_lock".into()),
             offset: Some(14),
-            file: None,
-            line: None,
+            ..Frame::default()
         };
         let edge = |from: &Lock, to: &Lock, function: &str| Edge {
             from: from.clone(),
@@ -372,6 +289,62 @@ mod tests {
         assert_ne!(one, renamed);
     }
 
+    /// `finding` (of [`ab_ba`]) as a program whose file has build-id `id`
+    /// and is loaded at `base`: its frames and locks keyed by build-id and
+    /// file offset.
+    fn built(finding: Finding, id: &str, base: u64) -> Finding {
+        let Finding::LockOrderInversion(mut f) = finding else {
+            unreachable!()
+        };
+        let key_lock = |l: &mut Lock| {
+            l.build_id = Some(id.to_string());
+            l.file_offset = Some(l.addr - base);
+        };
+        f.locks.iter_mut().for_each(key_lock);
+        for e in &mut f.cycle {
+            key_lock(&mut e.from);
+            key_lock(&mut e.to);
+            for frame in e.stack.iter_mut().chain(e.held_stack.iter_mut()) {
+                if frame.addr >= base && frame.addr < base + 0x10_0000 {
+                    frame.build_id = Some(id.to_string());
+                    frame.file_offset = Some(frame.addr - base);
+                }
+            }
+        }
+        Finding::LockOrderInversion(f)
+    }
+
+    #[test]
+    fn fingerprints_follow_the_build_id() {
+        let (a, b) = (0x5500_0000_0000, 0x5611_0000_0000);
+        let one = fingerprint(&built(
+            ab_ba(100, "/opt/a/prog", a, "mutex_a", "mutex_b"),
+            "0123abcd",
+            a,
+        ));
+        // The same build elsewhere, in another process.
+        let same = fingerprint(&built(
+            ab_ba(2000, "/srv/b/prog2", b, "mutex_a", "mutex_b"),
+            "0123abcd",
+            b,
+        ));
+        assert_eq!(one, same);
+        // The same code, rebuilt: another build-id, another bug to judge.
+        let rebuilt = fingerprint(&built(
+            ab_ba(100, "/opt/a/prog", a, "mutex_a", "mutex_b"),
+            "4567ef01",
+            a,
+        ));
+        assert_ne!(one, rebuilt);
+        // Keyed by build-id and offset, not by the symbols' names.
+        let renamed = fingerprint(&built(
+            ab_ba(100, "/opt/a/prog", a, "mutex_x", "mutex_y"),
+            "0123abcd",
+            a,
+        ));
+        assert_eq!(one, renamed);
+    }
+
     #[test]
     fn an_inversion_alert() {
         let finding = ab_ba(100, "/opt/a/prog", 0x5500_0000_0000, "mutex_a", "mutex_b");
@@ -389,11 +362,5 @@ mod tests {
             "lock-order inversion mutex_a -> mutex_b -> mutex_a at lock_ab, lock_ba in prog (pid 100)"
         );
         assert_eq!(alert.ends_at, "1970-01-01T00:01:00Z");
-    }
-
-    #[test]
-    fn fnv_is_the_published_function() {
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

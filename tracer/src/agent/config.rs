@@ -15,6 +15,9 @@ use crate::cli::{parse_duration, AgentArgs, Format};
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/locktrace/locktrace.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+/// Where the agent keeps what it remembers across restarts (the unit's
+/// `StateDirectory=locktrace`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/locktrace";
 const DEFAULT_HANG_THRESHOLD: Duration = Duration::from_secs(10);
 /// Alerts kept while Alertmanager cannot be reached; older ones are
 /// dropped (and counted as failed) beyond this.
@@ -22,6 +25,10 @@ const DEFAULT_ALERT_QUEUE: usize = 1000;
 /// How long an inversion's alert stays active: it is a property of the
 /// code, not of a moment, but it should not fire forever after a fix.
 const DEFAULT_INVERSION_ACTIVE: Duration = Duration::from_secs(24 * 3600);
+/// How often still-active alerts are sent again: Alertmanager keeps alerts
+/// in memory only, so a restarted one learns them from the next re-send
+/// (Prometheus re-sends its firing alerts every minute too).
+const DEFAULT_RESEND_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The file as written: every key optional.
 #[derive(Debug, Default, Deserialize)]
@@ -37,12 +44,24 @@ struct File {
     alertmanager: AlertmanagerSection,
     #[serde(default)]
     report: ReportSection,
+    #[serde(default)]
+    suppress: SuppressSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuppressSection {
+    #[serde(default)]
+    fingerprints: Vec<String>,
+    #[serde(default)]
+    frames: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AgentSection {
     host: Option<String>,
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +90,8 @@ struct AlertmanagerSection {
     queue: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     inversion_active: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    resend_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +113,7 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub host: String,
+    pub state_dir: PathBuf,
     pub comms: Vec<String>,
     pub cgroups: Vec<PathBuf>,
     pub pids: Vec<u32>,
@@ -102,6 +124,10 @@ pub struct Config {
     pub format: Format,
     /// Write `output` even if it exists and is not root's (see `host::outfile`).
     pub force: bool,
+    /// Findings counted but not alerted on: by fingerprint, and by frame
+    /// globs (function, source file or module).
+    pub suppress_fingerprints: Vec<String>,
+    pub suppress_frames: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -110,6 +136,8 @@ pub struct Alertmanager {
     pub base: String,
     pub queue: usize,
     pub inversion_active: Duration,
+    /// Active alerts are sent again this often.
+    pub resend_interval: Duration,
 }
 
 impl Config {
@@ -170,13 +198,34 @@ impl Config {
                 .alertmanager
                 .inversion_active
                 .unwrap_or(DEFAULT_INVERSION_ACTIVE),
+            resend_interval: file
+                .alertmanager
+                .resend_interval
+                .unwrap_or(DEFAULT_RESEND_INTERVAL)
+                .max(Duration::from_secs(1)),
         });
+        for pattern in &file.suppress.frames {
+            crate::agent::suppress::check_glob(pattern.get_ref())
+                .map_err(|e| at(pattern.span(), &e))?;
+        }
         Ok(Config {
+            suppress_fingerprints: file.suppress.fingerprints,
+            suppress_frames: file
+                .suppress
+                .frames
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
             host: args
                 .host
                 .clone()
                 .or(file.agent.host)
                 .unwrap_or_else(hostname),
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(file.agent.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             comms: or_file(&args.comms, file.trace.comms),
             cgroups: or_file(&args.cgroups, file.trace.cgroups),
             pids: or_file(&args.pids, file.trace.pids),
@@ -345,6 +394,10 @@ mod tests {
             (
                 "[trace]\npids = \"x\"\n",
                 "/etc/l.toml:2: key `trace.pids`:",
+            ),
+            (
+                "[suppress]\nframes = [\"a[\"]\n",
+                "/etc/l.toml:2: key `suppress.frames`: `a[` is not a glob",
             ),
         ];
         for (text, expected) in cases {

@@ -27,6 +27,7 @@ type TypeLabel = Vec<(&'static str, &'static str)>;
 pub struct Metrics {
     registry: Registry,
     findings: Family<TypeLabel, Counter>,
+    findings_suppressed: Family<TypeLabel, Counter>,
     events: Counter,
     events_lost: Counter,
     lock_dependencies: Gauge,
@@ -50,6 +51,7 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::default(),
             findings: Family::default(),
+            findings_suppressed: Family::default(),
             events: Counter::default(),
             events_lost: Counter::default(),
             lock_dependencies: Gauge::default(),
@@ -68,6 +70,11 @@ impl Metrics {
             "findings",
             "Findings reported (warnings; notes are not counted), by type",
             m.findings.clone(),
+        );
+        registry.register(
+            "findings_suppressed",
+            "Findings matched by a suppression ([suppress]): reported, not alerted on nor counted in findings_total, by type",
+            m.findings_suppressed.clone(),
         );
         registry.register(
             "events",
@@ -125,6 +132,12 @@ impl Metrics {
 
     pub fn count_finding(&self, kind: &'static str) {
         self.findings.get_or_create(&vec![("type", kind)]).inc();
+    }
+
+    pub fn count_suppressed(&self, kind: &'static str) {
+        self.findings_suppressed
+            .get_or_create(&vec![("type", kind)])
+            .inc();
     }
 
     /// The session's counts: gauges set, counters moved by what they grew
@@ -245,6 +258,7 @@ mod tests {
     fn metrics_text_has_the_documented_names() {
         let m = Metrics::new();
         m.count_finding("inversion");
+        m.count_suppressed("deadlock");
         let live = Live {
             events: 10,
             lost_events: 1,
@@ -260,6 +274,7 @@ mod tests {
         encode(&mut text, &m.registry).unwrap();
         for line in [
             "locktrace_findings_total{type=\"inversion\"} 1",
+            "locktrace_findings_suppressed_total{type=\"deadlock\"} 1",
             "locktrace_events_total 10",
             "locktrace_events_lost_total 1",
             "locktrace_lock_dependencies 2",

@@ -10,14 +10,16 @@ pub mod config;
 pub mod metrics;
 pub mod notify;
 pub mod sender;
+pub mod state;
+pub mod suppress;
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use config::Config;
 
@@ -25,6 +27,8 @@ use crate::report::Finding;
 use crate::session::{Live, Observer};
 use alerts::Alert;
 use metrics::Metrics;
+use state::{Saved, State};
+use suppress::Suppressions;
 
 /// Where an alert's `runbook_url` points: the README section on reading
 /// findings, in the installed documentation.
@@ -37,6 +41,41 @@ pub struct Agent {
     done: std::sync::mpsc::Receiver<()>,
     host: String,
     inversion_active: Duration,
+    resend_interval: Duration,
+    /// What earlier runs alerted on, and their alerts still active.
+    state: Option<(State, Vec<Saved>)>,
+    /// The configuration in force (what a SIGHUP changed included).
+    config: Config,
+    /// To the observer: what a SIGHUP changed.
+    reloads: std::sync::mpsc::Sender<Reload>,
+    reloaded: Option<std::sync::mpsc::Receiver<Reload>>,
+}
+
+/// What a SIGHUP changes while tracing goes on (the graphs, the probes
+/// and the active alerts are kept).
+struct Reload {
+    suppressions: Suppressions,
+    host: String,
+    active_for: Duration,
+    resend_every: Duration,
+}
+
+impl Reload {
+    fn of(config: &Config) -> Result<Reload> {
+        Ok(Reload {
+            suppressions: Suppressions::new(&config.suppress_fingerprints, &config.suppress_frames)
+                .map_err(|e| anyhow::anyhow!("[suppress] frames: {e}"))?,
+            host: config.host.clone(),
+            active_for: config
+                .alertmanager
+                .as_ref()
+                .map_or(Duration::ZERO, |a| a.inversion_active),
+            resend_every: config
+                .alertmanager
+                .as_ref()
+                .map_or(Duration::MAX, |a| a.resend_interval),
+        })
+    }
 }
 
 impl Agent {
@@ -50,6 +89,11 @@ impl Agent {
             )
         })?;
         let metrics = Arc::new(Metrics::new());
+        let state = State::load(&config.state_dir);
+        let (reloads, reloaded) = std::sync::mpsc::channel();
+        reloads
+            .send(Reload::of(config)?)
+            .expect("the receiver is here");
         let (alerts, receiver) = match &config.alertmanager {
             Some(am) => {
                 let (tx, rx) = mpsc::channel(am.queue);
@@ -94,6 +138,14 @@ impl Agent {
                 .alertmanager
                 .as_ref()
                 .map_or(Duration::ZERO, |a| a.inversion_active),
+            resend_interval: config
+                .alertmanager
+                .as_ref()
+                .map_or(Duration::MAX, |a| a.resend_interval),
+            state: Some(state),
+            config: config.clone(),
+            reloads,
+            reloaded: Some(reloaded),
         })
     }
 
@@ -105,14 +157,93 @@ impl Agent {
 
     /// What the session reports to.
     pub fn observer(&mut self) -> Box<dyn Observer> {
+        let (state, saved) = self.state.take().expect("one observer");
+        let active = saved
+            .into_iter()
+            .map(|s| Active {
+                alert: s.alert,
+                blocked: None,
+                until: state::from_unix(s.until),
+            })
+            .collect();
         Box::new(AgentObserver {
             metrics: self.metrics.clone(),
             alerts: self.alerts.take(),
             before: Live::default(),
-            blocked: Vec::new(),
+            active,
             host: self.host.clone(),
             active_for: self.inversion_active,
+            resend_every: self.resend_interval,
+            // The alerts a previous run left active go out at once: the
+            // Alertmanager may have restarted with the host.
+            last_resend: None,
+            state,
+            suppressions: Suppressions::default(),
+            reloads: self.reloaded.take().expect("one observer"),
         })
+    }
+
+    /// SIGHUP: `new` (the config file read again, the flags applied) takes
+    /// over what can change while tracing goes on: suppressions, the
+    /// `host` label, `inversion_active` and `resend_interval`. A key that
+    /// takes a restart keeps its running value, with a warning naming it.
+    pub fn reload(&mut self, new: Config) {
+        let reload = match Reload::of(&new) {
+            Ok(r) => r,
+            Err(e) => {
+                error!("SIGHUP: {e:#}; keeping the configuration in force");
+                return;
+            }
+        };
+        let old = &self.config;
+        let am = |c: &Config| c.alertmanager.as_ref().map(|a| (a.base.clone(), a.queue));
+        let restart: Vec<&str> = [
+            ("trace.comms", old.comms != new.comms),
+            ("trace.cgroups", old.cgroups != new.cgroups),
+            ("trace.pids", old.pids != new.pids),
+            (
+                "trace.hang_threshold",
+                old.hang_threshold != new.hang_threshold,
+            ),
+            ("metrics.listen", old.metrics_listen != new.metrics_listen),
+            ("alertmanager.url/queue", am(old) != am(&new)),
+            (
+                "report",
+                (&old.output, old.format, old.force) != (&new.output, new.format, new.force),
+            ),
+            ("agent.state_dir", old.state_dir != new.state_dir),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        if !restart.is_empty() {
+            warn!(
+                "SIGHUP: {} changed: kept as started (a restart applies it)",
+                restart.join(", ")
+            );
+        }
+        info!(
+            "SIGHUP: configuration reloaded ({} suppressions)",
+            reload.suppressions.len()
+        );
+        let _ = self.reloads.send(reload);
+        let mut config = new;
+        config.comms = old.comms.clone();
+        config.cgroups = old.cgroups.clone();
+        config.pids = old.pids.clone();
+        config.hang_threshold = old.hang_threshold;
+        config.metrics_listen = old.metrics_listen;
+        config.output = old.output.clone();
+        config.format = old.format;
+        config.force = old.force;
+        config.state_dir = old.state_dir.clone();
+        if let (Some(now), Some(was)) = (&mut config.alertmanager, &old.alertmanager) {
+            now.base = was.base.clone();
+            now.queue = was.queue;
+        } else {
+            config.alertmanager = old.alertmanager.clone();
+        }
+        self.config = config;
     }
 
     /// After the session (and its observer) is gone: waits for the alerts
@@ -126,15 +257,71 @@ impl Agent {
     }
 }
 
+/// Alerts kept for re-sending; beyond this the oldest is no longer re-sent
+/// (Alertmanager keeps it until its `endsAt` all the same).
+const MAX_ACTIVE: usize = 10_000;
+/// A deadlock or hang alert says it ends this many re-send intervals after
+/// each (re-)send, as Prometheus does: should the agent stop, Alertmanager
+/// resolves it by itself.
+const BLOCKED_ENDS_AFTER_RESENDS: u32 = 4;
+/// A deadlock or hang has cleared once its waits are missing from this
+/// many scans in a row (one scan could miss a thread that a signal woke
+/// for an instant).
+const CLEARED_AFTER_SCANS: u32 = 2;
+
+/// An alert still active: sent again every re-send interval with its first
+/// `startsAt`, so that an Alertmanager restarted meanwhile (it keeps alerts
+/// in memory) has it again.
+struct Active {
+    alert: Alert,
+    /// A deadlock or hang: active while its threads wait. Otherwise the
+    /// alert ends at its `endsAt` (an inversion: `inversion_active`).
+    blocked: Option<Blocked>,
+    /// When it stops being re-sent (non-blocked alerts).
+    until: SystemTime,
+}
+
+struct Blocked {
+    pid: u32,
+    /// The waits (tid, lock address) of the finding's threads.
+    waits: Vec<(u32, u64)>,
+    /// Scans in a row that missed one of them.
+    missed: u32,
+}
+
+impl Blocked {
+    fn of(finding: &Finding) -> Option<Blocked> {
+        let (pid, threads) = match finding {
+            Finding::Deadlock(d) => (d.pid, d.threads.iter().collect::<Vec<_>>()),
+            Finding::LockWaitTimeout(t) => (t.pid, vec![&t.waiter]),
+            _ => return None,
+        };
+        Some(Blocked {
+            pid,
+            waits: threads
+                .iter()
+                .filter_map(|t| Some((t.tid, t.waits_for.as_ref()?.addr)))
+                .collect(),
+            missed: 0,
+        })
+    }
+}
+
 struct AgentObserver {
     metrics: Arc<Metrics>,
     alerts: Option<mpsc::Sender<Alert>>,
     before: Live,
-    /// Alerts of deadlocks and hangs still active, by process: resolved
-    /// (sent again, ending now) once the process is gone.
-    blocked: Vec<(u32, Alert)>,
+    /// Alerts still active, re-sent every `resend_every`. Those of
+    /// deadlocks and hangs are resolved (sent again, ending now) once their
+    /// waits end or their process is gone.
+    active: Vec<Active>,
     host: String,
     active_for: Duration,
+    resend_every: Duration,
+    last_resend: Option<Instant>,
+    state: State,
+    suppressions: Suppressions,
+    reloads: std::sync::mpsc::Receiver<Reload>,
 }
 
 impl AgentObserver {
@@ -146,18 +333,128 @@ impl AgentObserver {
         }
     }
 
-    /// Deadlocked or hung threads stay blocked until their process ends
-    /// (killed or restarted): then their alert is resolved.
-    fn resolve_cleared(&mut self) {
-        let now = SystemTime::now();
-        let (gone, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.blocked)
-            .into_iter()
-            .partition(|(pid, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists());
-        self.blocked = live;
-        for (_, mut alert) in gone {
-            alert.ends_at = alerts::rfc3339(now);
+    /// Takes what SIGHUPs changed.
+    fn apply_reloads(&mut self) {
+        while let Ok(r) = self.reloads.try_recv() {
+            self.suppressions = r.suppressions;
+            self.host = r.host;
+            self.active_for = r.active_for;
+            self.resend_every = r.resend_every;
+        }
+    }
+
+    /// Resolves the deadlocks and hangs whose process is gone.
+    fn resolve_exited(&mut self) {
+        self.resolve(|b| !std::path::Path::new(&format!("/proc/{}", b.pid)).exists());
+    }
+
+    /// Sends the alerts of the deadlocks and hangs `cleared` says are over
+    /// once more, ending now, and stops re-sending them.
+    fn resolve(&mut self, mut cleared: impl FnMut(&mut Blocked) -> bool) {
+        let now = alerts::rfc3339(SystemTime::now());
+        let mut resolved = Vec::new();
+        self.active.retain_mut(|a| {
+            let Some(b) = &mut a.blocked else {
+                return true;
+            };
+            if !cleared(b) {
+                return true;
+            }
+            let mut alert = a.alert.clone();
+            alert.ends_at = now.clone();
+            resolved.push(alert);
+            false
+        });
+        for alert in resolved {
             self.send(alert);
         }
+    }
+
+    /// A deadlock or hang alert ends a few re-sends from now.
+    fn blocked_ends(&self, now: SystemTime) -> String {
+        let after = self
+            .resend_every
+            .saturating_mul(BLOCKED_ENDS_AFTER_RESENDS)
+            .min(Duration::from_secs(365 * 86_400));
+        alerts::rfc3339(now + after)
+    }
+
+    /// Every still-active alert again, once per interval.
+    fn resend(&mut self) {
+        if self
+            .last_resend
+            .is_some_and(|t| t.elapsed() < self.resend_every)
+        {
+            return;
+        }
+        self.last_resend = Some(Instant::now());
+        let now = SystemTime::now();
+        let before = self.active.len();
+        self.active.retain(|a| a.blocked.is_some() || a.until > now);
+        if self.active.len() != before {
+            self.state.touch();
+        }
+        let ends = self.blocked_ends(now);
+        let again: Vec<Alert> = self
+            .active
+            .iter_mut()
+            .map(|a| {
+                if a.blocked.is_some() {
+                    a.alert.ends_at = ends.clone();
+                }
+                a.alert.clone()
+            })
+            .collect();
+        for alert in again {
+            self.send(alert);
+        }
+    }
+
+    /// Keeps `alert` for re-sending. The same alert again (same labels: a
+    /// restarted process, another worker) replaces the one kept, with the
+    /// first `startsAt`. Returns the alert to send.
+    fn keep(&mut self, mut alert: Alert, blocked: Option<Blocked>, until: SystemTime) -> Alert {
+        if let Some(i) = self
+            .active
+            .iter()
+            .position(|a| a.alert.labels == alert.labels)
+        {
+            let old = self.active.remove(i);
+            alert.starts_at = old.alert.starts_at;
+        }
+        if self.active.len() >= MAX_ACTIVE {
+            self.active.remove(0);
+        }
+        if blocked.is_none() {
+            self.state.touch();
+        }
+        self.active.push(Active {
+            alert: alert.clone(),
+            blocked,
+            until,
+        });
+        alert
+    }
+
+    /// Saves the state if it changed: the fingerprints alerted on, and the
+    /// active alerts that outlive a restart (those of deadlocks and hangs
+    /// are found again by the next run if their threads still wait).
+    fn save_state(&mut self) {
+        let saved = self
+            .active
+            .iter()
+            .filter(|a| a.blocked.is_none())
+            .map(|a| Saved {
+                alert: a.alert.clone(),
+                until: state::unix(a.until),
+            });
+        self.state.save(saved);
+    }
+}
+
+impl Drop for AgentObserver {
+    fn drop(&mut self) {
+        self.save_state();
     }
 }
 
@@ -168,6 +465,16 @@ impl Observer for AgentObserver {
         let Some((kind, _)) = alerts::kind(finding).filter(|_| alarm) else {
             return;
         };
+        self.apply_reloads();
+        let fingerprint = alerts::fingerprint(finding);
+        if self.suppressions.matches(&fingerprint, finding) {
+            self.metrics.count_suppressed(kind);
+            info!(
+                "finding {} suppressed (fingerprint {fingerprint})",
+                finding.id()
+            );
+            return;
+        }
         self.metrics.count_finding(kind);
         if self.alerts.is_none() {
             return;
@@ -177,20 +484,48 @@ impl Observer for AgentObserver {
             runbook_url: RUNBOOK_URL,
             active_for: self.active_for,
         };
-        let Some(alert) = alerts::alert(finding, &ctx, SystemTime::now()) else {
+        let now = SystemTime::now();
+        let Some(mut alert) = alerts::alert(finding, &ctx, now) else {
             return;
         };
-        match finding {
-            Finding::Deadlock(d) => self.blocked.push((d.pid, alert.clone())),
-            Finding::LockWaitTimeout(t) => self.blocked.push((t.pid, alert.clone())),
-            _ => {}
+        let blocked = Blocked::of(finding);
+        let fingerprint = alert.labels["fingerprint"].clone();
+        if blocked.is_some() {
+            alert.ends_at = self.blocked_ends(now);
+        } else if self.state.reported(&fingerprint) {
+            // A property of the code, alerted on before (by this run or
+            // an earlier one, whose alert is re-sent while active): the
+            // same bug again is not news.
+            info!(
+                "finding {} already alerted on (fingerprint {fingerprint})",
+                finding.id()
+            );
+            return;
         }
+        self.state.remember(fingerprint);
+        let alert = self.keep(alert, blocked, now + self.active_for);
         self.send(alert);
     }
 
     fn progress(&mut self, live: &Live) {
+        self.apply_reloads();
         self.metrics.set_live(live, &self.before);
         self.before = live.clone();
-        self.resolve_cleared();
+        self.resolve_exited();
+        self.resend();
+        self.save_state();
+    }
+
+    fn waits(&mut self, blocked: &[(u32, u32, u64)]) {
+        let seen: std::collections::HashSet<(u32, u64)> =
+            blocked.iter().map(|&(_, tid, lock)| (tid, lock)).collect();
+        self.resolve(|b| {
+            if b.waits.is_empty() || b.waits.iter().all(|w| seen.contains(w)) {
+                b.missed = 0;
+                return false;
+            }
+            b.missed += 1;
+            b.missed >= CLEARED_AFTER_SCANS
+        });
     }
 }

@@ -40,7 +40,14 @@ pub async fn deliver(
     let mut closed = false;
     let mut flush_deadline = None;
     loop {
-        let enqueue = |queue: &mut VecDeque<Alert>, alert| {
+        let enqueue = |queue: &mut VecDeque<Alert>, alert: Alert| {
+            // A re-send of an alert still queued (Alertmanager down for
+            // several intervals) replaces it: the queue holds each alert
+            // once.
+            if let Some(queued) = queue.iter_mut().find(|q| q.labels == alert.labels) {
+                *queued = alert;
+                return;
+            }
             if queue.len() >= queue_limit {
                 queue.pop_front();
                 metrics.alerts_dropped.inc();

@@ -51,6 +51,43 @@ pub fn check_header(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The largest ELF file read whole (probe placement, unwind tables, data
+/// symbols). Debian's largest binaries are a few hundred MiB; a file a
+/// traced process maps can be anything its owner made, a sparse 100 GiB
+/// file among them, and it must not become the tracer's memory.
+pub const MAX_ELF_BYTES: u64 = 512 << 20;
+
+/// `path` read whole, refused when it is larger than [`MAX_ELF_BYTES`]
+/// (asked of the open file, then enforced while reading: the file can
+/// grow in between).
+pub fn read_bounded(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::{bail, Context};
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let too_big = || {
+        anyhow::anyhow!(
+            "{} is larger than {} MiB: not read",
+            path.display(),
+            MAX_ELF_BYTES >> 20
+        )
+    };
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if len > MAX_ELF_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_ELF_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > MAX_ELF_BYTES {
+        bail!(too_big());
+    }
+    Ok(bytes)
+}
+
 /// A PT_LOAD program header of an ELF file: how file offsets map to the
 /// addresses stated in the file (SVMAs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -410,7 +410,10 @@ fn pin_if_foreign(pid: u32, m: &Mapping) {
     if pinned.contains_key(&(m.dev, m.inode)) {
         return;
     }
+    // (A file whose process is gone already stays unpinned: frames in it
+    // are not symbolized.)
     if let Some(file) = foreign_path(pid, m).and_then(|p| std::fs::File::open(p).ok()) {
+        tracing::debug!(pid, file = %m.path.display(), inode = m.inode, "pinned a file of another mount namespace or root");
         pinned.insert((m.dev, m.inode), file);
     }
 }
@@ -426,6 +429,32 @@ fn foreign_path(pid: u32, m: &Mapping) -> Option<PathBuf> {
     }
     let by_range = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
     by_range.exists().then_some(by_range)
+}
+
+/// The path on the host of a file that process `pid` maps from under a
+/// root of its own (a chroot, a container whose root is a host
+/// directory), when the file found there is the one mapped: the name the
+/// process sees (`/usr/lib/x86_64-linux-gnu/libc.so.6`) may be the host's
+/// own libc's, another file.
+pub fn host_path(pid: u32, m: &Mapping) -> Option<PathBuf> {
+    if !m.is_file() || is_file_of(&m.path, m) {
+        return None;
+    }
+    let by_root = std::fs::read_link(format!("/proc/{pid}/root"))
+        .ok()
+        .filter(|root| root != Path::new("/"))
+        .and_then(|root| Some(root.join(m.path.strip_prefix("/").ok()?)));
+    // The process may be gone already: the copy pinned while it lived
+    // knows its path here too.
+    let by_pin = || {
+        let pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner());
+        use std::os::fd::AsRawFd;
+        let fd = pinned.get(&(m.dev, m.inode))?.as_raw_fd();
+        std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
+    };
+    by_root
+        .filter(|p| is_file_of(p, m))
+        .or_else(|| by_pin().filter(|p| is_file_of(p, m)))
 }
 
 /// A path through which the file mapped by `m` can be opened: its own path,

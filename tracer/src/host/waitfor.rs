@@ -14,8 +14,9 @@ use std::os::unix::fs::FileExt;
 use tracer_analysis::model::{Blocked, LockKind, Waiter};
 use tracer_common::{
     futex_waits_on_word, HeldLock, FUTEX_CMD_MASK, FUTEX_LOCK_PI, FUTEX_LOCK_PI2,
-    FUTEX_PRIVATE_FLAG, FUTEX_TID_MASK, MUTEX_OWNER_OFFSET, RWLOCK_SIZE, STACK_BYTES, STACK_CHUNK,
-    SYS_FUTEX,
+    FUTEX_PRIVATE_FLAG, FUTEX_TID_MASK, FUTEX_WAIT, FUTEX_WAIT_BITSET, MAX_HELD, MUTEX_KIND_OFFSET,
+    MUTEX_KIND_PRIO_INHERIT, MUTEX_KIND_PSHARED, MUTEX_OWNER_OFFSET, RWLOCK_SIZE, STACK_BYTES,
+    STACK_CHUNK, SYS_FUTEX,
 };
 
 use crate::host::proc::{ns_tid, tgid_of, threads};
@@ -156,6 +157,9 @@ pub fn waiter(b: Blocked, held: &HeldByThread) -> Option<Waiter> {
             holders,
         });
     }
+    if let Some(w) = refused_pi_request(b, held) {
+        return Some(w);
+    }
     // A semaphore the waiter holds itself: CPython's pattern for waiting
     // until another thread releases it (a condition, an event, a module's
     // import lock). Who will is not known here: see
@@ -204,6 +208,101 @@ pub fn waiter(b: Blocked, held: &HeldByThread) -> Option<Waiter> {
         kind: LockKind::Mutex,
         holders: vec![owner],
     })
+}
+
+/// Bytes above the stack pointer where glibc's park word may be: the
+/// futex wait function's frame and the lock function's.
+const PARK_WORD_WINDOW: u64 = 1024;
+/// Bytes above the park word searched for the lock call's return address:
+/// the rest of the lock function's frame.
+const PARK_CALLER_WINDOW: u64 = 512;
+
+/// Whether `b` sleeps the way glibc parks a thread whose
+/// priority-inheritance lock request the kernel refused: `FUTEX_LOCK_PI`
+/// failed with `EDEADLK` (the kernel's rt-mutex chain walk found that the
+/// owner waits, through other PI locks, for this thread: a deadlock) or
+/// `ESRCH` (the owner died), and `__pthread_mutex_lock_full` then waits
+/// forever, without a timeout, for a zero word of its own stack frame that
+/// nobody will ever wake (`__futex_abstimed_wait64(&(unsigned int){0}, 0,
+/// ...)`). The thread never returns from `pthread_mutex_lock`.
+pub fn parked_in_lock(b: &Blocked) -> bool {
+    if !matches!(b.op, FUTEX_WAIT | FUTEX_WAIT_BITSET)
+        || !(b.sp..b.sp + PARK_WORD_WINDOW).contains(&b.uaddr)
+    {
+        return false;
+    }
+    // Expected value 0, no timeout: read again from the syscall's arguments.
+    let Ok(line) = fs::read_to_string(format!("/proc/{}/task/{}/syscall", b.pid, b.tid)) else {
+        return false;
+    };
+    let Some((_, args, _, _)) = parse_syscall(&line) else {
+        return false;
+    };
+    args[0] == b.uaddr && args[2] == 0 && args[3] == 0 && read_u32(b.pid, b.uaddr) == Some(0)
+}
+
+/// A thread glibc parked after the kernel refused its request of a
+/// priority-inheritance mutex (see [`parked_in_lock`]): it waits for that
+/// mutex, whose futex word names its owner, forever. The mutex is the
+/// thread's newest held-stack entry (pushed when it called the lock
+/// function; the park word gives no address), and only when everything
+/// ties that entry to the call the thread is still in: the return address
+/// of the entry's lock call is on the stack just above the park word (the
+/// lock function's frame, still live), the mutex is a PI one that another
+/// thread owns (its futex word and glibc's `__owner` agree), and the held
+/// stack did not overflow (an entry deeper than it would be missing). An
+/// entry left by an earlier, finished lock call fails the first check.
+fn refused_pi_request(b: Blocked, held: &HeldByThread) -> Option<Waiter> {
+    let stack = held.get(&b.tid)?;
+    if stack.len() >= MAX_HELD || !parked_in_lock(&b) {
+        return None;
+    }
+    let request = stack.last()?;
+    if !matches!(
+        LockKind::from_raw(request.kind),
+        Some(LockKind::Mutex | LockKind::RecursiveMutex)
+    ) {
+        return None;
+    }
+    let kind = read_u32(b.pid, request.addr + MUTEX_KIND_OFFSET)?;
+    if kind & MUTEX_KIND_PRIO_INHERIT == 0 {
+        return None;
+    }
+    let owner = read_u32(b.pid, request.addr)? & FUTEX_TID_MASK;
+    if owner == 0
+        || read_u32(b.pid, request.addr + MUTEX_OWNER_OFFSET)? != owner
+        || Some(owner) == ns_tid(b.pid, b.tid)
+    {
+        return None;
+    }
+    // Return addresses are 8-byte aligned; the park word only 4.
+    let frame = read_bytes(b.pid, b.uaddr & !7, PARK_CALLER_WINDOW as usize)?;
+    let in_the_call = frame
+        .chunks_exact(8)
+        .any(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == request.callsite);
+    if !in_the_call {
+        return None;
+    }
+    // The owner's tid is in the process's pid namespace, like the PI word
+    // the fallback below reads; a private mutex's owner is one of its own
+    // threads.
+    match tgid_of(owner) {
+        Some(tgid) if kind & MUTEX_KIND_PSHARED != 0 || tgid == b.pid => {}
+        _ => return None,
+    }
+    Some(Waiter {
+        blocked: b,
+        lock: request.addr,
+        kind: LockKind::from_raw(request.kind).unwrap_or(LockKind::Mutex),
+        holders: vec![owner],
+    })
+}
+
+fn read_bytes(pid: u32, addr: u64, len: usize) -> Option<Vec<u8>> {
+    let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
+    let mut buf = vec![0u8; len];
+    mem.read_exact_at(&mut buf, addr).ok()?;
+    Some(buf)
 }
 
 /// Every waiter of `pids`.

@@ -62,7 +62,8 @@ impl Probes {
             }
         }
         info!(
-            file = %target.name.display(), via = %target.open_path.display(), ?missing,
+            file = %target.name.display(), inode = target.id.inode,
+            via = %target.open_path.display(), ?missing,
             elapsed = ?started.elapsed(), "probes attached"
         );
         self.links.plans.insert(target.id, plan);
@@ -196,7 +197,7 @@ impl Probes {
     /// Where each program goes in `target`.
     fn plan(&self, target: &Target) -> Result<(FilePlan, Vec<&'static str>)> {
         let path = &target.open_path;
-        let elf = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let elf = crate::host::elf::read_bounded(path)?;
         if !Target::defines_any_lock_function(&elf) {
             bail!(
                 "{} does not define any lock function (pthread_mutex_lock, sem_wait, ...)",
@@ -226,7 +227,7 @@ impl Probes {
                 ProbePlacement::Emulated => placed.offset,
             };
             debug!(
-                program = probe.program, symbol, offset, file_offset = function.file_offset + offset,
+                file = %target.name.display(), inode = target.id.inode, program = probe.program, symbol, offset, file_offset = function.file_offset + offset,
                 instruction = %placed.instruction, emulated = placed.emulated,
                 reason = %placed.reason, "probe placement"
             );

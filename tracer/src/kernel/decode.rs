@@ -61,6 +61,10 @@ pub enum Record {
     ProcessExit {
         pid: u32,
     },
+    /// A traced process exec'd a new program (a new address space).
+    ProcessExec {
+        pid: u32,
+    },
 }
 
 impl Record {
@@ -70,7 +74,7 @@ impl Record {
         match self {
             Record::Dependency(r) | Record::SelfDeadlock(r) => Some(r.pid),
             Record::LockReset { pid, .. } => Some(*pid),
-            Record::ProcessExit { .. } => None,
+            Record::ProcessExit { .. } | Record::ProcessExec { .. } => None,
         }
     }
 }
@@ -89,6 +93,12 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         EventKind::ProcessExit => {
             check_len::<LockEvent>(bytes, "process exit")?;
             Ok(Record::ProcessExit {
+                pid: u32_at(bytes, offset_of!(LockEvent, pid)),
+            })
+        }
+        EventKind::ProcessExec => {
+            check_len::<LockEvent>(bytes, "process exec")?;
+            Ok(Record::ProcessExec {
                 pid: u32_at(bytes, offset_of!(LockEvent, pid)),
             })
         }

@@ -17,6 +17,10 @@ pub struct Follower {
     enabled: bool,
     /// Lock libraries that could not be probed (reported once).
     unprobeable: HashSet<FileId>,
+    /// Lock libraries whose processes exited before the file could be
+    /// opened: warned about once (a chroot running short-lived programs,
+    /// a package build, would otherwise log a line per process).
+    missed: HashSet<FileId>,
 }
 
 impl Follower {
@@ -24,6 +28,7 @@ impl Follower {
         Follower {
             enabled,
             unprobeable: HashSet::new(),
+            missed: HashSet::new(),
         }
     }
 
@@ -42,7 +47,11 @@ impl Follower {
                 continue;
             }
             let Some(target) = Target::from_mapping(pid, &m) else {
-                warn!(pid, file = %m.path.display(), "cannot probe a newly mapped lock library: the process exited before it could be opened");
+                if self.missed.insert(id) {
+                    warn!(pid, file = %m.path.display(), "cannot probe a newly mapped lock library yet: the process exited before it could be opened (tried again with the next process that maps it; not logged again)");
+                } else {
+                    debug!(pid, file = %m.path.display(), "cannot probe a newly mapped lock library: the process exited before it could be opened");
+                }
                 continue;
             };
             if !target.is_lock_library_file() {
@@ -53,7 +62,7 @@ impl Follower {
             match probes.attach_file(&target) {
                 Ok(missing) => info!(
                     pid,
-                    file = %m.path.display(),
+                    file = %target.name.display(),
                     ?missing,
                     "probing a newly mapped lock library; the process's lock operations before now were not seen"
                 ),

@@ -15,8 +15,8 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::host::elf::{check_header, is_lock_library};
-use crate::host::spaces::{read_proc_maps, readable_path, Mapping};
+use crate::host::elf::{check_header, is_lock_library, read_bounded};
+use crate::host::spaces::{host_path, read_proc_maps, readable_path, Mapping};
 
 /// A file's identity: what the kernel attaches a uprobe to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,7 +54,10 @@ impl Target {
         })
     }
 
-    /// The file of a mapping of process `pid`, if the tracer can open it.
+    /// The file of a mapping of process `pid`, if the tracer can open it;
+    /// named by its host path when the process has a root of its own
+    /// (else a chroot's libc and the host's would both be
+    /// `/usr/lib/x86_64-linux-gnu/libc.so.6` in the summary).
     pub fn from_mapping(pid: u32, m: &Mapping) -> Option<Self> {
         Some(Target {
             id: FileId {
@@ -62,14 +65,14 @@ impl Target {
                 inode: m.inode,
             },
             open_path: readable_path(pid, m)?,
-            name: m.path.clone(),
+            name: host_path(pid, m).unwrap_or_else(|| m.path.clone()),
         })
     }
 
     /// Whether this (discovered) library has the lock functions.
     pub fn is_lock_library_file(&self) -> bool {
         check_header(&self.open_path).is_ok()
-            && std::fs::read(&self.open_path).is_ok_and(|elf| Target::defines_lock_functions(&elf))
+            && read_bounded(&self.open_path).is_ok_and(|elf| Target::defines_lock_functions(&elf))
     }
 
     /// Whether a shared library has the lock functions themselves (not
@@ -103,7 +106,7 @@ pub fn check_explicit(path: &Path) -> Result<Target> {
     let target = Target::from_path(path)?;
     // The header first: a huge file of something else is refused unread.
     check_header(path)?;
-    let elf = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let elf = read_bounded(path)?;
     object::File::parse(&*elf)
         .map_err(|e| anyhow!("{} is not an ELF file: {e}", path.display()))?;
     if !Target::defines_any_lock_function(&elf) {
@@ -127,7 +130,7 @@ pub fn static_program(program: &str) -> Result<Option<Target>> {
     if check_header(&path).is_err() {
         return Ok(None); // a script, or 32-bit: its interpreter is probed
     }
-    let Ok(elf) = std::fs::read(&path) else {
+    let Ok(elf) = read_bounded(&path) else {
         return Ok(None);
     };
     let Ok(file) = ElfFile64::<object::Endianness>::parse(&*elf) else {

@@ -151,7 +151,7 @@ impl<'a> Reader<'a> {
     /// Several u64 fields of one struct, in one read.
     pub fn words<const N: usize>(&self, base: u64, offs: [u64; N]) -> Result<[u64; N], ReadError> {
         let lo = offs.iter().copied().min().unwrap_or(0);
-        let hi = offs.iter().copied().max().unwrap_or(0) + 8;
+        let hi = offs.iter().copied().max().unwrap_or(0).saturating_add(8);
         let buf = self.bytes(
             base.checked_add(lo).ok_or(ReadError::Fault {
                 addr: base,

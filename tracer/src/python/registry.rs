@@ -90,6 +90,10 @@ fn kernel_view(i: &Interpreter) -> PyProcess {
         unicode_state: o.unicode_state,
         unicode_ascii_mask: o.unicode_ascii_mask,
         unicode_ascii_data: o.unicode_ascii_data,
+        tstate_frame_direct: o.tstate_frame_direct.into(),
+        pthread_tid: i.pthread_tid,
+        frame_owner: o.frame_owner,
+        frame_owner_cstack: o.frame_owner_cstack,
     }
 }
 

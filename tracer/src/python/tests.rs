@@ -304,13 +304,29 @@ fn fake_python(dir: &Path, lib: &str, symbols: &str) -> Proc {
 
 #[test]
 fn unsupported_version() {
-    let dir = Scratch::new("v312");
-    let symbols = "const unsigned long Py_Version = 0x030c01f0;\nchar _PyRuntime[4096];\n";
-    let p = fake_python(&dir.0, "python3.12", symbols);
+    let dir = Scratch::new("v314");
+    let symbols = "const unsigned long Py_Version = 0x030e00f0;\nchar _PyRuntime[4096];\n";
+    let p = fake_python(&dir.0, "python3.14", symbols);
     let err = detect(p.0.id()).unwrap_err();
     assert!(
-        err.reason
-            .contains("CPython 3.12 is not supported (supported: 3.11)"),
+        err.reason.contains(
+            "CPython 3.14 is not supported (supported: 2.7, 3.6, 3.7, 3.8, 3.9, 3.10, 3.11, 3.12, 3.13)"
+        ),
+        "{err}"
+    );
+}
+
+/// From 3.13 on, `threading.Lock` is a PyMutex: the warning says that its
+/// acquisitions are not seen, whatever frame support exists.
+#[test]
+fn pymutex_versions_say_threading_lock_is_not_seen() {
+    let dir = Scratch::new("v313");
+    let symbols = "const unsigned long Py_Version = 0x030d05f0;\nchar _PyRuntime[4096];\n";
+    let p = fake_python(&dir.0, "python3.13", symbols);
+    let err = detect(p.0.id()).unwrap_err();
+    assert!(
+        err.reason.contains("CPython 3.13 is not supported")
+            && err.reason.contains("threading.Lock is a PyMutex"),
         "{err}"
     );
 }
@@ -331,7 +347,9 @@ fn stripped_libpython() {
 #[test]
 fn offsets_table() {
     assert!(offsets_for(3, 11).is_some());
-    assert!(offsets_for(3, 12).is_none());
+    assert!(offsets_for(3, 12).is_some());
+    assert!(offsets_for(3, 14).is_none());
+    assert!(offsets_for(3, 5).is_none());
     assert_eq!(version_from_name("libpython3.9d.so.1.0"), Some((3, 9)));
     assert_eq!(version_from_name("python3.11"), Some((3, 11)));
     assert_eq!(version_from_name("python3"), None);
@@ -385,6 +403,7 @@ mod forged {
             runtime: RUNTIME,
             module: "libpython3.11.so.1.0".into(),
             offsets: offsets_for(3, 11).unwrap(),
+            pthread_tid: 0,
         }
     }
 

@@ -104,14 +104,17 @@ pub fn hang(
     })
 }
 
+/// Frames of a parked thread's stack in which its lock function must be: the
+/// futex wait functions, then glibc's lock function.
+const PARK_FRAMES: usize = 4;
+
 /// Every blocked thread of `pids` and the deadlocks among them, once, with
 /// no tracer running (`locktrace snapshot`): holders come from the owner
 /// field of pthread mutexes.
 pub fn snapshot(pids: &[u32], en: &mut Enricher) -> Vec<Finding> {
     let held = HeldByThread::new();
-    let waiters = en
-        .pythons
-        .resolve_import_waits(waitfor::waiters(pids, &held));
+    let (waiters, others) = waitfor::scan(pids, &held);
+    let waiters = en.pythons.resolve_import_waits(waiters);
     let by_tid: HashMap<u32, &Waiter> = waiters.iter().map(|w| (w.blocked.tid, w)).collect();
     let mut findings: Vec<Finding> = waiters
         .iter()
@@ -127,6 +130,29 @@ pub fn snapshot(pids: &[u32], en: &mut Enricher) -> Vec<Finding> {
             ))
         })
         .collect();
+    // Threads glibc parked after the kernel refused their PI mutex: blocked
+    // for good, on a mutex no probe named (the park word is on their
+    // stack, the mutex's address only in a register).
+    // Only when its stack says it is in a mutex lock function: a program's
+    // own wait on a zero word of its stack looks the same to the futex.
+    for b in others.iter().filter(|b| waitfor::parked_in_lock(b)) {
+        let mut thread = describe(b.pid, b.tid, None, None, &held, &by_tid, en);
+        let in_lock = thread.stack.iter().take(PARK_FRAMES).any(|f| {
+            f.function.as_deref().is_some_and(|name| {
+                [
+                    "pthread_mutex_lock",
+                    "pthread_mutex_clocklock",
+                    "pthread_mutex_timedlock",
+                ]
+                .iter()
+                .any(|lock| name.contains(lock))
+            })
+        });
+        if in_lock {
+            thread.refused_lock = true;
+            findings.push(Finding::BlockedThread(thread));
+        }
+    }
     for (i, cycle) in waits::deadlocks(&waiters).into_iter().enumerate() {
         let pid = cycle[0].blocked.pid;
         let threads = cycle
@@ -165,12 +191,19 @@ fn describe(
     en: &mut Enricher,
 ) -> ThreadReport {
     let (state, thread) = proc::thread_state(pid, tid);
-    let lock = |en: &mut Enricher, pid: u32, addr: u64, kind: LockKind| Lock {
-        addr,
-        kind: kind_name(kind),
-        name: en.lock_name(pid, addr),
-        shared: en.shared_identity(pid, addr),
-        pid,
+    let lock = |en: &mut Enricher, pid: u32, addr: u64, kind: LockKind| {
+        let image = en.image_lock(pid, addr);
+        Lock {
+            addr,
+            kind: kind_name(kind),
+            name: en.lock_name(pid, addr),
+            shared: en.shared_identity(pid, addr),
+            build_id: image
+                .as_ref()
+                .and_then(|i| Some(i.build_id.as_deref()?.to_string())),
+            file_offset: image.map(|i| i.file_offset),
+            pid,
+        }
     };
     let mut holds: Vec<HeldReport> = held
         .get(&tid)
@@ -214,6 +247,7 @@ fn describe(
         thread,
         state,
         waits_for: waiter.map(|w| lock(en, pid, w.lock, w.kind)),
+        refused_lock: false,
         waiting_s,
         held_by: waiter.map(|w| w.holders.clone()).unwrap_or_default(),
         holds,

@@ -108,11 +108,16 @@ impl Names<'_> {
             .or_insert_with(|| resolve.lock_name(id.pid, id.addr))
             .clone();
         let shared = self.resolve.shared_identity(id.pid, id.addr);
+        let image = self.resolve.image_lock(id.pid, id.addr);
         Lock {
             addr: id.addr,
             kind: kind_name(kind),
             name,
             shared,
+            build_id: image
+                .as_ref()
+                .and_then(|i| Some(i.build_id.as_deref()?.to_string())),
+            file_offset: image.map(|i| i.file_offset),
             pid: id.pid,
         }
     }

@@ -118,6 +118,43 @@ pub fn rest(text: &str) -> Cow<'_, str> {
     Cow::Owned(lines.join("\n"))
 }
 
+/// One log event as the logger writes it (`-v`), with `\r` and every line
+/// break but the last escaped: a name logged in a field cannot start a
+/// forged log line. tracing-subscriber already escapes ESC and C1 in field
+/// values (and the logger's own colours are ESC sequences, kept).
+pub fn log_event(event: &[u8]) -> Cow<'_, [u8]> {
+    let body = event.strip_suffix(b"\n").unwrap_or(event);
+    if !body.iter().any(|&b| b == b'\n' || b == b'\r') {
+        return Cow::Borrowed(event);
+    }
+    let mut out = Vec::with_capacity(event.len() + 8);
+    for &b in body {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b => out.push(b),
+        }
+    }
+    out.extend_from_slice(&event[body.len()..]);
+    Cow::Owned(out)
+}
+
+/// Standard error for the logger, each event passed through [`log_event`].
+/// The logger formats an event whole and writes it with one `write_all`,
+/// so one `write` call here is one event.
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().write_all(&log_event(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +172,16 @@ mod tests {
         assert_eq!(name("abc\u{202e}fed"), "abc\\u{202e}fed");
         // Printable Unicode and backslashes stay.
         assert_eq!(name("été\\x1b"), "été\\x1b");
+    }
+
+    #[test]
+    fn a_log_event_keeps_only_its_last_line_break() {
+        assert_eq!(&*log_event(b"INFO probed libc\n"), b"INFO probed libc\n");
+        assert_eq!(
+            &*log_event(b"INFO comm=\"x\r\nERROR forged\"\n"),
+            b"INFO comm=\"x\\r\\nERROR forged\"\n"
+        );
+        assert_eq!(&*log_event(b"no newline\rat end"), b"no newline\\rat end");
     }
 
     #[test]

@@ -37,6 +37,10 @@ struct LockRecord {
     name: Option<String>,
     #[serde(default)]
     shared: Option<String>,
+    #[serde(default)]
+    build_id: Option<String>,
+    #[serde(default)]
+    file_offset: Option<u64>,
 }
 
 // By hand: a derived one would borrow `kind` from the input.
@@ -52,6 +56,8 @@ impl<'de> Deserialize<'de> for Lock {
             kind,
             name: r.name,
             shared: r.shared,
+            build_id: r.build_id,
+            file_offset: r.file_offset,
             pid: 0,
         })
     }
@@ -143,6 +149,11 @@ pub struct ThreadReport {
     pub state: String,
     /// The lock it waits for, if it is blocked on one.
     pub waits_for: Option<Lock>,
+    /// Blocked for good in `pthread_mutex_lock` after the kernel refused its
+    /// priority-inheritance mutex (a deadlock, or an owner that died), when
+    /// which mutex is not known (`snapshot` has no probes to say).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused_lock: bool,
     /// How long it has waited (null when unknown: the wait began before the
     /// tracer started).
     pub waiting_s: Option<f64>,
@@ -217,6 +228,13 @@ pub struct Lock {
     /// it): its identity (device, inode, offset) and the mapping's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared: Option<String>,
+    /// For a lock in a mapped file's image (a global or static variable):
+    /// the file's GNU build-id and the lock's offset in it (past the file's
+    /// bytes for `.bss`: where the loader puts it). Written only then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_offset: Option<u64>,
     /// Not written: the finding's process says it (0 when read back).
     #[serde(skip)]
     pub pid: u32,

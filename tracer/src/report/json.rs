@@ -4,6 +4,8 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use crate::report::findings::Finding;
+use crate::report::fingerprint::fingerprint;
 use crate::report::summary::Summary;
 
 /// The version of the JSON Lines layout, written on the summary line
@@ -17,6 +19,31 @@ pub const SCHEMA: u64 = 1;
 pub fn write<T: Serialize>(out: &mut dyn Write, value: &T) -> io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
+}
+
+/// A finding's line: its fields (`type` first), then its fingerprint, the
+/// one the agent's alerts carry (so an alert leads to its report line).
+/// Read back, the fingerprint is computed again from the finding.
+#[derive(Serialize)]
+struct FindingLine<'a> {
+    #[serde(flatten)]
+    finding: &'a Finding,
+    fingerprint: String,
+}
+
+/// Writes one finding as one line, with its fingerprint (a snapshot's
+/// blocked thread is not a finding and has none).
+pub fn write_finding(out: &mut dyn Write, finding: &Finding) -> io::Result<()> {
+    if matches!(finding, Finding::BlockedThread(_)) {
+        return write(out, finding);
+    }
+    write(
+        out,
+        &FindingLine {
+            finding,
+            fingerprint: fingerprint(finding),
+        },
+    )
 }
 
 /// The summary line: the summary's fields, then the schema version.

@@ -3,13 +3,16 @@
 //! per format (`text`, `json`) through the [`sink::Reporter`] (names from
 //! traced processes escaped for text by `escape`); the end-of-run
 //! [`summary::Summary`]. `replay` reads a JSON capture back for `locktrace
-//! report`, which also draws findings as graphs (`dot`).
+//! report`, which also draws findings as graphs (`dot`) and writes them as one
+//! HTML page (`html`).
 
 pub mod blocking;
 pub mod build;
 pub mod dot;
 pub mod escape;
 pub mod findings;
+pub mod fingerprint;
+pub mod html;
 pub mod json;
 pub mod replay;
 pub mod sink;

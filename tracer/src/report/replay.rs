@@ -1,6 +1,6 @@
 //! `locktrace report`: reads a capture (the JSON Lines `run`/`watch` wrote
 //! with `--format json -o FILE`) and prints its findings again, filtered,
-//! as text, JSON or DOT. Everything comes from the file: nothing is read
+//! as text, JSON, DOT or HTML. Everything comes from the file: nothing is read
 //! from the host, so a capture from a production host reads anywhere.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,8 @@ use serde_json::Value;
 use crate::report::dot;
 use crate::report::escape;
 use crate::report::findings::Finding;
+use crate::report::fingerprint::fingerprint;
+use crate::report::html;
 use crate::report::json;
 use crate::report::sink::{Format, Reporter};
 use crate::report::text::plural;
@@ -107,6 +109,7 @@ pub struct Filter {
     pub types: Vec<String>,
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
+    pub fingerprints: Vec<String>,
 }
 
 impl Filter {
@@ -115,6 +118,7 @@ impl Filter {
         (self.types.is_empty() || self.types.iter().any(|t| t == type_name(f)))
             && (self.pids.is_empty() || procs.iter().any(|(p, _)| self.pids.contains(p)))
             && (self.comms.is_empty() || procs.iter().any(|(_, c)| self.comms.contains(c)))
+            && (self.fingerprints.is_empty() || self.fingerprints.contains(&fingerprint(f)))
     }
 }
 
@@ -148,12 +152,13 @@ pub enum Output {
     Text,
     Json,
     Dot,
+    Html,
 }
 
 /// Prints the findings of `captures` that pass `filter` to `out`: text
 /// (with a summary of the captures at the end), JSON Lines (the findings,
 /// then each capture's summary line as written: a capture again), or one
-/// DOT digraph per finding.
+/// DOT digraph per finding, or one HTML page.
 pub fn print(
     captures: &[Capture],
     filter: &Filter,
@@ -185,6 +190,11 @@ pub fn print(
                 }
             }
             out.flush()
+        }
+        Output::Html => {
+            let mut out = out;
+            let sources: Vec<String> = captures.iter().map(|c| c.name.clone()).collect();
+            html::write(&mut out, &sources, &shown, &describe(captures, shown.len()))
         }
         Output::Dot => {
             let mut out = out;

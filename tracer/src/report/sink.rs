@@ -47,7 +47,7 @@ impl Reporter {
                 let text = escape::finding(f).to_string();
                 writeln!(self.out, "{}", escape::rest(&text))?
             }
-            Format::Json => json::write(&mut self.out, f)?,
+            Format::Json => json::write_finding(&mut self.out, f)?,
         }
         self.out.flush()
     }

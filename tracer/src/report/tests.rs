@@ -44,6 +44,7 @@ impl FakeResolve {
             offset: Some(if file.is_some() { 0x1a } else { 0 }),
             file: file.map(|(f, _)| f.into()),
             line: file.map(|(_, l)| l),
+            ..Frame::default()
         };
         self.frames.insert((pid, addr), frame);
         self

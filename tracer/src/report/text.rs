@@ -87,6 +87,12 @@ impl ThreadReport {
                 }
                 writeln!(f)?;
             }
+            None if self.refused_lock => writeln!(
+                f,
+                ", blocked for good in pthread_mutex_lock: the kernel refused its \
+                 priority-inheritance mutex (a deadlock, or an owner that died; which mutex \
+                 only a tracer that saw the request knows)"
+            )?,
             None => writeln!(f, ", not waiting for a lock")?,
         }
         for h in &self.holds {

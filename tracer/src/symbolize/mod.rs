@@ -37,6 +37,11 @@ pub trait Resolve {
     fn shared_identity(&mut self, _pid: u32, _addr: u64) -> Option<String> {
         None
     }
+    /// For a lock object in a mapped file's image (not one Python code
+    /// made): its symbol, the file's build-id and its offset in the file.
+    fn image_lock(&mut self, _pid: u32, _addr: u64) -> Option<ImageLock> {
+        None
+    }
 }
 
 /// Entries of the per-(file, offset) result cache before it is cleared.
@@ -76,7 +81,7 @@ struct DataSyms {
 impl DataSyms {
     fn read(path: &Path) -> Option<Self> {
         use object::{Object as _, ObjectSymbol as _, SymbolKind};
-        let bytes = std::fs::read(path).ok()?;
+        let bytes = crate::host::elf::read_bounded(path).ok()?;
         let elf = object::File::parse(&*bytes).ok()?;
         let mut syms: Vec<(u64, u64, String)> = elf
             .symbols()
@@ -108,12 +113,6 @@ impl DataSyms {
             off => format!("{name}+{off:#x}"),
         })
     }
-
-    fn in_image(&self, svma: u64) -> bool {
-        self.loads
-            .iter()
-            .any(|s| (s.vaddr..s.vaddr + s.memsz).contains(&svma))
-    }
 }
 
 /// Symbolizes addresses of traced processes; implements [`Resolve`].
@@ -125,6 +124,20 @@ pub struct Symbolizer {
     blaze: blazesym::symbolize::Symbolizer,
     code: HashMap<(FileKey, u64), Option<CodeSym>>,
     data: HashMap<FileKey, Option<Arc<DataSyms>>>,
+    build_ids: HashMap<FileKey, Option<Arc<str>>>,
+}
+
+/// A lock object in a mapped file's image (a global or static variable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageLock {
+    /// Its data symbol (`mutex_a`, `holder+0x28`), if the file has one.
+    pub symbol: Option<String>,
+    /// The file's GNU build-id (hex), if it has one.
+    pub build_id: Option<Arc<str>>,
+    /// Its offset in the file: in the file's bytes for `.data`, past them
+    /// (where the loader puts it) for `.bss`. With the build-id, the same
+    /// for every process and host running the same build.
+    pub file_offset: u64,
 }
 
 impl Symbolizer {
@@ -144,6 +157,7 @@ impl Symbolizer {
                 .build(),
             code: HashMap::new(),
             data: HashMap::new(),
+            build_ids: HashMap::new(),
         }
     }
 
@@ -244,6 +258,8 @@ impl Symbolizer {
         if !m.is_file() {
             return frame;
         }
+        frame.file_offset = Some(m.file_offset_of(addr));
+        frame.build_id = self.build_id(pid, &m).map(|b| b.to_string());
         match self.code_sym(pid, &m, m.file_offset_of(lookup)) {
             Some(s) => {
                 frame.function = Some(s.function);
@@ -254,6 +270,23 @@ impl Symbolizer {
             None => frame.offset = Some(m.file_offset_of(addr)),
         }
         frame
+    }
+
+    /// The GNU build-id note of a mapped file, in hex (read once per file).
+    pub fn build_id(&mut self, pid: u32, m: &Mapping) -> Option<Arc<str>> {
+        let key = m.file_key();
+        if let Some(b) = self.build_ids.get(&key) {
+            return b.clone();
+        }
+        if self.build_ids.len() >= MAX_CACHED_FILES {
+            self.build_ids.clear();
+        }
+        let id = readable_path(pid, m)
+            .and_then(|path| blazesym::helper::read_elf_build_id(&path).ok().flatten())
+            .filter(|bytes| !bytes.is_empty())
+            .map(|bytes| Arc::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        self.build_ids.insert(key, id.clone());
+        id
     }
 
     fn data_syms(&mut self, pid: u32, m: &Mapping) -> Option<Arc<DataSyms>> {
@@ -285,6 +318,12 @@ impl Symbolizer {
     /// The data symbol naming the lock object at `addr`, if it is in a
     /// mapped file's image (a global or static variable).
     pub fn lock_symbol(&mut self, pid: u32, addr: u64) -> Option<String> {
+        self.image_lock(pid, addr)?.symbol
+    }
+
+    /// The lock object at `addr`, if it is in a mapped file's image: its
+    /// symbol, and where it is in which build of the file.
+    pub fn image_lock(&mut self, pid: u32, addr: u64) -> Option<ImageLock> {
         // The file image holding addr: the file mapping containing it, or,
         // for .bss past the file's last page (an anonymous mapping or no
         // mapping at all), the closest file mapping below it.
@@ -314,10 +353,16 @@ impl Symbolizer {
             .and_then(|x| load_bias(&x, &syms.loads))
             .or_else(|| load_bias(&m, &syms.loads))?;
         let svma = addr.wrapping_sub(bias);
-        if !syms.in_image(svma) {
-            return None;
-        }
-        syms.name(svma)
+        let segment = syms
+            .loads
+            .iter()
+            .find(|s| (s.vaddr..s.vaddr + s.memsz).contains(&svma))?;
+        let file_offset = segment.offset + (svma - segment.vaddr);
+        Some(ImageLock {
+            symbol: syms.name(svma),
+            build_id: self.build_id(pid, &m),
+            file_offset,
+        })
     }
 
     /// For a lock in memory mapped MAP_SHARED: its identity.

@@ -102,6 +102,7 @@ fn filters_by_type_pid_and_comm() {
         types: types.iter().map(|s| s.to_string()).collect(),
         pids: pids.to_vec(),
         comms: comms.iter().map(|s| s.to_string()).collect(),
+        fingerprints: vec![],
     };
     assert!(filter(&[], &[], &[]).matches(&f));
     assert!(filter(&["deadlock", "lock_order_inversion"], &[4242], &["ab_ba"]).matches(&f));
@@ -115,6 +116,24 @@ fn filters_by_type_pid_and_comm() {
         out.ends_with("shown: 0 of 1 findings (filtered)\n"),
         "{out}"
     );
+}
+
+#[test]
+fn filters_by_fingerprint_as_written_on_the_line() {
+    let f = ab_ba_finding();
+    let c = replay::parse("c", &capture(std::slice::from_ref(&f))).unwrap();
+    let raw = capture(std::slice::from_ref(&f));
+    let written: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
+    let fp = written["fingerprint"]
+        .as_str()
+        .expect("a fingerprint on the line");
+    assert_eq!(fp, crate::report::fingerprint::fingerprint(&c.findings[0]));
+    let by = |fps: &[&str]| Filter {
+        fingerprints: fps.iter().map(|s| s.to_string()).collect(),
+        ..Filter::default()
+    };
+    assert!(by(&[fp]).matches(&c.findings[0]));
+    assert!(!by(&["0000000000000000"]).matches(&c.findings[0]));
 }
 
 #[test]
@@ -156,6 +175,7 @@ fn the_call_site_is_the_first_line_outside_libc() {
         file: Some(file.into()),
         line: Some(line),
         offset: None,
+        ..Frame::default()
     };
     let stack = [
         frame(
@@ -180,6 +200,8 @@ fn lock(name: &str, addr: u64) -> Lock {
         kind: "mutex",
         name: Some(name.into()),
         shared: None,
+        build_id: None,
+        file_offset: None,
         pid: 0,
     }
 }
@@ -192,6 +214,7 @@ fn thread(tid: u32, holds: &Lock, waits_for: &Lock, holder: u32) -> ThreadReport
         thread: format!("t{tid}"),
         state: "S".into(),
         waits_for: Some(waits_for.clone()),
+        refused_lock: false,
         waiting_s: Some(1.0),
         held_by: vec![holder],
         holds: vec![HeldReport {
