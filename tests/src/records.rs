@@ -379,6 +379,12 @@ pub struct Summary {
     pub suppressed_findings: u64,
     pub dropped_dependencies: u64,
     pub unprocessed_records: u64,
+    /// Dependency records over their process's share of the backlog.
+    #[serde(default)]
+    pub dropped_records: u64,
+    /// Files not opened for symbols for lack of file descriptors.
+    #[serde(default)]
+    pub unopened_files: u64,
     pub handoff_cycles: u64,
     /// Processes posing as CPython whose memory does not parse (issue 20).
     pub unparsable_processes: u64,

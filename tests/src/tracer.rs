@@ -207,22 +207,29 @@ impl Watcher {
 
     /// [`Watcher::start`] with `LOCKTRACE_LOG=log`.
     pub fn start_logging(args: &[&str], log: &str) -> Self {
-        Self::start_command::<&str>("watch", args, log, &[], &[])
+        Self::start_command::<&str>(&[], "watch", args, log, &[], &[])
+    }
+
+    /// `PREFIX... locktrace watch ARGS` (e.g. `prlimit --nofile=256:256
+    /// --`), once its probes are armed.
+    pub fn start_wrapped(prefix: &[&str], args: &[&str]) -> Self {
+        Self::start_command::<&str>(prefix, "watch", args, "info", &[], &[])
     }
 
     /// `locktrace agent ARGS` (its findings also written as JSON Lines, as
     /// `watch`'s), once its probes are armed.
     pub fn start_agent(args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::start_command::<&str>("agent", args, "info", env, &[])
+        Self::start_command::<&str>(&[], "agent", args, "info", env, &[])
     }
 
     /// `locktrace run -- COMMAND` in the background (for a test that
     /// signals the tracer while the command runs), once its probes are armed.
     pub fn start_run<S: AsRef<OsStr>>(command: &[S]) -> Self {
-        Self::start_command("run", &[], "info", &[], command)
+        Self::start_command(&[], "run", &[], "info", &[], command)
     }
 
     fn start_command<S: AsRef<OsStr>>(
+        prefix: &[&str],
         subcommand: &str,
         args: &[&str],
         log: &str,
@@ -231,7 +238,14 @@ impl Watcher {
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let report = dir.path().join("report.jsonl");
-        let mut cmd = Command::new(locktrace_bin());
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(locktrace_bin());
+                cmd
+            }
+            None => Command::new(locktrace_bin()),
+        };
         cmd.arg(subcommand)
             .args(args)
             .args(["--format", "json", "--output"])

@@ -410,6 +410,227 @@ fn a_second_sigint_stops_tracing_without_waiting_for_the_command() {
 }
 
 // ---------------------------------------------------------------------------
+// Files and descriptors of other users' processes (issue 20, item 4)
+
+/// `/proc/meminfo`'s `Shmem:` (shared memory, memfds and tmpfs files), KiB.
+fn shmem_kib() -> u64 {
+    fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Shmem:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("Shmem in /proc/meminfo")
+}
+
+/// Descriptors process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// A fixture process, killed when dropped (a failed assertion leaves none
+/// behind).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `fixture` started as nobody with `args`, stdin and stdout piped, once it
+/// printed `ready`.
+fn start_as_nobody(fixture: &Path, args: &[&str]) -> Killed {
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(fixture)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready", "{} did not start", fixture.display());
+    Killed(child)
+}
+
+#[test]
+fn shared_memory_of_another_user_is_not_kept_after_it_exits() {
+    require_root();
+    let watcher = Watcher::start(&[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (shmem_before, fds_before) = (shmem_kib(), open_fds(watcher.pid()));
+    // 20 pieces each of shared anonymous memory, memfds and deleted files
+    // in /dev/shm, 8 MiB each (480 MiB), a process-shared mutex in each
+    // (so that the tracer looks at their locks), as nobody.
+    let mut pins = start_as_nobody(&fixture("shared_pins", Variant::NoFp), &["20", "/dev/shm"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let (shmem_during, fds_during) = (shmem_kib(), open_fds(watcher.pid()));
+    assert!(
+        shmem_during > shmem_before + 400 * 1024,
+        "the fixture made its shared memory ({shmem_before} -> {shmem_during} KiB)"
+    );
+    drop(pins.0.stdin.take());
+    assert!(pins.0.wait().unwrap().success());
+    // Its memory is the kernel's to free as soon as nobody holds it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut shmem_after, mut fds_after);
+    loop {
+        (shmem_after, fds_after) = (shmem_kib(), open_fds(watcher.pid()));
+        if shmem_after < shmem_before + 64 * 1024 || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (run, _) = watcher.terminate();
+    println!(
+        "Shmem {shmem_before} KiB before, {shmem_during} KiB while the fixture ran, \
+         {shmem_after} KiB after it exited; tracer descriptors {fds_before}, {fds_during}, {fds_after}"
+    );
+    run.run.assert_exit(0);
+    assert!(
+        shmem_after < shmem_before + 64 * 1024,
+        "the tracer keeps the exited process's shared memory: Shmem {shmem_before} -> \
+         {shmem_after} KiB\n{}",
+        run.describe()
+    );
+    assert!(
+        fds_after <= fds_before + 8,
+        "the tracer keeps descriptors: {fds_before} -> {fds_after}\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn a_tracer_short_of_descriptors_keeps_tracing_and_writes_its_summary() {
+    require_root();
+    // 300 memfds with a process-shared mutex in each, as nobody, running
+    // before the tracer starts (as the attack did), for 40 s at most.
+    let memfds = start_as_nobody(&fixture("memfd_locks", Variant::NoFp), &["300", "40"]);
+    let watcher = Watcher::start_wrapped(&["prlimit", "--nofile=256:256", "--"], &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    // A real inversion beside it is still found.
+    let out = Command::new(fixture("ab_ba", Variant::NoFp))
+        .output()
+        .expect("ab_ba");
+    assert!(out.status.success());
+    let pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("ab_ba prints its pid");
+    let found = watcher.wait_for_finding_of(pid, Duration::from_secs(20));
+    let fds = open_fds(watcher.pid());
+    let (run, took) = watcher.terminate();
+    drop(memfds);
+    println!(
+        "tracer descriptors {fds} of 256; stopped {took:?} after SIGTERM; summary: {:?} unopened files",
+        run.report.summary.unopened_files
+    );
+    run.run.assert_exit(0);
+    assert!(found, "no finding for ab_ba [{pid}]\n{}", run.describe());
+    let inversions: Vec<_> = run
+        .report
+        .inversions()
+        .into_iter()
+        .filter(|i| i.cycle.iter().any(|e| e.pid == pid))
+        .collect();
+    assert_eq!(inversions.len(), 1, "{}", run.describe());
+    assert!(
+        took < Duration::from_secs(1),
+        "took {took:?} to stop\n{}",
+        run.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Huge inputs (issue 20, item 5)
+
+/// `VmHWM` (peak resident set) of process `pid`, KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// The collector's peak RSS under the flood: the backlog and the graph are
+/// bounded (`tracer_analysis::limits`); the old collector passed 580 MB
+/// within 20 s here, and 7.4 GB in all.
+const FLOOD_PEAK_RSS_KIB: u64 = 350 * 1024;
+
+#[test]
+fn a_flood_of_new_dependencies_is_bounded_and_sigterm_stops_it_within_a_second() {
+    require_root();
+    // 100,000 mutexes taken in random pairs, always in address order: nearly
+    // every pair is a dependency never seen before.
+    let mut flood = Killed(
+        Command::new(fixture("mutex_flood", Variant::NoFp))
+            .args(["40"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mutex_flood"),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid = flood.0.id().to_string();
+    let watcher = Watcher::start(&["--pid", &pid]);
+    std::thread::sleep(Duration::from_secs(20));
+    let peak = peak_rss_kib(watcher.pid());
+    let (run, took) = watcher.terminate();
+    drop(flood);
+    let s = &run.report.summary;
+    println!(
+        "flood: collector peak RSS {} MiB after 20 s; stopped {took:?} after SIGTERM; \
+         {} dependencies in the graph, {} dropped records, {} dropped dependencies, \
+         {} unprocessed at exit, {} lost events",
+        peak / 1024,
+        s.dependencies,
+        s.dropped_records,
+        s.dropped_dependencies,
+        s.unprocessed_records,
+        s.lost_events
+    );
+    run.run.assert_exit(0);
+    assert!(
+        took < Duration::from_secs(1),
+        "took {took:?} to stop after SIGTERM\n{}",
+        run.describe()
+    );
+    assert!(
+        s.dependencies > 1000,
+        "the flood was traced\n{}",
+        run.describe()
+    );
+    assert!(
+        s.dropped_records + s.dropped_dependencies + s.unprocessed_records + s.lost_events > 0,
+        "what did not fit is counted\n{}",
+        run.describe()
+    );
+    assert!(
+        run.report.inversions().is_empty(),
+        "no cycle is possible\n{}",
+        run.describe()
+    );
+    assert!(
+        peak < FLOOD_PEAK_RSS_KIB,
+        "the collector reached {peak} KiB (bound {FLOOD_PEAK_RSS_KIB} KiB)\n{}",
+        run.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Processes posing as CPython
 
 /// A fixture that prints "pid N", waits for a line on stdin to take its
@@ -486,16 +707,6 @@ fn forged_python(dir: &Path, variant: &str) -> Fixture {
     let mut f = Fixture::start(cmd);
     f.wait_for("ready");
     f
-}
-
-/// The tracer's peak resident size (`VmHWM`), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
 }
 
 /// The collector's peak RSS bound under a forged interpreter: a `watch` of

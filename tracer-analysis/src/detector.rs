@@ -14,6 +14,7 @@ use crate::classes::Classes;
 use crate::graph::LockOrderGraph;
 use crate::host::{Host, InitStack};
 use crate::identity::Identities;
+use crate::limits;
 use crate::model::{
     ClassId, Cycle, Dependency, Level, LockIdentity, LockInstance, LockKind, PyFrame, Request,
 };
@@ -47,10 +48,8 @@ pub enum Event {
 
 /// Lock instances one process may have in the instance graph: a program
 /// that makes locks without end (never destroying them) cannot grow the
-/// collector without bound.
-pub const MAX_LOCKS_PER_PROCESS: usize = 200_000;
-/// Lock instances in the instance graph in all.
-pub const MAX_LOCKS: usize = 2_000_000;
+/// collector without bound (see [`crate::limits`]).
+pub const MAX_LOCKS_PER_PROCESS: usize = limits::LOCKS.per_process;
 
 /// A cycle reported as a potential deadlock (or, guarded, as a note).
 #[derive(Clone, Debug)]
@@ -145,8 +144,9 @@ pub struct Stats {
     pub repeated_findings: u64,
     /// Findings beyond a process's budget (a storm), counted.
     pub suppressed_findings: u64,
-    /// Dependencies not added because the instance graph was full (for the
-    /// process, or in total): counted, memory stays bounded.
+    /// Dependencies not added because the instance graph was full (locks
+    /// or dependencies, for the process or in total; see
+    /// [`crate::limits`]): counted, memory stays bounded.
     pub dropped_dependencies: u64,
     pub forgotten_processes: u64,
     pub forgotten_dependencies: u64,
@@ -181,6 +181,10 @@ pub struct Detector {
     no_stack: Arc<[u64]>,
     /// Thread names, one copy each for the dependencies that keep them.
     thread_names: Names,
+    /// The instance graph's bounds: [`limits::LOCKS`] and
+    /// [`limits::DEPENDENCIES`] (smaller in tests).
+    lock_limit: limits::Limit,
+    dependency_limit: limits::Limit,
 }
 
 impl Detector {
@@ -202,6 +206,22 @@ impl Detector {
             no_python: Arc::new([]),
             no_stack: Arc::new([]),
             thread_names: Names::default(),
+            lock_limit: limits::LOCKS,
+            dependency_limit: limits::DEPENDENCIES,
+        }
+    }
+
+    /// A detector whose instance graph holds at most `locks` and
+    /// `dependencies` (tests: the real bounds take long to reach).
+    pub fn with_limits(
+        hang_threshold: Duration,
+        locks: limits::Limit,
+        dependencies: limits::Limit,
+    ) -> Self {
+        Detector {
+            lock_limit: locks,
+            dependency_limit: dependencies,
+            ..Self::new(hang_threshold)
         }
     }
 
@@ -322,23 +342,29 @@ impl Detector {
         Some(self.next_id())
     }
 
-    /// Whether the instance graph may take the locks of a dependency of
-    /// process `pid`: new locks count against the process's share and the
-    /// total (see [`MAX_LOCKS_PER_PROCESS`], [`MAX_LOCKS`]).
-    fn has_room(&self, pid: u32, a: LockIdentity, b: LockIdentity) -> bool {
-        // Room for two new locks, whatever they are: no need to look.
-        if self.instances.locks_of(pid) + 2 <= MAX_LOCKS_PER_PROCESS
-            && self.instances.lock_count() + 2 <= MAX_LOCKS
+    /// Whether the instance graph may take a dependency of process `pid`
+    /// between `a` and `b`: new locks and new edges count against the
+    /// process's share and the total ([`limits::LOCKS`],
+    /// [`limits::DEPENDENCIES`]).
+    fn has_room(&self, pid: u32, a: LockIdentity, b: LockIdentity, to_kind: LockKind) -> bool {
+        let g = &self.instances;
+        // Room for two new locks and two new edges (an rwlock's write
+        // request is an edge to each mode), whatever they are: no need to
+        // look.
+        let (locks, deps) = (self.lock_limit, self.dependency_limit);
+        if locks.admits(g.locks_of(pid), g.lock_count(), 2)
+            && deps.admits(g.dependencies_of(pid), g.dependency_count(), 2)
         {
             return true;
         }
-        let new = [a, b]
-            .into_iter()
-            .filter(|&n| !self.instances.contains(n))
-            .count();
-        new == 0
-            || (self.instances.locks_of(pid) + new <= MAX_LOCKS_PER_PROCESS
-                && self.instances.lock_count() + new <= MAX_LOCKS)
+        let new_locks = [a, b].into_iter().filter(|&n| !g.contains(n)).count();
+        let new_edges = match (g.dependency(a, b), to_kind) {
+            (Some(_), _) => 0,
+            (None, LockKind::RwlockWrite) => 2,
+            (None, _) => 1,
+        };
+        locks.admits(g.locks_of(pid), g.lock_count(), new_locks)
+            && deps.admits(g.dependencies_of(pid), g.dependency_count(), new_edges)
     }
 
     /// The program image of process `pid` is gone (the process exited, or
@@ -419,7 +445,7 @@ impl Detector {
             };
             verdicts.extend(self.on_class_dependency(from_class, to_class, &dep));
             let (a, b) = (self.identities.of(dep.from), self.identities.of(dep.to));
-            if !self.has_room(r.pid, a, b) {
+            if !self.has_room(r.pid, a, b, dep.to_kind) {
                 self.stats.dropped_dependencies += 1;
                 continue;
             }

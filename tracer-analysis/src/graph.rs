@@ -128,6 +128,9 @@ pub struct LockOrderGraph<N: GraphNode> {
     store: Store<Vertex<N>>,
     /// Vertices of each process, for [`Self::forget_process`].
     by_pid: FastMap<u32, Vec<NodeId>>,
+    /// Edges in the graph made by each process (`Dependency::pid`), for
+    /// its share of [`crate::limits::DEPENDENCIES`].
+    edges_by_pid: FastMap<u32, usize>,
     /// Keys of the cycles reported and still in the graph, and whether they
     /// were reported as guarded (a guarded cycle whose gate disappears is
     /// reported again, as a potential deadlock).
@@ -147,6 +150,7 @@ impl<N: GraphNode> Default for LockOrderGraph<N> {
         Self {
             store: Store::default(),
             by_pid: FastMap::default(),
+            edges_by_pid: FastMap::default(),
             reported: HashMap::new(),
             cycles: 0,
             truncated_searches: 0,
@@ -171,6 +175,11 @@ impl<N: GraphNode> LockOrderGraph<N> {
     /// Locks of process `pid` in the graph (by vertex).
     pub fn locks_of(&self, pid: u32) -> usize {
         self.by_pid.get(&pid).map_or(0, |v| v.len())
+    }
+
+    /// Dependencies in the graph made by process `pid` (by edge).
+    pub fn dependencies_of(&self, pid: u32) -> usize {
+        self.edges_by_pid.get(&pid).copied().unwrap_or(0)
     }
 
     /// Whether `node` is in the graph (in either mode).
@@ -275,12 +284,20 @@ impl<N: GraphNode> LockOrderGraph<N> {
             if always.len() == kept.gates.len() && handoff == kept.handoff {
                 return Vec::new();
             }
+            let (was, now) = (kept.pid, dep.pid);
             *kept = Dependency {
                 gates: always,
                 handoff,
                 ..dep
             };
+            // Another process's occurrence (of a shared lock's edge) holds
+            // the edge now: its share counts it.
+            if was != now {
+                self.uncount_one(was);
+                *self.edges_by_pid.entry(now).or_default() += 1;
+            }
         } else {
+            *self.edges_by_pid.entry(dep.pid).or_default() += 1;
             self.store.add_edge(a, b, dep);
             self.dependencies_seen += 1;
         }
@@ -389,6 +406,7 @@ impl<N: GraphNode> LockOrderGraph<N> {
             }
             removed.extend(self.store.remove_node(n));
         }
+        self.uncount(&removed);
         // A cycle reported is in the graph: only a lock of the graph (most
         // inits and destroys are not) can be in one.
         if was_in {
@@ -409,11 +427,28 @@ impl<N: GraphNode> LockOrderGraph<N> {
         for n in nodes {
             removed.extend(self.store.remove_node(n));
         }
+        self.uncount(&removed);
         self.reported.retain(|key, _| {
             key.iter()
                 .all(|(a, b)| a.owner() != Some(pid) && b.owner() != Some(pid))
         });
         removed
+    }
+
+    /// Removed edges leave their processes' counts.
+    fn uncount(&mut self, removed: &[Dependency]) {
+        for dep in removed {
+            self.uncount_one(dep.pid);
+        }
+    }
+
+    fn uncount_one(&mut self, pid: u32) {
+        if let Some(n) = self.edges_by_pid.get_mut(&pid) {
+            *n -= 1;
+            if *n == 0 {
+                self.edges_by_pid.remove(&pid);
+            }
+        }
     }
 
     /// Takes node `n` off its process's list.

@@ -9,6 +9,7 @@ pub mod detector;
 pub mod graph;
 pub mod host;
 pub mod identity;
+pub mod limits;
 pub mod model;
 pub mod waits;
 

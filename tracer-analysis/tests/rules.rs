@@ -652,6 +652,46 @@ fn a_process_cannot_grow_the_graph_without_bound() {
 }
 
 #[test]
+fn a_process_cannot_fill_the_graph_with_dependencies() {
+    use tracer_analysis::limits::Limit;
+    // 60 locks taken in every ascending pair (no cycle): 1,770 edges, over
+    // a share of 1,000 (the real one is 500,000).
+    let mut run = Run {
+        detector: Detector::with_limits(
+            Duration::from_secs(10),
+            tracer_analysis::limits::LOCKS,
+            Limit {
+                per_process: 1_000,
+                total: 1_500,
+            },
+        ),
+        host: FakeHost::default(),
+    };
+    let lock = |i: u64| mutex(0x10_0000 + i * 0x40);
+    let mut fed = 0;
+    for i in 0..60 {
+        for j in i + 1..60 {
+            run.feed(request(1, 1, &[lock(i)], lock(j)));
+            fed += 1;
+        }
+    }
+    assert_eq!(run.stats().dependencies, 1_000);
+    assert_eq!(run.stats().dropped_dependencies, fed - 1_000);
+    // A dependency already in the graph is no new edge: still taken.
+    run.feed(request(1, 2, &[lock(0)], lock(1)));
+    assert_eq!(run.stats().dropped_dependencies, fed - 1_000);
+    // Another process has its share, up to the total.
+    for i in 0..600 {
+        run.feed(request(2, 3, &[mutex(0xa0 + i * 0x40)], mutex(0xb0_0000)));
+    }
+    assert_eq!(run.stats().dependencies, 1_500);
+    // The first one's exit gives its share back.
+    run.feed(Event::ProcessExit { pid: 1 });
+    run.feed(request(3, 4, &[mutex(0xa0)], mutex(0xb0)));
+    assert_eq!(run.stats().dependencies, 1_501);
+}
+
+#[test]
 fn first_use_classes_make_no_class_level_finding() {
     let mut run = Run::new();
     // Heap locks with no init record nor symbol: classed by the site of

@@ -45,6 +45,56 @@ pub enum Pending {
     },
 }
 
+impl Pending {
+    /// The process it belongs to.
+    pub fn pid(&self) -> u32 {
+        match self {
+            Pending::Request { raw, .. } => raw.pid,
+            Pending::LockReset { lock, .. } => lock.pid,
+            Pending::ProcessExit { pid } | Pending::ProcessExec { pid } => *pid,
+        }
+    }
+
+    /// About the bytes it keeps while it waits (for
+    /// `tracer_analysis::limits::PENDING_BYTES`).
+    pub fn footprint(&self) -> usize {
+        use std::mem::size_of;
+        size_of::<Self>()
+            + match self {
+                Pending::Request { raw, python, .. } => {
+                    size_of::<RawRequest>()
+                        + raw.stack.len()
+                        + raw.thread.len()
+                        + raw.from.len() * size_of::<HeldLock>()
+                        + raw.held.len() * 8
+                        + raw.python.len() * size_of::<tracer_common::PyFrameRaw>()
+                        + python.len() * (size_of::<PyFrame>() + 64)
+                }
+                Pending::LockReset {
+                    creator,
+                    init_stack,
+                    ..
+                } => {
+                    creator.len() * (size_of::<Option<PyFrame>>() + 64)
+                        + init_stack.as_ref().map_or(0, |s| s.bytes.len())
+                }
+                Pending::ProcessExit { .. } | Pending::ProcessExec { .. } => 0,
+            }
+    }
+
+    /// A dependency record (the only kind ever dropped: the others free
+    /// what the collector keeps, or are rare).
+    pub fn is_dependency(&self) -> bool {
+        matches!(
+            self,
+            Pending::Request {
+                self_deadlock: false,
+                ..
+            }
+        )
+    }
+}
+
 impl Enricher {
     pub fn new(symbolizer: Symbolizer, wrappers: Wrappers) -> Self {
         Enricher {

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use tracer_analysis::limits::{self, Tally};
 use tracer_analysis::model::{Blocked, Waiter};
 use tracer_analysis::waits::WaitScan;
 use tracer_analysis::{Detector, Verdict};
@@ -35,6 +36,11 @@ const MAX_UNTRACED_SITES: usize = 256;
 /// loop answers signals and timers: whatever the load, a stop is seen
 /// within a slice.
 const SLICE: Duration = Duration::from_millis(50);
+/// Records read from the ring buffer at once (about a millisecond's
+/// work): a flood cannot keep a read going while nothing is processed.
+const READ_BATCH: usize = 1024;
+/// With records queued, the ring buffer is read at most this often.
+const TAKE_IN_EVERY: Duration = Duration::from_millis(2);
 /// Deferred records kept back while the ring buffer keeps delivering (see
 /// `take_in`); beyond this they are queued anyway.
 const MAX_DEFERRED_WAITING: usize = 100_000;
@@ -43,7 +49,7 @@ const MAX_DEFERRED_WAITING: usize = 100_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
     /// A signal (SIGINT, SIGTERM) or the end of `--duration`: what is left is processed for at most
-    /// half a second, the rest counted (`unprocessed_records`), so that the
+    /// 0.3 s, the rest counted (`unprocessed_records`), so that the
     /// tracer ends within a second.
     Signal,
     /// The traced command exited: everything left is processed (for at
@@ -54,7 +60,7 @@ pub enum Stop {
 impl Stop {
     fn drain_budget(self) -> Duration {
         match self {
-            Stop::Signal => Duration::from_millis(500),
+            Stop::Signal => Duration::from_millis(300),
             Stop::Finished => Duration::from_secs(60),
         }
     }
@@ -94,6 +100,11 @@ pub struct Session {
     follower: Follower,
     /// Records taken in and not processed yet.
     queue: VecDeque<Pending>,
+    /// Bytes of the records waiting (`queue` and `deferred_records`), by
+    /// process: bounded by [`limits::PENDING_BYTES`].
+    pending: Tally,
+    /// Records were dropped at the last take-in: see [`Session::backlogged`].
+    dropping: bool,
     /// Records left unprocessed at exit (see [`Stop`]).
     unprocessed: u64,
     /// Stacks of threads caught blocked on futex words that are not locks
@@ -133,6 +144,8 @@ impl Session {
             reporter,
             follower: Follower::new(false),
             queue: VecDeque::new(),
+            pending: Tally::new(limits::PENDING_BYTES),
+            dropping: false,
             unprocessed: 0,
             untraced_sites: HashMap::new(),
             exited: Vec::new(),
@@ -289,13 +302,53 @@ impl Session {
                 }
             }
         };
+        let stopping = Instant::now();
+        // No new records from now on (the links close while what is left
+        // is processed): a flood cannot outrun the last drain.
+        self.probes.stop_tracing();
         self.take_deferred();
-        self.drain(&mut streams, Instant::now() + why.drain_budget())?;
-        self.unprocessed =
-            (self.queue.len() + self.deferred_records.len()) as u64 + streams.read(|_| {}) as u64;
+        self.drain_left(&mut streams, why).await?;
+        debug!(elapsed = ?stopping.elapsed(), "stopping: what was left processed");
+        self.unprocessed = (self.queue.len() + self.deferred_records.len()) as u64
+            + streams.discard(Instant::now() + Duration::from_millis(100)) as u64;
         self.queue.clear();
         streams.flush_log();
-        self.write_summary(&streams)
+        debug!(elapsed = ?stopping.elapsed(), "stopping: the rest counted");
+        self.write_summary(&streams)?;
+        debug!(elapsed = ?stopping.elapsed(), "stopping: summary written");
+        // The tracer exits next: the kernel takes the graphs back at once,
+        // where freeing them one allocation at a time took a few tenths of
+        // a second for a graph of 300,000 dependencies on a loaded host.
+        std::mem::forget(std::mem::replace(
+            &mut self.detector,
+            Detector::new(Duration::ZERO),
+        ));
+        Ok(())
+    }
+
+    /// Processes what is left once tracing stopped, within `why`'s budget;
+    /// a signal meanwhile (SIGTERM or SIGINT: the command exited, and the
+    /// operator will not wait for the rest) cuts it to a signal's budget,
+    /// so that the tracer still stops within a second of it.
+    async fn drain_left(&mut self, streams: &mut KernelStreams, why: Stop) -> Result<()> {
+        let started = Instant::now();
+        let mut deadline = started + why.drain_budget();
+        let mut hurry = Box::pin(any_stop_signal());
+        let mut hurried = false;
+        loop {
+            self.drain(streams, deadline.min(Instant::now() + SLICE))?;
+            if self.queue.is_empty() || Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                () = &mut hurry, if !hurried => {
+                    hurried = true;
+                    deadline = deadline.min(Instant::now() + Stop::Signal.drain_budget());
+                }
+                () = tokio::task::yield_now() => {}
+            }
+        }
     }
 
     /// What happened on the host since the last look: new programs (Python
@@ -326,6 +379,11 @@ impl Session {
     /// Dependencies the ring buffer had no room for, kept by the kernel side
     /// in its deferred map: queued like any record.
     fn take_deferred(&mut self) {
+        // Full: the kernel side keeps them (or, its map full too, counts
+        // them lost) until there is room.
+        if self.backlogged() {
+            return;
+        }
         match self.probes.take_deferred() {
             Ok((deferred, exits)) => {
                 for d in deferred {
@@ -338,14 +396,14 @@ impl Session {
                         match decode::decode(&bytes) {
                             Ok(init) => {
                                 let pending = self.enricher.resolve_python(init);
-                                self.deferred_records.push(pending);
+                                self.defer(pending);
                             }
                             Err(e) => warn!("cannot decode a held-back lock init: {e:#}"),
                         }
                     }
                     let record = Record::Dependency(decode::deferred(&d));
                     let pending = self.enricher.resolve_python(record);
-                    self.deferred_records.push(pending);
+                    self.defer(pending);
                 }
                 // After the records the ring buffer still holds (the
                 // process's last ones are older than its exit).
@@ -378,10 +436,17 @@ impl Session {
 
     /// Takes in and processes records until there are none or `deadline`.
     fn drain(&mut self, streams: &mut KernelStreams, deadline: Instant) -> Result<()> {
+        let mut taken = Instant::now() - TAKE_IN_EVERY;
         loop {
-            // Take in what arrived while the last record was processed (a
-            // record can take a millisecond to unwind and symbolize).
-            if self.take_in(streams) > 0 {
+            // Take in what arrived while the last records were processed (a
+            // record can take a millisecond to unwind and symbolize); with
+            // records queued, at most every TAKE_IN_EVERY, so that a flood
+            // read from the ring buffer leaves time to process them.
+            let due = self.queue.is_empty() || taken.elapsed() >= TAKE_IN_EVERY;
+            if due && {
+                taken = Instant::now();
+                self.take_in(streams) > 0
+            } {
                 // Mappings created before these events are now in the perf
                 // buffer.
                 self.follow_host();
@@ -389,6 +454,7 @@ impl Session {
             let Some(pending) = self.queue.pop_front() else {
                 return Ok(());
             };
+            self.pending.give_back(pending.pid(), pending.footprint());
             self.process(pending)?;
             if Instant::now() >= deadline {
                 return Ok(());
@@ -400,6 +466,13 @@ impl Session {
     /// resolved at once: they are read from the process's memory, where a
     /// code object may not live long.
     fn take_in(&mut self, streams: &mut KernelStreams) -> usize {
+        // Full: nothing more is taken until processing makes room (the
+        // kernel side defers what the ring buffer cannot hold, or counts it
+        // lost). Not "the ring buffer looked empty": deferred records stay
+        // back.
+        if self.backlogged() {
+            return 0;
+        }
         // Dependencies the kernel deferred (the ring buffer was full) are
         // taken before the ring buffer is read and queued after what it
         // held (but before a destroy or an exit): the inits of their locks
@@ -407,8 +480,9 @@ impl Session {
         // be processed first (a lock classed before its init is seen gets
         // another class).
         self.take_deferred();
+        let dropped = self.pending.dropped;
         let mut records = Vec::new();
-        let n = streams.read(|r| records.push(r));
+        let n = streams.read(READ_BATCH, |r| records.push(r));
         for record in records {
             // A destroy or an exit forgets locks: the deferred records (older)
             // go before it.
@@ -447,22 +521,70 @@ impl Session {
                 }
             }
             let pending = self.enricher.resolve_python(record);
-            self.queue.push_back(pending);
+            self.enqueue(pending);
         }
         // Only once the ring buffer looked empty: a read can stop early at
         // a record another CPU is still writing, with older ones behind it.
         // Deferred exits after them (a process's records come before its
         // exit).
+        self.dropping = self.pending.dropped > dropped;
+        // The records also when they fill a process's share of the backlog,
+        // so that its new records were dropped: waiting longer would starve
+        // it (its exit still waits for the ring buffer to look empty).
+        if self.dropping {
+            self.queue
+                .extend(std::mem::take(&mut self.deferred_records));
+        }
         if n == 0 || self.deferred_records.len() > MAX_DEFERRED_WAITING {
             self.queue
                 .extend(std::mem::take(&mut self.deferred_records));
             for pid in std::mem::take(&mut self.deferred_exits) {
                 self.exited.push(pid);
                 let pending = self.enricher.resolve_python(Record::ProcessExit { pid });
-                self.queue.push_back(pending);
+                self.enqueue(pending);
             }
         }
         n
+    }
+
+    /// Whether the records waiting fill [`limits::PENDING_BYTES`], or a
+    /// process's share of it (its records were dropped at the last take-in),
+    /// while some are queued: nothing more is taken in until they are
+    /// processed. Reading more would only drop it, at the price of the
+    /// system calls that read the kernel side's deferred records, and leave
+    /// no time to process what was kept. (With none queued, the rest is the
+    /// deferred records, which wait for the ring buffer to look empty: it
+    /// is read, so that they can go.)
+    fn backlogged(&self) -> bool {
+        (self.pending.is_full() || self.dropping) && !self.queue.is_empty()
+    }
+
+    /// Holds `pending`'s bytes against its process's share of
+    /// [`limits::PENDING_BYTES`]: a dependency record beyond it is dropped
+    /// and counted. (Its dependencies stay in the kernel side's cache, which
+    /// sends them again once it forgot them, least recently used first:
+    /// forgetting each there would cost a system call per dropped record,
+    /// the flood's own price.) Other records are always kept: exits and
+    /// destroys free memory, inits and self-deadlocks are few.
+    fn admit(&mut self, pending: Pending) -> Option<Pending> {
+        let (pid, bytes) = (pending.pid(), pending.footprint());
+        if !pending.is_dependency() {
+            self.pending.force(pid, bytes);
+            return Some(pending);
+        }
+        self.pending.take(pid, bytes).then_some(pending)
+    }
+
+    fn enqueue(&mut self, pending: Pending) {
+        if let Some(pending) = self.admit(pending) {
+            self.queue.push_back(pending);
+        }
+    }
+
+    fn defer(&mut self, pending: Pending) {
+        if let Some(pending) = self.admit(pending) {
+            self.deferred_records.push(pending);
+        }
     }
 
     fn process(&mut self, pending: Pending) -> Result<()> {
@@ -572,13 +694,23 @@ impl Session {
         if self.slicer.as_ref().is_some_and(Slicer::held_state_unsure) {
             return Ok(());
         }
-        let pids = if self.probes.is_host_wide() {
-            proc::all_pids()
-        } else {
-            self.probes.traced_pids()?
+        // A map that cannot be read now (the host left the tracer no file
+        // descriptor...) skips this scan, not the tracing.
+        let maps = (|| {
+            let pids = if self.probes.is_host_wide() {
+                proc::all_pids()
+            } else {
+                self.probes.traced_pids()?
+            };
+            Ok::<_, anyhow::Error>((pids, self.probes.held_stacks()?, self.probes.futex_waits()?))
+        })();
+        let (pids, held, starts) = match maps {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("cannot read the held locks for the wait-for graph: {e:#}");
+                return Ok(());
+            }
         };
-        let held = self.probes.held_stacks()?;
-        let starts = self.probes.futex_waits()?;
         let (waiters, others) = waitfor::scan(&pids, &held);
         // Sites of every blocked thread: the coverage keeps those of words
         // no traced lock function took.
@@ -633,7 +765,13 @@ impl Session {
         // Mappings of processes that made no event yet name the contended
         // futex words.
         self.enricher.symbolizer.sync();
-        let counters = self.probes.counters()?;
+        // The summary is written whatever the host did meanwhile: a map the
+        // kernel side cannot be read now leaves its counts out, with a
+        // warning.
+        let counters = self.probes.counters().unwrap_or_else(|e| {
+            warn!("cannot read the kernel counters for the summary: {e:#}");
+            Vec::new()
+        });
         let get = |c: Counter| {
             counters
                 .iter()
@@ -641,7 +779,10 @@ impl Session {
                 .map_or(0, |(_, v)| *v)
         };
         let stats = self.detector.stats();
-        let futex = self.probes.futex_stats()?;
+        let futex = self.probes.futex_stats().unwrap_or_else(|e| {
+            warn!("cannot read the futex statistics for the summary: {e:#}");
+            Vec::new()
+        });
         let summary = Summary {
             events: get(Counter::Acquire) + get(Counter::Release),
             dependencies: stats.dependencies,
@@ -663,6 +804,8 @@ impl Session {
             suppressed_findings: stats.suppressed_findings,
             dropped_dependencies: stats.dropped_dependencies,
             unprocessed_records: self.unprocessed,
+            dropped_records: self.pending.dropped,
+            unopened_files: crate::host::files::unopened(),
             handoff_cycles: stats.handoff_cycles,
             unparsable_processes: self.enricher.pythons.unparsable_processes(),
             forgotten_processes: stats.forgotten_processes,
@@ -683,6 +826,22 @@ impl Session {
         self.reporter
             .summary(&summary)
             .context("cannot write the report")
+    }
+}
+
+/// The next SIGTERM or SIGINT (listened to from now on); never, if they
+/// cannot be listened to.
+async fn any_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }
 

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::host::files;
 pub use crate::host::mapping::{FileKey, Mapping, ANON_PATH};
 use crate::host::perf::{open_rings, Record, RecordKind, Ring};
 
@@ -198,13 +199,21 @@ impl AddressSpaces {
         let now = Instant::now();
         self.last_purge = now;
         let grace = self.grace;
-        self.spaces
-            .retain(|_, s| s.exited.is_none_or(|t| now.duration_since(t) < grace));
+        let mut gone = Vec::new();
+        self.spaces.retain(|&pid, s| {
+            let keep = s.exited.is_none_or(|t| now.duration_since(t) < grace);
+            if !keep {
+                gone.push(pid);
+            }
+            keep
+        });
+        files::with_pins(|pins| gone.into_iter().for_each(|pid| pins.release(pid)));
     }
 
     /// Forget a process now (e.g. once all its events are reported).
     pub fn forget(&mut self, pid: u32) {
         self.spaces.remove(&pid);
+        files::with_pins(|pins| pins.release(pid));
     }
 
     /// The mapping of `pid` containing `addr`.
@@ -386,13 +395,6 @@ pub fn read_proc_maps(pid: u32) -> Option<Vec<Mapping>> {
     Some(mappings)
 }
 
-/// Files of other mount namespaces (chroots, containers), opened while
-/// their process lived: after it exits, `/proc/PID/root` is gone, and they
-/// have no path of their own here. Keyed by (dev, inode); one descriptor
-/// per distinct file, so bounded by the files on the host.
-static PINNED: std::sync::Mutex<BTreeMap<(u64, u64), std::fs::File>> =
-    std::sync::Mutex::new(BTreeMap::new());
-
 /// Whether `p` is the file mapped by `m` (the same name may be another file
 /// here: a chroot's or a container's libc has the host's path).
 fn is_file_of(p: &Path, m: &Mapping) -> bool {
@@ -400,22 +402,27 @@ fn is_file_of(p: &Path, m: &Mapping) -> bool {
     std::fs::metadata(p).is_ok_and(|meta| meta.ino() == m.inode && meta.dev() == m.dev)
 }
 
-/// Keeps the file of `m` open if process `pid` sees it at a path that is
-/// another file (or no file) here.
+/// Keeps the file of `m` open (see [`files::Pins`]) if process `pid` sees it
+/// at a path that is another file (or no file) here: a file of another
+/// mount namespace (a chroot's, a container's), or a deleted one. After the
+/// process exits, `/proc/PID/root` is gone and the file has no path of its
+/// own here. Only ELF files mapped executable, the code symbolized and
+/// unwound (their data mappings are the same file): shared memory, memfds
+/// and deleted data files are never held, whoever maps them.
 fn pin_if_foreign(pid: u32, m: &Mapping) {
-    if !m.is_file() || is_file_of(&m.path, m) {
+    if !m.executable || !m.is_file() || is_file_of(&m.path, m) {
         return;
     }
-    let mut pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner());
-    if pinned.contains_key(&(m.dev, m.inode)) {
-        return;
-    }
-    // (A file whose process is gone already stays unpinned: frames in it
-    // are not symbolized.)
-    if let Some(file) = foreign_path(pid, m).and_then(|p| std::fs::File::open(p).ok()) {
-        tracing::debug!(pid, file = %m.path.display(), inode = m.inode, "pinned a file of another mount namespace or root");
-        pinned.insert((m.dev, m.inode), file);
-    }
+    files::with_pins(|pins| {
+        pins.pin((m.dev, m.inode), pid, || {
+            let file = files::open(&foreign_path(pid, m)?).ok()?;
+            let elf = files::is_elf(&file);
+            if elf {
+                tracing::debug!(pid, file = %m.path.display(), inode = m.inode, "pinned a file of another mount namespace or root");
+            }
+            elf.then_some(file)
+        })
+    });
 }
 
 /// The file of `m` through the process's own view of the file system.
@@ -447,10 +454,8 @@ pub fn host_path(pid: u32, m: &Mapping) -> Option<PathBuf> {
     // The process may be gone already: the copy pinned while it lived
     // knows its path here too.
     let by_pin = || {
-        let pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner());
-        use std::os::fd::AsRawFd;
-        let fd = pinned.get(&(m.dev, m.inode))?.as_raw_fd();
-        std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
+        let fd_path = files::with_pins(|pins| pins.path((m.dev, m.inode)))?;
+        std::fs::read_link(fd_path).ok()
     };
     by_root
         .filter(|p| is_file_of(p, m))
@@ -468,12 +473,9 @@ pub fn readable_path(pid: u32, m: &Mapping) -> Option<PathBuf> {
     if is_file_of(&m.path, m) {
         return Some(m.path.clone());
     }
-    let pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(file) = pinned.get(&(m.dev, m.inode)) {
-        use std::os::fd::AsRawFd;
-        return Some(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())));
+    if let Some(pinned) = files::with_pins(|pins| pins.path((m.dev, m.inode))) {
+        return Some(pinned);
     }
-    drop(pinned);
     foreign_path(pid, m)
 }
 

@@ -67,12 +67,16 @@ impl KernelStreams {
         }
     }
 
-    /// Reads every record now in the ring buffer, decoded, into `each`;
-    /// returns how many came.
-    pub fn read(&mut self, mut each: impl FnMut(Record)) -> usize {
+    /// Reads up to `max` records now in the ring buffer, decoded, into
+    /// `each`; returns how many came. Bounded: under a flood the kernel
+    /// side writes records as fast as they are read.
+    pub fn read(&mut self, max: usize, mut each: impl FnMut(Record)) -> usize {
         let mut n = 0;
         let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
+        while n < max {
+            let Some(item) = ring.next() else {
+                break;
+            };
             n += 1;
             match decode::decode(&item) {
                 Ok(record) => each(record),
@@ -80,6 +84,25 @@ impl KernelStreams {
                     self.undecodable += 1;
                     warn!("dropping a ring-buffer record: {e:#}");
                 }
+            }
+        }
+        self.records += n as u64;
+        n
+    }
+
+    /// Counts the records left in the ring buffer, unread, until it looks
+    /// empty or `deadline`.
+    pub fn discard(&mut self, deadline: std::time::Instant) -> usize {
+        let mut n = 0;
+        let ring = self.ring.get_mut();
+        while std::time::Instant::now() < deadline {
+            let mut batch = 0;
+            while batch < 4096 && ring.next().is_some() {
+                batch += 1;
+            }
+            n += batch;
+            if batch < 4096 {
+                break;
             }
         }
         self.records += n as u64;

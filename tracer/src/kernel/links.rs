@@ -141,15 +141,27 @@ impl Links {
 
     /// Closes every link at once (see `multi::close_concurrently`).
     pub fn close_all(&mut self) {
-        let all: Vec<OwnedFd> = std::mem::take(&mut self.by_process)
+        multi::close_concurrently(self.take_all());
+        for closer in self.closers.drain(..) {
+            let _ = closer.join();
+        }
+    }
+
+    /// Starts closing every link at once on a thread of its own (joined by
+    /// [`Links::close_all`]): tracing stops, no new record comes, and the
+    /// kernel's grace periods pass while what is left is processed.
+    pub fn close_all_in_background(&mut self) {
+        let all = self.take_all();
+        self.closers
+            .push(std::thread::spawn(move || multi::close_concurrently(all)));
+    }
+
+    fn take_all(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.by_process)
             .into_values()
             .chain(std::mem::take(&mut self.traffic).into_values())
             .chain(std::mem::take(&mut self.traffic_acquisitions).into_values())
             .flatten()
-            .collect();
-        multi::close_concurrently(all);
-        for closer in self.closers.drain(..) {
-            let _ = closer.join();
-        }
+            .collect()
     }
 }

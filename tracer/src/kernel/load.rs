@@ -113,6 +113,13 @@ impl Probes {
                 "this locktrace binary was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild"
             );
         }
+        // aya reads the number of CPUs from sysfs at the first per-CPU map
+        // lookup of each thread (and again after a failure): read now, on
+        // the thread that reads the counters, while descriptors are free. A
+        // host that later leaves the tracer none (memfds of another user
+        // pinned, a low RLIMIT_NOFILE) then cannot make the counters
+        // unreadable and the tracer end without its summary.
+        aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("cannot read {path}: {e}"))?;
         let fork_child =
             preflight::tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?;
         let group_dead =
@@ -314,6 +321,14 @@ fn comm_key(comm: &str) -> [u8; 16] {
         *k = b;
     }
     key
+}
+
+impl Probes {
+    /// Stops tracing: the lock probes start detaching now, in the
+    /// background (the maps stay readable; [`Drop`] waits for the rest).
+    pub fn stop_tracing(&mut self) {
+        self.links.close_all_in_background();
+    }
 }
 
 impl Drop for Probes {

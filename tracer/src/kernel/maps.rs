@@ -13,6 +13,9 @@ use tracer_common::{
 use crate::host::proc;
 use crate::kernel::load::Probes;
 
+/// Deferred dependencies taken from the kernel side per call.
+const DEFERRED_BATCH: usize = 1024;
+
 pub use crate::host::waitfor::HeldByThread;
 
 /// Blocking on one futex word of one process.
@@ -181,9 +184,17 @@ impl Probes {
         }
         let mut deferred: HashMap<_, DependencyKey, DeferredDependency> =
             HashMap::try_from(self.map_mut("DEFERRED")?)?;
-        let keys: Vec<DependencyKey> = deferred.keys().filter_map(|k| k.ok()).collect();
+        // A bounded batch (each entry is three system calls): a full map
+        // is taken over several turns, and the loop answers signals between
+        // them.
+        let keys: Vec<DependencyKey> = deferred
+            .keys()
+            .filter_map(|k| k.ok())
+            .take(DEFERRED_BATCH)
+            .collect();
         let mut out = Vec::with_capacity(keys.len());
-        let mut unfinished = false;
+        let more = keys.len() == DEFERRED_BATCH;
+        let mut unfinished = more;
         for key in keys {
             let Ok(d) = deferred.get(&key, 0) else {
                 continue;
@@ -201,7 +212,14 @@ impl Probes {
         if !unfinished {
             self.deferred_taken = deferred_so_far;
         }
-        Ok((out, self.take_deferred_exits()?))
+        // Exits wait for the rest of the map: a process's deferred
+        // dependencies are older than its exit.
+        let exits = if more {
+            Vec::new()
+        } else {
+            self.take_deferred_exits()?
+        };
+        Ok((out, exits))
     }
 
     fn take_deferred_exits(&mut self) -> Result<Vec<u32>> {

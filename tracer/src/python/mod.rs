@@ -19,7 +19,6 @@
 //! walking and reading their frames.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
 use std::path::PathBuf;
 
 use crate::host::elf::{self, LoadSegment};
@@ -337,7 +336,7 @@ fn file_symbols(pid: u32, m: &Mapping) -> Option<std::sync::Arc<FileSymbols>> {
     type Known = HashMap<(u64, u64, i64, i64), Option<Arc<FileSymbols>>>;
     static FILES: Mutex<Option<Known>> = Mutex::new(None);
     let path = spaces::readable_path(pid, m)?;
-    let file = File::open(path).ok()?;
+    let file = crate::host::files::open(&path).ok()?;
     let meta = file.metadata().ok()?;
     let key = (m.dev, m.inode, meta.ctime(), meta.ctime_nsec());
     if let Some(known) = FILES

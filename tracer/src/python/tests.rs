@@ -316,16 +316,16 @@ fn unsupported_version() {
     );
 }
 
-/// From 3.13 on, `threading.Lock` is a PyMutex: the warning says that its
-/// acquisitions are not seen, whatever frame support exists.
+/// From 3.13 on, `threading.Lock` can be a PyMutex: the warning of a
+/// version without frames (3.14) says that its acquisitions are not seen.
 #[test]
 fn pymutex_versions_say_threading_lock_is_not_seen() {
-    let dir = Scratch::new("v313");
-    let symbols = "const unsigned long Py_Version = 0x030d05f0;\nchar _PyRuntime[4096];\n";
-    let p = fake_python(&dir.0, "python3.13", symbols);
+    let dir = Scratch::new("v314m");
+    let symbols = "const unsigned long Py_Version = 0x030e00f0;\nchar _PyRuntime[4096];\n";
+    let p = fake_python(&dir.0, "python3.14", symbols);
     let err = detect(p.0.id()).unwrap_err();
     assert!(
-        err.reason.contains("CPython 3.13 is not supported")
+        err.reason.contains("CPython 3.14 is not supported")
             && err.reason.contains("threading.Lock is a PyMutex"),
         "{err}"
     );

@@ -61,6 +61,13 @@ pub struct Summary {
     /// Records still unprocessed when the tracer had to stop (it stops
     /// within a second of a signal, whatever the backlog): counted.
     pub unprocessed_records: u64,
+    /// Dependency records dropped before processing: their process had
+    /// its share of the records waiting (see `tracer_analysis::limits`).
+    pub dropped_records: u64,
+    /// Files of traced processes not opened (for symbols, unwind data,
+    /// lock names) because the tracer had no file descriptor left:
+    /// symbolization degraded, tracing went on.
+    pub unopened_files: u64,
     /// Cycles made only of wake-up hand-offs (a thread locking the mutex
     /// another waits on a condition with): not reported.
     pub handoff_cycles: u64,
@@ -260,6 +267,24 @@ impl fmt::Display for Summary {
                 f,
                 "; {} unprocessed at exit",
                 plural(self.unprocessed_records, "record", "records")
+            )?;
+        }
+        if self.dropped_records != 0 {
+            write!(
+                f,
+                "; {} dropped: the process had its share of the backlog",
+                plural(
+                    self.dropped_records,
+                    "dependency record",
+                    "dependency records"
+                )
+            )?;
+        }
+        if self.unopened_files != 0 {
+            write!(
+                f,
+                "; {} not opened for symbols: no file descriptor left",
+                plural(self.unopened_files, "file", "files")
             )?;
         }
         if self.unparsable_processes != 0 {

@@ -48,6 +48,10 @@ pub trait Resolve {
 const MAX_CACHED_ADDRS: usize = 1 << 16;
 /// Files whose data symbols are kept before that cache is cleared.
 const MAX_CACHED_FILES: usize = 512;
+/// Files blazesym keeps open (with their parsed symbols), least recently
+/// used out first: each costs a descriptor, and a file of another mount
+/// namespace is a path per process (`/proc/PID/root/...`).
+const MAX_OPEN_FILES: usize = 32;
 
 /// What blazesym told about one code address.
 #[derive(Clone, Debug)]
@@ -81,7 +85,7 @@ struct DataSyms {
 impl DataSyms {
     fn read(path: &Path) -> Option<Self> {
         use object::{Object as _, ObjectSymbol as _, SymbolKind};
-        let bytes = crate::host::elf::read_bounded(path).ok()?;
+        let bytes = crate::host::files::read_elf(path)?;
         let elf = object::File::parse(&*bytes).ok()?;
         let mut syms: Vec<(u64, u64, String)> = elf
             .symbols()
@@ -125,6 +129,8 @@ pub struct Symbolizer {
     code: HashMap<(FileKey, u64), Option<CodeSym>>,
     data: HashMap<FileKey, Option<Arc<DataSyms>>>,
     build_ids: HashMap<FileKey, Option<Arc<str>>>,
+    /// The paths blazesym has open, most recently used last.
+    open: std::collections::VecDeque<PathBuf>,
 }
 
 /// A lock object in a mapped file's image (a global or static variable).
@@ -158,6 +164,7 @@ impl Symbolizer {
             code: HashMap::new(),
             data: HashMap::new(),
             build_ids: HashMap::new(),
+            open: std::collections::VecDeque::new(),
         }
     }
 
@@ -195,7 +202,34 @@ impl Symbolizer {
         sym
     }
 
-    fn blaze_lookup(&self, path: PathBuf, file_offset: u64) -> Option<CodeSym> {
+    /// Notes that blazesym opens `path` now; past [`MAX_OPEN_FILES`], it
+    /// closes the least recently used. Out of descriptors, nothing is
+    /// asked of it (counted, see `host::files`).
+    fn blaze_open(&mut self, path: &Path) -> bool {
+        if let Some(at) = self.open.iter().position(|p| p == path) {
+            let p = self.open.remove(at).expect("found");
+            self.open.push_back(p);
+            return true;
+        }
+        // blazesym opens the file itself: see first whether it can.
+        if crate::host::files::open(path).is_err() {
+            return false;
+        }
+        if self.open.len() >= MAX_OPEN_FILES {
+            if let Some(old) = self.open.pop_front() {
+                let _ = self.blaze.evict(&blazesym::symbolize::evict::Evict::Elf(
+                    blazesym::symbolize::evict::Elf::new(old),
+                ));
+            }
+        }
+        self.open.push_back(path.to_path_buf());
+        true
+    }
+
+    fn blaze_lookup(&mut self, path: PathBuf, file_offset: u64) -> Option<CodeSym> {
+        if !self.blaze_open(&path) {
+            return None;
+        }
         let src = Source::Elf(Elf::new(path));
         match self
             .blaze

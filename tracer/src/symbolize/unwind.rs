@@ -37,7 +37,7 @@ struct ElfUnwindData {
 
 impl ElfUnwindData {
     fn read(path: &std::path::Path) -> Option<Self> {
-        let bytes = crate::host::elf::read_bounded(path).ok()?;
+        let bytes = crate::host::files::read_elf(path)?;
         let elf = object::File::parse(&*bytes).ok()?;
         let range = |name: &str| {
             elf.section_by_name(name)

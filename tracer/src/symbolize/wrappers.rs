@@ -9,7 +9,6 @@
 //! 64 bytes of code with exactly one call (decoded with iced-x86).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
@@ -102,7 +101,7 @@ fn has_wrapper_shape(f: &Function) -> bool {
         return false;
     };
     let mut code = vec![0u8; size as usize];
-    let Ok(file) = File::open(&f.path) else {
+    let Ok(file) = crate::host::files::open(&f.path) else {
         return false;
     };
     if file.read_exact_at(&mut code, f.file_offset).is_err() {
