@@ -386,6 +386,8 @@ pub struct Summary {
     #[serde(default)]
     pub unopened_files: u64,
     pub handoff_cycles: u64,
+    /// Processes posing as CPython whose memory does not parse (issue 20).
+    pub unparsable_processes: u64,
     pub probed_files: Vec<String>,
     /// Processes that got their probes after they started (`watch --pid`:
     /// children forked while tracing), and the longest delay.

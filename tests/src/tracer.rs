@@ -378,8 +378,8 @@ impl Watcher {
         (run, took)
     }
 
-    /// SIGTERM, as systemd or `kill`: the report, and how long the tracer
-    /// took to exit (it promises a second, whatever its load).
+    /// SIGTERM, as systemd or `kill` stops it: the report, and how long the
+    /// tracer took to exit (it promises a second, whatever its load).
     pub fn terminate(self) -> (JsonRun, Duration) {
         let sent = Instant::now();
         // SAFETY: kill(2) on our own unreaped child.

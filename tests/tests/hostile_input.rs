@@ -629,3 +629,163 @@ fn a_flood_of_new_dependencies_is_bounded_and_sigterm_stops_it_within_a_second()
         run.describe()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Processes posing as CPython
+
+/// A fixture that prints "pid N", waits for a line on stdin to take its
+/// locks, prints "done", and lives until its stdin closes; killed when
+/// dropped.
+struct Fixture {
+    child: std::process::Child,
+    pid: u32,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Fixture {
+    fn start(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the fixture");
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut f = Fixture {
+            pid: child.id(),
+            child,
+            stdout,
+        };
+        let line = f.next_line();
+        assert_eq!(line, format!("pid {}", f.pid), "the fixture's first line");
+        f
+    }
+
+    fn next_line(&mut self) -> String {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.stdout, &mut line).expect("fixture output");
+        line.trim().to_string()
+    }
+
+    /// Waits for `line` (the fixture's alarm ends it if it never comes).
+    fn wait_for(&mut self, line: &str) {
+        loop {
+            let got = self.next_line();
+            assert!(!got.is_empty(), "the fixture ended before `{line}`");
+            if got == line {
+                return;
+            }
+        }
+    }
+
+    fn go(&mut self) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `forged_python VARIANT` run as nobody (from a copy nobody can run),
+/// its structures forged.
+fn forged_python(dir: &Path, variant: &str) -> Fixture {
+    let copy = dir.join("forged_python");
+    if !copy.exists() {
+        fs::copy(fixture("forged_python", Variant::NoFp), &copy).unwrap();
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&copy)
+        .arg(variant);
+    let mut f = Fixture::start(cmd);
+    f.wait_for("ready");
+    f
+}
+
+/// The collector's peak RSS bound under a forged interpreter: a `watch` of
+/// three processes takes about 60 MiB here; the code objects of the
+/// attack took 16.6 MB per event (724 MB after 40).
+const RSS_BOUND_KIB: u64 = 160 * 1024;
+
+/// Traces the forged process and a real AB/BA program together
+/// (`watch --pid`, both started first), lets both take their locks, and
+/// checks that the tracer still reports the real program's inversion,
+/// marks the forged process (one -v line), stays under [`RSS_BOUND_KIB`],
+/// and stops within a second of SIGTERM with its summary.
+fn traced_beside_a_real_program(variant: &str) {
+    require_root();
+    let dir = sticky_dir();
+    let mut forged = forged_python(dir.path(), variant);
+    let mut real = Fixture::start(Command::new(fixture("late_ab_ba", Variant::NoFp)));
+    let watcher = Watcher::start(&[
+        "-v",
+        "--pid",
+        &forged.pid.to_string(),
+        "--pid",
+        &real.pid.to_string(),
+    ]);
+    forged.go();
+    real.go();
+    real.wait_for("done");
+    forged.wait_for("done");
+    assert!(
+        watcher.wait_for_finding_of(real.pid, Duration::from_secs(20)),
+        "the real program's inversion is reported\n{}",
+        watcher.stderr_so_far()
+    );
+    assert!(
+        watcher.wait_for_finding_of(forged.pid, Duration::from_secs(20)),
+        "the forged process's own inversion counts too\n{}",
+        watcher.stderr_so_far()
+    );
+    let peak = peak_rss_kib(watcher.pid());
+    println!("collector peak RSS: {} MiB", peak / 1024);
+    assert!(
+        peak < RSS_BOUND_KIB,
+        "collector peak RSS {peak} KiB (bound {RSS_BOUND_KIB} KiB)"
+    );
+    let marked = watcher.wait_for_log(
+        &["poses as CPython", &format!("process {} ", forged.pid)],
+        Duration::from_secs(20),
+    );
+    println!("-v: {marked}");
+    let (run, took) = watcher.terminate();
+    assert!(
+        took < Duration::from_secs(1),
+        "took {took:?} after SIGTERM\n{}",
+        run.describe()
+    );
+    run.assert_exit(0);
+    assert_eq!(
+        run.report.summary.unparsable_processes,
+        1,
+        "{}",
+        run.describe()
+    );
+    let inversions = run.report.inversions();
+    for pid in [real.pid, forged.pid] {
+        assert_eq!(
+            inversions.iter().filter(|i| i.pid == pid).count(),
+            1,
+            "one inversion of {pid}\n{}",
+            run.describe()
+        );
+    }
+}
+
+#[test]
+fn a_forged_python_whose_interpreter_list_loops_cannot_hold_the_tracer() {
+    traced_beside_a_real_program("loop");
+}
+
+#[test]
+fn a_forged_python_with_huge_fake_code_objects_cannot_grow_the_tracer() {
+    traced_beside_a_real_program("code");
+}

@@ -807,6 +807,7 @@ impl Session {
             dropped_records: self.pending.dropped,
             unopened_files: crate::host::files::unopened(),
             handoff_cycles: stats.handoff_cycles,
+            unparsable_processes: self.enricher.pythons.unparsable_processes(),
             forgotten_processes: stats.forgotten_processes,
             forgotten_dependencies: stats.forgotten_dependencies,
             probed_files: self

@@ -6,6 +6,7 @@
 mod bench;
 mod cmd;
 mod ebpf;
+mod fuzz;
 mod prereqs;
 mod run;
 mod test;
@@ -47,7 +48,7 @@ enum Command {
         args: Vec<String>,
     },
     /// Build everything, then run `cargo test --workspace` (needs root);
-    /// without ARGS (the whole suite), `vm-test` afterwards.
+    /// without ARGS (the whole suite, as CI runs it), then `fuzz` and `vm-test`.
     Test {
         /// Do not run `vm-test` after the whole suite.
         #[arg(long)]
@@ -68,6 +69,13 @@ enum Command {
         /// works (it is chosen by itself where KVM cannot boot them).
         #[arg(long)]
         tcg: bool,
+    },
+    /// Run each fuzz target of tracer/fuzz (the CPython frame reader, the
+    /// ring-buffer record decoder) for a bounded time; installs cargo-fuzz.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::SECONDS)]
+        seconds: u64,
     },
     /// Measure the cost of tracing side by side (probe cost per lock
     /// operation in C and Python loops, and Apache under wrk, each untraced,
@@ -114,6 +122,7 @@ fn real_main() -> Result<()> {
         Command::Run { release, args } => run::run(release, &args),
         Command::Test { args, no_vm } => test::test(&args, no_vm),
         Command::VmTest { kernels, tcg } => vm::vm_test(&kernels, tcg),
+        Command::Fuzz { seconds } => fuzz::fuzz(seconds),
         Command::Bench {
             rounds,
             seconds,

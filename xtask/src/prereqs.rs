@@ -70,6 +70,9 @@ pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 pub const MKFS_EXT4: &str = "/usr/sbin/mkfs.ext4";
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
+/// `cargo fuzz`, which builds and runs the fuzz targets of `tracer/fuzz`
+/// (libFuzzer) with the eBPF side's toolchain.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The oldest rustc the eBPF side builds with (aya-ebpf 0.2's build
 /// dependencies).
@@ -378,6 +381,58 @@ fn install_bpf_linker() -> Result<()> {
     if !bpf_linker_ok() {
         bail!(
             "installed bpf-linker, but `bpf-linker --version` does not report {BPF_LINKER_VERSION}"
+        );
+    }
+    Ok(())
+}
+
+/// cargo-fuzz [`CARGO_FUZZ_VERSION`] is the first one on `PATH` (with
+/// ~/.cargo/bin first).
+fn cargo_fuzz_ok() -> bool {
+    let Some(path) = cmd::which("cargo-fuzz") else {
+        return false;
+    };
+    // "cargo-fuzz 0.13.2"
+    cmd::output(Command::new(path).arg("--version"))
+        .is_some_and(|v| v.split_whitespace().nth(1) == Some(CARGO_FUZZ_VERSION))
+}
+
+/// Installs cargo-fuzz if it is not there (once: later runs find it).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if cargo_fuzz_ok() {
+        return Ok(());
+    }
+    let args = [
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+        "--force",
+    ];
+    if !cmd::is_root() {
+        eprintln!("xtask: missing cargo-fuzz; install it, then run this again:");
+        eprintln!("  cargo {}", args.join(" "));
+        bail!("missing prerequisites");
+    }
+    step(format!(
+        "installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} with `cargo install` \
+         (it builds and runs the fuzz targets of tracer/fuzz: the Python frame reader \
+         and the ring-buffer record decoder)",
+        cmd::cargo_bin_dir().display()
+    ));
+    let mut c = if cmd::which("rustup").is_some() {
+        let mut c = cmd::foreign_toolchain_command("rustup");
+        c.args(["run", "stable", "cargo"]);
+        c
+    } else {
+        cmd::foreign_toolchain_command("cargo")
+    };
+    c.args(args);
+    cmd::run(&mut c)?;
+    if !cargo_fuzz_ok() {
+        bail!(
+            "installed cargo-fuzz, but `cargo-fuzz --version` does not report {CARGO_FUZZ_VERSION}"
         );
     }
     Ok(())

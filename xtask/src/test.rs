@@ -1,5 +1,6 @@
 //! `cargo xtask test`: build everything, then `cargo test --workspace`
-//! against the built `locktrace`.
+//! against the built `locktrace`, then (the whole suite only) the fuzz
+//! targets for a bounded time.
 
 use std::path::Path;
 
@@ -37,12 +38,25 @@ pub fn test(args: &[String], no_vm: bool) -> Result<()> {
     let status = cmd::status(&mut cargo)?;
     drop(lock);
     let mut code = status.code().unwrap_or(1);
-    if args.is_empty() && !no_vm {
-        // Booted VMs trace only themselves: no machine lock.
-        step("the suite is done; now the kernels of Debian 12 (`cargo xtask vm-test`; --no-vm skips them)");
-        if let Err(e) = crate::vm::vm_test(&[], false) {
-            eprintln!("xtask: error: {e:#}");
-            code = if code == 0 { 1 } else { code };
+    let mut failed = |e: anyhow::Error| {
+        eprintln!("xtask: error: {e:#}");
+        if code == 0 {
+            code = 1;
+        }
+    };
+    if args.is_empty() {
+        // The whole suite (CI's run): the fuzz targets, then Debian's own
+        // kernels. Neither traces this host: no machine lock. A targeted
+        // run skips both.
+        step("the suite is done; now the fuzz targets (`cargo xtask fuzz`)");
+        if let Err(e) = crate::fuzz::fuzz(crate::fuzz::SECONDS) {
+            failed(e);
+        }
+        if !no_vm {
+            step("now the kernels of Debian 12 (`cargo xtask vm-test`; --no-vm skips them)");
+            if let Err(e) = crate::vm::vm_test(&[], false) {
+                failed(e);
+            }
         }
     }
     std::process::exit(code);

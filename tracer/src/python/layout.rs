@@ -19,7 +19,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{addr2line, Mem, Offsets};
+use super::memory::{ReadError, Reader};
+use super::{addr2line, Offsets};
 use crate::host::spaces::{self, AddressSpaces};
 
 /// How a version's frames are laid out, and what the kernel's
@@ -401,15 +402,17 @@ pub fn line(o: &Offsets, table: &[u8], first_line: i32, addr: u64) -> Option<u32
 /// 3.10's `co_linetable` (Objects/lnotab_notes.txt of 3.10): pairs of an
 /// unsigned byte-offset delta and a signed line delta, -128 = no line.
 fn linetable_310(table: &[u8], first_line: i32, addr: u64) -> Option<u32> {
+    // Saturating: the table comes from the traced process (a real one is
+    // far too short to overflow, a forged one is at most 1 MiB).
     let (mut line, mut end) = (i64::from(first_line), 0u64);
     for pair in table.chunks_exact(2) {
         let start = end;
-        end += u64::from(pair[0]);
+        end = end.saturating_add(u64::from(pair[0]));
         let delta = pair[1] as i8;
         let here = if delta == -128 {
             None
         } else {
-            line += i64::from(delta);
+            line = line.saturating_add(i64::from(delta));
             u32::try_from(line).ok()
         };
         if (start..end).contains(&addr) {
@@ -423,34 +426,43 @@ fn linetable_310(table: &[u8], first_line: i32, addr: u64) -> Option<u32> {
 /// a line increment (signed since 3.6); the line of `addr` is that of the
 /// last pair starting at or before it.
 fn lnotab(table: &[u8], first_line: i32, addr: u64, signed: bool) -> Option<u32> {
+    // Saturating, as in `linetable_310`.
     let (mut line, mut at) = (i64::from(first_line), 0u64);
     for pair in table.chunks_exact(2) {
-        at += u64::from(pair[0]);
+        at = at.saturating_add(u64::from(pair[0]));
         if at > addr {
             break;
         }
-        line += if signed {
+        line = line.saturating_add(if signed {
             i64::from(pair[1] as i8)
         } else {
             i64::from(pair[1])
-        };
+        });
     }
     u32::try_from(line).ok()
 }
 
-/// A Python 2 `str` (`PyStringObject`) at `addr`, as text.
-pub(super) fn read_bytes_str(mem: Mem, o: &Offsets, addr: u64) -> anyhow::Result<String> {
-    let len = mem.u64(addr + o.bytes_size)?.min(super::MAX_STR);
-    Ok(String::from_utf8_lossy(&mem.bytes(addr + o.bytes_data, len)?).into_owned())
+/// A Python 2 `str` (`PyStringObject`) at `addr`, as text, cut at
+/// `MAX_STR` bytes.
+pub(super) fn read_bytes_str(mem: &Reader, o: &Offsets, addr: u64) -> Result<String, ReadError> {
+    let len = mem
+        .u64(addr.wrapping_add(o.bytes_size))?
+        .min(super::MAX_STR);
+    Ok(String::from_utf8_lossy(&mem.bytes(addr.wrapping_add(o.bytes_data), len)?).into_owned())
 }
 
 /// The Linux tid of a thread state whose `tstate_native_thread_id` word is
-/// `id`: itself, or (before 3.11, a `pthread_t`) glibc's tid in it.
-pub(super) fn native_tid(mem: Mem, pthread_tid: u64, id: u64) -> u32 {
+/// `id`: itself, or (before 3.11, a `pthread_t`) glibc's tid in it; 0 if
+/// that cannot be read (the thread is then never matched).
+pub(super) fn native_tid(mem: &Reader, pthread_tid: u64, id: u64) -> Result<u32, ReadError> {
     if pthread_tid == 0 || id == 0 {
-        return id as u32;
+        return Ok(id as u32);
     }
-    mem.u32(id + pthread_tid).unwrap_or(0)
+    match mem.u32(id.wrapping_add(pthread_tid)) {
+        Ok(tid) => Ok(tid),
+        Err(ReadError::Fault { .. }) => Ok(0),
+        Err(e) => Err(e),
+    }
 }
 
 /// For a version whose thread states keep a `pthread_t`: the offset of the
@@ -572,12 +584,12 @@ mod debug {
 /// lacks (`_co_firsttraceable`, the `str` state bits, the main interpreter
 /// in `_PyRuntime`) stay the table's. `version_hex` is `Py_Version`.
 pub fn with_debug_offsets(
-    pid: u32,
+    mem: &Reader,
     runtime: u64,
     version_hex: u32,
     base: &'static Offsets,
 ) -> Result<&'static Offsets, String> {
-    let raw = Mem(pid)
+    let raw = mem
         .bytes(runtime, 8 * debug::WORDS as u64)
         .map_err(|e| format!("cannot read _Py_DebugOffsets: {e:#}"))?;
     if &raw[..8] != b"xdebugpy" {
@@ -597,7 +609,9 @@ pub fn with_debug_offsets(
     o.runtime_interp_head = w(debug::INTERPRETERS_HEAD);
     o.interp_next = w(debug::INTERP_NEXT);
     o.interp_tstate_head = w(debug::INTERP_THREADS_HEAD);
-    o.runtime_tstate_current = base.runtime_main_interp + w(debug::INTERP_GIL_HOLDER);
+    o.runtime_tstate_current = base
+        .runtime_main_interp
+        .saturating_add(w(debug::INTERP_GIL_HOLDER));
     o.tstate_next = w(debug::TSTATE_NEXT);
     o.tstate_cframe = w(debug::TSTATE_CURRENT_FRAME);
     o.tstate_native_thread_id = w(debug::TSTATE_NATIVE_THREAD_ID);
@@ -617,19 +631,54 @@ pub fn with_debug_offsets(
     o.unicode_state = w(debug::UNICODE_STATE);
     o.unicode_length = w(debug::UNICODE_LENGTH);
     o.unicode_ascii_data = w(debug::UNICODE_ASCII_SIZE);
-    // Garbage (a runtime not yet relocated, a bad cookie match) would make
-    // every read fail; refuse it instead.
-    let fields = [
-        o.runtime_tstate_current,
-        o.interp_tstate_head,
-        o.frame_code,
-        o.code_adaptive,
-        o.code_firsttraceable,
-    ];
-    if fields.iter().any(|&f| f > 1 << 20) || o.code_firsttraceable >= o.code_adaptive {
+    if !plausible(&o) {
         return Err("implausible _Py_DebugOffsets".into());
     }
     intern(o)
+}
+
+/// Whether a layout read from a process (`_Py_DebugOffsets`) can be used:
+/// garbage (a runtime not yet relocated, a bad cookie match) would make
+/// every read fail, and a forged one must not make the reader index past
+/// what it read. Every offset is small; the code object fields it reads
+/// from one header (`code_adaptive` bytes) are within it, and so are the
+/// `str` fields within `unicode_ascii_data` bytes.
+fn plausible(o: &Offsets) -> bool {
+    const MAX: u64 = 1 << 20;
+    let within = |field: u64, size: u64, header: u64| {
+        field.checked_add(size).is_some_and(|end| end <= header)
+    };
+    let fields = [
+        o.runtime_tstate_current,
+        o.runtime_interp_head,
+        o.interp_next,
+        o.interp_tstate_head,
+        o.tstate_next,
+        o.tstate_native_thread_id,
+        o.tstate_cframe,
+        o.frame_code,
+        o.frame_prev_instr,
+        o.frame_previous,
+        o.frame_owner,
+        o.frame_localsplus,
+        o.code_adaptive,
+        o.bytes_size,
+        o.bytes_data,
+        o.unicode_ascii_data,
+    ];
+    fields.iter().all(|&f| f <= MAX)
+        && [
+            o.code_filename,
+            o.code_name,
+            o.code_qualname,
+            o.code_linetable,
+        ]
+        .iter()
+        .all(|&f| within(f, 8, o.code_adaptive))
+        && within(o.code_firstlineno, 4, o.code_adaptive)
+        && within(o.code_firsttraceable, 4, o.code_adaptive)
+        && within(o.unicode_length, 8, o.unicode_ascii_data)
+        && within(o.unicode_state, 4, o.unicode_ascii_data)
 }
 
 /// The layout of a CPython without `_PyRuntime` (3.6): the "runtime" is

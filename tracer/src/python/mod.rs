@@ -18,13 +18,13 @@
 //! 3.6 to 3.10, 3.12 and 3.13 are in `layout`, with what differs in
 //! walking and reading their frames.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-
-use anyhow::{bail, Context as _, Result};
 
 use crate::host::elf::{self, LoadSegment};
 use crate::host::spaces::{self, AddressSpaces, Mapping};
+
+use memory::{word, ProcessMemory, ReadError, Reader, Unparsable};
 
 /// Struct offsets (and constants) for one CPython minor version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,7 +239,8 @@ fn probe(pid: u32, m: &Mapping) -> Result<Option<Interpreter>, Unsupported> {
     // `Py_Version` (= PY_VERSION_HEX, since 3.11), else the file name.
     let version = match py_version {
         Some(addr) => {
-            let hex = Mem(pid)
+            let mem = ProcessMemory(pid);
+            let hex = Reader::new(&mem, memory::RECORD)
                 .u32(bias.wrapping_add(addr))
                 .map_err(|e| unsupported(format!("{path}: cannot read Py_Version: {e:#}")))?;
             (hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff)
@@ -285,8 +286,10 @@ fn probe(pid: u32, m: &Mapping) -> Result<Option<Interpreter>, Unsupported> {
     let runtime = bias.wrapping_add(runtime);
     let offsets = match py_version {
         Some(addr) if version >= (3, 13, 0) => {
-            let hex = Mem(pid).u32(bias.wrapping_add(addr)).unwrap_or(0);
-            layout::with_debug_offsets(pid, runtime, hex, offsets)
+            let mem = ProcessMemory(pid);
+            let mem = Reader::new(&mem, memory::RECORD);
+            let hex = mem.u32(bias.wrapping_add(addr)).unwrap_or(0);
+            layout::with_debug_offsets(&mem, runtime, hex, offsets)
                 .map_err(|e| unsupported(format!("{path}: CPython {major}.{minor}.{micro}: {e}")))?
         }
         _ => offsets,
@@ -312,6 +315,10 @@ struct FileSymbols {
     /// Before 3.7: `_PyThreadState_Current` and `interp_head`.
     no_runtime: Option<(u64, u64)>,
 }
+
+/// The largest symbol and string tables read to find `_PyRuntime`
+/// (libpython3.11 with its debug symbols has a few MiB).
+const MAX_SYMBOL_TABLES: u64 = 64 << 20;
 
 /// Files whose symbols `file_symbols` remembers.
 const MAX_KNOWN_FILES: usize = 4096;
@@ -340,21 +347,35 @@ fn file_symbols(pid: u32, m: &Mapping) -> Option<std::sync::Arc<FileSymbols>> {
     {
         return known.clone();
     }
-    // Read lazily: only the headers and symbol tables of a ~7 MB library.
+    // Read lazily: only the headers and symbol tables of a ~7 MB library;
+    // a file whose symbol tables are larger than any CPython's (any
+    // process's executable is looked at, and its owner chose it) is not
+    // read: it would be read whole, into memory.
     let cache = object::ReadCache::new(file);
-    let found = object::File::parse(&cache).ok().map(|elf| {
-        let symbol = |name: &str| {
-            (elf.dynamic_symbols().chain(elf.symbols()))
-                .find(|s| s.is_definition() && s.name() == Ok(name))
-                .map(|s| s.address())
-        };
-        Arc::new(FileSymbols {
-            runtime: symbol("_PyRuntime"),
-            py_version: symbol("Py_Version"),
-            segments: elf::load_segments(&elf),
-            no_runtime: symbol("_PyThreadState_Current").zip(symbol("interp_head")),
+    let found = object::File::parse(&cache)
+        .ok()
+        .filter(|elf| {
+            use object::ObjectSection as _;
+            let tables: u64 = [".symtab", ".strtab", ".dynsym", ".dynstr"]
+                .iter()
+                .filter_map(|name| elf.section_by_name(name))
+                .map(|s| s.size())
+                .fold(0, u64::saturating_add);
+            tables <= MAX_SYMBOL_TABLES
         })
-    });
+        .map(|elf| {
+            let symbol = |name: &str| {
+                (elf.dynamic_symbols().chain(elf.symbols()))
+                    .find(|s| s.is_definition() && s.name() == Ok(name))
+                    .map(|s| s.address())
+            };
+            Arc::new(FileSymbols {
+                runtime: symbol("_PyRuntime"),
+                py_version: symbol("Py_Version"),
+                segments: elf::load_segments(&elf),
+                no_runtime: symbol("_PyThreadState_Current").zip(symbol("interp_head")),
+            })
+        });
     let mut files = FILES.lock().unwrap_or_else(|e| e.into_inner());
     let known = files.get_or_insert_with(HashMap::new);
     // Bounded: a host that keeps rebuilding its executables would grow it.
@@ -385,73 +406,221 @@ struct Code {
     first_line: i32,
     first_traceable: u64,
     linetable: Vec<u8>,
+    /// When it was last used ([`CodeCache::tick`]): the least recently
+    /// used goes first when the cache is full.
+    used: u64,
+}
+
+impl Code {
+    /// What it costs to keep (its heap bytes and the entry itself).
+    fn size(&self) -> usize {
+        self.function.len() + self.file.len() + self.linetable.len() + 128
+    }
 }
 
 /// Resolves `(code, prev_instr)` pairs, caching code objects per process.
+/// Bounded per process and in total, in entries and in bytes: a process
+/// that shows ever new code objects evicts its own least recently used
+/// ones; past the total, the process with the most bytes gives up its
+/// least recently used one.
 #[derive(Default)]
 pub struct CodeCache {
-    codes: HashMap<(u32, u64), Code>,
+    processes: HashMap<u32, CachedProcess>,
+    bytes: usize,
+    entries: usize,
+    tick: u64,
 }
 
-/// Longest string and location table we read (garbage pointers aside, real
-/// ones are far smaller).
-const MAX_STR: u64 = 4096;
+#[derive(Default)]
+struct CachedProcess {
+    codes: HashMap<u64, Code>,
+    /// Code objects by last use (`Code::used` -> address): eviction in
+    /// O(log n), whatever a process shows.
+    order: BTreeMap<u64, u64>,
+    bytes: usize,
+}
+
+/// Cache bounds: a real program's stacks use a few hundred code objects of
+/// a few hundred bytes each.
+pub const CACHE_PROCESS_ENTRIES: usize = 4096;
+pub const CACHE_PROCESS_BYTES: usize = 4 << 20;
+pub const CACHE_ENTRIES: usize = 65_536;
+pub const CACHE_BYTES: usize = 64 << 20;
+
+/// Longest string we keep, in code points (a longer one is cut: real
+/// names and paths are far shorter), and the longest location table read
+/// (one longer is no real code object: the frame is left out).
+const MAX_STR: u64 = 1024;
 const MAX_LINETABLE: u64 = 1 << 20;
-/// Stack depth and thread count bounds (a list may change while we read it).
+/// Stack depth, interpreter and thread count bounds: a longer list is cut
+/// (a list may change while we read it).
 const MAX_DEPTH: usize = 1024;
-const MAX_THREADS: usize = 100_000;
+const MAX_INTERPRETERS: usize = 256;
+const MAX_THREADS: usize = 16_384;
 
 impl CodeCache {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The frame executing `prev_instr` in code object `code`, or None if
-    /// the code object cannot be read (and is not cached) or the frame is
-    /// incomplete (being set up: `_PyFrame_IsIncomplete`; skip it).
-    pub fn resolve(&mut self, interp: &Interpreter, code: u64, prev_instr: u64) -> Option<PyFrame> {
+    /// The frame executing `prev_instr` in code object `code`: None if the
+    /// code object cannot be read (and is not cached) or the frame is
+    /// incomplete (being set up: `_PyFrame_IsIncomplete`; skip it); an
+    /// error if reading it went past the record's budget.
+    pub fn resolve(
+        &mut self,
+        interp: &Interpreter,
+        mem: &Reader,
+        code: u64,
+        prev_instr: u64,
+    ) -> Result<Option<PyFrame>, Unparsable> {
         let o = interp.offsets;
-        let key = (interp.pid, code);
+        self.tick += 1;
+        let tick = self.tick;
         // One read of the code object's header revalidates the cached entry;
         // if the process is gone, the cached entry is all there is.
-        match Mem(interp.pid).bytes(code, o.code_adaptive) {
+        let cached = self
+            .processes
+            .get(&interp.pid)
+            .and_then(|p| p.codes.get(&code));
+        match mem.bytes(code, o.code_adaptive) {
             Ok(hdr) => {
                 let ident =
                     [o.code_filename, o.code_qualname, o.code_linetable].map(|f| word(&hdr, f));
-                if self.codes.get(&key).is_none_or(|c| c.ident != ident) {
-                    let c = read_code(interp, &hdr, ident).ok()?;
-                    self.codes.insert(key, c);
+                if cached.is_none_or(|c| c.ident != ident) {
+                    match read_code(interp, mem, &hdr, ident) {
+                        Ok(c) => self.insert(interp.pid, code, c),
+                        Err(ReadError::Unparsable(e)) => return Err(e),
+                        Err(ReadError::Fault { .. }) => return Ok(None),
+                    }
                 }
             }
-            Err(_) if self.codes.contains_key(&key) => {}
-            Err(_) => return None,
+            Err(ReadError::Unparsable(e)) => return Err(e),
+            Err(ReadError::Fault { .. }) if cached.is_some() => {}
+            Err(ReadError::Fault { .. }) => return Ok(None),
         }
-        let c = &self.codes[&key];
+        let Some(p) = self.processes.get_mut(&interp.pid) else {
+            return Ok(None);
+        };
+        let Some(c) = p.codes.get_mut(&code) else {
+            return Ok(None);
+        };
+        p.order.remove(&c.used);
+        p.order.insert(tick, code);
+        c.used = tick;
         // Byte offset into the code (instruction index = offset / 2), as
         // `_PyInterpreterFrame_GetLine` passes it to `PyCode_Addr2Line`;
         // None for an incomplete frame (see `layout::code_offset`).
-        let offset = layout::code_offset(o, code, prev_instr, c.first_traceable)?;
+        let Some(offset) = layout::code_offset(o, code, prev_instr, c.first_traceable) else {
+            return Ok(None);
+        };
         let line = layout::line(o, &c.linetable, c.first_line, offset).unwrap_or(0);
-        Some(PyFrame {
+        Ok(Some(PyFrame {
             function: c.function.clone(),
             file: c.file.clone(),
             line,
-        })
+        }))
     }
 
-    /// Drop the cached code objects of a process (it exited).
+    fn insert(&mut self, pid: u32, addr: u64, mut code: Code) {
+        code.used = self.tick;
+        let size = code.size();
+        // The entry it replaces, if any, first.
+        self.remove(pid, addr);
+        loop {
+            let p = self.processes.entry(pid).or_default();
+            if p.codes.len() < CACHE_PROCESS_ENTRIES && p.bytes + size <= CACHE_PROCESS_BYTES {
+                break;
+            }
+            if !self.evict_from(pid) {
+                break;
+            }
+        }
+        while self.entries >= CACHE_ENTRIES || self.bytes + size > CACHE_BYTES {
+            let Some(largest) = self
+                .processes
+                .iter()
+                .max_by_key(|(_, p)| p.bytes)
+                .map(|(&pid, _)| pid)
+            else {
+                break;
+            };
+            if !self.evict_from(largest) {
+                break;
+            }
+        }
+        let p = self.processes.entry(pid).or_default();
+        p.bytes += size;
+        p.order.insert(code.used, addr);
+        p.codes.insert(addr, code);
+        self.bytes += size;
+        self.entries += 1;
+    }
+
+    /// Drops the least recently used code object of `pid`: false if it had
+    /// none.
+    fn evict_from(&mut self, pid: u32) -> bool {
+        let Some(oldest) = self
+            .processes
+            .get(&pid)
+            .and_then(|p| p.order.first_key_value())
+            .map(|(_, &addr)| addr)
+        else {
+            return false;
+        };
+        self.remove(pid, oldest)
+    }
+
+    fn remove(&mut self, pid: u32, addr: u64) -> bool {
+        let Some(p) = self.processes.get_mut(&pid) else {
+            return false;
+        };
+        let Some(c) = p.codes.remove(&addr) else {
+            return false;
+        };
+        p.order.remove(&c.used);
+        let size = c.size();
+        p.bytes -= size;
+        self.bytes -= size;
+        self.entries -= 1;
+        if p.codes.is_empty() {
+            self.processes.remove(&pid);
+        }
+        true
+    }
+
+    /// Drop the cached code objects of a process (it exited, or its memory
+    /// does not parse).
     pub fn forget_process(&mut self, pid: u32) {
-        self.codes.retain(|(p, _), _| *p != pid);
+        if let Some(p) = self.processes.remove(&pid) {
+            self.bytes -= p.bytes;
+            self.entries -= p.codes.len();
+        }
+    }
+
+    /// Entries and bytes kept, in total.
+    pub fn size(&self) -> (usize, usize) {
+        (self.entries, self.bytes)
     }
 }
 
-fn read_code(interp: &Interpreter, hdr: &[u8], ident: [u64; 3]) -> Result<Code> {
-    let (mem, o) = (Mem(interp.pid), interp.offsets);
+fn read_code(
+    interp: &Interpreter,
+    mem: &Reader,
+    hdr: &[u8],
+    ident: [u64; 3],
+) -> Result<Code, ReadError> {
+    let o = interp.offsets;
     let int = |off: u64| i32::from_le_bytes(hdr[off as usize..][..4].try_into().unwrap());
     let linetable = word(hdr, o.code_linetable);
-    let size = mem.u64(linetable + o.bytes_size)?;
+    let size = mem.u64(linetable.wrapping_add(o.bytes_size))?;
     if size > MAX_LINETABLE {
-        bail!("location table of {size} bytes");
+        // No real code object: a freed one reused, or a forged one. Left
+        // out, at the cost of one read.
+        return Err(ReadError::Fault {
+            addr: linetable,
+            len: size,
+        });
     }
     Ok(Code {
         ident,
@@ -459,7 +628,8 @@ fn read_code(interp: &Interpreter, hdr: &[u8], ident: [u64; 3]) -> Result<Code> 
         file: read_str(mem, o, word(hdr, o.code_filename))?,
         first_line: int(o.code_firstlineno),
         first_traceable: int(o.code_firsttraceable).max(0) as u64,
-        linetable: mem.bytes(linetable + o.bytes_data, size)?,
+        linetable: mem.bytes(linetable.wrapping_add(o.bytes_data), size)?,
+        used: 0,
     })
 }
 
@@ -483,8 +653,9 @@ pub fn frame_from_copy(o: &Offsets, c: &tracer_common::PyCodeCopy) -> Option<PyF
     })
 }
 
-/// A `str` object (PEP 393: 1, 2 or 4 bytes per code point).
-fn read_str(mem: Mem, o: &Offsets, addr: u64) -> Result<String> {
+/// A `str` object (PEP 393: 1, 2 or 4 bytes per code point; 2.7: a byte
+/// string), cut at `MAX_STR` code points.
+fn read_str(mem: &Reader, o: &Offsets, addr: u64) -> Result<String, ReadError> {
     if o.frames == FrameKind::Object27 {
         return layout::read_bytes_str(mem, o, addr);
     }
@@ -496,12 +667,12 @@ fn read_str(mem: Mem, o: &Offsets, addr: u64) -> Result<String> {
         state & o.unicode_compact_mask != 0,
         state & o.unicode_ascii_mask != 0,
     ) {
-        (true, true) => addr + o.unicode_ascii_data,
-        (true, false) => addr + o.unicode_compact_data,
-        (false, _) => mem.u64(addr + o.unicode_legacy_data)?,
+        (true, true) => addr.wrapping_add(o.unicode_ascii_data),
+        (true, false) => addr.wrapping_add(o.unicode_compact_data),
+        (false, _) => mem.u64(addr.wrapping_add(o.unicode_legacy_data))?,
     };
     if !matches!(kind, 1 | 2 | 4) {
-        bail!("str of kind {kind}");
+        return Err(ReadError::Fault { addr, len: 0 });
     }
     let raw = mem.bytes(data, len * kind)?;
     Ok(raw
@@ -525,13 +696,15 @@ fn addr2line(table: &[u8], first_line: i32, addr: u64) -> Option<u32> {
         let (b, data) = (table[i], &table[i + 1..]);
         let code = (b >> 3) & 15;
         let end = start + 2 * (u64::from(b & 7) + 1);
-        line += match code {
+        // Saturating: a forged table's deltas may add up past i64.
+        line = line.saturating_add(match code {
             13 | 14 => svarint(data)?,
             10..=12 => i64::from(code - 10),
             _ => 0,
-        };
+        });
         if (start..end).contains(&addr) {
-            return (code != 15 && line >= 0).then_some(line as u32);
+            return (code != 15 && (0..=i64::from(u32::MAX)).contains(&line))
+                .then_some(line as u32);
         }
         start = end;
         i += 1 + data.iter().take_while(|&&d| d & 0x80 == 0).count();
@@ -558,19 +731,31 @@ fn svarint(data: &[u8]) -> Option<i64> {
     Some(if u & 1 != 0 { -v } else { v })
 }
 
-/// tid -> `PyThreadState` address, for every thread of every interpreter.
-pub fn thread_states(interp: &Interpreter) -> Result<Vec<(u32, u64)>> {
-    let (mem, o) = (Mem(interp.pid), interp.offsets);
+/// tid -> `PyThreadState` address, for every thread of every interpreter
+/// (at most `MAX_INTERPRETERS` and `MAX_THREADS`: a longer list is cut).
+/// A list that comes back to an element it listed does not parse: CPython's
+/// lists end (a list changing while it is read can look like that once).
+pub fn thread_states(interp: &Interpreter, mem: &Reader) -> Result<Vec<(u32, u64)>, ReadError> {
+    let o = interp.offsets;
     let mut out = Vec::new();
-    let mut is = mem.u64(interp.runtime + o.runtime_interp_head)?;
-    while is != 0 && out.len() < MAX_THREADS {
-        let mut ts = mem.u64(is + o.interp_tstate_head)?;
+    let mut seen = HashSet::new();
+    let mut is = mem.u64(interp.runtime.wrapping_add(o.runtime_interp_head))?;
+    let mut interpreters = 0;
+    while is != 0 && interpreters < MAX_INTERPRETERS && out.len() < MAX_THREADS {
+        if !seen.insert(is) {
+            return Err(Unparsable("its interpreter list loops".into()).into());
+        }
+        interpreters += 1;
+        let mut ts = mem.u64(is.wrapping_add(o.interp_tstate_head))?;
         while ts != 0 && out.len() < MAX_THREADS {
+            if !seen.insert(ts) {
+                return Err(Unparsable("its thread list loops".into()).into());
+            }
             let [next, tid] = mem.words(ts, [o.tstate_next, o.tstate_native_thread_id])?;
-            out.push((layout::native_tid(mem, interp.pthread_tid, tid), ts));
+            out.push((layout::native_tid(mem, interp.pthread_tid, tid)?, ts));
             ts = next;
         }
-        is = mem.u64(is + o.interp_next)?;
+        is = mem.u64(is.wrapping_add(o.interp_next))?;
     }
     Ok(out)
 }
@@ -578,11 +763,20 @@ pub fn thread_states(interp: &Interpreter) -> Result<Vec<(u32, u64)>> {
 /// The Python stack of thread `tid`, innermost first, read now (stop or
 /// block the process for a consistent result). Empty if the thread has no
 /// `PyThreadState` (not a Python thread) or runs no Python code.
-pub fn thread_stack(interp: &Interpreter, cache: &mut CodeCache, tid: u32) -> Result<Vec<PyFrame>> {
-    Ok(raw_frames(interp, tid)?
-        .into_iter()
-        .filter_map(|f| cache.resolve(interp, f.code, f.prev_instr))
-        .collect())
+pub fn thread_stack(
+    interp: &Interpreter,
+    cache: &mut CodeCache,
+    mem: &Reader,
+    tid: u32,
+) -> Result<Vec<PyFrame>, ReadError> {
+    let threads = thread_states(interp, mem)?;
+    let mut out = Vec::new();
+    for f in raw_frames(interp, mem, &threads, tid)? {
+        if let Some(frame) = cache.resolve(interp, mem, f.code, f.prev_instr)? {
+            out.push(frame);
+        }
+    }
+    Ok(out)
 }
 
 /// A frame of a thread, as read from memory: its code object, instruction
@@ -593,24 +787,32 @@ struct RawFrame {
     first_local: u64,
 }
 
-/// The frames of thread `tid`, innermost first, read now. Empty if the
-/// thread has no `PyThreadState` or runs no Python code.
-fn raw_frames(interp: &Interpreter, tid: u32) -> Result<Vec<RawFrame>> {
-    let (mem, o) = (Mem(interp.pid), interp.offsets);
-    let Some((_, ts)) = thread_states(interp)?.into_iter().find(|(t, _)| *t == tid) else {
+/// The frames of thread `tid` (of `threads`, from [`thread_states`]),
+/// innermost first, read now: at most `MAX_DEPTH`, and none twice (a
+/// chain read while it changes may loop). Empty if the thread has no
+/// `PyThreadState` or runs no Python code.
+fn raw_frames(
+    interp: &Interpreter,
+    mem: &Reader,
+    threads: &[(u32, u64)],
+    tid: u32,
+) -> Result<Vec<RawFrame>, ReadError> {
+    let o = interp.offsets;
+    let Some(&(_, ts)) = threads.iter().find(|(t, _)| *t == tid) else {
         return Ok(Vec::new());
     };
-    let cframe = mem.u64(ts + o.tstate_cframe)?;
+    let cframe = mem.u64(ts.wrapping_add(o.tstate_cframe))?;
     let mut frame = if cframe == 0 || o.tstate_frame_direct {
         cframe
     } else {
-        mem.u64(cframe + o.cframe_current_frame)?
+        mem.u64(cframe.wrapping_add(o.cframe_current_frame))?
     };
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     // In 3.11 `previous` goes through entry frames (C calls) up to the
     // thread's first frame, so one chain is the whole stack.
     for _ in 0..MAX_DEPTH {
-        if frame == 0 {
+        if frame == 0 || !seen.insert(frame) {
             break;
         }
         let [code, prev_instr, previous, first_local] = mem.words(
@@ -624,7 +826,7 @@ fn raw_frames(interp: &Interpreter, tid: u32) -> Result<Vec<RawFrame>> {
         )?;
         // 3.12+: a shim frame where C called Python; no code of its own.
         if o.frame_owner_cstack != 0
-            && mem.bytes(frame + o.frame_owner, 1)?[0] as u64 == o.frame_owner_cstack
+            && mem.bytes(frame.wrapping_add(o.frame_owner), 1)?[0] as u64 == o.frame_owner_cstack
         {
             frame = previous;
             continue;
@@ -654,17 +856,25 @@ pub struct ImportState {
     pub waiting_for: Option<String>,
 }
 
-pub fn import_state(interp: &Interpreter, cache: &mut CodeCache, tid: u32) -> Result<ImportState> {
-    let (mem, o) = (Mem(interp.pid), interp.offsets);
+/// What thread `tid` (of `threads`, from [`thread_states`]) does with
+/// module import locks, read now.
+pub fn import_state(
+    interp: &Interpreter,
+    cache: &mut CodeCache,
+    mem: &Reader,
+    threads: &[(u32, u64)],
+    tid: u32,
+) -> Result<ImportState, ReadError> {
+    let o = interp.offsets;
     let mut state = ImportState::default();
     let mut acquiring = false;
     for RawFrame {
         code,
         prev_instr,
         first_local,
-    } in raw_frames(interp, tid)?
+    } in raw_frames(interp, mem, threads, tid)?
     {
-        if let Some(f) = cache.resolve(interp, code, prev_instr) {
+        if let Some(f) = cache.resolve(interp, mem, code, prev_instr)? {
             let bootstrap = f.file == "<frozen importlib._bootstrap>";
             if bootstrap && f.function == "_ModuleLock.acquire" {
                 acquiring = true;
@@ -686,63 +896,11 @@ pub fn import_state(interp: &Interpreter, cache: &mut CodeCache, tid: u32) -> Re
     Ok(state)
 }
 
-/// Little-endian u64 at `off` in `buf`.
-fn word(buf: &[u8], off: u64) -> u64 {
-    u64::from_le_bytes(buf[off as usize..][..8].try_into().unwrap())
-}
-
-/// Another process's memory, read with `process_vm_readv` (no descriptor to
-/// keep open; works on stopped processes; needs ptrace rights, e.g. root).
-#[derive(Clone, Copy)]
-struct Mem(u32);
-
-impl Mem {
-    fn bytes(self, addr: u64, len: u64) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len as usize];
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        // SAFETY: `local` describes `buf`, valid for writes of its length;
-        // `remote` is only dereferenced by the kernel, in the other process.
-        let n = unsafe { libc::process_vm_readv(self.0 as libc::pid_t, &local, 1, &remote, 1, 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("reading {len} bytes at {addr:#x} in pid {}", self.0));
-        }
-        if n as usize != buf.len() {
-            bail!("short read at {addr:#x} in pid {}", self.0);
-        }
-        Ok(buf)
-    }
-
-    fn u64(self, addr: u64) -> Result<u64> {
-        Ok(word(&self.bytes(addr, 8)?, 0))
-    }
-
-    fn u32(self, addr: u64) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.bytes(addr, 4)?[..].try_into().unwrap(),
-        ))
-    }
-
-    /// Several u64 fields of one struct, in one read.
-    fn words<const N: usize>(self, base: u64, offs: [u64; N]) -> Result<[u64; N]> {
-        let lo = offs.iter().copied().min().unwrap_or(0);
-        let hi = offs.iter().copied().max().unwrap_or(0) + 8;
-        let buf = self.bytes(base + lo, hi - lo)?;
-        Ok(offs.map(|f| word(&buf, f - lo)))
-    }
-}
-
 #[cfg(test)]
 mod tests;
 
 pub mod layout;
 use layout::FrameKind;
 
+pub mod memory;
 pub mod registry;

@@ -11,7 +11,21 @@ use tracing::{debug, info, warn};
 use tracer_analysis::model::{LockInstance as LockId, Waiter};
 
 use crate::host::proc::children_of;
+use crate::python::memory::{self, ProcessMemory, ReadError, Reader, Unparsable};
 use crate::python::{self, CodeCache, Interpreter, PyFrame};
+
+/// Failures to parse a process's memory after which it is marked and its
+/// Python frames skipped: a list read while it changes can look like a
+/// loop once; a forged one does every time.
+const MAX_STRIKES: u32 = 3;
+/// Distinct "unsupported" reasons said (they name files a process maps).
+const MAX_REASONS: usize = 256;
+/// Bytes of creation-site names kept per process and in total (a process
+/// creating a million locks from forged frames must not grow the
+/// collector): past them, a lock Python created is unnamed (a class of its
+/// own).
+const CREATED_PROCESS_BYTES: usize = 16 << 20;
+const CREATED_BYTES: usize = 128 << 20;
 
 /// What the kernel side needs to know of a CPython process: where its
 /// threads' stacks are. Written into the kernel by the stage that owns it.
@@ -39,9 +53,20 @@ pub struct Pythons {
     /// frame when it could be read (a module's top-level code object is
     /// freed once the module ran: a lock created there may be unnamed).
     created_at: HashMap<LockId, Option<PyFrame>>,
+    /// Bytes of `created_at`'s names, by process and in total.
+    created_bytes: HashMap<u32, usize>,
+    created_total: usize,
     /// Semaphores that threads wait on for a module's import lock: the
     /// module.
     import_waits: HashMap<LockId, String>,
+    /// Failures to parse, by process (see [`MAX_STRIKES`]).
+    strikes: HashMap<u32, u32>,
+    /// Processes whose memory does not parse as CPython's: no Python frames
+    /// are read from them until they exit (their lock events count as any).
+    unparsable: HashSet<u32>,
+    /// How many processes were marked so (the summary's
+    /// `unparsable_processes`).
+    unparsable_count: u64,
 }
 
 /// The kernel side's view of an interpreter.
@@ -89,6 +114,10 @@ impl Pythons {
     }
 
     fn check_into(&mut self, pid: u32, found: &mut Vec<Description>) {
+        if self.unparsable.contains(&pid) {
+            self.interpreters.insert(pid, None);
+            return;
+        }
         match python::detect(pid) {
             Ok(Some(interp)) => self.found(pid, interp, found),
             Ok(None) => {
@@ -99,7 +128,10 @@ impl Pythons {
                 // One note per process (a second look at a process that is
                 // exiting fails for another reason) and per reason.
                 let first_for_pid = self.unsupported_pids.insert(pid);
-                if first_for_pid && self.unsupported.insert(unsupported.reason.clone()) {
+                if first_for_pid
+                    && self.unsupported.len() < MAX_REASONS
+                    && self.unsupported.insert(unsupported.reason.clone())
+                {
                     warn!(
                         pid,
                         "Python frames unavailable, native stacks only: {}", unsupported.reason
@@ -117,6 +149,9 @@ impl Pythons {
     #[must_use]
     pub fn check_just_exec(&mut self, pid: u32) -> Vec<Description> {
         let mut found = Vec::new();
+        if self.unparsable.contains(&pid) {
+            return found;
+        }
         if let Ok(Some(interp)) = python::detect(pid) {
             self.found(pid, interp, &mut found);
         }
@@ -126,7 +161,20 @@ impl Pythons {
     /// `pid` runs `interp`: its description, and those of its children
     /// not checked yet (forked before now).
     fn found(&mut self, pid: u32, interp: Interpreter, found: &mut Vec<Description>) {
-        let threads = python::thread_states(&interp).unwrap_or_default();
+        // Read again at once if it does not parse (a list read while it
+        // changes), until the process is marked.
+        let mem = ProcessMemory(pid);
+        let threads = loop {
+            match python::thread_states(&interp, &Reader::new(&mem, memory::RECORD)) {
+                Ok(threads) => break threads,
+                Err(ReadError::Fault { .. }) => break Vec::new(),
+                Err(ReadError::Unparsable(e)) => {
+                    if self.strike(pid, &e) {
+                        return;
+                    }
+                }
+            }
+        };
         found.push(Description {
             pid,
             process: kernel_view(&interp),
@@ -165,6 +213,9 @@ impl Pythons {
     /// The interpreter of `pid`: a forked child inherits its parent's (the
     /// kernel side copies the description at fork), found here on first use.
     fn interpreter(&mut self, pid: u32) -> Option<&Interpreter> {
+        if self.unparsable.contains(&pid) {
+            return None;
+        }
         self.interpreters
             .entry(pid)
             .or_insert_with(|| python::detect(pid).ok().flatten())
@@ -180,10 +231,19 @@ impl Pythons {
         let Some(interp) = self.interpreter(pid).cloned() else {
             return Vec::new();
         };
-        let frames: Vec<PyFrame> = raw
-            .iter()
-            .filter_map(|f| self.cache.resolve(&interp, f.code, f.prev_instr))
-            .collect();
+        let mem = ProcessMemory(pid);
+        let reader = Reader::new(&mem, memory::RECORD);
+        let mut frames = Vec::new();
+        for f in raw {
+            match self.cache.resolve(&interp, &reader, f.code, f.prev_instr) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => {}
+                Err(e) => {
+                    self.strike(pid, &e);
+                    return Vec::new();
+                }
+            }
+        }
         debug!(
             pid,
             captured = raw.len(),
@@ -203,19 +263,41 @@ impl Pythons {
         creator: &[PyFrameRaw],
         copies: &[PyCodeCopy],
     ) -> Vec<Option<PyFrame>> {
+        // A lock made by Python code in a process whose memory does not
+        // parse is unnamed (a class of its own), not taken for one C code
+        // made (all CPython's locks would be one class).
+        let unnamed = vec![None; creator.len()];
         let Some(interp) = self.interpreter(pid).cloned() else {
-            return Vec::new();
+            return if self.unparsable.contains(&pid) {
+                unnamed
+            } else {
+                Vec::new()
+            };
         };
-        creator
-            .iter()
-            .map(|raw| {
-                copies
-                    .iter()
-                    .find(|c| c.code == raw.code && c.prev_instr == raw.prev_instr)
-                    .and_then(|c| python::frame_from_copy(interp.offsets, c))
-                    .or_else(|| self.cache.resolve(&interp, raw.code, raw.prev_instr))
-            })
-            .collect()
+        let mem = ProcessMemory(pid);
+        let reader = Reader::new(&mem, memory::RECORD);
+        let mut frames = Vec::with_capacity(creator.len());
+        for raw in creator {
+            let copied = copies
+                .iter()
+                .find(|c| c.code == raw.code && c.prev_instr == raw.prev_instr)
+                .and_then(|c| python::frame_from_copy(interp.offsets, c));
+            let frame = match copied {
+                Some(f) => Some(f),
+                None => match self
+                    .cache
+                    .resolve(&interp, &reader, raw.code, raw.prev_instr)
+                {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.strike(pid, &e);
+                        return unnamed;
+                    }
+                },
+            };
+            frames.push(frame);
+        }
+        frames
     }
 
     /// A lock created by Python code (`frames`: see [`Self::creating_frames`]):
@@ -270,7 +352,17 @@ impl Pythons {
             frames = frames.len(),
             "lock created by Python code"
         );
-        self.created_at.insert(lock, site.or(in_threading));
+        let mut site = site.or(in_threading);
+        let size = site.as_ref().map_or(0, |f| f.file.len() + f.function.len());
+        let used = self.created_bytes.entry(lock.pid).or_default();
+        if *used + size > CREATED_PROCESS_BYTES || self.created_total + size > CREATED_BYTES {
+            site = None;
+        } else {
+            *used += size;
+            self.created_total += size;
+        }
+        self.forget_lock(lock);
+        self.created_at.insert(lock, site);
     }
 
     /// For a lock Python code created: the creating frame, if it could be
@@ -281,7 +373,13 @@ impl Pythons {
 
     /// The lock was destroyed: its memory may become another lock.
     pub fn forget_lock(&mut self, lock: LockId) {
-        self.created_at.remove(&lock);
+        if let Some(Some(f)) = self.created_at.remove(&lock) {
+            let size = f.file.len() + f.function.len();
+            if let Some(used) = self.created_bytes.get_mut(&lock.pid) {
+                *used = used.saturating_sub(size);
+            }
+            self.created_total = self.created_total.saturating_sub(size);
+        }
     }
 
     /// Python 3's per-module import locks have no holder the kernel side
@@ -301,27 +399,38 @@ impl Pythons {
             let Some(interp) = self.interpreter(pid).cloned() else {
                 continue;
             };
-            let state = match python::import_state(&interp, &mut self.cache, tid) {
-                Ok(state) => state,
+            // One budget for the whole wait: the thread list is read once.
+            let mem = ProcessMemory(pid);
+            let reader = Reader::new(&mem, memory::RECORD);
+            let read = |cache: &mut CodeCache| -> Result<_, ReadError> {
+                let threads = python::thread_states(&interp, &reader)?;
+                let state = python::import_state(&interp, cache, &reader, &threads, tid)?;
+                debug!(pid, tid, ?state, "waits on a semaphore of its own");
+                let Some(module) = state.waiting_for else {
+                    return Ok(None);
+                };
+                let mut holders = Vec::new();
+                for &(t, _) in threads.iter().filter(|&&(t, _)| t != tid) {
+                    match python::import_state(&interp, cache, &reader, &threads, t) {
+                        Ok(s) if s.importing.contains(&module) => holders.push(t),
+                        Ok(_) | Err(ReadError::Fault { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Some((module, holders)))
+            };
+            let (module, holders) = match read(&mut self.cache) {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
                 Err(e) => {
                     debug!(pid, tid, "cannot read the import state: {e:#}");
+                    if let ReadError::Unparsable(e) = e {
+                        self.strike(pid, &e);
+                    }
                     continue;
                 }
             };
-            debug!(pid, tid, ?state, "waits on a semaphore of its own");
-            let Some(module) = state.waiting_for else {
-                continue;
-            };
-            let threads = python::thread_states(&interp).unwrap_or_default();
-            w.holders = threads
-                .iter()
-                .map(|&(t, _)| t)
-                .filter(|&t| t != tid)
-                .filter(|&t| {
-                    python::import_state(&interp, &mut self.cache, t)
-                        .is_ok_and(|s| s.importing.contains(&module))
-                })
-                .collect();
+            w.holders = holders;
             debug!(pid, tid, module, holders = ?w.holders, "waits for a module's import");
             self.import_waits
                 .insert(LockId { pid, addr: w.lock }, module);
@@ -346,7 +455,50 @@ impl Pythons {
         let Some(interp) = self.interpreter(pid).cloned() else {
             return Vec::new();
         };
-        python::thread_stack(&interp, &mut self.cache, tid).unwrap_or_default()
+        let mem = ProcessMemory(pid);
+        let reader = Reader::new(&mem, memory::RECORD);
+        match python::thread_stack(&interp, &mut self.cache, &reader, tid) {
+            Ok(stack) => stack,
+            Err(ReadError::Unparsable(e)) => {
+                self.strike(pid, &e);
+                Vec::new()
+            }
+            Err(ReadError::Fault { .. }) => Vec::new(),
+        }
+    }
+
+    /// A record of `pid` did not parse: marks the process at the
+    /// [`MAX_STRIKES`]th time (its cached code objects dropped, said once
+    /// with -v). Returns whether it is marked.
+    fn strike(&mut self, pid: u32, why: &Unparsable) -> bool {
+        if self.unparsable.contains(&pid) {
+            return true;
+        }
+        let strikes = self.strikes.entry(pid).or_default();
+        *strikes += 1;
+        debug!(
+            pid,
+            strikes = *strikes,
+            "Python memory does not parse: {why}"
+        );
+        if *strikes < MAX_STRIKES {
+            return false;
+        }
+        self.unparsable.insert(pid);
+        self.unparsable_count += 1;
+        self.interpreters.insert(pid, None);
+        self.cache.forget_process(pid);
+        info!(
+            pid,
+            "process {pid} poses as CPython but its memory does not parse ({why}): \
+             its Python frames are skipped from now on (its lock events still count)"
+        );
+        true
+    }
+
+    /// Processes marked because their memory does not parse as CPython's.
+    pub fn unparsable_processes(&self) -> u64 {
+        self.unparsable_count
     }
 
     pub fn forget_process(&mut self, pid: u32) {
@@ -354,6 +506,11 @@ impl Pythons {
         self.without_python.remove(&pid);
         self.unsupported_pids.remove(&pid);
         self.cache.forget_process(pid);
+        self.strikes.remove(&pid);
+        self.unparsable.remove(&pid);
+        if let Some(used) = self.created_bytes.remove(&pid) {
+            self.created_total = self.created_total.saturating_sub(used);
+        }
         self.created_at.retain(|l, _| l.pid != pid);
         self.import_waits.retain(|l, _| l.pid != pid);
     }

@@ -6,7 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::memory::{Limits, RECORD};
 use super::*;
+
+/// A reader of process `pid` with a record's budget.
+fn reader(mem: &ProcessMemory) -> Reader<'_> {
+    Reader::new(mem, RECORD)
+}
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -93,7 +99,8 @@ fn stack_when(interp: &Interpreter, tid: u32, done: impl Fn(&[PyFrame]) -> bool)
     let mut cache = CodeCache::new();
     let mut stack = Vec::new();
     for _ in 0..100 {
-        stack = thread_stack(interp, &mut cache, tid).unwrap();
+        let mem = ProcessMemory(interp.pid);
+        stack = thread_stack(interp, &mut cache, &reader(&mem), tid).unwrap();
         if done(&stack) {
             return stack;
         }
@@ -151,7 +158,9 @@ fn check_script(p: &mut Proc, file: &str) -> Interpreter {
     stack_when(&interp, main, |s| s == main_stack);
 
     // thread_states: exactly the script's two threads, both live tasks.
-    let states = thread_states(&interp).unwrap();
+    let pmem = ProcessMemory(pid);
+    let mem = reader(&pmem);
+    let states = thread_states(&interp, &mem).unwrap();
     let mut tids: Vec<u32> = states.iter().map(|(t, _)| *t).collect();
     tids.sort();
     let mut want = vec![main, waiter];
@@ -159,13 +168,13 @@ fn check_script(p: &mut Proc, file: &str) -> Interpreter {
     assert_eq!(tids, want);
     assert!(tids.iter().all(|t| tasks(pid).contains(t)));
     // Nobody holds the GIL (both threads wait), else one of these threads.
-    let holder = Mem(pid)
+    let holder = mem
         .u64(interp.runtime + interp.offsets.runtime_tstate_current)
         .unwrap();
     assert!(holder == 0 || states.iter().any(|(_, ts)| *ts == holder));
 
     // resolve: walk the frames as the kernel will (raw pairs), then resolve.
-    let (o, mem) = (interp.offsets, Mem(pid));
+    let o = interp.offsets;
     let ts = states.iter().find(|(t, _)| *t == waiter).unwrap().1;
     let cframe = mem.u64(ts + o.tstate_cframe).unwrap();
     let mut frame = mem.u64(cframe + o.cframe_current_frame).unwrap();
@@ -179,20 +188,26 @@ fn check_script(p: &mut Proc, file: &str) -> Interpreter {
     let mut cache = CodeCache::new();
     let resolved: Vec<PyFrame> = pairs
         .iter()
-        .filter_map(|&(code, prev)| cache.resolve(&interp, code, prev))
+        .filter_map(|&(code, prev)| cache.resolve(&interp, &mem, code, prev).unwrap())
         .collect();
     assert_eq!(resolved, stack);
     // An incomplete frame (prev_instr before the first instruction).
-    assert_eq!(cache.resolve(&interp, pairs[0].0, pairs[0].0), None);
+    assert_eq!(
+        cache.resolve(&interp, &mem, pairs[0].0, pairs[0].0),
+        Ok(None)
+    );
     // Cached: still resolvable once the process is gone.
     p.0.kill().unwrap();
     p.0.wait().unwrap();
     assert_eq!(
-        cache.resolve(&interp, pairs[0].0, pairs[0].1).as_ref(),
+        cache
+            .resolve(&interp, &mem, pairs[0].0, pairs[0].1)
+            .unwrap()
+            .as_ref(),
         Some(&stack[0])
     );
     cache.forget_process(pid);
-    assert!(cache.codes.is_empty());
+    assert_eq!(cache.size(), (0, 0));
     interp
 }
 
@@ -362,4 +377,210 @@ fn location_table() {
     let table = [0x80 | (14 << 3), 7, 0, 1, 1, 0x80 | (15 << 3)];
     assert_eq!(addr2line(&table, 10, 0), Some(7));
     assert_eq!(addr2line(&table, 10, 2), None);
+}
+
+// ---------------------------------------------------------------------------
+// Forged interpreters (no root: a fake address space)
+
+mod forged {
+    use super::super::memory::Segments;
+    use super::*;
+
+    const RUNTIME: u64 = 0x10_0000;
+    const INTERP: u64 = 0x20_0000;
+    const TSTATE: u64 = 0x30_0000;
+    const CFRAME: u64 = 0x31_0000;
+    const FRAMES: u64 = 0x40_0000;
+    const CODES: u64 = 0x1000_0000;
+    const NAME: u64 = 0x50_0000;
+    const TABLE: u64 = 0x60_0000;
+    const TID: u32 = 77;
+
+    fn interp() -> Interpreter {
+        Interpreter {
+            pid: 1,
+            version: (3, 11, 2),
+            runtime: RUNTIME,
+            module: "libpython3.11.so.1.0".into(),
+            offsets: offsets_for(3, 11).unwrap(),
+            pthread_tid: 0,
+        }
+    }
+
+    /// One interpreter with one thread, `TID`, whose `depth` frames each
+    /// run a code object of their own with a location table of
+    /// `table_size` bytes (one shared table: forging is cheap).
+    fn forged(depth: u64, table_size: u64) -> Segments {
+        let o = offsets_for(3, 11).unwrap();
+        let mut m = Segments::default();
+        m.put(RUNTIME, &[0; 1024]);
+        m.put_u64(RUNTIME + o.runtime_interp_head, INTERP);
+        m.put(INTERP, &[0; 64]);
+        m.put_u64(INTERP + o.interp_tstate_head, TSTATE);
+        m.put(TSTATE, &[0; 256]);
+        m.put_u64(TSTATE + o.tstate_native_thread_id, TID.into());
+        m.put_u64(TSTATE + o.tstate_cframe, CFRAME);
+        m.put(CFRAME, &[0; 16]);
+        m.put_u64(CFRAME + o.cframe_current_frame, FRAMES);
+        // An ASCII str "f".
+        m.put(NAME, &[0; 64]);
+        m.put_u64(NAME + o.unicode_length, 1);
+        m.put_u64(NAME + o.unicode_state, 0x64);
+        m.put(NAME + o.unicode_ascii_data, b"f");
+        m.put(TABLE, &vec![0; (o.bytes_data + table_size) as usize]);
+        m.put_u64(TABLE + o.bytes_size, table_size);
+        m.put(FRAMES, &vec![0; (depth * 128) as usize]);
+        m.put(CODES, &vec![0; (depth * 256) as usize]);
+        for i in 0..depth {
+            let (frame, code) = (FRAMES + i * 128, CODES + i * 256);
+            m.put_u64(frame + o.frame_code, code);
+            m.put_u64(frame + o.frame_prev_instr, code + o.code_adaptive + 2);
+            let previous = if i + 1 < depth { frame + 128 } else { 0 };
+            m.put_u64(frame + o.frame_previous, previous);
+            for f in [o.code_filename, o.code_name, o.code_qualname] {
+                m.put_u64(code + f, NAME);
+            }
+            m.put_u64(code + o.code_linetable, TABLE);
+        }
+        m
+    }
+
+    #[test]
+    fn a_forged_interpreter_reads_as_python() {
+        let (interp, m) = (interp(), forged(3, 16));
+        let mem = Reader::new(&m, RECORD);
+        assert_eq!(thread_states(&interp, &mem).unwrap(), vec![(TID, TSTATE)]);
+        let stack = thread_stack(&interp, &mut CodeCache::new(), &mem, TID).unwrap();
+        assert_eq!(stack.len(), 3);
+        assert_eq!(stack[0].function, "f");
+    }
+
+    #[test]
+    fn a_looping_interpreter_list_does_not_parse() {
+        let (interp, mut m) = (interp(), forged(1, 16));
+        let o = interp.offsets;
+        // The attack of issue 20: interpreters with no thread, in a loop
+        // (the collector spun on it forever).
+        m.put_u64(INTERP + o.interp_tstate_head, 0);
+        m.put_u64(INTERP + o.interp_next, INTERP);
+        let err = thread_states(&interp, &Reader::new(&m, RECORD)).unwrap_err();
+        assert_eq!(
+            err,
+            ReadError::Unparsable(Unparsable("its interpreter list loops".into()))
+        );
+        // A thread list in a loop.
+        let (interp, mut m) = (interp, forged(1, 16));
+        m.put_u64(TSTATE + o.tstate_next, TSTATE);
+        assert!(matches!(
+            thread_states(&interp, &Reader::new(&m, RECORD)),
+            Err(ReadError::Unparsable(_))
+        ));
+        // A frame chain in a loop is cut, not an error (a chain read while
+        // the thread runs may loop).
+        let mut m = forged(2, 16);
+        m.put_u64(FRAMES + 128 + o.frame_previous, FRAMES);
+        let stack = thread_stack(
+            &interp,
+            &mut CodeCache::new(),
+            &Reader::new(&m, RECORD),
+            TID,
+        )
+        .unwrap();
+        assert_eq!(stack.len(), 2);
+    }
+
+    #[test]
+    fn huge_location_tables_exhaust_the_record_budget() {
+        // The other attack of issue 20: frames running fake code objects
+        // with 1 MiB location tables (16.6 MB kept per event).
+        let (interp, m) = (interp(), forged(16, 1 << 20));
+        let mem = Reader::new(&m, RECORD);
+        let mut cache = CodeCache::new();
+        let codes: Vec<u64> = (0..16).map(|i| CODES + i * 256).collect();
+        let results: Vec<_> = codes
+            .iter()
+            .map(|&c| cache.resolve(&interp, &mem, c, c + interp.offsets.code_adaptive + 2))
+            .collect();
+        assert!(results.iter().any(|r| r.is_err()), "{results:?}");
+        assert!(mem.bytes_read() <= RECORD.bytes);
+        assert!(cache.size().1 <= CACHE_PROCESS_BYTES, "{:?}", cache.size());
+        // Past the largest real table: left out, one read each.
+        let m = forged(16, (1 << 20) + 1);
+        let mem = Reader::new(&m, RECORD);
+        let mut cache = CodeCache::new();
+        for c in codes {
+            let r = cache.resolve(&interp, &mem, c, c + interp.offsets.code_adaptive + 2);
+            assert_eq!(r, Ok(None));
+        }
+        assert!(mem.bytes_read() < 16 * 1024);
+    }
+
+    #[test]
+    fn the_code_cache_is_bounded_per_process_and_in_total() {
+        let m = forged(1, 64);
+        let o = offsets_for(3, 11).unwrap();
+        let mut cache = CodeCache::new();
+        let limits = Limits {
+            bytes: u64::MAX,
+            reads: u64::MAX,
+            time: std::time::Duration::from_secs(600),
+        };
+        let mut m = m;
+        // Ever new code objects: 3 times what one process may keep.
+        let n = 3 * CACHE_PROCESS_ENTRIES as u64;
+        let template = {
+            let mut b = vec![0u8; 256];
+            for f in [o.code_filename, o.code_name, o.code_qualname] {
+                b[f as usize..][..8].copy_from_slice(&NAME.to_le_bytes());
+            }
+            b[o.code_linetable as usize..][..8].copy_from_slice(&TABLE.to_le_bytes());
+            b
+        };
+        m.put(CODES, &vec![0; (n * 256) as usize]);
+        for i in 0..n {
+            m.put(CODES + i * 256, &template);
+        }
+        for pid in 1..=20 {
+            let interp = Interpreter { pid, ..interp() };
+            let mem = Reader::new(&m, limits);
+            for i in 0..n {
+                let c = CODES + i * 256;
+                let f = cache.resolve(&interp, &mem, c, c + o.code_adaptive + 2);
+                assert!(matches!(f, Ok(Some(_))));
+            }
+            let (entries, bytes) = cache.size();
+            assert!(entries <= CACHE_ENTRIES && bytes <= CACHE_BYTES);
+        }
+        assert_eq!(
+            cache.size().0,
+            CACHE_ENTRIES.min(20 * CACHE_PROCESS_ENTRIES)
+        );
+        for pid in 1..=20 {
+            cache.forget_process(pid);
+        }
+        assert_eq!(cache.size(), (0, 0));
+    }
+
+    #[test]
+    fn forged_location_tables_never_overflow() {
+        // Deltas adding up past i64 (a debug build panicked on them).
+        let mut table = Vec::new();
+        for _ in 0..40 {
+            table.push(0x80 | (14 << 3));
+            table.extend([0x7e, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x3f]);
+        }
+        assert_eq!(addr2line(&table, i32::MAX, 79), None);
+        let copy = tracer_common::PyCodeCopy {
+            code: u64::MAX - 8,
+            prev_instr: 0,
+            first_line: 1,
+            linetable_len: 0,
+            filename_len: 1,
+            qualname_len: 1,
+            filename: [b'f'; tracer_common::PY_FILENAME_BYTES],
+            qualname: [b'f'; tracer_common::PY_QUALNAME_BYTES],
+            linetable: [0; tracer_common::PY_LINETABLE_BYTES],
+        };
+        assert_eq!(frame_from_copy(offsets_for(3, 11).unwrap(), &copy), None);
+    }
 }

@@ -71,6 +71,10 @@ pub struct Summary {
     /// Cycles made only of wake-up hand-offs (a thread locking the mutex
     /// another waits on a condition with): not reported.
     pub handoff_cycles: u64,
+    /// Processes that pose as CPython but whose memory does not parse as
+    /// its (a list that loops, a record past its read budget): their
+    /// Python frames are skipped, their lock events count as any.
+    pub unparsable_processes: u64,
     /// The files with lock probes (each libc on the host, `--binary` files).
     pub probed_files: Vec<String>,
     /// With probes per process (`watch --pid`): processes that got their
@@ -281,6 +285,13 @@ impl fmt::Display for Summary {
                 f,
                 "; {} not opened for symbols: no file descriptor left",
                 plural(self.unopened_files, "file", "files")
+            )?;
+        }
+        if self.unparsable_processes != 0 {
+            write!(
+                f,
+                "; {} whose memory does not parse as CPython's (Python frames skipped)",
+                plural(self.unparsable_processes, "process", "processes")
             )?;
         }
         if self.same_class_notes != 0 {

@@ -6,6 +6,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::super::memory::{ProcessMemory, RECORD};
 use super::super::{detect, thread_stack, CodeCache};
 use super::*;
 
@@ -94,7 +95,8 @@ fn check(version: &str) {
         interp.version
     );
     let waiter = other_threads(pid)[0];
-    let threads = super::super::thread_states(&interp).unwrap();
+    let mem = ProcessMemory(pid);
+    let threads = super::super::thread_states(&interp, &Reader::new(&mem, RECORD)).unwrap();
     assert!(
         threads.iter().any(|&(t, _)| t == waiter),
         "{threads:?} {waiter}"
@@ -102,7 +104,8 @@ fn check(version: &str) {
     let mut cache = CodeCache::new();
     let mut stack = Vec::new();
     for _ in 0..100 {
-        stack = thread_stack(&interp, &mut cache, waiter).unwrap();
+        let reader = Reader::new(&mem, RECORD);
+        stack = thread_stack(&interp, &mut cache, &reader, waiter).unwrap();
         if stack.iter().any(|f| f.function == "waiter") {
             break;
         }
@@ -186,6 +189,29 @@ fn debug_offsets_override_the_table() {
     let mut words = [0u64; debug::WORDS];
     words[0] = u64::from_le_bytes(*b"xdebugpy");
     words[debug::VERSION] = 0x030d05f0;
+    // A real runtime's offsets (the table's), then a few moved.
+    for (i, v) in [
+        (debug::INTERPRETERS_HEAD, V3_13.runtime_interp_head),
+        (debug::INTERP_NEXT, V3_13.interp_next),
+        (debug::INTERP_THREADS_HEAD, V3_13.interp_tstate_head),
+        (debug::TSTATE_NEXT, V3_13.tstate_next),
+        (debug::FRAME_PREVIOUS, V3_13.frame_previous),
+        (debug::FRAME_INSTR_PTR, V3_13.frame_prev_instr),
+        (debug::FRAME_LOCALSPLUS, V3_13.frame_localsplus),
+        (debug::FRAME_OWNER, V3_13.frame_owner),
+        (debug::CODE_FILENAME, V3_13.code_filename),
+        (debug::CODE_NAME, V3_13.code_name),
+        (debug::CODE_QUALNAME, V3_13.code_qualname),
+        (debug::CODE_LINETABLE, V3_13.code_linetable),
+        (debug::CODE_FIRSTLINENO, V3_13.code_firstlineno),
+        (debug::BYTES_SIZE, V3_13.bytes_size),
+        (debug::BYTES_DATA, V3_13.bytes_data),
+        (debug::UNICODE_STATE, V3_13.unicode_state),
+        (debug::UNICODE_LENGTH, V3_13.unicode_length),
+        (debug::UNICODE_ASCII_SIZE, V3_13.unicode_ascii_data),
+    ] {
+        words[i] = v;
+    }
     words[debug::TSTATE_NATIVE_THREAD_ID] = V3_13.tstate_native_thread_id + 8;
     words[debug::TSTATE_CURRENT_FRAME] = V3_13.tstate_cframe + 8;
     words[debug::FRAME_EXECUTABLE] = 8;
@@ -195,7 +221,8 @@ fn debug_offsets_override_the_table() {
     // is passed anew after each change, so that no write is elided).
     let read = |words: &[u64; debug::WORDS], version: u32| {
         let at = std::hint::black_box(words.as_ptr()) as u64;
-        with_debug_offsets(std::process::id(), at, version, &V3_13)
+        let mem = ProcessMemory(std::process::id());
+        with_debug_offsets(&Reader::new(&mem, RECORD), at, version, &V3_13)
     };
     let o = read(&words, 0x030d05f0).unwrap();
     assert_eq!(o.tstate_native_thread_id, V3_13.tstate_native_thread_id + 8);
@@ -211,6 +238,22 @@ fn debug_offsets_override_the_table() {
     assert!(read(&words, 0x030d05f0).is_err());
     words[debug::FREE_THREADED] = 0;
     assert!(read(&words, 0x030d05f0).is_ok());
+    // Offsets a forged runtime chooses: a field past the header it is read
+    // from (the reader would index past what it read), a sum that
+    // overflows. Refused, not a panic.
+    for (field, bad) in [
+        (debug::CODE_LINETABLE, 4096),
+        (debug::CODE_FIRSTLINENO, V3_13.code_adaptive + 14),
+        (debug::UNICODE_STATE, 4096),
+        (debug::INTERP_GIL_HOLDER, u64::MAX),
+        (debug::FRAME_PREVIOUS, u64::MAX - 4),
+    ] {
+        let good = words[field];
+        words[field] = bad;
+        assert!(read(&words, 0x030d05f0).is_err(), "{field}: {bad:#x}");
+        words[field] = good;
+        assert!(read(&words, 0x030d05f0).is_ok());
+    }
     words[0] = 0;
     assert!(read(&words, 0x030d05f0).is_err());
 }

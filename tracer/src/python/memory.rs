@@ -1,0 +1,248 @@
+//! Another process's memory, read within a budget.
+//!
+//! The frame reader follows pointers a traced process chooses: a process of
+//! another user can forge an interpreter whose lists loop, whose sizes are
+//! absurd, whose frames point at a million fake code objects. Every read
+//! of a record (one event's frames, one thread list, one stack) goes
+//! through one [`Reader`], which refuses to go past its bytes, reads and
+//! time: the record then fails as [`Unparsable`], and the registry marks a
+//! process that keeps doing that (`registry::Pythons`).
+//!
+//! [`Memory`] is the seam: the collector reads processes with
+//! `process_vm_readv` ([`ProcessMemory`]); the fuzz target feeds a fake
+//! address space.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// Memory that can be read at any address.
+pub trait Memory {
+    /// Fills `buf` from `addr`: false if any byte of it cannot be read.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
+}
+
+/// Process `pid`'s memory, read with `process_vm_readv` (no descriptor to
+/// keep open; works on stopped processes; needs ptrace rights, e.g. root).
+#[derive(Clone, Copy)]
+pub struct ProcessMemory(pub u32);
+
+impl Memory for ProcessMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` describes `buf`, valid for writes of its length;
+        // `remote` is only dereferenced by the kernel, in the other process.
+        let n = unsafe { libc::process_vm_readv(self.0 as libc::pid_t, &local, 1, &remote, 1, 0) };
+        n >= 0 && n as usize == buf.len()
+    }
+}
+
+/// What one record may cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub bytes: u64,
+    pub reads: u64,
+    pub time: Duration,
+}
+
+/// One record: an event's frames (16 code objects at most, each with its
+/// names and location table), a thread list, a blocked thread's stack. A
+/// real CPython needs a few KiB and a few dozen reads; the bounds are
+/// far above that, and far below what hurts the collector.
+pub const RECORD: Limits = Limits {
+    bytes: 8 << 20,
+    reads: 65_536,
+    time: Duration::from_millis(200),
+};
+
+/// A record whose memory does not parse as CPython's: a loop where a list
+/// must end, a budget exhausted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unparsable(pub String);
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// Memory that cannot be read (unmapped, freed, the process gone): the
+    /// frame or list is unknown, nothing is wrong with the process.
+    #[error("cannot read {len} bytes at {addr:#x}")]
+    Fault { addr: u64, len: u64 },
+    #[error(transparent)]
+    Unparsable(#[from] Unparsable),
+}
+
+/// Reads of one record, counted against its [`Limits`].
+pub struct Reader<'a> {
+    mem: &'a dyn Memory,
+    limits: Limits,
+    started: Instant,
+    bytes: Cell<u64>,
+    reads: Cell<u64>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(mem: &'a dyn Memory, limits: Limits) -> Self {
+        Reader {
+            mem,
+            limits,
+            started: Instant::now(),
+            bytes: Cell::new(0),
+            reads: Cell::new(0),
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes.get()
+    }
+
+    /// `len` bytes at `addr`.
+    pub fn bytes(&self, addr: u64, len: u64) -> Result<Vec<u8>, ReadError> {
+        let (bytes, reads) = (self.bytes.get() + len, self.reads.get() + 1);
+        if bytes > self.limits.bytes {
+            return Err(Unparsable(format!(
+                "more than {} KiB to read for one record",
+                self.limits.bytes >> 10
+            ))
+            .into());
+        }
+        if reads > self.limits.reads {
+            return Err(Unparsable(format!(
+                "more than {} reads for one record",
+                self.limits.reads
+            ))
+            .into());
+        }
+        if self.started.elapsed() > self.limits.time {
+            return Err(Unparsable(format!(
+                "more than {} ms of reading for one record",
+                self.limits.time.as_millis()
+            ))
+            .into());
+        }
+        self.bytes.set(bytes);
+        self.reads.set(reads);
+        let fault = ReadError::Fault { addr, len };
+        if addr.checked_add(len).is_none() {
+            return Err(fault);
+        }
+        let mut buf = vec![0u8; len as usize];
+        if !self.mem.read(addr, &mut buf) {
+            return Err(fault);
+        }
+        Ok(buf)
+    }
+
+    pub fn u64(&self, addr: u64) -> Result<u64, ReadError> {
+        Ok(word(&self.bytes(addr, 8)?, 0))
+    }
+
+    pub fn u32(&self, addr: u64) -> Result<u32, ReadError> {
+        let b = self.bytes(addr, 4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Several u64 fields of one struct, in one read.
+    pub fn words<const N: usize>(&self, base: u64, offs: [u64; N]) -> Result<[u64; N], ReadError> {
+        let lo = offs.iter().copied().min().unwrap_or(0);
+        let hi = offs.iter().copied().max().unwrap_or(0).saturating_add(8);
+        let buf = self.bytes(
+            base.checked_add(lo).ok_or(ReadError::Fault {
+                addr: base,
+                len: hi,
+            })?,
+            hi - lo,
+        )?;
+        Ok(offs.map(|f| word(&buf, f - lo)))
+    }
+}
+
+/// An address space made of byte segments (tests, the fuzz target).
+#[derive(Clone, Debug, Default)]
+pub struct Segments(pub Vec<(u64, Vec<u8>)>);
+
+impl Segments {
+    /// Writes `bytes` at `addr`, in a new segment or one that covers it.
+    pub fn put(&mut self, addr: u64, bytes: &[u8]) {
+        let end = addr + bytes.len() as u64;
+        match self
+            .0
+            .iter_mut()
+            .find(|(base, seg)| *base <= addr && end <= base + seg.len() as u64)
+        {
+            Some((base, seg)) => {
+                let at = (addr - *base) as usize;
+                seg[at..at + bytes.len()].copy_from_slice(bytes);
+            }
+            None => self.0.push((addr, bytes.to_vec())),
+        }
+    }
+
+    pub fn put_u64(&mut self, addr: u64, v: u64) {
+        self.put(addr, &v.to_le_bytes());
+    }
+}
+
+impl Memory for Segments {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let Some(end) = addr.checked_add(buf.len() as u64) else {
+            return false;
+        };
+        self.0
+            .iter()
+            .find(|(base, seg)| *base <= addr && end <= base + seg.len() as u64)
+            .map(|(base, seg)| {
+                let at = (addr - base) as usize;
+                buf.copy_from_slice(&seg[at..at + buf.len()]);
+            })
+            .is_some()
+    }
+}
+
+/// Little-endian u64 at `off` in `buf`.
+pub fn word(buf: &[u8], off: u64) -> u64 {
+    u64::from_le_bytes(buf[off as usize..][..8].try_into().unwrap())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every address reads as its own low byte.
+    struct Everywhere;
+
+    impl Memory for Everywhere {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = addr.wrapping_add(i as u64) as u8;
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn a_record_stops_at_its_budget() {
+        let limits = Limits {
+            bytes: 100,
+            reads: 3,
+            time: Duration::from_secs(60),
+        };
+        let r = Reader::new(&Everywhere, limits);
+        assert!(r.bytes(0, 64).is_ok());
+        assert!(matches!(r.bytes(0, 64), Err(ReadError::Unparsable(_))));
+        assert!(r.u64(8).is_ok());
+        assert!(r.u64(8).is_ok());
+        assert!(matches!(r.u64(8), Err(ReadError::Unparsable(_))));
+        let r = Reader::new(&Everywhere, limits);
+        assert!(matches!(
+            r.bytes(u64::MAX - 3, 8),
+            Err(ReadError::Fault { .. })
+        ));
+    }
+}
