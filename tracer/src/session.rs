@@ -506,10 +506,13 @@ impl Session {
                 self.queue
                     .extend(std::mem::take(&mut self.deferred_records));
             }
-            // An exec'd process's held-back inits are its old image's: a
-            // lock of the new image at the same address must not be
-            // classed by them.
-            if let Record::ProcessExit { pid } | Record::ProcessExec { pid } = &record {
+            // An exited process's held-back inits go. Not an exec'd one's:
+            // the kernel side dates each init by its program image and drops
+            // the old image's itself, and by the time this record is read
+            // the new image may have held back inits of its own (`run`'s
+            // Python, released once described, creates its module locks at
+            // once): deleting them here lost their creation lines.
+            if let Record::ProcessExit { pid } = &record {
                 self.exited.push(*pid);
             }
             // A process first seen here (forked before its parent was found
