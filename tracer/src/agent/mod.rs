@@ -158,7 +158,7 @@ impl Agent {
     /// What the session reports to.
     pub fn observer(&mut self) -> Box<dyn Observer> {
         let (state, saved) = self.state.take().expect("one observer");
-        let active = saved
+        let active: Vec<Active> = saved
             .into_iter()
             .map(|s| Active {
                 alert: s.alert,
@@ -166,6 +166,11 @@ impl Agent {
                 until: state::from_unix(s.until),
             })
             .collect();
+        let last_resend = if active.is_empty() {
+            Some(Instant::now())
+        } else {
+            None
+        };
         Box::new(AgentObserver {
             metrics: self.metrics.clone(),
             alerts: self.alerts.take(),
@@ -175,8 +180,11 @@ impl Agent {
             active_for: self.inversion_active,
             resend_every: self.resend_interval,
             // The alerts a previous run left active go out at once: the
-            // Alertmanager may have restarted with the host.
-            last_resend: None,
+            // Alertmanager may have restarted with the host. Without any,
+            // the first re-send is one interval after the start (an alert
+            // made before the first progress report was sent again at once:
+            // two sends of one new alert, seen in a clean-clone run).
+            last_resend,
             state,
             suppressions: Suppressions::default(),
             reloads: self.reloaded.take().expect("one observer"),
