@@ -412,6 +412,15 @@ fn a_second_sigint_stops_tracing_without_waiting_for_the_command() {
 // ---------------------------------------------------------------------------
 // Files and descriptors of other users' processes (issue 20, item 4)
 
+/// The tests that load the host (the 100,000-mutex flood, 300 memfds,
+/// 480 MiB of shared memory) or trace all of it, one at a time: beside each
+/// other, one's load is the other's lost events, and the shared memory of
+/// one is in the other's Shmem reading (tests of one file run in parallel).
+fn one_heavy_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `/proc/meminfo`'s `Shmem:` (shared memory, memfds and tmpfs files), KiB.
 fn shmem_kib() -> u64 {
     fs::read_to_string("/proc/meminfo")
@@ -462,6 +471,7 @@ fn start_as_nobody(fixture: &Path, args: &[&str]) -> Killed {
 #[test]
 fn shared_memory_of_another_user_is_not_kept_after_it_exits() {
     require_root();
+    let _serial = one_heavy_at_a_time();
     let watcher = Watcher::start(&[]);
     std::thread::sleep(Duration::from_millis(500));
     let (shmem_before, fds_before) = (shmem_kib(), open_fds(watcher.pid()));
@@ -509,6 +519,7 @@ fn shared_memory_of_another_user_is_not_kept_after_it_exits() {
 #[test]
 fn a_tracer_short_of_descriptors_keeps_tracing_and_writes_its_summary() {
     require_root();
+    let _serial = one_heavy_at_a_time();
     // 300 memfds with a process-shared mutex in each, as nobody, running
     // before the tracer starts (as the attack did), for 40 s at most.
     let memfds = start_as_nobody(&fixture("memfd_locks", Variant::NoFp), &["300", "40"]);
@@ -569,6 +580,7 @@ const FLOOD_PEAK_RSS_KIB: u64 = 350 * 1024;
 #[test]
 fn a_flood_of_new_dependencies_is_bounded_and_sigterm_stops_it_within_a_second() {
     require_root();
+    let _serial = one_heavy_at_a_time();
     // 100,000 mutexes taken in random pairs, always in address order: nearly
     // every pair is a dependency never seen before.
     let mut flood = Killed(
@@ -720,6 +732,7 @@ const RSS_BOUND_KIB: u64 = 160 * 1024;
 /// marks the forged process (one -v line), stays under [`RSS_BOUND_KIB`],
 /// and stops within a second of SIGTERM with its summary.
 fn traced_beside_a_real_program(variant: &str) {
+    let _serial = one_heavy_at_a_time();
     require_root();
     let dir = sticky_dir();
     let mut forged = forged_python(dir.path(), variant);
