@@ -61,9 +61,15 @@ pub const MAX_ELF_BYTES: u64 = 512 << 20;
 /// (asked of the open file, then enforced while reading: the file can
 /// grow in between).
 pub fn read_bounded(path: &Path) -> anyhow::Result<Vec<u8>> {
-    use anyhow::{bail, Context};
+    use anyhow::Context;
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    read_opened_bounded(file, path)
+}
+
+/// [`read_bounded`] of a file already open (`path` names it in errors).
+pub fn read_opened_bounded(file: std::fs::File, path: &Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::{bail, Context};
     let too_big = || {
         anyhow::anyhow!(
             "{} is larger than {} MiB: not read",

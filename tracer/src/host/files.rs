@@ -11,7 +11,7 @@
 //!   counted ([`unopened`], the summary's `unopened_files`) and logged at
 //!   `-v`: symbolization degrades, tracing goes on.
 
-use crate::host::elf::MAX_ELF_BYTES;
+use crate::host::elf::read_opened_bounded;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
@@ -49,17 +49,14 @@ pub fn open(path: &Path) -> io::Result<File> {
 }
 
 /// Reads the whole file at `path` (through [`open`]) if it is an ELF file
-/// of at most [`MAX_ELF_BYTES`]: a lock in a large shared memory file, a
+/// of at most [`crate::host::elf::MAX_ELF_BYTES`]: a lock in a large shared memory file, a
 /// memfd, or a sparse file with an ELF header is not read.
 pub fn read_elf(path: &Path) -> Option<Vec<u8>> {
-    use std::io::Read;
     let file = open(path).ok()?;
-    if !is_elf(&file) || file.metadata().ok()?.len() > MAX_ELF_BYTES {
+    if !is_elf(&file) {
         return None;
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_ELF_BYTES + 1).read_to_end(&mut bytes).ok()?;
-    (bytes.len() as u64 <= MAX_ELF_BYTES).then_some(bytes)
+    read_opened_bounded(file, path).ok()
 }
 
 /// Whether the file starts as an ELF file does (a memfd or shared memory
