@@ -120,6 +120,21 @@ pub fn fixture_source(name: &str) -> PathBuf {
         .join(format!("{name}.c"))
 }
 
+/// 1-based line of the Python script `tests/python/NAME` carrying the
+/// comment `# MARKER`. Panics unless exactly one line does.
+pub fn python_marker_line(name: &str, marker: &str) -> u32 {
+    let text = fs::read_to_string(workspace_dir().join("tests/python").join(name)).unwrap();
+    let needle = format!("# {marker}");
+    let hits: Vec<u32> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_end().ends_with(&needle))
+        .map(|(i, _)| i as u32 + 1)
+        .collect();
+    assert_eq!(hits.len(), 1, "marker {needle} in {name}");
+    hits[0]
+}
+
 /// 1-based line of the fixture source carrying the comment `/* MARKER */`.
 /// Panics unless exactly one line does.
 pub fn marker_line(name: &str, marker: &str) -> u64 {

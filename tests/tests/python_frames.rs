@@ -158,16 +158,7 @@ fn instance_locks_with_acquire_and_release() {
 
 /// 1-based line of `tests/python/NAME` carrying `# MARKER`.
 fn line_in(name: &str, marker: &str) -> u32 {
-    let text = std::fs::read_to_string(workspace_dir().join("tests/python").join(name)).unwrap();
-    let needle = format!("# {marker}");
-    let hits: Vec<u32> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim_end().ends_with(&needle))
-        .map(|(i, _)| i as u32 + 1)
-        .collect();
-    assert_eq!(hits.len(), 1, "marker {needle} in {name}");
-    hits[0]
+    locktrace_e2e::python_marker_line(name, marker)
 }
 
 /// A real deadlock of two Python threads (ending by itself after 4 s): one

@@ -43,14 +43,7 @@ fn script() -> PathBuf {
 
 /// 1-based line of `frames_ab_ba.py` carrying `# MARKER`.
 fn line_of(marker: &str) -> u32 {
-    let text = std::fs::read_to_string(script()).unwrap();
-    let needle = format!("# {marker}");
-    let hits: Vec<u32> = (text.lines().enumerate())
-        .filter(|(_, l)| l.trim_end().ends_with(&needle))
-        .map(|(i, _)| i as u32 + 1)
-        .collect();
-    assert_eq!(hits.len(), 1, "one line marked {needle}");
-    hits[0]
+    locktrace_e2e::python_marker_line("frames_ab_ba.py", marker)
 }
 
 fn created_at(marker: &str) -> String {

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use locktrace_e2e::rootfs::{Suite, Userland, BULLSEYE, TRIXIE};
 use locktrace_e2e::{
-    assert_one_inversion_of, marker_line, require_root, workspace_dir, Frame, JsonRun, LockKind,
-    Record, TestCgroup, Watcher,
+    assert_one_inversion_of, marker_line, require_root, Frame, JsonRun, LockKind, Record,
+    TestCgroup, Watcher,
 };
 
 /// The log filter that shows probe placement (as `-v`).
@@ -506,15 +506,7 @@ fn run_script(userland: &Userland, kind: &str) -> u32 {
 /// 1-based line of `tests/python/frames_ab_ba.py` (copied into the tree
 /// as it is) carrying `# MARKER`.
 fn script_line(marker: &str) -> u32 {
-    let text = std::fs::read_to_string(workspace_dir().join("tests/python/frames_ab_ba.py"))
-        .expect("frames_ab_ba.py");
-    let needle = format!("# {marker}");
-    let hits: Vec<u32> = (text.lines().enumerate())
-        .filter(|(_, l)| l.trim_end().ends_with(&needle))
-        .map(|(i, _)| i as u32 + 1)
-        .collect();
-    assert_eq!(hits.len(), 1, "one line marked {needle}");
-    hits[0]
+    locktrace_e2e::python_marker_line("frames_ab_ba.py", marker)
 }
 
 /// Host-wide: a Python AB/BA by the distro's own interpreter (3.9, 3.13),
