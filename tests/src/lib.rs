@@ -15,7 +15,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use checks::*;
-pub use process::{cgroup2_root, group_members, stop_group, TestCgroup};
+pub use process::{
+    cgroup2_root, deadlocked_fixture, group_members, stop_group, Killed, TestCgroup,
+};
 pub use records::*;
 pub use tracer::{run_json, JsonRun, Run, Tracer, Watcher, TRACER_TIMEOUT};
 

@@ -238,6 +238,46 @@ impl Drop for TestCgroup {
     }
 }
 
+/// A fixture process, killed and waited for when dropped (a failed
+/// assertion leaves none behind).
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts fixture `name` (`_nofp`) with the argument 30 (its alarm) and
+/// waits, 10 s at most, until three of its threads sleep in a futex wait:
+/// main in pthread_join and the two deadlocked threads.
+pub fn deadlocked_fixture(name: &str) -> Killed {
+    let child = Command::new(crate::fixture(name, crate::Variant::NoFp))
+        .arg("30")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start the {name} fixture: {e}"));
+    let child = Killed(child);
+    let pid = child.0.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let in_futex = fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|t| {
+                fs::read_to_string(t.path().join("syscall")).is_ok_and(|s| s.starts_with("202 "))
+            })
+            .count();
+        if in_futex >= 3 {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "the fixture did not deadlock");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,14 +1,11 @@
 //! Real deadlocks and hangs: the wait-for graph, `lock_wait_timeout`, and
 //! `locktrace snapshot`, on fixtures that really block.
 
-use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use locktrace_e2e::{
-    blocked_threads, deadlocks, fixture, has_frame, parse_records, require_root, run_json,
-    Deadlock, JsonRun, LockKind, Report, Tracer, Variant,
+    blocked_threads, deadlocked_fixture, deadlocks, fixture, has_frame, parse_records,
+    require_root, run_json, Deadlock, JsonRun, LockKind, Report, Tracer, Variant,
 };
+use std::collections::BTreeSet;
 
 /// The names of the locks each thread waits for.
 fn waited_for(d: &Deadlock) -> BTreeSet<&str> {
@@ -148,49 +145,10 @@ fn hang_reports_the_waiter_and_what_the_holder_does() {
     );
 }
 
-/// Starts `deadlock` and waits until both its threads sleep in a futex wait.
-/// The caller wraps it in `Killed`, which kills and waits for it.
-#[allow(clippy::zombie_processes)]
-fn deadlocked_process() -> Child {
-    let child = Command::new(fixture("deadlock", Variant::NoFp))
-        .arg("30")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the deadlock fixture");
-    let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let in_futex = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|t| {
-                std::fs::read_to_string(t.path().join("syscall"))
-                    .is_ok_and(|s| s.starts_with("202 "))
-            })
-            .count();
-        // Main waits in pthread_join (a futex wait too), and the two threads.
-        if in_futex >= 3 {
-            return child;
-        }
-        assert!(Instant::now() < deadline, "the fixture did not deadlock");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn deadlock_from_before_the_tracer_started() {
     require_root();
-    let process = Killed(deadlocked_process());
+    let process = deadlocked_fixture("deadlock");
     let pid = process.0.id().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report.jsonl");
@@ -220,7 +178,7 @@ fn deadlock_from_before_the_tracer_started() {
 #[test]
 fn snapshot_shows_who_waits_for_whom() {
     require_root();
-    let process = Killed(deadlocked_process());
+    let process = deadlocked_fixture("deadlock");
     let pid = process.0.id().to_string();
     let run = Tracer::new([
         "snapshot",

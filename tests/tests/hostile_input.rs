@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use locktrace_e2e::{fixture, require_root, Run, Tracer, Variant, Watcher};
+use locktrace_e2e::{fixture, require_root, Killed, Run, Tracer, Variant, Watcher};
 
 /// The unprivileged user of the attacks.
 const NOBODY: u32 = 65534;
@@ -434,17 +434,6 @@ fn shmem_kib() -> u64 {
 /// Descriptors process `pid` has open.
 fn open_fds(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
-}
-
-/// A fixture process, killed when dropped (a failed assertion leaves none
-/// behind).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `fixture` started as nobody with `args`, stdin and stdout piped, once it

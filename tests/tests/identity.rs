@@ -3,11 +3,9 @@
 //! addresses), and priority-inheritance mutexes, whose futex word names the
 //! owner, in the wait-for graph (`pi_deadlock.c`). They need root.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use locktrace_e2e::{
-    blocked_threads, fixture, has_frame, parse_records, require_root, run_json, Tracer, Variant,
+    blocked_threads, deadlocked_fixture, fixture, has_frame, parse_records, require_root, run_json,
+    Tracer, Variant,
 };
 
 /// The addresses of lock_one and lock_two an image printed
@@ -102,48 +100,10 @@ fn pi_mutex_deadlock_is_a_deadlock() {
     }
 }
 
-/// Starts `pi_deadlock` and waits until both its threads and main sleep in
-/// a futex wait.
-#[allow(clippy::zombie_processes)]
-fn deadlocked_process() -> Child {
-    let child = Command::new(fixture("pi_deadlock", Variant::NoFp))
-        .arg("30")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the pi_deadlock fixture");
-    let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let in_futex = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|t| {
-                std::fs::read_to_string(t.path().join("syscall"))
-                    .is_ok_and(|s| s.starts_with("202 "))
-            })
-            .count();
-        if in_futex >= 3 {
-            return child;
-        }
-        assert!(Instant::now() < deadline, "the fixture did not deadlock");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn snapshot_lists_both_threads_of_a_pi_deadlock() {
     require_root();
-    let process = Killed(deadlocked_process());
+    let process = deadlocked_fixture("pi_deadlock");
     let pid = process.0.id().to_string();
     let run = Tracer::new(["snapshot", "--pid", &pid, "--format", "json"]).run();
     let context = run.describe();
