@@ -10,7 +10,7 @@
 //! - for a lock in shared memory: its identity;
 //! - otherwise: the call site of its first acquisition seen.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher;
 
 use crate::host::{Host, InitStack};
@@ -25,6 +25,9 @@ pub struct Classes {
     /// copied at the init (to find the caller of a library's lock-creating
     /// function when the class is first needed).
     init_sites: FastMap<LockInstance, (u64, Option<InitStack>)>,
+    /// Every instance in `by_lock` or `init_sites`, in address order: the
+    /// locks in a range of freed memory.
+    ordered: BTreeSet<LockInstance>,
     /// Interned class keys: each key is kept once, in `keys`, and found by
     /// its hash (keys whose hash another key has are in `collided`).
     by_hash: FastMap<u64, ClassId>,
@@ -42,12 +45,14 @@ impl Classes {
     pub fn note_init(&mut self, lock: LockInstance, site: u64, stack: Option<InitStack>) {
         self.by_lock.remove(&lock);
         self.init_sites.insert(lock, (site, stack));
+        self.ordered.insert(lock);
     }
 
     /// A lock was destroyed: its memory may become another lock.
     pub fn forget_lock(&mut self, lock: LockInstance) {
         self.by_lock.remove(&lock);
         self.init_sites.remove(&lock);
+        self.ordered.remove(&lock);
     }
 
     /// Forget the instances of an exited process (its classes stay: an
@@ -55,6 +60,19 @@ impl Classes {
     pub fn forget_process(&mut self, pid: u32) {
         self.by_lock.retain(|l, _| l.pid != pid);
         self.init_sites.retain(|l, _| l.pid != pid);
+        self.ordered.retain(|l| l.pid != pid);
+    }
+
+    /// The instances known (classed, or set up by an init) of process `pid`
+    /// in memory `[start, end)`.
+    pub fn locks_in(&self, pid: u32, start: u64, end: u64) -> Vec<LockInstance> {
+        if start >= end {
+            return Vec::new();
+        }
+        self.ordered
+            .range(LockInstance { pid, addr: start }..LockInstance { pid, addr: end })
+            .copied()
+            .collect()
     }
 
     /// The class of `lock`, first acquired at `first_site`; `shared` is its
@@ -76,6 +94,7 @@ impl Classes {
         };
         let class = self.intern(key);
         self.by_lock.insert(lock, class);
+        self.ordered.insert(lock);
         class
     }
 

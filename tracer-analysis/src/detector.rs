@@ -44,6 +44,9 @@ pub enum Event {
     /// non-PIE program's globals). Classes are unaffected: the old image's
     /// class edges stay, named by its binary and symbols.
     ProcessExec { pid: u32 },
+    /// Heap memory `[start, end)` of process `pid` was freed: the locks in
+    /// it are gone, destroyed or not (`--watch-free`).
+    MemoryFreed { pid: u32, start: u64, end: u64 },
 }
 
 /// Lock instances one process may have in the instance graph: a program
@@ -247,6 +250,13 @@ impl Detector {
             }
             Event::ProcessExec { pid } => {
                 self.forget_image(pid);
+                Vec::new()
+            }
+            Event::MemoryFreed { pid, start, end } => {
+                for lock in self.classes.locks_in(pid, start, end) {
+                    self.classes.forget_lock(lock);
+                    self.forget_lock(lock);
+                }
                 Vec::new()
             }
         }

@@ -515,6 +515,34 @@ fn a_reinitialized_lock_forgets_its_dependencies() {
     assert!(run.feed(request(1, 2, &[b], a)).is_empty());
 }
 
+/// Heap memory freed with a lock in it (never destroyed): the locks in the
+/// range are forgotten, those outside it (the next chunk's) are kept.
+#[test]
+fn freed_memory_forgets_exactly_the_locks_in_it() {
+    let mut run = Run::new();
+    let (a, b, next) = (mutex(0x1028), mutex(0xb0), mutex(0x1048));
+    run.feed(request(1, 1, &[a], b));
+    run.feed(request(1, 2, &[next], b));
+    // Another process's lock at the same address stays too.
+    run.feed(request(2, 3, &[a], b));
+    run.feed(Event::MemoryFreed {
+        pid: 1,
+        start: 0x1000,
+        end: 0x1048,
+    });
+    let forgotten: Vec<(u32, u64, u64)> = (run.detector.take_forgotten().iter())
+        .map(|d| (d.pid, d.from.addr, d.to.addr))
+        .collect();
+    assert_eq!(forgotten, [(1, 0x1028, 0xb0)]);
+    // The memory is a new lock: its order against B is new.
+    assert!(run.feed(request(1, 4, &[b], a)).is_empty());
+    // The next chunk's lock is the same lock: B -> it closes a cycle.
+    assert_eq!(
+        inversion(&run.feed(request(1, 5, &[b], next))).level,
+        Level::Instance
+    );
+}
+
 #[test]
 fn an_exited_process_is_forgotten_and_its_pid_may_be_reused() {
     let mut run = Run::new();

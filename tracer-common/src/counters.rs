@@ -53,9 +53,12 @@ pub enum Counter {
     /// namespace was not known yet (its process's namespace not yet told
     /// to the kernel side), so the mutex's owner could not confirm them.
     UnconfirmedHeld = 15,
+    /// `free` calls (with `--watch-free`) whose memory held a lock named in
+    /// a dependency, each sent as a `MemoryFreed` record.
+    FreedLockMemory = 16,
 }
 
-pub const NUM_COUNTERS: u32 = 16;
+pub const NUM_COUNTERS: u32 = 17;
 
 impl Counter {
     pub const ALL: [Counter; NUM_COUNTERS as usize] = [
@@ -75,6 +78,7 @@ impl Counter {
         Counter::ResetsElided,
         Counter::LockRecords,
         Counter::UnconfirmedHeld,
+        Counter::FreedLockMemory,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +99,7 @@ impl Counter {
             Counter::ResetsElided => "resets_elided",
             Counter::LockRecords => "lock_records",
             Counter::UnconfirmedHeld => "unconfirmed_held",
+            Counter::FreedLockMemory => "freed_lock_memory",
         }
     }
 }

@@ -32,6 +32,11 @@ pub enum EventKind {
     /// previous image (the same addresses, in a non-PIE program) are other
     /// locks, and their dependencies must not join the new image's.
     ProcessExec = 6,
+    /// A [`FreeEvent`]: `free` released heap memory that held a lock named
+    /// in a dependency. Its locks are gone: memory reused without a destroy
+    /// (a statically initialized or zeroed heap mutex) must not inherit
+    /// their dependencies.
+    MemoryFreed = 7,
 }
 
 impl EventKind {
@@ -43,6 +48,7 @@ impl EventKind {
             4 => Some(Self::ProcessExit),
             5 => Some(Self::Handoff),
             6 => Some(Self::ProcessExec),
+            7 => Some(Self::MemoryFreed),
             _ => None,
         }
     }
@@ -90,6 +96,17 @@ pub struct LockEvent {
     /// init.
     pub _pad: u32,
     pub init_stack: [u8; INIT_STACK_BYTES],
+}
+
+/// Heap memory `[start, end)` of process `pid` was freed, and a lock named
+/// in a dependency may have lived in it (`EventKind::MemoryFreed`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FreeEvent {
+    pub event: u32,
+    pub pid: u32,
+    pub start: u64,
+    pub end: u64,
 }
 
 /// Emitted when a thread requests `to` while holding locks it has not been
@@ -178,12 +195,13 @@ mod tests {
             (EventKind::ProcessExit, 4),
             (EventKind::Handoff, 5),
             (EventKind::ProcessExec, 6),
+            (EventKind::MemoryFreed, 7),
         ];
         for (kind, raw) in kinds {
             assert_eq!(kind as u32, raw);
             assert_eq!(EventKind::from_raw(raw), Some(kind));
         }
         assert_eq!(EventKind::from_raw(0), None);
-        assert_eq!(EventKind::from_raw(7), None);
+        assert_eq!(EventKind::from_raw(8), None);
     }
 }

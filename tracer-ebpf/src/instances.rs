@@ -25,6 +25,7 @@ use crate::{
     counters::count,
     emit::{write_lock_event, EVENTS},
     filter::current_traced,
+    freed::note_named,
     python::python_creator,
 };
 
@@ -175,6 +176,7 @@ pub fn flush_init(tgid: u32, addr: u64) -> bool {
     if unsafe { KNOWN_LOCKS.get(&key) }.is_none() {
         let _ = KNOWN_LOCKS.insert(&key, &0, 0);
     }
+    note_named(tgid, addr);
     let Some(pending) = PENDING_INITS.get_ptr(&key) else {
         return true;
     };

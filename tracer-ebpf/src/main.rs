@@ -31,6 +31,7 @@ mod counters;
 mod emit;
 mod filter;
 mod floor;
+mod freed;
 mod futex;
 mod handoff;
 mod held;

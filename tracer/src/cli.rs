@@ -60,6 +60,9 @@ pub struct AgentArgs {
     /// than this (default 10s).
     #[arg(long, value_parser = parse_duration, value_name = "D")]
     pub hang_threshold: Option<Duration>,
+    /// `[trace] watch_free`: probe `free` too (see `watch --watch-free`).
+    #[arg(long)]
+    pub watch_free: bool,
     /// `[metrics] listen`: address of /metrics, /healthz and /readyz
     /// (default 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
@@ -243,6 +246,14 @@ pub struct CommonArgs {
     /// APR, GLib, varnish, CPython and NSPR, are recognized already.
     #[arg(long = "wrapper", value_name = "SYMBOL")]
     pub wrappers: Vec<String>,
+    /// Also probe `free`, so that a heap lock freed without being destroyed
+    /// (legal for a plain mutex, and common) is forgotten: without it, a
+    /// new lock made in that memory without an init call (statically
+    /// initialized, or zeroed) inherits the old lock's dependencies, and
+    /// can make a false inversion. Every `free` of a traced process then
+    /// pays a probe hit (see BENCHMARKS.md).
+    #[arg(long)]
+    pub watch_free: bool,
     /// Kernel BTF to require (default /sys/kernel/btf/vmlinux).
     #[arg(long, value_name = "PATH", hide = true)]
     pub kernel_btf: Option<PathBuf>,

@@ -43,6 +43,11 @@ pub enum Pending {
     ProcessExec {
         pid: u32,
     },
+    MemoryFreed {
+        pid: u32,
+        start: u64,
+        end: u64,
+    },
 }
 
 impl Pending {
@@ -51,7 +56,9 @@ impl Pending {
         match self {
             Pending::Request { raw, .. } => raw.pid,
             Pending::LockReset { lock, .. } => lock.pid,
-            Pending::ProcessExit { pid } | Pending::ProcessExec { pid } => *pid,
+            Pending::ProcessExit { pid }
+            | Pending::ProcessExec { pid }
+            | Pending::MemoryFreed { pid, .. } => *pid,
         }
     }
 
@@ -78,7 +85,9 @@ impl Pending {
                     creator.len() * (size_of::<Option<PyFrame>>() + 64)
                         + init_stack.as_ref().map_or(0, |s| s.bytes.len())
                 }
-                Pending::ProcessExit { .. } | Pending::ProcessExec { .. } => 0,
+                Pending::ProcessExit { .. }
+                | Pending::ProcessExec { .. }
+                | Pending::MemoryFreed { .. } => 0,
             }
     }
 
@@ -138,6 +147,7 @@ impl Enricher {
             },
             Record::ProcessExit { pid } => Pending::ProcessExit { pid },
             Record::ProcessExec { pid } => Pending::ProcessExec { pid },
+            Record::MemoryFreed { pid, start, end } => Pending::MemoryFreed { pid, start, end },
         }
     }
 
@@ -185,6 +195,7 @@ impl Enricher {
                 self.pythons.forget_process(pid);
                 Event::ProcessExec { pid }
             }
+            Pending::MemoryFreed { pid, start, end } => Event::MemoryFreed { pid, start, end },
         }
     }
 

@@ -172,7 +172,12 @@ fn preflight(common: &CommonArgs) -> Result<(Vec<Target>, bool)> {
 /// file named on the command line, or no file probed at all, is an error. The caller arms
 /// the kernel side once every process it traces is probed.
 fn attach(common: &CommonArgs, filter: &Filter, targets: &[Target]) -> Result<Probes> {
-    let mut probes = Probes::load(filter, placement(common), programs(common))?;
+    let mut probes = Probes::load(
+        filter,
+        placement(common),
+        programs(common),
+        common.watch_free,
+    )?;
     let mut first_error = None;
     for target in targets {
         if let Err(e) = probes.attach_file(target) {
@@ -430,6 +435,7 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
             probe_at_entry: false,
             floor_probes: false,
             one_hit_floor_probes: false,
+            watch_free: config.watch_free,
             verbose: args.verbose,
         },
         pids: config.pids.clone(),

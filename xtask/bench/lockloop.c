@@ -3,11 +3,12 @@
  * operation and its probe hits, not waiting) for SECONDS, then the program
  * prints the mean cost of one lock+unlock pair in nanoseconds.
  *
- *   lockloop mutex|trylock|rwlock|sem THREADS SECONDS
+ *   lockloop mutex|trylock|rwlock|sem|malloc THREADS SECONDS
  *
  * mutex: pthread_mutex_lock/unlock; trylock: pthread_mutex_trylock/unlock;
  * rwlock: pthread_rwlock_rdlock/unlock; sem: sem_trywait/sem_post, the way
- * CPython takes an uncontended threading.Lock.
+ * CPython takes an uncontended threading.Lock; malloc: a mutex pair with a
+ * malloc(64) and its free inside (what `--watch-free` adds a probe hit to).
  */
 #include <pthread.h>
 #include <semaphore.h>
@@ -20,7 +21,7 @@
 #define MAX_THREADS 64
 #define BATCH 256 /* pairs between two clock reads */
 
-enum mode { MUTEX, TRYLOCK, RWLOCK, SEM };
+enum mode { MUTEX, TRYLOCK, RWLOCK, SEM, MALLOC };
 static enum mode mode;
 static double seconds;
 
@@ -69,6 +70,13 @@ static void *work(void *arg)
                     abort();
                 sem_post(&w->sem);
                 break;
+            case MALLOC: {
+                pthread_mutex_lock(&w->mutex);
+                void *volatile p = malloc(64);
+                free(p);
+                pthread_mutex_unlock(&w->mutex);
+                break;
+            }
             }
         }
         pairs += BATCH;
@@ -82,7 +90,7 @@ static void *work(void *arg)
 int main(int argc, char **argv)
 {
     if (argc != 4) {
-        fprintf(stderr, "usage: lockloop mutex|trylock|rwlock|sem THREADS SECONDS\n");
+        fprintf(stderr, "usage: lockloop mutex|trylock|rwlock|sem|malloc THREADS SECONDS\n");
         return 2;
     }
     if (strcmp(argv[1], "mutex") == 0)
@@ -93,6 +101,8 @@ int main(int argc, char **argv)
         mode = RWLOCK;
     else if (strcmp(argv[1], "sem") == 0)
         mode = SEM;
+    else if (strcmp(argv[1], "malloc") == 0)
+        mode = MALLOC;
     else {
         fprintf(stderr, "lockloop: unknown mode %s\n", argv[1]);
         return 2;

@@ -52,6 +52,8 @@ enum Setup {
     OneHitFloor,
     Locktrace,
     EntryProbes,
+    /// locktrace with `--watch-free`: a probe hit per `free` too.
+    WatchFree,
 }
 
 impl Setup {
@@ -71,8 +73,12 @@ impl Setup {
         Setup::EntryProbes,
     ];
 
+    /// The setups of the free-watch table.
+    const FREE_WATCH: [Setup; 3] = [Setup::Untraced, Setup::Locktrace, Setup::WatchFree];
+
     fn name(self) -> &'static str {
         match self {
+            Setup::WatchFree => "watch_free",
             Setup::Untraced => "untraced",
             Setup::Floor => "floor",
             Setup::OneHitFloor => "one_hit_floor",
@@ -89,6 +95,7 @@ impl Setup {
             Setup::OneHitFloor => "one-hit floor (no probe on the mutex unlock)",
             Setup::Locktrace => "locktrace",
             Setup::EntryProbes => "probes at offset 0",
+            Setup::WatchFree => "locktrace --watch-free",
         }
     }
 
@@ -100,6 +107,7 @@ impl Setup {
             Setup::OneHitFloor => Some(&["--one-hit-floor-probes"]),
             Setup::Locktrace => Some(&[]),
             Setup::EntryProbes => Some(&["--probe-at-entry"]),
+            Setup::WatchFree => Some(&["--watch-free"]),
         }
     }
 }
@@ -139,6 +147,12 @@ impl Workload {
         }
     }
 }
+
+/// A mutex pair with a malloc and a free inside: what `--watch-free` costs.
+const FREE_WORKLOADS: &[Workload] = &[
+    Workload::Lockloop("malloc", 1),
+    Workload::Lockloop("malloc", 2),
+];
 
 const WORKLOADS: &[Workload] = &[
     Workload::Lockloop("mutex", 1),
@@ -218,6 +232,30 @@ pub fn bench(opts: &Options) -> Result<()> {
         }
         rows.push(Row {
             workload: workload.name(),
+            setups: &Setup::PROBE_COST,
+            median_ns: samples.iter_mut().map(|s| median(s)).collect(),
+        });
+    }
+    let mut free_rows = Vec::new();
+    for workload in FREE_WORKLOADS {
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Setup::FREE_WATCH.len()];
+        for round in 0..opts.rounds {
+            for (i, setup) in Setup::FREE_WATCH.into_iter().enumerate() {
+                let command = workload.command(&lockloop, opts.seconds);
+                let ns = measure(&locktrace, &command, setup, opts.seconds)
+                    .with_context(|| format!("{}, {}", workload.name(), setup.name()))?;
+                step(format!(
+                    "{} round {} {}: {ns:.1} ns/pair",
+                    workload.name(),
+                    round + 1,
+                    setup.name()
+                ));
+                samples[i].push(ns);
+            }
+        }
+        free_rows.push(Row {
+            workload: workload.name(),
+            setups: &Setup::FREE_WATCH,
             median_ns: samples.iter_mut().map(|s| median(s)).collect(),
         });
     }
@@ -232,11 +270,13 @@ pub fn bench(opts: &Options) -> Result<()> {
 
     let mut markdown = render(&rows, &web, &collector, opts);
     markdown.push('\n');
+    markdown.push_str(&render_free_watch(&free_rows, opts));
+    markdown.push('\n');
     markdown.push_str(&memcached::render(&memcached, opts));
     markdown.push('\n');
     markdown.push_str(&attach::render(&attach, opts));
     println!("{markdown}");
-    let json = results_json(&rows, &web, &collector, &attach, &memcached)?;
+    let json = results_json(&rows, &free_rows, &web, &collector, &attach, &memcached)?;
     let json_path = out_dir.join("results.json");
     std::fs::write(&json_path, json)?;
     std::fs::write(out_dir.join("results.md"), &markdown)?;
@@ -246,7 +286,9 @@ pub fn bench(opts: &Options) -> Result<()> {
 
 struct Row {
     workload: String,
-    /// Per setup, in `Setup::PROBE_COST` order.
+    /// The setups measured, in order.
+    setups: &'static [Setup],
+    /// Per setup, in `setups` order.
     median_ns: Vec<f64>,
 }
 
@@ -385,10 +427,33 @@ fn render(rows: &[Row], web: &WebResults, collector: &RawValue, opts: &Options) 
     md
 }
 
+/// The free-watch table: a mutex pair with a malloc and free inside,
+/// untraced, traced, and traced with `--watch-free`.
+fn render_free_watch(rows: &[Row], opts: &Options) -> String {
+    let mut md = format!(
+        "`--watch-free`: ns per mutex pair with a malloc(64) and its free inside, median of {} interleaved rounds of {} s each.\n\n",
+        opts.rounds, opts.seconds
+    );
+    md.push_str(
+        "| workload | untraced | locktrace | locktrace --watch-free | --watch-free / locktrace |\n",
+    );
+    md.push_str("|---|---|---|---|---|\n");
+    for row in rows {
+        let [u, l, w] = [0, 1, 2].map(|i| row.median_ns[i]);
+        md.push_str(&format!(
+            "| {} | {u:.1} | {l:.1} | {w:.1} | {:.2}x |\n",
+            row.workload,
+            w / l
+        ));
+    }
+    md
+}
+
 /// `results.json`: the probe costs, the web server's rows and the
 /// collector's own line, one JSON object.
 fn results_json(
     rows: &[Row],
+    free_rows: &[Row],
     web: &WebResults,
     collector: &RawValue,
     attach: &attach::AttachResults,
@@ -397,6 +462,7 @@ fn results_json(
     #[derive(Serialize)]
     struct Results<'a> {
         probe_cost: &'a [Row],
+        free_watch: &'a [Row],
         web_server: &'a WebResults,
         collector: &'a RawValue,
         attach: &'a attach::AttachResults,
@@ -404,6 +470,7 @@ fn results_json(
     }
     let results = Results {
         probe_cost: rows,
+        free_watch: free_rows,
         web_server: web,
         collector,
         attach,
@@ -426,9 +493,9 @@ fn fixed(v: f64, decimals: usize) -> Box<RawValue> {
 /// `{"workload": ..., "untraced_ns": ..., ...}`, one key per setup.
 impl Serialize for Row {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(1 + Setup::PROBE_COST.len()))?;
+        let mut map = s.serialize_map(Some(1 + self.setups.len()))?;
         map.serialize_entry("workload", &self.workload)?;
-        for (setup, ns) in Setup::PROBE_COST.iter().zip(&self.median_ns) {
+        for (setup, ns) in self.setups.iter().zip(&self.median_ns) {
             map.serialize_entry(&format!("{}_ns", setup.name()), &fixed(*ns, 2))?;
         }
         map.end()
@@ -1333,7 +1400,13 @@ Transfer/sec:     53.79MB
     fn writes_results_json() {
         let rows = [Row {
             workload: "mutex, 1 thread".into(),
+            setups: &Setup::PROBE_COST,
             median_ns: vec![17.0, 60.123, 40.25, 80.5, 640.0],
+        }];
+        let free_rows = [Row {
+            workload: "malloc, 1 thread".into(),
+            setups: &Setup::FREE_WATCH,
+            median_ns: vec![20.0, 700.0, 1300.0],
         }];
         let web = WebResults {
             server: "Apache/2.4.65 (Debian)".into(),
@@ -1370,11 +1443,12 @@ Transfer/sec:     53.79MB
             budget_duty_cycle: 0.0625,
         };
         assert_eq!(
-            results_json(&rows, &web, &collector, &attach, &memcached).unwrap(),
+            results_json(&rows, &free_rows, &web, &collector, &attach, &memcached).unwrap(),
             concat!(
                 r#"{"probe_cost":[{"workload":"mutex, 1 thread","untraced_ns":17.00,"#,
                 r#""floor_ns":60.12,"one_hit_floor_ns":40.25,"locktrace_ns":80.50,"#,
-                r#""offset_0_ns":640.00}],"#,
+                r#""offset_0_ns":640.00}],"free_watch":[{"workload":"malloc, 1 thread","#,
+                r#""untraced_ns":20.00,"locktrace_ns":700.00,"watch_free_ns":1300.00}],"#,
                 r#""web_server":{"server":"Apache/2.4.65 (Debian)","#,
                 r#""load":"wrk -t2 -c32 -d10s --latency","setups":[{"setup":"locktrace","#,
                 r#""requests_per_s":41849.1,"p99_ms":9.570,"events":614787,"lost_events":null,"#,

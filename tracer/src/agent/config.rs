@@ -75,6 +75,7 @@ struct TraceSection {
     pids: Vec<u32>,
     #[serde(default, deserialize_with = "duration")]
     hang_threshold: Option<Duration>,
+    watch_free: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +119,8 @@ pub struct Config {
     pub cgroups: Vec<PathBuf>,
     pub pids: Vec<u32>,
     pub hang_threshold: Duration,
+    /// Probe `free` too (`[trace] watch_free`).
+    pub watch_free: bool,
     pub metrics_listen: SocketAddr,
     pub alertmanager: Option<Alertmanager>,
     pub output: Option<PathBuf>,
@@ -233,6 +236,7 @@ impl Config {
                 .hang_threshold
                 .or(file.trace.hang_threshold)
                 .unwrap_or(DEFAULT_HANG_THRESHOLD),
+            watch_free: args.watch_free || file.trace.watch_free.unwrap_or(false),
             metrics_listen: listen,
             alertmanager,
             output: args.output.clone().or(file.report.output),
@@ -370,6 +374,13 @@ mod tests {
         );
         assert!(parse("[report]\nforce = true\n", &[]).unwrap().force);
         assert!(parse("", &["--force"]).unwrap().force);
+    }
+
+    #[test]
+    fn frees_are_watched_by_key_or_flag() {
+        assert!(!parse("", &[]).unwrap().watch_free);
+        assert!(parse("[trace]\nwatch_free = true\n", &[]).unwrap().watch_free);
+        assert!(parse("", &["--watch-free"]).unwrap().watch_free);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use aya::programs::{
 };
 use tracing::{debug, info, warn};
 
-use crate::kernel::catalogue::{records_acquisitions, TWO_HIT_FLOOR_ONLY, UPROBES};
+use crate::kernel::catalogue::{records_acquisitions, FREE_WATCH, TWO_HIT_FLOOR_ONLY, UPROBES};
 use crate::kernel::links::{Attacher, FilePlan, Group, LateLinks, Which};
 use crate::kernel::load::{ProbePlacement, ProbePrograms, Probes};
 use crate::kernel::multi;
@@ -212,12 +212,23 @@ impl Probes {
             ProbePrograms::Floor => TWO_HIT_FLOOR_ONLY,
             _ => &[],
         };
-        for probe in UPROBES.iter().chain(floor_only) {
+        let free_watch = match (self.programs, self.watch_free) {
+            (ProbePrograms::Tracer, true) => FREE_WATCH,
+            _ => &[],
+        };
+        for probe in UPROBES.iter().chain(floor_only).chain(free_watch) {
             let symbol = probe.symbol;
             let Ok((placed, function)) =
                 placement::place_symbol(&elf, symbol, probe.reads, probe.repeat_safe)
             else {
-                if !missing.contains(&symbol) {
+                if free_watch.iter().any(|p| p.symbol == symbol) {
+                    // glibc before 2.34: the lock functions are in
+                    // libpthread, `free` in libc.
+                    warn!(
+                        file = %target.name.display(),
+                        "--watch-free: no `free` in the file of the lock functions: frees are not watched there"
+                    );
+                } else if !missing.contains(&symbol) {
                     missing.push(symbol);
                 }
                 continue;

@@ -147,6 +147,10 @@ pub const UPROBES: &[Uprobe] = &[
 /// xtask bench` shows what leaving it out saves.
 pub const TWO_HIT_FLOOR_ONLY: &[Uprobe] = &[entry("unlock", "pthread_mutex_unlock")];
 
+/// What `--watch-free` adds: `free`, whose memory may have held a lock
+/// named in a dependency (see the kernel side's `freed`).
+pub const FREE_WATCH: &[Uprobe] = &[entry("heap_free", "free")];
+
 /// The functions that get probes.
 pub fn probed_symbols() -> Vec<&'static str> {
     UPROBES.iter().map(|p| p.symbol).collect()
@@ -174,12 +178,16 @@ pub fn records_acquisitions(program: &str) -> bool {
 /// Whether a program follows a lock's life (init, destroy) rather than its
 /// traffic: kept on when the traffic is probed in slices.
 pub fn is_lifecycle(program: &str) -> bool {
-    matches!(program, "lock_init" | "lock_destroy")
+    matches!(program, "lock_init" | "lock_destroy" | "heap_free")
 }
 
 /// The programs that go on uprobes.
 pub fn uprobe_programs() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = UPROBES.iter().map(|p| p.program).collect();
+    let mut names: Vec<&'static str> = UPROBES
+        .iter()
+        .chain(FREE_WATCH)
+        .map(|p| p.program)
+        .collect();
     names.extend(["floor_entry", "floor_return"]);
     names.sort_unstable();
     names.dedup();
@@ -200,6 +208,7 @@ mod tests {
             "sem_post",
             "lock_init",
             "lock_destroy",
+            "heap_free",
             "cond_wait",
             "cond_wait_return",
             "floor_return",

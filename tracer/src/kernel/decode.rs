@@ -8,9 +8,9 @@ use bytes::{Buf, Bytes};
 use std::mem::{offset_of, size_of};
 use tracer_analysis::InitStack;
 use tracer_common::{
-    DeferredDependency, DependencyEvent, EventKind, HeldLock, LockEvent, LockKind, PyCodeCopy,
-    PyFrameRaw, PyStack, CALLER_WORDS, MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES,
-    STACK_BYTES,
+    DeferredDependency, DependencyEvent, EventKind, FreeEvent, HeldLock, LockEvent, LockKind,
+    PyCodeCopy, PyFrameRaw, PyStack, CALLER_WORDS, MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES,
+    PY_MAX_FRAMES, STACK_BYTES,
 };
 
 /// A `DependencyEvent`, decoded: the lock `to` was requested while each lock
@@ -65,6 +65,13 @@ pub enum Record {
     ProcessExec {
         pid: u32,
     },
+    /// Heap memory `[start, end)` that may have held a lock named in a
+    /// dependency was freed.
+    MemoryFreed {
+        pid: u32,
+        start: u64,
+        end: u64,
+    },
 }
 
 impl Record {
@@ -74,7 +81,9 @@ impl Record {
         match self {
             Record::Dependency(r) | Record::SelfDeadlock(r) => Some(r.pid),
             Record::LockReset { pid, .. } => Some(*pid),
-            Record::ProcessExit { .. } | Record::ProcessExec { .. } => None,
+            Record::ProcessExit { .. }
+            | Record::ProcessExec { .. }
+            | Record::MemoryFreed { .. } => None,
         }
     }
 }
@@ -103,6 +112,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
             })
         }
         EventKind::LockReset => decode_lock_reset(bytes),
+        EventKind::MemoryFreed => {
+            check_len::<FreeEvent>(bytes, "memory freed")?;
+            Ok(Record::MemoryFreed {
+                pid: u32_at(bytes, offset_of!(FreeEvent, pid)),
+                start: u64_at(bytes, offset_of!(FreeEvent, start)),
+                end: u64_at(bytes, offset_of!(FreeEvent, end)),
+            })
+        }
     }
 }
 

@@ -93,6 +93,8 @@ pub struct Probes {
     ebpf: Option<Ebpf>,
     pub(super) policy: ProbePlacement,
     pub(super) programs: ProbePrograms,
+    /// `free` is probed too (`--watch-free`).
+    pub(super) watch_free: bool,
     pub(super) links: Links,
     tracepoints: Vec<TracePointLink>,
     pub(super) host_wide: bool,
@@ -107,7 +109,14 @@ pub struct Probes {
 impl Probes {
     /// Loads the programs, installs the filter and attaches the process
     /// tracepoints; the lock probes come with [`Probes::attach_file`].
-    pub fn load(filter: &Filter, policy: ProbePlacement, programs: ProbePrograms) -> Result<Self> {
+    /// With `watch_free`, `free` is probed too: heap memory freed with a
+    /// lock in it, a lock never destroyed, is then seen.
+    pub fn load(
+        filter: &Filter,
+        policy: ProbePlacement,
+        programs: ProbePrograms,
+        watch_free: bool,
+    ) -> Result<Self> {
         crate::kernel::features::check()?;
         if EBPF_OBJECT.is_empty() {
             bail!(
@@ -138,6 +147,7 @@ impl Probes {
         let cgroup_filter = u32::from(!filter.cgroups.is_empty());
         let ebpf = EbpfLoader::new()
             .override_global("TRACER_TGID", &tgid, true)
+            .override_global("WATCH_FREE", &u32::from(watch_free), true)
             .override_global("FILTER_MODE", &mode, true)
             .override_global("COMM_FILTER", &comm_filter, true)
             .override_global("CGROUP_FILTER", &cgroup_filter, true)
@@ -152,6 +162,7 @@ impl Probes {
             ebpf: Some(ebpf),
             policy,
             programs,
+            watch_free,
             links: Links::new(Attacher::Single, false),
             tracepoints: Vec::new(),
             host_wide: filter.is_host_wide(),
