@@ -213,6 +213,7 @@ impl Agent {
                 "trace.hang_threshold",
                 old.hang_threshold != new.hang_threshold,
             ),
+            ("trace.watch_free", old.watch_free != new.watch_free),
             ("metrics.listen", old.metrics_listen != new.metrics_listen),
             ("alertmanager.url/queue", am(old) != am(&new)),
             (
@@ -240,6 +241,7 @@ impl Agent {
         config.cgroups = old.cgroups.clone();
         config.pids = old.pids.clone();
         config.hang_threshold = old.hang_threshold;
+        config.watch_free = old.watch_free;
         config.metrics_listen = old.metrics_listen;
         config.output = old.output.clone();
         config.format = old.format;
