@@ -53,6 +53,12 @@ pub struct PyProcess {
     /// (`FRAME_OWNED_BY_CSTACK`): those are skipped, they run no code.
     pub frame_owner: u64,
     pub frame_owner_cstack: u64,
+    /// CPython 2.7: the address of `interpreter_lock`, the pointer to the
+    /// GIL's semaphore (set when the first thread starts, and again in a
+    /// forked child); 0 for other versions. A semaphore acquisition of that
+    /// semaphore is not taken as a lock: it orders nothing (no Python code
+    /// can deadlock on the GIL, a blocking acquire releases it first).
+    pub gil_lock: u64,
 }
 
 /// Bytes of a code object's location table copied (enough for a module's

@@ -21,6 +21,7 @@ use crate::{
     counters::{add, atomic_add, count},
     filter::current_traced,
     held::existing_held_stack,
+    python::is_gil,
 };
 
 /// Futex waits in progress (by tid).
@@ -43,7 +44,7 @@ const SYSCALL_ARG1: usize = 24;
 /// thread waiting for work is not contention.
 #[tracepoint]
 pub fn futex_enter(ctx: TracePointContext) -> u32 {
-    let Some((_, tid)) = current_traced() else {
+    let Some((tgid, tid)) = current_traced() else {
         return 0;
     };
     // SAFETY: fixed syscall tracepoint layout.
@@ -58,7 +59,10 @@ pub fn futex_enter(ctx: TracePointContext) -> u32 {
         uaddr,
         // SAFETY: a helper without preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
-        lock_wait: u64::from(requested_lock_covers(&tid, uaddr)),
+        // CPython 2.7's GIL is never held (see `python::is_gil`), but a
+        // wait for it is one in a probed lock function (`sem_wait`) for its
+        // own word: not a lock the probes cannot see.
+        lock_wait: u64::from(requested_lock_covers(&tid, uaddr) || is_gil(tgid, uaddr)),
     };
     let _ = FUTEX_WAITING.insert(&tid, &wait, 0);
     0

@@ -66,6 +66,22 @@ pub fn note_py_thread(tgid: u32, tid: u32) {
     }
 }
 
+/// Whether semaphore `sem` is the GIL of CPython 2.7 process `tgid`: the
+/// one `interpreter_lock` points to now (see `PyProcess::gil_lock`). It is
+/// not taken as a lock: every blocking Python `acquire` releases the GIL
+/// first, so no Python code can deadlock on it, yet a thread re-takes it
+/// holding the lock it just took, and takes locks holding it: ordered, it
+/// makes a cycle with every Python lock. A pointer that cannot be read (0)
+/// matches no semaphore: the GIL is then a lock, as before.
+#[inline(always)]
+pub fn is_gil(tgid: u32, sem: u64) -> bool {
+    // SAFETY: map value, read only.
+    let Some(py) = (unsafe { PY_PROCESSES.get(&tgid) }) else {
+        return false;
+    };
+    py.gil_lock != 0 && sem != 0 && read_user_u64(py.gil_lock) == sem
+}
+
 /// Reads the current thread's innermost Python frames into `out`
 /// (innermost first), if its process runs CPython: returns the process's
 /// description and how many frames were read. Slots past them are left as

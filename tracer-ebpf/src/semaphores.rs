@@ -9,7 +9,8 @@
 //! to release the GIL, after which it cannot be found from the GIL).
 //!
 //! A semaphore posted by a thread that had not taken it is used for
-//! signalling (a queue, an event), not as a lock: it orders nothing.
+//! signalling (a queue, an event), not as a lock: it orders nothing. Nor
+//! does CPython 2.7's GIL, a semaphore too (see `python::is_gil`).
 
 use aya_ebpf::{
     macros::{map, uprobe},
@@ -22,7 +23,7 @@ use crate::{
     context::{lock_arg, regs},
     filter::current_traced,
     held::{release, Released},
-    python::note_py_thread,
+    python::{is_gil, note_py_thread},
 };
 
 /// Semaphores posted by a thread that had not taken them, by (tgid, address):
@@ -56,11 +57,11 @@ pub fn is_signal_sem(tgid: u32, addr: u64) -> bool {
 
 /// Thread `tid` takes semaphore `addr`: its next post is a new call (see
 /// `LAST_POST`). Returns whether the semaphore is used as a lock (a
-/// signalling one orders nothing).
+/// signalling one orders nothing, nor does CPython 2.7's GIL).
 #[inline(always)]
 pub fn taken_as_lock(tgid: u32, tid: &u32, addr: u64) -> bool {
     let _ = LAST_POST.remove(tid);
-    !is_signal_sem(tgid, addr)
+    !is_signal_sem(tgid, addr) && !is_gil(tgid, addr)
 }
 
 /// A try or timed request for `lock` failed.
@@ -80,7 +81,8 @@ pub fn try_orders_like_blocking(lock: &HeldLock) -> bool {
 }
 
 /// A post releases the semaphore if this thread holds it; a post by another
-/// thread marks it as a signalling semaphore (see `SIGNAL_SEMS`).
+/// thread marks it as a signalling semaphore (see `SIGNAL_SEMS`), unless it
+/// is the GIL.
 #[uprobe]
 pub fn sem_post(ctx: ProbeContext) -> u32 {
     let Some((tgid, tid)) = current_traced() else {
@@ -93,8 +95,11 @@ pub fn sem_post(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let _ = LAST_POST.insert(&tid, &call, 0);
+    // The GIL is never held (see `taken_as_lock`): its post says nothing.
     if let Released::NotHeld = release(sem) {
-        let _ = SIGNAL_SEMS.insert(&signal_sem_key(tgid, sem), &1, 0);
+        if !is_gil(tgid, sem) {
+            let _ = SIGNAL_SEMS.insert(&signal_sem_key(tgid, sem), &1, 0);
+        }
     }
     0
 }

@@ -60,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
         } else {
             0
         },
+        gil: Ok(None),
     };
     let mut cache = CodeCache::new();
     let reader = Reader::new(&mem, RECORD);

@@ -180,6 +180,11 @@ pub struct Interpreter {
     /// Before 3.11: where glibc keeps the tid in a `pthread_t` (see
     /// `layout::pthread_tid_offset`); 0 otherwise.
     pub pthread_tid: u64,
+    /// 2.7: `Ok(Some(address))` of `interpreter_lock` (a static of
+    /// `Python/ceval.c`), the pointer to the GIL's semaphore, or why it was
+    /// not found; `Ok(None)` for a version whose GIL is no semaphore (see
+    /// [`gil_variable`]).
+    pub gil: Result<Option<u64>, &'static str>,
 }
 
 /// Finds a CPython interpreter in process `pid` by the symbols of its main
@@ -296,6 +301,8 @@ fn probe(pid: u32, m: &Mapping) -> Result<Option<Interpreter>, Unsupported> {
     };
     let pthread_tid = layout::pthread_tid_offset(pid, offsets)
         .map_err(|e| unsupported(format!("{path}: CPython {major}.{minor}.{micro}: {e}")))?;
+    let gil =
+        gil_variable(major, symbols.interpreter_lock).map(|a| a.map(|a| bias.wrapping_add(a)));
     Ok(Some(Interpreter {
         pid,
         version,
@@ -303,7 +310,44 @@ fn probe(pid: u32, m: &Mapping) -> Result<Option<Interpreter>, Unsupported> {
         module: m.path.clone(),
         offsets,
         pthread_tid,
+        gil,
     }))
+}
+
+/// Where the GIL's semaphore is found, for CPython `major`: in 2.7 the GIL is
+/// a `PyThread` lock like `threading.Lock` (a POSIX semaphore, taken with
+/// `sem_wait` and released with `sem_post`) whose pointer is the static
+/// `interpreter_lock` of `Python/ceval.c`, set when the first thread starts
+/// (`PyEval_InitThreads`) and again in a forked child
+/// (`PyEval_ReInitThreads`): the kernel side reads it at each semaphore
+/// acquisition. Ordered like a lock, it makes a cycle with every Python lock
+/// (a thread re-takes the GIL holding the lock it just took, and takes locks
+/// holding the GIL) though no Python code can deadlock on it: a blocking
+/// `acquire` releases the GIL first. From 3.2 the GIL is a mutex and a
+/// condition, held only inside `take_gil`: nothing to find.
+///
+/// `symbols` is the file's definitions named `interpreter_lock`: a local
+/// symbol, in `.symtab` only (a 2.7 without `.symtab` is not described at
+/// all: its `interp_head` is local too). Exactly one is trusted; none or
+/// several is an error, and the GIL then stays an ordinary lock: false
+/// alerts through it, never a hidden one.
+fn gil_variable(major: u32, symbols: InterpreterLock) -> Result<Option<u64>, &'static str> {
+    if major != 2 {
+        return Ok(None);
+    }
+    match symbols {
+        InterpreterLock::One(addr) => Ok(Some(addr)),
+        InterpreterLock::None => Err("no interpreter_lock symbol"),
+        InterpreterLock::Several => Err("several interpreter_lock symbols"),
+    }
+}
+
+/// The definitions of `interpreter_lock` (a data object) in a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InterpreterLock {
+    None,
+    One(u64),
+    Several,
 }
 
 /// What `probe` needs of an ELF file: its `_PyRuntime` and `Py_Version`
@@ -314,6 +358,8 @@ struct FileSymbols {
     segments: Vec<LoadSegment>,
     /// Before 3.7: `_PyThreadState_Current` and `interp_head`.
     no_runtime: Option<(u64, u64)>,
+    /// 2.7's GIL pointer (see [`gil_variable`]).
+    interpreter_lock: InterpreterLock,
 }
 
 /// The largest symbol and string tables read to find `_PyRuntime`
@@ -374,6 +420,18 @@ fn file_symbols(pid: u32, m: &Mapping) -> Option<std::sync::Arc<FileSymbols>> {
                 py_version: symbol("Py_Version"),
                 segments: elf::load_segments(&elf),
                 no_runtime: symbol("_PyThreadState_Current").zip(symbol("interp_head")),
+                interpreter_lock: (elf.dynamic_symbols().chain(elf.symbols()))
+                    .filter(|s| {
+                        s.is_definition()
+                            && s.kind() == object::SymbolKind::Data
+                            && s.name() == Ok("interpreter_lock")
+                    })
+                    .map(|s| s.address())
+                    .fold(InterpreterLock::None, |found, addr| match found {
+                        InterpreterLock::None => InterpreterLock::One(addr),
+                        InterpreterLock::One(a) if a == addr => found,
+                        _ => InterpreterLock::Several,
+                    }),
             })
         });
     let mut files = FILES.lock().unwrap_or_else(|e| e.into_inner());

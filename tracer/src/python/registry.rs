@@ -94,6 +94,7 @@ fn kernel_view(i: &Interpreter) -> PyProcess {
         pthread_tid: i.pthread_tid,
         frame_owner: o.frame_owner,
         frame_owner_cstack: o.frame_owner_cstack,
+        gil_lock: i.gil.ok().flatten().unwrap_or(0),
     }
 }
 
@@ -185,8 +186,22 @@ impl Pythons {
             version = ?interp.version,
             module = %interp.module.display(),
             threads = threads.len(),
+            gil = ?interp.gil.map(|g| g.map(|a| format!("{a:#x}"))),
             "Python process: its lock events carry Python frames"
         );
+        if let Err(why) = interp.gil {
+            // Once per reason: every process of a pool maps the same file.
+            let reason = format!(
+                "{}: {why}: CPython {}.{}'s GIL is taken for a lock, and lock-order \
+                 inversions through it may be reported",
+                interp.module.display(),
+                interp.version.0,
+                interp.version.1
+            );
+            if self.unsupported.len() < MAX_REASONS && self.unsupported.insert(reason.clone()) {
+                warn!(pid, "{reason}");
+            }
+        }
         self.interpreters.insert(pid, Some(interp));
         for child in children_of(pid) {
             if !self.is_checked(child) {

@@ -232,6 +232,68 @@ fn python_binary() {
     assert_eq!(interp.module, std::fs::canonicalize(PYTHON).unwrap());
 }
 
+/// pyenv's CPython 2.7 (`cargo xtask test`'s image has it).
+fn pyenv_python27() -> PathBuf {
+    let root = std::env::var_os("PYENV_ROOT").unwrap_or_else(|| "/root/.pyenv".into());
+    let bin = Path::new(&root).join("versions/2.7.18/bin/python2.7");
+    assert!(
+        bin.exists(),
+        "{} is missing: this image should have it",
+        bin.display()
+    );
+    bin
+}
+
+/// 2.7's GIL is found: `interpreter_lock`, the pointer that is null until
+/// the first thread starts and then points to the GIL's semaphore.
+#[test]
+fn python27_gil_variable() {
+    let script = "import sys, thread, time\n\
+        sys.stdout.write('none\\n'); sys.stdout.flush(); sys.stdin.readline()\n\
+        thread.start_new_thread(time.sleep, (3600,))\n\
+        sys.stdout.write('threads\\n'); sys.stdout.flush(); time.sleep(3600)\n";
+    let mut p = Proc(
+        Command::new(pyenv_python27())
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(p.0.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut next_line = |line: &mut String| {
+        line.clear();
+        out.read_line(line).unwrap();
+        line.trim().to_string()
+    };
+    assert_eq!(next_line(&mut line), "none");
+    let pid = p.0.id();
+    let interp = detect(pid).unwrap().expect("python detected");
+    assert_eq!((interp.version.0, interp.version.1), (2, 7));
+    let gil = interp.gil.unwrap().expect("interpreter_lock found");
+    let mem = ProcessMemory(pid);
+    assert_eq!(reader(&mem).u64(gil).unwrap(), 0, "no GIL before a thread");
+    use std::io::Write as _;
+    p.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(next_line(&mut line), "threads");
+    let sem = reader(&mem).u64(gil).unwrap();
+    assert_ne!(sem, 0, "the GIL exists once a thread started");
+    // A semaphore used as a lock: its count is 0 (held) or 1 (free).
+    assert!(reader(&mem).u32(sem).unwrap() <= 1);
+}
+
+#[test]
+fn gil_variable_only_for_2_7_and_only_one() {
+    for major in [3, 4] {
+        assert_eq!(gil_variable(major, InterpreterLock::One(0x10)), Ok(None));
+        assert_eq!(gil_variable(major, InterpreterLock::None), Ok(None));
+    }
+    assert_eq!(gil_variable(2, InterpreterLock::One(0x10)), Ok(Some(0x10)));
+    assert!(gil_variable(2, InterpreterLock::None).is_err());
+    assert!(gil_variable(2, InterpreterLock::Several).is_err());
+}
+
 /// Builds a C program in `dir` with `gcc` and extra (shell-expanded) flags.
 fn gcc(dir: &Path, name: &str, source: &str, flags: &str) -> PathBuf {
     let (src, out) = (dir.join(format!("{name}.c")), dir.join(name));
@@ -404,6 +466,7 @@ mod forged {
             module: "libpython3.11.so.1.0".into(),
             offsets: offsets_for(3, 11).unwrap(),
             pthread_tid: 0,
+            gil: Ok(None),
         }
     }
 
