@@ -379,7 +379,11 @@ mod tests {
     #[test]
     fn frees_are_watched_by_key_or_flag() {
         assert!(!parse("", &[]).unwrap().watch_free);
-        assert!(parse("[trace]\nwatch_free = true\n", &[]).unwrap().watch_free);
+        assert!(
+            parse("[trace]\nwatch_free = true\n", &[])
+                .unwrap()
+                .watch_free
+        );
         assert!(parse("", &["--watch-free"]).unwrap().watch_free);
     }
 
