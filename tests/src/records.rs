@@ -21,6 +21,8 @@ pub enum Record {
     LockWaitTimeout(LockWaitTimeout),
     /// Not a finding: one blocked thread of `locktrace snapshot`.
     BlockedThread(ThreadReport),
+    /// The whole class graph of a JSON `run` or `watch`, before its summary.
+    LockGraph(LockGraph),
     /// The last line of a `run` or `watch`.
     Summary(Summary),
 }
@@ -35,7 +37,7 @@ impl Record {
             Record::Deadlock(r) => Some(r.pid),
             Record::LockWaitTimeout(r) => Some(r.pid),
             Record::BlockedThread(r) => Some(r.pid),
-            Record::Summary(_) => None,
+            Record::Summary(_) | Record::LockGraph(_) => None,
         }
     }
 
@@ -49,6 +51,7 @@ impl Record {
             Record::LockWaitTimeout(_) => "lock_wait_timeout",
             Record::BlockedThread(_) => "blocked_thread",
             Record::Summary(_) => "summary",
+            Record::LockGraph(_) => "lock_graph",
         }
     }
 }
@@ -356,6 +359,26 @@ pub struct UntracedWait {
     pub site: Vec<Frame>,
 }
 
+/// Every lock class and class dependency of a run (`report --graph`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockGraph {
+    pub classes: Vec<String>,
+    pub dependencies: Vec<GraphDependency>,
+    pub omitted_dependencies: u64,
+}
+
+/// A class dependency: `from` and `to` index `classes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphDependency {
+    pub from: usize,
+    pub to: usize,
+    pub seen: u64,
+    pub pid: u32,
+    pub thread: String,
+}
+
 /// End-of-run statistics: the last line.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -428,8 +451,10 @@ pub fn parse_records(raw: &str) -> Result<Vec<Record>, String> {
 pub struct Report {
     /// The raw output, for messages.
     pub raw: String,
-    /// Every record but the summary, in order.
+    /// Every record but the summary and the lock graph, in order.
     pub records: Vec<Record>,
+    /// The lock graph line (JSON captures of `run` and `watch`).
+    pub graph: Option<LockGraph>,
     pub summary: Summary,
 }
 
@@ -445,9 +470,21 @@ impl Report {
         if let Some(i) = records.iter().position(|r| matches!(r, Record::Summary(_))) {
             return Err(format!("summary record {} is not the last line", i + 1));
         }
+        let mut graphs = Vec::new();
+        records.retain(|r| match r {
+            Record::LockGraph(g) => {
+                graphs.push(g.clone());
+                false
+            }
+            _ => true,
+        });
+        if graphs.len() > 1 {
+            return Err(format!("{} lock graph lines, not one", graphs.len()));
+        }
         Ok(Report {
             raw: raw.to_string(),
             records,
+            graph: graphs.pop(),
             summary,
         })
     }

@@ -54,6 +54,27 @@ pub enum Event {
 /// collector without bound (see [`crate::limits`]).
 pub const MAX_LOCKS_PER_PROCESS: usize = limits::LOCKS.per_process;
 
+/// The class graph, for a picture of it: classes by display name, and
+/// their dependencies by index into `classes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClassGraph {
+    pub classes: Vec<String>,
+    pub dependencies: Vec<ClassDependency>,
+    /// Dependencies beyond the cut, not listed.
+    pub omitted_dependencies: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassDependency {
+    pub from: usize,
+    pub to: usize,
+    /// Distinct occurrences seen (per process and set of held locks).
+    pub seen: u64,
+    /// The process and thread of the occurrence kept.
+    pub pid: u32,
+    pub thread: String,
+}
+
 /// A cycle reported as a potential deadlock (or, guarded, as a note).
 #[derive(Clone, Debug)]
 pub struct Inversion {
@@ -159,6 +180,9 @@ pub struct Stats {
 pub struct Detector {
     instances: LockOrderGraph<LockIdentity>,
     class_graph: LockOrderGraph<ClassId>,
+    /// How many distinct dependencies (per process and set of held locks)
+    /// each class dependency was seen as.
+    class_seen: crate::FastMap<(ClassId, ClassId), u64>,
     classes: Classes,
     identities: Identities,
     /// Same-class nestings by class: the first of each address order.
@@ -195,6 +219,7 @@ impl Detector {
         Detector {
             instances: LockOrderGraph::new(),
             class_graph: LockOrderGraph::new(),
+            class_seen: Default::default(),
             classes: Classes::new(),
             identities: Identities::default(),
             same_class: HashMap::new(),
@@ -260,6 +285,43 @@ impl Detector {
                 Vec::new()
             }
         }
+    }
+
+    /// The class graph as it stands: every class with a dependency, and
+    /// every dependency between two classes (for `locktrace report
+    /// --graph`). At most `max_dependencies` are listed; the rest are
+    /// counted.
+    pub fn class_graph(&self, max_dependencies: usize) -> ClassGraph {
+        let mut graph = ClassGraph::default();
+        let mut index: HashMap<ClassId, usize> = HashMap::new();
+        let mut deps = self.class_graph.dependencies();
+        // The most seen first, so that a cut keeps what matters most.
+        let seen = |a: ClassId, b: ClassId| self.class_seen.get(&(a, b)).copied().unwrap_or(1);
+        deps.sort_by_key(|&(a, b, _)| std::cmp::Reverse(seen(a, b)));
+        for (from, to, dep) in deps {
+            if from == to {
+                continue;
+            }
+            if graph.dependencies.len() == max_dependencies {
+                graph.omitted_dependencies += 1;
+                continue;
+            }
+            let mut id = |c: ClassId| {
+                *index.entry(c).or_insert_with(|| {
+                    graph.classes.push(self.classes.key(c).to_string());
+                    graph.classes.len() - 1
+                })
+            };
+            let (f, t) = (id(from), id(to));
+            graph.dependencies.push(ClassDependency {
+                from: f,
+                to: t,
+                seen: seen(from, to),
+                pid: dep.pid,
+                thread: dep.thread.to_string(),
+            });
+        }
+        graph
     }
 
     /// Judges one scan of the wait-for graph.
@@ -539,6 +601,7 @@ impl Detector {
         if from == to {
             return self.on_same_class(from, dep).into_iter().collect();
         }
+        *self.class_seen.entry((from, to)).or_default() += 1;
         let mut verdicts = Vec::new();
         for cycle in self.class_graph.insert(from, to, dep.clone()) {
             let n = cycle.edges.len();

@@ -223,6 +223,22 @@ impl<N: GraphNode> LockOrderGraph<N> {
         self.truncated_searches
     }
 
+    /// Every dependency in the graph, once per pair of nodes (an rwlock's
+    /// two modes are one node here), in no particular order.
+    pub fn dependencies(&self) -> Vec<(N, N, &Dependency)> {
+        let mut pairs = HashSet::new();
+        let mut out = Vec::new();
+        for (_, node) in self.store.all_nodes() {
+            for &(target, edge) in &node.out {
+                let (from, to) = (node.key.node, self.store.key(target).node);
+                if pairs.insert((from, to)) {
+                    out.push((from, to, self.store.dependency(edge)));
+                }
+            }
+        }
+        out
+    }
+
     /// The dependency kept for `from -> to` (both exclusive), if any.
     pub fn dependency(&self, from: N, to: N) -> Option<&Dependency> {
         let a = self.store.id(&Vertex::exclusive(from))?;

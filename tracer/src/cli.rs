@@ -118,6 +118,12 @@ pub struct ReportArgs {
     /// `fingerprint` label of the agent's alerts and of each JSON finding.
     #[arg(long = "fingerprint", value_name = "HEX")]
     pub fingerprints: Vec<String>,
+    /// Print the whole lock-order graph instead of the findings: every
+    /// lock class and dependency the runs saw (their JSON captures' graph
+    /// lines, merged), cycles highlighted; past 150 classes, only those on
+    /// cycles are drawn.
+    #[arg(long)]
+    pub graph: bool,
     /// Write to FILE instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,

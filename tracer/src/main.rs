@@ -118,6 +118,17 @@ fn replay(args: ReportArgs) -> Result<i32> {
         Some(path) => Box::new(outfile::create(path, args.force)?),
         None => Box::new(std::io::stdout()),
     };
+    if args.graph {
+        let graphs: Vec<_> = captures.iter().flat_map(|c| &c.graphs).collect();
+        if graphs.is_empty() {
+            anyhow::bail!(
+                "no lock graph in the captures: it is written in JSON captures (--format json) by this version on"
+            );
+        }
+        let sources: Vec<String> = captures.iter().map(|c| c.name.clone()).collect();
+        report::graph::print(&graphs, output, &sources, out)?;
+        return Ok(0);
+    }
     replay::print(&captures, &filter, output, out)?;
     Ok(0)
 }

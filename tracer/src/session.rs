@@ -24,7 +24,7 @@ use crate::kernel::follow::Follower;
 use crate::kernel::load::Probes;
 use crate::kernel::maps::HeldByThread;
 use crate::report::blocking::Scan;
-use crate::report::{self, summary, Reporter, Summary};
+use crate::report::{self, graph, summary, Reporter, Summary};
 
 /// Contended futex words listed in the summary.
 const CONTENTION_SHOWN: usize = 5;
@@ -826,6 +826,12 @@ impl Session {
                 .map(|s| s.controller.stats(self.started.elapsed())),
             duration_s: self.started.elapsed().as_secs_f64(),
         };
+        if self.reporter.format() == crate::report::Format::Json {
+            let graph = self.detector.class_graph(graph::MAX_WRITTEN).into();
+            self.reporter
+                .graph(&graph)
+                .context("cannot write the report")?;
+        }
         self.reporter
             .summary(&summary)
             .context("cannot write the report")

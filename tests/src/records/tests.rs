@@ -30,6 +30,8 @@ const PYTHON_INVERSION: &str = r#"{"type":"lock_order_inversion","id":1,"pid":15
 const PYTHON_DEADLOCK: &str = r#"{"type":"deadlock","id":2,"pid":15296,"comm":"python3","threads":[{"pid":15296,"comm":"python3","tid":15311,"thread":"python3","state":"S","waits_for":{"addr":"0x2cde3060","kind":"semaphore","name":"python/deadlock.py:13"},"waiting_s":0.647991641,"held_by":[15312],"holds":[{"lock":{"addr":"0x2cde3030","kind":"semaphore","name":"python/deadlock.py:12"},"taken_at":[{"addr":"0x5898db","module":"/usr/bin/python3.11","function":null,"offset":1611995,"file":null,"line":null,"build_id":null,"file_offset":null}]}],"stack":[{"addr":"0x7f3efd34cf16","module":"/usr/lib/x86_64-linux-gnu/libc.so.6","function":"__futex_abstimed_wait_common","offset":198,"file":"./nptl/futex-internal.c","line":57,"build_id":null,"file_offset":null}],"python_stack":[{"function":"first_a_then_b","file":"tests/python/deadlock.py","line":20}]},{"pid":15296,"comm":"python3","tid":15312,"thread":"python3","state":"S","waits_for":{"addr":"0x2cde3030","kind":"semaphore","name":"python/deadlock.py:12"},"waiting_s":0.648089034,"held_by":[15311],"holds":[{"lock":{"addr":"0x2cde3060","kind":"semaphore","name":"python/deadlock.py:13"},"taken_at":[{"addr":"0x5898db","module":"/usr/bin/python3.11","function":null,"offset":1611995,"file":null,"line":null,"build_id":null,"file_offset":null}]}],"stack":[{"addr":"0x7f3efd34cf16","module":"/usr/lib/x86_64-linux-gnu/libc.so.6","function":"__futex_abstimed_wait_common","offset":198,"file":"./nptl/futex-internal.c","line":57,"build_id":null,"file_offset":null}],"python_stack":[{"function":"first_b_then_a","file":"tests/python/deadlock.py","line":27}]}],"inversion":null,"fingerprint":"0123456789abcdef"}"#;
 
 /// The one record of `line`.
+const LOCK_GRAPH: &str = r#"{"type":"lock_graph","classes":["ab_ba_nofp:mutex_a","ab_ba_nofp:mutex_b"],"dependencies":[{"from":0,"to":1,"seen":1,"pid":13740,"thread":"ab_ba_nofp"},{"from":1,"to":0,"seen":1,"pid":13740,"thread":"ab_ba_nofp"}],"omitted_dependencies":0}"#;
+
 fn parse_one(line: &str) -> Record {
     let mut records = parse_records(line).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(records.len(), 1);
@@ -259,4 +261,13 @@ fn a_missing_field_is_an_error() {
 fn an_unknown_record_type_or_kind_is_an_error() {
     assert!(parse_records(r#"{"type":"something_new","id":1}"#).is_err());
     assert!(parse_records(&INVERSION.replace(r#""kind":"mutex""#, r#""kind":"futex""#)).is_err());
+}
+
+#[test]
+fn lock_graph() {
+    let Record::LockGraph(g) = parse_one(LOCK_GRAPH) else {
+        panic!("not a lock graph");
+    };
+    assert_eq!(g.classes.len(), 2);
+    assert_eq!((g.dependencies[1].from, g.dependencies[1].to), (1, 0));
 }

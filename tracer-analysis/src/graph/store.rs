@@ -77,7 +77,6 @@ impl<K: Copy + Eq + Hash> Store<K> {
     }
 
     /// Every live vertex, with its id.
-    #[cfg(test)]
     pub(super) fn all_nodes(&self) -> impl Iterator<Item = (NodeId, &Node<K>)> {
         (0..self.nodes.slots as NodeId).filter_map(|n| Some((n, self.nodes.get(n)?)))
     }

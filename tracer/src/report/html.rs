@@ -67,6 +67,21 @@ fn esc(s: &str) -> String {
     out
 }
 
+/// The page's head, its style and its policy, and its first heading.
+fn head(title: &str) -> String {
+    let mut page = String::new();
+    page.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
+    page.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
+    // No fetch of any kind, even if a name slipped through unescaped.
+    page.push_str(
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">",
+    );
+    let _ = write!(page, "<title>{title}</title><style>");
+    page.push_str(STYLE);
+    let _ = writeln!(page, "</style></head><body>\n<h1>{title}</h1>");
+    page
+}
+
 /// Writes the page for `shown`, the findings that passed the filter, read
 /// from the captures `sources`; `held` says what the captures hold (the
 /// text report's closing summary).
@@ -76,16 +91,7 @@ pub fn write(
     shown: &[&Finding],
     held: &str,
 ) -> io::Result<()> {
-    let mut page = String::new();
-    page.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
-    page.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
-    // No fetch of any kind, even if a name slipped through unescaped.
-    page.push_str(
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">",
-    );
-    page.push_str("<title>locktrace report</title><style>");
-    page.push_str(STYLE);
-    page.push_str("</style></head><body>\n<h1>locktrace report</h1>\n");
+    let mut page = head("locktrace report");
     let names: Vec<String> = sources.iter().map(|n| esc(n)).collect();
     let _ = writeln!(
         page,
@@ -410,6 +416,12 @@ fn picture(page: &mut String, f: &Finding) {
 fn svg_of(f: &Finding) -> Option<String> {
     let mut graph = Vec::new();
     dot::write(&mut graph, f).ok()?;
+    svg(graph)
+}
+
+/// `dot -Tsvg` of `graph`, without its XML prologue, or `None` when
+/// Graphviz is absent or fails.
+fn svg(graph: Vec<u8>) -> Option<String> {
     let mut child = Command::new("dot")
         .arg("-Tsvg")
         .stdin(Stdio::piped())
@@ -427,6 +439,31 @@ fn svg_of(f: &Finding) -> Option<String> {
     let svg = String::from_utf8(output.stdout).ok()?;
     let start = svg.find("<svg")?;
     Some(svg[start..].to_string())
+}
+
+/// The page of the whole lock-order graph (`report --graph`): its picture
+/// (`graph`, DOT, laid out by Graphviz when installed) and its text.
+pub fn write_graph(
+    out: &mut dyn Write,
+    sources: &[String],
+    graph: &[u8],
+    text: &str,
+) -> io::Result<()> {
+    let mut page = head("locktrace lock-order graph");
+    let names: Vec<String> = sources.iter().map(|n| esc(n)).collect();
+    let _ = writeln!(
+        page,
+        "<p class=\"muted\">The lock classes and dependencies of {}; cycles in red.</p>",
+        names.join(", ")
+    );
+    if let Some(svg) = svg(graph.to_vec()) {
+        let _ = writeln!(page, "<figure>{svg}</figure>");
+    }
+    page.push_str("<pre>");
+    page.push_str(&esc_lines(text));
+    page.push_str("</pre>\n</body></html>\n");
+    out.write_all(page.as_bytes())?;
+    out.flush()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod dot;
 pub mod escape;
 pub mod findings;
 pub mod fingerprint;
+pub mod graph;
 pub mod html;
 pub mod json;
 pub mod replay;

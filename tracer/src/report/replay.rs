@@ -15,6 +15,7 @@ use crate::report::dot;
 use crate::report::escape;
 use crate::report::findings::Finding;
 use crate::report::fingerprint::fingerprint;
+use crate::report::graph::LockGraph;
 use crate::report::html;
 use crate::report::json;
 use crate::report::sink::{Format, Reporter};
@@ -55,6 +56,8 @@ pub struct Capture {
     pub summary_line: Option<String>,
     /// One per line skipped: its number and why.
     pub warnings: Vec<String>,
+    /// Its `lock_graph` lines (one per run; none before they were written).
+    pub graphs: Vec<LockGraph>,
 }
 
 /// Reads `text`, the content of capture `name`. A line that is not a
@@ -92,6 +95,12 @@ pub fn parse(name: &str, text: &str) -> Result<Capture> {
                 capture.summary = Some(value);
                 capture.summary_line = Some(line.to_string());
             }
+            Some("lock_graph") => match LockGraph::deserialize(&value) {
+                Ok(g) => capture.graphs.push(g),
+                Err(e) => capture.warnings.push(format!(
+                    "{name} line {n} is not a lock graph, skipped ({e})"
+                )),
+            },
             _ => match Finding::deserialize(&value) {
                 Ok(f) => capture.findings.push(f),
                 Err(e) => capture.warnings.push(format!(

@@ -5,6 +5,7 @@ use std::io::{self, Write};
 
 use crate::report::escape;
 use crate::report::findings::Finding;
+use crate::report::graph::LockGraph;
 use crate::report::json;
 use crate::report::summary::Summary;
 
@@ -50,6 +51,16 @@ impl Reporter {
             Format::Json => json::write_finding(&mut self.out, f)?,
         }
         self.out.flush()
+    }
+
+    /// The whole class graph, a `lock_graph` line, in JSON only (for
+    /// `locktrace report --graph`; a terminal has no use for it).
+    pub fn graph(&mut self, g: &LockGraph) -> io::Result<()> {
+        if self.format == Format::Json {
+            json::write(&mut self.out, g)?;
+            self.out.flush()?;
+        }
+        Ok(())
     }
 
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
