@@ -127,9 +127,13 @@ impl Pythons {
             }
             Err(unsupported) => {
                 // One note per process (a second look at a process that is
-                // exiting fails for another reason) and per reason.
+                // exiting fails for another reason) and per reason. A
+                // process gone meanwhile (a record read after its exit
+                // record, the process forgotten) is not worth one: its
+                // memory could not be read, that is all.
                 let first_for_pid = self.unsupported_pids.insert(pid);
                 if first_for_pid
+                    && crate::host::proc::is_process(pid)
                     && self.unsupported.len() < MAX_REASONS
                     && self.unsupported.insert(unsupported.reason.clone())
                 {
