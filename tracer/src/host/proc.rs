@@ -79,6 +79,21 @@ pub fn is_process(pid: u32) -> bool {
     })
 }
 
+/// Whether `pid` is a process that has not exited (not a zombie waiting to
+/// be reaped: its memory is gone already).
+pub fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        field("Tgid:") == Some(pid.to_string().as_str())
+            && !field("State:").is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
+    })
+}
+
 /// Pids of running processes whose comm is `comm`.
 pub fn pids_with_comm(comm: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

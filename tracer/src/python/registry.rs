@@ -133,7 +133,7 @@ impl Pythons {
                 // memory could not be read, that is all.
                 let first_for_pid = self.unsupported_pids.insert(pid);
                 if first_for_pid
-                    && crate::host::proc::is_process(pid)
+                    && crate::host::proc::is_running(pid)
                     && self.unsupported.len() < MAX_REASONS
                     && self.unsupported.insert(unsupported.reason.clone())
                 {
