@@ -210,6 +210,7 @@ fn thread(tid: u32, holds: &Lock, waits_for: &Lock, holder: u32) -> ThreadReport
     ThreadReport {
         pid: 7,
         comm: "dl".into(),
+        origin: None,
         tid,
         thread: format!("t{tid}"),
         state: "S".into(),
@@ -239,6 +240,7 @@ fn dot_of_a_deadlock_has_waits_for_and_held_by_edges() {
         id: 2,
         pid: 7,
         comm: "dl".into(),
+        origin: None,
         threads: vec![thread(8, &a, &b, 9), thread(9, &b, &a, 8)],
         inversion: Some(1),
     });
@@ -260,6 +262,7 @@ fn dot_of_a_deadlock_has_waits_for_and_held_by_edges() {
         id: 3,
         pid: 7,
         comm: "dl".into(),
+        origin: None,
         tid: 8,
         thread: "t8".into(),
         lock: a.clone(),
@@ -288,6 +291,7 @@ fn text_escapes_names_and_changes_nothing_else() {
         id: 1,
         pid: 7,
         comm: "dl\x07".into(),
+        origin: None,
         threads: vec![t1, t2],
         inversion: None,
     });
@@ -316,7 +320,59 @@ fn dot_deadlock() -> Finding {
         id: 2,
         pid: 7,
         comm: "dl".into(),
+        origin: None,
         threads: vec![thread(11, &a, &b, 12), thread(12, &b, &a, 11)],
         inversion: Some(1),
     })
+}
+
+#[test]
+fn origins_read_back_and_old_captures_without_them_still_read() {
+    use crate::host::proc::origin_of_path;
+    // A capture written before findings carried their origin.
+    let mut old = serde_json::to_value(ab_ba_finding()).unwrap();
+    old.as_object_mut().unwrap().remove("origin");
+    for e in old["cycle"].as_array_mut().unwrap() {
+        e.as_object_mut().unwrap().remove("origin");
+    }
+    assert!(!old.to_string().contains("origin"));
+    let c = replay::parse("old.jsonl", &format!("{old}\n")).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let Finding::LockOrderInversion(inv) = &c.findings[0] else {
+        panic!("an inversion")
+    };
+    assert_eq!(inv.origin, None);
+
+    // A deadlock whose threads ran in a service: its origin once, after the
+    // headline, and not again for each thread of the same process.
+    let (a, b) = (lock("mutex_a", 0xa0), lock("mutex_b", 0xb0));
+    let origin = Some(origin_of_path("/system.slice/db.service"));
+    let mut threads = vec![thread(8, &a, &b, 9), thread(9, &b, &a, 8)];
+    threads.iter_mut().for_each(|t| t.origin = origin.clone());
+    // A holder in another process (a lock in shared memory), elsewhere.
+    threads[1].pid = 70;
+    threads[1].origin = Some(origin_of_path("/user.slice/user-0.slice/session-2.scope"));
+    let d = Finding::Deadlock(Deadlock {
+        id: 1,
+        pid: 7,
+        comm: "dl".into(),
+        origin,
+        threads,
+        inversion: None,
+    });
+    let c = replay::parse("new.jsonl", &capture(&[d])).unwrap();
+    let text = printed(&[c], &Filter::default(), Output::Text);
+    assert!(
+        text.starts_with(
+            "ERROR: deadlock: 2 threads of dl [7] wait for each other\n  in db.service (cgroup /system.slice/db.service)\n\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(text.matches("db.service (cgroup").count(), 1, "{text}");
+    assert!(
+        text.contains(
+            "\n    in session-2.scope (cgroup /user.slice/user-0.slice/session-2.scope)\n"
+        ),
+        "{text}"
+    );
 }
