@@ -376,3 +376,71 @@ fn origins_read_back_and_old_captures_without_them_still_read() {
         "{text}"
     );
 }
+
+#[test]
+fn fingerprints_print_as_a_suppress_list_the_agent_reads() {
+    use crate::report::fingerprint::fingerprint;
+    let ab_ba = ab_ba_finding();
+    // A process named to end the comment and forge a key of the config.
+    let hostile = Finding::SelfDeadlock(SelfDeadlock {
+        id: 3,
+        pid: 7,
+        comm: "x\n[alertmanager]\nurl = \"http://evil\"".into(),
+        origin: None,
+        tid: 8,
+        thread: "t8".into(),
+        lock: lock("mutex_a", 0xa0),
+        stack: vec![],
+        held_stack: vec![],
+    });
+    // The inversion twice (two workers, two captures), the self-deadlock once.
+    let one = replay::parse("one.jsonl", &capture(&[ab_ba.clone(), hostile.clone()])).unwrap();
+    let two = replay::parse("two.jsonl", &capture(std::slice::from_ref(&ab_ba))).unwrap();
+    let mut out = Vec::new();
+    replay::print_fingerprints(&[one, two], &Filter::default(), &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let (fp_inv, fp_self) = (fingerprint(&ab_ba), fingerprint(&hostile));
+    assert_eq!(
+        text,
+        format!(
+            "# 2 fingerprints in one.jsonl, two.jsonl: paste under [suppress] in the agent's config\n\
+             fingerprints = [\n    \
+             \"{fp_inv}\", # lock_order_inversion (2 findings): lock-order inversion mutex_a -> mutex_b -> mutex_a at worker_ab, worker_ba in ab_ba (pid 4242)\n    \
+             \"{fp_self}\", # self_deadlock: thread 8 requested mutex_a it holds, at  in x\\n[alertmanager]\\nurl = \"http://evil\" (pid 7)\n\
+             ]\n"
+        )
+    );
+
+    // Pasted under [suppress], the agent's config reads exactly those.
+    let crate::cli::Command::Agent(args) =
+        <crate::cli::Cli as clap::Parser>::try_parse_from(["locktrace", "agent"])
+            .unwrap()
+            .command
+    else {
+        unreachable!()
+    };
+    let config = crate::agent::config::Config::parse(
+        std::path::Path::new("/etc/locktrace/locktrace.toml"),
+        &format!("[suppress]\n{text}"),
+        &args,
+    )
+    .unwrap();
+    assert_eq!(config.suppress_fingerprints, [fp_inv, fp_self]);
+    assert!(config.alertmanager.is_none());
+
+    // The filters apply.
+    let c = replay::parse("one.jsonl", &capture(&[ab_ba, hostile])).unwrap();
+    let filter = Filter {
+        types: vec!["self_deadlock".into()],
+        ..Filter::default()
+    };
+    let mut out = Vec::new();
+    replay::print_fingerprints(&[c], &filter, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("    \"")).count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("# self_deadlock"), "{text}");
+}
