@@ -216,6 +216,20 @@ impl TestCgroup {
         TestCgroup(dir)
     }
 
+    /// A test cgroup directly under the root, named `name` (a unit's or a
+    /// container's name, as systemd or a runtime would make it).
+    pub fn named(name: &str) -> Self {
+        let dir = cgroup2_root().join(name);
+        std::fs::create_dir_all(&dir).expect("create a test cgroup");
+        TestCgroup(dir)
+    }
+
+    /// Its path as `/proc/PID/cgroup` shows it: `/NAME`.
+    pub fn path(&self) -> String {
+        let rel = self.0.strip_prefix(cgroup2_root()).expect("under the root");
+        format!("/{}", rel.display())
+    }
+
     /// `sh -c` that moves itself into this cgroup, then execs `program`
     /// with `args` (the program starts in the cgroup).
     pub fn command(&self, program: &std::path::Path, args: &[&std::ffi::OsStr]) -> Command {

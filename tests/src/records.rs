@@ -154,6 +154,20 @@ pub struct PyFrame {
     pub line: u32,
 }
 
+/// Where a process ran, from `/proc/PID/cgroup`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// The cgroup v2 path: `/system.slice/apache2.service`.
+    pub cgroup: String,
+    /// Its innermost `*.service` or `*.scope` component.
+    #[serde(deserialize_with = "nullable")]
+    pub unit: Option<String>,
+    /// A 64-hex container id in the path.
+    #[serde(deserialize_with = "nullable")]
+    pub container: Option<String>,
+}
+
 /// One dependency of a cycle: thread `tid` requested `to` while holding
 /// `from`.
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +178,10 @@ pub struct Edge {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
+    /// Where the process ran: cgroup v2 path, unit, container (null when
+    /// unknown).
+    #[serde(deserialize_with = "nullable")]
+    pub origin: Option<Origin>,
     pub thread: String,
     /// Where `to` was requested, innermost first.
     pub stack: Vec<Frame>,
@@ -191,6 +209,10 @@ pub struct Inversion {
     pub id: u64,
     pub pid: u32,
     pub comm: String,
+    /// Where the process ran: cgroup v2 path, unit, container (null when
+    /// unknown).
+    #[serde(deserialize_with = "nullable")]
+    pub origin: Option<Origin>,
     /// `locks[i]` is `cycle[i].from`.
     pub locks: Vec<Lock>,
     pub cycle: Vec<Edge>,
@@ -213,6 +235,10 @@ pub struct SelfDeadlock {
     pub id: u64,
     pub pid: u32,
     pub comm: String,
+    /// Where the process ran: cgroup v2 path, unit, container (null when
+    /// unknown).
+    #[serde(deserialize_with = "nullable")]
+    pub origin: Option<Origin>,
     pub tid: u32,
     pub thread: String,
     pub lock: Lock,
@@ -232,6 +258,10 @@ pub struct SameClassNesting {
     pub id: u64,
     pub pid: u32,
     pub comm: String,
+    /// Where the process ran: cgroup v2 path, unit, container (null when
+    /// unknown).
+    #[serde(deserialize_with = "nullable")]
+    pub origin: Option<Origin>,
     pub tid: u32,
     pub thread: String,
     pub class: String,
@@ -256,6 +286,10 @@ pub struct Deadlock {
     pub id: u64,
     pub pid: u32,
     pub comm: String,
+    /// Where the process ran: cgroup v2 path, unit, container (null when
+    /// unknown).
+    #[serde(deserialize_with = "nullable")]
+    pub origin: Option<Origin>,
     pub threads: Vec<ThreadReport>,
     /// The id of the inversion reported earlier for these locks.
     #[serde(deserialize_with = "nullable")]
@@ -271,6 +305,10 @@ pub struct LockWaitTimeout {
     pub id: u64,
     pub pid: u32,
     pub comm: String,
+    /// Where the process ran: cgroup v2 path, unit, container (null when
+    /// unknown).
+    #[serde(deserialize_with = "nullable")]
+    pub origin: Option<Origin>,
     pub waiter: ThreadReport,
     pub holders: Vec<ThreadReport>,
 }
@@ -281,6 +319,10 @@ pub struct LockWaitTimeout {
 pub struct ThreadReport {
     pub pid: u32,
     pub comm: String,
+    /// Where the process ran: cgroup v2 path, unit, container (null when
+    /// unknown).
+    #[serde(deserialize_with = "nullable")]
+    pub origin: Option<Origin>,
     pub tid: u32,
     pub thread: String,
     /// The kernel's scheduler state (`S`, `R`, `D`...).

@@ -202,6 +202,56 @@ fn a_garbage_line_is_skipped_with_a_warning_and_a_newer_schema_refused() {
     assert!(run.stdout.is_empty(), "{}", run.describe());
 }
 
+#[test]
+fn fingerprints_print_as_a_suppress_list() {
+    require_root();
+    // Two runs of the AB/BA fixture: two processes, one bug, one fingerprint.
+    let one = capture("ab_ba", Variant::NoFp);
+    let two = capture("ab_ba", Variant::NoFp);
+    let fp = &one.run.report.inversions()[0].fingerprint;
+    assert_eq!(fp, &two.run.report.inversions()[0].fingerprint);
+    let run = Tracer::new([
+        "report".to_string(),
+        "--print-fingerprints".to_string(),
+        one.path.display().to_string(),
+        two.path.display().to_string(),
+    ])
+    .run();
+    run.assert_exit(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", run.describe());
+    assert!(
+        lines[0].starts_with("# 1 fingerprint in ")
+            && lines[0].ends_with(": paste under [suppress] in the agent's config"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(lines[1], "fingerprints = [");
+    let entry = format!(
+        "    \"{fp}\", # lock_order_inversion (2 findings): lock-order inversion mutex_a -> mutex_b -> mutex_a at lock_ab, lock_ba in ab_ba_nofp (pid {})",
+        one.run.report.inversions()[0].pid
+    );
+    assert_eq!(lines[2], entry, "{}", run.describe());
+    assert_eq!(lines[3], "]");
+
+    // Filtered away: an empty list. Not with another format.
+    let run = report(&["--print-fingerprints", "--type", "deadlock"], &one.path);
+    assert!(
+        run.stdout.ends_with("fingerprints = [\n]\n"),
+        "{}",
+        run.describe()
+    );
+    let run = Tracer::new([
+        "report",
+        "--print-fingerprints",
+        "--format",
+        "json",
+        one.path.to_str().unwrap(),
+    ])
+    .run();
+    run.assert_failed();
+}
+
 /// Debian's Chromium (installed by `cargo xtask test`), headless.
 const CHROMIUM: &str = "/usr/bin/chromium";
 

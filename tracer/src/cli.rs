@@ -124,6 +124,11 @@ pub struct ReportArgs {
     /// cycles are drawn.
     #[arg(long)]
     pub graph: bool,
+    /// Print each finding's fingerprint, type and a one-line summary as a
+    /// TOML array, `fingerprints = [...]`, to paste under `[suppress]` in
+    /// the agent's config (each fingerprint once; the filters apply).
+    #[arg(long, conflicts_with_all = ["graph", "format"])]
+    pub print_fingerprints: bool,
     /// Write to FILE instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,

@@ -118,6 +118,9 @@ impl Enricher {
         match record {
             Record::Dependency(raw) => {
                 let python = self.pythons.resolve(raw.pid, &raw.python);
+                // While the process surely runs: a finding about this
+                // dependency may be built after it exited.
+                self.symbolizer.spaces().origin(raw.pid);
                 Pending::Request {
                     raw: Box::new(raw),
                     python,
@@ -126,6 +129,7 @@ impl Enricher {
             }
             Record::SelfDeadlock(raw) => {
                 let python = self.pythons.resolve(raw.pid, &raw.python);
+                self.symbolizer.spaces().origin(raw.pid);
                 Pending::Request {
                     raw: Box::new(raw),
                     python,
@@ -309,6 +313,10 @@ impl Resolve for Enricher {
             return None;
         }
         self.symbolizer.image_lock(pid, addr)
+    }
+
+    fn origin(&mut self, pid: u32) -> Option<crate::host::proc::Origin> {
+        self.symbolizer.spaces().origin(pid)
     }
 }
 

@@ -114,10 +114,15 @@ fn replay(args: ReportArgs) -> Result<i32> {
         cli::ReportFormat::Dot => Output::Dot,
         cli::ReportFormat::Html => Output::Html,
     };
-    let out: Box<dyn Write + Send> = match &args.output {
+    let mut out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(outfile::create(path, args.force)?),
         None => Box::new(std::io::stdout()),
     };
+    if args.print_fingerprints {
+        replay::print_fingerprints(&captures, &filter, &mut out)?;
+        out.flush()?;
+        return Ok(0);
+    }
     if args.graph {
         let graphs: Vec<_> = captures.iter().flat_map(|c| &c.graphs).collect();
         if graphs.is_empty() {

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::report::findings::Origin;
 pub use crate::report::fingerprint::fingerprint;
 use crate::report::fingerprint::site;
 use crate::report::{Finding, Lock};
@@ -50,13 +51,14 @@ pub fn alert(finding: &Finding, ctx: &Context<'_>, now: SystemTime) -> Option<Al
         Finding::Deadlock(_) | Finding::SelfDeadlock(_) => "critical",
         _ => "warning",
     };
-    let (pid, comm) = pid_comm(finding);
+    let (_, comm) = pid_comm(finding);
+    let origin = origin(finding);
     let labels = BTreeMap::from([
         ("alertname".to_string(), alertname.to_string()),
         ("severity".to_string(), severity.to_string()),
         ("fingerprint".to_string(), fingerprint(finding)),
         ("host".to_string(), ctx.host.to_string()),
-        ("service".to_string(), service(pid, comm)),
+        ("service".to_string(), service(origin, comm)),
     ]);
     // The text report's form: names escaped, as a mail or chat message of
     // the alert shows it to a person.
@@ -69,11 +71,24 @@ pub fn alert(finding: &Finding, ctx: &Context<'_>, now: SystemTime) -> Option<Al
         description.truncate(cut);
         description.push_str("\n[cut]");
     }
-    let annotations = BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         ("summary".to_string(), summary(finding)),
         ("description".to_string(), description),
         ("runbook_url".to_string(), ctx.runbook_url.to_string()),
     ]);
+    // Annotations, not labels: labels are the alert's identity, and a
+    // container id (new at every container restart) or a session's cgroup
+    // would split one bug into many alerts.
+    if let Some(o) = origin {
+        let esc = |s: &str| crate::report::escape::name(s).into_owned();
+        annotations.insert("cgroup".to_string(), esc(&o.cgroup));
+        if let Some(unit) = &o.unit {
+            annotations.insert("unit".to_string(), esc(unit));
+        }
+        if let Some(id) = &o.container {
+            annotations.insert("container".to_string(), esc(id));
+        }
+    }
     Some(Alert {
         labels,
         annotations,
@@ -130,30 +145,32 @@ pub fn summary(finding: &Finding) -> String {
     format!("{what} in {comm} (pid {pid})")
 }
 
-/// The `service` label: the process's systemd service, else its container,
-/// else its command name.
-pub fn service(pid: u32, comm: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()
-        .and_then(|text| service_of_cgroup(&text))
-        .unwrap_or_else(|| comm.to_string())
+/// The origin of the finding's own process (of its first edge, for a
+/// cycle), as read when the finding was built.
+fn origin(finding: &Finding) -> Option<&Origin> {
+    match finding {
+        Finding::LockOrderInversion(f) => f.origin.as_ref(),
+        Finding::Deadlock(f) => f.origin.as_ref(),
+        Finding::LockWaitTimeout(f) => f.origin.as_ref(),
+        Finding::SelfDeadlock(f) => f.origin.as_ref(),
+        Finding::SameClassNesting(f) => f.origin.as_ref(),
+        Finding::BlockedThread(t) => t.origin.as_ref(),
+    }
 }
 
-/// From `/proc/PID/cgroup`: the innermost `*.service` of the cgroup v2
-/// path, else a container id (64 hex digits in a path component, as
-/// docker, containerd and CRI-O name them), cut to 12 like `docker ps`.
-fn service_of_cgroup(text: &str) -> Option<String> {
-    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    if let Some(unit) = parts.iter().rev().find(|p| p.ends_with(".service")) {
-        return Some(unit.to_string());
+/// The `service` label, from the finding's origin: its systemd
+/// `*.service`, else its container id cut to 12 like `docker ps`
+/// (`container:0123456789ab`), else its `*.scope` unit (`systemd-run
+/// --scope`, a login session), else its command name.
+pub fn service(origin: Option<&Origin>, comm: &str) -> String {
+    let unit = origin.and_then(|o| o.unit.as_deref());
+    if let Some(unit) = unit.filter(|u| u.ends_with(".service")) {
+        return unit.to_string();
     }
-    parts.iter().rev().find_map(|p| {
-        let id = p.trim_end_matches(".scope");
-        let id = id.rsplit(['-', ':']).next().unwrap_or(id);
-        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| format!("container:{}", &id[..12]))
-    })
+    if let Some(id) = origin.and_then(|o| o.container.as_deref()) {
+        return format!("container:{}", id.get(..12).unwrap_or(id));
+    }
+    unit.unwrap_or(comm).to_string()
 }
 
 /// `2026-12-07T05:31:48Z`.
@@ -193,18 +210,31 @@ mod tests {
     }
 
     #[test]
-    fn services_from_cgroups() {
+    fn services_from_origins() {
+        use crate::host::proc::origin_of_path;
+        let service_of = |path: &str| service(Some(&origin_of_path(path)), "prog");
         assert_eq!(
-            service_of_cgroup("0::/system.slice/apache2.service\n").as_deref(),
-            Some("apache2.service")
+            service_of("/system.slice/apache2.service"),
+            "apache2.service"
         );
         let id = "a".repeat(64);
         assert_eq!(
-            service_of_cgroup(&format!("0::/system.slice/docker-{id}.scope\n")),
-            Some("container:aaaaaaaaaaaa".to_string())
+            service_of(&format!("/system.slice/docker-{id}.scope")),
+            "container:aaaaaaaaaaaa"
         );
-        assert_eq!(service_of_cgroup("0::/user.slice/session-1.scope\n"), None);
-        assert_eq!(service_of_cgroup("0::/\n"), None);
+        // A service inside a container is the service.
+        assert_eq!(
+            service_of(&format!(
+                "/system.slice/docker-{id}.scope/system.slice/nginx.service"
+            )),
+            "nginx.service"
+        );
+        assert_eq!(
+            service_of("/user.slice/user-0.slice/session-1.scope"),
+            "session-1.scope"
+        );
+        assert_eq!(service_of("/"), "prog");
+        assert_eq!(service(None, "prog"), "prog");
     }
 
     use crate::report::{Edge, Inversion};
@@ -242,6 +272,7 @@ mod tests {
             pid,
             tid: pid + 1,
             comm: "prog".into(),
+            origin: None,
             thread: "prog".into(),
             stack: vec![libc.clone(), frame(function, base + 0x1100)],
             held_stack: vec![frame(function, base + 0x10f0)],
@@ -252,6 +283,7 @@ mod tests {
             id: 1,
             pid,
             comm: "prog".into(),
+            origin: None,
             locks: vec![la.clone(), lb.clone()],
             cycle: vec![edge(&la, &lb, "lock_ab"), edge(&lb, &la, "lock_ba")],
             guarded: false,
@@ -362,5 +394,56 @@ mod tests {
             "lock-order inversion mutex_a -> mutex_b -> mutex_a at lock_ab, lock_ba in prog (pid 100)"
         );
         assert_eq!(alert.ends_at, "1970-01-01T00:01:00Z");
+    }
+
+    #[test]
+    fn an_alert_says_where_it_ran() {
+        let Finding::LockOrderInversion(mut inv) =
+            ab_ba(100, "/opt/a/prog", 0x5500_0000_0000, "mutex_a", "mutex_b")
+        else {
+            unreachable!()
+        };
+        let ctx = Context {
+            host: "web1",
+            runbook_url: "file:///r",
+            active_for: Duration::from_secs(60),
+        };
+        let without = alert(
+            &Finding::LockOrderInversion(inv.clone()),
+            &ctx,
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        assert_eq!(without.labels["service"], "prog");
+        assert!(!without.annotations.contains_key("cgroup"));
+
+        // A cgroup named by whoever could create it: escaped.
+        inv.origin = Some(crate::host::proc::origin_of_path(
+            "/system.slice/app.service/evil\n\u{1b}[2J",
+        ));
+        for e in &mut inv.cycle {
+            e.origin = inv.origin.clone();
+        }
+        let with = alert(
+            &Finding::LockOrderInversion(inv),
+            &ctx,
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        assert_eq!(with.labels["service"], "app.service");
+        assert_eq!(with.labels.len(), 5, "no new labels: {:?}", with.labels);
+        assert_eq!(with.annotations["unit"], "app.service");
+        assert_eq!(
+            with.annotations["cgroup"],
+            "/system.slice/app.service/evil\\n\\x1b[2J"
+        );
+        assert!(!with.annotations.contains_key("container"));
+        assert!(
+            with.annotations["description"].contains(
+                "\n  in app.service (cgroup /system.slice/app.service/evil\\n\\x1b[2J)\n"
+            ),
+            "{}",
+            with.annotations["description"]
+        );
     }
 }

@@ -115,6 +115,7 @@ mod tests {
             id: 1,
             pid: 1,
             comm: "p".into(),
+            origin: None,
             tid: 1,
             thread: "p".into(),
             lock: Lock {

@@ -190,3 +190,118 @@ pub fn ns_tid(pid: u32, tid: u32) -> Option<u32> {
         .parse()
         .ok()
 }
+
+/// Where a process runs: its cgroup v2 path, the systemd unit and the
+/// container that path names. Read from `/proc/PID/cgroup` (whoever may
+/// create cgroups names them: a delegated subtree, a container runtime, so
+/// the printers escape these like every name from a traced process).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    /// The cgroup v2 path (the `0::` line), as seen from the tracer's
+    /// cgroup namespace: `/system.slice/apache2.service`.
+    pub cgroup: String,
+    /// The innermost `*.service` or `*.scope` component of the path.
+    pub unit: Option<String>,
+    /// A 64-hex container id in the path (docker, containerd, CRI-O,
+    /// podman: `docker-ID.scope`, `cri-containerd-ID.scope`,
+    /// `libpod-ID.scope`, `/docker/ID`), the innermost one.
+    pub container: Option<String>,
+}
+
+/// The origin of process `pid` (procfs), `None` when it is gone or has no
+/// cgroup v2 path (a host with cgroup v1 only).
+pub fn origin(pid: u32) -> Option<Origin> {
+    let groups = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .cgroups()
+        .ok()?;
+    let v2 = groups
+        .0
+        .into_iter()
+        .find(|g| g.hierarchy == 0 && g.controllers.is_empty())?;
+    Some(origin_of_path(&v2.pathname))
+}
+
+/// The unit and container named by cgroup v2 path `path`.
+pub fn origin_of_path(path: &str) -> Origin {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let unit = parts
+        .iter()
+        .rev()
+        .find(|p| p.ends_with(".service") || p.ends_with(".scope"))
+        .map(|p| p.to_string());
+    let container = parts.iter().rev().find_map(|p| {
+        let id = p.trim_end_matches(".scope");
+        let id = id.rsplit(['-', ':']).next().unwrap_or(id);
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    });
+    Origin {
+        cgroup: path.to_string(),
+        unit,
+        container,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_from_cgroup_paths() {
+        assert_eq!(
+            origin_of_path("/system.slice/apache2.service"),
+            Origin {
+                cgroup: "/system.slice/apache2.service".into(),
+                unit: Some("apache2.service".into()),
+                container: None,
+            }
+        );
+        let id = "0123456789abcdef".repeat(4);
+        for path in [
+            format!("/system.slice/docker-{id}.scope"),
+            format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+            format!("/docker/{id}"),
+        ] {
+            assert_eq!(
+                origin_of_path(&path).container.as_deref(),
+                Some(&*id),
+                "{path}"
+            );
+        }
+        // A service inside a container (systemd in the container): both.
+        let nested = origin_of_path(&format!(
+            "/system.slice/docker-{id}.scope/system.slice/nginx.service"
+        ));
+        assert_eq!(nested.unit.as_deref(), Some("nginx.service"));
+        assert_eq!(nested.container.as_deref(), Some(&*id));
+        // A user's service: the innermost unit.
+        let user =
+            origin_of_path("/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service");
+        assert_eq!(user.unit.as_deref(), Some("foo.service"));
+        let session = origin_of_path("/user.slice/user-1000.slice/session-3.scope");
+        assert_eq!(session.unit.as_deref(), Some("session-3.scope"));
+        assert_eq!(session.container, None);
+        assert_eq!(
+            origin_of_path("/"),
+            Origin {
+                cgroup: "/".into(),
+                unit: None,
+                container: None
+            }
+        );
+        // Not 64 hex digits: no container.
+        assert_eq!(origin_of_path("/docker/0123abc").container, None);
+    }
+
+    #[test]
+    fn our_own_origin() {
+        // Whatever cgroup this test runs in, the path is the `0::` line's.
+        let text = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let line = text.lines().find_map(|l| l.strip_prefix("0::"));
+        assert_eq!(
+            origin(std::process::id()).map(|o| o.cgroup),
+            line.map(str::to_string)
+        );
+    }
+}

@@ -33,6 +33,12 @@ struct Space {
     maps: std::sync::Arc<BTreeMap<u64, Mapping>>,
     name: Option<String>,
     exited: Option<Instant>,
+    /// Its cgroup, unit and container, read once while it runs (its first
+    /// dependency, or the first finding about it) and kept as long as the
+    /// space: a finding built after it exited still says where it ran.
+    /// Not inherited at fork (a child is moved to its cgroup before its
+    /// exec), not reset at exec (the move came before it).
+    origin: Option<crate::host::proc::Origin>,
 }
 
 impl Space {
@@ -251,6 +257,26 @@ impl AddressSpaces {
         self.spaces.get(&pid)?.name.clone()
     }
 
+    /// Where the process runs (see [`crate::host::proc::Origin`]): read
+    /// from `/proc/PID/cgroup` the first time, then kept with its address
+    /// space (so, bounded like the spaces: forgotten a grace period after
+    /// the process exits). A process never seen is read, not kept; one
+    /// that exited unread has none.
+    pub fn origin(&mut self, pid: u32) -> Option<crate::host::proc::Origin> {
+        self.ensure(pid);
+        if let Some(space) = self.spaces.get(&pid) {
+            if space.origin.is_some() || space.exited.is_some() {
+                // Gone: its pid may be another process's by now.
+                return space.origin.clone();
+            }
+        }
+        let read = crate::host::proc::origin(pid)?;
+        if let Some(space) = self.spaces.get_mut(&pid) {
+            space.origin = Some(read.clone());
+        }
+        Some(read)
+    }
+
     /// Whether the process is known to have exited.
     pub fn has_exited(&self, pid: u32) -> bool {
         self.spaces.get(&pid).is_some_and(|s| s.exited.is_some())
@@ -280,6 +306,7 @@ impl AddressSpaces {
         // A process seeded now may have been known and exited: keep that.
         if let Some(old) = self.spaces.get(&pid) {
             space.exited = old.exited;
+            space.origin = old.origin.clone();
         }
         self.spaces.insert(pid, space);
         true
@@ -332,14 +359,24 @@ impl AddressSpaces {
                 if !self.spaces.contains_key(&ppid) {
                     self.seed(ppid);
                 }
-                let child = match self.spaces.get(&ppid) {
+                // Its origin read already (its first dependency came
+                // before this record was replayed) is its own; an exited
+                // process's of the same pid is not.
+                let origin = self
+                    .spaces
+                    .get(&r.pid)
+                    .filter(|s| s.exited.is_none())
+                    .and_then(|s| s.origin.clone());
+                let mut child = match self.spaces.get(&ppid) {
                     Some(p) => Space {
                         maps: p.maps.clone(),
                         name: p.name.clone(),
                         exited: None,
+                        origin: None,
                     },
                     None => Space::default(),
                 };
+                child.origin = origin;
                 self.spaces.insert(r.pid, child);
             }
             RecordKind::Exit { tid } => {

@@ -61,6 +61,7 @@ pub fn deadlock(
         id,
         pid,
         comm: en.process_name(pid),
+        origin: en.origin(pid),
         threads,
         inversion,
     })
@@ -99,6 +100,7 @@ pub fn hang(
         id,
         pid,
         comm: en.process_name(pid),
+        origin: en.origin(pid),
         waiter,
         holders,
     })
@@ -173,6 +175,7 @@ pub fn snapshot(pids: &[u32], en: &mut Enricher) -> Vec<Finding> {
             id: i as u64 + 1,
             pid,
             comm: en.process_name(pid),
+            origin: en.origin(pid),
             threads,
             inversion: None,
         }));
@@ -243,6 +246,7 @@ fn describe(
     ThreadReport {
         pid,
         comm: en.process_name(pid),
+        origin: en.origin(pid),
         tid,
         thread,
         state,

@@ -59,6 +59,7 @@ pub fn same_class_nesting(
         id,
         pid: dep.pid,
         comm,
+        origin: names.resolve.origin(dep.pid),
         tid: dep.tid,
         thread: dep.thread.to_string(),
         class: class.to_string(),
@@ -84,6 +85,7 @@ pub fn self_deadlock(dep: &Dependency, resolve: &mut dyn Resolve, id: u64) -> Fi
         id,
         pid: dep.pid,
         comm,
+        origin: names.resolve.origin(dep.pid),
         tid: dep.tid,
         thread: dep.thread.to_string(),
         lock,
@@ -130,6 +132,7 @@ impl Names<'_> {
             pid: d.pid,
             tid: d.tid,
             comm: self.comm(d.pid),
+            origin: self.resolve.origin(d.pid),
             thread: d.thread.to_string(),
             stack: self.resolve.frames(d.pid, &d.stack, true),
             held_stack: self.resolve.frames(d.pid, &d.held_stack, false),
@@ -159,15 +162,16 @@ pub fn inversion(cycle: &detector::Inversion, resolve: &mut dyn Resolve) -> Find
         .map(|d| names.lock(d.from, d.from_kind))
         .collect();
     let edges: Vec<Edge> = cycle.edges.iter().map(|d| names.edge(d)).collect();
-    let (pid, comm) = match edges.first() {
-        Some(e) => (e.pid, e.comm.clone()),
-        None => (0, String::new()),
+    let (pid, comm, origin) = match edges.first() {
+        Some(e) => (e.pid, e.comm.clone(), e.origin.clone()),
+        None => (0, String::new(), None),
     };
     let gate = cycle.gate.map(|g| names.lock(g, LockKind::Mutex));
     Finding::LockOrderInversion(Inversion {
         id: cycle.id,
         pid,
         comm,
+        origin,
         locks,
         cycle: edges,
         guarded: gate.is_some(),

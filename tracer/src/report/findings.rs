@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use tracer_analysis::model::{from_hex, hex, Frame, Level, LockKind, PyFrame};
 
+pub use crate::host::proc::Origin;
+
 /// Name of a lock kind as printed (`"mutex"`).
 pub fn kind_name(kind: LockKind) -> &'static str {
     match kind {
@@ -97,6 +99,11 @@ pub struct SameClassNesting {
     pub id: u64,
     pub pid: u32,
     pub comm: String,
+    /// Where the process runs (cgroup, unit, container), read while it
+    /// ran; null when unknown (gone before it was read, no cgroup v2, or a
+    /// capture written before this field).
+    #[serde(default)]
+    pub origin: Option<Origin>,
     pub tid: u32,
     pub thread: String,
     pub class: String,
@@ -121,6 +128,11 @@ pub struct Deadlock {
     pub id: u64,
     pub pid: u32,
     pub comm: String,
+    /// Where the process runs (cgroup, unit, container), read while it
+    /// ran; null when unknown (gone before it was read, no cgroup v2, or a
+    /// capture written before this field).
+    #[serde(default)]
+    pub origin: Option<Origin>,
     pub threads: Vec<ThreadReport>,
     /// The id of the lock-order inversion reported earlier for these locks.
     pub inversion: Option<u64>,
@@ -132,6 +144,11 @@ pub struct LockWaitTimeout {
     pub id: u64,
     pub pid: u32,
     pub comm: String,
+    /// Where the process runs (cgroup, unit, container), read while it
+    /// ran; null when unknown (gone before it was read, no cgroup v2, or a
+    /// capture written before this field).
+    #[serde(default)]
+    pub origin: Option<Origin>,
     pub waiter: ThreadReport,
     /// The lock's holders, and what each is doing.
     pub holders: Vec<ThreadReport>,
@@ -142,6 +159,11 @@ pub struct LockWaitTimeout {
 pub struct ThreadReport {
     pub pid: u32,
     pub comm: String,
+    /// Where the process runs (cgroup, unit, container), read while it
+    /// ran; null when unknown (gone before it was read, no cgroup v2, or a
+    /// capture written before this field).
+    #[serde(default)]
+    pub origin: Option<Origin>,
     pub tid: u32,
     pub thread: String,
     /// The kernel's scheduler state: `S` sleeping, `R` running, `D` in
@@ -184,6 +206,11 @@ pub struct SelfDeadlock {
     pub id: u64,
     pub pid: u32,
     pub comm: String,
+    /// Where the process runs (cgroup, unit, container), read while it
+    /// ran; null when unknown (gone before it was read, no cgroup v2, or a
+    /// capture written before this field).
+    #[serde(default)]
+    pub origin: Option<Origin>,
     pub tid: u32,
     pub thread: String,
     /// The lock, in the mode it was requested again.
@@ -201,6 +228,11 @@ pub struct Inversion {
     /// The process of the cycle (of its first edge if it spans processes).
     pub pid: u32,
     pub comm: String,
+    /// Where the process runs (cgroup, unit, container), read while it
+    /// ran; null when unknown (gone before it was read, no cgroup v2, or a
+    /// capture written before this field).
+    #[serde(default)]
+    pub origin: Option<Origin>,
     /// The locks of the cycle, in order: `cycle[i].from`.
     pub locks: Vec<Lock>,
     pub cycle: Vec<Edge>,
@@ -260,6 +292,11 @@ pub struct Edge {
     pub tid: u32,
     /// The process's name.
     pub comm: String,
+    /// Where the process runs (cgroup, unit, container), read while it
+    /// ran; null when unknown (gone before it was read, no cgroup v2, or a
+    /// capture written before this field).
+    #[serde(default)]
+    pub origin: Option<Origin>,
     /// The thread's name.
     pub thread: String,
     /// Where `to` was requested, innermost first.

@@ -215,6 +215,58 @@ pub fn print(
     }
 }
 
+/// `report --print-fingerprints`: the fingerprints of the findings of
+/// `captures` that pass `filter`, each once (in the order first seen), as
+/// the TOML array the agent's `[suppress] fingerprints` takes, each with a
+/// comment: the finding's type, how many findings had it, and the alert
+/// summary of the first (names escaped: a comment cannot be ended, nor a
+/// key forged, by a name with a line break). Blocked threads of a snapshot
+/// have none.
+pub fn print_fingerprints(
+    captures: &[Capture],
+    filter: &Filter,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let mut seen: Vec<(String, &Finding, u64)> = Vec::new();
+    for f in captures
+        .iter()
+        .flat_map(|c| &c.findings)
+        .filter(|f| filter.matches(f) && !matches!(f, Finding::BlockedThread(_)))
+    {
+        let fp = fingerprint(f);
+        match seen.iter_mut().find(|(s, _, _)| *s == fp) {
+            Some(known) => known.2 += 1,
+            None => seen.push((fp, f, 1)),
+        }
+    }
+    let names: Vec<String> = captures
+        .iter()
+        .map(|c| escape::name(&c.name).into_owned())
+        .collect();
+    writeln!(
+        out,
+        "# {} in {}: paste under [suppress] in the agent's config",
+        plural(seen.len() as u64, "fingerprint", "fingerprints"),
+        names.join(", ")
+    )?;
+    writeln!(out, "fingerprints = [")?;
+    for (fp, f, n) in &seen {
+        let summary = crate::agent::alerts::summary(&escape::finding(f));
+        let times = if *n > 1 {
+            format!(" ({n} findings)")
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "    \"{fp}\", # {}{times}: {}",
+            type_name(f),
+            escape::name(&summary)
+        )?;
+    }
+    writeln!(out, "]")
+}
+
 /// What the captures hold: findings by type, processes, lost events.
 pub fn describe(captures: &[Capture], shown: usize) -> String {
     let mut s = String::new();

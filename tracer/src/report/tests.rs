@@ -24,6 +24,7 @@ pub(super) struct FakeResolve {
     frames: HashMap<(u32, u64), Frame>,
     locks: HashMap<(u32, u64), String>,
     procs: HashMap<u32, String>,
+    origins: HashMap<u32, crate::host::proc::Origin>,
     /// Every `frames` call: (pid, addrs, first_is_ip).
     calls: Vec<(u32, Vec<u64>, bool)>,
 }
@@ -69,6 +70,9 @@ impl Resolve for FakeResolve {
     }
     fn process_name(&mut self, pid: u32) -> String {
         self.procs.get(&pid).cloned().unwrap_or_else(|| "?".into())
+    }
+    fn origin(&mut self, pid: u32) -> Option<crate::host::proc::Origin> {
+        self.origins.get(&pid).cloned()
     }
 }
 
@@ -477,4 +481,85 @@ fn summary_text() {
     assert!(s
         .to_string()
         .ends_with("lost event in 0.0s; future_counter=9"));
+}
+
+#[test]
+fn findings_say_where_their_processes_ran() {
+    use crate::host::proc::origin_of_path;
+    let (cycle, mut r) = ab_ba();
+    r.origins
+        .insert(PID, origin_of_path("/system.slice/apache2.service"));
+    let finding = inversion(&cycle, &mut r);
+    let out = Shared::default();
+    let mut rep = Reporter::new(Format::Json, Box::new(out.clone()));
+    rep.finding(&finding).unwrap();
+    let v: Value = serde_json::from_str(out.text().lines().next().unwrap()).unwrap();
+    let origin = serde_json::json!({
+        "cgroup": "/system.slice/apache2.service",
+        "unit": "apache2.service",
+        "container": null,
+    });
+    assert_eq!(v["origin"], origin);
+    for e in v["cycle"].as_array().unwrap() {
+        assert_eq!(e["origin"], origin);
+    }
+    // One line for the one process, after the headline.
+    let text = escaped_text(&finding);
+    assert!(
+        text.starts_with(
+            "WARNING: potential deadlock: lock-order inversion between 2 locks in ab_ba [4242]\n\
+             \x20 in apache2.service (cgroup /system.slice/apache2.service)\n\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(text.matches(" in apache2.service").count(), 1, "{text}");
+
+    // Unknown: null, and no line.
+    let (cycle, mut r) = ab_ba();
+    let finding = inversion(&cycle, &mut r);
+    let v = serde_json::to_value(&finding).unwrap();
+    assert_eq!(v["origin"], Value::Null);
+    assert!(!escaped_text(&finding).contains("\n  in "));
+}
+
+#[test]
+fn a_cycle_across_cgroups_names_each_process_origin() {
+    use crate::host::proc::origin_of_path;
+    let (mut cycle, mut r) = ab_ba();
+    let other = PID + 100;
+    cycle.edges[1].pid = other;
+    r.procs.insert(other, "ab_ba".into());
+    let id = "0123456789abcdef".repeat(4);
+    r.origins
+        .insert(PID, origin_of_path("/system.slice/apache2.service"));
+    // A cgroup name with a line break and an escape sequence in it.
+    r.origins.insert(
+        other,
+        origin_of_path(&format!("/system.slice/docker-{id}.scope/x\n\x1b[2J")),
+    );
+    let finding = inversion(&cycle, &mut r);
+    let text = escaped_text(&finding);
+    assert!(
+        text.contains(
+            "\n  ab_ba [4242] in apache2.service (cgroup /system.slice/apache2.service)\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "\n  ab_ba [4342] in container 0123456789ab (cgroup /system.slice/docker-{id}.scope/x\\n\\x1b[2J)\n"
+        )),
+        "{text}"
+    );
+    let v = serde_json::to_value(&finding).unwrap();
+    assert_eq!(v["cycle"][1]["origin"]["container"], id.as_str());
+    assert_eq!(
+        v["cycle"][1]["origin"]["unit"],
+        format!("docker-{id}.scope")
+    );
+}
+
+/// The text report of `f` as the printers write it (names escaped).
+fn escaped_text(f: &Finding) -> String {
+    crate::report::escape::finding(f).to_string()
 }

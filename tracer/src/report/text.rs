@@ -7,9 +7,40 @@ use std::path::Path;
 use tracer_analysis::model::{Frame, Level, PyFrame};
 
 use crate::report::findings::{
-    Deadlock, Finding, Inversion, Lock, LockWaitTimeout, SameClassNesting, SelfDeadlock,
+    Deadlock, Finding, Inversion, Lock, LockWaitTimeout, Origin, SameClassNesting, SelfDeadlock,
     ThreadReport,
 };
+
+/// `apache2.service (cgroup /system.slice/apache2.service)`, `container
+/// 0123456789ab (cgroup ...)`, or `cgroup /user.slice/...` without a unit or
+/// container.
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(unit) = &self.unit {
+            // `docker-ID.scope` says no more than the container's id.
+            if !self.container.as_ref().is_some_and(|c| unit.contains(c)) {
+                parts.push(unit.clone());
+            }
+        }
+        if let Some(id) = &self.container {
+            parts.push(format!("container {}", id.get(..12).unwrap_or(id)));
+        }
+        if parts.is_empty() {
+            write!(f, "cgroup {}", self.cgroup)
+        } else {
+            write!(f, "{} (cgroup {})", parts.join(", "), self.cgroup)
+        }
+    }
+}
+
+/// The line `{indent}in ORIGIN`, when the origin is known.
+fn write_origin(f: &mut fmt::Formatter<'_>, indent: &str, origin: Option<&Origin>) -> fmt::Result {
+    match origin {
+        Some(o) => writeln!(f, "{indent}in {o}"),
+        None => Ok(()),
+    }
+}
 
 pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -29,6 +60,7 @@ impl fmt::Display for SameClassNesting {
             self.held.label(),
             self.class
         )?;
+        write_origin(f, "  ", self.origin.as_ref())?;
         match &self.opposite {
             None => writeln!(
                 f,
@@ -47,6 +79,11 @@ impl fmt::Display for SameClassNesting {
                 o.from.label()
             )?,
         }
+        if let Some(o) = &self.opposite {
+            if o.origin != self.origin {
+                write_origin(f, &format!("  {} [{}] ", o.comm, o.pid), o.origin.as_ref())?;
+            }
+        }
         writeln!(f)?;
         writeln!(f, "     {} was taken at:", self.held.label())?;
         write_stack(f, "       ", &self.held_stack)?;
@@ -63,7 +100,14 @@ impl fmt::Display for SameClassNesting {
 }
 
 impl ThreadReport {
-    fn write(&self, f: &mut fmt::Formatter<'_>, indent: &str) -> fmt::Result {
+    /// The thread, with its process's origin unless it is `shown` (the
+    /// finding's, printed above).
+    fn write(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        indent: &str,
+        shown: Option<&Origin>,
+    ) -> fmt::Result {
         write!(
             f,
             "{indent}thread {} [{}] of {} [{}], state {}",
@@ -94,6 +138,9 @@ impl ThreadReport {
                  only a tracer that saw the request knows)"
             )?,
             None => writeln!(f, ", not waiting for a lock")?,
+        }
+        if self.origin.as_ref() != shown {
+            write_origin(f, &format!("{indent}  "), self.origin.as_ref())?;
         }
         for h in &self.holds {
             writeln!(
@@ -133,12 +180,13 @@ impl fmt::Display for Deadlock {
             self.comm,
             self.pid
         )?;
+        write_origin(f, "  ", self.origin.as_ref())?;
         if let Some(id) = self.inversion {
             writeln!(f, "  (the lock-order inversion reported as finding #{id})")?;
         }
         writeln!(f)?;
         for t in &self.threads {
-            t.write(f, "  ")?;
+            t.write(f, "  ", self.origin.as_ref())?;
         }
         Ok(())
     }
@@ -161,11 +209,12 @@ impl fmt::Display for LockWaitTimeout {
             self.pid,
             self.waiter.waiting_s.unwrap_or(0.0)
         )?;
+        write_origin(f, "  ", self.origin.as_ref())?;
         writeln!(f)?;
-        self.waiter.write(f, "  ")?;
+        self.waiter.write(f, "  ", self.origin.as_ref())?;
         for h in &self.holders {
             writeln!(f, "  held by:")?;
-            h.write(f, "    ")?;
+            h.write(f, "    ", self.origin.as_ref())?;
         }
         Ok(())
     }
@@ -179,6 +228,7 @@ impl fmt::Display for SelfDeadlock {
             "WARNING: self-deadlock: thread {} [{}] of {} [{}] requested {lock} ({} {:#x}), which it already holds",
             self.thread, self.tid, self.comm, self.pid, self.lock.kind, self.lock.addr
         )?;
+        write_origin(f, "  ", self.origin.as_ref())?;
         writeln!(f)?;
         writeln!(f, "     {lock} was taken at:")?;
         write_stack(f, "       ", &self.held_stack)?;
@@ -273,6 +323,27 @@ impl fmt::Display for Inversion {
                 where_.join(", ")
             )?,
         }
+        // One line when every process runs in one place (a process, or the
+        // workers of one service), else one per process.
+        let mut origins: Vec<(u32, &str, Option<&Origin>)> = Vec::new();
+        for e in &self.cycle {
+            if !origins.iter().any(|(p, _, _)| *p == e.pid) {
+                origins.push((e.pid, &e.comm, e.origin.as_ref()));
+            }
+        }
+        if origins.is_empty() {
+            origins.push((self.pid, &self.comm, self.origin.as_ref()));
+        }
+        if origins.iter().all(|(_, _, o)| *o == origins[0].2) {
+            write_origin(f, "  ", origins[0].2)?;
+        } else {
+            for (pid, comm, origin) in &origins {
+                match origin {
+                    Some(_) => write_origin(f, &format!("  {comm} [{pid}] "), *origin)?,
+                    None => writeln!(f, "  {comm} [{pid}] in an unknown cgroup")?,
+                }
+            }
+        }
         writeln!(f)?;
 
         if self.level == Level::Class {
@@ -343,7 +414,7 @@ impl fmt::Display for Finding {
             Finding::SameClassNesting(n) => n.fmt(f),
             Finding::BlockedThread(t) => {
                 writeln!(f, "BLOCKED:")?;
-                t.write(f, "  ")
+                t.write(f, "  ", None)
             }
         }
     }

@@ -42,6 +42,10 @@ pub trait Resolve {
     fn image_lock(&mut self, _pid: u32, _addr: u64) -> Option<ImageLock> {
         None
     }
+    /// Where the process runs: its cgroup, systemd unit and container.
+    fn origin(&mut self, _pid: u32) -> Option<crate::host::proc::Origin> {
+        None
+    }
 }
 
 /// Entries of the per-(file, offset) result cache before it is cleared.

@@ -210,6 +210,7 @@ fn thread(tid: u32, holds: &Lock, waits_for: &Lock, holder: u32) -> ThreadReport
     ThreadReport {
         pid: 7,
         comm: "dl".into(),
+        origin: None,
         tid,
         thread: format!("t{tid}"),
         state: "S".into(),
@@ -239,6 +240,7 @@ fn dot_of_a_deadlock_has_waits_for_and_held_by_edges() {
         id: 2,
         pid: 7,
         comm: "dl".into(),
+        origin: None,
         threads: vec![thread(8, &a, &b, 9), thread(9, &b, &a, 8)],
         inversion: Some(1),
     });
@@ -260,6 +262,7 @@ fn dot_of_a_deadlock_has_waits_for_and_held_by_edges() {
         id: 3,
         pid: 7,
         comm: "dl".into(),
+        origin: None,
         tid: 8,
         thread: "t8".into(),
         lock: a.clone(),
@@ -288,6 +291,7 @@ fn text_escapes_names_and_changes_nothing_else() {
         id: 1,
         pid: 7,
         comm: "dl\x07".into(),
+        origin: None,
         threads: vec![t1, t2],
         inversion: None,
     });
@@ -316,7 +320,127 @@ fn dot_deadlock() -> Finding {
         id: 2,
         pid: 7,
         comm: "dl".into(),
+        origin: None,
         threads: vec![thread(11, &a, &b, 12), thread(12, &b, &a, 11)],
         inversion: Some(1),
     })
+}
+
+#[test]
+fn origins_read_back_and_old_captures_without_them_still_read() {
+    use crate::host::proc::origin_of_path;
+    // A capture written before findings carried their origin.
+    let mut old = serde_json::to_value(ab_ba_finding()).unwrap();
+    old.as_object_mut().unwrap().remove("origin");
+    for e in old["cycle"].as_array_mut().unwrap() {
+        e.as_object_mut().unwrap().remove("origin");
+    }
+    assert!(!old.to_string().contains("origin"));
+    let c = replay::parse("old.jsonl", &format!("{old}\n")).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let Finding::LockOrderInversion(inv) = &c.findings[0] else {
+        panic!("an inversion")
+    };
+    assert_eq!(inv.origin, None);
+
+    // A deadlock whose threads ran in a service: its origin once, after the
+    // headline, and not again for each thread of the same process.
+    let (a, b) = (lock("mutex_a", 0xa0), lock("mutex_b", 0xb0));
+    let origin = Some(origin_of_path("/system.slice/db.service"));
+    let mut threads = vec![thread(8, &a, &b, 9), thread(9, &b, &a, 8)];
+    threads.iter_mut().for_each(|t| t.origin = origin.clone());
+    // A holder in another process (a lock in shared memory), elsewhere.
+    threads[1].pid = 70;
+    threads[1].origin = Some(origin_of_path("/user.slice/user-0.slice/session-2.scope"));
+    let d = Finding::Deadlock(Deadlock {
+        id: 1,
+        pid: 7,
+        comm: "dl".into(),
+        origin,
+        threads,
+        inversion: None,
+    });
+    let c = replay::parse("new.jsonl", &capture(&[d])).unwrap();
+    let text = printed(&[c], &Filter::default(), Output::Text);
+    assert!(
+        text.starts_with(
+            "ERROR: deadlock: 2 threads of dl [7] wait for each other\n  in db.service (cgroup /system.slice/db.service)\n\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(text.matches("db.service (cgroup").count(), 1, "{text}");
+    assert!(
+        text.contains(
+            "\n    in session-2.scope (cgroup /user.slice/user-0.slice/session-2.scope)\n"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn fingerprints_print_as_a_suppress_list_the_agent_reads() {
+    use crate::report::fingerprint::fingerprint;
+    let ab_ba = ab_ba_finding();
+    // A process named to end the comment and forge a key of the config.
+    let hostile = Finding::SelfDeadlock(SelfDeadlock {
+        id: 3,
+        pid: 7,
+        comm: "x\n[alertmanager]\nurl = \"http://evil\"".into(),
+        origin: None,
+        tid: 8,
+        thread: "t8".into(),
+        lock: lock("mutex_a", 0xa0),
+        stack: vec![],
+        held_stack: vec![],
+    });
+    // The inversion twice (two workers, two captures), the self-deadlock once.
+    let one = replay::parse("one.jsonl", &capture(&[ab_ba.clone(), hostile.clone()])).unwrap();
+    let two = replay::parse("two.jsonl", &capture(std::slice::from_ref(&ab_ba))).unwrap();
+    let mut out = Vec::new();
+    replay::print_fingerprints(&[one, two], &Filter::default(), &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let (fp_inv, fp_self) = (fingerprint(&ab_ba), fingerprint(&hostile));
+    assert_eq!(
+        text,
+        format!(
+            "# 2 fingerprints in one.jsonl, two.jsonl: paste under [suppress] in the agent's config\n\
+             fingerprints = [\n    \
+             \"{fp_inv}\", # lock_order_inversion (2 findings): lock-order inversion mutex_a -> mutex_b -> mutex_a at worker_ab, worker_ba in ab_ba (pid 4242)\n    \
+             \"{fp_self}\", # self_deadlock: thread 8 requested mutex_a it holds, at  in x\\n[alertmanager]\\nurl = \"http://evil\" (pid 7)\n\
+             ]\n"
+        )
+    );
+
+    // Pasted under [suppress], the agent's config reads exactly those.
+    let crate::cli::Command::Agent(args) =
+        <crate::cli::Cli as clap::Parser>::try_parse_from(["locktrace", "agent"])
+            .unwrap()
+            .command
+    else {
+        unreachable!()
+    };
+    let config = crate::agent::config::Config::parse(
+        std::path::Path::new("/etc/locktrace/locktrace.toml"),
+        &format!("[suppress]\n{text}"),
+        &args,
+    )
+    .unwrap();
+    assert_eq!(config.suppress_fingerprints, [fp_inv, fp_self]);
+    assert!(config.alertmanager.is_none());
+
+    // The filters apply.
+    let c = replay::parse("one.jsonl", &capture(&[ab_ba, hostile])).unwrap();
+    let filter = Filter {
+        types: vec!["self_deadlock".into()],
+        ..Filter::default()
+    };
+    let mut out = Vec::new();
+    replay::print_fingerprints(&[c], &filter, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("    \"")).count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("# self_deadlock"), "{text}");
 }
