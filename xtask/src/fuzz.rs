@@ -36,6 +36,21 @@ pub fn fuzz(seconds: u64) -> Result<()> {
             "fuzzing {target} for {seconds} s with {} (tracer/fuzz)",
             toolchain.describe()
         ));
+        // Built first, so that a target that does not compile is not
+        // reported as a crash.
+        let mut build = toolchain.cargo();
+        build.current_dir(&dir).args([
+            "fuzz",
+            "build",
+            "--sanitizer",
+            "none",
+            "--debug-assertions",
+            target,
+        ]);
+        let status = cmd::status(&mut build)?;
+        if !status.success() {
+            bail!("fuzz target {target} does not build ({status}): see the compiler's errors above");
+        }
         let mut cargo = toolchain.cargo();
         cargo.current_dir(&dir).args([
             "fuzz",

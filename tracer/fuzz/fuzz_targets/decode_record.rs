@@ -38,6 +38,6 @@ fuzz_target!(|data: &[u8]| {
             assert!(r.stack.len() <= tracer_common::STACK_BYTES);
             assert!(r.python.len() <= tracer_common::PY_MAX_FRAMES);
         }
-        Record::ProcessExit { .. } | Record::ProcessExec { .. } => {}
+        Record::ProcessExit { .. } | Record::ProcessExec { .. } | Record::MemoryFreed { .. } => {}
     }
 });
