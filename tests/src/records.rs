@@ -206,6 +206,8 @@ pub enum Level {
 pub struct Inversion {
     /// Its stable identity (the agent's alert label), 16 hex digits.
     pub fingerprint: String,
+    /// When it was reported: RFC 3339, UTC, milliseconds.
+    pub time: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -232,6 +234,8 @@ pub struct Inversion {
 pub struct SelfDeadlock {
     /// Its stable identity (the agent's alert label), 16 hex digits.
     pub fingerprint: String,
+    /// When it was reported: RFC 3339, UTC, milliseconds.
+    pub time: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -255,6 +259,8 @@ pub struct SelfDeadlock {
 pub struct SameClassNesting {
     /// Its stable identity (the agent's alert label), 16 hex digits.
     pub fingerprint: String,
+    /// When it was reported: RFC 3339, UTC, milliseconds.
+    pub time: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -283,6 +289,8 @@ pub struct SameClassNesting {
 pub struct Deadlock {
     /// Its stable identity (the agent's alert label), 16 hex digits.
     pub fingerprint: String,
+    /// When it was reported: RFC 3339, UTC, milliseconds.
+    pub time: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,
@@ -302,6 +310,8 @@ pub struct Deadlock {
 pub struct LockWaitTimeout {
     /// Its stable identity (the agent's alert label), 16 hex digits.
     pub fingerprint: String,
+    /// When it was reported: RFC 3339, UTC, milliseconds.
+    pub time: String,
     pub id: u64,
     pub pid: u32,
     pub comm: String,

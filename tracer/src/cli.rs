@@ -129,6 +129,12 @@ pub struct ReportArgs {
     /// the agent's config (each fingerprint once; the filters apply).
     #[arg(long, conflicts_with_all = ["graph", "format"])]
     pub print_fingerprints: bool,
+    /// Only the findings reported at or after T: an RFC 3339 time
+    /// (2026-12-07T17:04:21Z, or with an offset) or a duration before now
+    /// (30m, 2h). A finding without a time (a capture written before
+    /// findings had one) is dropped, with one warning counting them.
+    #[arg(long, value_name = "T", value_parser = crate::report::walltime::parse_since)]
+    pub since: Option<crate::report::walltime::Since>,
     /// Write to FILE instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -376,6 +382,29 @@ mod tests {
         assert!(parse_duration("1e400").is_err());
         assert!(parse_duration("87600h").is_ok());
         assert!(parse_duration("87601h").is_err());
+    }
+
+    #[test]
+    fn since_is_a_time_or_a_duration() {
+        let parse = |since: &str| {
+            Cli::try_parse_from(["locktrace", "report", "--since", since, "cap.jsonl"]).map(|cli| {
+                match cli.command {
+                    Command::Report(r) => r.since,
+                    _ => panic!(),
+                }
+            })
+        };
+        use crate::report::walltime::Since;
+        assert_eq!(
+            parse("2h").unwrap(),
+            Some(Since::Ago(Duration::from_secs(7200)))
+        );
+        assert!(matches!(
+            parse("2026-12-07T17:04:21Z").unwrap(),
+            Some(Since::At(_))
+        ));
+        let err = parse("last tuesday").unwrap_err().to_string();
+        assert!(err.contains("neither an RFC 3339 time"), "{err}");
     }
 
     #[test]

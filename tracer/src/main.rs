@@ -107,7 +107,17 @@ fn replay(args: ReportArgs) -> Result<i32> {
         pids: args.pids,
         comms: args.comms,
         fingerprints: args.fingerprints,
+        since: args
+            .since
+            .map(|since| since.at(std::time::SystemTime::now())),
     };
+    let untimed = replay::untimed(&captures, &filter);
+    if untimed > 0 {
+        eprintln!(
+            "locktrace: warning: --since: {untimed} {} no time (written by a locktrace before findings had one): dropped",
+            if untimed == 1 { "finding has" } else { "findings have" }
+        );
+    }
     let output = match args.format {
         cli::ReportFormat::Text => Output::Text,
         cli::ReportFormat::Json => Output::Json,
@@ -524,7 +534,7 @@ fn snapshot(args: SnapshotArgs) -> Result<i32> {
             deadlocks += 1;
         }
         reporter
-            .finding(record)
+            .finding(record, &report::walltime::now())
             .context("cannot write the report")?;
     }
     Ok(match args.exit_code {

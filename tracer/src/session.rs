@@ -71,7 +71,8 @@ impl Stop {
 pub trait Observer {
     /// `alarm`: a warning (not a note: a guarded cycle, a same-class
     /// nesting in one address order).
-    fn finding(&mut self, finding: &report::Finding, alarm: bool);
+    /// `time`: when it was reported (RFC 3339, as its JSON line says).
+    fn finding(&mut self, finding: &report::Finding, alarm: bool, time: &str);
     fn progress(&mut self, live: &Live);
     /// After each scan of the wait-for graph: every thread blocked on a
     /// lock now, as (pid, tid, lock address). A deadlock or hang whose
@@ -614,11 +615,12 @@ impl Session {
                 self.alarms += 1;
             }
             let finding = report::finding(verdict, &mut self.enricher, scan);
+            let time = report::walltime::now();
             self.reporter
-                .finding(&finding)
+                .finding(&finding, &time)
                 .context("cannot write the report")?;
             if let Some(observer) = &mut self.observer {
-                observer.finding(&finding, verdict.is_alarm());
+                observer.finding(&finding, verdict.is_alarm(), &time);
             }
         }
         Ok(())

@@ -469,7 +469,7 @@ impl Drop for AgentObserver {
 }
 
 impl Observer for AgentObserver {
-    fn finding(&mut self, finding: &Finding, alarm: bool) {
+    fn finding(&mut self, finding: &Finding, alarm: bool, _time: &str) {
         // Notes (a guarded cycle, a nesting in one address order) are in
         // the report only.
         let Some((kind, _)) = alerts::kind(finding).filter(|_| alarm) else {

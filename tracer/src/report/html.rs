@@ -14,6 +14,7 @@ use tracer_analysis::model::{Frame, PyFrame};
 use crate::report::dot;
 use crate::report::escape;
 use crate::report::findings::{Edge, Finding, Inversion, Lock, ThreadReport};
+use crate::report::replay::Entry;
 
 /// Findings with more locks or threads than this get the table, not a
 /// picture: laying out a huge graph (a damaged or hostile capture) could
@@ -88,7 +89,7 @@ fn head(title: &str) -> String {
 pub fn write(
     out: &mut dyn Write,
     sources: &[String],
-    shown: &[&Finding],
+    shown: &[&Entry],
     held: &str,
 ) -> io::Result<()> {
     let mut page = head("locktrace report");
@@ -101,17 +102,22 @@ pub fn write(
     );
     if shown.len() > 1 {
         page.push_str("<nav><ol>");
-        for (i, f) in shown.iter().enumerate() {
+        for (i, e) in shown.iter().enumerate() {
             let _ = write!(
                 page,
                 "<li><a href=\"#finding-{i}\">{}</a></li>",
-                esc(&headline(f))
+                esc(&headline(&e.finding))
             );
         }
         page.push_str("</ol></nav>\n");
     }
-    for (i, f) in shown.iter().enumerate() {
-        finding(&mut page, i, &escape::finding(f));
+    for (i, e) in shown.iter().enumerate() {
+        finding(
+            &mut page,
+            i,
+            &escape::finding(&e.finding),
+            e.time.as_deref(),
+        );
     }
     page.push_str("<h2>What the captures hold</h2>\n<pre>");
     page.push_str(&esc_lines(held));
@@ -142,7 +148,7 @@ fn headline(f: &Finding) -> String {
     f.to_string().lines().next().unwrap_or_default().to_string()
 }
 
-fn finding(page: &mut String, i: usize, f: &Finding) {
+fn finding(page: &mut String, i: usize, f: &Finding, time: Option<&str>) {
     let head = headline(f);
     let (level, rest) = head.split_once(": ").unwrap_or(("", &head));
     let class = match level {
@@ -159,9 +165,13 @@ fn finding(page: &mut String, i: usize, f: &Finding) {
         esc(rest)
     );
     if !matches!(f, Finding::BlockedThread(_)) {
+        let when = match time {
+            Some(t) => format!("reported <time datetime=\"{0}\">{0}</time> · ", esc(t)),
+            None => String::new(),
+        };
         let _ = writeln!(
             page,
-            "<p class=\"muted\">fingerprint <code>{}</code></p>",
+            "<p class=\"muted\">{when}fingerprint <code>{}</code></p>",
             crate::report::fingerprint::fingerprint(f)
         );
     }

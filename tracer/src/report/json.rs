@@ -21,19 +21,24 @@ pub fn write<T: Serialize>(out: &mut dyn Write, value: &T) -> io::Result<()> {
     out.write_all(b"\n")
 }
 
-/// A finding's line: its fields (`type` first), then its fingerprint, the
-/// one the agent's alerts carry (so an alert leads to its report line).
-/// Read back, the fingerprint is computed again from the finding.
+/// A finding's line: its fields (`type` first), the wall-clock time it was
+/// reported (RFC 3339, UTC, milliseconds: `walltime::millis`), then its
+/// fingerprint, the one the agent's alerts carry (so an alert leads to its
+/// report line). Read back, the fingerprint is computed again from the
+/// finding; the time is kept as written.
 #[derive(Serialize)]
 struct FindingLine<'a> {
     #[serde(flatten)]
     finding: &'a Finding,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<&'a str>,
     fingerprint: String,
 }
 
-/// Writes one finding as one line, with its fingerprint (a snapshot's
-/// blocked thread is not a finding and has none).
-pub fn write_finding(out: &mut dyn Write, finding: &Finding) -> io::Result<()> {
+/// Writes one finding as one line, with its time (`None`: a finding read
+/// from a capture written before findings had one) and fingerprint (a
+/// snapshot's blocked thread is not a finding and has neither).
+pub fn write_finding(out: &mut dyn Write, finding: &Finding, time: Option<&str>) -> io::Result<()> {
     if matches!(finding, Finding::BlockedThread(_)) {
         return write(out, finding);
     }
@@ -41,6 +46,7 @@ pub fn write_finding(out: &mut dyn Write, finding: &Finding) -> io::Result<()> {
         out,
         &FindingLine {
             finding,
+            time,
             fingerprint: fingerprint(finding),
         },
     )

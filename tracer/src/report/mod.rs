@@ -19,6 +19,7 @@ pub mod replay;
 pub mod sink;
 pub mod summary;
 pub mod text;
+pub mod walltime;
 
 #[cfg(test)]
 mod tests;

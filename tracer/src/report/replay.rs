@@ -20,6 +20,7 @@ use crate::report::html;
 use crate::report::json;
 use crate::report::sink::{Format, Reporter};
 use crate::report::text::plural;
+use crate::report::walltime::{self, Nanos};
 
 /// The `type` of every record [`Finding`] reads, as `--type` takes it.
 pub const TYPE_NAMES: [&str; 6] = [
@@ -43,12 +44,28 @@ pub fn type_name(f: &Finding) -> &'static str {
     }
 }
 
+/// A finding read back, with the wall-clock time it was reported.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub finding: Finding,
+    /// RFC 3339, as written (checked); `None` in a capture written before
+    /// findings had a time (or with a time that does not read).
+    pub time: Option<String>,
+}
+
+impl Entry {
+    /// The time, as nanoseconds since the epoch.
+    pub fn at(&self) -> Option<Nanos> {
+        walltime::parse(self.time.as_deref()?)
+    }
+}
+
 /// One capture file, read.
 #[derive(Debug, Default)]
 pub struct Capture {
     /// The file's name, for messages.
     pub name: String,
-    pub findings: Vec<Finding>,
+    pub findings: Vec<Entry>,
     /// The summary line as written (absent when the run was cut short, or
     /// for a `snapshot`).
     pub summary: Option<Value>,
@@ -102,7 +119,20 @@ pub fn parse(name: &str, text: &str) -> Result<Capture> {
                 )),
             },
             _ => match Finding::deserialize(&value) {
-                Ok(f) => capture.findings.push(f),
+                Ok(finding) => {
+                    let time = match value.get("time") {
+                        None => None,
+                        Some(Value::String(t)) if walltime::parse(t).is_some() => Some(t.clone()),
+                        Some(other) => {
+                            capture.warnings.push(format!(
+                                "{name} line {n}: time {} is not an RFC 3339 time, ignored",
+                                escape::name(&other.to_string())
+                            ));
+                            None
+                        }
+                    };
+                    capture.findings.push(Entry { finding, time });
+                }
                 Err(e) => capture.warnings.push(format!(
                     "{name} line {n} is not a locktrace finding, skipped ({e})"
                 )),
@@ -119,16 +149,40 @@ pub struct Filter {
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
     pub fingerprints: Vec<String>,
+    /// `--since`: findings reported at or after this time. A finding
+    /// without a time (a capture written before findings had one) is not
+    /// known to be recent: it is dropped, and counted by [`untimed`].
+    pub since: Option<Nanos>,
 }
 
 impl Filter {
-    pub fn matches(&self, f: &Finding) -> bool {
+    pub fn matches(&self, e: &Entry) -> bool {
+        self.matches_but_time(&e.finding)
+            && self
+                .since
+                .is_none_or(|since| e.at().is_some_and(|t| t >= since))
+    }
+
+    fn matches_but_time(&self, f: &Finding) -> bool {
         let procs = processes(f);
         (self.types.is_empty() || self.types.iter().any(|t| t == type_name(f)))
             && (self.pids.is_empty() || procs.iter().any(|(p, _)| self.pids.contains(p)))
             && (self.comms.is_empty() || procs.iter().any(|(_, c)| self.comms.contains(c)))
             && (self.fingerprints.is_empty() || self.fingerprints.contains(&fingerprint(f)))
     }
+}
+
+/// The findings `--since` dropped for want of a time (that the other
+/// filters kept): the caller warns with their count.
+pub fn untimed(captures: &[Capture], filter: &Filter) -> usize {
+    if filter.since.is_none() {
+        return 0;
+    }
+    captures
+        .iter()
+        .flat_map(|c| &c.findings)
+        .filter(|e| e.at().is_none() && filter.matches_but_time(&e.finding))
+        .count()
 }
 
 /// The processes a finding is about: its own, and for a cycle across
@@ -174,10 +228,10 @@ pub fn print(
     output: Output,
     out: Box<dyn Write + Send>,
 ) -> io::Result<()> {
-    let shown: Vec<&Finding> = captures
+    let shown: Vec<&Entry> = captures
         .iter()
         .flat_map(|c| &c.findings)
-        .filter(|f| filter.matches(f))
+        .filter(|e| filter.matches(e))
         .collect();
     match output {
         Output::Text | Output::Json => {
@@ -187,8 +241,8 @@ pub fn print(
                 Format::Json
             };
             let mut reporter = Reporter::new(format, out);
-            for f in &shown {
-                reporter.finding(f)?;
+            for e in &shown {
+                reporter.replayed(&e.finding, e.time.as_deref())?;
             }
             let mut out = reporter.into_inner();
             if output == Output::Text {
@@ -207,8 +261,8 @@ pub fn print(
         }
         Output::Dot => {
             let mut out = out;
-            for f in &shown {
-                dot::write(&mut out, f)?;
+            for e in &shown {
+                dot::write(&mut out, &e.finding)?;
             }
             out.flush()
         }
@@ -231,7 +285,8 @@ pub fn print_fingerprints(
     for f in captures
         .iter()
         .flat_map(|c| &c.findings)
-        .filter(|f| filter.matches(f) && !matches!(f, Finding::BlockedThread(_)))
+        .filter(|e| filter.matches(e) && !matches!(e.finding, Finding::BlockedThread(_)))
+        .map(|e| &e.finding)
     {
         let fp = fingerprint(f);
         match seen.iter_mut().find(|(s, _, _)| *s == fp) {
@@ -273,9 +328,9 @@ pub fn describe(captures: &[Capture], shown: usize) -> String {
     for c in captures {
         let mut by_type: BTreeMap<&str, u64> = BTreeMap::new();
         let mut procs: Vec<(u32, String)> = Vec::new();
-        for f in &c.findings {
-            *by_type.entry(type_name(f)).or_default() += 1;
-            procs.extend(processes(f));
+        for e in &c.findings {
+            *by_type.entry(type_name(&e.finding)).or_default() += 1;
+            procs.extend(processes(&e.finding));
         }
         procs.sort();
         procs.dedup();
@@ -287,6 +342,23 @@ pub fn describe(captures: &[Capture], shown: usize) -> String {
         );
         for (t, n) in &by_type {
             let _ = writeln!(s, "  {t}: {n}");
+        }
+        let mut times: Vec<(Nanos, &str)> = c
+            .findings
+            .iter()
+            .filter_map(|e| Some((e.at()?, e.time.as_deref()?)))
+            .collect();
+        times.sort();
+        if let (Some(first), Some(last)) = (times.first(), times.last()) {
+            let _ = writeln!(s, "  reported: {} to {}", first.1, last.1);
+        }
+        let untimed = c.findings.len() - times.len();
+        if untimed > 0 {
+            let _ = writeln!(
+                s,
+                "  {} no time (written before findings had one)",
+                plural(untimed as u64, "finding has", "findings have")
+            );
         }
         if !procs.is_empty() {
             let names: Vec<String> = procs

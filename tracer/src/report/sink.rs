@@ -40,15 +40,34 @@ impl Reporter {
         self.format
     }
 
-    pub fn finding(&mut self, f: &Finding) -> io::Result<()> {
+    /// A finding reported now, at `time` (`walltime::now()`): its JSON line
+    /// carries the time; the live text report does not show it.
+    pub fn finding(&mut self, f: &Finding, time: &str) -> io::Result<()> {
+        self.write(f, Some(time), false)
+    }
+
+    /// A finding read from a capture, with the time it was reported (none
+    /// in a capture written before findings had one): its JSON line is
+    /// written again as read, and the text shows the time under the
+    /// headline.
+    pub fn replayed(&mut self, f: &Finding, time: Option<&str>) -> io::Result<()> {
+        self.write(f, time, true)
+    }
+
+    fn write(&mut self, f: &Finding, time: Option<&str>, show_time: bool) -> io::Result<()> {
         match self.format {
             // The text of a finding ends with a newline; one more separates
             // findings. Names from traced processes escaped (see `escape`).
             Format::Text => {
                 let text = escape::finding(f).to_string();
-                writeln!(self.out, "{}", escape::rest(&text))?
+                let mut text = escape::rest(&text).into_owned();
+                if let (true, Some(time)) = (show_time, time) {
+                    let at = text.find('\n').map_or(text.len(), |i| i + 1);
+                    text.insert_str(at, &format!("  reported {}\n", escape::name(time)));
+                }
+                writeln!(self.out, "{text}")?
             }
-            Format::Json => json::write_finding(&mut self.out, f)?,
+            Format::Json => json::write_finding(&mut self.out, f, time)?,
         }
         self.out.flush()
     }

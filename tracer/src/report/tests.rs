@@ -254,7 +254,7 @@ fn json_has_every_field() {
     );
     let out = Shared::default();
     let mut rep = Reporter::new(Format::Json, Box::new(out.clone()));
-    rep.finding(&finding).unwrap();
+    rep.finding(&finding, "2026-12-07T17:04:21.123Z").unwrap();
     rep.summary(&summary()).unwrap();
     let text = out.text();
     let lines: Vec<&str> = text.lines().collect();
@@ -263,6 +263,15 @@ fn json_has_every_field() {
 
     let v: Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(v["type"], "lock_order_inversion");
+    // The time it was reported, then the fingerprint, last.
+    let fp = v["fingerprint"].as_str().unwrap();
+    assert!(
+        lines[0].ends_with(&format!(
+            ",\"time\":\"2026-12-07T17:04:21.123Z\",\"fingerprint\":\"{fp}\"}}"
+        )),
+        "{}",
+        lines[0]
+    );
     assert_eq!(v["id"], 1);
     assert_eq!(v["pid"], PID);
     assert_eq!(v["comm"], "ab_ba");
@@ -368,9 +377,11 @@ fn text_rendering() {
     );
     let out = Shared::default();
     let mut rep = Reporter::new(Format::Text, Box::new(out.clone()));
-    rep.finding(&finding).unwrap();
+    rep.finding(&finding, "2026-12-07T17:04:21.123Z").unwrap();
     rep.summary(&summary()).unwrap();
     let text = out.text();
+    // The live text report does not show the time (its JSON does).
+    assert!(!text.contains("2026-12-07T17:04:21"), "{text}");
     for needle in [
         "WARNING: potential deadlock: lock-order inversion between 2 locks in ab_ba [4242]\n",
         "  mutex_a (mutex 0x55d0c0a01040) -> mutex_b (mutex 0x55d0c0a01080) -> mutex_a\n",
@@ -492,7 +503,7 @@ fn findings_say_where_their_processes_ran() {
     let finding = inversion(&cycle, &mut r);
     let out = Shared::default();
     let mut rep = Reporter::new(Format::Json, Box::new(out.clone()));
-    rep.finding(&finding).unwrap();
+    rep.finding(&finding, "2026-12-07T17:04:21.123Z").unwrap();
     let v: Value = serde_json::from_str(out.text().lines().next().unwrap()).unwrap();
     let origin = serde_json::json!({
         "cgroup": "/system.slice/apache2.service",

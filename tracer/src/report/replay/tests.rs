@@ -3,8 +3,9 @@
 use tracer_analysis::model::Frame;
 
 use crate::report::dot;
-use crate::report::replay::{self, print, Filter, Output};
+use crate::report::replay::{self, print, Entry, Filter, Output};
 use crate::report::tests::{ab_ba, inversion, summary, Shared};
+use crate::report::walltime;
 use crate::report::{
     Deadlock, Finding, Format, HeldReport, Lock, Reporter, SelfDeadlock, ThreadReport,
 };
@@ -15,12 +16,19 @@ fn ab_ba_finding() -> Finding {
     inversion(&cycle, &mut r)
 }
 
-/// What `run --format json -o F` writes for `findings`.
+/// When the findings of [`capture`] were reported.
+const TIME: &str = "2026-12-07T17:04:21.123Z";
+
+/// What `run --format json -o F` writes for `findings`, reported at [`TIME`].
 fn capture(findings: &[Finding]) -> String {
+    capture_at(findings, TIME)
+}
+
+fn capture_at(findings: &[Finding], time: &str) -> String {
     let out = Shared::default();
     let mut rep = Reporter::new(Format::Json, Box::new(out.clone()));
     for f in findings {
-        rep.finding(f).unwrap();
+        rep.finding(f, time).unwrap();
     }
     rep.summary(&summary()).unwrap();
     out.text()
@@ -38,11 +46,20 @@ fn a_capture_prints_the_same_text_as_the_tracer() {
     let c = replay::parse("cap.jsonl", &capture(std::slice::from_ref(&finding))).unwrap();
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     assert_eq!(c.findings.len(), 1);
-    assert_eq!(c.findings[0].to_string(), finding.to_string());
+    assert_eq!(c.findings[0].finding.to_string(), finding.to_string());
+    assert_eq!(c.findings[0].time.as_deref(), Some(TIME));
     let summary = c.summary.as_ref().expect("summary line");
     assert_eq!(summary["schema"], 1);
     let text = printed(&[c], &Filter::default(), Output::Text);
-    assert!(text.starts_with(&finding.to_string()), "{text}");
+    // The tracer's text, with the time it was reported under the headline.
+    let tracer = finding.to_string();
+    let (headline, rest) = tracer.split_once('\n').unwrap();
+    let expected = format!("{headline}\n  reported {TIME}\n{rest}");
+    assert!(text.starts_with(&expected), "{text}");
+    assert!(
+        text.contains(&format!("  reported: {TIME} to {TIME}\n")),
+        "{text}"
+    );
     assert!(text.contains("capture cap.jsonl: 1 finding\n  lock_order_inversion: 1\n"));
     assert!(text.contains("processes: ab_ba [4242]"), "{text}");
     assert!(text.contains("lost events: 0"), "{text}");
@@ -84,6 +101,85 @@ fn a_newer_schema_is_refused() {
 }
 
 #[test]
+fn since_keeps_findings_at_or_after_it_and_drops_untimed_ones() {
+    let f = ab_ba_finding();
+    let early = capture_at(std::slice::from_ref(&f), "2026-12-07T17:00:00.000Z");
+    let late = capture_at(std::slice::from_ref(&f), "2026-12-07T18:00:00.000Z");
+    // A capture from before findings had a time.
+    let old = capture(std::slice::from_ref(&f)).replace(&format!(",\"time\":\"{TIME}\""), "");
+    assert!(!old.contains("\"time\""), "{old}");
+    let captures = [
+        replay::parse("early", &early).unwrap(),
+        replay::parse("late", &late).unwrap(),
+        replay::parse("old", &old).unwrap(),
+    ];
+    assert_eq!(captures[2].findings[0].time, None);
+    let since = |t: &str| Filter {
+        since: Some(walltime::parse(t).unwrap()),
+        ..Filter::default()
+    };
+    let kept = |filter: &Filter| -> Vec<Option<String>> {
+        captures
+            .iter()
+            .flat_map(|c| &c.findings)
+            .filter(|e| filter.matches(e))
+            .map(|e| e.time.clone())
+            .collect()
+    };
+    // At or after: the bound itself is kept; an offset is honoured.
+    assert_eq!(
+        kept(&since("2026-12-07T18:00:00Z")),
+        [Some("2026-12-07T18:00:00.000Z".to_string())]
+    );
+    assert_eq!(
+        kept(&since("2026-12-07T19:00:00.001+01:00")),
+        Vec::<Option<String>>::new()
+    );
+    assert_eq!(kept(&since("2026-12-07T16:00:00Z")).len(), 2);
+    assert_eq!(kept(&Filter::default()).len(), 3);
+    assert_eq!(
+        replay::untimed(&captures, &since("2026-12-07T16:00:00Z")),
+        1
+    );
+    assert_eq!(replay::untimed(&captures, &Filter::default()), 0);
+    // Another filter excluding it: not counted as dropped for its time.
+    let other = Filter {
+        types: vec!["deadlock".into()],
+        ..since("2026-12-07T16:00:00Z")
+    };
+    assert_eq!(replay::untimed(&captures, &other), 0);
+    let text = printed(&captures, &since("2026-12-07T17:30:00Z"), Output::Text);
+    assert!(
+        text.contains("  reported 2026-12-07T18:00:00.000Z\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("  reported 2026-12-07T17:00:00.000Z\n"),
+        "{text}"
+    );
+    assert!(text.contains("1 finding has no time"), "{text}");
+    assert!(
+        text.ends_with("shown: 1 of 3 findings (filtered)\n"),
+        "{text}"
+    );
+    // JSON again: the time as written, before the fingerprint.
+    let json = printed(&captures[1..2], &Filter::default(), Output::Json);
+    assert!(
+        json.contains("\"time\":\"2026-12-07T18:00:00.000Z\",\"fingerprint\":"),
+        "{json}"
+    );
+    // A time that does not read: a warning, and the finding has none.
+    let bad = early.replace("2026-12-07T17:00:00.000Z", "yesterday\\u001b");
+    let c = replay::parse("bad", &bad).unwrap();
+    assert_eq!(c.findings[0].time, None);
+    assert!(
+        c.warnings[0].contains("bad line 1: time \"yesterday\\u001b\" is not an RFC 3339 time"),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
 fn an_unknown_lock_kind_is_not_a_finding() {
     let raw = capture(&[ab_ba_finding()]).replacen("\"mutex\"", "\"futex9\"", 1);
     let c = replay::parse("k", &raw).unwrap();
@@ -103,12 +199,17 @@ fn filters_by_type_pid_and_comm() {
         pids: pids.to_vec(),
         comms: comms.iter().map(|s| s.to_string()).collect(),
         fingerprints: vec![],
+        since: None,
     };
-    assert!(filter(&[], &[], &[]).matches(&f));
-    assert!(filter(&["deadlock", "lock_order_inversion"], &[4242], &["ab_ba"]).matches(&f));
-    assert!(!filter(&["deadlock"], &[], &[]).matches(&f));
-    assert!(!filter(&[], &[1], &[]).matches(&f));
-    assert!(!filter(&[], &[], &["other"]).matches(&f));
+    let e = Entry {
+        finding: f.clone(),
+        time: None,
+    };
+    assert!(filter(&[], &[], &[]).matches(&e));
+    assert!(filter(&["deadlock", "lock_order_inversion"], &[4242], &["ab_ba"]).matches(&e));
+    assert!(!filter(&["deadlock"], &[], &[]).matches(&e));
+    assert!(!filter(&[], &[1], &[]).matches(&e));
+    assert!(!filter(&[], &[], &["other"]).matches(&e));
     let c = replay::parse("c", &capture(&[f])).unwrap();
     let out = printed(&[c], &filter(&["deadlock"], &[], &[]), Output::Text);
     assert!(out.starts_with("capture c: 1 finding"), "{out}");
@@ -127,7 +228,10 @@ fn filters_by_fingerprint_as_written_on_the_line() {
     let fp = written["fingerprint"]
         .as_str()
         .expect("a fingerprint on the line");
-    assert_eq!(fp, crate::report::fingerprint::fingerprint(&c.findings[0]));
+    assert_eq!(
+        fp,
+        crate::report::fingerprint::fingerprint(&c.findings[0].finding)
+    );
     let by = |fps: &[&str]| Filter {
         fingerprints: fps.iter().map(|s| s.to_string()).collect(),
         ..Filter::default()
@@ -297,7 +401,7 @@ fn text_escapes_names_and_changes_nothing_else() {
     });
     let out = Shared::default();
     let mut rep = Reporter::new(Format::Text, Box::new(out.clone()));
-    rep.finding(&deadlock).unwrap();
+    rep.finding(&deadlock, TIME).unwrap();
     let text = out.text();
     assert!(!text.chars().any(|c| c != '\n' && c.is_control()), "{text}");
     // (A deadlock's own first line is an ERROR: line.)
@@ -338,7 +442,7 @@ fn origins_read_back_and_old_captures_without_them_still_read() {
     assert!(!old.to_string().contains("origin"));
     let c = replay::parse("old.jsonl", &format!("{old}\n")).unwrap();
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-    let Finding::LockOrderInversion(inv) = &c.findings[0] else {
+    let Finding::LockOrderInversion(inv) = &c.findings[0].finding else {
         panic!("an inversion")
     };
     assert_eq!(inv.origin, None);
@@ -362,10 +466,11 @@ fn origins_read_back_and_old_captures_without_them_still_read() {
     });
     let c = replay::parse("new.jsonl", &capture(&[d])).unwrap();
     let text = printed(&[c], &Filter::default(), Output::Text);
+    // (The time it was reported, then where: both under the headline.)
     assert!(
-        text.starts_with(
-            "ERROR: deadlock: 2 threads of dl [7] wait for each other\n  in db.service (cgroup /system.slice/db.service)\n\n"
-        ),
+        text.starts_with(&format!(
+            "ERROR: deadlock: 2 threads of dl [7] wait for each other\n  reported {TIME}\n  in db.service (cgroup /system.slice/db.service)\n\n"
+        )),
         "{text}"
     );
     assert_eq!(text.matches("db.service (cgroup").count(), 1, "{text}");
