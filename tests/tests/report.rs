@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use locktrace_e2e::{
-    fixture, lock_names, names, require_root, run_json, JsonRun, Report, Run, Tracer, Variant,
+    fixture, lock_names, names, require_root, run_json, JsonRun, Level, Lock, Record, Report, Run,
+    ThreadReport, Tracer, Variant,
 };
 
 /// Graphviz's renderer (Debian's `graphviz`, installed by `cargo xtask test`).
@@ -24,6 +25,11 @@ struct Capture {
 fn capture(name: &str, variant: Variant) -> Capture {
     let run = run_json(&[], &[fixture(name, variant)]);
     run.assert_exit(0);
+    keep(name, run)
+}
+
+/// `run`'s capture, written to a file of its own.
+fn keep(name: &str, run: JsonRun) -> Capture {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join(format!("{name}.jsonl"));
     fs::write(&path, &run.report.raw).expect("write the capture");
@@ -49,8 +55,55 @@ fn inversion_locks(report: &Report, run: &JsonRun) -> BTreeSet<String> {
         .collect()
 }
 
-/// Text, JSON and DOT of the capture of fixture `name` show its findings,
-/// with the locks `expected`.
+/// A lock as the reports name it: its name, else its address.
+fn label(l: &Lock) -> String {
+    l.name.clone().unwrap_or_else(|| l.addr.clone())
+}
+
+fn thread_locks(t: &ThreadReport) -> impl Iterator<Item = String> + '_ {
+    t.waits_for
+        .iter()
+        .chain(t.holds.iter().map(|h| &h.lock))
+        .map(label)
+}
+
+/// Every record of a report as its type and the locks it names (a cycle's
+/// locks; the locks a deadlock's or hang's threads wait for and hold).
+fn findings(report: &Report) -> Vec<(&'static str, BTreeSet<String>)> {
+    report
+        .records
+        .iter()
+        .map(|r| {
+            let locks: BTreeSet<String> = match r {
+                Record::LockOrderInversion(f) => f.locks.iter().map(label).collect(),
+                Record::SelfDeadlock(f) => [label(&f.lock)].into(),
+                Record::SameClassNesting(f) => [label(&f.held), label(&f.requested)].into(),
+                Record::Deadlock(f) => f.threads.iter().flat_map(thread_locks).collect(),
+                Record::LockWaitTimeout(f) => thread_locks(&f.waiter)
+                    .chain(f.holders.iter().flat_map(thread_locks))
+                    .collect(),
+                Record::BlockedThread(t) => thread_locks(t).collect(),
+                Record::Summary(_) | Record::LockGraph(_) => BTreeSet::new(),
+            };
+            (r.kind(), locks)
+        })
+        .collect()
+}
+
+/// A finding's fingerprint, as its line says.
+fn fingerprint(r: &Record) -> Option<&str> {
+    Some(match r {
+        Record::LockOrderInversion(f) => &f.fingerprint,
+        Record::SelfDeadlock(f) => &f.fingerprint,
+        Record::SameClassNesting(f) => &f.fingerprint,
+        Record::Deadlock(f) => &f.fingerprint,
+        Record::LockWaitTimeout(f) => &f.fingerprint,
+        Record::BlockedThread(_) | Record::Summary(_) | Record::LockGraph(_) => return None,
+    })
+}
+
+/// Text, JSON and DOT of the capture of fixture `name` show its one
+/// inversion, with the locks `expected`.
 fn check_capture(name: &str, variant: Variant, expected: &[&str]) {
     require_root();
     let cap = capture(name, variant);
@@ -62,9 +115,21 @@ fn check_capture(name: &str, variant: Variant, expected: &[&str]) {
         names(expected),
         "{context}"
     );
-    let findings = original.records.len();
+    check_read_back(&cap, expected);
+}
 
-    // Text: one headline per finding, every lock, and the capture summary.
+/// `report` over `cap` in text, JSON and DOT reproduces its findings (the
+/// same count, types and locks), every one of the `expected` locks named in
+/// each, and Graphviz renders the DOT.
+fn check_read_back(cap: &Capture, expected: &[&str]) {
+    let original = &cap.run.report;
+    let written = findings(original);
+    let count = written.len();
+    assert!(count > 0, "{}", cap.run.describe());
+    let name = cap.path.file_stem().unwrap().to_str().unwrap();
+
+    // Text: one headline per finding, with the time it was reported, every
+    // lock, and the capture summary.
     let text = report(&[], &cap.path);
     assert!(text.stderr_lines().is_empty(), "{}", text.describe());
     let headlines = text
@@ -78,16 +143,29 @@ fn check_capture(name: &str, variant: Variant, expected: &[&str]) {
         .count();
     assert_eq!(
         headlines,
-        findings,
+        count,
         "one headline per finding\n{}",
         text.describe()
     );
-    let headline = format!("lock-order inversion between {} locks", expected.len());
-    assert!(text.stdout.contains(&headline), "{}", text.describe());
+    assert_eq!(
+        text.stdout.matches("\n  reported 20").count(),
+        count,
+        "each finding's time under its headline\n{}",
+        text.describe()
+    );
+    for (_, locks) in &written {
+        for lock in locks {
+            assert!(text.stdout.contains(lock), "{lock}\n{}", text.describe());
+        }
+    }
     for lock in expected {
         assert!(text.stdout.contains(lock), "{lock}\n{}", text.describe());
     }
-    let summary = format!("capture {}: {} finding", cap.path.display(), findings);
+    let summary = format!(
+        "capture {}: {} finding",
+        cap.path.display(),
+        original.records.len()
+    );
     assert!(
         text.stdout.contains(&summary),
         "{summary}\n{}",
@@ -100,29 +178,40 @@ fn check_capture(name: &str, variant: Variant, expected: &[&str]) {
         text.describe()
     );
 
-    // JSON: a capture again, with the same findings and locks.
+    // JSON: a capture again, with the same findings and locks, in order.
     let json = report(&["--format", "json"], &cap.path);
     let again = Report::parse(&json.stdout).unwrap_or_else(|e| panic!("{e}\n{}", json.describe()));
-    assert_eq!(again.records.len(), findings, "{}", json.describe());
-    assert_eq!(inversion_locks(&again, &cap.run), names(expected));
+    assert_eq!(findings(&again), written, "{}", json.describe());
     assert_eq!(again.summary.schema, 1);
 
     // Every finding line carries its fingerprint (the agent's alert label),
     // and `--fingerprint` selects by it.
-    let inversion_line = original
+    let finding_line = original
         .raw
         .lines()
-        .find(|l| l.contains("\"type\":\"lock_order_inversion\""))
-        .expect("the inversion's line");
-    let line: serde_json::Value = serde_json::from_str(inversion_line).unwrap();
+        .find(|l| l.contains("\"fingerprint\":"))
+        .expect("a finding's line");
+    let line: serde_json::Value = serde_json::from_str(finding_line).unwrap();
     let fp = line["fingerprint"]
         .as_str()
-        .unwrap_or_else(|| panic!("no fingerprint on {inversion_line}"));
+        .unwrap_or_else(|| panic!("no fingerprint on {finding_line}"));
     assert_eq!(fp.len(), 16, "{fp}");
     let one = report(&["--format", "json", "--fingerprint", fp], &cap.path);
     let selected = Report::parse(&one.stdout).unwrap();
-    assert_eq!(selected.inversions().len(), 1, "{}", one.describe());
-    assert_eq!(selected.records.len(), 1, "{}", one.describe());
+    let with_fp = |r: &Report| {
+        r.records
+            .iter()
+            .filter(|r| fingerprint(r) == Some(fp))
+            .count()
+    };
+    assert!(!selected.records.is_empty(), "{}", one.describe());
+    assert_eq!(
+        with_fp(&selected),
+        selected.records.len(),
+        "{}",
+        one.describe()
+    );
+    assert_eq!(with_fp(&selected), with_fp(original), "{}", one.describe());
     let none = report(
         &["--format", "json", "--fingerprint", "0123456789abcdef"],
         &cap.path,
@@ -136,7 +225,7 @@ fn check_capture(name: &str, variant: Variant, expected: &[&str]) {
         &cap.path,
     );
     let dot = fs::read_to_string(&dot_path).expect("the DOT file");
-    assert_eq!(dot.matches("digraph ").count(), findings, "{dot}");
+    assert_eq!(dot.matches("digraph ").count(), count, "{dot}");
     let svg = Command::new(DOT)
         .arg("-Tsvg")
         .arg(&dot_path)
@@ -149,6 +238,7 @@ fn check_capture(name: &str, variant: Variant, expected: &[&str]) {
         svg.status,
         String::from_utf8_lossy(&svg.stderr)
     );
+    assert_eq!(svg_text.matches("<svg ").count(), count, "{svg_text}");
     for lock in expected {
         assert!(svg_text.contains(lock), "{lock} in the SVG\n{dot}");
     }
@@ -165,6 +255,196 @@ fn three_cycle_capture_reads_back_as_text_json_and_dot() {
         "three_cycle",
         Variant::Fp,
         &["mutex_a", "mutex_b", "mutex_c"],
+    );
+}
+
+/// A cycle of lock classes: two processes of one binary, each taking the
+/// pair once, in opposite orders.
+#[test]
+fn class_level_capture_reads_back_as_text_json_and_dot() {
+    require_root();
+    let cap = capture("class_split", Variant::NoFp);
+    let inversions = cap.run.report.inversions();
+    assert_eq!(inversions.len(), 1, "{}", cap.run.describe());
+    let inv = inversions[0];
+    assert_eq!(inv.level, Level::Class, "{}", cap.run.describe());
+    assert_ne!(inv.cycle[0].pid, inv.cycle[1].pid, "two processes");
+    check_read_back(&cap, &["mutex_x", "mutex_y"]);
+    // The text names both processes of the class-level cycle.
+    let text = report(&[], &cap.path);
+    for edge in &inv.cycle {
+        assert!(
+            text.stdout.contains(&format!("[{}]", edge.pid)),
+            "process {}\n{}",
+            edge.pid,
+            text.describe()
+        );
+    }
+}
+
+/// A real deadlock (killed by its alarm after 3 s): its inversion, then
+/// the deadlock of its two threads.
+#[test]
+fn deadlock_capture_reads_back_as_text_json_and_dot() {
+    require_root();
+    let run = run_json(
+        &[],
+        &[
+            fixture("deadlock", Variant::NoFp).into_os_string(),
+            "3".into(),
+        ],
+    );
+    assert_eq!(run.report.deadlocks().len(), 1, "{}", run.describe());
+    let cap = keep("deadlock", run);
+    check_read_back(&cap, &["mutex_a", "mutex_b"]);
+    let again =
+        Report::parse(&report(&["--format", "json", "--type", "deadlock"], &cap.path).stdout)
+            .unwrap();
+    assert_eq!(again.deadlocks().len(), 1);
+    assert_eq!(again.records.len(), 1);
+}
+
+/// A Python AB/BA (Debian's python3): locks named by their creation line.
+#[test]
+fn python_capture_reads_back_as_text_json_and_dot() {
+    require_root();
+    let script = locktrace_e2e::workspace_dir().join("tests/python/frames_ab_ba.py");
+    let run = run_json(
+        &[],
+        &["/usr/bin/python3", script.to_str().unwrap(), "instance"],
+    );
+    run.run.assert_exit(0);
+    let ours = locktrace_e2e::script_findings(&run, "python/frames_ab_ba.py:");
+    assert_eq!(ours.len(), 1, "{}", run.describe());
+    let locks: Vec<String> = lock_names(ours[0], &run).into_iter().collect();
+    assert_eq!(locks.len(), 2, "{}", run.describe());
+    let cap = keep("python", run);
+    let expected: Vec<&str> = locks.iter().map(String::as_str).collect();
+    check_read_back(&cap, &expected);
+}
+
+/// `--since`: the finding's time is when it was reported; a bound before it
+/// keeps it, one after drops it, and a capture without times is dropped with
+/// one warning.
+#[test]
+fn since_keeps_findings_reported_at_or_after_it() {
+    require_root();
+    let before = std::time::SystemTime::now();
+    let cap = capture("ab_ba", Variant::NoFp);
+    let after = std::time::SystemTime::now();
+    let inversion = cap.run.report.inversions()[0].clone();
+    let time = inversion.time.clone();
+    // RFC 3339, UTC, milliseconds, between the run's start and end.
+    let unix_ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    };
+    let (whole, ms) = time
+        .strip_suffix('Z')
+        .and_then(|t| t.split_once('.'))
+        .unwrap_or_else(|| panic!("`{time}` is not YYYY-MM-DDTHH:MM:SS.mmmZ"));
+    assert_eq!(ms.len(), 3, "{time}");
+    let date = Command::new("date")
+        .args(["-u", "-d", &format!("{}Z", whole.replace('T', " ")), "+%s"])
+        .output()
+        .unwrap();
+    let secs: i64 = String::from_utf8_lossy(&date.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| {
+            panic!(
+                "date cannot read `{time}`: {}",
+                String::from_utf8_lossy(&date.stderr)
+            )
+        });
+    let reported = secs * 1000 + ms.parse::<i64>().unwrap();
+    assert!(
+        unix_ms(before) <= reported && reported <= unix_ms(after),
+        "{time} is within the run ({} to {} ms)",
+        unix_ms(before),
+        unix_ms(after)
+    );
+    let count = cap.run.report.records.len();
+    // One millisecond before it (UTC, then the same instant with an offset):
+    // kept; one after: dropped.
+    let shift = |ms_delta: i64, zone: &str| {
+        let t = reported + ms_delta;
+        let out = Command::new("date")
+            .env("TZ", zone)
+            .args([
+                "-d",
+                &format!("@{}.{:03}", t / 1000, t % 1000),
+                "+%Y-%m-%dT%H:%M:%S.%3N%:z",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for (since, kept) in [
+        (shift(-1, "UTC"), count),
+        (shift(-1, "Asia/Kolkata"), count),
+        (time.clone(), count),
+        (shift(1, "UTC"), 0),
+        ("1h".to_string(), count),
+    ] {
+        let run = report(&["--format", "json", "--since", &since], &cap.path);
+        let shown = Report::parse(&run.stdout).unwrap();
+        assert_eq!(
+            shown.records.len(),
+            kept,
+            "--since {since}\n{}",
+            run.describe()
+        );
+        assert!(run.stderr_lines().is_empty(), "{}", run.describe());
+    }
+    let text = report(&["--since", &shift(1, "UTC")], &cap.path);
+    assert!(
+        text.stdout
+            .contains(&format!("shown: 0 of {count} findings (filtered)")),
+        "{}",
+        text.describe()
+    );
+
+    // A capture from before findings had a time: dropped by --since, one
+    // warning counting them; shown without it.
+    let old: String = cap
+        .run
+        .report
+        .raw
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("time");
+            v.to_string() + "\n"
+        })
+        .collect();
+    let old_path = cap.dir.path().join("old.jsonl");
+    fs::write(&old_path, old).unwrap();
+    let run = report(&["--format", "json", "--since", "1h"], &old_path);
+    let shown = Report::parse(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{}", run.describe()));
+    assert!(shown.records.is_empty(), "{}", run.describe());
+    let warnings = run.stderr_lines();
+    assert_eq!(warnings.len(), 1, "{}", run.describe());
+    assert!(
+        warnings[0].starts_with(&format!("locktrace: warning: --since: {count} finding")),
+        "{}",
+        run.describe()
+    );
+    let all = report(&[], &old_path);
+    assert!(
+        all.stdout
+            .contains(&format!("capture {}: {count} finding", old_path.display())),
+        "{}",
+        all.describe()
+    );
+
+    // A bad value: one line, exit status 2.
+    let bad = Tracer::new(["report", "--since", "yesterday", old_path.to_str().unwrap()]).run();
+    bad.assert_exit(2);
+    let error = bad.single_error_line();
+    assert!(
+        error.contains("`yesterday` is neither an RFC 3339 time"),
+        "{}",
+        bad.describe()
     );
 }
 
