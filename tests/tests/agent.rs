@@ -51,6 +51,11 @@ fn inversion_becomes_one_alertmanager_notification() {
     let comm = comm_of(&program);
     let agent = Watcher::start_agent(&["--config", &config, "--comm", &comm], &[]);
     wait_ready(&metrics);
+    // The live report before any finding: a page, and none in it.
+    let (status, _, empty_page) = http_get_with_headers(&metrics, "/report");
+    assert_eq!(status, 200, "{empty_page}");
+    assert!(empty_page.contains("0 findings shown"), "{empty_page}");
+    assert_eq!(empty_page.matches("<article ").count(), 0, "{empty_page}");
     // `systemctl reload` sends SIGHUP: the agent reloads its config and
     // keeps tracing instead of dying of the signal's default.
     // SAFETY: kill(2) on the test's own unreaped child.
@@ -68,6 +73,7 @@ fn inversion_becomes_one_alertmanager_notification() {
     let notifications = receiver.notifications();
     let (status, text) = http_get(&metrics, "/metrics");
     let health = http_get(&metrics, "/healthz");
+    let page = http_get_with_headers(&metrics, "/report");
     let run = agent.stop();
     // For the README's examples.
     eprintln!(
@@ -114,6 +120,51 @@ fn inversion_becomes_one_alertmanager_notification() {
     assert_eq!(counter(&text, "locktrace_alerts_sent_total"), 1.0, "{text}");
     assert!(counter(&text, "locktrace_events_total") > 0.0, "{text}");
     assert_eq!(health.0, 200, "{}", health.1);
+
+    // /report: the HTML page of `locktrace report` for the live findings,
+    // under the same Content-Security-Policy: the inversion with its locks,
+    // the time its JSON line gives and its fingerprint.
+    let (status, headers, body) = page;
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name} header in {headers:?}"))
+    };
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        header("content-type").starts_with("text/html"),
+        "{headers:?}"
+    );
+    let csp = "default-src 'none'; style-src 'unsafe-inline'; img-src data:";
+    assert_eq!(header("content-security-policy"), csp);
+    assert!(
+        body.starts_with("<!DOCTYPE html>")
+            && body.contains(&format!("content=\"{csp}\""))
+            && !body.contains("<script"),
+        "{body}"
+    );
+    assert_eq!(
+        body.matches("<article ").count(),
+        run.report.records.len(),
+        "{body}"
+    );
+    let Record::LockOrderInversion(inv) = inversions[0] else {
+        unreachable!()
+    };
+    for needle in [
+        "mutex_a",
+        "mutex_b",
+        "lock_ab",
+        "lock_ba",
+        inv.time.as_str(),
+        inv.fingerprint.as_str(),
+        "the live findings of locktrace agent on test-host",
+        "lost events: ",
+    ] {
+        assert!(body.contains(needle), "{needle} in /report\n{body}");
+    }
 }
 
 /// Alertmanager is down when the inversion is found: the alert is queued,
@@ -808,24 +859,34 @@ fn free_port() -> u16 {
 /// `GET path` over HTTP/1.0: the status and body ((0, "") if nothing
 /// answers).
 fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = http_get_with_headers(addr, path);
+    (status, body)
+}
+
+/// `GET path` over HTTP/1.0: the status, the header lines (names in lower
+/// case) and the body.
+fn http_get_with_headers(addr: &str, path: &str) -> (u16, Vec<(String, String)>, String) {
     let Ok(mut stream) = TcpStream::connect(addr) else {
-        return (0, String::new());
+        return (0, Vec::new(), String::new());
     };
     stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split(' ')
-        .nth(1)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    (status, body)
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
 }
 
 /// Alertmanager's webhook receiver: keeps every notification's JSON.

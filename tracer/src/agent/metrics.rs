@@ -1,6 +1,7 @@
 //! The agent's Prometheus metrics (the `prometheus-client` crate), served
-//! with /healthz and /readyz by a small HTTP server on its own thread: a
-//! slow scraper never delays tracing.
+//! with /healthz, /readyz and /report (the HTML page of its findings,
+//! `page`) by a small HTTP server on its own thread: a slow scraper never
+//! delays tracing.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +17,8 @@ use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge,
 use prometheus_client::registry::Registry;
 use tracing::debug;
 
+use crate::agent::page;
+use crate::report::html;
 use crate::session::Live;
 
 /// The session reports its counts every 400 ms: without a report for this
@@ -216,7 +219,7 @@ impl Metrics {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 text,
-                "/metrics, /healthz, /readyz\n".into(),
+                "/metrics, /healthz, /readyz, /report\n".into(),
             ),
         }
     }
@@ -228,17 +231,34 @@ impl Default for Metrics {
     }
 }
 
-/// Serves the endpoints on `listener` until the runtime stops.
-pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// Serves the endpoints on `listener` until the runtime stops: the
+/// metrics and probes from `metrics`, /report from `findings`.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    metrics: Arc<Metrics>,
+    findings: page::Shared,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    // One page rendered at a time (each runs Graphviz per finding).
+    let turn = Arc::new(tokio::sync::Semaphore::new(1));
     loop {
         let (stream, peer) = listener.accept().await?;
         let metrics = metrics.clone();
+        let findings = findings.clone();
+        let turn = turn.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = metrics.respond(req.uri().path());
-                async move { Ok::<_, Infallible>(response) }
+                let metrics = metrics.clone();
+                let findings = findings.clone();
+                let turn = turn.clone();
+                async move {
+                    let response = match req.uri().path() {
+                        "/report" => report_page(&findings, &turn).await,
+                        path => metrics.respond(path),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -248,6 +268,31 @@ pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> st
             }
         });
     }
+}
+
+/// /report: the page of `locktrace report --format html` for the live
+/// findings, with its Content-Security-Policy as a header too.
+async fn report_page(
+    findings: &page::Shared,
+    turn: &tokio::sync::Semaphore,
+) -> Response<Full<Bytes>> {
+    let _turn = turn.acquire().await;
+    let snapshot = page::snapshot(findings);
+    let (status, content_type, body) =
+        match tokio::task::spawn_blocking(move || page::render(&snapshot)).await {
+            Ok(page) => (StatusCode::OK, "text/html; charset=utf-8", page),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain; charset=utf-8",
+                format!("the report could not be made: {e}\n").into_bytes(),
+            ),
+        };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-security-policy", html::CSP)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
 }
 
 #[cfg(test)]

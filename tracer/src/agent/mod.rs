@@ -3,12 +3,14 @@
 //! the agent turns them into Prometheus metrics (`metrics`) and
 //! Alertmanager alerts (`alerts`, `sender`), served and sent from a thread
 //! of their own so that neither a scraper nor a down Alertmanager slows
-//! tracing. `notify` speaks systemd's readiness protocol.
+//! tracing; the last findings are kept for the HTML page at /report
+//! (`page`). `notify` speaks systemd's readiness protocol.
 
 pub mod alerts;
 pub mod config;
 pub mod metrics;
 pub mod notify;
+pub mod page;
 pub mod sender;
 pub mod state;
 pub mod suppress;
@@ -37,6 +39,8 @@ pub const RUNBOOK_URL: &str = "file:///usr/share/doc/locktrace/README.md#run-as-
 /// The agent's endpoints and alert delivery, running beside the session.
 pub struct Agent {
     metrics: Arc<Metrics>,
+    /// The findings /report shows.
+    page: page::Shared,
     alerts: Option<mpsc::Sender<Alert>>,
     done: std::sync::mpsc::Receiver<()>,
     host: String,
@@ -89,6 +93,8 @@ impl Agent {
             )
         })?;
         let metrics = Arc::new(Metrics::new());
+        let page = page::LiveFindings::new(&config.host, page::KEPT);
+        let served_page = page.clone();
         let state = State::load(&config.state_dir);
         let (reloads, reloaded) = std::sync::mpsc::channel();
         reloads
@@ -111,7 +117,8 @@ impl Agent {
             .name("locktrace-agent".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let server = tokio::spawn(metrics::serve(listener, served.clone()));
+                    let server =
+                        tokio::spawn(metrics::serve(listener, served.clone(), served_page));
                     if let Some((am, rx)) = receiver {
                         sender::deliver(am.base, am.queue, rx, served).await;
                     } else if let Ok(Err(e)) = server.await {
@@ -131,6 +138,7 @@ impl Agent {
         );
         Ok(Agent {
             metrics,
+            page,
             alerts,
             done,
             host: config.host.clone(),
@@ -173,6 +181,7 @@ impl Agent {
         };
         Box::new(AgentObserver {
             metrics: self.metrics.clone(),
+            page: self.page.clone(),
             alerts: self.alerts.take(),
             before: Live::default(),
             active,
@@ -319,6 +328,7 @@ impl Blocked {
 
 struct AgentObserver {
     metrics: Arc<Metrics>,
+    page: page::Shared,
     alerts: Option<mpsc::Sender<Alert>>,
     before: Live,
     /// Alerts still active, re-sent every `resend_every`. Those of
@@ -469,7 +479,13 @@ impl Drop for AgentObserver {
 }
 
 impl Observer for AgentObserver {
-    fn finding(&mut self, finding: &Finding, alarm: bool, _time: &str) {
+    fn finding(&mut self, finding: &Finding, alarm: bool, time: &str) {
+        // Every finding is on the page, notes and suppressed ones included
+        // (as in the report file).
+        self.page
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(finding, time);
         // Notes (a guarded cycle, a nesting in one address order) are in
         // the report only.
         let Some((kind, _)) = alerts::kind(finding).filter(|_| alarm) else {
@@ -520,6 +536,10 @@ impl Observer for AgentObserver {
     fn progress(&mut self, live: &Live) {
         self.apply_reloads();
         self.metrics.set_live(live, &self.before);
+        self.page
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_live(live);
         self.before = live.clone();
         self.resolve_exited();
         self.resend();

@@ -21,6 +21,11 @@ use crate::report::replay::Entry;
 /// take Graphviz minutes.
 const MAX_PICTURE_NODES: usize = 64;
 
+/// The page's Content-Security-Policy: no fetch of any kind (no script,
+/// no image but inline data), inline styles only. The agent's `/report`
+/// also sends it as a header.
+pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:";
+
 const STYLE: &str = "
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 72rem; padding: 1rem 1.5rem; color: #1b1b1b; }
 h1 { font-size: 1.5rem; margin-bottom: .2rem; }
@@ -74,8 +79,9 @@ fn head(title: &str) -> String {
     page.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     page.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
     // No fetch of any kind, even if a name slipped through unescaped.
-    page.push_str(
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">",
+    let _ = write!(
+        page,
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
     );
     let _ = write!(page, "<title>{title}</title><style>");
     page.push_str(STYLE);

@@ -22,7 +22,7 @@ pub mod text;
 pub mod walltime;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use build::finding;
 pub use findings::*;

@@ -9,7 +9,7 @@ use tracer_analysis::detector;
 use tracer_analysis::model::{Dependency, Frame, Level, LockInstance as LockId, LockKind};
 use tracer_common::Counter;
 
-pub(super) use crate::report::build::inversion;
+pub(crate) use crate::report::build::inversion;
 use crate::report::summary::counters;
 use crate::report::{Finding, Format, Reporter, Summary};
 use crate::symbolize::Resolve;
@@ -20,7 +20,7 @@ const MUTEX_B: u64 = 0x55d0c0a01080;
 
 /// Symbolization from tables; unknown addresses give bare frames.
 #[derive(Default)]
-pub(super) struct FakeResolve {
+pub(crate) struct FakeResolve {
     frames: HashMap<(u32, u64), Frame>,
     locks: HashMap<(u32, u64), String>,
     procs: HashMap<u32, String>,
@@ -107,7 +107,7 @@ const LOCK_IP: u64 = 0x7f00_0008_a0f0;
 const START_THREAD: u64 = 0x7f00_0008_9134;
 
 /// The ab_ba fixture: worker1 takes a then b, worker2 b then a.
-pub(super) fn ab_ba() -> (detector::Inversion, FakeResolve) {
+pub(crate) fn ab_ba() -> (detector::Inversion, FakeResolve) {
     let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
     let bin = "/src/tests/fixtures/ab_ba";
     let src = "/src/tests/fixtures/ab_ba.c";
