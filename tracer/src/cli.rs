@@ -133,7 +133,7 @@ pub struct ReportArgs {
     /// (2026-12-07T17:04:21Z, or with an offset) or a duration before now
     /// (30m, 2h). A finding without a time (a capture written before
     /// findings had one) is dropped, with one warning counting them.
-    #[arg(long, value_name = "T", value_parser = crate::report::walltime::parse_since)]
+    #[arg(long, value_name = "T", value_parser = parse_since)]
     pub since: Option<crate::report::walltime::Since>,
     /// Write to FILE instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
@@ -346,6 +346,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{s}` is out of range"))
 }
 
+/// `--since`: an RFC 3339 time, or a duration before now (`30m`, `2h`).
+pub fn parse_since(s: &str) -> Result<crate::report::walltime::Since, String> {
+    use crate::report::walltime::{parse, Since};
+    if let Some(t) = parse(s.trim()) {
+        return Ok(Since::At(t));
+    }
+    parse_duration(s).map(Since::Ago).map_err(|_| {
+        format!("`{s}` is neither an RFC 3339 time (2026-12-07T17:04:21Z) nor a duration (30m, 2h)")
+    })
+}
+
 /// The longest duration any option takes.
 pub const MAX_DURATION: Duration = Duration::from_secs(87_600 * 3600);
 
@@ -405,6 +416,8 @@ mod tests {
         ));
         let err = parse("last tuesday").unwrap_err().to_string();
         assert!(err.contains("neither an RFC 3339 time"), "{err}");
+        assert!(parse("2026-12-07").is_err());
+        assert!(parse("0").is_err());
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use crate::report::replay::{type_name, Entry};
+use crate::report::findings::Entry;
+use crate::report::replay::type_name;
 use crate::report::text::plural;
 use crate::report::{escape, html, walltime, Finding};
 use crate::session::Live;

@@ -308,3 +308,20 @@ pub struct Edge {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub python_stack: Vec<PyFrame>,
 }
+
+/// A finding with the wall-clock time it was reported: read back from a
+/// capture by `replay`, or kept by the agent for its page.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub finding: Finding,
+    /// RFC 3339, as written (checked); `None` in a capture written before
+    /// findings had a time (or with a time that does not read).
+    pub time: Option<String>,
+}
+
+impl Entry {
+    /// The time, as nanoseconds since the epoch.
+    pub fn at(&self) -> Option<crate::report::walltime::Nanos> {
+        crate::report::walltime::parse(self.time.as_deref()?)
+    }
+}

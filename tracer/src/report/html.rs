@@ -13,8 +13,7 @@ use tracer_analysis::model::{Frame, PyFrame};
 
 use crate::report::dot;
 use crate::report::escape;
-use crate::report::findings::{Edge, Finding, Inversion, Lock, ThreadReport};
-use crate::report::replay::Entry;
+use crate::report::findings::{Edge, Entry, Finding, Inversion, Lock, ThreadReport};
 
 /// Findings with more locks or threads than this get the table, not a
 /// picture: laying out a huge graph (a damaged or hostile capture) could

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::report::dot;
 use crate::report::escape;
+pub use crate::report::findings::Entry;
 use crate::report::findings::Finding;
 use crate::report::fingerprint::fingerprint;
 use crate::report::graph::LockGraph;
@@ -41,22 +42,6 @@ pub fn type_name(f: &Finding) -> &'static str {
         Finding::SelfDeadlock(_) => "self_deadlock",
         Finding::SameClassNesting(_) => "same_class_nesting",
         Finding::BlockedThread(_) => "blocked_thread",
-    }
-}
-
-/// A finding read back, with the wall-clock time it was reported.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    pub finding: Finding,
-    /// RFC 3339, as written (checked); `None` in a capture written before
-    /// findings had a time (or with a time that does not read).
-    pub time: Option<String>,
-}
-
-impl Entry {
-    /// The time, as nanoseconds since the epoch.
-    pub fn at(&self) -> Option<Nanos> {
-        walltime::parse(self.time.as_deref()?)
     }
 }
 
