@@ -133,7 +133,8 @@ pub struct ReportArgs {
     /// (2026-12-07T17:04:21Z, or with an offset) or a duration before now
     /// (30m, 2h). A finding without a time (a capture written before
     /// findings had one) is dropped, with one warning counting them.
-    #[arg(long, value_name = "T", value_parser = parse_since)]
+    /// Not with --graph (the graph is the whole run's).
+    #[arg(long, value_name = "T", value_parser = parse_since, conflicts_with = "graph")]
     pub since: Option<crate::report::walltime::Since>,
     /// Write to FILE instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
@@ -418,6 +419,9 @@ mod tests {
         assert!(err.contains("neither an RFC 3339 time"), "{err}");
         assert!(parse("2026-12-07").is_err());
         assert!(parse("0").is_err());
+        assert!(
+            Cli::try_parse_from(["locktrace", "report", "--graph", "--since", "2h", "c"]).is_err()
+        );
     }
 
     #[test]
