@@ -141,7 +141,7 @@ fn replay(args: ReportArgs) -> Result<i32> {
             );
         }
         let sources: Vec<String> = captures.iter().map(|c| c.name.clone()).collect();
-        report::graph::print(&graphs, output, &sources, out)?;
+        replay::print_graph(&graphs, output, &sources, out)?;
         return Ok(0);
     }
     replay::print(&captures, &filter, output, out)?;

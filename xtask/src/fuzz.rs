@@ -49,7 +49,9 @@ pub fn fuzz(seconds: u64) -> Result<()> {
         ]);
         let status = cmd::status(&mut build)?;
         if !status.success() {
-            bail!("fuzz target {target} does not build ({status}): see the compiler's errors above");
+            bail!(
+                "fuzz target {target} does not build ({status}): see the compiler's errors above"
+            );
         }
         let mut cargo = toolchain.cargo();
         cargo.current_dir(&dir).args([

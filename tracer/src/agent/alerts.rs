@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::report::findings::Origin;
 pub use crate::report::fingerprint::fingerprint;
-use crate::report::fingerprint::site;
-use crate::report::{Finding, Lock};
+use crate::report::oneline::{self, pid_comm};
+use crate::report::Finding;
 
 /// The text report in `description` is cut to this many bytes.
 const MAX_DESCRIPTION: usize = 4000;
@@ -72,7 +72,7 @@ pub fn alert(finding: &Finding, ctx: &Context<'_>, now: SystemTime) -> Option<Al
         description.push_str("\n[cut]");
     }
     let mut annotations = BTreeMap::from([
-        ("summary".to_string(), summary(finding)),
+        ("summary".to_string(), oneline::summary(finding)),
         ("description".to_string(), description),
         ("runbook_url".to_string(), ctx.runbook_url.to_string()),
     ]);
@@ -95,54 +95,6 @@ pub fn alert(finding: &Finding, ctx: &Context<'_>, now: SystemTime) -> Option<Al
         starts_at: rfc3339(now),
         ends_at: rfc3339(now + ctx.active_for),
     })
-}
-
-fn pid_comm(finding: &Finding) -> (u32, &str) {
-    match finding {
-        Finding::LockOrderInversion(f) => (f.pid, &f.comm),
-        Finding::Deadlock(f) => (f.pid, &f.comm),
-        Finding::LockWaitTimeout(f) => (f.pid, &f.comm),
-        Finding::SelfDeadlock(f) => (f.pid, &f.comm),
-        Finding::SameClassNesting(f) => (f.pid, &f.comm),
-        Finding::BlockedThread(t) => (t.pid, &t.comm),
-    }
-}
-
-/// One line: which locks, where.
-pub fn summary(finding: &Finding) -> String {
-    let (pid, comm) = pid_comm(finding);
-    let what = match finding {
-        Finding::LockOrderInversion(f) => {
-            let mut names: Vec<String> = f.locks.iter().map(Lock::label).collect();
-            if let Some(first) = names.first().cloned() {
-                names.push(first);
-            }
-            let sites: Vec<String> = f.cycle.iter().filter_map(|e| site(&e.stack)).collect();
-            format!(
-                "lock-order inversion {} at {}",
-                names.join(" -> "),
-                sites.join(", ")
-            )
-        }
-        Finding::Deadlock(f) => format!("deadlock of {} threads", f.threads.len()),
-        Finding::LockWaitTimeout(f) => match &f.waiter.waits_for {
-            Some(lock) => format!("thread {} blocked on {}", f.waiter.tid, lock.label()),
-            None => format!("thread {} blocked on a lock", f.waiter.tid),
-        },
-        Finding::SelfDeadlock(f) => format!(
-            "thread {} requested {} it holds, at {}",
-            f.tid,
-            f.lock.label(),
-            site(&f.stack).unwrap_or_default()
-        ),
-        Finding::SameClassNesting(f) => format!(
-            "two locks of class {} nested at {}",
-            f.class,
-            site(&f.stack).unwrap_or_default()
-        ),
-        Finding::BlockedThread(_) => "blocked thread".to_string(),
-    };
-    format!("{what} in {comm} (pid {pid})")
 }
 
 /// The origin of the finding's own process (of its first edge, for a

@@ -17,8 +17,9 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
 use tracer_analysis::detector::ClassGraph;
 
+use crate::report::dot;
+use crate::report::escape;
 use crate::report::text::plural;
-use crate::report::{dot, escape, html};
 
 /// Dependencies a capture's `lock_graph` line lists at most (the most seen
 /// first); the rest are counted in `omitted_dependencies`.
@@ -276,28 +277,6 @@ pub fn text(g: &LockGraph) -> String {
         );
     }
     s
-}
-
-/// Prints the merged graph of `graphs` in `format`.
-pub fn print(
-    graphs: &[&LockGraph],
-    format: crate::report::replay::Output,
-    sources: &[String],
-    mut out: Box<dyn Write + Send>,
-) -> io::Result<()> {
-    use crate::report::replay::Output;
-    let g = LockGraph::merge(graphs.iter().copied());
-    match format {
-        Output::Text => out.write_all(text(&g).as_bytes())?,
-        Output::Json => crate::report::json::write(&mut out, &g)?,
-        Output::Dot => write_dot(&mut out, &g)?,
-        Output::Html => {
-            let mut dot = Vec::new();
-            write_dot(&mut dot, &g)?;
-            html::write_graph(&mut out, sources, &dot, &text(&g))?;
-        }
-    }
-    out.flush()
 }
 
 #[cfg(test)]

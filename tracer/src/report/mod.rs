@@ -15,6 +15,7 @@ pub mod fingerprint;
 pub mod graph;
 pub mod html;
 pub mod json;
+pub mod oneline;
 pub mod replay;
 pub mod sink;
 pub mod summary;

@@ -16,7 +16,7 @@ use crate::report::escape;
 pub use crate::report::findings::Entry;
 use crate::report::findings::Finding;
 use crate::report::fingerprint::fingerprint;
-use crate::report::graph::LockGraph;
+use crate::report::graph::{self, LockGraph};
 use crate::report::html;
 use crate::report::json;
 use crate::report::sink::{Format, Reporter};
@@ -291,7 +291,7 @@ pub fn print_fingerprints(
     )?;
     writeln!(out, "fingerprints = [")?;
     for (fp, f, n) in &seen {
-        let summary = crate::agent::alerts::summary(&escape::finding(f));
+        let summary = crate::report::oneline::summary(&escape::finding(f));
         let times = if *n > 1 {
             format!(" ({n} findings)")
         } else {
@@ -305,6 +305,27 @@ pub fn print_fingerprints(
         )?;
     }
     writeln!(out, "]")
+}
+
+/// Prints the merged graph of `graphs` in `format`.
+pub fn print_graph(
+    graphs: &[&LockGraph],
+    format: Output,
+    sources: &[String],
+    mut out: Box<dyn Write + Send>,
+) -> io::Result<()> {
+    let g = LockGraph::merge(graphs.iter().copied());
+    match format {
+        Output::Text => out.write_all(graph::text(&g).as_bytes())?,
+        Output::Json => json::write(&mut out, &g)?,
+        Output::Dot => graph::write_dot(&mut out, &g)?,
+        Output::Html => {
+            let mut dot = Vec::new();
+            graph::write_dot(&mut dot, &g)?;
+            html::write_graph(&mut out, sources, &dot, &graph::text(&g))?;
+        }
+    }
+    out.flush()
 }
 
 /// What the captures hold: findings by type, processes, lost events.

@@ -516,22 +516,7 @@ fn fingerprints_print_as_a_suppress_list_the_agent_reads() {
         )
     );
 
-    // Pasted under [suppress], the agent's config reads exactly those.
-    let crate::cli::Command::Agent(args) =
-        <crate::cli::Cli as clap::Parser>::try_parse_from(["locktrace", "agent"])
-            .unwrap()
-            .command
-    else {
-        unreachable!()
-    };
-    let config = crate::agent::config::Config::parse(
-        std::path::Path::new("/etc/locktrace/locktrace.toml"),
-        &format!("[suppress]\n{text}"),
-        &args,
-    )
-    .unwrap();
-    assert_eq!(config.suppress_fingerprints, [fp_inv, fp_self]);
-    assert!(config.alertmanager.is_none());
+    // That it pastes into the agent's config: tracer/tests/print_fingerprints.rs.
 
     // The filters apply.
     let c = replay::parse("one.jsonl", &capture(&[ab_ba, hostile])).unwrap();
