@@ -134,6 +134,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use tracer_analysis::model::Frame;
+    use crate::report::Lock;
 
     #[test]
     fn timestamps() {
