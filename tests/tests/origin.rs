@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use locktrace_e2e::{fixture, require_root, run_json, Origin, TestCgroup, Tracer, Variant};
+use locktrace_e2e::{
+    fixture, require_root, run_json, Origin, TestCgroup, Tracer, Variant, Watcher, TRACER_TIMEOUT,
+};
 
 /// `sh -c` that moves itself into `cgroup`, then execs the AB/BA fixture.
 fn in_cgroup(cgroup: &TestCgroup) -> Vec<String> {
@@ -105,4 +107,61 @@ fn a_finding_names_its_container() {
         },
         &format!("  in container {} (cgroup {path})", &id[..12]),
     );
+}
+
+/// A process that exited, and was reaped, before the collector read its
+/// records (a short-lived worker on a busy host): its finding still names
+/// its cgroup, from the cgroup id the kernel side recorded with each
+/// dependency. The collector is stopped (SIGSTOP) while the fixture runs, so
+/// its records wait in the ring buffer until the process is gone.
+#[test]
+fn a_process_gone_before_its_records_are_read_still_names_its_cgroup() {
+    require_root();
+    let cgroup = TestCgroup::named(&format!(
+        "locktrace-e2e-gone-{}.service",
+        std::process::id()
+    ));
+    let path = cgroup.path();
+    let watcher = Watcher::start(&[]);
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &watcher.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} the tracer");
+    };
+    signal("-STOP");
+    let command = in_cgroup(&cgroup);
+    let mut child = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the fixture");
+    let pid = child.id(); // sh execs the fixture
+    let status = child.wait().expect("reap the fixture");
+    signal("-CONT");
+    assert!(status.success(), "the fixture: {status}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the fixture is gone before its records are read"
+    );
+    assert!(
+        watcher.wait_for_finding_of(pid, TRACER_TIMEOUT),
+        "no finding of the fixture\n{}",
+        watcher.stderr_so_far()
+    );
+    let run = watcher.stop();
+    let inv = (run.report.inversions().into_iter())
+        .find(|f| f.pid == pid)
+        .unwrap_or_else(|| panic!("{}", run.describe()));
+    let unit = path.trim_start_matches('/').to_string();
+    let expected = Origin {
+        cgroup: path.clone(),
+        unit: Some(unit),
+        container: None,
+    };
+    assert_eq!(inv.origin.as_ref(), Some(&expected), "{}", run.describe());
+    for edge in &inv.cycle {
+        assert_eq!(edge.origin.as_ref(), Some(&expected), "{}", run.describe());
+    }
 }

@@ -121,6 +121,9 @@ pub struct DependencyEvent {
     /// Valid entries in `from`.
     pub n_from: u32,
     pub timestamp_ns: u64,
+    /// The thread's cgroup v2 id (the inode of its cgroup's directory): where
+    /// the process ran, even if it is gone when the collector reads this.
+    pub cgroup_id: u64,
     /// The thread's name.
     pub comm: [u8; COMM_LEN],
     /// The lock requested, and where.
@@ -164,6 +167,7 @@ pub struct DeferredDependency {
     pub tid: u32,
     pub n_held: u32,
     pub timestamp_ns: u64,
+    pub cgroup_id: u64,
     pub comm: [u8; crate::COMM_LEN],
     pub from: HeldLock,
     pub to: HeldLock,

@@ -5,7 +5,7 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_comm, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns,
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::map,
@@ -150,6 +150,7 @@ fn defer(
         (*d).pid = tgid;
         (*d).tid = tid;
         (*d).timestamp_ns = bpf_ktime_get_ns();
+        (*d).cgroup_id = bpf_get_current_cgroup_id();
         (*d).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
         copy_lock(&mut (*d).from, from);
         copy_lock(&mut (*d).to, to);
@@ -237,6 +238,7 @@ fn submit(
         (*ev).pid = tgid;
         (*ev).tid = tid;
         (*ev).timestamp_ns = bpf_ktime_get_ns();
+        (*ev).cgroup_id = bpf_get_current_cgroup_id();
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
         copy_lock(&mut (*ev).to, to);
         (*ev).entry_ip = entry_ip;

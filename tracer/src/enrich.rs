@@ -120,7 +120,7 @@ impl Enricher {
                 let python = self.pythons.resolve(raw.pid, &raw.python);
                 // While the process surely runs: a finding about this
                 // dependency may be built after it exited.
-                self.symbolizer.spaces().origin(raw.pid);
+                self.symbolizer.spaces().note_origin(raw.pid, raw.cgroup_id);
                 Pending::Request {
                     raw: Box::new(raw),
                     python,
@@ -129,7 +129,7 @@ impl Enricher {
             }
             Record::SelfDeadlock(raw) => {
                 let python = self.pythons.resolve(raw.pid, &raw.python);
-                self.symbolizer.spaces().origin(raw.pid);
+                self.symbolizer.spaces().note_origin(raw.pid, raw.cgroup_id);
                 Pending::Request {
                     raw: Box::new(raw),
                     python,

@@ -133,8 +133,8 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_analysis::model::Frame;
     use crate::report::Lock;
+    use tracer_analysis::model::Frame;
 
     #[test]
     fn timestamps() {

@@ -4,6 +4,7 @@
 //! files (`files`), the checks made before tracing, and the
 //! blocked threads of the wait-for graph.
 
+pub mod cgroups;
 pub mod elf;
 pub mod files;
 pub mod launch;

@@ -277,6 +277,21 @@ impl AddressSpaces {
         Some(read)
     }
 
+    /// Reads the origin of process `pid` now (a record of it was just
+    /// read: it ran a moment ago), from `/proc`, or, if it is gone already,
+    /// from `cgroup_id`, the cgroup its thread was in (see
+    /// [`crate::host::cgroups`]).
+    pub fn note_origin(&mut self, pid: u32, cgroup_id: u64) {
+        if self.origin(pid).is_some() || cgroup_id == 0 {
+            return;
+        }
+        let Some(path) = crate::host::cgroups::path_of(cgroup_id) else {
+            return;
+        };
+        let origin = crate::host::proc::origin_of_path(&path);
+        self.spaces.entry(pid).or_default().origin = Some(origin);
+    }
+
     /// Whether the process is known to have exited.
     pub fn has_exited(&self, pid: u32) -> bool {
         self.spaces.get(&pid).is_some_and(|s| s.exited.is_some())

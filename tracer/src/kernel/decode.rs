@@ -21,6 +21,8 @@ pub struct RawRequest {
     pub tid: u32,
     pub thread: String,
     pub timestamp_ns: u64,
+    /// The thread's cgroup v2 id at the request (0: unknown).
+    pub cgroup_id: u64,
     pub to: HeldLock,
     pub from: Vec<HeldLock>,
     /// Non-zero: the lock function's address, the event being made at its
@@ -232,6 +234,7 @@ fn decode_request(b: &[u8]) -> Result<RawRequest> {
         tid: u32_at(b, offset_of!(DependencyEvent, tid)),
         thread: comm_to_string(&b[comm_at..comm_at + tracer_common::COMM_LEN]),
         timestamp_ns: u64_at(b, offset_of!(DependencyEvent, timestamp_ns)),
+        cgroup_id: u64_at(b, offset_of!(DependencyEvent, cgroup_id)),
         to: held_lock_at(b, offset_of!(DependencyEvent, to)),
         from: (0..n_from)
             .map(|i| held_lock_at(b, from_at + i * size_of::<HeldLock>()))
@@ -259,6 +262,7 @@ pub fn deferred(d: &DeferredDependency) -> RawRequest {
         tid: d.tid,
         thread: comm_to_string(&d.comm),
         timestamp_ns: d.timestamp_ns,
+        cgroup_id: d.cgroup_id,
         to: d.to,
         from: vec![d.from],
         entry_ip: 0,
