@@ -453,6 +453,7 @@ pub struct Summary {
     pub repeated_findings: u64,
     pub suppressed_findings: u64,
     pub dropped_dependencies: u64,
+    pub lock_facts_not_kept: u64,
     pub unprocessed_records: u64,
     /// Dependency records over their process's share of the backlog.
     #[serde(default)]

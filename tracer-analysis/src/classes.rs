@@ -14,10 +14,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher;
 
 use crate::host::{Host, InitStack};
+use crate::limits::{self, Limit, Tally};
 use crate::model::{ClassId, ClassKey, CodeSite, LockInstance, SharedLock};
 use crate::FastMap;
 
-#[derive(Default)]
 pub struct Classes {
     /// The class of each lock instance seen.
     by_lock: FastMap<LockInstance, ClassId>,
@@ -28,6 +28,8 @@ pub struct Classes {
     /// Every instance in `by_lock` or `init_sites`, in address order: the
     /// locks in a range of freed memory.
     ordered: BTreeSet<LockInstance>,
+    /// `ordered`'s entries by process, under [`limits::LOCK_FACTS`].
+    kept: Tally,
     /// Interned class keys: each key is kept once, in `keys`, and found by
     /// its hash (keys whose hash another key has are in `collided`).
     by_hash: FastMap<u64, ClassId>,
@@ -36,23 +38,64 @@ pub struct Classes {
     keys: Vec<ClassKey>,
 }
 
+impl Default for Classes {
+    fn default() -> Self {
+        Self::with_limit(limits::LOCK_FACTS)
+    }
+}
+
 impl Classes {
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Classes keeping the facts of at most `limit` locks (tests).
+    pub fn with_limit(limit: Limit) -> Self {
+        Classes {
+            by_lock: FastMap::default(),
+            init_sites: FastMap::default(),
+            ordered: BTreeSet::new(),
+            kept: Tally::new(limit),
+            by_hash: FastMap::default(),
+            collided: HashMap::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Times a lock's facts (class, init site) were not kept for want of
+    /// room (a lock past its process's share counts at each dependency).
+    pub fn not_kept(&self) -> u64 {
+        self.kept.dropped
+    }
+
+    /// Whether `lock`'s facts are kept (it takes a place if it has none).
+    fn keep(&mut self, lock: LockInstance) -> bool {
+        if self.ordered.contains(&lock) {
+            return true;
+        }
+        if !self.kept.take(lock.pid, 1) {
+            return false;
+        }
+        self.ordered.insert(lock);
+        true
+    }
+
     /// A lock was initialized at `site`: that is its class from now on.
     pub fn note_init(&mut self, lock: LockInstance, site: u64, stack: Option<InitStack>) {
         self.by_lock.remove(&lock);
-        self.init_sites.insert(lock, (site, stack));
-        self.ordered.insert(lock);
+        if self.keep(lock) {
+            self.init_sites.insert(lock, (site, stack));
+        }
     }
 
     /// A lock was destroyed: its memory may become another lock.
     pub fn forget_lock(&mut self, lock: LockInstance) {
         self.by_lock.remove(&lock);
         self.init_sites.remove(&lock);
-        self.ordered.remove(&lock);
+        if self.ordered.remove(&lock) {
+            self.kept.give_back(lock.pid, 1);
+        }
     }
 
     /// Forget the instances of an exited process (its classes stay: an
@@ -61,6 +104,7 @@ impl Classes {
         self.by_lock.retain(|l, _| l.pid != pid);
         self.init_sites.retain(|l, _| l.pid != pid);
         self.ordered.retain(|l| l.pid != pid);
+        self.kept.give_back(pid, self.kept.of(pid));
     }
 
     /// The instances known (classed, or set up by an init) of process `pid`
@@ -93,8 +137,9 @@ impl Classes {
             None => self.key_for(lock, first_site, host),
         };
         let class = self.intern(key);
-        self.by_lock.insert(lock, class);
-        self.ordered.insert(lock);
+        if self.keep(lock) {
+            self.by_lock.insert(lock, class);
+        }
         class
     }
 
@@ -183,5 +228,84 @@ impl Classes {
             return ClassKey::Global { module, symbol };
         }
         ClassKey::FirstUse(site_of(host, first_site))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PyFrame, SharedLock};
+
+    /// A host where every code address is in `app` at its own offset.
+    struct App;
+
+    impl Host for App {
+        fn code_site(&mut self, _pid: u32, addr: u64) -> Option<CodeSite> {
+            Some(CodeSite {
+                module: "app".into(),
+                offset: addr,
+                function: None,
+            })
+        }
+        fn makes_locks_for_callers(&mut self, _pid: u32, _addr: u64) -> bool {
+            false
+        }
+        fn is_wrapper(&mut self, _pid: u32, _addr: u64) -> bool {
+            false
+        }
+        fn init_callers(&mut self, _pid: u32, _site: u64, _stack: &InitStack) -> Vec<u64> {
+            Vec::new()
+        }
+        fn global_symbol(&mut self, _lock: LockInstance) -> Option<(String, String)> {
+            None
+        }
+        fn shared_lock(&mut self, _lock: LockInstance) -> Option<SharedLock> {
+            None
+        }
+        fn python_creation(&mut self, _lock: LockInstance) -> Option<Option<PyFrame>> {
+            None
+        }
+        fn wakeup_mutex_owner(&mut self, _pid: u32, _addr: u64) -> Option<u32> {
+            None
+        }
+    }
+
+    fn lock(pid: u32, addr: u64) -> LockInstance {
+        LockInstance { pid, addr }
+    }
+
+    /// Past a process's share, a lock's init site and class are not kept
+    /// (counted); it is classed by its first use, which judges nothing; the
+    /// other processes keep theirs; a destroy gives the place back.
+    #[test]
+    fn lock_facts_are_bounded_per_process() {
+        let mut c = Classes::with_limit(Limit {
+            per_process: 2,
+            total: 3,
+        });
+        for addr in [0x10, 0x20, 0x30] {
+            c.note_init(lock(1, addr), 0x1000 + addr, None);
+        }
+        assert_eq!(c.not_kept(), 1);
+        let kept = c.class_of(lock(1, 0x10), 0x5000, None, &mut App);
+        assert!(c.key(kept).is_sound(), "{}", c.key(kept));
+        let past = c.class_of(lock(1, 0x30), 0x5000, None, &mut App);
+        assert!(!c.key(past).is_sound(), "{}", c.key(past));
+        assert_eq!(c.class_of_known(lock(1, 0x30)), None, "not cached");
+        // Process 2 has its own share (one place left in all).
+        c.note_init(lock(2, 0x10), 0x1010, None);
+        let other = c.class_of(lock(2, 0x10), 0x5000, None, &mut App);
+        assert!(c.key(other).is_sound());
+        // A destroy frees a place.
+        c.forget_lock(lock(1, 0x20));
+        c.note_init(lock(1, 0x30), 0x1030, None);
+        let now = c.class_of(lock(1, 0x30), 0x5000, None, &mut App);
+        assert!(c.key(now).is_sound(), "{}", c.key(now));
+        // An exit frees the process's places.
+        c.forget_process(1);
+        c.note_init(lock(3, 0x10), 0x1010, None);
+        c.note_init(lock(3, 0x20), 0x1020, None);
+        assert_eq!(c.not_kept(), 2, "the third init, and its lock's class");
+        assert_eq!(c.locks_in(3, 0, 0x100).len(), 2);
     }
 }

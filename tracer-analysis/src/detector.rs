@@ -172,6 +172,9 @@ pub struct Stats {
     /// or dependencies, for the process or in total; see
     /// [`crate::limits`]): counted, memory stays bounded.
     pub dropped_dependencies: u64,
+    /// Times a lock's class or init site was not kept (see
+    /// [`crate::limits::LOCK_FACTS`]).
+    pub lock_facts_not_kept: u64,
     pub forgotten_processes: u64,
     pub forgotten_dependencies: u64,
     pub classes: u64,
@@ -373,6 +376,7 @@ impl Detector {
             truncated_cycle_searches: self.instances.truncated_searches(),
             handoff_cycles: self.instances.handoff_cycles() + self.stats.handoff_cycles,
             classes: self.classes.class_count() as u64,
+            lock_facts_not_kept: self.classes.not_kept(),
             ..self.stats
         }
     }

@@ -808,6 +808,7 @@ impl Session {
             repeated_findings: stats.repeated_findings,
             suppressed_findings: stats.suppressed_findings,
             dropped_dependencies: stats.dropped_dependencies,
+            lock_facts_not_kept: stats.lock_facts_not_kept,
             unprocessed_records: self.unprocessed,
             dropped_records: self.pending.dropped,
             unopened_files: crate::host::files::unopened(),

@@ -58,6 +58,10 @@ pub struct Summary {
     /// Dependencies not added because the graph was full (per process or
     /// in total): memory stays bounded, the loss is counted.
     pub dropped_dependencies: u64,
+    /// Times a lock's class or init site was not kept, for want of room
+    /// (per process or in all): its class is worked out again at each
+    /// dependency, and a lost init site only costs class-level findings.
+    pub lock_facts_not_kept: u64,
     /// Records still unprocessed when the tracer had to stop (it stops
     /// within a second of a signal, whatever the backlog): counted.
     pub unprocessed_records: u64,
@@ -260,6 +264,13 @@ impl fmt::Display for Summary {
                 f,
                 "; {} not added: the graph was full",
                 plural(self.dropped_dependencies, "dependency", "dependencies")
+            )?;
+        }
+        if self.lock_facts_not_kept != 0 {
+            write!(
+                f,
+                "; a lock's class or init site not kept {}: the process's share was full",
+                plural(self.lock_facts_not_kept, "time", "times")
             )?;
         }
         if self.unprocessed_records != 0 {
