@@ -376,7 +376,7 @@ impl Detector {
             truncated_cycle_searches: self.instances.truncated_searches(),
             handoff_cycles: self.instances.handoff_cycles() + self.stats.handoff_cycles,
             classes: self.classes.class_count() as u64,
-            lock_facts_not_kept: self.classes.not_kept(),
+            lock_facts_not_kept: self.classes.not_kept() + self.identities.not_kept(),
             ..self.stats
         }
     }
