@@ -2,7 +2,7 @@
  * Generator of the CPython 3.13 entry of the offset table in
  * tracer/src/python/layout.rs (`V3_13`), as offsets_3_11.c is of 3.11's.
  *
- *   R=$(pyenv root)/versions/3.13.1/include/python3.13
+ *   R=$(pyenv root)/versions/3.13.0/include/python3.13
  *   gcc -o /tmp/offsets_3_13 tracer/src/python/offsets_3_13.c -I$R -I$R/internal
  *   /tmp/offsets_3_13
  *

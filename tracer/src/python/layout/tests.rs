@@ -217,6 +217,11 @@ fn debug_offsets_override_the_table() {
     words[debug::FRAME_EXECUTABLE] = 8;
     words[debug::CODE_ADAPTIVE] = V3_13.code_adaptive + 16;
     words[debug::INTERP_GIL_HOLDER] = 100;
+    // 3.13.0's sizes of `_PyRuntimeState` and `PyInterpreterState` (pyenv's,
+    // as read from its `_PyRuntime`): the main interpreter, the last field,
+    // where the table has it.
+    words[debug::RUNTIME_SIZE] = 283320;
+    words[debug::INTERP_SIZE] = 194968;
     // Read from this process's memory, as from a traced one's (the array
     // is passed anew after each change, so that no write is elided).
     let read = |words: &[u64; debug::WORDS], version: u32| {
@@ -229,7 +234,16 @@ fn debug_offsets_override_the_table() {
     assert_eq!(o.tstate_cframe, V3_13.tstate_cframe + 8);
     assert_eq!(o.frame_code, 8);
     assert_eq!(o.code_adaptive, V3_13.code_adaptive + 16);
+    assert_eq!(o.runtime_main_interp, V3_13.runtime_main_interp);
     assert_eq!(o.runtime_tstate_current, V3_13.runtime_main_interp + 100);
+    // Debian 13's 3.13.5 (read from its `_PyRuntime`): one more static
+    // string before the main interpreter moved it 48 bytes, which the
+    // table, 3.13.0's, does not know.
+    words[debug::RUNTIME_SIZE] = 283376;
+    words[debug::INTERP_SIZE] = 194976;
+    let o = read(&words, 0x030d05f0).unwrap();
+    assert_eq!(o.runtime_main_interp, 88400);
+    assert_eq!(o.runtime_tstate_current, 88400 + 100);
     assert_eq!(o.code_firsttraceable, V3_13.code_firsttraceable);
     assert_eq!(o.unicode_ascii_mask, V3_13.unicode_ascii_mask);
     // Another minor version's, a free-threaded build's, no cookie: refused.
@@ -247,6 +261,9 @@ fn debug_offsets_override_the_table() {
         (debug::UNICODE_STATE, 4096),
         (debug::INTERP_GIL_HOLDER, u64::MAX),
         (debug::FRAME_PREVIOUS, u64::MAX - 4),
+        (debug::INTERP_SIZE, 283376),
+        (debug::INTERP_SIZE, 283377),
+        (debug::RUNTIME_SIZE, u64::MAX),
     ] {
         let good = words[field];
         words[field] = bad;
