@@ -132,6 +132,8 @@ impl LockGraph {
 /// What a picture shows: the classes drawn, and which of them are on a
 /// cycle (their component's number).
 struct View {
+    /// The number of cycles (components of more than one class).
+    cycles: usize,
     drawn: Vec<usize>,
     component: HashMap<usize, usize>,
     left_out_classes: usize,
@@ -149,16 +151,15 @@ fn view(g: &LockGraph) -> View {
         cycles.iter().flatten().copied().take(MAX_DRAWN).collect()
     };
     drawn.sort_unstable();
-    let shown = |d: &GraphDependency| {
-        drawn.binary_search(&d.from).is_ok() && drawn.binary_search(&d.to).is_ok()
-    };
-    let left_out_dependencies = g.dependencies.iter().filter(|d| !shown(d)).count();
-    View {
+    let mut view = View {
+        cycles: cycles.len(),
         left_out_classes: g.classes.len() - drawn.len(),
-        left_out_dependencies,
+        left_out_dependencies: 0,
         drawn,
         component,
-    }
+    };
+    view.left_out_dependencies = g.dependencies.iter().filter(|d| !view.shows(d)).count();
+    view
 }
 
 impl View {
@@ -181,13 +182,14 @@ impl View {
     }
 }
 
-/// "lock-order graph: 3 classes, 3 dependencies, 1 cycle".
-fn headline(g: &LockGraph) -> String {
+/// "lock-order graph: 3 classes, 3 dependencies, 1 cycle" (`cycles` found
+/// by the caller: the search is not repeated).
+fn headline(g: &LockGraph, cycles: usize) -> String {
     format!(
         "lock-order graph: {}, {}, {}",
         plural(g.classes.len() as u64, "class", "classes"),
         plural(g.dependencies.len() as u64, "dependency", "dependencies"),
-        plural(g.cycles().len() as u64, "cycle", "cycles")
+        plural(cycles as u64, "cycle", "cycles")
     )
 }
 
@@ -197,7 +199,7 @@ fn headline(g: &LockGraph) -> String {
 pub fn write_dot(out: &mut dyn Write, g: &LockGraph) -> io::Result<()> {
     let v = view(g);
     writeln!(out, "digraph lock_graph {{")?;
-    let mut title = headline(g);
+    let mut title = headline(g, v.cycles);
     if let Some(note) = v.note() {
         let _ = write!(title, "\\n{note}");
     }
@@ -246,7 +248,7 @@ pub fn write_dot(out: &mut dyn Write, g: &LockGraph) -> io::Result<()> {
 pub fn text(g: &LockGraph) -> String {
     let mut s = String::new();
     let cycles = g.cycles();
-    let _ = writeln!(s, "{}", headline(g));
+    let _ = writeln!(s, "{}", headline(g, cycles.len()));
     let name = |n: usize| escape::name(&g.classes[n]).into_owned();
     for (i, c) in cycles.iter().enumerate() {
         let _ = writeln!(
