@@ -266,8 +266,7 @@ impl Detector {
                 Vec::new()
             }
             Event::LockDestroy { lock } => {
-                self.classes.forget_lock(lock);
-                self.forget_lock(lock);
+                self.lock_gone(lock);
                 Vec::new()
             }
             Event::ProcessExit { pid } => {
@@ -282,8 +281,7 @@ impl Detector {
             }
             Event::MemoryFreed { pid, start, end } => {
                 for lock in self.classes.locks_in(pid, start, end) {
-                    self.classes.forget_lock(lock);
-                    self.forget_lock(lock);
+                    self.lock_gone(lock);
                 }
                 Vec::new()
             }
@@ -455,6 +453,13 @@ impl Detector {
         self.classes.forget_process(pid);
         self.stats.forgotten_dependencies += removed.len() as u64;
         self.forgotten.extend(removed);
+    }
+
+    /// The lock at `lock` is gone (destroyed, or its memory freed): its
+    /// class goes with its dependencies.
+    fn lock_gone(&mut self, lock: LockInstance) {
+        self.classes.forget_lock(lock);
+        self.forget_lock(lock);
     }
 
     /// The memory at `lock` is a new lock from now on: the old lock's
