@@ -213,52 +213,9 @@ pub fn bench(opts: &Options) -> Result<()> {
         std::fs::write(out_dir.join("results.md"), &markdown)?;
         return Ok(());
     }
-    let mut rows = Vec::new();
-    for workload in WORKLOADS {
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Setup::PROBE_COST.len()];
-        for round in 0..opts.rounds {
-            for (i, setup) in Setup::PROBE_COST.into_iter().enumerate() {
-                let command = workload.command(&lockloop, opts.seconds);
-                let ns = measure(&locktrace, &command, setup, opts.seconds)
-                    .with_context(|| format!("{}, {}", workload.name(), setup.name()))?;
-                step(format!(
-                    "{} round {} {}: {ns:.1} ns/pair",
-                    workload.name(),
-                    round + 1,
-                    setup.name()
-                ));
-                samples[i].push(ns);
-            }
-        }
-        rows.push(Row {
-            workload: workload.name(),
-            setups: &Setup::PROBE_COST,
-            median_ns: samples.iter_mut().map(|s| median(s)).collect(),
-        });
-    }
-    let mut free_rows = Vec::new();
-    for workload in FREE_WORKLOADS {
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Setup::FREE_WATCH.len()];
-        for round in 0..opts.rounds {
-            for (i, setup) in Setup::FREE_WATCH.into_iter().enumerate() {
-                let command = workload.command(&lockloop, opts.seconds);
-                let ns = measure(&locktrace, &command, setup, opts.seconds)
-                    .with_context(|| format!("{}, {}", workload.name(), setup.name()))?;
-                step(format!(
-                    "{} round {} {}: {ns:.1} ns/pair",
-                    workload.name(),
-                    round + 1,
-                    setup.name()
-                ));
-                samples[i].push(ns);
-            }
-        }
-        free_rows.push(Row {
-            workload: workload.name(),
-            setups: &Setup::FREE_WATCH,
-            median_ns: samples.iter_mut().map(|s| median(s)).collect(),
-        });
-    }
+    let rows = probe_cost_rows(&locktrace, &lockloop, WORKLOADS, &Setup::PROBE_COST, opts)?;
+    let free_rows =
+        probe_cost_rows(&locktrace, &lockloop, FREE_WORKLOADS, &Setup::FREE_WATCH, opts)?;
 
     let web = web_bench(&locktrace, opts)?;
 
@@ -282,6 +239,41 @@ pub fn bench(opts: &Options) -> Result<()> {
     std::fs::write(out_dir.join("results.md"), &markdown)?;
     step(format!("results: {} and results.md", json_path.display()));
     Ok(())
+}
+
+/// A row per workload: its median ns per pair under each of `setups`,
+/// measured round after round, the setups interleaved.
+fn probe_cost_rows(
+    locktrace: &Path,
+    lockloop: &Path,
+    workloads: &[Workload],
+    setups: &'static [Setup],
+    opts: &Options,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for workload in workloads {
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+        for round in 0..opts.rounds {
+            for (i, &setup) in setups.iter().enumerate() {
+                let command = workload.command(lockloop, opts.seconds);
+                let ns = measure(locktrace, &command, setup, opts.seconds)
+                    .with_context(|| format!("{}, {}", workload.name(), setup.name()))?;
+                step(format!(
+                    "{} round {} {}: {ns:.1} ns/pair",
+                    workload.name(),
+                    round + 1,
+                    setup.name()
+                ));
+                samples[i].push(ns);
+            }
+        }
+        rows.push(Row {
+            workload: workload.name(),
+            setups,
+            median_ns: samples.iter_mut().map(|s| median(s)).collect(),
+        });
+    }
+    Ok(rows)
 }
 
 struct Row {
