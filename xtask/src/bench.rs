@@ -214,8 +214,13 @@ pub fn bench(opts: &Options) -> Result<()> {
         return Ok(());
     }
     let rows = probe_cost_rows(&locktrace, &lockloop, WORKLOADS, &Setup::PROBE_COST, opts)?;
-    let free_rows =
-        probe_cost_rows(&locktrace, &lockloop, FREE_WORKLOADS, &Setup::FREE_WATCH, opts)?;
+    let free_rows = probe_cost_rows(
+        &locktrace,
+        &lockloop,
+        FREE_WORKLOADS,
+        &Setup::FREE_WATCH,
+        opts,
+    )?;
 
     let web = web_bench(&locktrace, opts)?;
 

@@ -15,12 +15,15 @@ pub fn threads(pid: u32) -> Vec<u32> {
 /// The process (thread group) of thread `tid`.
 pub fn tgid_of(tid: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status_field(&status, "Tgid:")?.parse().ok()
+}
+
+/// The value of field `name` (with its colon) of a `/proc/.../status` text.
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))?
-        .trim()
-        .parse()
-        .ok()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
 }
 
 /// A thread's state letter and name (`/proc/PID/task/TID/stat`, `comm`).
@@ -71,26 +74,16 @@ pub fn comm(pid: u32) -> Option<String> {
 /// Whether `pid` is a running process (a thread group leader), not another
 /// thread's id.
 pub fn is_process(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))
-            .is_some_and(|t| t.trim() == pid.to_string())
-    })
+    tgid_of(pid) == Some(pid)
 }
 
 /// Whether `pid` is a process that has not exited (not a zombie waiting to
 /// be reaped: its memory is gone already).
 pub fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(str::trim)
-        };
-        field("Tgid:") == Some(pid.to_string().as_str())
-            && !field("State:").is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
+    fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status_field(&status, "Tgid:").and_then(|t| t.parse().ok()) == Some(pid)
+            && !status_field(&status, "State:")
+                .is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
     })
 }
 
@@ -182,9 +175,7 @@ pub fn pid_namespace(pid: &str) -> Option<(u64, u64)> {
 /// owner field of a mutex the thread holds (`NSpid:`, innermost last).
 pub fn ns_tid(pid: u32, tid: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))?
+    status_field(&status, "NSpid:")?
         .split_whitespace()
         .last()?
         .parse()
