@@ -174,7 +174,7 @@ impl Probes {
         // The verifier takes most of the start-up time: the uprobe programs
         // load on other threads while the tracepoints attach here.
         let attacher = std::thread::scope(|s| {
-            let uprobes = s.spawn(|| attacher(&maps, policy, programs));
+            let uprobes = s.spawn(|| attacher(&maps, policy, programs, watch_free));
             let tracepoints = probes
                 .install_filter(filter)
                 .and_then(|()| probes.attach_tracepoints());
@@ -380,7 +380,12 @@ impl Drop for Probes {
 
 /// Multi-uprobe links when the kernel has them (Linux 6.6+), else aya's
 /// single uprobes, with the reason on `-v`.
-fn attacher(maps: &[(String, RawFd)], policy: ProbePlacement, programs: ProbePrograms) -> Attacher {
+fn attacher(
+    maps: &[(String, RawFd)],
+    policy: ProbePlacement,
+    programs: ProbePrograms,
+    watch_free: bool,
+) -> Attacher {
     if policy == ProbePlacement::Entry {
         // Some first instructions are refused, and a link is all or nothing.
         info!("probes at offset 0 are single uprobes");
@@ -393,9 +398,10 @@ fn attacher(maps: &[(String, RawFd)], policy: ProbePlacement, programs: ProbePro
     let started = Instant::now();
     // Only those attached: the verifier is most of the start-up time.
     let names: Vec<&'static str> = match programs {
+        // `heap_free` only with --watch-free: nothing else attaches it.
         ProbePrograms::Tracer => uprobe_programs()
             .into_iter()
-            .filter(|p| !p.starts_with("floor_"))
+            .filter(|p| !p.starts_with("floor_") && (watch_free || *p != "heap_free"))
             .collect(),
         ProbePrograms::Floor | ProbePrograms::OneHitFloor => vec!["floor_entry", "floor_return"],
     };
