@@ -19,7 +19,7 @@ pub use process::{
     cgroup2_root, deadlocked_fixture, group_members, stop_group, Killed, TestCgroup,
 };
 pub use records::*;
-pub use tracer::{run_json, JsonRun, Run, Tracer, Watcher, TRACER_TIMEOUT};
+pub use tracer::{locktrace_report, run_json, JsonRun, Run, Tracer, Watcher, TRACER_TIMEOUT};
 
 // ---------------------------------------------------------------------------
 // Preconditions and locations

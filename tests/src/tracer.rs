@@ -528,6 +528,15 @@ impl JsonRun {
     }
 }
 
+/// `locktrace report ARGS... CAPTURES...`, run to its end (no root needed:
+/// it reads the captures only).
+pub fn locktrace_report<P: AsRef<Path>>(args: &[&str], captures: &[P]) -> Run {
+    let mut argv: Vec<OsString> = vec!["report".into()];
+    argv.extend(args.iter().map(OsString::from));
+    argv.extend(captures.iter().map(|p| p.as_ref().as_os_str().to_owned()));
+    Tracer::new(&argv).run()
+}
+
 /// Runs `locktrace run --format json --output TMP EXTRA... -- COMMAND...`,
 /// asserts the output file parses, and returns both.
 pub fn run_json<S: AsRef<OsStr>>(extra: &[&str], command: &[S]) -> JsonRun {

@@ -69,7 +69,7 @@ fn check(cgroup: &TestCgroup, expected: &Origin, text_line: &str) {
 }
 
 fn report_text(capture: &Path) -> String {
-    let run = Tracer::new(["report".to_string(), capture.display().to_string()]).run();
+    let run = locktrace_e2e::locktrace_report(&[], &[capture]);
     run.assert_exit(0);
     run.stdout
 }

@@ -38,10 +38,7 @@ fn keep(name: &str, run: JsonRun) -> Capture {
 
 /// `locktrace report ARGS...`, which must succeed.
 fn report(args: &[&str], path: &Path) -> Run {
-    let mut argv: Vec<String> = vec!["report".into()];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    argv.push(path.display().to_string());
-    let run = Tracer::new(&argv).run();
+    let run = locktrace_e2e::locktrace_report(args, &[path]);
     run.assert_exit(0);
     run
 }

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use locktrace_e2e::{fixture, require_root, run_json, JsonRun, Run, Tracer, Variant};
+use locktrace_e2e::{fixture, require_root, run_json, JsonRun, Run, Variant};
 
 const DOT: &str = "/usr/bin/dot";
 
@@ -20,10 +20,7 @@ fn capture(name: &str, dir: &Path, file: &str) -> (JsonRun, std::path::PathBuf) 
 }
 
 fn report(args: &[&str], paths: &[&Path]) -> Run {
-    let mut argv: Vec<String> = vec!["report".into()];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    argv.extend(paths.iter().map(|p| p.display().to_string()));
-    Tracer::new(&argv).run()
+    locktrace_e2e::locktrace_report(args, paths)
 }
 
 #[test]
