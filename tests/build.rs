@@ -1,4 +1,5 @@
-//! Compiles the C fixtures in `fixtures/` with gcc, each in two variants:
+//! Compiles the C fixtures in `fixtures/` with gcc (C++ ones, `.cc`, with
+//! g++), each in two variants:
 //! `NAME_fp` (`-fno-omit-frame-pointer`) and `NAME_nofp` (`-fomit-frame-pointer`),
 //! into OUT_DIR, and exports that directory as `FIXTURE_DIR`. A fixture may
 //! add flags with a line `/* cflags: FLAGS */`.
@@ -26,7 +27,7 @@ fn main() {
     let mut sources: Vec<PathBuf> = fs::read_dir(&fixtures)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", fixtures.display()))
         .map(|entry| entry.expect("read fixtures dir").path())
-        .filter(|p| p.extension().is_some_and(|ext| ext == "c"))
+        .filter(|p| p.extension().is_some_and(|ext| ext == "c" || ext == "cc"))
         .collect();
     sources.sort();
     assert!(!sources.is_empty(), "no fixtures in {}", fixtures.display());
@@ -93,15 +94,19 @@ fn extra_cflags(source: &Path) -> Vec<String> {
 }
 
 fn compile(source: &Path, output: &Path, fp_flag: &str) {
-    let mut cmd = Command::new("gcc");
+    let compiler = match source.extension().and_then(|e| e.to_str()) {
+        Some("cc") => "g++",
+        _ => "gcc",
+    };
+    let mut cmd = Command::new(compiler);
     cmd.args(["-g", "-O0", "-pthread", "-Wall", "-Wextra", fp_flag])
         .args(extra_cflags(source))
         .arg("-o")
         .arg(output)
         .arg(source);
-    let result = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run gcc (needed to build the test fixtures): {e}"));
+    let result = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {compiler} (needed to build the test fixtures): {e}")
+    });
     if !result.status.success() {
         panic!(
             "{cmd:?} failed with {}:\n{}{}",

@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use crate::marker_line;
 use crate::records::{Edge, Frame, Inversion, LockKind};
 use crate::tracer::{JsonRun, Run};
+use crate::{fixture_source, marker_line};
 
 // ---------------------------------------------------------------------------
 // Exit statuses and errors
@@ -239,7 +239,8 @@ pub fn function_contains(frame: &Frame, needle: &str) -> bool {
 /// in fixture `source` (`source.c`).
 pub fn has_frame(frames: &[Frame], source: &str, function: &str, marker: &str) -> bool {
     let line = marker_line(source, marker);
-    let file = format!("{source}.c");
+    let path = fixture_source(source);
+    let file = path.file_name().unwrap().to_string_lossy();
     frames.iter().any(|f| f.is_at(function, &file, line))
 }
 

@@ -117,9 +117,14 @@ pub fn fixture(name: &str, variant: Variant) -> PathBuf {
 
 /// Path of the C source of fixture `name`.
 pub fn fixture_source(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(format!("{name}.c"))
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let c = dir.join(format!("{name}.c"));
+    let cxx = dir.join(format!("{name}.cc"));
+    if !c.exists() && cxx.exists() {
+        cxx
+    } else {
+        c
+    }
 }
 
 /// 1-based line of the Python script `tests/python/NAME` carrying the

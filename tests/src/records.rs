@@ -431,6 +431,21 @@ pub struct GraphDependency {
     pub thread: String,
 }
 
+/// Dependencies kept out because a lock's memory may have been reused
+/// unseen (the summary's `lock_memory`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockMemory {
+    /// Of heap locks, made before their process's frees were watched.
+    pub before_free_watch: u64,
+    /// Of locks on a thread's stack.
+    pub on_stack: u64,
+    /// Of heap locks in processes whose frees cannot be watched.
+    pub unwatched: u64,
+    /// Processes whose frees were watched.
+    pub processes_watched: u64,
+}
+
 /// End-of-run statistics: the last line.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -454,6 +469,9 @@ pub struct Summary {
     pub suppressed_findings: u64,
     pub dropped_dependencies: u64,
     pub lock_facts_not_kept: u64,
+    /// Dependencies kept out because a lock's memory may have been reused
+    /// unseen, and the processes whose frees were watched.
+    pub lock_memory: LockMemory,
     pub unprocessed_records: u64,
     /// Dependency records over their process's share of the backlog.
     #[serde(default)]

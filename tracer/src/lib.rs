@@ -14,5 +14,6 @@ pub mod host;
 pub mod kernel;
 pub mod python;
 pub mod report;
+pub mod reuse;
 pub mod session;
 pub mod symbolize;

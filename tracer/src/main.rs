@@ -316,6 +316,9 @@ fn run(args: RunArgs) -> Result<i32> {
             launch::wait_for_exec(pid);
         }
         session.check_python_at_exec(pid.as_raw() as u32);
+        // Before it runs its own code (its libc mapped): its heap locks are
+        // judged from their first dependency on.
+        session.watch_frees_from_start(pid.as_raw() as u32);
         drop(held);
         let exited = tokio::task::spawn_blocking(move || waitpid(pid, None));
         let mut status = None;

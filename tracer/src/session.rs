@@ -25,6 +25,7 @@ use crate::kernel::load::Probes;
 use crate::kernel::maps::HeldByThread;
 use crate::report::blocking::Scan;
 use crate::report::{self, graph, summary, Reporter, Summary};
+use crate::reuse::ReuseGate;
 
 /// Contended futex words listed in the summary.
 const CONTENTION_SHOWN: usize = 5;
@@ -128,6 +129,12 @@ pub struct Session {
     pub alarms: u64,
     /// With an overhead budget: the slices of probed lock traffic.
     slicer: Option<Slicer>,
+    /// Dependencies of locks whose memory may be reused unseen: kept out
+    /// until their process's frees are watched.
+    reuse: ReuseGate,
+    /// The frees of every traced process are watched from its fork on
+    /// (`run`), rather than from its first heap lock's dependency.
+    watch_frees_at_fork: bool,
 }
 
 impl Session {
@@ -156,7 +163,18 @@ impl Session {
             started: Instant::now(),
             alarms: 0,
             slicer: None,
+            reuse: ReuseGate::default(),
+            watch_frees_at_fork: false,
         }
+    }
+
+    /// Watches the frees of `pid` (`run`'s command, before it runs) and of
+    /// every traced process it forks: a short program's heap locks are then
+    /// judged from their first dependency on (see [`crate::reuse`]).
+    pub fn watch_frees_from_start(&mut self, pid: u32) {
+        self.watch_frees_at_fork = true;
+        self.reuse
+            .watch(pid, &mut self.enricher.symbolizer, &mut self.probes);
     }
 
     /// Probes the lock traffic in slices under an overhead budget of
@@ -368,6 +386,10 @@ impl Session {
         // forked by traced ones and those that exec'd a traced name.
         for (pid, started) in self.enricher.symbolizer.spaces().take_forks() {
             self.probes.probe_new_process(pid, Some(started));
+            if self.watch_frees_at_fork && self.probes.may_trace(pid) {
+                self.reuse
+                    .watch(pid, &mut self.enricher.symbolizer, &mut self.probes);
+            }
             // A child forked into a new pid namespace (a container's first
             // process) may run there without an exec.
             self.tell_pid_ns(pid);
@@ -592,6 +614,22 @@ impl Session {
     }
 
     fn process(&mut self, pending: Pending) -> Result<()> {
+        if let Pending::Request {
+            raw,
+            self_deadlock: false,
+            ..
+        } = &pending
+        {
+            if !self
+                .reuse
+                .admit(raw, &mut self.enricher.symbolizer, &mut self.probes)
+            {
+                return Ok(());
+            }
+        }
+        if let Pending::ProcessExit { pid } = pending {
+            self.probes.forget_frees(pid);
+        }
         let event = self.enricher.event(pending);
         let verdicts = self.detector.on_event(
             event,
@@ -809,6 +847,7 @@ impl Session {
             suppressed_findings: stats.suppressed_findings,
             dropped_dependencies: stats.dropped_dependencies,
             lock_facts_not_kept: stats.lock_facts_not_kept,
+            lock_memory: self.reuse.stats,
             unprocessed_records: self.unprocessed,
             dropped_records: self.pending.dropped,
             unopened_files: crate::host::files::unopened(),

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("symbolize", 2),
     ("budget", 3),
     ("enrich", 3),
+    ("reuse", 3),
     ("report", 4),
     ("session", 5),
     ("cli", 5),

@@ -20,6 +20,9 @@ pub const APT_BPF_LINKER: &[&str] = &["llvm-22-dev"];
 /// The C compiler: linker for every Rust build and compiler of the test
 /// fixtures.
 pub const APT_CC: &[&str] = &["gcc"];
+/// A test fixture is C++: `std::mutex` never calls `pthread_mutex_init` or
+/// `_destroy`, the case the tracer's heap-reuse rule is for.
+pub const APT_CXX: &[&str] = &["g++"];
 /// The tests trace Debian's interpreter (/usr/bin/python3), not another one
 /// on PATH, and a C program embedding libpython (built with python3-dev).
 pub const APT_TEST: &[&str] = &["python3", "python3-dev"];
@@ -141,6 +144,12 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
         apt.push((
             APT_CC,
             "a C compiler links Rust programs and builds the test fixtures",
+        ));
+    }
+    if scope != Scope::Build && cmd::which("g++").is_none() {
+        apt.push((
+            APT_CXX,
+            "a test fixture is C++ (std::mutex is announced by no lock function)",
         ));
     }
     if scope != Scope::Build

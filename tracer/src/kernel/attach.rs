@@ -130,6 +130,7 @@ impl Probes {
     /// missed (the perf side-band lost records, or is not available), and
     /// closes the links of exited ones.
     pub fn sweep_processes(&mut self) {
+        self.unwatch_exited();
         if !self.links.per_process {
             return;
         }
@@ -287,8 +288,33 @@ impl Probes {
             name: target.name.clone(),
             open_path: target.open_path.clone(),
             groups,
+            free: self.free_group(&elf),
         };
         Ok((plan, missing))
+    }
+
+    /// Where `free` is probed in `elf`, for the processes whose frees must
+    /// be seen (see `frees`); none outside tracing (the benchmark floors).
+    fn free_group(&self, elf: &[u8]) -> Option<Group> {
+        if !matches!(self.programs, ProbePrograms::Tracer) {
+            return None;
+        }
+        let [probe] = FREE_WATCH else {
+            unreachable!("one free probe")
+        };
+        let (placed, function) =
+            placement::place_symbol(elf, probe.symbol, probe.reads, probe.repeat_safe).ok()?;
+        let offset = match self.policy {
+            ProbePlacement::Entry => 0,
+            ProbePlacement::Emulated => placed.offset,
+        };
+        Some(Group {
+            program: probe.program,
+            is_return: false,
+            offsets: vec![function.file_offset + offset],
+            placed: vec![function.file_offset + placed.offset],
+            cookies: vec![probe.cookie],
+        })
     }
 
     /// Attaches the groups of `plan` that `which` names, in order, in

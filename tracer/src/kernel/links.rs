@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+use aya::programs::uprobe::UProbeLink;
+
 use crate::kernel::multi;
 use crate::kernel::targets::FileId;
 
@@ -23,6 +25,7 @@ pub enum Attacher {
 
 /// The probes of one file that one link attaches: one program, entry or
 /// return, at these file offsets.
+#[derive(Clone)]
 pub struct Group {
     pub program: &'static str,
     pub is_return: bool,
@@ -40,6 +43,9 @@ pub struct FilePlan {
     pub name: PathBuf,
     pub open_path: PathBuf,
     pub groups: Vec<Group>,
+    /// `free`, if the file has it: put in a process when its frees must be
+    /// seen (see `frees`), or in `groups` with `--watch-free`.
+    pub free: Option<Group>,
 }
 
 /// Links of processes attached after they started (`watch --pid`: children
@@ -72,6 +78,8 @@ pub struct Links {
     pub traffic_on: bool,
     /// Lock traffic links are kept in `traffic` (an overhead budget).
     pub sliced: bool,
+    /// The processes whose frees are watched (see `frees`).
+    pub frees: FreeWatches,
 }
 
 /// Which groups of a plan to link.
@@ -117,6 +125,7 @@ impl Links {
             traffic_acquisitions: HashMap::new(),
             traffic_on: true,
             sliced: false,
+            frees: FreeWatches::default(),
         }
     }
 
@@ -141,7 +150,11 @@ impl Links {
 
     /// Closes every link at once (see `multi::close_concurrently`).
     pub fn close_all(&mut self) {
-        multi::close_concurrently(self.take_all());
+        let frees = self.frees.take_all();
+        std::thread::scope(|s| {
+            s.spawn(|| multi::close_concurrently(frees));
+            multi::close_concurrently(self.take_all());
+        });
         for closer in self.closers.drain(..) {
             let _ = closer.join();
         }
@@ -152,8 +165,13 @@ impl Links {
     /// kernel's grace periods pass while what is left is processed.
     pub fn close_all_in_background(&mut self) {
         let all = self.take_all();
-        self.closers
-            .push(std::thread::spawn(move || multi::close_concurrently(all)));
+        let frees = self.frees.take_all();
+        self.closers.push(std::thread::spawn(move || {
+            std::thread::scope(|s| {
+                s.spawn(|| multi::close_concurrently(frees));
+                multi::close_concurrently(all);
+            })
+        }));
     }
 
     fn take_all(&mut self) -> Vec<OwnedFd> {
@@ -162,6 +180,44 @@ impl Links {
             .chain(std::mem::take(&mut self.traffic).into_values())
             .chain(std::mem::take(&mut self.traffic_acquisitions).into_values())
             .flatten()
+            .collect()
+    }
+}
+
+/// The `free` links of one process.
+pub enum FreeLink {
+    Multi(std::os::fd::OwnedFd),
+    Single(UProbeLink),
+}
+
+/// The `free` probes of one process.
+pub struct Watch {
+    /// CLOCK_MONOTONIC ns when the probes were live.
+    pub since: u64,
+    /// The files whose `free` is probed: a process that exec'd a program
+    /// with another libc (a chroot) is not watched by them.
+    pub files: Vec<FileId>,
+    /// Closed once the process exited; the watch stays known until its
+    /// exit record is processed (its last records come before it).
+    pub links: Vec<FreeLink>,
+}
+
+/// Processes whose frees are watched, since when.
+#[derive(Default)]
+pub struct FreeWatches {
+    pub by_process: HashMap<u32, Watch>,
+    /// Processes where no probed file has a `free` to probe (glibc before
+    /// 2.34 keeps the lock functions in libpthread): never watched.
+    pub unwatchable: HashMap<u32, ()>,
+}
+
+impl FreeWatches {
+    /// Every link, to close. The watches stay known: the records left are
+    /// processed after the links closed (tracing stops first).
+    pub fn take_all(&mut self) -> Vec<FreeLink> {
+        self.by_process
+            .values_mut()
+            .flat_map(|w| std::mem::take(&mut w.links))
             .collect()
     }
 }

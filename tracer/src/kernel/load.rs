@@ -147,7 +147,13 @@ impl Probes {
         let cgroup_filter = u32::from(!filter.cgroups.is_empty());
         let ebpf = EbpfLoader::new()
             .override_global("TRACER_TGID", &tgid, true)
-            .override_global("WATCH_FREE", &u32::from(watch_free), true)
+            // The lock programs note the memory of locks named in
+            // dependencies: `free` may be probed in any process later.
+            .override_global(
+                "WATCH_FREE",
+                &u32::from(matches!(programs, ProbePrograms::Tracer)),
+                true,
+            )
             .override_global("FILTER_MODE", &mode, true)
             .override_global("COMM_FILTER", &comm_filter, true)
             .override_global("CGROUP_FILTER", &cgroup_filter, true)
@@ -174,7 +180,7 @@ impl Probes {
         // The verifier takes most of the start-up time: the uprobe programs
         // load on other threads while the tracepoints attach here.
         let attacher = std::thread::scope(|s| {
-            let uprobes = s.spawn(|| attacher(&maps, policy, programs, watch_free));
+            let uprobes = s.spawn(|| attacher(&maps, policy, programs));
             let tracepoints = probes
                 .install_filter(filter)
                 .and_then(|()| probes.attach_tracepoints());
@@ -380,12 +386,7 @@ impl Drop for Probes {
 
 /// Multi-uprobe links when the kernel has them (Linux 6.6+), else aya's
 /// single uprobes, with the reason on `-v`.
-fn attacher(
-    maps: &[(String, RawFd)],
-    policy: ProbePlacement,
-    programs: ProbePrograms,
-    watch_free: bool,
-) -> Attacher {
+fn attacher(maps: &[(String, RawFd)], policy: ProbePlacement, programs: ProbePrograms) -> Attacher {
     if policy == ProbePlacement::Entry {
         // Some first instructions are refused, and a link is all or nothing.
         info!("probes at offset 0 are single uprobes");
@@ -398,10 +399,9 @@ fn attacher(
     let started = Instant::now();
     // Only those attached: the verifier is most of the start-up time.
     let names: Vec<&'static str> = match programs {
-        // `heap_free` only with --watch-free: nothing else attaches it.
         ProbePrograms::Tracer => uprobe_programs()
             .into_iter()
-            .filter(|p| !p.starts_with("floor_") && (watch_free || *p != "heap_free"))
+            .filter(|p| !p.starts_with("floor_"))
             .collect(),
         ProbePrograms::Floor | ProbePrograms::OneHitFloor => vec!["floor_entry", "floor_return"],
     };

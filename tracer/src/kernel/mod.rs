@@ -9,6 +9,7 @@ pub mod decode;
 pub mod events;
 pub mod features;
 pub mod follow;
+pub mod frees;
 pub mod links;
 pub mod load;
 pub mod maps;

@@ -12,6 +12,7 @@ use tracer_common::Counter;
 use crate::budget::BudgetStats;
 use crate::kernel::maps::FutexWord;
 use crate::report::text::plural;
+use crate::reuse::ReuseStats;
 use crate::symbolize::Resolve;
 
 /// End-of-run statistics.
@@ -62,6 +63,10 @@ pub struct Summary {
     /// (per process or in all): its class is worked out again at each
     /// dependency, and a lost init site only costs class-level findings.
     pub lock_facts_not_kept: u64,
+    /// Dependencies kept out because a lock's memory may have been reused
+    /// unseen (see `crate::reuse`), and the processes whose frees were
+    /// watched.
+    pub lock_memory: ReuseStats,
     /// Records still unprocessed when the tracer had to stop (it stops
     /// within a second of a signal, whatever the backlog): counted.
     pub unprocessed_records: u64,
@@ -271,6 +276,28 @@ impl fmt::Display for Summary {
                 f,
                 "; a lock's class or init site not kept {}: the process's share was full",
                 plural(self.lock_facts_not_kept, "time", "times")
+            )?;
+        }
+        let memory = &self.lock_memory;
+        if memory.before_free_watch != 0 {
+            write!(
+                f,
+                "; {} of heap locks not judged: made before their process's frees were watched (judged when they recur)",
+                plural(memory.before_free_watch, "dependency record", "dependency records")
+            )?;
+        }
+        if memory.on_stack != 0 {
+            write!(
+                f,
+                "; {} of locks on a thread's stack not judged (a returned frame's lock and the next one's share an address)",
+                plural(memory.on_stack, "dependency record", "dependency records")
+            )?;
+        }
+        if memory.unwatched != 0 {
+            write!(
+                f,
+                "; {} of heap locks judged without watching frees (no `free` in the probed files)",
+                plural(memory.unwatched, "dependency record", "dependency records")
             )?;
         }
         if self.unprocessed_records != 0 {

@@ -126,6 +126,23 @@ impl DataSyms {
 /// Symbolizes addresses of traced processes; implements [`Resolve`].
 ///
 /// Not `Send`: blazesym's symbolizer keeps `Rc`s.
+/// Where a lock lives (see [`Symbolizer::lock_memory`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMemory {
+    /// In a mapped file's image (a global or static variable): never freed
+    /// while the file is mapped.
+    Image,
+    /// Memory mapped `MAP_SHARED` (its identity is the file's).
+    Shared,
+    /// The stack of the thread that took it (or the main thread's).
+    Stack,
+    /// Anything else: the heap, anonymous memory (other threads' stacks
+    /// included: they cannot be told apart from the heap's mappings).
+    Heap,
+    /// Not known (the process's mappings are gone).
+    Unknown,
+}
+
 pub struct Symbolizer {
     spaces: AddressSpaces,
     unwinder: Unwinder,
@@ -401,6 +418,29 @@ impl Symbolizer {
             build_id: self.build_id(pid, &m),
             file_offset,
         })
+    }
+
+    /// Where the lock at `addr` of process `pid` lives; `sp` is the stack
+    /// pointer of the thread that took it (see `reuse`).
+    pub fn lock_memory(&mut self, pid: u32, addr: u64, sp: u64) -> LockMemory {
+        let Some(m) = self.spaces.find(pid, addr).cloned() else {
+            return match self.image_lock(pid, addr) {
+                Some(_) => LockMemory::Image,
+                None => LockMemory::Unknown,
+            };
+        };
+        if m.shared {
+            LockMemory::Shared
+        } else if m.is_file() {
+            LockMemory::Image
+        } else if m.path.as_os_str() == "[stack]" || (m.start..m.end).contains(&sp) {
+            LockMemory::Stack
+        } else if self.image_lock(pid, addr).is_some() {
+            // .bss past the file's last page.
+            LockMemory::Image
+        } else {
+            LockMemory::Heap
+        }
     }
 
     /// For a lock in memory mapped MAP_SHARED: its identity.

@@ -1,0 +1,173 @@
+//! Which dependencies can be judged, given where their locks live. A lock
+//! instance is its address, and a lock announced by no init call (zeroed
+//! memory, `PTHREAD_MUTEX_INITIALIZER`, every C++ `std::mutex`, which never
+//! calls `pthread_mutex_init` or `_destroy`) looks the same as the lock that
+//! was at that address before. Locks in a file's image are never freed, and
+//! a semaphore needs `sem_init` (an init resets the instance). Otherwise:
+//!
+//! - **Heap**: its memory may be freed and become another lock. Once its
+//!   process's frees are watched (`kernel::frees`), a free forgets the locks
+//!   in it; a dependency recorded before that cannot be judged. It is
+//!   dropped, and the kernel side's cache forgets it, so that its next
+//!   occurrence is sent again and judged.
+//! - **Stack**: a frame that returns ends its locks without a call anyone
+//!   sees, and the next frame's locks take their addresses. Dependencies of
+//!   locks on the stack (thread-local ones, which live at the top of a
+//!   thread's stack, included) are dropped: a real inversion through such a
+//!   lock is missed, none is invented.
+
+use serde::Serialize;
+use tracer_common::{chain_key_mix, chain_key_without, DependencyKey, EventKind, LockKind};
+use tracing::debug;
+
+use crate::kernel::decode::RawRequest;
+use crate::kernel::frees::Watched;
+use crate::kernel::load::Probes;
+use crate::kernel::targets::FileId;
+use crate::symbolize::{LockMemory, Symbolizer};
+
+/// What the gate kept out, for the summary.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ReuseStats {
+    /// Dependency records naming a heap lock, recorded before their
+    /// process's frees were watched: not judged (sent again when they
+    /// recur).
+    pub before_free_watch: u64,
+    /// Dependency records naming a lock on a thread's stack: not judged.
+    pub on_stack: u64,
+    /// Dependency records naming a heap lock of a process whose frees
+    /// cannot be watched (no `free` in the probed files: glibc before
+    /// 2.34): judged, with the risk the README states.
+    pub unwatched: u64,
+    /// Processes whose frees were watched.
+    pub processes_watched: u64,
+}
+
+#[derive(Default)]
+pub struct ReuseGate {
+    pub stats: ReuseStats,
+}
+
+impl ReuseGate {
+    /// Whether the dependencies of `raw` may be judged. Those that may not
+    /// leave the kernel side's cache.
+    pub fn admit(
+        &mut self,
+        raw: &RawRequest,
+        symbolizer: &mut Symbolizer,
+        probes: &mut Probes,
+    ) -> bool {
+        let mut on_heap = false;
+        let locks = std::iter::once(&raw.to).chain(&raw.from);
+        for lock in locks {
+            if lock.kind == LockKind::Semaphore as u32 {
+                continue;
+            }
+            match symbolizer.lock_memory(raw.pid, lock.addr, raw.sp) {
+                LockMemory::Image | LockMemory::Shared => {}
+                LockMemory::Stack => {
+                    self.stats.on_stack += 1;
+                    self.forget(raw, probes);
+                    return false;
+                }
+                LockMemory::Heap | LockMemory::Unknown => on_heap = true,
+            }
+        }
+        if !on_heap {
+            return true;
+        }
+        let mapped = mapped_files(raw.pid, symbolizer);
+        let watched = match probes.frees_watched(raw.pid, &mapped) {
+            Watched::No => self.watch_mapped(raw.pid, &mapped, probes),
+            watched => watched,
+        };
+        // (`since` is taken once the breakpoints are in: a record made
+        // before it may have had a free unseen before it.)
+        match watched {
+            Watched::Since(since) if raw.timestamp_ns >= since => true,
+            Watched::Never => {
+                self.stats.unwatched += 1;
+                true
+            }
+            Watched::Since(_) | Watched::No => {
+                self.stats.before_free_watch += 1;
+                self.forget(raw, probes);
+                false
+            }
+        }
+    }
+
+    /// Watches the frees of process `pid` from now on (`run`'s command,
+    /// before it runs; a process that `run` traces, when its fork is seen).
+    pub fn watch(&mut self, pid: u32, symbolizer: &mut Symbolizer, probes: &mut Probes) -> Watched {
+        let mapped = mapped_files(pid, symbolizer);
+        self.watch_mapped(pid, &mapped, probes)
+    }
+
+    fn watch_mapped(&mut self, pid: u32, mapped: &[FileId], probes: &mut Probes) -> Watched {
+        let before = probes.frees_watched(pid, mapped);
+        if before != Watched::No {
+            return before;
+        }
+        if mapped.is_empty() {
+            // Its mappings are unknown (gone): nothing can be watched.
+            return Watched::No;
+        }
+        match probes.watch_frees(pid, mapped) {
+            Ok(watched) => {
+                if matches!(watched, Watched::Since(_)) {
+                    self.stats.processes_watched += 1;
+                }
+                watched
+            }
+            Err(e) => {
+                // Gone, most often: its heap locks' records stay unjudged.
+                debug!(pid, "cannot watch the frees of a process: {e:#}");
+                Watched::No
+            }
+        }
+    }
+
+    /// The kernel side's cache forgets the dependencies of `raw`.
+    fn forget(&self, raw: &RawRequest, probes: &mut Probes) {
+        let all_held = raw.held.iter().fold(0, |h, &a| h ^ chain_key_mix(a));
+        let event = if raw.handoff {
+            EventKind::Handoff
+        } else {
+            EventKind::Dependency
+        };
+        let keys: Vec<DependencyKey> = raw
+            .from
+            .iter()
+            .map(|from| {
+                DependencyKey::new(
+                    raw.pid,
+                    event as u32,
+                    (from.addr, from.kind),
+                    (raw.to.addr, raw.to.kind),
+                    chain_key_without(all_held, from.addr),
+                )
+            })
+            .collect();
+        if let Err(e) = probes.forget_dependencies(&keys) {
+            debug!("cannot forget dependencies in the kernel: {e:#}");
+        }
+    }
+}
+
+/// The files process `pid` maps (device, inode), as the collector knows its
+/// mappings (kept after its exit until its exit record is processed).
+fn mapped_files(pid: u32, symbolizer: &mut Symbolizer) -> Vec<FileId> {
+    let mut mapped: Vec<FileId> = symbolizer
+        .spaces()
+        .mappings(pid)
+        .filter(|m| m.is_file())
+        .map(|m| FileId {
+            dev: m.dev,
+            inode: m.inode,
+        })
+        .collect();
+    mapped.sort_unstable();
+    mapped.dedup();
+    mapped
+}
