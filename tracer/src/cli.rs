@@ -264,12 +264,13 @@ pub struct CommonArgs {
     /// APR, GLib, varnish, CPython and NSPR, are recognized already.
     #[arg(long = "wrapper", value_name = "SYMBOL")]
     pub wrappers: Vec<String>,
-    /// Also probe `free`, so that a heap lock freed without being destroyed
-    /// (legal for a plain mutex, and common) is forgotten: without it, a
-    /// new lock made in that memory without an init call (statically
-    /// initialized, or zeroed) inherits the old lock's dependencies, and
-    /// can make a false inversion. Every `free` of a traced process then
-    /// pays a probe hit (see BENCHMARKS.md).
+    /// Probe `free` in every traced process from the start. By default it
+    /// is probed in a process from its first dependency on a heap lock (a
+    /// lock freed without a destroy, its memory then a new lock with no
+    /// init call, must not inherit the old one's dependencies), and that
+    /// process's heap-lock dependencies recorded before are judged when
+    /// they recur. Every `free` of a watched process pays a probe hit (see
+    /// BENCHMARKS.md).
     #[arg(long)]
     pub watch_free: bool,
     /// Kernel BTF to require (default /sys/kernel/btf/vmlinux).
