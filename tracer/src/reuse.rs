@@ -76,25 +76,24 @@ impl ReuseGate {
         if !on_heap {
             return true;
         }
-        let mapped = mapped_files(raw.pid, symbolizer);
-        let watched = match probes.frees_watched(raw.pid, &mapped) {
-            Watched::No => self.watch_mapped(raw.pid, &mapped, probes),
-            watched => watched,
-        };
+        let mut watched = probes.frees_watched(raw.pid);
+        let stale =
+            matches!(watched, Watched::Since { until: Some(u), .. } if raw.timestamp_ns >= u);
+        if watched == Watched::No || stale {
+            watched = self.watch(raw.pid, symbolizer, probes);
+        }
         // (`since` is taken once the breakpoints are in: a record made
         // before it may have had a free unseen before it.)
-        match watched {
-            Watched::Since(since) if raw.timestamp_ns >= since => true,
-            Watched::Never => {
-                self.stats.unwatched += 1;
-                true
-            }
-            Watched::Since(_) | Watched::No => {
-                self.stats.before_free_watch += 1;
-                self.forget(raw, probes);
-                false
-            }
+        if watched.covers(raw.timestamp_ns) {
+            return true;
         }
+        if watched == Watched::Never {
+            self.stats.unwatched += 1;
+            return true;
+        }
+        self.stats.before_free_watch += 1;
+        self.forget(raw, probes);
+        false
     }
 
     /// Watches the frees of process `pid` from now on (`run`'s command,
@@ -105,17 +104,14 @@ impl ReuseGate {
     }
 
     fn watch_mapped(&mut self, pid: u32, mapped: &[FileId], probes: &mut Probes) -> Watched {
-        let before = probes.frees_watched(pid, mapped);
-        if before != Watched::No {
-            return before;
-        }
         if mapped.is_empty() {
             // Its mappings are unknown (gone): nothing can be watched.
-            return Watched::No;
+            return probes.frees_watched(pid);
         }
+        let before = probes.frees_watched(pid);
         match probes.watch_frees(pid, mapped) {
             Ok(watched) => {
-                if matches!(watched, Watched::Since(_)) {
+                if watched != before && matches!(watched, Watched::Since { .. }) {
                     self.stats.processes_watched += 1;
                 }
                 watched
@@ -123,7 +119,7 @@ impl ReuseGate {
             Err(e) => {
                 // Gone, most often: its heap locks' records stay unjudged.
                 debug!(pid, "cannot watch the frees of a process: {e:#}");
-                Watched::No
+                before
             }
         }
     }

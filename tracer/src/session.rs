@@ -385,6 +385,8 @@ impl Session {
         // With probes per process: new traced processes get theirs, those
         // forked by traced ones and those that exec'd a traced name.
         for (pid, started) in self.enricher.symbolizer.spaces().take_forks() {
+            // A watch of an older process with this pid covers it no more.
+            self.probes.frees_new_program(pid, started);
             self.probes.probe_new_process(pid, Some(started));
             if self.watch_frees_at_fork && self.probes.may_trace(pid) {
                 self.reuse
@@ -395,6 +397,7 @@ impl Session {
             self.tell_pid_ns(pid);
         }
         for (pid, started) in self.enricher.symbolizer.spaces().take_execs() {
+            self.probes.frees_new_program(pid, started);
             self.probes.probe_new_process(pid, Some(started));
         }
     }
@@ -626,9 +629,6 @@ impl Session {
             {
                 return Ok(());
             }
-        }
-        if let Pending::ProcessExit { pid } = pending {
-            self.probes.forget_frees(pid);
         }
         let event = self.enricher.event(pending);
         let verdicts = self.detector.on_event(

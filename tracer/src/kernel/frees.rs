@@ -11,7 +11,11 @@
 //! time it went in is kept: a heap lock's dependency recorded before that
 //! cannot be judged (see `reuse`).
 
-use std::{num::NonZeroU32, os::fd::AsFd};
+use std::{
+    num::NonZeroU32,
+    os::fd::AsFd,
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, Result};
 use aya::programs::{
@@ -25,38 +29,67 @@ use crate::kernel::load::Probes;
 use crate::kernel::multi;
 use crate::kernel::targets::FileId;
 
+/// How long the watch of an exited process stays known.
+const GONE_KEPT: Duration = Duration::from_secs(60);
+
 /// Whether a process's frees are seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Watched {
-    /// Since this CLOCK_MONOTONIC time (ns): 0 with `--watch-free`.
-    Since(u64),
+    /// From `since` (CLOCK_MONOTONIC ns; 0 with `--watch-free`) until its
+    /// next exec, if it exec'd since.
+    Since { since: u64, until: Option<u64> },
     /// Not yet.
     No,
-    /// They cannot be: no `free` in the files probed.
+    /// They cannot be: no `free` in the probed files it maps.
     Never,
 }
 
+impl Watched {
+    /// Whether a record made at `ns` had the process's frees watched.
+    pub fn covers(self, ns: u64) -> bool {
+        matches!(self, Watched::Since { since, until } if since <= ns && until.is_none_or(|u| ns < u))
+    }
+}
+
 impl Probes {
-    /// Whether process `pid`'s frees are watched: `mapped` are the files
-    /// it maps now (device, inode).
-    pub fn frees_watched(&self, pid: u32, mapped: &[FileId]) -> Watched {
+    /// Whether process `pid`'s frees are watched.
+    pub fn frees_watched(&self, pid: u32) -> Watched {
         if self.watch_free {
-            return Watched::Since(0);
+            return Watched::Since {
+                since: 0,
+                until: None,
+            };
         }
         let watches = &self.links.frees;
         match watches.by_process.get(&pid) {
-            Some(w) if w.files.iter().any(|f| mapped.contains(f)) => Watched::Since(w.since),
-            Some(_) => Watched::No,
+            Some(w) => Watched::Since {
+                since: w.since,
+                until: w.until,
+            },
             None if watches.unwatchable.contains_key(&pid) => Watched::Never,
             None => Watched::No,
         }
     }
 
+    /// Process `pid` exec'd, or a new process got pid `pid` (a fork), at
+    /// `at_ns` (CLOCK_MONOTONIC): a watch made before covers the old
+    /// program only.
+    pub fn frees_new_program(&mut self, pid: u32, at_ns: u64) {
+        let watches = &mut self.links.frees;
+        watches.unwatchable.remove(&pid);
+        if let Some(w) = watches.by_process.get_mut(&pid) {
+            if w.since < at_ns && w.until.is_none() {
+                w.until = Some(at_ns);
+            }
+        }
+    }
+
     /// Puts the `free` probe of the probed files that process `pid` maps
-    /// (`mapped`) in it, unless they are there.
+    /// (`mapped`: their device and inode) in it, unless it is there for
+    /// its current program.
     pub fn watch_frees(&mut self, pid: u32, mapped: &[FileId]) -> Result<Watched> {
-        let now = self.frees_watched(pid, mapped);
-        if now != Watched::No {
+        let now = self.frees_watched(pid);
+        if matches!(now, Watched::Since { until: None, .. } | Watched::Never) {
             return Ok(now);
         }
         let groups: Vec<(FileId, std::path::PathBuf, Group)> = self
@@ -110,8 +143,9 @@ impl Probes {
         debug!(pid, links = made.len(), "frees watched");
         let watch = Watch {
             since,
-            files: groups.iter().map(|g| g.0).collect(),
+            until: None,
             links: made,
+            gone_at: None,
         };
         if let Some(old) = self.links.frees.by_process.insert(pid, watch) {
             // Another program's files (an exec).
@@ -119,7 +153,7 @@ impl Probes {
                 multi::close_concurrently(old.links)
             }));
         }
-        Ok(Watched::Since(since))
+        Ok(Watched::Since { since, until: None })
     }
 
     /// Processes whose frees are watched now (for the summary).
@@ -128,35 +162,29 @@ impl Probes {
     }
 
     /// Closes the `free` links of processes that exited (in the background:
-    /// each close waits for a grace period). Their watch stays known until
-    /// [`Probes::forget_frees`].
+    /// each close waits for a grace period). Their watch stays known for
+    /// [`GONE_KEPT`]: records of a process are processed after its exit
+    /// (those the kernel deferred while the ring buffer was full).
     pub(super) fn unwatch_exited(&mut self) {
-        let closing: Vec<FreeLink> = self
-            .links
-            .frees
+        let watches = &mut self.links.frees;
+        let now = Instant::now();
+        watches
             .by_process
-            .iter_mut()
-            .filter(|(&pid, w)| !w.links.is_empty() && !crate::host::proc::is_process(pid))
-            .flat_map(|(_, w)| std::mem::take(&mut w.links))
-            .collect();
+            .retain(|_, w| w.gone_at.is_none_or(|at| now - at < GONE_KEPT));
+        watches
+            .unwatchable
+            .retain(|&pid, _| crate::host::proc::is_process(pid));
+        let mut closing: Vec<FreeLink> = Vec::new();
+        for (&pid, w) in watches.by_process.iter_mut() {
+            if w.gone_at.is_none() && !crate::host::proc::is_process(pid) {
+                w.gone_at = Some(now);
+                closing.append(&mut w.links);
+            }
+        }
         if !closing.is_empty() {
             self.links.closers.push(std::thread::spawn(move || {
                 multi::close_concurrently(closing)
             }));
-        }
-    }
-
-    /// Process `pid`'s exit record was processed: nothing of it comes any
-    /// more, and its pid may be another process's next.
-    pub fn forget_frees(&mut self, pid: u32) {
-        let watches = &mut self.links.frees;
-        watches.unwatchable.remove(&pid);
-        if let Some(w) = watches.by_process.remove(&pid) {
-            if !w.links.is_empty() {
-                self.links.closers.push(std::thread::spawn(move || {
-                    multi::close_concurrently(w.links)
-                }));
-            }
         }
     }
 }

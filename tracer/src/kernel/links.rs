@@ -194,12 +194,13 @@ pub enum FreeLink {
 pub struct Watch {
     /// CLOCK_MONOTONIC ns when the probes were live.
     pub since: u64,
-    /// The files whose `free` is probed: a process that exec'd a program
-    /// with another libc (a chroot) is not watched by them.
-    pub files: Vec<FileId>,
-    /// Closed once the process exited; the watch stays known until its
-    /// exit record is processed (its last records come before it).
+    /// CLOCK_MONOTONIC ns of the process's next exec, if it exec'd after
+    /// `since`: the new program's libc may be another file (a chroot).
+    pub until: Option<u64>,
+    /// Closed once the process is gone (`gone_at`); the watch stays known
+    /// a while after (see `frees`).
     pub links: Vec<FreeLink>,
+    pub gone_at: Option<std::time::Instant>,
 }
 
 /// Processes whose frees are watched, since when.

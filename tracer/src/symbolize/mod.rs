@@ -435,6 +435,8 @@ impl Symbolizer {
             LockMemory::Image
         } else if m.path.as_os_str() == "[stack]" || (m.start..m.end).contains(&sp) {
             LockMemory::Stack
+        } else if m.path.as_os_str() == "[heap]" {
+            LockMemory::Heap
         } else if self.image_lock(pid, addr).is_some() {
             // .bss past the file's last page.
             LockMemory::Image
@@ -695,6 +697,12 @@ int main(int argc, char **argv) {
         );
         assert_eq!(s.lock_symbol(pid, heap), None);
         assert_eq!(s.lock_symbol(pid, sp), None);
+        // Where each lock lives, for the reuse rule (`crate::reuse`).
+        for global in [mutex_a, holder_m, bss_end] {
+            assert_eq!(s.lock_memory(pid, global, sp), LockMemory::Image);
+        }
+        assert_eq!(s.lock_memory(pid, sp + 64, sp), LockMemory::Stack);
+        assert_eq!(s.lock_memory(pid, heap, sp), LockMemory::Heap);
         // libc's own data symbols resolve too (e.g. via .dynsym).
         let _ = std::fs::remove_dir_all(&dir);
     }
