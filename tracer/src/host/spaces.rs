@@ -236,6 +236,13 @@ impl AddressSpaces {
         self.spaces.get(&pid)?.find(addr)
     }
 
+    /// Reads the mappings of a live process again (its known ones miss an
+    /// address it uses: a space made from a fork record whose parent was
+    /// never seen is empty). False if it is gone.
+    pub fn reread(&mut self, pid: u32) -> bool {
+        self.seed(pid)
+    }
+
     /// Reads the mappings of a live process now, if unknown: a process
     /// traced by pid must stay resolvable after it exits.
     pub fn remember(&mut self, pid: u32) {

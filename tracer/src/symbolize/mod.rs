@@ -423,6 +423,11 @@ impl Symbolizer {
     /// Where the lock at `addr` of process `pid` lives; `sp` is the stack
     /// pointer of the thread that took it (see `reuse`).
     pub fn lock_memory(&mut self, pid: u32, addr: u64, sp: u64) -> LockMemory {
+        // A lock is in mapped memory: a miss means the mappings known are
+        // not the process's (yet); read them again while it lives.
+        if self.spaces.find(pid, addr).is_none() {
+            self.spaces.reread(pid);
+        }
         let Some(m) = self.spaces.find(pid, addr).cloned() else {
             return match self.image_lock(pid, addr) {
                 Some(_) => LockMemory::Image,
