@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+use aya::programs::uprobe::UProbeLink;
+
 use crate::kernel::multi;
 use crate::kernel::targets::FileId;
 
@@ -57,6 +59,9 @@ pub struct Links {
     pub plans: BTreeMap<FileId, FilePlan>,
     /// Multi-uprobe links, by the process they are for (`None`: all).
     pub by_process: HashMap<Option<u32>, Vec<OwnedFd>>,
+    /// aya's single uprobes (kernels without multi-uprobe links), for
+    /// every process, in attach order (see [`close_singles`]).
+    pub singles: Vec<UProbeLink>,
     /// Links are made per traced process (`watch --pid`).
     pub per_process: bool,
     pub late: LateLinks,
@@ -110,6 +115,7 @@ impl Links {
             attacher,
             plans: BTreeMap::new(),
             by_process: HashMap::new(),
+            singles: Vec::new(),
             per_process,
             late: LateLinks::default(),
             closers: Vec::new(),
@@ -139,21 +145,27 @@ impl Links {
         }
     }
 
-    /// Closes every link at once (see `multi::close_concurrently`).
+    /// Closes every link: the multi-uprobe links at once (see
+    /// `multi::close_concurrently`), the single uprobes one by one (see
+    /// [`close_singles`]).
     pub fn close_all(&mut self) {
+        close_singles(std::mem::take(&mut self.singles));
         multi::close_concurrently(self.take_all());
         for closer in self.closers.drain(..) {
             let _ = closer.join();
         }
     }
 
-    /// Starts closing every link at once on a thread of its own (joined by
+    /// Starts closing every link on a thread of its own (joined by
     /// [`Links::close_all`]): tracing stops, no new record comes, and the
     /// kernel's grace periods pass while what is left is processed.
     pub fn close_all_in_background(&mut self) {
         let all = self.take_all();
-        self.closers
-            .push(std::thread::spawn(move || multi::close_concurrently(all)));
+        let singles = std::mem::take(&mut self.singles);
+        self.closers.push(std::thread::spawn(move || {
+            close_singles(singles);
+            multi::close_concurrently(all)
+        }));
     }
 
     fn take_all(&mut self) -> Vec<OwnedFd> {
@@ -163,5 +175,19 @@ impl Links {
             .chain(std::mem::take(&mut self.traffic_acquisitions).into_values())
             .flatten()
             .collect()
+    }
+}
+
+/// Detaches single uprobes one at a time, the last attached first (the
+/// acquisition programs before the releases, as `Which::Acquisitions`
+/// wants). Not on several threads: Linux before 6.6 removes each one under
+/// its global `event_mutex` (`perf_uprobe_destroy`), with three grace
+/// periods and a walk over every process mapping the file, so concurrent
+/// closes only queue there (measured on Debian's 6.1: the same 9-17 s for
+/// 46 uprobes under load, one thread or 32), while each would hold a
+/// thread and its descriptors meanwhile.
+pub fn close_singles(links: Vec<UProbeLink>) {
+    for link in links.into_iter().rev() {
+        drop(link);
     }
 }
