@@ -69,6 +69,16 @@ enum Command {
         /// works (it is chosen by itself where KVM cannot boot them).
         #[arg(long)]
         tcg: bool,
+        /// Run only these checks of guest.sh (repeatable; all when none).
+        #[arg(long = "check", value_name = "NAME")]
+        checks: Vec<String>,
+        /// Run the selected checks this many times in each boot (to find
+        /// a rare failure without paying for a boot each time).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+        /// Virtual CPUs of each VM.
+        #[arg(long, default_value_t = vm::CPUS)]
+        cpus: u32,
     },
     /// Run each fuzz target of tracer/fuzz (the CPython frame reader, the
     /// ring-buffer record decoder) for a bounded time; installs cargo-fuzz.
@@ -121,7 +131,21 @@ fn real_main() -> Result<()> {
         }
         Command::Run { release, args } => run::run(release, &args),
         Command::Test { args, no_vm } => test::test(&args, no_vm),
-        Command::VmTest { kernels, tcg } => vm::vm_test(&kernels, tcg),
+        Command::VmTest {
+            kernels,
+            tcg,
+            checks,
+            repeat,
+            cpus,
+        } => vm::vm_test(
+            &kernels,
+            &vm::Options {
+                force_tcg: tcg,
+                checks,
+                repeat,
+                cpus,
+            },
+        ),
         Command::Fuzz { seconds } => fuzz::fuzz(seconds),
         Command::Bench {
             rounds,

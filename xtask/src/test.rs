@@ -54,7 +54,7 @@ pub fn test(args: &[String], no_vm: bool) -> Result<()> {
         }
         if !no_vm {
             step("now the kernels of Debian 12 (`cargo xtask vm-test`; --no-vm skips them)");
-            if let Err(e) = crate::vm::vm_test(&[], false) {
+            if let Err(e) = crate::vm::vm_test(&[], &crate::vm::Options::default()) {
                 failed(e);
             }
         }

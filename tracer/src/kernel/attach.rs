@@ -355,9 +355,10 @@ impl Probes {
     }
 
     /// Attaches the groups of `plan` as aya's single uprobes, for every
-    /// process (their links stay in the `Ebpf` value).
+    /// process (their links are kept in `links.singles`).
     fn attach_single(&mut self, plan: &FilePlan) -> Result<()> {
         for group in &plan.groups {
+            let mut made = Vec::new();
             let uprobe: &mut UProbe = self.program(group.program)?.try_into()?;
             if uprobe.fd().is_err() {
                 uprobe
@@ -379,10 +380,10 @@ impl Probes {
                     );
                     attached = uprobe.attach(at(placed), path, UProbeScope::AllProcesses);
                 }
-                // Detaching takes about 0.1 s per probe at exit: the kernel
-                // serializes uprobe removals, each waiting for a grace period.
-                attached.map_err(|e| attach_error(e, group.program, &plan.name))?;
+                let id = attached.map_err(|e| attach_error(e, group.program, &plan.name))?;
+                made.push(uprobe.take_link(id)?);
             }
+            self.links.singles.extend(made);
         }
         Ok(())
     }

@@ -64,6 +64,21 @@ pub struct Check {
     pub detail: String,
 }
 
+/// One VM to boot.
+pub struct Vm {
+    pub name: String,
+    pub accel: Accel,
+    pub cpus: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The root filesystem (read-only; guest writes are discarded).
+    pub image: PathBuf,
+    /// Where the serial console is written.
+    pub log: PathBuf,
+    /// The VM is stopped after this long.
+    pub limit: Duration,
+}
+
 /// What one boot gave.
 pub struct Boot {
     /// `uname -r` and `-v` in the guest.
@@ -75,7 +90,18 @@ pub struct Boot {
     pub failure: Option<String>,
     pub seconds: f64,
     pub log: PathBuf,
+    /// The kernel's own reports of a stall (soft lockup, RCU stall, hung
+    /// task), first lines only: each fails the boot, whatever the checks
+    /// said.
+    pub stalls: Vec<String>,
 }
+
+/// The first line of each kind of stall report the kernel prints.
+const STALL_REPORTS: &[&str] = &[
+    "watchdog: BUG: soft lockup",
+    "rcu: INFO: ",
+    "blocked for more than",
+];
 
 /// The kernel and initrd of `flavour` (`amd64`, `rt-amd64`) in `tree`'s
 /// /boot, the ones the packages installed.
@@ -103,45 +129,45 @@ pub fn kernel_files(tree: &Path, flavour: &str) -> Result<(PathBuf, PathBuf)> {
     Ok((kernel, initrd))
 }
 
-/// Boots `kernel` with `initrd` on `image` (read-only; guest writes are
-/// discarded), prints each `vm-test:` line of the console as it comes, and
-/// stops the VM after `limit`.
-pub fn boot(
-    name: &str,
-    accel: Accel,
-    kernel: &Path,
-    initrd: &Path,
-    image: &Path,
-    log: &Path,
-    limit: Duration,
-) -> Result<Boot> {
+/// Boots `vm` with `params` (words for guest.sh) on its kernel command
+/// line, prints each `vm-test:` line of the console and each stall report
+/// of the kernel as they come, and stops the VM after its limit.
+pub fn boot(vm: &Vm, params: &str) -> Result<Boot> {
+    let (name, log, limit) = (&vm.name, &vm.log, vm.limit);
     let _ = std::fs::remove_file(log);
     let started = Instant::now();
     let mut qemu = Command::new(prereqs::QEMU);
-    qemu.args(accel.args())
-        .args(["-smp", "2", "-m", "2048"])
+    qemu.args(vm.accel.args())
+        .arg("-smp")
+        .arg(vm.cpus.to_string())
+        .args(["-m", "2048"])
         .args(["-nodefaults", "-no-reboot", "-display", "none"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
         .arg("-kernel")
-        .arg(kernel)
+        .arg(&vm.kernel)
         .arg("-initrd")
-        .arg(initrd)
+        .arg(&vm.initrd)
         // No crypto self-tests: under emulation one spun for the whole
-        // time limit once (a soft lockup in cryptomgr_test).
-        .args([
-            "-append",
+        // time limit once (a soft lockup in cryptomgr_test). A soft lockup
+        // report shows every CPU's stack, not only the stuck one's.
+        .arg("-append")
+        .arg(format!(
             "root=/dev/vda ro console=ttyS0 panic=-1 loglevel=4 cryptomgr.notests \
-             init=/opt/locktrace/guest.sh",
-        ])
+             softlockup_all_cpu_backtrace=1 init=/opt/locktrace/guest.sh {params}"
+        ))
         .arg("-drive")
         .arg(format!(
             "file={},format=raw,if=virtio,snapshot=on",
-            image.display()
+            vm.image.display()
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    step(format!("booting {name} ({})", kernel.display()));
+    step(format!(
+        "booting {name} ({}, {} CPUs, {params})",
+        vm.kernel.display(),
+        vm.cpus
+    ));
     let mut child = qemu.spawn().context("cannot start qemu-system-x86_64")?;
     let mut result = Boot {
         kernel: None,
@@ -150,12 +176,17 @@ pub fn boot(
         failure: None,
         seconds: 0.0,
         log: log.to_path_buf(),
+        stalls: Vec::new(),
     };
     let mut reader = ConsoleReader::default();
     loop {
         let exited = child.try_wait()?;
         for line in reader.new_lines(log) {
             let Some(said) = line.strip_prefix("vm-test: ") else {
+                if STALL_REPORTS.iter().any(|r| line.contains(r)) {
+                    eprintln!("xtask: [{name}] kernel: {line}");
+                    result.stalls.push(line);
+                }
                 continue;
             };
             eprintln!("xtask: [{name}] {said}");
@@ -204,7 +235,10 @@ impl Boot {
     }
 
     pub fn passed(&self) -> bool {
-        self.finished && self.failure.is_none() && self.checks.iter().all(|c| c.passed)
+        self.finished
+            && self.failure.is_none()
+            && self.stalls.is_empty()
+            && self.checks.iter().all(|c| c.passed)
     }
 }
 

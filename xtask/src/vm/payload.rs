@@ -25,7 +25,31 @@ const FIXTURES: &[&str] = &[
     "trylock_reverse",
     "rwlock_ww",
     "deadlock",
+    "busy_pairs",
 ];
+
+/// The checks of guest.sh, in the order it runs them (`vm-test --check`).
+pub const CHECKS: &[&str] = &[
+    "ab_ba",
+    "three_cycle",
+    "trylock",
+    "rwlock",
+    "deadlock",
+    "python_ab_ba",
+    "run_status",
+    "attach_detach",
+    "detach_under_load",
+];
+
+/// The kernel command line's words for guest.sh: the kernel passes the
+/// words it does not know to init as environment variables.
+pub fn guest_params(checks: &[String], repeat: u32) -> String {
+    let mut params = format!("vmtest_repeat={repeat}");
+    if !checks.is_empty() {
+        params.push_str(&format!(" vmtest_checks={}", checks.join(",")));
+    }
+    params
+}
 
 /// Puts the payload into `tree` (replacing an earlier one).
 pub fn install(tree: &Path, locktrace: &Path) -> Result<()> {
