@@ -215,16 +215,16 @@ impl Config {
                 .unwrap_or(DEFAULT_RESEND_INTERVAL)
                 .max(Duration::from_secs(1)),
         });
-        let cap =
-            |flag: Option<usize>, key: &Option<Spanned<usize>>, name: &str, default: usize| match (
-                flag, key,
-            ) {
-                (Some(0), _) => Err(anyhow!("--{name}: must be at least 1")),
-                (Some(n), _) => Ok(n),
-                (None, Some(k)) if *k.get_ref() == 0 => Err(at(k.span(), "must be at least 1")),
-                (None, Some(k)) => Ok(*k.get_ref()),
-                (None, None) => Ok(default),
-            };
+        let cap = |flag: Option<usize>,
+                   key: &Option<Spanned<usize>>,
+                   name: &str,
+                   default: usize| match (flag, key) {
+            (Some(0), _) => Err(anyhow!("--{name}: must be at least 1")),
+            (Some(n), _) => Ok(n),
+            (None, Some(k)) if *k.get_ref() == 0 => Err(at(k.span(), "must be at least 1")),
+            (None, Some(k)) => Ok(*k.get_ref()),
+            (None, None) => Ok(default),
+        };
         let max_locks = cap(
             args.max_locks,
             &file.trace.max_locks,
