@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use locktrace_e2e::records::Record;
+use locktrace_e2e::records::{Level, Record};
 use locktrace_e2e::tracer::{Tracer, Watcher};
 use locktrace_e2e::{comm_of, copy_executable, fixture, require_root, workspace_dir, Variant};
 use serde_json::Value;
@@ -805,6 +805,150 @@ fn sighup_adds_a_suppression_and_a_bad_reload_keeps_the_old_config() {
         notifications.is_empty(),
         "not alerted\n{notifications:#?}\n{}",
         run.run.describe()
+    );
+}
+
+/// SIGHUP changes the trace filters while the graphs stay: an agent
+/// tracing command X does not report Y's inversion; once `[trace] comms`
+/// names Y too and the agent got SIGHUP, it does. X took one order before
+/// the reload and takes the other after it: its inversion is reported (the
+/// graph was kept, and X traced throughout).
+#[test]
+fn sighup_changes_the_trace_filters_and_keeps_the_graphs() {
+    require_root();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let stepped = dir.path().join("stepped_x");
+    copy_executable(&fixture("stepped_ab_ba", Variant::Fp), &stepped);
+    let other = dir.path().join("ab_ba_y");
+    copy_executable(&fixture("ab_ba", Variant::Fp), &other);
+    let (x, y) = (comm_of(&stepped), comm_of(&other));
+    let config = dir.path().join("locktrace.toml");
+    let write = |comms: &[&str], hang: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nhost = \"test-host\"\nstate_dir = \"{}\"\n\
+                 [metrics]\nlisten = \"{metrics}\"\n\
+                 [trace]\ncomms = {comms:?}\nhang_threshold = \"{hang}\"\n",
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+    };
+    write(&[&x], "10s");
+    let agent = Watcher::start_agent(&["--config", config.to_str().unwrap()], &[]);
+    wait_ready(&metrics);
+    // X takes a then b, and waits.
+    let mut first = Command::new(&stepped)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    BufReader::new(first.stdout.as_mut().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert!(said.starts_with("ab "), "{said:?}");
+    // Y, not traced yet.
+    let untraced = Command::new(&other).output().unwrap();
+    assert!(untraced.status.success(), "{untraced:?}");
+    write(&[&x, &y], "5s");
+    // SAFETY: kill(2) on the test's own unreaped child.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) }, 0);
+    let reloaded = agent.wait_for_log(&["SIGHUP"], Duration::from_secs(5));
+    // The session applies it at its next scan (every 0.4 s).
+    agent.wait_for_log(&["filter reloaded"], Duration::from_secs(5));
+    let traced = Command::new(&other).spawn().unwrap();
+    let traced_pid = traced.id();
+    assert!(traced.wait_with_output().unwrap().status.success());
+    // X takes b then a.
+    first.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let x_pid = first.id();
+    assert!(first.wait().unwrap().success());
+    agent.wait_for_finding_of(traced_pid, Duration::from_secs(20));
+    agent.wait_for_finding_of(x_pid, Duration::from_secs(20));
+    let run = agent.stop();
+    eprintln!("{reloaded}");
+    assert!(
+        reloaded.contains("new trace filters") && reloaded.contains("new hang threshold"),
+        "{reloaded}"
+    );
+    assert!(!reloaded.contains("a restart applies it"), "{reloaded}");
+    let inversions: Vec<(u32, String)> = run
+        .report
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::LockOrderInversion(i) => Some((i.pid, i.comm.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        inversions,
+        [(traced_pid, y.clone()), (x_pid, x.clone())],
+        "Y's inversion once traced (not before), X's across the reload\n{}",
+        run.run.describe()
+    );
+}
+
+/// The memory cap: an agent keeping at most one dependency in its instance
+/// graph (`[trace] max_dependencies = 1`) drops the second order of an
+/// AB/BA, counts it in /metrics and the summary, and still reports the
+/// inversion, from the class graph (which the cap does not bound).
+#[test]
+fn memory_cap_drops_and_counts_and_keeps_the_class_graph() {
+    require_root();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("ab_ba_cap");
+    copy_executable(&fixture("ab_ba", Variant::Fp), &program);
+    let comm = comm_of(&program);
+    let config = dir.path().join("locktrace.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nstate_dir = \"{}\"\n[metrics]\nlisten = \"{metrics}\"\n\
+             [trace]\ncomms = [\"{comm}\"]\nmax_dependencies = 1\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let agent = Watcher::start_agent(&["--config", config.to_str().unwrap()], &[]);
+    wait_ready(&metrics);
+    let child = Command::new(&program).spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    agent.wait_for_finding_of(pid, Duration::from_secs(20));
+    // The next scan (every 0.4 s) counts it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = http_get(&metrics, "/metrics").1;
+    while !text.contains("locktrace_dependencies_dropped_total 1") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        text = http_get(&metrics, "/metrics").1;
+    }
+    let run = agent.stop();
+    eprintln!("/metrics:\n{text}");
+    let levels: Vec<Level> = run
+        .report
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::LockOrderInversion(i) if i.pid == pid => Some(i.level),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(levels, [Level::Class], "{}", run.run.describe());
+    assert_eq!(
+        run.report.summary.dropped_dependencies,
+        1,
+        "{}",
+        run.run.describe()
+    );
+    assert_eq!(
+        counter(&text, "locktrace_dependencies_dropped_total"),
+        1.0,
+        "{text}"
     );
 }
 

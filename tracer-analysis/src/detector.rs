@@ -256,6 +256,25 @@ impl Detector {
         }
     }
 
+    /// The instance graph holds at most `locks` and `dependencies` from
+    /// now on (in all, each process at most its usual share of them):
+    /// beyond, new dependencies are dropped and counted (the class graph
+    /// still takes them). Lower than what it holds, nothing is evicted:
+    /// it only takes no more.
+    pub fn set_limits(&mut self, locks: usize, dependencies: usize) {
+        let cap = |usual: limits::Limit, total: usize| limits::Limit {
+            per_process: usual.per_process.min(total),
+            total,
+        };
+        self.lock_limit = cap(limits::LOCKS, locks);
+        self.dependency_limit = cap(limits::DEPENDENCIES, dependencies);
+    }
+
+    /// Waits longer than `threshold` are hangs from the next scan on.
+    pub fn set_hang_threshold(&mut self, threshold: Duration) {
+        self.watchdog.set_hang_threshold(threshold);
+    }
+
     pub fn on_event(&mut self, event: Event, host: &mut dyn Host) -> Vec<Verdict> {
         match event {
             Event::Request(r) => self.on_request(r, host),
@@ -524,9 +543,10 @@ impl Detector {
                     *to_class.insert(self.class_of(dep.to, r.to.site(), host))
                 }
             };
-            verdicts.extend(self.on_class_dependency(from_class, to_class, &dep));
             let (a, b) = (self.identities.of(dep.from), self.identities.of(dep.to));
-            if !self.has_room(r.pid, a, b, dep.to_kind) {
+            let room = self.has_room(r.pid, a, b, dep.to_kind);
+            verdicts.extend(self.on_class_dependency(from_class, to_class, &dep, room));
+            if !room {
                 self.stats.dropped_dependencies += 1;
                 continue;
             }
@@ -597,12 +617,15 @@ impl Detector {
 
     /// The class view of an instance dependency: same-class nesting, or an
     /// edge of the class graph whose cycles no instance cycle covers (an
-    /// inversion split across processes or instances).
+    /// inversion split across processes or instances, or one whose
+    /// dependencies the instance graph, at its cap, did not all keep).
+    /// `kept`: the instance graph takes `dep`.
     fn on_class_dependency(
         &mut self,
         from: ClassId,
         to: ClassId,
         dep: &Dependency,
+        kept: bool,
     ) -> Vec<Verdict> {
         if !self.classes.key(from).is_sound() || !self.classes.key(to).is_sound() {
             return Vec::new();
@@ -627,6 +650,21 @@ impl Detector {
                 ) || self.identities.of(cycle.edges[i].to)
                     == self.identities.of(cycle.edges[next].from)
             });
+            // Unless the instance graph, at its cap, did not take `dep`
+            // while it holds the cycle's other edges (live locks, not
+            // destroyed since): then no instance cycle reports it, and the
+            // class level does. An edge missing otherwise (its lock
+            // destroyed, its memory another lock now) is no cycle of
+            // instances: not reported, as before.
+            let current = |e: &Dependency| {
+                (e.from, e.to, e.pid, e.tid) == (dep.from, dep.to, dep.pid, dep.tid)
+            };
+            let closes = closes
+                && (kept
+                    || !cycle.edges.iter().filter(|e| !current(e)).all(|e| {
+                        let (a, b) = (self.identities.of(e.from), self.identities.of(e.to));
+                        self.instances.dependency(a, b).is_some()
+                    }));
             if n < 2 || closes {
                 continue;
             }

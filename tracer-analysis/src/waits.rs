@@ -68,6 +68,10 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
+    pub fn set_hang_threshold(&mut self, threshold: Duration) {
+        self.hang_threshold = threshold;
+    }
+
     pub fn new(hang_threshold: Duration) -> Self {
         Watchdog {
             hang_threshold,

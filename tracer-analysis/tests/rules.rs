@@ -720,6 +720,37 @@ fn a_process_cannot_fill_the_graph_with_dependencies() {
 }
 
 #[test]
+fn an_inversion_past_the_cap_is_reported_by_the_class_graph() {
+    // The instance graph capped at one dependency: the second order of an
+    // AB/BA in one process is not kept there, so no instance cycle
+    // reports it; the class graph (kept whole) does, once.
+    let mut run = Run::new();
+    run.detector.set_limits(10, 1);
+    run.host
+        .global(1, 0xa0, "ab_ba", "mutex_a")
+        .global(1, 0xb0, "ab_ba", "mutex_b");
+    let (a, b) = (mutex(0xa0), mutex(0xb0));
+    assert!(run.feed(request(1, 1, &[a], b)).is_empty());
+    let verdicts = run.feed(request(1, 2, &[b], a));
+    let inv = inversion(&verdicts);
+    assert_eq!(inv.level, Level::Class);
+    assert_eq!(inv.classes, ["ab_ba:mutex_a", "ab_ba:mutex_b"]);
+    assert_eq!(run.stats().dropped_dependencies, 1);
+    assert!(run.feed(request(1, 3, &[b], a)).is_empty());
+    // Uncapped, the instance graph reports it (and the class graph not
+    // again).
+    let mut run = Run::new();
+    run.host
+        .global(1, 0xa0, "ab_ba", "mutex_a")
+        .global(1, 0xb0, "ab_ba", "mutex_b");
+    run.feed(request(1, 1, &[a], b));
+    assert_eq!(
+        inversion(&run.feed(request(1, 2, &[b], a))).level,
+        Level::Instance
+    );
+}
+
+#[test]
 fn first_use_classes_make_no_class_level_finding() {
     let mut run = Run::new();
     // Heap locks with no init record nor symbol: classed by the site of

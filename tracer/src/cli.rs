@@ -63,6 +63,15 @@ pub struct AgentArgs {
     /// `[trace] watch_free`: probe `free` too (see `watch --watch-free`).
     #[arg(long)]
     pub watch_free: bool,
+    /// `[trace] max_locks`: lock instances kept in the instance graph, in
+    /// all (default 2,000,000); past it, new dependencies are counted, not
+    /// kept there (the class graph still takes them).
+    #[arg(long, value_name = "N")]
+    pub max_locks: Option<usize>,
+    /// `[trace] max_dependencies`: dependencies kept in the instance graph,
+    /// in all (default 2,000,000).
+    #[arg(long, value_name = "N")]
+    pub max_dependencies: Option<usize>,
     /// `[metrics] listen`: address of /metrics, /healthz and /readyz
     /// (default 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
@@ -299,6 +308,15 @@ pub struct CommonArgs {
 pub enum Format {
     Text,
     Json,
+}
+
+impl From<Format> for crate::report::Format {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Text => crate::report::Format::Text,
+            Format::Json => crate::report::Format::Json,
+        }
+    }
 }
 
 /// A budget in percent: more than 0, at most 100.

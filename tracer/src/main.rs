@@ -230,15 +230,7 @@ fn reporter(common: &CommonArgs) -> Result<Reporter> {
 }
 
 fn open_reporter(output: Option<&PathBuf>, format: Format, force: bool) -> Result<Reporter> {
-    let out: Box<dyn Write + Send> = match output {
-        Some(path) => Box::new(outfile::create(path, force)?),
-        None => Box::new(std::io::stdout()),
-    };
-    let format = match format {
-        Format::Text => report::Format::Text,
-        Format::Json => report::Format::Json,
-    };
-    Ok(Reporter::new(format, out))
+    Reporter::open(output.map(PathBuf::as_path), format.into(), force)
 }
 
 fn placement(common: &CommonArgs) -> ProbePlacement {
@@ -291,6 +283,7 @@ fn run(args: RunArgs) -> Result<i32> {
             sliced: false,
             // Its children must be seen from their first instruction.
             per_process: false,
+            reloadable: false,
         };
         let mut probes = attach(&args.common, &filter, &targets)?;
         probes.arm()?;
@@ -365,7 +358,7 @@ fn watch(args: WatchArgs) -> Result<i32> {
     // being attached stops the tracer as cleanly as a later one.
     let rt = runtime()?;
     let (mut term, mut int) = stop_signals(&rt)?;
-    let mut session = start_watch(&args)?;
+    let mut session = start_watch(&args, false)?;
     let duration = args.duration;
     rt.block_on(async {
         let stop = async {
@@ -394,36 +387,17 @@ fn stop_signals(
 }
 
 /// `watch`'s session, probes attached and armed: the host, or the
-/// processes the filters name.
-fn start_watch(args: &WatchArgs) -> Result<Session> {
+/// processes the filters name. `reloadable`: the filter may change while
+/// tracing (the agent's SIGHUP).
+fn start_watch(args: &WatchArgs, reloadable: bool) -> Result<Session> {
     let named = processes(&args.pids)?;
     let (targets, follow) = preflight(&args.common)?;
     let reporter = reporter(&args.common)?;
-    let mut pids = named;
-    for comm in &args.comms {
-        pids.extend(proc::pids_with_comm(comm));
-    }
-    let cgroups = args
-        .cgroups
-        .iter()
-        .map(|dir| preflight::cgroup_id(dir))
-        .collect::<Result<Vec<_>>>()?;
-    for dir in &args.cgroups {
-        pids.extend(proc::pids_in_cgroup(dir));
-    }
-    // Never the tracer itself (it may run in the cgroup it traces).
-    pids.retain(|&p| p != std::process::id());
-    pids.sort_unstable();
-    pids.dedup();
-    let filtered = !args.pids.is_empty() || !args.comms.is_empty() || !cgroups.is_empty();
-    let filter = Filter {
-        per_process: filtered && !args.probe_all,
-        pids,
-        comms: args.comms.clone(),
-        cgroups,
-        cgroup_dirs: args.cgroups.clone(),
-        sliced: args.budget.is_some(),
-    };
+    let mut filter = Filter::naming(&named, &args.comms, &args.cgroups)?;
+    let filtered = !args.pids.is_empty() || !args.comms.is_empty() || !args.cgroups.is_empty();
+    filter.per_process = filtered && !args.probe_all;
+    filter.sliced = args.budget.is_some();
+    filter.reloadable = reloadable;
     let symbolizer = Symbolizer::new()?;
     let mut probes = attach(&args.common, &filter, &targets)?;
     // The children of the named processes that exist now are traced too
@@ -486,8 +460,10 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
         let _runtime = rt.enter();
         signal(SignalKind::hangup()).context("SIGHUP handler")?
     };
-    let mut session = start_watch(&watch)?;
+    let mut session = start_watch(&watch, true)?;
     session.observe(agent.observer());
+    session.take_changes(agent.changes());
+    session.cap_instances(config.max_locks, config.max_dependencies);
     agent.ready();
     rt.block_on(async {
         let stop = async {

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -13,7 +14,7 @@ use tracer_analysis::model::{Blocked, Waiter};
 use tracer_analysis::waits::WaitScan;
 use tracer_analysis::{Detector, Verdict};
 use tracer_common::{Counter, DependencyKey, EventKind};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::budget::Slicer;
 use crate::enrich::{Enricher, Facts, Pending};
@@ -21,7 +22,7 @@ use crate::host::{proc, waitfor};
 use crate::kernel::decode::{self, Record};
 use crate::kernel::events::KernelStreams;
 use crate::kernel::follow::Follower;
-use crate::kernel::load::Probes;
+use crate::kernel::load::{Filter, Probes};
 use crate::kernel::maps::HeldByThread;
 use crate::report::blocking::Scan;
 use crate::report::{self, graph, summary, Reporter, Summary};
@@ -89,13 +90,30 @@ pub struct Live {
     pub dependencies: u64,
     pub locks: u64,
     pub lock_classes: u64,
+    /// Dependencies not kept in the instance graph (at its cap).
+    pub dropped_dependencies: u64,
     pub traced_processes: u64,
     pub probed_files: u64,
+}
+
+/// What a reload (the agent's SIGHUP) changes while tracing goes on: the
+/// probes, the graphs and what was reported stay.
+#[derive(Default)]
+pub struct Change {
+    /// Trace what this filter names from now on (see `Probes::retrace`).
+    pub filter: Option<Filter>,
+    pub hang_threshold: Option<Duration>,
+    /// The instance graph's caps: (lock instances, dependencies).
+    pub caps: Option<(usize, usize)>,
+    /// Where findings and the summary go from now on.
+    pub reporter: Option<Reporter>,
 }
 
 pub struct Session {
     pub probes: Probes,
     observer: Option<Box<dyn Observer>>,
+    /// Reloads to apply, between two scans.
+    changes: Option<Receiver<Change>>,
     enricher: Enricher,
     detector: Detector,
     reporter: Reporter,
@@ -147,6 +165,7 @@ impl Session {
         Session {
             probes,
             observer: None,
+            changes: None,
             enricher,
             detector: Detector::new(hang_threshold),
             reporter,
@@ -194,6 +213,53 @@ impl Session {
     /// scan (a few times a second).
     pub fn observe(&mut self, observer: Box<dyn Observer>) {
         self.observer = Some(observer);
+    }
+
+    /// Caps the instance graph at `locks` lock instances and
+    /// `dependencies` dependencies (see `Detector::set_limits`).
+    pub fn cap_instances(&mut self, locks: usize, dependencies: usize) {
+        self.detector.set_limits(locks, dependencies);
+    }
+
+    /// Applies the changes `changes` brings, between two scans.
+    pub fn take_changes(&mut self, changes: Receiver<Change>) {
+        self.changes = Some(changes);
+    }
+
+    fn apply_changes(&mut self) {
+        while let Some(change) = self.changes.as_ref().and_then(|c| c.try_recv().ok()) {
+            if let Some(threshold) = change.hang_threshold {
+                self.detector.set_hang_threshold(threshold);
+            }
+            if let Some((locks, dependencies)) = change.caps {
+                self.detector.set_limits(locks, dependencies);
+            }
+            if let Some(reporter) = change.reporter {
+                self.reporter = reporter;
+            }
+            if let Some(filter) = change.filter {
+                self.retrace(&filter);
+            }
+        }
+    }
+
+    /// Traces what `filter` names from now on. A process no longer traced
+    /// is forgotten as if it exited (after its records already taken):
+    /// what it does untraced is unseen, its locks may be destroyed and
+    /// their memory reused meanwhile. The class graph keeps what it taught.
+    fn retrace(&mut self, filter: &Filter) {
+        match self.probes.retrace(filter) {
+            Ok(r) => {
+                info!(
+                    added = r.added.len(),
+                    removed = r.removed.len(),
+                    "filter reloaded: processes traced from now on, and no longer"
+                );
+                self.deferred_exits.extend(r.removed);
+                self.check_pythons(r.added);
+            }
+            Err(e) => warn!("cannot apply the new filter: {e:#}"),
+        }
     }
 
     /// Probe, as they appear, the lock libraries processes map (a container
@@ -308,6 +374,7 @@ impl Session {
                     self.drain(&mut streams, Instant::now() + SLICE)?;
                 }
                 _ = scan.tick() => {
+                    self.apply_changes();
                     self.drain(&mut streams, Instant::now() + SLICE)?;
                     self.check_waits()?;
                     self.probes.sweep_processes();
@@ -722,6 +789,7 @@ impl Session {
             dependencies: stats.dependencies,
             locks: stats.locks,
             lock_classes: stats.classes,
+            dropped_dependencies: stats.dropped_dependencies,
             traced_processes: traced_processes as u64,
             probed_files: self.probes.probed_files().count() as u64,
         };

@@ -10,6 +10,8 @@ use anyhow::{anyhow, bail, Result};
 use serde::Deserialize;
 use toml::Spanned;
 
+use tracer_analysis::limits;
+
 use crate::cli::{parse_duration, AgentArgs, Format};
 
 /// Where the agent looks for its config when `--config` is not given.
@@ -76,6 +78,8 @@ struct TraceSection {
     #[serde(default, deserialize_with = "duration")]
     hang_threshold: Option<Duration>,
     watch_free: Option<bool>,
+    max_locks: Option<Spanned<usize>>,
+    max_dependencies: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,6 +125,10 @@ pub struct Config {
     pub hang_threshold: Duration,
     /// Probe `free` too (`[trace] watch_free`).
     pub watch_free: bool,
+    /// The instance graph's caps: lock instances and dependencies kept
+    /// (`[trace] max_locks`, `max_dependencies`).
+    pub max_locks: usize,
+    pub max_dependencies: usize,
     pub metrics_listen: SocketAddr,
     pub alertmanager: Option<Alertmanager>,
     pub output: Option<PathBuf>,
@@ -207,6 +215,28 @@ impl Config {
                 .unwrap_or(DEFAULT_RESEND_INTERVAL)
                 .max(Duration::from_secs(1)),
         });
+        let cap = |flag: Option<usize>,
+                   key: &Option<Spanned<usize>>,
+                   name: &str,
+                   default: usize| match (flag, key) {
+            (Some(0), _) => Err(anyhow!("--{name}: must be at least 1")),
+            (Some(n), _) => Ok(n),
+            (None, Some(k)) if *k.get_ref() == 0 => Err(at(k.span(), "must be at least 1")),
+            (None, Some(k)) => Ok(*k.get_ref()),
+            (None, None) => Ok(default),
+        };
+        let max_locks = cap(
+            args.max_locks,
+            &file.trace.max_locks,
+            "max-locks",
+            limits::LOCKS.total,
+        )?;
+        let max_dependencies = cap(
+            args.max_dependencies,
+            &file.trace.max_dependencies,
+            "max-dependencies",
+            limits::DEPENDENCIES.total,
+        )?;
         for pattern in &file.suppress.frames {
             crate::agent::suppress::check_glob(pattern.get_ref())
                 .map_err(|e| at(pattern.span(), &e))?;
@@ -237,6 +267,8 @@ impl Config {
                 .or(file.trace.hang_threshold)
                 .unwrap_or(DEFAULT_HANG_THRESHOLD),
             watch_free: args.watch_free || file.trace.watch_free.unwrap_or(false),
+            max_locks,
+            max_dependencies,
             metrics_listen: listen,
             alertmanager,
             output: args.output.clone().or(file.report.output),
@@ -377,6 +409,20 @@ mod tests {
     }
 
     #[test]
+    fn the_caps_are_read_and_flags_win() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(
+            (c.max_locks, c.max_dependencies),
+            (limits::LOCKS.total, limits::DEPENDENCIES.total)
+        );
+        let text = "[trace]\nmax_locks = 100\nmax_dependencies = 50\n";
+        let c = parse(text, &[]).unwrap();
+        assert_eq!((c.max_locks, c.max_dependencies), (100, 50));
+        let c = parse(text, &["--max-dependencies", "7"]).unwrap();
+        assert_eq!((c.max_locks, c.max_dependencies), (100, 7));
+    }
+
+    #[test]
     fn frees_are_watched_by_key_or_flag() {
         assert!(!parse("", &[]).unwrap().watch_free);
         assert!(
@@ -409,6 +455,10 @@ mod tests {
             (
                 "[trace]\npids = \"x\"\n",
                 "/etc/l.toml:2: key `trace.pids`:",
+            ),
+            (
+                "[trace]\nmax_locks = 0\n",
+                "/etc/l.toml:2: key `trace.max_locks`: must be at least 1",
             ),
             (
                 "[suppress]\nframes = [\"a[\"]\n",

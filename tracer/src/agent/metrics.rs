@@ -33,6 +33,7 @@ pub struct Metrics {
     findings_suppressed: Family<TypeLabel, Counter>,
     events: Counter,
     events_lost: Counter,
+    dependencies_dropped: Counter,
     lock_dependencies: Gauge,
     locks: Gauge,
     lock_classes: Gauge,
@@ -57,6 +58,7 @@ impl Metrics {
             findings_suppressed: Family::default(),
             events: Counter::default(),
             events_lost: Counter::default(),
+            dependencies_dropped: Counter::default(),
             lock_dependencies: Gauge::default(),
             locks: Gauge::default(),
             lock_classes: Gauge::default(),
@@ -88,6 +90,11 @@ impl Metrics {
             "events_lost",
             "Lock events lost (ring buffer full) or undecodable",
             m.events_lost.clone(),
+        );
+        registry.register(
+            "dependencies_dropped",
+            "Dependencies not kept in the instance graph, at its cap ([trace] max_locks, max_dependencies); the class graph still has them",
+            m.dependencies_dropped.clone(),
         );
         registry.register(
             "lock_dependencies",
@@ -150,6 +157,10 @@ impl Metrics {
             .inc_by(live.events.saturating_sub(before.events));
         self.events_lost
             .inc_by(live.lost_events.saturating_sub(before.lost_events));
+        self.dependencies_dropped.inc_by(
+            live.dropped_dependencies
+                .saturating_sub(before.dropped_dependencies),
+        );
         self.lock_dependencies.set(live.dependencies as i64);
         self.locks.set(live.locks as i64);
         self.lock_classes.set(live.lock_classes as i64);
@@ -310,6 +321,7 @@ mod tests {
             dependencies: 2,
             locks: 3,
             lock_classes: 4,
+            dropped_dependencies: 6,
             traced_processes: 5,
             probed_files: 1,
         };
@@ -323,6 +335,7 @@ mod tests {
             "locktrace_events_total 10",
             "locktrace_events_lost_total 1",
             "locktrace_lock_dependencies 2",
+            "locktrace_dependencies_dropped_total 6",
             "locktrace_locks 3",
             "locktrace_lock_classes 4",
             "locktrace_traced_processes 5",

@@ -25,8 +25,9 @@ use tracing::{error, info, warn};
 
 pub use config::Config;
 
-use crate::report::Finding;
-use crate::session::{Live, Observer};
+use crate::kernel::load::Filter;
+use crate::report::{Finding, Reporter};
+use crate::session::{Change, Live, Observer};
 use alerts::Alert;
 use metrics::Metrics;
 use state::{Saved, State};
@@ -53,6 +54,10 @@ pub struct Agent {
     /// To the observer: what a SIGHUP changed.
     reloads: std::sync::mpsc::Sender<Reload>,
     reloaded: Option<std::sync::mpsc::Receiver<Reload>>,
+    /// To the session: the filter, hang threshold and report sink a
+    /// SIGHUP changed.
+    changes: std::sync::mpsc::Sender<Change>,
+    changed: Option<std::sync::mpsc::Receiver<Change>>,
 }
 
 /// What a SIGHUP changes while tracing goes on (the graphs, the probes
@@ -97,6 +102,7 @@ impl Agent {
         let served_page = page.clone();
         let state = State::load(&config.state_dir);
         let (reloads, reloaded) = std::sync::mpsc::channel();
+        let (changes, changed) = std::sync::mpsc::channel();
         reloads
             .send(Reload::of(config)?)
             .expect("the receiver is here");
@@ -154,6 +160,8 @@ impl Agent {
             config: config.clone(),
             reloads,
             reloaded: Some(reloaded),
+            changes,
+            changed: Some(changed),
         })
     }
 
@@ -161,6 +169,11 @@ impl Agent {
     pub fn ready(&self) {
         self.metrics.set_ready();
         notify::notify("READY=1\nSTATUS=tracing");
+    }
+
+    /// What the session takes its reloads from.
+    pub fn changes(&mut self) -> std::sync::mpsc::Receiver<Change> {
+        self.changed.take().expect("one session")
     }
 
     /// What the session reports to.
@@ -201,11 +214,15 @@ impl Agent {
     }
 
     /// SIGHUP: `new` (the config file read again, the flags applied) takes
-    /// over what can change while tracing goes on: suppressions, the
-    /// `host` label, `inversion_active` and `resend_interval`. A key that
-    /// takes a restart keeps its running value, with a warning naming it.
+    /// over what can change while tracing goes on: the trace filters, the
+    /// hang threshold, the report file, suppressions, the `host` label,
+    /// `inversion_active` and `resend_interval`. A key that takes a restart
+    /// keeps its running value, with a warning naming it. Whatever is wrong
+    /// with the new values (a pid gone, a cgroup that is none, a report
+    /// file refused) keeps the whole configuration in force.
     pub fn reload(&mut self, new: Config) {
-        let reload = match Reload::of(&new) {
+        let prepared = Reload::of(&new).and_then(|r| Ok((r, self.change(&new)?)));
+        let (reload, (change, kept_filter)) = match prepared {
             Ok(r) => r,
             Err(e) => {
                 error!("SIGHUP: {e:#}; keeping the configuration in force");
@@ -215,20 +232,10 @@ impl Agent {
         let old = &self.config;
         let am = |c: &Config| c.alertmanager.as_ref().map(|a| (a.base.clone(), a.queue));
         let restart: Vec<&str> = [
-            ("trace.comms", old.comms != new.comms),
-            ("trace.cgroups", old.cgroups != new.cgroups),
-            ("trace.pids", old.pids != new.pids),
-            (
-                "trace.hang_threshold",
-                old.hang_threshold != new.hang_threshold,
-            ),
+            ("trace filters (host-wide or not)", kept_filter),
             ("trace.watch_free", old.watch_free != new.watch_free),
             ("metrics.listen", old.metrics_listen != new.metrics_listen),
             ("alertmanager.url/queue", am(old) != am(&new)),
-            (
-                "report",
-                (&old.output, old.format, old.force) != (&new.output, new.format, new.force),
-            ),
             ("agent.state_dir", old.state_dir != new.state_dir),
         ]
         .into_iter()
@@ -241,20 +248,39 @@ impl Agent {
             );
         }
         info!(
-            "SIGHUP: configuration reloaded ({} suppressions)",
-            reload.suppressions.len()
+            "SIGHUP: configuration reloaded ({} suppressions{}{}{}{})",
+            reload.suppressions.len(),
+            if change.filter.is_some() {
+                ", new trace filters"
+            } else {
+                ""
+            },
+            if change.hang_threshold.is_some() {
+                ", new hang threshold"
+            } else {
+                ""
+            },
+            if change.caps.is_some() {
+                ", new caps"
+            } else {
+                ""
+            },
+            if change.reporter.is_some() {
+                ", new report sink"
+            } else {
+                ""
+            },
         );
         let _ = self.reloads.send(reload);
+        let _ = self.changes.send(change);
         let mut config = new;
-        config.comms = old.comms.clone();
-        config.cgroups = old.cgroups.clone();
-        config.pids = old.pids.clone();
-        config.hang_threshold = old.hang_threshold;
+        if kept_filter {
+            config.comms = old.comms.clone();
+            config.cgroups = old.cgroups.clone();
+            config.pids = old.pids.clone();
+        }
         config.watch_free = old.watch_free;
         config.metrics_listen = old.metrics_listen;
-        config.output = old.output.clone();
-        config.format = old.format;
-        config.force = old.force;
         config.state_dir = old.state_dir.clone();
         if let (Some(now), Some(was)) = (&mut config.alertmanager, &old.alertmanager) {
             now.base = was.base.clone();
@@ -263,6 +289,45 @@ impl Agent {
             config.alertmanager = old.alertmanager.clone();
         }
         self.config = config;
+    }
+
+    /// What `new` changes in the session, and whether its trace filters
+    /// changed in a way only a restart applies: from host-wide to filtered
+    /// or back (the kernel side is loaded for one or the other).
+    fn change(&self, new: &Config) -> Result<(Change, bool)> {
+        let old = &self.config;
+        let filters = |c: &Config| (c.comms.clone(), c.cgroups.clone(), c.pids.clone());
+        let host_wide =
+            |c: &Config| c.comms.is_empty() && c.cgroups.is_empty() && c.pids.is_empty();
+        let mut change = Change::default();
+        let mut kept_filter = false;
+        if filters(old) != filters(new) {
+            if host_wide(old) || host_wide(new) {
+                kept_filter = true;
+            } else {
+                let pids = new
+                    .pids
+                    .iter()
+                    .map(|&p| crate::host::preflight::process_of(p))
+                    .collect::<Result<Vec<_>>>()
+                    .context("[trace] pids")?;
+                change.filter = Some(Filter::naming(&pids, &new.comms, &new.cgroups)?);
+            }
+        }
+        let caps = |c: &Config| (c.max_locks, c.max_dependencies);
+        if caps(old) != caps(new) {
+            change.caps = Some(caps(new));
+        }
+        if old.hang_threshold != new.hang_threshold {
+            change.hang_threshold = Some(new.hang_threshold);
+        }
+        if (&old.output, old.format, old.force) != (&new.output, new.format, new.force) {
+            change.reporter = Some(
+                Reporter::open(new.output.as_deref(), new.format.into(), new.force)
+                    .context("[report]")?,
+            );
+        }
+        Ok((change, kept_filter))
     }
 
     /// After the session (and its observer) is gone: waits for the alerts

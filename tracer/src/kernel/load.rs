@@ -80,6 +80,11 @@ pub struct Filter {
     /// Probe the lock traffic in time slices (an overhead budget; see
     /// `slices`): its links are kept apart from the lifecycle ones.
     pub sliced: bool,
+    /// The filter may change while tracing (the agent's SIGHUP; see
+    /// `retrace`): a filtered kernel side then checks command names at
+    /// every exec and cgroups at every hit of an untraced process, with
+    /// whatever names and cgroups the filter has now, if none at first.
+    pub reloadable: bool,
 }
 
 impl Filter {
@@ -100,6 +105,8 @@ pub struct Probes {
     pub(super) host_wide: bool,
     pub(super) cgroup_filter: bool,
     pub(super) cgroup_dirs: Vec<PathBuf>,
+    /// See [`Filter::reloadable`].
+    pub(super) reloadable: bool,
     /// The kernel's deferred-dependency count when `DEFERRED` was last read.
     pub(super) deferred_taken: u64,
     /// Our pid namespace (device, inode), as the kernel side has it.
@@ -139,12 +146,13 @@ impl Probes {
         } else {
             FILTER_TRACED
         };
-        let comm_filter = u32::from(!filter.comms.is_empty());
+        let reloadable = filter.reloadable && !filter.is_host_wide();
+        let comm_filter = u32::from(reloadable || !filter.comms.is_empty());
         // Our pid namespace: a traced thread in it learns its namespace tid
         // (a mutex's owner) at once; see `set_pid_ns` for the others.
         let (pidns_dev, pidns_ino) = crate::host::proc::pid_namespace("self")
             .context("cannot read our pid namespace (/proc/self/ns/pid)")?;
-        let cgroup_filter = u32::from(!filter.cgroups.is_empty());
+        let cgroup_filter = u32::from(reloadable || !filter.cgroups.is_empty());
         let ebpf = EbpfLoader::new()
             .override_global("TRACER_TGID", &tgid, true)
             // The lock programs note the memory of locks named in
@@ -174,6 +182,7 @@ impl Probes {
             host_wide: filter.is_host_wide(),
             cgroup_filter: !filter.cgroups.is_empty(),
             cgroup_dirs: filter.cgroup_dirs.clone(),
+            reloadable,
             deferred_taken: 0,
             pid_ns: (pidns_dev, pidns_ino),
         };
@@ -347,7 +356,7 @@ fn exit_group_dead_offset() -> Result<u32> {
 /// side's `NO_GROUP_DEAD`).
 const NO_GROUP_DEAD: u32 = u32::MAX;
 
-fn comm_key(comm: &str) -> [u8; 16] {
+pub(super) fn comm_key(comm: &str) -> [u8; 16] {
     let mut key = [0u8; 16];
     // The kernel keeps 15 bytes of the name and a NUL.
     for (k, b) in key.iter_mut().zip(comm.bytes().take(15)) {

@@ -2,6 +2,7 @@
 //! made, and the summary at the end, in one format.
 
 use std::io::{self, Write};
+use std::path::Path;
 
 use crate::report::escape;
 use crate::report::findings::Finding;
@@ -29,6 +30,16 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(format: Format, out: Box<dyn Write + Send>) -> Self {
         Self { format, out }
+    }
+
+    /// A reporter writing to the file `output` (made as
+    /// [`crate::host::outfile::create`] says), or to standard output.
+    pub fn open(output: Option<&Path>, format: Format, force: bool) -> anyhow::Result<Self> {
+        let out: Box<dyn Write + Send> = match output {
+            Some(path) => Box::new(crate::host::outfile::create(path, force)?),
+            None => Box::new(io::stdout()),
+        };
+        Ok(Reporter::new(format, out))
     }
 
     /// The output, for what follows the findings.
