@@ -47,6 +47,52 @@ fn inversion_split_across_two_processes_is_a_class_finding() {
     }
 }
 
+/// The same source built twice: with one build-id (built alike in two
+/// directories) its processes share lock classes, and the two orders are a
+/// class-level inversion; with two build-ids (a new version deployed beside
+/// the old one, the same file name) they are other code, and the two orders
+/// are no finding.
+#[test]
+fn the_same_globals_of_two_builds_are_other_classes() {
+    require_root();
+    let source = locktrace_e2e::fixture_source("class_split");
+    let dir = tempfile::tempdir().unwrap();
+    let build = |sub: &str, build_id: Option<&str>| {
+        let out = dir.path().join(sub).join("class_split_b");
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        // From the source's directory, by its file name: the debug info
+        // (and so the build-id) is the same for builds alike.
+        let mut cc = std::process::Command::new("gcc");
+        cc.current_dir(source.parent().unwrap())
+            .args(["-g", "-O0", "-pthread", "-o"])
+            .arg(&out)
+            .arg(source.file_name().unwrap());
+        if let Some(id) = build_id {
+            cc.arg(format!("-Wl,--build-id=0x{id}"));
+        }
+        assert!(cc.status().unwrap().success(), "{cc:?}");
+        out.to_str().unwrap().to_string()
+    };
+    let old = build("old", None);
+    let alike = build("alike", None);
+    let new = build("new", Some("00112233445566778899aabbccddeeff00112233"));
+    for (second, expected) in [(&alike, 1), (&new, 0)] {
+        let script = format!("{old} x_then_y && {second} y_then_x");
+        let run = run_json(&[], &["sh", "-c", &script]);
+        let context = run.describe();
+        assert_eq!(run.run.code(), 0, "{context}");
+        let inversions = run.report.inversions();
+        assert_eq!(
+            inversions.len(),
+            expected,
+            "{second}: one order in each process\n{context}"
+        );
+        if let Some(inv) = inversions.first() {
+            assert_eq!(inv.level, Level::Class, "{context}");
+        }
+    }
+}
+
 #[test]
 fn locks_of_one_class_nested_both_ways_is_a_warning_after_a_note() {
     require_root();

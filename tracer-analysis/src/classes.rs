@@ -13,7 +13,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher;
 
-use crate::host::{Host, InitStack};
+use crate::host::{GlobalSymbol, Host, InitStack};
 use crate::limits::{self, Limit, Tally};
 use crate::model::{ClassId, ClassKey, CodeSite, LockInstance, SharedLock};
 use crate::FastMap;
@@ -224,8 +224,17 @@ impl Classes {
                 caller: caller.map(Box::new),
             };
         }
-        if let Some((module, symbol)) = host.global_symbol(lock) {
-            return ClassKey::Global { module, symbol };
+        if let Some(GlobalSymbol {
+            module,
+            symbol,
+            build,
+        }) = host.global_symbol(lock)
+        {
+            return ClassKey::Global {
+                module,
+                symbol,
+                build,
+            };
         }
         ClassKey::FirstUse(site_of(host, first_site))
     }
@@ -245,6 +254,7 @@ mod tests {
                 module: "app".into(),
                 offset: addr,
                 function: None,
+                build: None,
             })
         }
         fn makes_locks_for_callers(&mut self, _pid: u32, _addr: u64) -> bool {
@@ -256,7 +266,7 @@ mod tests {
         fn init_callers(&mut self, _pid: u32, _site: u64, _stack: &InitStack) -> Vec<u64> {
             Vec::new()
         }
-        fn global_symbol(&mut self, _lock: LockInstance) -> Option<(String, String)> {
+        fn global_symbol(&mut self, _lock: LockInstance) -> Option<GlobalSymbol> {
             None
         }
         fn shared_lock(&mut self, _lock: LockInstance) -> Option<SharedLock> {

@@ -15,6 +15,15 @@ pub struct InitStack {
     pub bytes: Vec<u8>,
 }
 
+/// A global or static lock's name: its binary's file name and build-id (if
+/// it has one), and its symbol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GlobalSymbol {
+    pub module: String,
+    pub symbol: String,
+    pub build: Option<std::sync::Arc<str>>,
+}
+
 pub trait Host {
     /// A code address of process `pid` as a class site (module file name,
     /// file offset, function), if it is in a mapped file.
@@ -33,8 +42,8 @@ pub trait Host {
     /// `site`).
     fn init_callers(&mut self, pid: u32, site: u64, stack: &InitStack) -> Vec<u64>;
 
-    /// For a global or static lock: its binary's file name and its symbol.
-    fn global_symbol(&mut self, lock: LockInstance) -> Option<(String, String)>;
+    /// For a global or static lock: its binary and its symbol.
+    fn global_symbol(&mut self, lock: LockInstance) -> Option<GlobalSymbol>;
 
     /// For a lock in memory mapped `MAP_SHARED`: its identity.
     fn shared_lock(&mut self, lock: LockInstance) -> Option<SharedLock>;

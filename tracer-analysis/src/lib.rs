@@ -20,4 +20,4 @@ pub use detector::{Detector, Event, Verdict};
 /// seeded per process (a traced program cannot choose colliding addresses
 /// ahead of time).
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-pub use host::{Host, InitStack};
+pub use host::{GlobalSymbol, Host, InitStack};

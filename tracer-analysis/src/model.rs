@@ -110,6 +110,9 @@ pub struct CodeSite {
     pub offset: u64,
     /// The function holding it, if known (for people; not identity).
     pub function: Option<String>,
+    /// The binary's ELF build-id, if it has one: two builds of one program
+    /// (the same file name, another version beside it) are other code.
+    pub build: Option<Arc<str>>,
 }
 
 impl CodeSite {
@@ -119,6 +122,7 @@ impl CodeSite {
             module: String::new(),
             offset: addr,
             function: None,
+            build: None,
         }
     }
 }
@@ -153,8 +157,13 @@ pub enum ClassKey {
         /// Boxed: most classes have none, and a key is kept per class.
         caller: Option<Box<CodeSite>>,
     },
-    /// A global or static lock: its binary and symbol.
-    Global { module: String, symbol: String },
+    /// A global or static lock: its binary (file name and build-id, if it
+    /// has one) and symbol.
+    Global {
+        module: String,
+        symbol: String,
+        build: Option<Arc<str>>,
+    },
     /// A lock in shared memory: one class, whatever process takes it.
     Shared(SharedLock),
     /// Otherwise: the call site of its first acquisition seen.
@@ -193,7 +202,7 @@ impl fmt::Display for ClassKey {
                     None => Ok(()),
                 }
             }
-            ClassKey::Global { module, symbol } => write!(f, "{module}:{symbol}"),
+            ClassKey::Global { module, symbol, .. } => write!(f, "{module}:{symbol}"),
             ClassKey::Shared(lock) => write!(f, "shared@{lock}"),
             ClassKey::FirstUse(site) => write!(f, "first@{site}"),
         }
@@ -414,6 +423,7 @@ mod tests {
             module: module.into(),
             offset,
             function: function.map(Into::into),
+            build: None,
         };
         let init = ClassKey::InitSite {
             site: site("libapr-1.so.0", 0x1f2a, Some("apr_thread_mutex_create")),
@@ -427,6 +437,7 @@ mod tests {
         let global = ClassKey::Global {
             module: "prefork_demo".into(),
             symbol: "mutex_x".into(),
+            build: Some("aa01".into()),
         };
         assert_eq!(global.to_string(), "prefork_demo:mutex_x");
         assert!(!global.is_library_init());

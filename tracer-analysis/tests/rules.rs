@@ -9,7 +9,7 @@ use tracer_analysis::model::{
     Blocked, CodeSite, HeldAt, Level, LockInstance, LockKind, PyFrame, Request, SharedLock, Waiter,
 };
 use tracer_analysis::waits::{WaitScan, WaitStarts};
-use tracer_analysis::{Detector, Event, Host, InitStack, Verdict};
+use tracer_analysis::{Detector, Event, GlobalSymbol, Host, InitStack, Verdict};
 
 /// The host, as tables.
 #[derive(Default)]
@@ -17,7 +17,7 @@ struct FakeHost {
     /// Code addresses of each process: (pid, addr) -> site.
     sites: HashMap<(u32, u64), CodeSite>,
     /// Global locks: (pid, addr) -> (module, symbol).
-    globals: HashMap<(u32, u64), (String, String)>,
+    globals: HashMap<(u32, u64), GlobalSymbol>,
     shared: HashMap<(u32, u64), SharedLock>,
     python: HashMap<(u32, u64), Option<PyFrame>>,
     /// (pid, mutex) -> the thread that waits on conditions with it.
@@ -35,14 +35,21 @@ impl FakeHost {
                 module: module.into(),
                 offset,
                 function: None,
+                build: None,
             },
         );
         self
     }
 
     fn global(&mut self, pid: u32, addr: u64, module: &str, symbol: &str) -> &mut Self {
-        self.globals
-            .insert((pid, addr), (module.into(), symbol.into()));
+        self.globals.insert(
+            (pid, addr),
+            GlobalSymbol {
+                module: module.into(),
+                symbol: symbol.into(),
+                build: None,
+            },
+        );
         self
     }
 }
@@ -69,7 +76,7 @@ impl Host for FakeHost {
             .into_iter()
             .collect()
     }
-    fn global_symbol(&mut self, lock: LockInstance) -> Option<(String, String)> {
+    fn global_symbol(&mut self, lock: LockInstance) -> Option<GlobalSymbol> {
         self.globals.get(&(lock.pid, lock.addr)).cloned()
     }
     fn shared_lock(&mut self, lock: LockInstance) -> Option<SharedLock> {
@@ -199,6 +206,46 @@ fn a_cycle_split_across_two_workers_is_one_class_inversion() {
     );
     let pids: HashSet<u32> = inv.edges.iter().map(|e| e.pid).collect();
     assert_eq!(pids, HashSet::from([1, 2]));
+}
+
+/// Two builds of one program (the same file name: a new version deployed
+/// beside the old one) whose lock order changed are other code: their
+/// globals are other classes, and the two orders make no finding.
+#[test]
+fn the_same_globals_of_two_builds_are_other_classes() {
+    let mut run = Run::new();
+    for (pid, build) in [(1, "0ld0"), (2, "5e30")] {
+        for (addr, symbol) in [(0xa0, "mutex_x"), (0xb0, "mutex_y")] {
+            run.host.globals.insert(
+                (pid, addr),
+                GlobalSymbol {
+                    module: "prefork_demo".into(),
+                    symbol: symbol.into(),
+                    build: Some(build.into()),
+                },
+            );
+        }
+    }
+    let (x, y) = (mutex(0xa0), mutex(0xb0));
+    assert!(run.feed(request(1, 1, &[x], y)).is_empty());
+    assert!(
+        run.feed(request(2, 2, &[y], x)).is_empty(),
+        "one order in each build: no class cycle"
+    );
+    // A third process of the first build takes the other order: its class
+    // cycle is reported.
+    for (addr, symbol) in [(0xa0, "mutex_x"), (0xb0, "mutex_y")] {
+        run.host.globals.insert(
+            (3, addr),
+            GlobalSymbol {
+                module: "prefork_demo".into(),
+                symbol: symbol.into(),
+                build: Some("0ld0".into()),
+            },
+        );
+    }
+    let verdicts = run.feed(request(3, 3, &[y], x));
+    assert_eq!(inversion(&verdicts).level, Level::Class);
 }
 
 #[test]
@@ -373,6 +420,7 @@ fn locks_made_through_a_wrapper_are_classed_by_the_wrappers_caller() {
             module: "lock_wrapper".into(),
             offset: 0x11f4,
             function: Some("lck_init".into()),
+            build: None,
         },
     );
     run.host

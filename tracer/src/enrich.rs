@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use tracer_analysis::model::{CodeSite, HeldAt, LockInstance, PyFrame, Request, SharedLock};
-use tracer_analysis::{Event, Host, InitStack};
+use tracer_analysis::{Event, GlobalSymbol, Host, InitStack};
 use tracer_common::HeldLock;
 
 use crate::kernel::decode::{lock_kind, RawRequest, Record};
@@ -341,10 +341,12 @@ impl Host for Facts<'_> {
             .into_iter()
             .next()
             .and_then(|f| f.function);
+        let build = self.enricher.symbolizer.build_id(pid, &m);
         Some(CodeSite {
             module,
             offset: m.file_offset_of(addr),
             function,
+            build,
         })
     }
 
@@ -374,13 +376,17 @@ impl Host for Facts<'_> {
         frames.into_iter().skip(1).take_while(|&a| a != 0).collect()
     }
 
-    fn global_symbol(&mut self, lock: LockInstance) -> Option<(String, String)> {
-        let symbol = self.enricher.symbolizer.lock_symbol(lock.pid, lock.addr)?;
+    fn global_symbol(&mut self, lock: LockInstance) -> Option<GlobalSymbol> {
+        let image = self.enricher.symbolizer.image_lock(lock.pid, lock.addr)?;
         let module = self
             .enricher
             .module_of(lock.pid, lock.addr)
             .unwrap_or_default();
-        Some((module, symbol))
+        Some(GlobalSymbol {
+            module,
+            symbol: image.symbol?,
+            build: image.build_id,
+        })
     }
 
     fn shared_lock(&mut self, lock: LockInstance) -> Option<SharedLock> {
