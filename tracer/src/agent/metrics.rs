@@ -28,6 +28,18 @@ const STALE_AFTER: Duration = Duration::from_secs(10);
 
 type TypeLabel = Vec<(&'static str, &'static str)>;
 
+/// The `type` label of each kind of finding (as `alerts::kind` names
+/// them). Their series exist from the start at 0: Prometheus's
+/// `increase()` cannot see a counter's first value, so a series born at 1
+/// would never fire a rule over it.
+pub const FINDING_TYPES: [&str; 5] = [
+    "inversion",
+    "deadlock",
+    "lock_wait_timeout",
+    "self_deadlock",
+    "same_class_nesting",
+];
+
 pub struct Metrics {
     registry: Registry,
     findings: Family<TypeLabel, Counter>,
@@ -148,6 +160,11 @@ impl Metrics {
             "The agent's version",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        for kind in FINDING_TYPES {
+            // The guards returned are dropped at once.
+            let _ = m.findings.get_or_create(&vec![("type", kind)]);
+            let _ = m.findings_suppressed.get_or_create(&vec![("type", kind)]);
+        }
         Metrics { registry, ..m }
     }
 
@@ -351,6 +368,8 @@ mod tests {
         for line in [
             "locktrace_findings_total{type=\"inversion\"} 1",
             "locktrace_findings_suppressed_total{type=\"deadlock\"} 1",
+            "locktrace_findings_total{type=\"deadlock\"} 0",
+            "locktrace_findings_total{type=\"same_class_nesting\"} 0",
             "locktrace_events_total 10",
             "locktrace_events_lost_total 1",
             "locktrace_lock_dependencies 2",
