@@ -3,8 +3,6 @@
 //! processes are described to the kernel side, and the wait-for graph is
 //! scanned.
 
-pub mod contention;
-
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -26,8 +24,8 @@ use crate::kernel::follow::Follower;
 use crate::kernel::load::Probes;
 use crate::kernel::maps::HeldByThread;
 use crate::report::blocking::Scan;
+use crate::report::class_waits::{ClassWaitNs, ClassWaits};
 use crate::report::{self, graph, summary, Reporter, Summary};
-use crate::session::contention::{ClassWaitNs, ClassWaits};
 
 /// Contended futex words listed in the summary.
 const CONTENTION_SHOWN: usize = 5;
@@ -98,7 +96,7 @@ pub struct Live {
     /// Waits longer than the hang threshold at the last scan.
     pub waits_over_threshold: u64,
     /// Lock wait time by class since the last report (read every
-    /// [`contention::READ_EVERY`]: empty in between).
+    /// [`crate::report::class_waits::READ_EVERY`]: empty in between).
     pub class_waits: ClassWaitNs,
 }
 

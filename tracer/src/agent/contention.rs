@@ -18,7 +18,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Unit;
 
-use crate::session::contention::ClassWaitNs;
+use crate::report::class_waits::ClassWaitNs;
 
 /// Classes with a series of their own.
 pub const TOP: usize = 20;

@@ -1,4 +1,5 @@
-//! Lock contention by class, for the agent's metrics. The kernel side sums
+//! Lock contention by class, for the agent's metrics (read by the session,
+//! turned into series by `agent::contention`). The kernel side sums
 //! the futex wait time of traced threads per futex word (`FUTEX_STATS`, an
 //! LRU map); this turns what each word's sum grew by since the last read
 //! into wait time per lock class. Words no traced lock function waited on
