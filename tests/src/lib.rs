@@ -9,6 +9,7 @@ pub mod checks;
 pub mod process;
 pub mod records;
 pub mod rootfs;
+pub mod services;
 pub mod tracer;
 
 use std::fs;

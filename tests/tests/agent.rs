@@ -2,21 +2,20 @@
 //! Alertmanager (its own config and data directory, on loopback) notifying
 //! a webhook receiver run by the test, and the agent's /metrics endpoint.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use locktrace_e2e::records::{Level, Record};
+use locktrace_e2e::services::{
+    counter, free_port, http_get, http_get_with_headers, wait_ready, Alertmanager, Receiver,
+};
 use locktrace_e2e::tracer::{Tracer, Watcher};
 use locktrace_e2e::{comm_of, copy_executable, fixture, require_root, workspace_dir, Variant};
 use serde_json::Value;
-
-const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
 
 /// A config error stops the agent at once, in one line naming the key and
 /// its line.
@@ -796,8 +795,9 @@ fn sighup_adds_a_suppression_and_a_bad_reload_keeps_the_old_config() {
         1.0,
         "{text}"
     );
-    assert!(
-        !text.contains("locktrace_findings_total{type=\"inversion\"}"),
+    assert_eq!(
+        counter(&text, "locktrace_findings_total{type=\"inversion\"}"),
+        0.0,
         "{text}"
     );
     assert_eq!(counter(&text, "locktrace_alerts_sent_total"), 0.0, "{text}");
@@ -972,196 +972,6 @@ fn write_config_with(dir: &Path, metrics: &str, alertmanager: &str, more: &str) 
     )
     .unwrap();
     config.to_str().unwrap().to_string()
-}
-
-/// Waits for /readyz: the probes are attached (the session is set up just
-/// after they are armed).
-fn wait_ready(metrics: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while http_get(metrics, "/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "/readyz not 200 within 10s");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The value of the sample `name` (with its labels) in a metrics text.
-fn counter(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name}"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` over HTTP/1.0: the status and body ((0, "") if nothing
-/// answers).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let (status, _, body) = http_get_with_headers(addr, path);
-    (status, body)
-}
-
-/// `GET path` over HTTP/1.0: the status, the header lines (names in lower
-/// case) and the body.
-fn http_get_with_headers(addr: &str, path: &str) -> (u16, Vec<(String, String)>, String) {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return (0, Vec::new(), String::new());
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
-/// Alertmanager's webhook receiver: keeps every notification's JSON.
-struct Receiver {
-    port: u16,
-    received: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let kept = received.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                if let Some(body) = read_post(stream) {
-                    kept.lock().unwrap().push(body);
-                }
-            }
-        });
-        Receiver { port, received }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    fn notifications(&self) -> Vec<Value> {
-        self.received.lock().unwrap().clone()
-    }
-}
-
-/// One request: its JSON body, answered 200.
-fn read_post(mut stream: TcpStream) -> Option<Value> {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().ok()?;
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    serde_json::from_slice(&body).ok()
-}
-
-/// Debian's Alertmanager on a free loopback port, with a route that groups
-/// by alert name and fingerprint and notifies the receiver after 1s.
-struct Alertmanager {
-    child: Child,
-    url: String,
-    dir: tempfile::TempDir,
-}
-
-impl Alertmanager {
-    fn start(webhook: &str, port: u16) -> Alertmanager {
-        assert!(
-            Path::new(ALERTMANAGER).exists(),
-            "{ALERTMANAGER} is missing: `cargo xtask test` installs prometheus-alertmanager"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("alertmanager.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "route:\n  receiver: test\n  group_by: [alertname, fingerprint]\n  \
-                 group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-                 receivers:\n  - name: test\n    webhook_configs:\n      - url: {webhook}\n        \
-                 send_resolved: true\n"
-            ),
-        )
-        .unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
-        let child = Command::new(ALERTMANAGER)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            // No cluster: no gossip port.
-            .arg("--cluster.listen-address=")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let am = Alertmanager {
-            child,
-            url: format!("http://{addr}"),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_get(&addr, "/-/ready").0 != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "Alertmanager not ready within 20s"
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-        am
-    }
-}
-
-impl Alertmanager {
-    fn log(&self) -> String {
-        let path = self.dir.path().join("alertmanager.log");
-        format!(
-            "--- alertmanager log ---\n{}",
-            std::fs::read_to_string(path).unwrap_or_default()
-        )
-    }
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The shipped unit passes `systemd-analyze verify` without a warning

@@ -175,6 +175,17 @@ impl Classes {
     }
 
     fn key_for(&self, lock: LockInstance, first_site: u64, host: &mut dyn Host) -> ClassKey {
+        self.derived_key(lock, host).unwrap_or_else(|| {
+            ClassKey::FirstUse(
+                host.code_site(lock.pid, first_site)
+                    .unwrap_or_else(|| CodeSite::unmapped(first_site)),
+            )
+        })
+    }
+
+    /// The key `lock`'s init site, Python line or symbol gives it; None if
+    /// only its first acquisition's site would name it.
+    pub fn derived_key(&self, lock: LockInstance, host: &mut dyn Host) -> Option<ClassKey> {
         let site_of = |host: &mut dyn Host, addr: u64| {
             host.code_site(lock.pid, addr)
                 .unwrap_or_else(|| CodeSite::unmapped(addr))
@@ -209,34 +220,32 @@ impl Classes {
         if !made_by_runtime {
             match host.python_creation(lock) {
                 Some(Some(frame)) => {
-                    return ClassKey::PythonLine {
+                    return Some(ClassKey::PythonLine {
                         file: frame.file,
                         line: frame.line,
-                    }
+                    })
                 }
-                Some(None) => return ClassKey::PythonUnnamed(lock),
+                Some(None) => return Some(ClassKey::PythonUnnamed(lock)),
                 None => {}
             }
         }
         if let Some((site, caller)) = init {
-            return ClassKey::InitSite {
+            return Some(ClassKey::InitSite {
                 site,
                 caller: caller.map(Box::new),
-            };
+            });
         }
-        if let Some(GlobalSymbol {
-            module,
-            symbol,
-            build,
-        }) = host.global_symbol(lock)
-        {
-            return ClassKey::Global {
+        host.global_symbol(lock).map(
+            |GlobalSymbol {
+                 module,
+                 symbol,
+                 build,
+             }| ClassKey::Global {
                 module,
                 symbol,
                 build,
-            };
-        }
-        ClassKey::FirstUse(site_of(host, first_site))
+            },
+        )
     }
 }
 

@@ -16,9 +16,10 @@ use crate::host::{Host, InitStack};
 use crate::identity::Identities;
 use crate::limits;
 use crate::model::{
-    ClassId, Cycle, Dependency, Level, LockIdentity, LockInstance, LockKind, PyFrame, Request,
+    ClassId, ClassKey, Cycle, Dependency, Level, LockIdentity, LockInstance, LockKind, PyFrame,
+    Request,
 };
-use crate::waits::{Holder, WaitScan, WaitVerdict, Waiting, Watchdog};
+use crate::waits::{BlockedNow, Holder, WaitScan, WaitVerdict, Waiting, Watchdog};
 
 /// What the kernel side saw, decoded and enriched (stacks unwound, Python
 /// frames resolved).
@@ -376,6 +377,26 @@ impl Detector {
                 },
             })
             .collect()
+    }
+
+    /// What the last scan of the wait-for graph saw blocked.
+    pub fn blocked_now(&self) -> BlockedNow {
+        self.watchdog.blocked_now()
+    }
+
+    /// The name of `lock`'s class for its contention metric: the class it
+    /// was given, else the one its init site, Python line or symbol would
+    /// give it (not kept: a lock keeps the class its first dependency
+    /// gives). None for a lock only its first use would name.
+    pub fn class_name(&self, lock: LockInstance, host: &mut dyn Host) -> Option<String> {
+        let key = match self.classes.class_of_known(lock) {
+            Some(class) => self.classes.key(class).clone(),
+            None => self.classes.derived_key(lock, host)?,
+        };
+        // An unnamed Python lock's key is the lock itself: one label per
+        // lock would be unbounded.
+        let named = key.is_sound() && !matches!(key, ClassKey::PythonUnnamed(_));
+        named.then(|| key.to_string())
     }
 
     /// Dependencies that left the graphs since the last call: their kernel

@@ -53,6 +53,16 @@ pub enum WaitVerdict {
 /// A wait: (tid, lock).
 type WaitKey = (u32, u64);
 
+/// What the last scan saw blocked, for the agent's gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockedNow {
+    /// Threads in a deadlock reported (seen by two scans in a row) and
+    /// still there.
+    pub deadlocked_threads: u64,
+    /// Waits longer than the hang threshold, deadlocked threads' included.
+    pub waits_over_threshold: u64,
+}
+
 pub struct Watchdog {
     hang_threshold: Duration,
     /// Cycles of the previous scan: a cycle is reported when two scans in a
@@ -65,6 +75,7 @@ pub struct Watchdog {
     /// When each wait was first seen (for waits the kernel side did not
     /// time: begun before the tracer started).
     first_seen: HashMap<WaitKey, Instant>,
+    now: BlockedNow,
 }
 
 impl Watchdog {
@@ -79,7 +90,13 @@ impl Watchdog {
             reported_deadlocks: HashSet::new(),
             reported_hangs: HashSet::new(),
             first_seen: HashMap::new(),
+            now: BlockedNow::default(),
         }
+    }
+
+    /// What the last scan saw blocked.
+    pub fn blocked_now(&self) -> BlockedNow {
+        self.now
     }
 
     /// Judges one scan: the deadlocks and hangs not reported before.
@@ -141,6 +158,21 @@ impl Watchdog {
             });
         }
         self.reported_hangs.extend(hangs);
+        self.now = BlockedNow {
+            deadlocked_threads: cycles_now
+                .iter()
+                .filter(|c| self.reported_deadlocks.contains(*c))
+                .map(|c| c.len() as u64)
+                .sum(),
+            waits_over_threshold: scan
+                .waiters
+                .iter()
+                .filter(|w| {
+                    self.waited(w, scan)
+                        .is_some_and(|s| s >= self.hang_threshold.as_secs_f64())
+                })
+                .count() as u64,
+        };
         self.previous = cycles_now;
         verdicts
     }
@@ -299,8 +331,20 @@ mod tests {
         assert_eq!(threads.len(), 2);
         // Waits begun before tracing: timed from the first scan.
         assert_eq!(threads[0].waited_s, Some(1.0));
-        // Never again, and its threads are not hangs either.
+        assert_eq!(dog.blocked_now().deadlocked_threads, 2);
+        // Never again, and its threads are not hangs either (but their
+        // waits are past the threshold).
         assert!(dog.check(&scan(pair(), &starts, t0, 60)).is_empty());
+        assert_eq!(
+            dog.blocked_now(),
+            BlockedNow {
+                deadlocked_threads: 2,
+                waits_over_threshold: 2
+            }
+        );
+        // The deadlock is gone (its process killed): nothing blocked.
+        dog.check(&scan(vec![], &starts, t0, 61));
+        assert_eq!(dog.blocked_now(), BlockedNow::default());
     }
 
     #[test]
@@ -311,6 +355,7 @@ mod tests {
         let t0 = Instant::now();
         let one = || vec![w(10, 0xa, &[11])];
         assert!(dog.check(&scan(one(), &starts, t0, 14)).is_empty());
+        assert_eq!(dog.blocked_now().waits_over_threshold, 0);
         let verdicts = dog.check(&scan(one(), &starts, t0, 16));
         let [WaitVerdict::Hang { waiting, holders }] = verdicts.as_slice() else {
             panic!("not one hang: {verdicts:?}");
@@ -324,6 +369,13 @@ mod tests {
             }]
         );
         assert!(dog.check(&scan(one(), &starts, t0, 30)).is_empty());
+        assert_eq!(
+            dog.blocked_now(),
+            BlockedNow {
+                deadlocked_threads: 0,
+                waits_over_threshold: 1
+            }
+        );
         // The wait ends, and a new one on the same lock is a new hang.
         assert!(dog.check(&scan(vec![], &starts, t0, 31)).is_empty());
         let starts = WaitStarts::from([(10, (0xa, 40_000_000_000))]);

@@ -229,7 +229,7 @@ impl Host for NoHost {
     fn init_callers(&mut self, _: u32, _: u64, _: &InitStack) -> Vec<u64> {
         Vec::new()
     }
-    fn global_symbol(&mut self, _: LockInstance) -> Option<(String, String)> {
+    fn global_symbol(&mut self, _: LockInstance) -> Option<tracer_analysis::GlobalSymbol> {
         None
     }
     fn shared_lock(&mut self, _: LockInstance) -> Option<SharedLock> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tracer_analysis::limits::{self, Tally};
-use tracer_analysis::model::{Blocked, Waiter};
+use tracer_analysis::model::{Blocked, LockInstance, Waiter};
 use tracer_analysis::waits::WaitScan;
 use tracer_analysis::{Detector, Verdict};
 use tracer_common::{Counter, DependencyKey, EventKind};
@@ -25,6 +25,7 @@ use crate::kernel::follow::Follower;
 use crate::kernel::load::{Filter, Probes};
 use crate::kernel::maps::HeldByThread;
 use crate::report::blocking::Scan;
+use crate::report::class_waits::{ClassWaitNs, ClassWaits};
 use crate::report::{self, graph, summary, Reporter, Summary};
 use crate::reuse::ReuseGate;
 
@@ -94,6 +95,13 @@ pub struct Live {
     pub dropped_dependencies: u64,
     pub traced_processes: u64,
     pub probed_files: u64,
+    /// Threads in a deadlock reported and still blocked, at the last scan.
+    pub deadlocked_threads: u64,
+    /// Waits longer than the hang threshold at the last scan.
+    pub waits_over_threshold: u64,
+    /// Lock wait time by class since the last report (read every
+    /// [`crate::report::class_waits::READ_EVERY`]: empty in between).
+    pub class_waits: ClassWaitNs,
 }
 
 /// What a reload (the agent's SIGHUP) changes while tracing goes on: the
@@ -143,6 +151,8 @@ pub struct Session {
     /// (whose exit record the ring buffer had no room for).
     scans_since_sweep: u32,
     started: Instant,
+    /// Wait time by lock class, for the observer (the agent's metrics).
+    class_waits: ClassWaits,
     /// Findings that count for `--exit-code`: all but guarded cycles (notes).
     pub alarms: u64,
     /// With an overhead budget: the slices of probed lock traffic.
@@ -180,6 +190,7 @@ impl Session {
             deferred_records: Vec::new(),
             scans_since_sweep: 0,
             started: Instant::now(),
+            class_waits: ClassWaits::default(),
             alarms: 0,
             slicer: None,
             reuse: ReuseGate::default(),
@@ -778,6 +789,7 @@ impl Session {
                 .map_or(0, |(_, v)| *v)
         };
         let stats = self.detector.stats();
+        let blocked = self.detector.blocked_now();
         let traced_processes = if self.probes.is_host_wide() {
             proc::all_pids().len()
         } else {
@@ -792,10 +804,37 @@ impl Session {
             dropped_dependencies: stats.dropped_dependencies,
             traced_processes: traced_processes as u64,
             probed_files: self.probes.probed_files().count() as u64,
+            deadlocked_threads: blocked.deadlocked_threads,
+            waits_over_threshold: blocked.waits_over_threshold,
+            class_waits: if self.class_waits.due() {
+                self.read_class_waits()
+            } else {
+                Vec::new()
+            },
         };
         if let Some(observer) = &mut self.observer {
             observer.progress(&live);
         }
+    }
+
+    /// The wait time each lock class gained since the last read of the
+    /// kernel side's futex statistics.
+    fn read_class_waits(&mut self) -> ClassWaitNs {
+        let words = match self.probes.futex_stats() {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("cannot read the futex statistics: {e:#}");
+                return Vec::new();
+            }
+        };
+        let mut facts = Facts {
+            enricher: &mut self.enricher,
+            probes: &self.probes,
+        };
+        let detector = &self.detector;
+        self.class_waits.update(&words, |pid, addr| {
+            detector.class_name(LockInstance { pid, addr }, &mut facts)
+        })
     }
 
     /// Looks for deadlocks and hangs among the traced threads.

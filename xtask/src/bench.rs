@@ -41,6 +41,8 @@ pub struct Options {
     pub quick: bool,
     /// Only the attach, detach and bystander rows (`attach`).
     pub attach_only: bool,
+    /// Only the web-server table (Apache under wrk, the agent row included).
+    pub web_only: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -54,14 +56,18 @@ enum Setup {
     EntryProbes,
     /// locktrace with `--watch-free`: a probe hit per `free` too.
     WatchFree,
+    /// `locktrace agent`: `watch` as a service, its metrics endpoint served
+    /// (no Alertmanager: nothing to send on a clean load).
+    Agent,
 }
 
 impl Setup {
-    const ALL: [Setup; 4] = [
+    const ALL: [Setup; 5] = [
         Setup::Untraced,
         Setup::Floor,
         Setup::Locktrace,
         Setup::EntryProbes,
+        Setup::Agent,
     ];
 
     /// The setups of the probe-cost table: also the one-hit floor.
@@ -84,6 +90,7 @@ impl Setup {
             Setup::OneHitFloor => "one_hit_floor",
             Setup::Locktrace => "locktrace",
             Setup::EntryProbes => "offset_0",
+            Setup::Agent => "agent",
         }
     }
 
@@ -96,6 +103,7 @@ impl Setup {
             Setup::Locktrace => "locktrace",
             Setup::EntryProbes => "probes at offset 0",
             Setup::WatchFree => "locktrace --watch-free",
+            Setup::Agent => "locktrace agent (metrics served)",
         }
     }
 
@@ -108,6 +116,7 @@ impl Setup {
             Setup::Locktrace => Some(&[]),
             Setup::EntryProbes => Some(&["--probe-at-entry"]),
             Setup::WatchFree => Some(&["--watch-free"]),
+            Setup::Agent => Some(&[]),
         }
     }
 }
@@ -202,6 +211,15 @@ pub fn bench(opts: &Options) -> Result<()> {
              untraced runs too; stop them first",
             others.join(", ")
         );
+    }
+    if opts.web_only {
+        let web = web_bench(&locktrace, opts)?;
+        let markdown = render_web(&web, opts);
+        println!("{markdown}");
+        let json = serde_json::to_string(&serde_json::json!({ "web_server": web }))? + "\n";
+        std::fs::write(out_dir.join("results.json"), json)?;
+        std::fs::write(out_dir.join("results.md"), &markdown)?;
+        return Ok(());
     }
     step("attach, detach and bystanders");
     let attach = attach::attach_bench(&locktrace, &lockloop, opts)?;
@@ -721,7 +739,10 @@ fn web_measure(
         .dir
         .path
         .join(format!("trace-{}.jsonl", setup.name()));
-    let tracer = Tracer::start(locktrace, args, &output)?;
+    let tracer = match setup {
+        Setup::Agent => Tracer::start_agent(locktrace, &apache.dir.path, &output)?,
+        _ => Tracer::start(locktrace, args, &output)?,
+    };
     // On an error, dropping `tracer` stops it.
     let cpu_before = tracer.cpu_seconds();
     let wrk = run_wrk(&apache.url(), seconds)?;
@@ -1093,9 +1114,32 @@ struct TracerLog {
 }
 
 impl Tracer {
+    /// `locktrace watch ARGS`.
     fn start(locktrace: &Path, args: &[&str], output: &Path) -> Result<Tracer> {
+        Self::spawn(locktrace, "watch", args, output)
+    }
+
+    /// `locktrace agent` host-wide, with a config in `dir`: its metrics
+    /// endpoint on a free loopback port, its state in `dir/agent-state`,
+    /// no Alertmanager.
+    fn start_agent(locktrace: &Path, dir: &Path, output: &Path) -> Result<Tracer> {
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nhost = \"bench\"\nstate_dir = \"{}\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+                dir.join("agent-state").display(),
+                free_port()?
+            ),
+        )?;
+        let config = config.to_string_lossy().into_owned();
+        Self::spawn(locktrace, "agent", &["--config", &config], output)
+    }
+
+    fn spawn(locktrace: &Path, subcommand: &str, args: &[&str], output: &Path) -> Result<Tracer> {
         let mut child = Command::new(locktrace)
-            .arg("watch")
+            .arg(subcommand)
             .args(args)
             .args(["--format", "json", "--output"])
             .arg(output)
@@ -1135,14 +1179,14 @@ impl Tracer {
                 if let Some(status) = child.try_wait()? {
                     tracer.child = None;
                     bail!(
-                        "locktrace watch exited with {status} before attaching:\n{}",
+                        "locktrace {subcommand} exited with {status} before attaching:\n{}",
                         tracer.tail()
                     );
                 }
             }
             if start.elapsed() > TRACER_ATTACH_LIMIT {
                 bail!(
-                    "locktrace watch did not attach within {TRACER_ATTACH_LIMIT:?}:\n{}",
+                    "locktrace {subcommand} did not attach within {TRACER_ATTACH_LIMIT:?}:\n{}",
                     tracer.tail()
                 );
             }
@@ -1201,10 +1245,8 @@ impl Tracer {
                 ));
                 Ok(())
             }
-            Some(status) => bail!("locktrace watch exited with {status}:\n{}", self.tail()),
-            None => bail!(
-                "locktrace watch did not exit within {TRACER_EXIT_GRACE:?} of SIGTERM: killed"
-            ),
+            Some(status) => bail!("locktrace exited with {status}:\n{}", self.tail()),
+            None => bail!("locktrace did not exit within {TRACER_EXIT_GRACE:?} of SIGTERM: killed"),
         }
     }
 }
@@ -1237,7 +1279,9 @@ fn render_web(web: &WebResults, opts: &Options) -> String {
     let mut md = format!(
         "Web server: {} (MPM event, `xtask/bench/apache2.conf`) serving a 1 KiB static file on \
          loopback to `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{}s --latency`; traced host-wide \
-         (`locktrace watch`, wrk included); median of {} interleaved rounds.\n\n",
+         (`locktrace watch`, wrk included; the agent row is `locktrace agent` with its metrics \
+         endpoint and no Alertmanager, its CPU and peak RSS the agent's steady state under the \
+         load); median of {} interleaved rounds.\n\n",
         web.server, web.seconds, opts.rounds
     );
     md.push_str(

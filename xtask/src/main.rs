@@ -107,6 +107,10 @@ enum Command {
         /// `watch --pid`).
         #[arg(long)]
         attach_only: bool,
+        /// Only the web-server table: Apache under wrk, untraced, traced
+        /// and under `locktrace agent` (its CPU and peak RSS).
+        #[arg(long)]
+        web_only: bool,
     },
 }
 
@@ -152,6 +156,7 @@ fn real_main() -> Result<()> {
             seconds,
             quick,
             attach_only,
+            web_only,
         } => {
             let opts = if quick {
                 bench::Options {
@@ -159,6 +164,7 @@ fn real_main() -> Result<()> {
                     seconds: 0.3,
                     quick,
                     attach_only,
+                    web_only,
                 }
             } else {
                 bench::Options {
@@ -166,6 +172,7 @@ fn real_main() -> Result<()> {
                     seconds,
                     quick,
                     attach_only,
+                    web_only,
                 }
             };
             bench::bench(&opts)

@@ -49,10 +49,12 @@ pub const APT_CHROMIUM: &[&str] = &["chromium"];
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Where Debian's mod_wsgi lands (from [`APT_WSGI`]).
 pub const MOD_WSGI: &str = "/usr/lib/apache2/modules/mod_wsgi.so";
-/// The agent's tests: a real Alertmanager receiving its alerts, and
-/// promtool checking the shipped alerting rules.
+/// The agent's tests: a real Alertmanager receiving its alerts, a real
+/// Prometheus scraping its metrics and loading the shipped alerting rules,
+/// and promtool checking those rules.
 pub const APT_AGENT: &[&str] = &["prometheus-alertmanager", "prometheus"];
 pub const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
+pub const PROMETHEUS: &str = "/usr/bin/prometheus";
 pub const PROMTOOL: &str = "/usr/bin/promtool";
 /// What the web-server measurement runs (from [`APT_BENCH`]).
 pub const APACHE2: &str = "/usr/sbin/apache2";
@@ -173,13 +175,14 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
         ));
     }
     if scope == Scope::Test
-        && [ALERTMANAGER, PROMTOOL]
+        && [ALERTMANAGER, PROMETHEUS, PROMTOOL]
             .iter()
             .any(|p| !Path::new(p).exists())
     {
         apt.push((
             APT_AGENT,
-            "the agent's tests send alerts to Debian's Alertmanager and check the shipped rules with promtool",
+            "the agent's tests send alerts to Debian's Alertmanager, have Debian's Prometheus scrape \
+             the agent and load the shipped rules, and check those rules with promtool",
         ));
     }
     if scope == Scope::Test && !Path::new(DEBOOTSTRAP).exists() {

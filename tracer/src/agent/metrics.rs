@@ -17,6 +17,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge,
 use prometheus_client::registry::Registry;
 use tracing::debug;
 
+use crate::agent::contention::ClassContention;
 use crate::agent::page;
 use crate::report::html;
 use crate::session::Live;
@@ -26,6 +27,18 @@ use crate::session::Live;
 const STALE_AFTER: Duration = Duration::from_secs(10);
 
 type TypeLabel = Vec<(&'static str, &'static str)>;
+
+/// The `type` label of each kind of finding (as `alerts::kind` names
+/// them). Their series exist from the start at 0: Prometheus's
+/// `increase()` cannot see a counter's first value, so a series born at 1
+/// would never fire a rule over it.
+pub const FINDING_TYPES: [&str; 5] = [
+    "inversion",
+    "deadlock",
+    "lock_wait_timeout",
+    "self_deadlock",
+    "same_class_nesting",
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +52,9 @@ pub struct Metrics {
     lock_classes: Gauge,
     traced_processes: Gauge,
     probed_files: Gauge,
+    deadlocked_threads: Gauge,
+    waits_over_threshold: Gauge,
+    contention: Arc<ClassContention>,
     pub alerts_sent: Counter,
     pub alerts_failed: Counter,
     pub alerts_dropped: Counter,
@@ -64,6 +80,9 @@ impl Metrics {
             lock_classes: Gauge::default(),
             traced_processes: Gauge::default(),
             probed_files: Gauge::default(),
+            deadlocked_threads: Gauge::default(),
+            waits_over_threshold: Gauge::default(),
+            contention: Arc::default(),
             alerts_sent: Counter::default(),
             alerts_failed: Counter::default(),
             alerts_dropped: Counter::default(),
@@ -118,6 +137,17 @@ impl Metrics {
             m.probed_files.clone(),
         );
         registry.register(
+            "deadlocked_threads",
+            "Threads in a deadlock found by the wait-for scan and still blocked",
+            m.deadlocked_threads.clone(),
+        );
+        registry.register(
+            "lock_waits_over_threshold",
+            "Threads waiting for a lock longer than the hang threshold now (deadlocked ones included)",
+            m.waits_over_threshold.clone(),
+        );
+        registry.register_collector(Box::new(m.contention.clone()));
+        registry.register(
             "alerts_sent",
             "Alerts accepted by Alertmanager",
             m.alerts_sent.clone(),
@@ -137,6 +167,11 @@ impl Metrics {
             "The agent's version",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        for kind in FINDING_TYPES {
+            // The guards returned are dropped at once.
+            let _ = m.findings.get_or_create(&vec![("type", kind)]);
+            let _ = m.findings_suppressed.get_or_create(&vec![("type", kind)]);
+        }
         Metrics { registry, ..m }
     }
 
@@ -166,6 +201,10 @@ impl Metrics {
         self.lock_classes.set(live.lock_classes as i64);
         self.traced_processes.set(live.traced_processes as i64);
         self.probed_files.set(live.probed_files as i64);
+        self.deadlocked_threads.set(live.deadlocked_threads as i64);
+        self.waits_over_threshold
+            .set(live.waits_over_threshold as i64);
+        self.contention.add(&live.class_waits);
         let now = self.started.elapsed().as_millis() as u64;
         self.last_progress_ms.store(now.max(1), Ordering::Relaxed);
     }
@@ -324,14 +363,25 @@ mod tests {
             dropped_dependencies: 6,
             traced_processes: 5,
             probed_files: 1,
+            deadlocked_threads: 2,
+            waits_over_threshold: 3,
+            class_waits: vec![(Some("ab_ba:mutex_a".into()), 1_500_000_000)],
         };
         m.set_live(&live, &Live::default());
-        m.set_live(&live, &live);
+        m.set_live(
+            &Live {
+                class_waits: Vec::new(),
+                ..live.clone()
+            },
+            &live,
+        );
         let mut text = String::new();
         encode(&mut text, &m.registry).unwrap();
         for line in [
             "locktrace_findings_total{type=\"inversion\"} 1",
             "locktrace_findings_suppressed_total{type=\"deadlock\"} 1",
+            "locktrace_findings_total{type=\"deadlock\"} 0",
+            "locktrace_findings_total{type=\"same_class_nesting\"} 0",
             "locktrace_events_total 10",
             "locktrace_events_lost_total 1",
             "locktrace_lock_dependencies 2",
@@ -340,6 +390,10 @@ mod tests {
             "locktrace_lock_classes 4",
             "locktrace_traced_processes 5",
             "locktrace_probed_files 1",
+            "locktrace_deadlocked_threads 2",
+            "locktrace_lock_waits_over_threshold 3",
+            "locktrace_lock_wait_seconds_total{class=\"ab_ba:mutex_a\"} 1.5",
+            "locktrace_lock_wait_seconds_total{class=\"other\"} 0.0",
             "locktrace_alerts_sent_total 0",
             "locktrace_alerts_failed_total 0",
             "locktrace_build_info{version=",

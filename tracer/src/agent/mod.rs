@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod contention;
 pub mod metrics;
 pub mod notify;
 pub mod page;

@@ -8,6 +8,7 @@
 
 pub mod blocking;
 pub mod build;
+pub mod class_waits;
 pub mod dot;
 pub mod escape;
 pub mod findings;
