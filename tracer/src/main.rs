@@ -362,7 +362,7 @@ fn watch(args: WatchArgs) -> Result<i32> {
     // being attached stops the tracer as cleanly as a later one.
     let rt = runtime()?;
     let (mut term, mut int) = stop_signals(&rt)?;
-    let mut session = start_watch(&args)?;
+    let mut session = start_watch(&args, || reporter(&args.common))?;
     let duration = args.duration;
     rt.block_on(async {
         let stop = async {
@@ -392,10 +392,11 @@ fn stop_signals(
 
 /// `watch`'s session, probes attached and armed: the host, or the
 /// processes the filters name.
-fn start_watch(args: &WatchArgs) -> Result<Session> {
+/// `reporter` opens the report's output (after the privilege checks).
+fn start_watch(args: &WatchArgs, reporter: impl FnOnce() -> Result<Reporter>) -> Result<Session> {
     let named = processes(&args.pids)?;
     let (targets, follow) = preflight(&args.common)?;
-    let reporter = reporter(&args.common)?;
+    let reporter = reporter()?;
     let mut pids = named;
     for comm in &args.comms {
         pids.extend(proc::pids_with_comm(comm));
@@ -483,8 +484,24 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
         let _runtime = rt.enter();
         signal(SignalKind::hangup()).context("SIGHUP handler")?
     };
-    let mut session = start_watch(&watch)?;
+    // The findings file is appended to and rotated (`[report] max_size`).
+    let format = match config.format {
+        Format::Text => report::Format::Text,
+        Format::Json => report::Format::Json,
+    };
+    let mut session = start_watch(&watch, || Ok(Reporter::new(format, agent.report_output()?)))?;
     session.observe(agent.observer());
+    // Attached: what only the start needed goes (before READY, so that
+    // what systemd and a test see after it is the final set).
+    let kept = agent::privileges::drop_after_attach()
+        .context("cannot drop the capabilities not needed after the start")?;
+    tracing::info!(
+        "capabilities kept: {}",
+        kept.iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     agent.ready();
     rt.block_on(async {
         let stop = async {

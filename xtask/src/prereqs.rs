@@ -46,11 +46,14 @@ pub const APT_CHROMIUM: &[&str] = &["chromium"];
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Where Debian's mod_wsgi lands (from [`APT_WSGI`]).
 pub const MOD_WSGI: &str = "/usr/lib/apache2/modules/mod_wsgi.so";
-/// The agent's tests: a real Alertmanager receiving its alerts, and
-/// promtool checking the shipped alerting rules.
-pub const APT_AGENT: &[&str] = &["prometheus-alertmanager", "prometheus"];
+/// The agent's tests: a real Alertmanager receiving its alerts, promtool
+/// checking the shipped alerting rules, and systemd's journald (run by the
+/// tests in a mount namespace of their own) receiving its journal entries,
+/// with `systemd-analyze` checking the shipped unit.
+pub const APT_AGENT: &[&str] = &["prometheus-alertmanager", "prometheus", "systemd"];
 pub const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
 pub const PROMTOOL: &str = "/usr/bin/promtool";
+pub const JOURNALD: &str = "/lib/systemd/systemd-journald";
 /// What the web-server measurement runs (from [`APT_BENCH`]).
 pub const APACHE2: &str = "/usr/sbin/apache2";
 pub const APACHE2_MPM_EVENT: &str = "/usr/lib/apache2/modules/mod_mpm_event.so";
@@ -164,13 +167,14 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
         ));
     }
     if scope == Scope::Test
-        && [ALERTMANAGER, PROMTOOL]
+        && [ALERTMANAGER, PROMTOOL, JOURNALD]
             .iter()
             .any(|p| !Path::new(p).exists())
     {
         apt.push((
             APT_AGENT,
-            "the agent's tests send alerts to Debian's Alertmanager and check the shipped rules with promtool",
+            "the agent's tests send alerts to Debian's Alertmanager, check the shipped rules with \
+             promtool and send findings to systemd's journald (run by the tests, not as a service)",
         ));
     }
     if scope == Scope::Test && !Path::new(DEBOOTSTRAP).exists() {
