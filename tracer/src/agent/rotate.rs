@@ -202,6 +202,17 @@ mod tests {
     }
 
     #[test]
+    fn an_existing_file_is_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("findings.jsonl");
+        std::fs::write(&path, "earlier run\n").unwrap();
+        let mut f = RotatingFile::open(&path, 1 << 20, 3, false, Counter::default()).unwrap();
+        writeln!(f, "this run").unwrap();
+        f.flush().unwrap();
+        assert_eq!(lines_of(&path), ["earlier run", "this run"]);
+    }
+
+    #[test]
     fn a_failed_write_is_counted_once_per_record_and_retried() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("findings.jsonl");
