@@ -493,7 +493,7 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
     session.observe(agent.observer());
     // Attached: what only the start needed goes (before READY, so that
     // what systemd and a test see after it is the final set).
-    let kept = agent::privileges::drop_after_attach()
+    let kept = agent::privileges::drop_after_attach(session.probes.uses_multi_links())
         .context("cannot drop the capabilities not needed after the start")?;
     tracing::info!(
         "capabilities kept: {}",

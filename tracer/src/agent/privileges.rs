@@ -2,16 +2,14 @@
 //! the tracing loop still uses (the `caps` crate) and sets no_new_privs,
 //! so that nothing it runs later (Graphviz's `dot` for /report) can gain
 //! any. Capabilities and no_new_privs belong to each thread: the tracing
-//! thread drops to [`KEPT`] after attaching; the agent's other threads
+//! thread drops to [`KEPT`] after attaching (with single uprobes, to
+//! [`KEPT_FOR_SINGLE_UPROBES`] too); the agent's other threads
 //! (HTTP, alerts, journald) need none and drop them all as they start.
 
 use anyhow::{Context, Result};
 use caps::{CapSet, Capability, CapsHashSet};
 
 /// What the tracing loop uses after the start, each for a reason:
-/// - `CAP_BPF`, `CAP_PERFMON`: attaching uprobes to a libc (or libpython)
-///   a process maps later (a container, a chroot, a copy started through
-///   the loader): `perf_event_open` of a uprobe and the BPF link;
 /// - `CAP_SYS_PTRACE`: reading other users' processes: `/proc/PID/maps`,
 ///   `/proc/PID/mem` (mutex owners, the wait-for scan),
 ///   `process_vm_readv` (Python frames), `/proc/PID/root` (a container's
@@ -22,25 +20,36 @@ use caps::{CapSet, Capability, CapsHashSet};
 ///   maps when its path no longer leads to it (replaced, deleted, another
 ///   mount namespace).
 ///
-/// On a kernel older than 5.8 (no `CAP_BPF`/`CAP_PERFMON`) `CAP_SYS_ADMIN`
-/// stands for the first two, and is kept instead.
+/// Probing a libc (or libpython) a process maps later needs no capability
+/// with multi-uprobe links: the kernel checks them when the programs are
+/// loaded, at the start, not when a link is made (the end-to-end test
+/// probes a copy of libc after the drop).
 pub const KEPT: &[Capability] = &[
-    Capability::CAP_BPF,
-    Capability::CAP_PERFMON,
     Capability::CAP_SYS_PTRACE,
     Capability::CAP_DAC_READ_SEARCH,
     Capability::CAP_CHECKPOINT_RESTORE,
 ];
 
+/// Kept too when the probes are aya's single uprobes (a kernel before
+/// 6.6): each later probe is a `perf_event_open` of a uprobe (CAP_PERFMON;
+/// CAP_SYS_ADMIN on kernels with the 2025 fix, and before 5.8 for both)
+/// and a BPF link (CAP_BPF), its program loaded then.
+pub const KEPT_FOR_SINGLE_UPROBES: &[Capability] = &[
+    Capability::CAP_BPF,
+    Capability::CAP_PERFMON,
+    Capability::CAP_SYS_ADMIN,
+];
+
 /// The tracing thread, once the probes are attached: every capability
-/// but [`KEPT`] leaves the bounding, permitted, effective and inheritable
-/// sets (ambient ones all go), and no_new_privs is set. Returns what is
-/// kept (those of [`KEPT`] the agent had).
-pub fn drop_after_attach() -> Result<Vec<Capability>> {
+/// but [`KEPT`] (and [`KEPT_FOR_SINGLE_UPROBES`] unless `multi_links`)
+/// leaves the bounding, permitted, effective and inheritable sets (ambient
+/// ones all go), and no_new_privs is set. Returns what is kept (those the
+/// agent had).
+pub fn drop_after_attach(multi_links: bool) -> Result<Vec<Capability>> {
     let supported = caps::runtime::thread_all_supported();
     let mut keep: CapsHashSet = KEPT.iter().copied().collect();
-    if !supported.contains(&Capability::CAP_PERFMON) {
-        keep.insert(Capability::CAP_SYS_ADMIN);
+    if !multi_links {
+        keep.extend(KEPT_FOR_SINGLE_UPROBES.iter().copied());
     }
     let permitted = caps::read(None, CapSet::Permitted).context("cannot read capabilities")?;
     let keep: CapsHashSet = keep.intersection(&permitted).copied().collect();
