@@ -1411,8 +1411,8 @@ const KEPT_CAPABILITIES: u64 = 1 << 2 | 1 << 19 | 1 << 40;
 /// Once READY, the agent's tracing thread holds exactly the documented
 /// capabilities (effective, permitted, bounding; nothing inheritable or
 /// ambient) with no_new_privs, its other threads none; and tracing goes
-/// on: with `--comm`, an inversion of a process started after the drop is
-/// reported; host-wide, a copy of libc mapped after the drop is probed
+/// on: with `--comm`, a deadlock and an inversion of another user's
+/// processes started after the drop are reported, symbolized; host-wide, a copy of libc mapped after the drop is probed
 /// (multi-uprobe links made without CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN)
 /// and its inversion reported.
 #[test]
@@ -1429,6 +1429,19 @@ fn capabilities_after_the_start_are_the_documented_set_and_tracing_goes_on() {
     std::os::unix::fs::chown(&program, Some(65534), Some(65534)).unwrap();
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o100)).unwrap();
     let comm = comm_of(&program);
+    // A deadlock of that user's, under the same name: the wait-for scan
+    // reads the mutexes' owners from its memory.
+    let deadlocking = dir.path().join("d").join("ab_ba_caps");
+    copy_executable(&fixture("deadlock", Variant::Fp), &deadlocking);
+    std::fs::set_permissions(dir.path().join("d"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&deadlocking, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&deadlocking, std::fs::Permissions::from_mode(0o100)).unwrap();
+    let as_nobody = |program: &Path| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(program);
+        cmd
+    };
     let libc_copy = dir.path().join("lib").join("libc.so.6");
     copy_executable(&locktrace_e2e::host_libc(), &libc_copy);
     for filtered in [true, false] {
@@ -1471,13 +1484,35 @@ fn capabilities_after_the_start_are_the_documented_set_and_tracing_goes_on() {
         }
 
         let pid = if filtered {
-            let child = Command::new("setpriv")
-                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-                .arg(&program)
-                .spawn()
-                .unwrap();
+            let child = as_nobody(&program).spawn().unwrap();
             let pid = child.id();
             assert!(child.wait_with_output().unwrap().status.success());
+            // Then a deadlock.
+            let mut deadlocked = as_nobody(&deadlocking)
+                .arg("30")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            // The deadlock comes from a wait-for scan.
+            let deadlocked_pid = deadlocked.id();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadlock = || {
+                agent
+                    .records_so_far()
+                    .iter()
+                    .any(|r| matches!(r, Record::Deadlock(d) if d.pid == deadlocked_pid))
+            };
+            while !deadlock() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(100));
+            }
+            let found = deadlock();
+            let _ = deadlocked.kill();
+            let _ = deadlocked.wait();
+            assert!(
+                found,
+                "another user's deadlock after the drop\n{}",
+                agent.stderr_so_far()
+            );
             pid
         } else {
             // Started through the loader with the copy of libc first: a
