@@ -222,6 +222,12 @@ impl Watcher {
         Self::start_command::<&str>(&[], "agent", args, "info", env, &[])
     }
 
+    /// `PREFIX... locktrace agent ARGS` (e.g. `nsenter -t PID -m --`: the
+    /// agent in another mount namespace), once its probes are armed.
+    pub fn start_agent_wrapped(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_command::<&str>(prefix, "agent", args, "info", env, &[])
+    }
+
     /// `locktrace run -- COMMAND` in the background (for a test that
     /// signals the tracer while the command runs), once its probes are armed.
     pub fn start_run<S: AsRef<OsStr>>(command: &[S]) -> Self {
@@ -352,6 +358,11 @@ impl Watcher {
         })
     }
 
+    /// The report file (`--output`) the tracer writes.
+    pub fn report_path(&self) -> &Path {
+        &self.report
+    }
+
     /// The tracer's pid.
     pub fn pid(&self) -> u32 {
         self.guard.pid
@@ -362,6 +373,14 @@ impl Watcher {
         // SAFETY: kill(2) on our own unreaped child.
         unsafe { libc::kill(self.guard.pid as libc::pid_t, libc::SIGTERM) };
         self.finish(&format!("stop within {TRACER_TIMEOUT:?} of SIGTERM"))
+    }
+
+    /// [`Watcher::stop`], keeping the directory of the report (for what the
+    /// tracer wrote beside it: rotated files) until the returned handle is
+    /// dropped.
+    pub fn stop_keeping_dir(mut self) -> (JsonRun, tempfile::TempDir) {
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"));
+        (self.stop(), dir)
     }
 
     /// SIGINT, as Ctrl-C: the report, and how long the tracer took to exit

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -966,6 +966,7 @@ fn write_config_with(dir: &Path, metrics: &str, alertmanager: &str, more: &str) 
         format!(
             "[agent]\nhost = \"test-host\"\nstate_dir = \"{}\"\n\
              [metrics]\nlisten = \"{metrics}\"\n\
+             [journald]\nenabled = false\n\
              [alertmanager]\nurl = \"{alertmanager}\"\n{more}",
             dir.join("state").display()
         ),
@@ -1016,5 +1017,508 @@ fn prometheus_rules_check_and_test() {
             .output()
             .expect("promtool: `cargo xtask test` installs prometheus");
         assert!(out.status.success(), "promtool {args:?}: {out:?}");
+    }
+}
+
+/// Debian's systemd-journald, run by the test in a mount namespace of its
+/// own (tmpfs over `/run/systemd` and `/var/log`: nothing of it outlives
+/// the test, and the host's journal, if any, is not touched), as a journal
+/// namespace whose socket directory is also mounted at
+/// `/run/systemd/journal`: an agent started in that mount namespace finds
+/// journald's socket where it always is.
+struct Journald {
+    child: Child,
+    namespace: String,
+    /// A stdout stream held open: a namespaced journald exits when idle.
+    _stream: std::os::unix::net::UnixStream,
+}
+
+impl Journald {
+    fn start() -> Journald {
+        const JOURNALD: &str = "/lib/systemd/systemd-journald";
+        assert!(
+            Path::new(JOURNALD).exists(),
+            "{JOURNALD} is missing: `cargo xtask test` installs systemd"
+        );
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let namespace = format!(
+            "locktrace-e2e-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let script = format!(
+            "set -e; mount -t tmpfs tmpfs /run/systemd; mount -t tmpfs tmpfs /var/log; \
+             mkdir /var/log/journal /run/systemd/journal.{namespace} /run/systemd/journal; \
+             mount --bind /run/systemd/journal.{namespace} /run/systemd/journal; \
+             exec {JOURNALD} {namespace}"
+        );
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare (util-linux)");
+        let root = format!("/proc/{}/root/run/systemd/journal", child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            if Path::new(&format!("{root}/socket")).exists() {
+                if let Ok(s) = std::os::unix::net::UnixStream::connect(format!("{root}/stdout")) {
+                    break s;
+                }
+            }
+            assert!(Instant::now() < deadline, "journald did not start");
+            thread::sleep(Duration::from_millis(50));
+        };
+        // The stream's header: identifier, unit, priority, level prefix,
+        // forward to syslog, kmsg, console.
+        (&stream)
+            .write_all(b"locktrace-e2e\n\n6\n0\n0\n0\n0\n")
+            .unwrap();
+        Journald {
+            child,
+            namespace,
+            _stream: stream,
+        }
+    }
+
+    /// `nsenter -t PID -m --`: a command in journald's mount namespace.
+    fn enter(&self) -> Vec<String> {
+        ["nsenter", "-t", &self.child.id().to_string(), "-m", "--"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// The entries `journalctl -o json MATCH` lists.
+    fn entries(&self, matches: &str) -> Vec<Value> {
+        let out = Command::new(&self.enter()[0])
+            .args(&self.enter()[1..])
+            .args([
+                "journalctl",
+                "--namespace",
+                &self.namespace,
+                "-o",
+                "json",
+                matches,
+            ])
+            .output()
+            .expect("journalctl");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Journald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `MESSAGE_ID` of an inversion's journal entry (README).
+const INVERSION_MESSAGE_ID: &str = "17da171d517245ffbfd8a4d20c91fdfc";
+
+/// A config with the sinks (`more`: `[report]` and `[webhook]` keys), no
+/// Alertmanager.
+fn write_sinks_config(dir: &Path, metrics: &str, more: &str) -> String {
+    let config = dir.join("locktrace.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nhost = \"test-host\"\nstate_dir = \"{}\"\n\
+             [metrics]\nlisten = \"{metrics}\"\n{more}",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    config.to_str().unwrap().to_string()
+}
+
+/// The findings file and its rotated copies (`FILE`, `FILE.1`, ...), each
+/// with its mode.
+fn rotated_files(report: &Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = vec![report.to_path_buf()];
+    for n in 1.. {
+        let p = std::path::PathBuf::from(format!("{}.{n}", report.display()));
+        if !p.exists() {
+            break;
+        }
+        files.push(p);
+    }
+    files
+        .into_iter()
+        .map(|p| {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+            (p, mode)
+        })
+        .collect()
+}
+
+/// Each run of the AB/BA fixture reaches every sink once: the webhook gets
+/// one POST of the finding's JSON, journald one entry (inversion
+/// `MESSAGE_ID`, `PRIORITY` warning, the fingerprint, the text report),
+/// and the findings file, rotated by size, keeps them all in 0600 files.
+#[test]
+fn findings_reach_the_journal_the_webhook_and_a_rotated_file() {
+    require_root();
+    let journald = Journald::start();
+    let receiver = Receiver::start();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    // An inversion's line is several KB: a file per finding.
+    let config = write_sinks_config(
+        dir.path(),
+        &metrics,
+        &format!(
+            "[report]\nmax_size = 2000\nkeep = 10\n[webhook]\nurl = \"{}\"\n",
+            receiver.url()
+        ),
+    );
+    // Two programs with other locks (the same inversion again would be
+    // the same class-level cycle, reported once) under one command name;
+    // `late_ab_ba` takes its locks once it reads a line.
+    let programs = ["ab_ba", "late_ab_ba"].map(|name| {
+        let program = dir.path().join(name).join("ab_ba_sinks");
+        copy_executable(&fixture(name, Variant::Fp), &program);
+        program
+    });
+    let comm = comm_of(&programs[0]);
+    let enter = journald.enter();
+    let enter: Vec<&str> = enter.iter().map(String::as_str).collect();
+    let agent = Watcher::start_agent_wrapped(&enter, &["--config", &config, "--comm", &comm], &[]);
+    wait_ready(&metrics);
+    let runs = programs.len();
+    let mut pids = Vec::new();
+    for program in &programs {
+        let mut child = Command::new(program)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        pids.push(child.id());
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline
+        && (receiver.notifications().len() < runs
+            || journald
+                .entries(&format!("MESSAGE_ID={INVERSION_MESSAGE_ID}"))
+                .len()
+                < runs)
+    {
+        thread::sleep(Duration::from_millis(200));
+    }
+    // Anything more would come within a second.
+    thread::sleep(Duration::from_secs(1));
+    let posts = receiver.notifications();
+    let entries = journald.entries(&format!("MESSAGE_ID={INVERSION_MESSAGE_ID}"));
+    let text = http_get(&metrics, "/metrics").1;
+    let report = agent.report_path().to_path_buf();
+    let agent_pid = agent.pid();
+    let (run, _report_dir) = agent.stop_keeping_dir();
+    eprintln!(
+        "a webhook POST:\n{}\na journal entry:\n{}\nfiles: {:?}",
+        serde_json::to_string_pretty(&posts.first()).unwrap(),
+        serde_json::to_string_pretty(&entries.first()).unwrap(),
+        rotated_files(&report)
+    );
+
+    // The webhook: one POST per finding, the finding's JSON line.
+    let posted: Vec<Record> = posts
+        .iter()
+        .map(|p| serde_json::from_value(p.clone()).expect("a finding's JSON"))
+        .collect();
+    let mut posted_pids: Vec<u32> = posted.iter().filter_map(Record::pid).collect();
+    posted_pids.sort_unstable();
+    let mut expected = pids.clone();
+    expected.sort_unstable();
+    assert_eq!(posted_pids, expected, "{posts:#?}\n{}", run.run.describe());
+    assert!(
+        posted
+            .iter()
+            .all(|r| matches!(r, Record::LockOrderInversion(_))),
+        "{posts:#?}"
+    );
+
+    // journald: one entry per finding, from the agent, with its fingerprint.
+    assert_eq!(entries.len(), runs, "{entries:#?}\n{}", run.run.describe());
+    for record in &posted {
+        let Record::LockOrderInversion(inv) = record else {
+            unreachable!()
+        };
+        let entry = entries
+            .iter()
+            .find(|e| e["LOCKTRACE_FINGERPRINT"] == inv.fingerprint.as_str())
+            .unwrap_or_else(|| panic!("no entry of {}: {entries:#?}", inv.fingerprint));
+        assert_eq!(entry["PRIORITY"], "4", "{entry}");
+        assert_eq!(entry["SYSLOG_IDENTIFIER"], "locktrace", "{entry}");
+        assert_eq!(entry["LOCKTRACE_TYPE"], "inversion", "{entry}");
+        assert_eq!(entry["_PID"], agent_pid.to_string().as_str(), "{entry}");
+        let message = entry["MESSAGE"].as_str().unwrap();
+        let header = format!(
+            "lock-order inversion between 2 locks in ab_ba_sinks [{}]",
+            inv.pid
+        );
+        assert!(message.contains(&header), "{header} in {message}");
+    }
+
+    // The findings file: rotated, every part 0600, no finding lost.
+    let files = rotated_files(&report);
+    assert!(files.len() > runs, "a file per finding: {files:?}");
+    let mut in_files = Vec::new();
+    for (path, mode) in &files {
+        assert_eq!(*mode, 0o600, "{}", path.display());
+        let records =
+            locktrace_e2e::records::parse_records(&std::fs::read_to_string(path).unwrap()).unwrap();
+        in_files.extend(records.iter().filter_map(Record::pid));
+    }
+    in_files.sort_unstable();
+    assert_eq!(in_files, expected, "{files:?}");
+
+    for sink in ["file", "journald", "webhook"] {
+        let name = format!("locktrace_sink_failures_total{{sink=\"{sink}\"}}");
+        assert_eq!(counter(&text, &name), 0.0, "{text}");
+    }
+}
+
+/// The webhook's receiver is down: its failed attempts are counted, and
+/// the journal and the findings file get the finding all the same.
+#[test]
+fn a_webhook_down_is_counted_and_the_other_sinks_still_get_findings() {
+    require_root();
+    let journald = Journald::start();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_sinks_config(
+        dir.path(),
+        &metrics,
+        &format!(
+            "[webhook]\nurl = \"http://127.0.0.1:{}/hook\"\n",
+            free_port()
+        ),
+    );
+    let program = dir.path().join("ab_ba_nohook");
+    copy_executable(&fixture("ab_ba", Variant::Fp), &program);
+    let comm = comm_of(&program);
+    let enter = journald.enter();
+    let enter: Vec<&str> = enter.iter().map(String::as_str).collect();
+    let agent = Watcher::start_agent_wrapped(&enter, &["--config", &config, "--comm", &comm], &[]);
+    wait_ready(&metrics);
+    let child = Command::new(&program).spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let failures = "locktrace_sink_failures_total{sink=\"webhook\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(&http_get(&metrics, "/metrics").1, failures) < 1.0 {
+        assert!(Instant::now() < deadline, "no webhook failure counted");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut entries = Vec::new();
+    while entries.is_empty() && Instant::now() < deadline {
+        entries = journald.entries(&format!("MESSAGE_ID={INVERSION_MESSAGE_ID}"));
+        thread::sleep(Duration::from_millis(200));
+    }
+    let text = http_get(&metrics, "/metrics").1;
+    let run = agent.stop();
+    assert_eq!(entries.len(), 1, "{entries:#?}\n{}", run.run.describe());
+    let inversions = run.report.inversions();
+    assert_eq!(inversions.len(), 1, "{}", run.run.describe());
+    assert_eq!(inversions[0].pid, pid);
+    assert_eq!(
+        entries[0]["LOCKTRACE_FINGERPRINT"],
+        inversions[0].fingerprint.as_str()
+    );
+    assert!(counter(&text, failures) >= 1.0, "{text}");
+    for sink in ["journald", "file"] {
+        let name = format!("locktrace_sink_failures_total{{sink=\"{sink}\"}}");
+        assert_eq!(counter(&text, &name), 0.0, "{text}");
+    }
+    assert_eq!(
+        counter(&text, "locktrace_findings_total{type=\"inversion\"}"),
+        1.0,
+        "{text}"
+    );
+}
+
+/// The capability sets of a task (`CapEff`, `CapPrm`, `CapBnd`, `CapInh`,
+/// `CapAmb`, as hex masks) and its `NoNewPrivs`, from its status file.
+fn capabilities(status: &str) -> std::collections::BTreeMap<String, u64> {
+    status
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.starts_with("Cap") || *k == "NoNewPrivs")
+        .map(|(k, v)| (k.to_string(), u64::from_str_radix(v.trim(), 16).unwrap()))
+        .collect()
+}
+
+/// What the README says the agent keeps after the start with multi-uprobe
+/// links (Linux 6.6+, as on the test machines): CAP_DAC_READ_SEARCH (2),
+/// CAP_SYS_PTRACE (19), CAP_CHECKPOINT_RESTORE (40).
+const KEPT_CAPABILITIES: u64 = 1 << 2 | 1 << 19 | 1 << 40;
+
+/// Once READY, the agent's tracing thread holds exactly the documented
+/// capabilities (effective, permitted, bounding; nothing inheritable or
+/// ambient) with no_new_privs, its other threads none; and tracing goes
+/// on: with `--comm`, a deadlock and an inversion of another user's
+/// processes started after the drop are reported, symbolized; host-wide, a copy of libc mapped after the drop is probed
+/// (multi-uprobe links made without CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN)
+/// and its inversion reported.
+#[test]
+fn capabilities_after_the_start_are_the_documented_set_and_tracing_goes_on() {
+    require_root();
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Another user's program that only its owner may run, and nobody
+    // read: its process is not dumpable. Reading its memory and maps takes
+    // CAP_SYS_PTRACE, reading its file CAP_DAC_READ_SEARCH.
+    let program = dir.path().join("ab_ba_caps");
+    copy_executable(&fixture("ab_ba", Variant::Fp), &program);
+    std::os::unix::fs::chown(&program, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o100)).unwrap();
+    let comm = comm_of(&program);
+    // A deadlock of that user's, under the same name: the wait-for scan
+    // reads the mutexes' owners from its memory.
+    let deadlocking = dir.path().join("d").join("ab_ba_caps");
+    copy_executable(&fixture("deadlock", Variant::Fp), &deadlocking);
+    std::fs::set_permissions(dir.path().join("d"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&deadlocking, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&deadlocking, std::fs::Permissions::from_mode(0o100)).unwrap();
+    let as_nobody = |program: &Path| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(program);
+        cmd
+    };
+    let libc_copy = dir.path().join("lib").join("libc.so.6");
+    copy_executable(&locktrace_e2e::host_libc(), &libc_copy);
+    for filtered in [true, false] {
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let state = tempfile::tempdir().unwrap();
+        let config = write_sinks_config(state.path(), &metrics, "[journald]\nenabled = false\n");
+        let mut args = vec!["--config", config.as_str()];
+        if filtered {
+            args.extend(["--comm", comm.as_str()]);
+        }
+        let agent = Watcher::start_agent(&args, &[]);
+        wait_ready(&metrics);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+        let caps = capabilities(&status);
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(
+                caps[set], KEPT_CAPABILITIES,
+                "{set}: {:#x}\n{status}",
+                caps[set]
+            );
+        }
+        assert_eq!((caps["CapInh"], caps["CapAmb"]), (0, 0), "{status}");
+        assert_eq!(caps["NoNewPrivs"], 1, "{status}");
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap();
+        for task in tasks.map(|t| t.unwrap().path()) {
+            let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+            if status.is_empty() {
+                continue; // the thread ended meanwhile
+            }
+            let caps = capabilities(&status);
+            for set in ["CapEff", "CapPrm", "CapBnd"] {
+                assert_eq!(
+                    caps[set] & !KEPT_CAPABILITIES,
+                    0,
+                    "{} {set}\n{status}",
+                    task.display()
+                );
+            }
+            assert_eq!(caps["NoNewPrivs"], 1, "{}\n{status}", task.display());
+        }
+
+        let pid = if filtered {
+            let child = as_nobody(&program).spawn().unwrap();
+            let pid = child.id();
+            assert!(child.wait_with_output().unwrap().status.success());
+            // Then a deadlock.
+            let mut deadlocked = as_nobody(&deadlocking)
+                .arg("30")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            // The deadlock comes from a wait-for scan.
+            let deadlocked_pid = deadlocked.id();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadlock = || {
+                agent
+                    .records_so_far()
+                    .iter()
+                    .any(|r| matches!(r, Record::Deadlock(d) if d.pid == deadlocked_pid))
+            };
+            while !deadlock() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(100));
+            }
+            let found = deadlock();
+            let _ = deadlocked.kill();
+            let _ = deadlocked.wait();
+            assert!(
+                found,
+                "another user's deadlock after the drop\n{}",
+                agent.stderr_so_far()
+            );
+            pid
+        } else {
+            // Started through the loader with the copy of libc first: a
+            // file no probe was on when the capabilities were dropped.
+            let mut child = Command::new("/lib64/ld-linux-x86-64.so.2")
+                .arg("--library-path")
+                .arg(libc_copy.parent().unwrap())
+                .arg(fixture("late_ab_ba", Variant::NoFp))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            agent.wait_for_log(
+                &["probing a newly mapped lock library", &format!("pid={pid}")],
+                Duration::from_secs(20),
+            );
+            child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+            assert!(child.wait_with_output().unwrap().status.success());
+            pid
+        };
+        agent.wait_for_finding_of(pid, Duration::from_secs(20));
+        let run = agent.stop();
+        let found: Vec<_> = run
+            .report
+            .inversions()
+            .into_iter()
+            .filter(|f| f.pid == pid)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "filtered: {filtered}\n{}",
+            run.run.describe()
+        );
+        // Its stacks symbolized: the maps and the file were read.
+        let functions: Vec<&str> = found[0]
+            .cycle
+            .iter()
+            .flat_map(|e| &e.stack)
+            .filter_map(|f| f.function.as_deref())
+            .collect();
+        let expected = if filtered { "lock_ab" } else { "take_ab" };
+        assert!(
+            functions.contains(&expected),
+            "{expected} in {functions:?}\n{}",
+            run.run.describe()
+        );
+        assert!(
+            !run.run.stderr.contains("Operation not permitted"),
+            "{}",
+            run.run.describe()
+        );
     }
 }

@@ -358,7 +358,7 @@ fn watch(args: WatchArgs) -> Result<i32> {
     // being attached stops the tracer as cleanly as a later one.
     let rt = runtime()?;
     let (mut term, mut int) = stop_signals(&rt)?;
-    let mut session = start_watch(&args, false)?;
+    let mut session = start_watch(&args, false, || reporter(&args.common))?;
     let duration = args.duration;
     rt.block_on(async {
         let stop = async {
@@ -388,11 +388,16 @@ fn stop_signals(
 
 /// `watch`'s session, probes attached and armed: the host, or the
 /// processes the filters name. `reloadable`: the filter may change while
-/// tracing (the agent's SIGHUP).
-fn start_watch(args: &WatchArgs, reloadable: bool) -> Result<Session> {
+/// tracing (the agent's SIGHUP). `reporter` opens the report's output
+/// (after the privilege checks).
+fn start_watch(
+    args: &WatchArgs,
+    reloadable: bool,
+    reporter: impl FnOnce() -> Result<Reporter>,
+) -> Result<Session> {
     let named = processes(&args.pids)?;
     let (targets, follow) = preflight(&args.common)?;
-    let reporter = reporter(&args.common)?;
+    let reporter = reporter()?;
     let mut filter = Filter::naming(&named, &args.comms, &args.cgroups)?;
     let filtered = !args.pids.is_empty() || !args.comms.is_empty() || !args.cgroups.is_empty();
     filter.per_process = filtered && !args.probe_all;
@@ -460,10 +465,28 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
         let _runtime = rt.enter();
         signal(SignalKind::hangup()).context("SIGHUP handler")?
     };
-    let mut session = start_watch(&watch, true)?;
+    // The findings file is appended to and rotated (`[report] max_size`).
+    let format = match config.format {
+        Format::Text => report::Format::Text,
+        Format::Json => report::Format::Json,
+    };
+    let mut session = start_watch(&watch, true, || {
+        Ok(Reporter::new(format, agent.report_output()?))
+    })?;
     session.observe(agent.observer());
     session.take_changes(agent.changes());
     session.cap_instances(config.max_locks, config.max_dependencies);
+    // Attached: what only the start needed goes (before READY, so that
+    // what systemd and a test see after it is the final set).
+    let kept = agent::privileges::drop_after_attach(session.probes.uses_multi_links())
+        .context("cannot drop the capabilities not needed after the start")?;
+    tracing::info!(
+        "capabilities kept: {}",
+        kept.iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     agent.ready();
     rt.block_on(async {
         let stop = async {

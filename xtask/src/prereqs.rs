@@ -51,11 +51,14 @@ pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const MOD_WSGI: &str = "/usr/lib/apache2/modules/mod_wsgi.so";
 /// The agent's tests: a real Alertmanager receiving its alerts, a real
 /// Prometheus scraping its metrics and loading the shipped alerting rules,
-/// and promtool checking those rules.
-pub const APT_AGENT: &[&str] = &["prometheus-alertmanager", "prometheus"];
+/// promtool checking those rules, and systemd's journald (run by the tests
+/// in a mount namespace of their own) receiving its journal entries, with
+/// `systemd-analyze` checking the shipped unit.
+pub const APT_AGENT: &[&str] = &["prometheus-alertmanager", "prometheus", "systemd"];
 pub const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
 pub const PROMETHEUS: &str = "/usr/bin/prometheus";
 pub const PROMTOOL: &str = "/usr/bin/promtool";
+pub const JOURNALD: &str = "/lib/systemd/systemd-journald";
 /// What the web-server measurement runs (from [`APT_BENCH`]).
 pub const APACHE2: &str = "/usr/sbin/apache2";
 pub const APACHE2_MPM_EVENT: &str = "/usr/lib/apache2/modules/mod_mpm_event.so";
@@ -175,14 +178,15 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
         ));
     }
     if scope == Scope::Test
-        && [ALERTMANAGER, PROMETHEUS, PROMTOOL]
+        && [ALERTMANAGER, PROMETHEUS, PROMTOOL, JOURNALD]
             .iter()
             .any(|p| !Path::new(p).exists())
     {
         apt.push((
             APT_AGENT,
             "the agent's tests send alerts to Debian's Alertmanager, have Debian's Prometheus scrape \
-             the agent and load the shipped rules, and check those rules with promtool",
+             the agent and load the shipped rules, check those rules with promtool and send findings \
+             to systemd's journald (run by the tests, not as a service)",
         ));
     }
     if scope == Scope::Test && !Path::new(DEBOOTSTRAP).exists() {

@@ -31,6 +31,12 @@ const DEFAULT_INVERSION_ACTIVE: Duration = Duration::from_secs(24 * 3600);
 /// in memory only, so a restarted one learns them from the next re-send
 /// (Prometheus re-sends its firing alerts every minute too).
 const DEFAULT_RESEND_INTERVAL: Duration = Duration::from_secs(60);
+/// The findings file is rotated once it reaches this size...
+const DEFAULT_MAX_SIZE: u64 = 64 << 20;
+/// ... keeping this many older files (`FILE.1` ... `FILE.5`).
+const DEFAULT_KEEP: usize = 5;
+/// Findings kept for the webhook while it cannot be reached.
+const DEFAULT_WEBHOOK_QUEUE: usize = 1000;
 
 /// The file as written: every key optional.
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +54,23 @@ struct File {
     report: ReportSection,
     #[serde(default)]
     suppress: SuppressSection,
+    #[serde(default)]
+    webhook: WebhookSection,
+    #[serde(default)]
+    journald: JournaldSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookSection {
+    url: Option<Spanned<String>>,
+    queue: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournaldSection {
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +128,46 @@ struct ReportSection {
     output: Option<PathBuf>,
     format: Option<Format>,
     force: Option<bool>,
+    #[serde(default, deserialize_with = "size")]
+    max_size: Option<u64>,
+    keep: Option<usize>,
+}
+
+/// A size: a number of bytes, or a string with a binary unit
+/// (`"64MiB"`, `"512KiB"`, `"1GiB"`).
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(Some(n)),
+        Size::Text(t) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 64MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        u => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{u}` (use B, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -139,6 +202,21 @@ pub struct Config {
     /// globs (function, source file or module).
     pub suppress_fingerprints: Vec<String>,
     pub suppress_frames: Vec<String>,
+    /// The findings file is rotated at this size, `keep` older ones kept.
+    pub max_size: u64,
+    pub keep: usize,
+    /// `[webhook]`: each finding alerted on POSTed there.
+    pub webhook: Option<Webhook>,
+    /// `[journald] enabled` (default): findings to the journal when its
+    /// socket exists.
+    pub journald: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Webhook {
+    /// `http://host:port/path`.
+    pub url: String,
+    pub queue: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -237,6 +315,13 @@ impl Config {
             "max-dependencies",
             limits::DEPENDENCIES.total,
         )?;
+        let webhook = match &file.webhook.url {
+            Some(key) => Some(Webhook {
+                url: http_url(key.get_ref()).map_err(|e| at(key.span(), &e.to_string()))?,
+                queue: file.webhook.queue.unwrap_or(DEFAULT_WEBHOOK_QUEUE).max(1),
+            }),
+            None => None,
+        };
         for pattern in &file.suppress.frames {
             crate::agent::suppress::check_glob(pattern.get_ref())
                 .map_err(|e| at(pattern.span(), &e))?;
@@ -274,6 +359,10 @@ impl Config {
             output: args.output.clone().or(file.report.output),
             format: args.format.or(file.report.format).unwrap_or(Format::Text),
             force: args.force || file.report.force.unwrap_or(false),
+            max_size: file.report.max_size.unwrap_or(DEFAULT_MAX_SIZE).max(1),
+            keep: file.report.keep.unwrap_or(DEFAULT_KEEP).max(1),
+            webhook,
+            journald: file.journald.enabled.unwrap_or(true),
         })
     }
 }
@@ -295,6 +384,11 @@ fn read(path: &Path) -> Result<String> {
 /// Only plain HTTP: Alertmanager is expected on the host or behind a local
 /// proxy.
 fn alertmanager_base(url: &str) -> Result<String> {
+    Ok(http_url(url)?.trim_end_matches('/').to_string())
+}
+
+/// `http://host:port[/path]` (plain HTTP only), as given.
+fn http_url(url: &str) -> Result<String> {
     let Some(rest) = url.strip_prefix("http://") else {
         bail!("`{url}` is not an http:// URL (https is not supported)");
     };
@@ -302,7 +396,7 @@ fn alertmanager_base(url: &str) -> Result<String> {
     if authority.is_empty() || !authority.contains(':') {
         bail!("`{url}` has no host:port");
     }
-    Ok(url.trim_end_matches('/').to_string())
+    Ok(url.to_string())
 }
 
 /// `FILE:LINE: key `K`: MESSAGE` on one line: the key is read from the
@@ -423,6 +517,28 @@ mod tests {
     }
 
     #[test]
+    fn sinks_are_read() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!((c.max_size, c.keep), (DEFAULT_MAX_SIZE, DEFAULT_KEEP));
+        assert_eq!(c.webhook, None);
+        assert!(c.journald);
+        let c = parse(
+            "[report]\nmax_size = \"2MiB\"\nkeep = 2\n\
+             [webhook]\nurl = \"http://127.0.0.1:8080/hook\"\n\
+             [journald]\nenabled = false\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!((c.max_size, c.keep), (2 << 20, 2));
+        assert_eq!(c.webhook.unwrap().url, "http://127.0.0.1:8080/hook");
+        assert!(!c.journald);
+        assert_eq!(
+            parse("[report]\nmax_size = 1000\n", &[]).unwrap().max_size,
+            1000
+        );
+    }
+
+    #[test]
     fn frees_are_watched_by_key_or_flag() {
         assert!(!parse("", &[]).unwrap().watch_free);
         assert!(
@@ -459,6 +575,14 @@ mod tests {
             (
                 "[trace]\nmax_locks = 0\n",
                 "/etc/l.toml:2: key `trace.max_locks`: must be at least 1",
+            ),
+            (
+                "[report]\nmax_size = \"5MB\"\n",
+                "/etc/l.toml:2: key `report.max_size`: `5MB` has an unknown unit `MB`",
+            ),
+            (
+                "[webhook]\nurl = \"https://h:1/x\"\n",
+                "/etc/l.toml:2: key `webhook.url`:",
             ),
             (
                 "[suppress]\nframes = [\"a[\"]\n",

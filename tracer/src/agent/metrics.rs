@@ -27,6 +27,7 @@ use crate::session::Live;
 const STALE_AFTER: Duration = Duration::from_secs(10);
 
 type TypeLabel = Vec<(&'static str, &'static str)>;
+type SinkLabel = Vec<(&'static str, &'static str)>;
 
 /// The `type` label of each kind of finding (as `alerts::kind` names
 /// them). Their series exist from the start at 0: Prometheus's
@@ -58,6 +59,9 @@ pub struct Metrics {
     pub alerts_sent: Counter,
     pub alerts_failed: Counter,
     pub alerts_dropped: Counter,
+    /// By sink (`file`, `journald`, `webhook`): findings a sink failed to
+    /// take (a write, a send, an attempt, a full queue).
+    sink_failures: Family<SinkLabel, Counter>,
     /// Probes attached and armed.
     ready: AtomicBool,
     started: Instant,
@@ -86,6 +90,7 @@ impl Metrics {
             alerts_sent: Counter::default(),
             alerts_failed: Counter::default(),
             alerts_dropped: Counter::default(),
+            sink_failures: Family::default(),
             ready: AtomicBool::new(false),
             started: Instant::now(),
             last_progress_ms: AtomicU64::new(0),
@@ -163,6 +168,11 @@ impl Metrics {
             m.alerts_dropped.clone(),
         );
         registry.register(
+            "sink_failures",
+            "Findings a sink failed to take (a failed write, send or delivery attempt, a full queue), by sink",
+            m.sink_failures.clone(),
+        );
+        registry.register(
             "build",
             "The agent's version",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -183,6 +193,14 @@ impl Metrics {
         self.findings_suppressed
             .get_or_create(&vec![("type", kind)])
             .inc();
+    }
+
+    /// The failure counter of `sink` (created at 0, so that a configured
+    /// sink shows on /metrics before its first failure).
+    pub fn sink_failures(&self, sink: &'static str) -> Counter {
+        self.sink_failures
+            .get_or_create(&vec![("sink", sink)])
+            .clone()
     }
 
     /// The session's counts: gauges set, counters moved by what they grew

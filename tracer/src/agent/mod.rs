@@ -4,18 +4,27 @@
 //! Alertmanager alerts (`alerts`, `sender`), served and sent from a thread
 //! of their own so that neither a scraper nor a down Alertmanager slows
 //! tracing; the last findings are kept for the HTML page at /report
-//! (`page`). `notify` speaks systemd's readiness protocol.
+//! (`page`). `notify` speaks systemd's readiness protocol. Findings also
+//! go to the other sinks: the rotated findings file (`rotate`), journald
+//! (`journal`) and a webhook (`webhook`); each counts its own failures and
+//! none waits for another. `privileges` drops the capabilities not needed
+//! once the probes are attached.
 
 pub mod alerts;
 pub mod config;
 pub mod contention;
+pub mod journal;
 pub mod metrics;
 pub mod notify;
 pub mod page;
+pub mod privileges;
+pub mod rotate;
 pub mod sender;
 pub mod state;
 pub mod suppress;
+pub mod webhook;
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,9 +36,11 @@ use tracing::{error, info, warn};
 pub use config::Config;
 
 use crate::kernel::load::Filter;
-use crate::report::{Finding, Reporter};
+use crate::report::json;
+use crate::report::Finding;
 use crate::session::{Change, Live, Observer};
 use alerts::Alert;
+use journal::Journal;
 use metrics::Metrics;
 use state::{Saved, State};
 use suppress::Suppressions;
@@ -44,6 +55,13 @@ pub struct Agent {
     /// The findings /report shows.
     page: page::Shared,
     alerts: Option<mpsc::Sender<Alert>>,
+    /// To the webhook's delivery: each finding's JSON line.
+    webhook: Option<mpsc::Sender<Vec<u8>>>,
+    journal: Option<Journal>,
+    /// The journald sink was started (its thread says when it is done).
+    journal_started: bool,
+    /// Told once by the deliveries (alerts, webhook) and once by the
+    /// journald thread when they are done.
     done: std::sync::mpsc::Receiver<()>,
     host: String,
     inversion_active: Duration,
@@ -114,7 +132,23 @@ impl Agent {
             }
             None => (None, None),
         };
+        let (webhook, hook_receiver) = match &config.webhook {
+            Some(w) => {
+                let (tx, rx) = mpsc::channel(w.queue);
+                (Some(tx), Some((w.clone(), rx)))
+            }
+            None => (None, None),
+        };
         let (done_tx, done) = std::sync::mpsc::channel();
+        let journal = if config.journald {
+            Journal::start(metrics.sink_failures("journald"), done_tx.clone())?
+        } else {
+            None
+        };
+        let hook_failures = metrics.sink_failures("webhook");
+        if config.output.is_some() {
+            metrics.sink_failures("file");
+        }
         let served = metrics.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -123,16 +157,25 @@ impl Agent {
         std::thread::Builder::new()
             .name("locktrace-agent".into())
             .spawn(move || {
+                privileges::drop_all_in_this_thread();
                 runtime.block_on(async move {
                     let server =
                         tokio::spawn(metrics::serve(listener, served.clone(), served_page));
-                    if let Some((am, rx)) = receiver {
-                        sender::deliver(am.base, am.queue, rx, served).await;
-                    } else if let Ok(Err(e)) = server.await {
+                    let alerts = receiver.map(|(am, rx)| {
+                        tokio::spawn(sender::deliver(am.base, am.queue, rx, served))
+                    });
+                    let hook = hook_receiver.map(|(w, rx)| {
+                        tokio::spawn(webhook::deliver(w.url, w.queue, rx, hook_failures))
+                    });
+                    for delivery in [alerts, hook].into_iter().flatten() {
+                        let _ = delivery.await;
+                    }
+                    let _ = done_tx.send(());
+                    // Serving goes on until the process exits.
+                    if let Ok(Err(e)) = server.await {
                         warn!("the metrics endpoint stopped: {e}");
                     }
                 });
-                let _ = done_tx.send(());
             })
             .context("cannot start the agent's thread")?;
         info!(
@@ -147,6 +190,9 @@ impl Agent {
             metrics,
             page,
             alerts,
+            webhook,
+            journal_started: journal.is_some(),
+            journal,
             done,
             host: config.host.clone(),
             inversion_active: config
@@ -163,6 +209,23 @@ impl Agent {
             reloaded: Some(reloaded),
             changes,
             changed: Some(changed),
+        })
+    }
+
+    /// Where the session writes its report: `[report] output`, appended to
+    /// and rotated by size (failures counted, never fatal once open), else
+    /// standard output.
+    pub fn report_output(&self) -> Result<Box<dyn Write + Send>> {
+        let c = &self.config;
+        Ok(match &c.output {
+            Some(path) => Box::new(rotate::RotatingFile::open(
+                path,
+                c.max_size,
+                c.keep,
+                c.force,
+                self.metrics.sink_failures("file"),
+            )?),
+            None => Box::new(std::io::stdout()),
         })
     }
 
@@ -197,6 +260,9 @@ impl Agent {
             metrics: self.metrics.clone(),
             page: self.page.clone(),
             alerts: self.alerts.take(),
+            webhook: self.webhook.take(),
+            webhook_failures: self.metrics.sink_failures("webhook"),
+            journal: self.journal.take(),
             before: Live::default(),
             active,
             host: self.host.clone(),
@@ -216,7 +282,7 @@ impl Agent {
 
     /// SIGHUP: `new` (the config file read again, the flags applied) takes
     /// over what can change while tracing goes on: the trace filters, the
-    /// hang threshold, the report file, suppressions, the `host` label,
+    /// hang threshold, the memory caps, suppressions, the `host` label,
     /// `inversion_active` and `resend_interval`. A key that takes a restart
     /// keeps its running value, with a warning naming it. Whatever is wrong
     /// with the new values (a pid gone, a cgroup that is none, a report
@@ -237,6 +303,13 @@ impl Agent {
             ("trace.watch_free", old.watch_free != new.watch_free),
             ("metrics.listen", old.metrics_listen != new.metrics_listen),
             ("alertmanager.url/queue", am(old) != am(&new)),
+            (
+                "report",
+                (&old.output, old.format, old.force, old.max_size, old.keep)
+                    != (&new.output, new.format, new.force, new.max_size, new.keep),
+            ),
+            ("webhook", old.webhook != new.webhook),
+            ("journald.enabled", old.journald != new.journald),
             ("agent.state_dir", old.state_dir != new.state_dir),
         ]
         .into_iter()
@@ -282,6 +355,13 @@ impl Agent {
         }
         config.watch_free = old.watch_free;
         config.metrics_listen = old.metrics_listen;
+        config.output = old.output.clone();
+        config.format = old.format;
+        config.force = old.force;
+        config.max_size = old.max_size;
+        config.keep = old.keep;
+        config.webhook = old.webhook.clone();
+        config.journald = old.journald;
         config.state_dir = old.state_dir.clone();
         if let (Some(now), Some(was)) = (&mut config.alertmanager, &old.alertmanager) {
             now.base = was.base.clone();
@@ -322,12 +402,6 @@ impl Agent {
         if old.hang_threshold != new.hang_threshold {
             change.hang_threshold = Some(new.hang_threshold);
         }
-        if (&old.output, old.format, old.force) != (&new.output, new.format, new.force) {
-            change.reporter = Some(
-                Reporter::open(new.output.as_deref(), new.format.into(), new.force)
-                    .context("[report]")?,
-            );
-        }
         Ok((change, kept_filter))
     }
 
@@ -335,10 +409,18 @@ impl Agent {
     /// still queued to be delivered, for a bounded time.
     pub fn finish(self) {
         notify::notify("STOPPING=1");
+        let journal = self.journal_started;
         drop(self.alerts);
-        let _ = self
-            .done
-            .recv_timeout(sender::FLUSH_LIMIT + Duration::from_secs(1));
+        drop(self.webhook);
+        drop(self.journal);
+        let deadline = Instant::now() + sender::FLUSH_LIMIT + Duration::from_secs(1);
+        // The deliveries' word, and the journald thread's if it ran.
+        for _ in 0..(1 + usize::from(journal)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.done.recv_timeout(left).is_err() {
+                break;
+            }
+        }
     }
 }
 
@@ -396,6 +478,9 @@ struct AgentObserver {
     metrics: Arc<Metrics>,
     page: page::Shared,
     alerts: Option<mpsc::Sender<Alert>>,
+    webhook: Option<mpsc::Sender<Vec<u8>>>,
+    webhook_failures: prometheus_client::metrics::counter::Counter,
+    journal: Option<Journal>,
     before: Live,
     /// Alerts still active, re-sent every `resend_every`. Those of
     /// deadlocks and hangs are resolved (sent again, ending now) once their
@@ -552,14 +637,27 @@ impl Observer for AgentObserver {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .add(finding, time);
-        // Notes (a guarded cycle, a nesting in one address order) are in
-        // the report only.
-        let Some((kind, _)) = alerts::kind(finding).filter(|_| alarm) else {
+        let Some((kind, _)) = alerts::kind(finding) else {
             return;
         };
         self.apply_reloads();
         let fingerprint = alerts::fingerprint(finding);
-        if self.suppressions.matches(&fingerprint, finding) {
+        let suppressed = alarm && self.suppressions.matches(&fingerprint, finding);
+        // The journal is a log: every finding, a note or a suppressed one
+        // at a lower priority.
+        if let Some(journal) = &self.journal {
+            if let Some(entry) =
+                journal::entry(finding, kind, fingerprint.clone(), alarm && !suppressed)
+            {
+                journal.send(entry);
+            }
+        }
+        // Notes (a guarded cycle, a nesting in one address order) are in
+        // the report and the journal only.
+        if !alarm {
+            return;
+        }
+        if suppressed {
             self.metrics.count_suppressed(kind);
             info!(
                 "finding {} suppressed (fingerprint {fingerprint})",
@@ -568,6 +666,14 @@ impl Observer for AgentObserver {
             return;
         }
         self.metrics.count_finding(kind);
+        if let Some(hook) = &self.webhook {
+            let mut body = Vec::new();
+            let queued = json::write_finding(&mut body, finding, Some(time)).is_ok()
+                && hook.try_send(body).is_ok();
+            if !queued {
+                self.webhook_failures.inc();
+            }
+        }
         if self.alerts.is_none() {
             return;
         }

@@ -18,8 +18,8 @@ use tracing::{info, warn};
 use crate::agent::alerts::Alert;
 use crate::agent::metrics::Metrics;
 
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Alerts per POST.
 const BATCH: usize = 64;
@@ -119,12 +119,19 @@ pub async fn deliver(
 }
 
 async fn post(base: &str, alerts: &[&Alert]) -> Result<()> {
-    let rest = base.strip_prefix("http://").context("not an http:// URL")?;
+    let body = serde_json::to_vec(alerts)?;
+    post_json(base, "/api/v2/alerts", body, "Alertmanager").await
+}
+
+/// `POST url + path` of a JSON body, over plain HTTP/1.1, within
+/// [`ATTEMPT_TIMEOUT`]: an error unless the answer is a 2xx. `url` is
+/// `http://host:port[/prefix]`; `who` names the server in errors.
+pub async fn post_json(url: &str, path: &str, body: Vec<u8>, who: &str) -> Result<()> {
+    let rest = url.strip_prefix("http://").context("not an http:// URL")?;
     let (authority, prefix) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    let body = serde_json::to_vec(alerts)?;
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(authority)
             .await
@@ -132,7 +139,11 @@ async fn post(base: &str, alerts: &[&Alert]) -> Result<()> {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let request = Request::post(format!("{prefix}/api/v2/alerts"))
+        let target = match format!("{prefix}{path}") {
+            t if t.is_empty() => "/".to_string(),
+            t => t,
+        };
+        let request = Request::post(target)
             .header("host", authority)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))?;
@@ -141,7 +152,7 @@ async fn post(base: &str, alerts: &[&Alert]) -> Result<()> {
         if !status.is_success() {
             let text = response.into_body().collect().await?.to_bytes();
             bail!(
-                "Alertmanager answered {status}: {}",
+                "{who} answered {status}: {}",
                 String::from_utf8_lossy(&text).trim()
             );
         }

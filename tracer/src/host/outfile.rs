@@ -17,6 +17,16 @@ use anyhow::{anyhow, Context, Result};
 /// existing one is truncated only if [`refusal`] has nothing against it.
 /// A symlink at `path` is never followed.
 pub fn create(path: &Path, force: bool) -> Result<File> {
+    open(path, force, false)
+}
+
+/// [`create`], but an existing file is appended to, not truncated (the
+/// agent's findings file: a restart keeps what earlier runs wrote).
+pub fn append(path: &Path, force: bool) -> Result<File> {
+    open(path, force, true)
+}
+
+fn open(path: &Path, force: bool, append: bool) -> Result<File> {
     let created = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -52,7 +62,8 @@ pub fn create(path: &Path, force: bool) -> Result<File> {
     // a swap between the check and the open cannot redirect the write.
     OpenOptions::new()
         .write(true)
-        .truncate(true)
+        .truncate(!append)
+        .append(append)
         .custom_flags(libc::O_CLOEXEC)
         .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
         .with_context(|| format!("cannot open the output file {}", path.display()))

@@ -263,6 +263,14 @@ impl Probes {
         Ok(())
     }
 
+    /// Probes go on with multi-uprobe links (Linux 6.6+). Such a link is
+    /// made on the program loaded at the start without any capability;
+    /// aya's single uprobes need `perf_event_open` of a uprobe, which takes
+    /// CAP_PERFMON, or CAP_SYS_ADMIN since the 2025 fix for uprobes.
+    pub fn uses_multi_links(&self) -> bool {
+        matches!(self.links.attacher, Attacher::Multi(_))
+    }
+
     pub fn is_probed(&self, id: FileId) -> bool {
         self.links.plans.contains_key(&id)
     }
