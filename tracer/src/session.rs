@@ -47,6 +47,9 @@ const TAKE_IN_EVERY: Duration = Duration::from_millis(2);
 /// Deferred records kept back while the ring buffer keeps delivering (see
 /// `take_in`); beyond this they are queued anyway.
 const MAX_DEFERRED_WAITING: usize = 100_000;
+/// The longest an exit read from the ring buffer waits for the kernel's
+/// deferred dependencies (older than it) to be taken.
+const EXITS_WAIT: Duration = Duration::from_secs(2);
 
 /// Why tracing stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,9 +144,11 @@ pub struct Session {
     /// Processes seen to exit since their held-back inits were last
     /// deleted in the kernel.
     exited: Vec<u32>,
-    /// Processes whose exit the kernel deferred (ring buffer full): queued
-    /// after the next records taken in.
+    /// Processes whose exit the kernel deferred (ring buffer full), or that
+    /// exited with deferred dependencies left: queued after them.
     deferred_exits: Vec<u32>,
+    /// Since when exits wait in `deferred_exits`.
+    exits_waiting_since: Option<Instant>,
     /// Records the kernel deferred (dependencies, and inits the ring
     /// buffer had no room for): queued after the next records taken in.
     deferred_records: Vec<Pending>,
@@ -187,6 +192,7 @@ impl Session {
             untraced_sites: HashMap::new(),
             exited: Vec::new(),
             deferred_exits: Vec::new(),
+            exits_waiting_since: None,
             deferred_records: Vec::new(),
             scans_since_sweep: 0,
             started: Instant::now(),
@@ -617,6 +623,15 @@ impl Session {
             // Python, released once described, creates its module locks at
             // once): deleting them here lost their creation lines.
             if let Record::ProcessExit { pid } = &record {
+                // Deferred dependencies left in the kernel's map (taken a
+                // batch at a time) are older than the exit: it waits with
+                // the exits the kernel deferred (lock_burst's 16,000
+                // deferred dependencies, processed after its exit, lost
+                // their first edges to the exit's forgetting).
+                if self.probes.deferred_left() {
+                    self.deferred_exits.push(*pid);
+                    continue;
+                }
                 self.exited.push(*pid);
             }
             // A process first seen here (forked before its parent was found
@@ -645,6 +660,18 @@ impl Session {
         if n == 0 || self.deferred_records.len() > MAX_DEFERRED_WAITING {
             self.queue
                 .extend(std::mem::take(&mut self.deferred_records));
+        }
+        // Exits wait for the deferred map to be taken whole, for at most
+        // EXITS_WAIT: a host whose map never empties still has its exited
+        // processes forgotten.
+        let waited = *self.exits_waiting_since.get_or_insert_with(Instant::now);
+        if self.deferred_exits.is_empty() {
+            self.exits_waiting_since = None;
+        } else if (n == 0 && !self.probes.deferred_left())
+            || self.deferred_records.len() > MAX_DEFERRED_WAITING
+            || waited.elapsed() > EXITS_WAIT
+        {
+            self.exits_waiting_since = None;
             for pid in std::mem::take(&mut self.deferred_exits) {
                 self.exited.push(pid);
                 let pending = self.enricher.resolve_python(Record::ProcessExit { pid });

@@ -109,6 +109,8 @@ pub struct Probes {
     pub(super) reloadable: bool,
     /// The kernel's deferred-dependency count when `DEFERRED` was last read.
     pub(super) deferred_taken: u64,
+    /// The last look at `DEFERRED` left entries in it (a batch at a time).
+    pub(super) deferred_left: bool,
     /// Our pid namespace (device, inode), as the kernel side has it.
     pub(super) pid_ns: (u64, u64),
 }
@@ -184,6 +186,7 @@ impl Probes {
             cgroup_dirs: filter.cgroup_dirs.clone(),
             reloadable,
             deferred_taken: 0,
+            deferred_left: false,
             pid_ns: (pidns_dev, pidns_ino),
         };
         // The verifier takes most of the start-up time: the uprobe programs

@@ -212,6 +212,7 @@ impl Probes {
         if !unfinished {
             self.deferred_taken = deferred_so_far;
         }
+        self.deferred_left = unfinished;
         // Exits wait for the rest of the map: a process's deferred
         // dependencies are older than its exit.
         let exits = if more {
@@ -220,6 +221,13 @@ impl Probes {
             self.take_deferred_exits()?
         };
         Ok((out, exits))
+    }
+
+    /// Whether the kernel side's deferred dependencies were not all taken
+    /// at the last look: an exit read from the ring buffer must wait for
+    /// them (they are older than it).
+    pub fn deferred_left(&self) -> bool {
+        self.deferred_left
     }
 
     fn take_deferred_exits(&mut self) -> Result<Vec<u32>> {
