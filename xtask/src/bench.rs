@@ -772,6 +772,9 @@ enum TraceRecord {
         #[serde(default)]
         counters: std::collections::BTreeMap<String, u64>,
     },
+    /// The class graph written before the summary (`report --graph`):
+    /// not a finding.
+    LockGraph,
     /// Any finding.
     #[serde(other)]
     Finding,
@@ -796,7 +799,7 @@ fn summary_of(text: &str) -> TraceSummary {
                 .sum::<Option<u64>>();
             Some((*events, *lost_events, records))
         }
-        TraceRecord::Finding => None,
+        TraceRecord::Finding | TraceRecord::LockGraph => None,
     });
     TraceSummary {
         events: summary.map(|s| s.0),
@@ -1424,6 +1427,7 @@ Transfer/sec:     53.79MB
     #[test]
     fn reads_summary_counts() {
         let text = r#"{"type":"self_deadlock","id":1,"pid":5}
+{"type":"lock_graph","classes":[],"dependencies":[],"omitted_dependencies":0}
 {"type":"summary","events":614787,"dependencies":3,"lost_events":0,"counters":{"dependency_events":9,"lock_records":4}}
 "#;
         let s = summary_of(text);

@@ -156,7 +156,10 @@ pub fn memcached_bench(locktrace: &Path, opts: &Options) -> Result<MemcachedResu
                     .collect();
                 let summary = lines.iter().rev().find(|s| s.kind == "summary");
                 deps[i - 1].push(summary.map_or(f64::NAN, |s| s.dependencies as f64));
-                findings[i - 1] += lines.iter().filter(|s| s.kind != "summary").count();
+                findings[i - 1] += lines
+                    .iter()
+                    .filter(|s| s.kind != "summary" && s.kind != "lock_graph")
+                    .count();
                 if let Some(b) = summary.and_then(|s| s.budget.as_ref()) {
                     duty.push(b.duty_cycle);
                 }
