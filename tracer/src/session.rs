@@ -116,8 +116,6 @@ pub struct Change {
     pub hang_threshold: Option<Duration>,
     /// The instance graph's caps: (lock instances, dependencies).
     pub caps: Option<(usize, usize)>,
-    /// Where findings and the summary go from now on.
-    pub reporter: Option<Reporter>,
 }
 
 pub struct Session {
@@ -250,9 +248,6 @@ impl Session {
             }
             if let Some((locks, dependencies)) = change.caps {
                 self.detector.set_limits(locks, dependencies);
-            }
-            if let Some(reporter) = change.reporter {
-                self.reporter = reporter;
             }
             if let Some(filter) = change.filter {
                 self.retrace(&filter);

@@ -322,7 +322,7 @@ impl Agent {
             );
         }
         info!(
-            "SIGHUP: configuration reloaded ({} suppressions{}{}{}{})",
+            "SIGHUP: configuration reloaded ({} suppressions{}{}{})",
             reload.suppressions.len(),
             if change.filter.is_some() {
                 ", new trace filters"
@@ -336,11 +336,6 @@ impl Agent {
             },
             if change.caps.is_some() {
                 ", new caps"
-            } else {
-                ""
-            },
-            if change.reporter.is_some() {
-                ", new report sink"
             } else {
                 ""
             },
