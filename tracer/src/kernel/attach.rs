@@ -213,23 +213,12 @@ impl Probes {
             ProbePrograms::Floor => TWO_HIT_FLOOR_ONLY,
             _ => &[],
         };
-        let free_watch = match (self.programs, self.watch_free) {
-            (ProbePrograms::Tracer, true) => FREE_WATCH,
-            _ => &[],
-        };
-        for probe in UPROBES.iter().chain(floor_only).chain(free_watch) {
+        for probe in UPROBES.iter().chain(floor_only) {
             let symbol = probe.symbol;
             let Ok((placed, function)) =
                 placement::place_symbol(&elf, symbol, probe.reads, probe.repeat_safe)
             else {
-                if free_watch.iter().any(|p| p.symbol == symbol) {
-                    // glibc before 2.34: the lock functions are in
-                    // libpthread, `free` in libc.
-                    warn!(
-                        file = %target.name.display(),
-                        "--watch-free: no `free` in the file of the lock functions: frees are not watched there"
-                    );
-                } else if !missing.contains(&symbol) {
+                if !missing.contains(&symbol) {
                     missing.push(symbol);
                 }
                 continue;
@@ -270,7 +259,7 @@ impl Probes {
                 missing.len()
             );
         }
-        let groups = groups
+        let mut groups: Vec<Group> = groups
             .into_iter()
             .map(|((_, program, is_return), mut offsets)| {
                 offsets.sort_unstable();
@@ -284,11 +273,24 @@ impl Probes {
                 }
             })
             .collect();
+        let free = self.free_group(&elf);
+        if self.watch_free && matches!(self.programs, ProbePrograms::Tracer) {
+            match &free {
+                // With the lifecycle programs, before the acquisitions.
+                Some(group) => groups.insert(0, group.clone()),
+                // glibc before 2.34: the lock functions are in libpthread,
+                // `free` in libc.
+                None => warn!(
+                    file = %target.name.display(),
+                    "--watch-free: no `free` in the file of the lock functions: frees are not watched there"
+                ),
+            }
+        }
         let plan = FilePlan {
             name: target.name.clone(),
             open_path: target.open_path.clone(),
             groups,
-            free: self.free_group(&elf),
+            free,
         };
         Ok((plan, missing))
     }
