@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracer_common::{chain_key_mix, chain_key_without};
+use tracer_common::{chain_key_of, chain_key_without};
 
 use crate::classes::Classes;
 use crate::graph::LockOrderGraph;
@@ -514,7 +514,7 @@ impl Detector {
 
     fn on_request(&mut self, r: Request, host: &mut dyn Host) -> Vec<Verdict> {
         let mut verdicts = Vec::new();
-        let all_held = r.held.iter().fold(0, |h, &a| h ^ chain_key_mix(a));
+        let all_held = chain_key_of(&r.held);
         let instance = |addr| LockInstance { pid: r.pid, addr };
         // One copy of the request's evidence, shared by its dependencies.
         let thread = self.thread_names.intern(&r.thread);

@@ -40,6 +40,33 @@ impl DependencyKey {
     }
 }
 
+#[cfg(not(target_arch = "bpf"))]
+impl DependencyKey {
+    /// [`DependencyKey::new`] for a dependency the collector got, sent as a
+    /// wake-up hand-off or not.
+    pub fn of_dependency(
+        pid: u32,
+        handoff: bool,
+        from: (u64, u32),
+        to: (u64, u32),
+        chain_key: u64,
+    ) -> Self {
+        let event = if handoff {
+            crate::EventKind::Handoff
+        } else {
+            crate::EventKind::Dependency
+        };
+        DependencyKey::new(pid, event as u32, from, to, chain_key)
+    }
+}
+
+/// The chain key of all the locks `held` (the kernel side folds the same
+/// over its held stack).
+#[cfg(not(target_arch = "bpf"))]
+pub fn chain_key_of(held: &[u64]) -> u64 {
+    held.iter().fold(0, |key, &addr| key ^ chain_key_mix(addr))
+}
+
 /// One held lock's share of a chain key (lockdep's fingerprint of the locks
 /// a thread holds; here of lock instances, by address).
 #[inline(always)]

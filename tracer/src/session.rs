@@ -13,7 +13,7 @@ use tracer_analysis::limits::{self, Tally};
 use tracer_analysis::model::{Blocked, LockInstance, Waiter};
 use tracer_analysis::waits::WaitScan;
 use tracer_analysis::{Detector, Verdict};
-use tracer_common::{Counter, DependencyKey, EventKind};
+use tracer_common::{Counter, DependencyKey};
 use tracing::{debug, info, warn};
 
 use crate::budget::Slicer;
@@ -773,14 +773,9 @@ impl Session {
             .take_forgotten()
             .iter()
             .map(|d| {
-                let event = if d.handoff {
-                    EventKind::Handoff
-                } else {
-                    EventKind::Dependency
-                };
-                DependencyKey::new(
+                DependencyKey::of_dependency(
                     d.pid,
-                    event as u32,
+                    d.handoff,
                     (d.from.addr, d.from_kind as u32),
                     (d.to.addr, d.to_kind as u32),
                     d.chain_key,
