@@ -17,7 +17,7 @@
 //!   lock is missed, none is invented.
 
 use serde::Serialize;
-use tracer_common::{chain_key_mix, chain_key_without, DependencyKey, EventKind, LockKind};
+use tracer_common::{chain_key_of, chain_key_without, DependencyKey, LockKind};
 use tracing::debug;
 
 use crate::kernel::decode::RawRequest;
@@ -99,17 +99,13 @@ impl ReuseGate {
     /// Watches the frees of process `pid` from now on (`run`'s command,
     /// before it runs; a process that `run` traces, when its fork is seen).
     pub fn watch(&mut self, pid: u32, symbolizer: &mut Symbolizer, probes: &mut Probes) -> Watched {
+        let before = probes.frees_watched(pid);
         let mapped = mapped_files(pid, symbolizer);
-        self.watch_mapped(pid, &mapped, probes)
-    }
-
-    fn watch_mapped(&mut self, pid: u32, mapped: &[FileId], probes: &mut Probes) -> Watched {
         if mapped.is_empty() {
             // Its mappings are unknown (gone): nothing can be watched.
-            return probes.frees_watched(pid);
+            return before;
         }
-        let before = probes.frees_watched(pid);
-        match probes.watch_frees(pid, mapped) {
+        match probes.watch_frees(pid, &mapped) {
             Ok(watched) => {
                 if watched != before && matches!(watched, Watched::Since { .. }) {
                     self.stats.processes_watched += 1;
@@ -126,19 +122,14 @@ impl ReuseGate {
 
     /// The kernel side's cache forgets the dependencies of `raw`.
     fn forget(&self, raw: &RawRequest, probes: &mut Probes) {
-        let all_held = raw.held.iter().fold(0, |h, &a| h ^ chain_key_mix(a));
-        let event = if raw.handoff {
-            EventKind::Handoff
-        } else {
-            EventKind::Dependency
-        };
+        let all_held = chain_key_of(&raw.held);
         let keys: Vec<DependencyKey> = raw
             .from
             .iter()
             .map(|from| {
-                DependencyKey::new(
+                DependencyKey::of_dependency(
                     raw.pid,
-                    event as u32,
+                    raw.handoff,
                     (from.addr, from.kind),
                     (raw.to.addr, raw.to.kind),
                     chain_key_without(all_held, from.addr),

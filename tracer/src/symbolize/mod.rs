@@ -425,10 +425,11 @@ impl Symbolizer {
     pub fn lock_memory(&mut self, pid: u32, addr: u64, sp: u64) -> LockMemory {
         // A lock is in mapped memory: a miss means the mappings known are
         // not the process's (yet); read them again while it lives.
-        if self.spaces.find(pid, addr).is_none() {
-            self.spaces.reread(pid);
+        let mut found = self.spaces.find(pid, addr).cloned();
+        if found.is_none() && self.spaces.reread(pid) {
+            found = self.spaces.find(pid, addr).cloned();
         }
-        let Some(m) = self.spaces.find(pid, addr).cloned() else {
+        let Some(m) = found else {
             return match self.image_lock(pid, addr) {
                 Some(_) => LockMemory::Image,
                 None => LockMemory::Unknown,
