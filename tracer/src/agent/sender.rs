@@ -26,88 +26,112 @@ const BATCH: usize = 64;
 /// After the agent is told to stop: how long it keeps trying.
 pub const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
-/// Posts what arrives on `alerts` to `base` until the channel closes, then
-/// tries for [`FLUSH_LIMIT`] to deliver what is left.
-pub async fn deliver(
-    base: String,
-    queue_limit: usize,
-    mut alerts: mpsc::Receiver<Alert>,
-    metrics: Arc<Metrics>,
+/// A bounded queue that [`deliver_all`] drains: how items are kept,
+/// batched into one POST's body and counted.
+pub trait Outbox {
+    type Item;
+    /// Queues `item`; past the bound the oldest goes (counted).
+    fn push(&mut self, item: Self::Item);
+    /// How many items wait.
+    fn queued(&self) -> usize;
+    /// The body of the next POST, and how many items from the front of the
+    /// queue it carries.
+    fn next_body(&self) -> (Result<Vec<u8>>, usize);
+    /// The first `n` items were delivered.
+    fn delivered(&mut self, n: usize);
+    /// An attempt to deliver `n` items failed; they stay queued.
+    fn failed(&mut self, n: usize);
+}
+
+/// Where [`deliver_all`] posts, and what to call it and its items in the
+/// log.
+pub struct Endpoint {
+    /// `http://host:port[/prefix]`.
+    pub url: String,
+    pub path: &'static str,
+    /// The server, for people: "Alertmanager", "the webhook".
+    pub who: &'static str,
+    /// What is sent: "alerts", "findings".
+    pub items: &'static str,
+}
+
+/// Posts what arrives on `incoming` through `outbox` to `to` until the
+/// channel closes, then tries for [`FLUSH_LIMIT`] to deliver what is left.
+/// While the server fails, attempts back off from [`FIRST_BACKOFF`] to
+/// [`MAX_BACKOFF`], and new items are still taken in.
+pub async fn deliver_all<O: Outbox>(
+    to: Endpoint,
+    mut outbox: O,
+    mut incoming: mpsc::Receiver<O::Item>,
 ) {
-    let mut queue: VecDeque<Alert> = VecDeque::new();
+    let Endpoint {
+        url,
+        path,
+        who,
+        items,
+    } = to;
     let mut backoff = FIRST_BACKOFF;
     let mut failing = false;
-    let mut closed = false;
-    let mut flush_deadline = None;
+    let mut flush_deadline: Option<tokio::time::Instant> = None;
     loop {
-        let enqueue = |queue: &mut VecDeque<Alert>, alert: Alert| {
-            // A re-send of an alert still queued (Alertmanager down for
-            // several intervals) replaces it: the queue holds each alert
-            // once.
-            if let Some(queued) = queue.iter_mut().find(|q| q.labels == alert.labels) {
-                *queued = alert;
+        if outbox.queued() == 0 {
+            if flush_deadline.is_some() {
                 return;
             }
-            if queue.len() >= queue_limit {
-                queue.pop_front();
-                metrics.alerts_dropped.inc();
-            }
-            queue.push_back(alert);
-        };
-        if queue.is_empty() {
-            if closed {
-                return;
-            }
-            match alerts.recv().await {
-                Some(a) => enqueue(&mut queue, a),
+            match incoming.recv().await {
+                Some(item) => outbox.push(item),
                 None => return,
             }
         }
-        while let Ok(a) = alerts.try_recv() {
-            enqueue(&mut queue, a);
+        while let Ok(item) = incoming.try_recv() {
+            outbox.push(item);
         }
-        let n = queue.len().min(BATCH);
-        let batch: Vec<&Alert> = queue.iter().take(n).collect();
-        match post(&base, &batch).await {
+        let (body, n) = outbox.next_body();
+        let sent = match body {
+            Ok(body) => post_json(&url, path, body, who).await,
+            Err(e) => Err(e),
+        };
+        match sent {
             Ok(()) => {
-                metrics.alerts_sent.inc_by(n as u64);
-                queue.drain(..n);
+                outbox.delivered(n);
                 if failing {
-                    info!("Alertmanager at {base} accepts alerts again");
+                    info!("{who} at {url} takes {items} again");
                 }
                 failing = false;
                 backoff = FIRST_BACKOFF;
                 continue;
             }
             Err(e) => {
-                metrics.alerts_failed.inc_by(n as u64);
+                outbox.failed(n);
                 if !failing {
                     warn!(
-                        "cannot send alerts to Alertmanager at {base} (retrying, {} queued): {e:#}",
-                        queue.len()
+                        "cannot send {items} to {who} at {url} (retrying, {} queued): {e:#}",
+                        outbox.queued()
                     );
                 }
                 failing = true;
             }
         }
-        if closed {
-            if flush_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                warn!("{} alerts left undelivered at exit", queue.len());
+        if let Some(deadline) = flush_deadline {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    "{} {items} left undelivered to {who} at exit",
+                    outbox.queued()
+                );
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        // Wait out the backoff, still taking new alerts in.
+        // Wait out the backoff, still taking new items in.
         let sleep = tokio::time::sleep(backoff);
         tokio::pin!(sleep);
         loop {
             tokio::select! {
                 _ = &mut sleep => break,
-                a = alerts.recv() => match a {
-                    Some(a) => enqueue(&mut queue, a),
+                item = incoming.recv() => match item {
+                    Some(item) => outbox.push(item),
                     None => {
-                        closed = true;
                         flush_deadline = Some(tokio::time::Instant::now() + FLUSH_LIMIT);
                         break;
                     }
@@ -118,9 +142,71 @@ pub async fn deliver(
     }
 }
 
-async fn post(base: &str, alerts: &[&Alert]) -> Result<()> {
-    let body = serde_json::to_vec(alerts)?;
-    post_json(base, "/api/v2/alerts", body, "Alertmanager").await
+/// Alerts for Alertmanager: a re-send of an alert still queued replaces
+/// it, and up to [`BATCH`] go in one `POST /api/v2/alerts`.
+struct Alerts {
+    queue: VecDeque<Alert>,
+    limit: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Outbox for Alerts {
+    type Item = Alert;
+
+    fn push(&mut self, alert: Alert) {
+        // Alertmanager down for several intervals: the queue holds each
+        // alert once.
+        if let Some(queued) = self.queue.iter_mut().find(|q| q.labels == alert.labels) {
+            *queued = alert;
+            return;
+        }
+        if self.queue.len() >= self.limit {
+            self.queue.pop_front();
+            self.metrics.alerts_dropped.inc();
+        }
+        self.queue.push_back(alert);
+    }
+
+    fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn next_body(&self) -> (Result<Vec<u8>>, usize) {
+        let n = self.queue.len().min(BATCH);
+        let batch: Vec<&Alert> = self.queue.iter().take(n).collect();
+        (serde_json::to_vec(&batch).map_err(Into::into), n)
+    }
+
+    fn delivered(&mut self, n: usize) {
+        self.metrics.alerts_sent.inc_by(n as u64);
+        self.queue.drain(..n);
+    }
+
+    fn failed(&mut self, n: usize) {
+        self.metrics.alerts_failed.inc_by(n as u64);
+    }
+}
+
+/// Posts what arrives on `alerts` to Alertmanager at `base` (see
+/// [`deliver_all`]).
+pub async fn deliver(
+    base: String,
+    queue_limit: usize,
+    alerts: mpsc::Receiver<Alert>,
+    metrics: Arc<Metrics>,
+) {
+    let outbox = Alerts {
+        queue: VecDeque::new(),
+        limit: queue_limit,
+        metrics,
+    };
+    let to = Endpoint {
+        url: base,
+        path: "/api/v2/alerts",
+        who: "Alertmanager",
+        items: "alerts",
+    };
+    deliver_all(to, outbox, alerts).await
 }
 
 /// `POST url + path` of a JSON body, over plain HTTP/1.1, within
