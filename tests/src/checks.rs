@@ -93,9 +93,9 @@ pub fn lock_names(finding: &Inversion, run: &JsonRun) -> BTreeSet<String> {
         .collect()
 }
 
-/// The one `lock_order_inversion` of process `pid`, between the locks named
-/// `expected` (`which` says what the process is, for the message).
-pub fn assert_one_inversion_of(run: &JsonRun, pid: u32, which: &str, expected: &[&str]) {
+/// The one `lock_order_inversion` of process `pid` (`which` says what the
+/// process is, for the message).
+pub fn one_inversion_of<'a>(run: &'a JsonRun, pid: u32, which: &str) -> &'a Inversion {
     let found: Vec<_> = run
         .report
         .inversions()
@@ -108,8 +108,15 @@ pub fn assert_one_inversion_of(run: &JsonRun, pid: u32, which: &str, expected: &
         "one inversion in {which} [{pid}]\n{}",
         run.describe()
     );
+    found[0]
+}
+
+/// The one `lock_order_inversion` of process `pid`, between the locks named
+/// `expected` (`which` says what the process is, for the message).
+pub fn assert_one_inversion_of(run: &JsonRun, pid: u32, which: &str, expected: &[&str]) {
+    let found = one_inversion_of(run, pid, which);
     assert_eq!(
-        lock_names(found[0], run),
+        lock_names(found, run),
         names(expected),
         "{}",
         run.describe()

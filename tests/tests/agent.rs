@@ -14,7 +14,9 @@ use locktrace_e2e::services::{
     counter, free_port, http_get, http_get_with_headers, wait_ready, Alertmanager, Receiver,
 };
 use locktrace_e2e::tracer::{Tracer, Watcher};
-use locktrace_e2e::{comm_of, copy_executable, fixture, require_root, workspace_dir, Variant};
+use locktrace_e2e::{
+    comm_of, copy_executable, fixture, one_inversion_of, require_root, workspace_dir, Variant,
+};
 use serde_json::Value;
 
 /// A config error stops the agent at once, in one line naming the key and
@@ -1490,20 +1492,9 @@ fn capabilities_after_the_start_are_the_documented_set_and_tracing_goes_on() {
         };
         agent.wait_for_finding_of(pid, Duration::from_secs(20));
         let run = agent.stop();
-        let found: Vec<_> = run
-            .report
-            .inversions()
-            .into_iter()
-            .filter(|f| f.pid == pid)
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "filtered: {filtered}\n{}",
-            run.run.describe()
-        );
+        let found = one_inversion_of(&run, pid, &format!("filtered: {filtered}"));
         // Its stacks symbolized: the maps and the file were read.
-        let functions: Vec<&str> = found[0]
+        let functions: Vec<&str> = found
             .cycle
             .iter()
             .flat_map(|e| &e.stack)
