@@ -64,13 +64,17 @@ impl ReuseGate {
                 continue;
             }
             match symbolizer.lock_memory(raw.pid, lock.addr, raw.sp) {
-                LockMemory::Image | LockMemory::Shared => {}
+                // Unknown: the process was gone before its mappings were
+                // read (its records processed after its exit). Judged as
+                // before this gate: holding back every dependency of such
+                // a process lost real inversions of short-lived ones.
+                LockMemory::Image | LockMemory::Shared | LockMemory::Unknown => {}
                 LockMemory::Stack => {
                     self.stats.on_stack += 1;
                     self.forget(raw, probes);
                     return false;
                 }
-                LockMemory::Heap | LockMemory::Unknown => on_heap = true,
+                LockMemory::Heap => on_heap = true,
             }
         }
         if !on_heap {
