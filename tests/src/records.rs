@@ -444,6 +444,8 @@ pub struct LockMemory {
     pub unwatched: u64,
     /// Processes whose frees were watched.
     pub processes_watched: u64,
+    /// Processes refused a watch for lack of descriptors.
+    pub watches_refused: u64,
 }
 
 /// End-of-run statistics: the last line.
@@ -487,6 +489,8 @@ pub struct Summary {
     /// children forked while tracing), and the longest delay.
     pub processes_probed_late: u64,
     pub probe_delay_max_ms: f64,
+    /// Traced processes left without probes for lack of descriptors.
+    pub processes_not_probed: u64,
     /// With `--budget` only: the duty cycle and what the last slices found.
     #[serde(default)]
     pub budget: Option<BudgetStats>,

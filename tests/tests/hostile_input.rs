@@ -570,6 +570,93 @@ fn a_tracer_short_of_descriptors_keeps_tracing_and_writes_its_summary() {
     );
 }
 
+#[test]
+fn a_tracer_short_of_descriptors_for_free_watches_keeps_tracing() {
+    require_root();
+    let _serial = one_heavy_at_a_time();
+    // 300 processes of nobody, each nesting two heap mutexes: each is a
+    // process whose frees the tracer must watch (a probe link, one
+    // descriptor) before it may judge them, more than 256 descriptors.
+    let nesters = start_as_nobody(&fixture("heap_nesters", Variant::NoFp), &["300", "40"]);
+    let watcher = Watcher::start_wrapped(&["prlimit", "--nofile=256:256", "--"], &[]);
+    std::thread::sleep(Duration::from_secs(4));
+    let out = Command::new(fixture("ab_ba", Variant::NoFp))
+        .output()
+        .expect("ab_ba");
+    assert!(out.status.success());
+    let pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("ab_ba prints its pid");
+    let found = watcher.wait_for_finding_of(pid, Duration::from_secs(20));
+    let fds = open_fds(watcher.pid());
+    let (run, took) = watcher.terminate();
+    drop(nesters);
+    let memory = &run.report.summary.lock_memory;
+    println!(
+        "tracer descriptors {fds} of 256; stopped {took:?} after SIGTERM; lock_memory {memory:?}; \
+         unopened files {}",
+        run.report.summary.unopened_files
+    );
+    run.run.assert_exit(0);
+    assert!(found, "no finding for ab_ba [{pid}]\n{}", run.describe());
+    // The nesters take their pairs in one order: no finding of theirs.
+    assert_eq!(run.report.inversions().len(), 1, "{}", run.describe());
+    assert!(
+        memory.processes_watched > 0 && memory.watches_refused > 0,
+        "some nesters watched, the rest refused for lack of descriptors: {memory:?}\n{}",
+        run.describe()
+    );
+    // The watches left descriptors for reading symbols.
+    assert_eq!(
+        run.report.summary.unopened_files,
+        0,
+        "files not opened for symbols\n{}",
+        run.describe()
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "took {took:?} to stop\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn a_tracer_short_of_descriptors_for_per_process_probes_keeps_tracing() {
+    require_root();
+    let _serial = one_heavy_at_a_time();
+    // `watch --pid` of a parent of 300 processes: each traced one gets its
+    // own probe links (a descriptor per program), more than 256.
+    let nesters = start_as_nobody(&fixture("heap_nesters", Variant::NoFp), &["300", "40"]);
+    let parent = nesters.0.id().to_string();
+    let watcher =
+        Watcher::start_wrapped(&["prlimit", "--nofile=256:256", "--"], &["--pid", &parent]);
+    std::thread::sleep(Duration::from_secs(4));
+    let fds = open_fds(watcher.pid());
+    let (run, took) = watcher.terminate();
+    drop(nesters);
+    let summary = &run.report.summary;
+    println!(
+        "tracer descriptors {fds} of 256; stopped {took:?} after SIGTERM; not probed {}; \
+         unopened files {}; dependencies {}",
+        summary.processes_not_probed, summary.unopened_files, summary.dependencies
+    );
+    run.run.assert_exit(0);
+    assert!(
+        summary.processes_not_probed > 0 && summary.dependencies > 0,
+        "some nesters probed (their pair seen), the rest left for lack of descriptors\n{}",
+        run.describe()
+    );
+    assert_eq!(run.report.inversions().len(), 0, "{}", run.describe());
+    assert_eq!(summary.unopened_files, 0, "{}", run.describe());
+    assert!(
+        took < Duration::from_secs(1),
+        "took {took:?} to stop\n{}",
+        run.describe()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Huge inputs (issue 20, item 5)
 

@@ -11,7 +11,7 @@ use locktrace::{
         AgentArgs, Cli, Command, CommonArgs, Format, ReportArgs, RunArgs, SnapshotArgs, WatchArgs,
     },
     enrich::Enricher,
-    host::{launch, outfile, preflight, proc, spaces::AddressSpaces},
+    host::{descriptors, launch, outfile, preflight, proc, spaces::AddressSpaces},
     kernel::{
         load::{Filter, ProbePlacement, ProbePrograms, Probes},
         targets::{self, Target},
@@ -198,6 +198,8 @@ fn preflight(common: &CommonArgs) -> Result<(Vec<Target>, bool)> {
 /// file named on the command line, or no file probed at all, is an error. The caller arms
 /// the kernel side once every process it traces is probed.
 fn attach(common: &CommonArgs, filter: &Filter, targets: &[Target]) -> Result<Probes> {
+    // After `run` forked its command, which keeps its own limit.
+    descriptors::raise_soft_limit();
     let mut probes = Probes::load(
         filter,
         placement(common),

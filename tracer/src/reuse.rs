@@ -41,6 +41,10 @@ pub struct ReuseStats {
     pub unwatched: u64,
     /// Processes whose frees were watched.
     pub processes_watched: u64,
+    /// Processes whose frees could not be watched for lack of file
+    /// descriptors (for a while: tried again): their heap locks'
+    /// dependency records meanwhile are in `before_free_watch`.
+    pub watches_refused: u64,
 }
 
 #[derive(Default)]

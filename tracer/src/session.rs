@@ -27,7 +27,7 @@ use crate::kernel::maps::HeldByThread;
 use crate::report::blocking::Scan;
 use crate::report::class_waits::{ClassWaitNs, ClassWaits};
 use crate::report::{self, graph, summary, Reporter, Summary};
-use crate::reuse::ReuseGate;
+use crate::reuse::{ReuseGate, ReuseStats};
 
 /// Contended futex words listed in the summary.
 const CONTENTION_SHOWN: usize = 5;
@@ -971,7 +971,10 @@ impl Session {
             suppressed_findings: stats.suppressed_findings,
             dropped_dependencies: stats.dropped_dependencies,
             lock_facts_not_kept: stats.lock_facts_not_kept,
-            lock_memory: self.reuse.stats,
+            lock_memory: ReuseStats {
+                watches_refused: self.probes.processes_refused_watches(),
+                ..self.reuse.stats
+            },
             unprocessed_records: self.unprocessed,
             dropped_records: self.pending.dropped,
             unopened_files: crate::host::files::unopened(),
@@ -986,6 +989,7 @@ impl Session {
                 .collect(),
             processes_probed_late: self.probes.late_links().processes,
             probe_delay_max_ms: self.probes.late_links().max_delay.as_secs_f64() * 1e3,
+            processes_not_probed: self.probes.late_links().refused,
             budget: self
                 .slicer
                 .as_ref()

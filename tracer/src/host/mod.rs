@@ -5,6 +5,7 @@
 //! blocked threads of the wait-for graph.
 
 pub mod cgroups;
+pub mod descriptors;
 pub mod elf;
 pub mod files;
 pub mod launch;

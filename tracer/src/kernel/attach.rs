@@ -31,6 +31,11 @@ use crate::kernel::multi;
 use crate::kernel::placement;
 use crate::kernel::targets::Target;
 
+/// How long a traced process refused its links for lack of descriptors
+/// waits before it is tried again (other processes' links close as they
+/// exit).
+const REFUSED_RETRY: Duration = Duration::from_secs(10);
+
 impl Probes {
     /// Attaches every lock probe to `target` (a libc, or a program with its
     /// own copy of the lock functions), for every process or for each
@@ -76,6 +81,26 @@ impl Probes {
         if !self.links.per_process || self.links.by_process.contains_key(&Some(pid)) {
             return Ok(false);
         }
+        let needed: u64 = self
+            .links
+            .plans
+            .values()
+            .map(|plan| plan.groups.len() as u64)
+            .sum();
+        if !crate::host::descriptors::room_for_links(needed) {
+            // Tried again by `sweep_processes` after a while.
+            if self.links.refused.insert(pid, Instant::now()).is_none() {
+                self.links.late.refused += 1;
+                if self.links.late.refused == 1 {
+                    warn!(
+                        pid,
+                        "no file descriptor to spare for a traced process's probes: it is \
+                         not traced until one is (counted in the summary)"
+                    );
+                }
+            }
+            return Ok(false);
+        }
         self.links.by_process.insert(Some(pid), Vec::new());
         for &which in self.links.linked_now() {
             let mut made = Vec::new();
@@ -97,6 +122,11 @@ impl Probes {
         if !self.links.per_process
             || self.links.by_process.contains_key(&Some(pid))
             || !self.may_trace(pid)
+            || self
+                .links
+                .refused
+                .get(&pid)
+                .is_some_and(|at| at.elapsed() < REFUSED_RETRY)
         {
             return;
         }
@@ -104,7 +134,9 @@ impl Probes {
             warn!(pid, "cannot reset a new process's held locks: {e:#}");
         }
         match self.link_process(pid) {
-            Ok(_) => {
+            Ok(false) => {}
+            Ok(true) => {
+                self.links.refused.remove(&pid);
                 let now = crate::host::proc::clock_ns(libc::CLOCK_MONOTONIC);
                 let delay = Duration::from_nanos(started_ns.map_or(0, |t| now.saturating_sub(t)));
                 debug!(
@@ -169,6 +201,9 @@ impl Probes {
     /// Closes the links of processes that exited (in the background: each
     /// close waits for a grace period).
     pub(super) fn unlink_exited(&mut self) {
+        self.links
+            .refused
+            .retain(|&pid, _| crate::host::proc::is_process(pid));
         let gone: Vec<Option<u32>> = self
             .links
             .by_process

@@ -22,7 +22,7 @@ use aya::programs::{
     uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     UProbe,
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::kernel::links::{Attacher, FreeLink, Group, Watch};
 use crate::kernel::load::Probes;
@@ -32,6 +32,10 @@ use crate::kernel::targets::FileId;
 /// How long the watch of an exited process stays known.
 const GONE_KEPT: Duration = Duration::from_secs(60);
 
+/// How long a process refused a watch for lack of descriptors waits before
+/// it is tried again (other processes' links close as they exit).
+const REFUSED_RETRY: Duration = Duration::from_secs(10);
+
 /// Whether a process's frees are seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Watched {
@@ -40,6 +44,8 @@ pub enum Watched {
     Since { since: u64, until: Option<u64> },
     /// Not yet.
     No,
+    /// Not now: the tracer's descriptors are short (tried again later).
+    Refused,
     /// They cannot be: no `free` in the probed files it maps.
     Never,
 }
@@ -67,6 +73,13 @@ impl Probes {
                 until: w.until,
             },
             None if watches.unwatchable.contains_key(&pid) => Watched::Never,
+            None if watches
+                .refused
+                .get(&pid)
+                .is_some_and(|at| at.elapsed() < REFUSED_RETRY) =>
+            {
+                Watched::Refused
+            }
             None => Watched::No,
         }
     }
@@ -102,6 +115,24 @@ impl Probes {
         if groups.is_empty() {
             self.links.frees.unwatchable.insert(pid, ());
             return Ok(Watched::Never);
+        }
+        let needed: usize = match self.links.attacher {
+            Attacher::Multi(_) => groups.len(),
+            Attacher::Single => groups.iter().map(|(_, _, g)| g.offsets.len()).sum(),
+        };
+        if !crate::host::descriptors::room_for_links(needed as u64) {
+            let watches = &mut self.links.frees;
+            if watches.refused.insert(pid, Instant::now()).is_none() {
+                watches.processes_refused += 1;
+                if watches.processes_refused == 1 {
+                    warn!(
+                        pid,
+                        "no file descriptor to spare for watching a process's frees: its heap \
+                         locks are not judged until one is (counted in the summary's lock_memory)"
+                    );
+                }
+            }
+            return Ok(Watched::Refused);
         }
         let mut made = Vec::new();
         for (_, path, group) in &groups {
@@ -161,6 +192,11 @@ impl Probes {
         self.links.frees.by_process.len()
     }
 
+    /// Processes refused a watch for lack of descriptors so far.
+    pub fn processes_refused_watches(&self) -> u64 {
+        self.links.frees.processes_refused
+    }
+
     /// Closes the `free` links of processes that exited (in the background:
     /// each close waits for a grace period). Their watch stays known for
     /// [`GONE_KEPT`]: records of a process are processed after its exit
@@ -173,6 +209,9 @@ impl Probes {
             .retain(|_, w| w.gone_at.is_none_or(|at| now - at < GONE_KEPT));
         watches
             .unwatchable
+            .retain(|&pid, _| crate::host::proc::is_process(pid));
+        watches
+            .refused
             .retain(|&pid, _| crate::host::proc::is_process(pid));
         let mut closing: Vec<FreeLink> = Vec::new();
         for (&pid, w) in watches.by_process.iter_mut() {

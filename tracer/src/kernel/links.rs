@@ -54,6 +54,9 @@ pub struct FilePlan {
 pub struct LateLinks {
     pub processes: u64,
     pub max_delay: Duration,
+    /// Processes left without probes for a while: no descriptor to spare
+    /// for their links (see `host::descriptors`).
+    pub refused: u64,
 }
 
 /// Every link, and what they were made from.
@@ -83,6 +86,9 @@ pub struct Links {
     pub sliced: bool,
     /// The processes whose frees are watched (see `frees`).
     pub frees: FreeWatches,
+    /// Traced processes refused their links for lack of descriptors, when
+    /// (tried again after a while).
+    pub refused: HashMap<u32, std::time::Instant>,
 }
 
 /// Which groups of a plan to link.
@@ -130,6 +136,7 @@ impl Links {
             traffic_on: true,
             sliced: false,
             frees: FreeWatches::default(),
+            refused: HashMap::new(),
         }
     }
 
@@ -219,6 +226,11 @@ pub struct FreeWatches {
     /// Processes where no probed file has a `free` to probe (glibc before
     /// 2.34 keeps the lock functions in libpthread): never watched.
     pub unwatchable: HashMap<u32, ()>,
+    /// Processes refused a watch for lack of descriptors (see
+    /// `host::descriptors`), when: tried again after a while.
+    pub refused: HashMap<u32, std::time::Instant>,
+    /// Processes refused a watch at least once.
+    pub processes_refused: u64,
 }
 
 impl FreeWatches {

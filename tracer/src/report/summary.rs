@@ -91,6 +91,9 @@ pub struct Summary {
     /// longest such delay: their lock operations before were not seen.
     pub processes_probed_late: u64,
     pub probe_delay_max_ms: f64,
+    /// Traced processes left without probes for a while (links per
+    /// process): no file descriptor to spare.
+    pub processes_not_probed: u64,
     /// With an overhead budget (`--budget`): how much of the time the lock
     /// traffic was probed, and whether the last slices still learned.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -293,6 +296,13 @@ impl fmt::Display for Summary {
                 plural(memory.on_stack, "dependency record", "dependency records")
             )?;
         }
+        if memory.watches_refused != 0 {
+            write!(
+                f,
+                "; {} refused a watch of its frees for a while: no file descriptor to spare",
+                plural(memory.watches_refused, "process", "processes")
+            )?;
+        }
         if memory.unwatched != 0 {
             write!(
                 f,
@@ -350,6 +360,13 @@ impl fmt::Display for Summary {
                 "\n  probed late: {} started while tracing got the probes up to {:.1} ms after their fork or exec (their lock operations before were not seen)",
                 plural(self.processes_probed_late, "process", "processes"),
                 self.probe_delay_max_ms
+            )?;
+        }
+        if self.processes_not_probed > 0 {
+            write!(
+                f,
+                "\n  not probed: {} left without probes for a while (no file descriptor to spare; tried again every 10 s)",
+                plural(self.processes_not_probed, "traced process", "traced processes"),
             )?;
         }
         if let Some(b) = &self.budget {

@@ -208,6 +208,7 @@ pub(super) fn summary() -> Summary {
         probed_files: vec![],
         processes_probed_late: 0,
         probe_delay_max_ms: 0.0,
+        processes_not_probed: 0,
         budget: None,
         duration_s: 2.5,
     }
@@ -482,6 +483,7 @@ fn summary_text() {
         probed_files: vec![],
         processes_probed_late: 0,
         probe_delay_max_ms: 0.0,
+        processes_not_probed: 0,
         budget: None,
         duration_s: 0.04,
     };
