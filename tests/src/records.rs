@@ -484,6 +484,8 @@ pub struct Summary {
     pub handoff_cycles: u64,
     /// Processes posing as CPython whose memory does not parse (issue 20).
     pub unparsable_processes: u64,
+    /// Reads of a process's memory that blocked in the kernel.
+    pub stalled_memory_reads: u64,
     pub probed_files: Vec<String>,
     /// Processes that got their probes after they started (`watch --pid`:
     /// children forked while tracing), and the longest delay.

@@ -805,6 +805,10 @@ impl Drop for Fixture {
 /// `forged_python VARIANT` run as nobody (from a copy nobody can run),
 /// its structures forged.
 fn forged_python(dir: &Path, variant: &str) -> Fixture {
+    forged_python_with(dir, &[variant])
+}
+
+fn forged_python_with(dir: &Path, args: &[&str]) -> Fixture {
     let copy = dir.join("forged_python");
     if !copy.exists() {
         fs::copy(fixture("forged_python", Variant::NoFp), &copy).unwrap();
@@ -813,7 +817,7 @@ fn forged_python(dir: &Path, variant: &str) -> Fixture {
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&copy)
-        .arg(variant);
+        .args(args);
     let mut f = Fixture::start(cmd);
     f.wait_for("ready");
     f
@@ -899,4 +903,182 @@ fn a_forged_python_whose_interpreter_list_loops_cannot_hold_the_tracer() {
 #[test]
 fn a_forged_python_with_huge_fake_code_objects_cannot_grow_the_tracer() {
     traced_beside_a_real_program("code");
+}
+
+/// Processes running locktrace's memory-reading helper, blocked in the
+/// kernel (state D).
+fn blocked_memory_readers() -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !cmdline.split(|&b| b == 0).any(|a| a == b"__read-memory") {
+            continue;
+        }
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string));
+        if state.as_deref() == Some("D") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// `fuse_trap` mounted on a directory: its file `trap` answers reads by
+/// nobody only. Unmounted when dropped (after its daemon is killed, which
+/// fails the reads it held).
+struct FuseTrap {
+    daemon: Option<Fixture>,
+    mountpoint: PathBuf,
+}
+
+impl FuseTrap {
+    fn mount(mountpoint: &Path) -> Self {
+        fs::create_dir_all(mountpoint).unwrap();
+        let mut cmd = Command::new(fixture("fuse_trap", Variant::NoFp));
+        cmd.arg(mountpoint);
+        let mut daemon = Fixture::start(cmd);
+        daemon.wait_for("ready");
+        FuseTrap {
+            daemon: Some(daemon),
+            mountpoint: mountpoint.to_path_buf(),
+        }
+    }
+
+    /// Reads it was asked for and never answered, so far (its output up to
+    /// now: call once the tracer has stopped).
+    fn held_reads(&mut self) -> Vec<String> {
+        let mut daemon = self.daemon.take().expect("mounted");
+        let _ = daemon.child.kill();
+        let _ = daemon.child.wait();
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut daemon.stdout, &mut rest);
+        rest.lines()
+            .filter(|l| l.starts_with("held a read"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Kills a process when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2); the pid is our own child, reaped later by its
+        // owner.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+impl FuseTrap {
+    /// Kills the daemon when dropped (failing the reads it holds).
+    fn killer(&self) -> KillOnDrop {
+        KillOnDrop(self.daemon.as_ref().expect("mounted").pid)
+    }
+}
+
+impl Drop for FuseTrap {
+    fn drop(&mut self) {
+        drop(self.daemon.take());
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
+    }
+}
+
+#[test]
+fn a_forged_python_whose_memory_never_answers_cannot_hold_the_tracer() {
+    let _serial = one_heavy_at_a_time();
+    require_root();
+    let dir = sticky_dir();
+    let mountpoint = dir.path().join("mnt");
+    let mut trap = FuseTrap::mount(&mountpoint);
+    // Its code objects' names are in a page of the trap that it mapped and
+    // never touched: reading them as root never ends.
+    let trap_file = mountpoint.join("trap").display().to_string();
+    let mut forged = forged_python_with(dir.path(), &["fuse", &trap_file]);
+    let mut real = Fixture::start(Command::new(fixture("late_ab_ba", Variant::NoFp)));
+    let watcher = Watcher::start(&[
+        "-v",
+        "--pid",
+        &forged.pid.to_string(),
+        "--pid",
+        &real.pid.to_string(),
+    ]);
+    // Dropped before the watcher if an assertion fails: a tracer blocked
+    // in the trap (the failure this test looks for) can be neither stopped
+    // nor waited for until the trap's daemon is gone.
+    let unblock = trap.killer();
+    // Its dependency must carry frames: the kernel side knows it as
+    // Python first (the line is logged just before the kernel side is
+    // told).
+    watcher.wait_for_log(
+        &["Python process", &format!("pid={}", forged.pid)],
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    forged.go();
+    forged.wait_for("done");
+    let stalled = watcher.wait_for_log(
+        &["blocked in the kernel", &format!("pid={}", forged.pid)],
+        Duration::from_secs(20),
+    );
+    println!("-v: {stalled}");
+    // Tracing goes on after the stall.
+    real.go();
+    real.wait_for("done");
+    assert!(
+        watcher.wait_for_finding_of(real.pid, Duration::from_secs(20)),
+        "the real program's inversion is reported\n{}",
+        watcher.stderr_so_far()
+    );
+    let (run, took) = watcher.terminate();
+    // The helper that made the read is still blocked (it cannot be
+    // killed), until the file system answers or goes away.
+    let blocked = blocked_memory_readers();
+    drop(unblock);
+    let held = trap.held_reads();
+    println!(
+        "stopped {took:?} after SIGTERM; the trap held: {held:?}; blocked helpers: {blocked:?}"
+    );
+    assert_eq!(blocked.len(), 1, "one helper left blocked: {blocked:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !blocked_memory_readers().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        blocked_memory_readers().is_empty(),
+        "the blocked helper ends once the file system is gone"
+    );
+    assert!(
+        held.iter().any(|l| l == "held a read of uid 0"),
+        "the tracer's read reached the trap and was held: {held:?}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "took {took:?} after SIGTERM\n{}",
+        run.describe()
+    );
+    run.assert_exit(0);
+    assert_eq!(
+        run.report.summary.stalled_memory_reads,
+        1,
+        "{}",
+        run.describe()
+    );
+    let inversions = run.report.inversions();
+    for pid in [real.pid, forged.pid] {
+        assert_eq!(
+            inversions.iter().filter(|i| i.pid == pid).count(),
+            1,
+            "one inversion of {pid}\n{}",
+            run.describe()
+        );
+    }
 }

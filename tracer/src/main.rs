@@ -11,7 +11,7 @@ use locktrace::{
         AgentArgs, Cli, Command, CommonArgs, Format, ReportArgs, RunArgs, SnapshotArgs, WatchArgs,
     },
     enrich::Enricher,
-    host::{descriptors, launch, outfile, preflight, proc, spaces::AddressSpaces},
+    host::{descriptors, launch, outfile, preflight, proc, remote, spaces::AddressSpaces},
     kernel::{
         load::{Filter, ProbePlacement, ProbePrograms, Probes},
         targets::{self, Target},
@@ -24,6 +24,15 @@ use nix::sys::wait::waitpid;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == remote::SUBCOMMAND)
+    {
+        return remote::serve();
+    }
+    // Other processes' memory is read by helpers that may block in our
+    // place (see `host::remote`).
+    remote::use_helper(PathBuf::from("/proc/self/exe"));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

@@ -980,6 +980,7 @@ impl Session {
             unopened_files: crate::host::files::unopened(),
             handoff_cycles: stats.handoff_cycles,
             unparsable_processes: self.enricher.pythons.unparsable_processes(),
+            stalled_memory_reads: crate::host::remote::stalls(),
             forgotten_processes: stats.forgotten_processes,
             forgotten_dependencies: stats.forgotten_dependencies,
             probed_files: self

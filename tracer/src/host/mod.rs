@@ -14,5 +14,6 @@ pub mod outfile;
 pub mod perf;
 pub mod preflight;
 pub mod proc;
+pub mod remote;
 pub mod spaces;
 pub mod waitfor;

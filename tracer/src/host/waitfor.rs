@@ -8,8 +8,7 @@
 //! too). A cycle of waits is a deadlock.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
+use std::fs;
 
 use tracer_analysis::model::{Blocked, LockKind, Waiter};
 use tracer_common::{
@@ -20,6 +19,7 @@ use tracer_common::{
 };
 
 use crate::host::proc::{ns_tid, tgid_of, threads};
+use crate::host::remote::{self, Outcome};
 
 /// Held-lock stacks by tid, as the kernel side keeps them (empty when no
 /// probes run, as in `locktrace snapshot`).
@@ -61,26 +61,19 @@ pub fn blocked_threads(pid: u32) -> Vec<Blocked> {
 }
 
 fn read_u32(pid: u32, addr: u64) -> Option<u32> {
-    let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
     let mut buf = [0u8; 4];
-    mem.read_exact_at(&mut buf, addr).ok()?;
-    Some(u32::from_ne_bytes(buf))
+    (remote::read(pid, addr, &mut buf) == Outcome::Read).then(|| u32::from_ne_bytes(buf))
 }
 
 /// The stack of a stopped thread from `sp` up (as the kernel side copies it
 /// at a probe), for unwinding.
 pub fn read_stack(pid: u32, sp: u64) -> Vec<u8> {
-    let Ok(mem) = File::open(format!("/proc/{pid}/mem")) else {
-        return Vec::new();
-    };
     let first = STACK_CHUNK - (sp as usize & (STACK_CHUNK - 1));
     let mut buf = vec![0u8; STACK_BYTES];
     let mut copied = 0;
     let mut chunk = first;
     while copied + chunk <= STACK_BYTES {
-        if mem
-            .read_exact_at(&mut buf[copied..copied + chunk], sp + copied as u64)
-            .is_err()
+        if remote::read(pid, sp + copied as u64, &mut buf[copied..copied + chunk]) != Outcome::Read
         {
             break;
         }
@@ -299,10 +292,8 @@ fn refused_pi_request(b: Blocked, held: &HeldByThread) -> Option<Waiter> {
 }
 
 fn read_bytes(pid: u32, addr: u64, len: usize) -> Option<Vec<u8>> {
-    let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
     let mut buf = vec![0u8; len];
-    mem.read_exact_at(&mut buf, addr).ok()?;
-    Some(buf)
+    (remote::read(pid, addr, &mut buf) == Outcome::Read).then_some(buf)
 }
 
 /// Every waiter of `pids`.

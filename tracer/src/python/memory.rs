@@ -13,33 +13,35 @@
 //! address space.
 
 use std::cell::Cell;
+
+use crate::host::remote::{self, Outcome};
 use std::time::{Duration, Instant};
 
 /// Memory that can be read at any address.
 pub trait Memory {
     /// Fills `buf` from `addr`: false if any byte of it cannot be read.
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
+
+    /// Whether reads fail because the memory blocked a read in the kernel
+    /// (see `host::remote`), rather than being unmapped.
+    fn stalled(&self) -> bool {
+        false
+    }
 }
 
 /// Process `pid`'s memory, read with `process_vm_readv` (no descriptor to
-/// keep open; works on stopped processes; needs ptrace rights, e.g. root).
+/// keep open; works on stopped processes; needs ptrace rights, e.g. root),
+/// by a helper process that may block in its place (`host::remote`).
 #[derive(Clone, Copy)]
 pub struct ProcessMemory(pub u32);
 
 impl Memory for ProcessMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        // SAFETY: `local` describes `buf`, valid for writes of its length;
-        // `remote` is only dereferenced by the kernel, in the other process.
-        let n = unsafe { libc::process_vm_readv(self.0 as libc::pid_t, &local, 1, &remote, 1, 0) };
-        n >= 0 && n as usize == buf.len()
+        remote::read(self.0, addr, buf) == Outcome::Read
+    }
+
+    fn stalled(&self) -> bool {
+        remote::has_stalled(self.0)
     }
 }
 
@@ -134,6 +136,13 @@ impl<'a> Reader<'a> {
         }
         let mut buf = vec![0u8; len as usize];
         if !self.mem.read(addr, &mut buf) {
+            if self.mem.stalled() {
+                return Err(Unparsable(
+                    "its memory blocked a read in the kernel (a file system that does not answer)"
+                        .into(),
+                )
+                .into());
+            }
             return Err(fault);
         }
         Ok(buf)

@@ -84,6 +84,10 @@ pub struct Summary {
     /// its (a list that loops, a record past its read budget): their
     /// Python frames are skipped, their lock events count as any.
     pub unparsable_processes: u64,
+    /// Reads of a process's memory that blocked in the kernel (a page of a
+    /// file system that does not answer): given up, that process's memory
+    /// not read again (see `host::remote`).
+    pub stalled_memory_reads: u64,
     /// The files with lock probes (each libc on the host, `--binary` files).
     pub probed_files: Vec<String>,
     /// With probes per process (`watch --pid`): processes that got their
@@ -340,6 +344,13 @@ impl fmt::Display for Summary {
                 f,
                 "; {} whose memory does not parse as CPython's (Python frames skipped)",
                 plural(self.unparsable_processes, "process", "processes")
+            )?;
+        }
+        if self.stalled_memory_reads != 0 {
+            write!(
+                f,
+                "; {} of a process's memory blocked in the kernel (given up; that process's memory not read again)",
+                plural(self.stalled_memory_reads, "read", "reads")
             )?;
         }
         if self.same_class_notes != 0 {
