@@ -111,6 +111,14 @@ pub struct HeldStack {
     /// on a preemptible kernel): the `from` locks of new dependencies.
     pub n_new: u64,
     pub new_from: [HeldLock; MAX_HELD],
+    /// What the lock program hands to the program that sends new
+    /// dependencies (`emit_deps`, reached by a tail call): the requested
+    /// lock, where its function was entered, the event kind, and whether
+    /// the lock is pushed after (an acquisition) or not (a self-deadlock).
+    pub tail_to: HeldLock,
+    pub tail_entry_ip: u64,
+    pub tail_event: u32,
+    pub tail_push: u32,
 }
 
 /// A try, timed or condition-wait operation between its entry and its

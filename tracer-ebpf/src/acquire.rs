@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
     macros::{map, uprobe, uretprobe},
     maps::HashMap,
     programs::{ProbeContext, RetProbeContext},
@@ -28,6 +28,7 @@ use crate::{
         surely_owned, Released,
     },
     semaphores,
+    tails::{hand_over, ACQUIRE, NESTED},
 };
 
 /// Try and timed operations between entry and return (by tid).
@@ -58,18 +59,39 @@ pub fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
         drop_stale(held, &tgid);
     }
     if let Some(i) = find_held(held, to.addr) {
-        if relock(regs, held, i, tgid, tid, &to) {
+        if relock(regs, held, i, tgid, &to) {
             return 0;
         }
     }
     if held.depth > 0 {
-        let event = if is_handoff(tgid, tid, held, &to) {
-            EventKind::Handoff
-        } else {
-            EventKind::Dependency
-        };
-        emit_new_dependencies(regs, held, tgid, tid, &to, entry_ip, event);
+        // `lock_nested` finds the new dependencies and pushes `to`: a program
+        // of its own for the verifier (see `tails`).
+        hand_over(regs, NESTED, held, &to, entry_ip, EventKind::Dependency, true);
+        // Only if the tail call failed (`TAILS` is filled before any probe
+        // is attached).
+        count(Counter::LostEvents);
     }
+    push(held, to);
+    0
+}
+
+/// The rest of an acquisition by a thread that holds other locks (see
+/// `acquire_blocking`): the new dependencies are sent, and the lock pushed.
+#[uprobe]
+pub fn lock_nested(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let Some(held) = existing_held_stack(&tid) else {
+        return 0;
+    };
+    let to = held.tail_to;
+    let entry_ip = held.tail_entry_ip;
+    let event = if is_handoff(tgid, tid, held, &to) {
+        EventKind::Handoff
+    } else {
+        EventKind::Dependency
+    };
+    emit_new_dependencies(regs(&ctx), held, tgid, &to, entry_ip, event);
     push(held, to);
     0
 }
@@ -93,7 +115,6 @@ fn relock(
     held: &mut HeldStack,
     i: usize,
     tgid: u32,
-    tid: u32,
     to: &HeldLock,
 ) -> bool {
     let Some(entry) = held.locks.get_mut(i) else {
@@ -129,7 +150,7 @@ fn relock(
     // self-deadlock).
     let entry = *entry;
     if surely_owned(held, &entry) {
-        emit_self_deadlock(regs, tgid, tid, &entry, to, held);
+        emit_self_deadlock(regs, tgid, &entry, to, held);
     }
     true
 }
@@ -162,7 +183,47 @@ fn cookie(ctx: &ProbeContext) -> (u32, u32) {
 #[uprobe]
 pub fn lock(ctx: ProbeContext) -> u32 {
     let (kind, flags) = cookie(&ctx);
-    acquire_blocking(regs(&ctx), requested(&ctx, kind, flags), 0)
+    // One call of `acquire_blocking` (two would be inlined twice, and
+    // verified twice).
+    let (to, entry_ip) = if kind == 0 {
+        // Tail-called by a return probe (see `tails`).
+        match handed_over() {
+            Some(handed) => handed,
+            None => return 0,
+        }
+    } else {
+        (requested(&ctx, kind, flags), 0)
+    };
+    acquire_blocking(regs(&ctx), to, entry_ip)
+}
+
+/// The acquisition a return probe handed over (see [`acquire_later`]).
+#[inline(always)]
+fn handed_over() -> Option<(HeldLock, u64)> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let held = existing_held_stack(&tid)?;
+    Some((held.tail_to, held.tail_entry_ip))
+}
+
+/// Has `lock` record the acquisition of `to` (a return probe's, which
+/// completed it): by a tail call, so that `acquire_blocking` is verified in
+/// one program only. The program ends there.
+#[inline(always)]
+pub fn acquire_later(regs: &pt_regs, to: &HeldLock, entry_ip: u64) -> u32 {
+    if !is_armed() {
+        return 0;
+    }
+    let Some((tgid, tid)) = current_traced() else {
+        return 0;
+    };
+    let Some(held) = held_stack(tgid, tid) else {
+        return 0;
+    };
+    hand_over(regs, ACQUIRE, held, to, entry_ip, EventKind::Dependency, true);
+    // Only if the tail call failed (`TAILS` is filled before any probe is
+    // attached).
+    count(Counter::LostEvents);
+    0
 }
 
 /// Unlock of an rwlock or a spinlock (mutex unlocks are not probed: a held
@@ -187,6 +248,13 @@ pub fn try_entry(ctx: &ProbeContext, kind: u32, flags: u32) -> u32 {
         return 0;
     };
     let pending = requested(ctx, kind, flags);
+    // Recorded first: a self-deadlock below ends this program (its report
+    // is sent by a tail call).
+    let record = Pending {
+        lock: pending,
+        entry_ip: regs(ctx).rip,
+    };
+    let _ = PENDING_TRY.insert(&tid, &record, 0);
     if flags & HELD_FLAG_TIMED != 0 {
         if let Some(held) = existing_held_stack(&tid) {
             drop_stale(held, &tgid);
@@ -198,17 +266,12 @@ pub fn try_entry(ctx: &ProbeContext, kind: u32, flags: u32) -> u32 {
                         t != MUTEX_KIND_RECURSIVE && t != MUTEX_KIND_ERRORCHECK
                     };
                     if normal_mutex && surely_owned(held, &entry) {
-                        emit_self_deadlock(regs(ctx), tgid, tid, &entry, &pending, held);
+                        emit_self_deadlock(regs(ctx), tgid, &entry, &pending, held);
                     }
                 }
             }
         }
     }
-    let pending = Pending {
-        lock: pending,
-        entry_ip: regs(ctx).rip,
-    };
-    let _ = PENDING_TRY.insert(&tid, &pending, 0);
     0
 }
 
@@ -244,7 +307,7 @@ pub fn try_return(ctx: RetProbeContext) -> u32 {
     if semaphores::try_orders_like_blocking(&pending) {
         // SAFETY: the context's registers are valid for the program's run.
         let regs = unsafe { &*ctx.regs };
-        return acquire_blocking(regs, pending, entry_ip);
+        return acquire_later(regs, &pending, entry_ip);
     }
     if pending.kind == LockKind::Semaphore as u32
         && !semaphores::taken_as_lock(tgid, &tid, pending.addr)

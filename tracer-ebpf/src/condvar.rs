@@ -11,7 +11,7 @@ use aya_ebpf::{
 use tracer_common::{HeldLock, LockKind};
 
 use crate::{
-    acquire::{acquire_blocking, Pending},
+    acquire::{acquire_later, Pending},
     context::{call_site, regs},
     filter::current_traced,
     handoff::note_cond_waiter,
@@ -66,7 +66,7 @@ pub fn cond_wait_return(ctx: RetProbeContext) -> u32 {
     let _ = COND_WAITS.remove(&tid);
     // SAFETY: the context's registers are valid for the program's run.
     let regs = unsafe { &*ctx.regs };
-    acquire_blocking(regs, wait.lock, wait.entry_ip)
+    acquire_later(regs, &wait.lock, wait.entry_ip)
 }
 
 /// Whether thread `tid` is in a condition wait.

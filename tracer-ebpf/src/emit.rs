@@ -1,15 +1,20 @@
 //! Writing records to the ring buffer. Each dependency is sent once per
 //! process and chain key (`DEPENDENCIES`), so a steady workload costs no
 //! ring-buffer traffic; the stack is copied only for a new one.
+//!
+//! Sending (the record, the stack copy, the Python frames, the held-back
+//! inits, the deferred fallback) is its own program, `emit_deps`, reached by
+//! a tail call (see `tails`).
 
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns,
-        generated::bpf_probe_read_user as probe_read_user_raw,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, generated::bpf_probe_read_user as probe_read_user_raw,
     },
-    macros::map,
+    macros::{map, uprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::ProbeContext,
 };
 use tracer_common::{
     chain_key_mix, chain_key_without, Counter, DeferredDependency, DependencyEvent, DependencyKey,
@@ -18,8 +23,13 @@ use tracer_common::{
 };
 
 use crate::{
-    context::BPF_F_NO_PREALLOC, counters::count, held::copy_lock, instances::flush_init,
-    python::python_stack, semaphores::is_signal_sem,
+    context::BPF_F_NO_PREALLOC,
+    counters::count,
+    held::{copy_lock, existing_held_stack, push},
+    instances::flush_init,
+    python::python_stack,
+    semaphores::is_signal_sem,
+    tails::{hand_over, EMIT_DEPS},
 };
 
 #[map]
@@ -49,7 +59,6 @@ pub fn emit_new_dependencies(
     regs: &pt_regs,
     held: &mut HeldStack,
     tgid: u32,
-    tid: u32,
     to: &HeldLock,
     entry_ip: u64,
     event: EventKind,
@@ -99,8 +108,73 @@ pub fn emit_new_dependencies(
     if n == 0 {
         return;
     }
-    if submit(regs, tgid, tid, to, entry_ip, event, n, held) {
+    // `emit_deps` sends them and pushes `to`; this program ends there.
+    hand_over(regs, EMIT_DEPS, held, to, entry_ip, event, true);
+    // Only if the tail call failed (`TAILS` is filled before any probe is
+    // attached): forgotten, so that their next occurrences are sent again.
+    for i in 0..MAX_HELD {
+        if i >= n {
+            break;
+        }
+        let from = held.new_from[i];
+        let mut key = dependency_key(tgid, &from, to, event);
+        key.chain_key = chain_key_without(all_held, from.addr);
+        count(Counter::LostEvents);
+        let _ = DEPENDENCIES.remove(&key);
+    }
+}
+
+/// Sends what a lock program left in the thread's scratch (see
+/// `hand_over`): the new dependencies `new_from[..n_new] -> tail_to`, then
+/// pushes `tail_to`; or a self-deadlock on it.
+#[uprobe]
+pub fn emit_deps(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let Some(held) = existing_held_stack(&tid) else {
+        return 0;
+    };
+    // SAFETY: the context's registers are valid for the program's run.
+    let regs = unsafe { &*ctx.regs };
+    let to = held.tail_to;
+    let entry_ip = held.tail_entry_ip;
+    let event = match held.tail_event {
+        e if e == EventKind::SelfDeadlock as u32 => EventKind::SelfDeadlock,
+        e if e == EventKind::Handoff as u32 => EventKind::Handoff,
+        _ => EventKind::Dependency,
+    };
+    if held.tail_push == 0 {
+        send_self_deadlock(regs, tgid, tid, &to, held);
+        return 0;
+    }
+    send_new_dependencies(regs, held, tgid, tid, &to, entry_ip, event);
+    push(held, to);
+    0
+}
+
+/// Sends `new_from[..n_new] -> to`, each found new by
+/// `emit_new_dependencies`.
+#[inline(always)]
+fn send_new_dependencies(
+    regs: &pt_regs,
+    held: &mut HeldStack,
+    tgid: u32,
+    tid: u32,
+    to: &HeldLock,
+    entry_ip: u64,
+    event: EventKind,
+) {
+    let n = (held.n_new as usize).min(MAX_HELD);
+    if n == 0 || submit(regs, tgid, tid, to, entry_ip, event, n, held) {
         return;
+    }
+    let depth = held.depth as usize;
+    let mut all_held = 0u64;
+    for i in 0..MAX_HELD {
+        if i >= depth {
+            break;
+        }
+        all_held ^= chain_key_mix(held.locks[i].addr);
     }
     // No room in the ring buffer: each new dependency waits in DEFERRED for
     // the collector; one that cannot is forgotten, so that its next
@@ -182,7 +256,6 @@ fn defer(
 pub fn emit_self_deadlock(
     regs: &pt_regs,
     tgid: u32,
-    tid: u32,
     entry: &HeldLock,
     to: &HeldLock,
     held: &mut HeldStack,
@@ -193,6 +266,18 @@ pub fn emit_self_deadlock(
         return;
     }
     copy_lock(&mut held.new_from[0], entry);
+    // `emit_deps` sends it; this program ends there.
+    hand_over(regs, EMIT_DEPS, held, to, 0, EventKind::SelfDeadlock, false);
+    // Only if the tail call failed; not marked sent: the next request
+    // reports it.
+    count(Counter::LostEvents);
+}
+
+/// Sends the self-deadlock `new_from[0] -> to` (see `emit_self_deadlock`).
+#[inline(always)]
+fn send_self_deadlock(regs: &pt_regs, tgid: u32, tid: u32, to: &HeldLock, held: &mut HeldStack) {
+    let entry = held.new_from[0];
+    let key = dependency_key(tgid, &entry, to, EventKind::SelfDeadlock);
     if submit(regs, tgid, tid, to, 0, EventKind::SelfDeadlock, 1, held) {
         let _ = DEPENDENCIES.insert(&key, &0, 0);
     } else {

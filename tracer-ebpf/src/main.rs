@@ -40,6 +40,7 @@ mod nstid;
 mod process;
 mod python;
 mod semaphores;
+mod tails;
 
 #[cfg(not(test))]
 #[panic_handler]

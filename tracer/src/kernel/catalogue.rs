@@ -165,6 +165,18 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("futex_exit", "syscalls", "sys_exit_futex"),
 ];
 
+/// The programs that the lock programs tail-call and that are not attached
+/// themselves (loaded with them).
+pub const TAIL_ONLY: &[&str] = &[EMIT_DEPS, "lock_nested"];
+const EMIT_DEPS: &str = "emit_deps";
+
+/// Map `TAILS` of the kernel side, by index: the programs tail-called
+/// (`emit_deps` sends dependencies, `lock` records the acquisitions that
+/// return probes complete, `lock_nested` finds the new dependencies of an
+/// acquisition). Verified once each, instead of in every program that
+/// reaches them: the verifier is most of `locktrace run`'s start-up.
+pub const TAILS: &[&str] = &[EMIT_DEPS, "lock", "lock_nested"];
+
 /// Whether a program records acquisitions (a lock taken, or a try or timed
 /// request pending until its return). These are attached after every other
 /// program of a file, releases first (and closed before them, see

@@ -5,22 +5,22 @@
 //! tracer is killed; dropping `Probes` closes them all at once.
 
 use std::{
-    os::fd::RawFd,
+    os::fd::{AsFd, RawFd},
     path::{Path, PathBuf},
     time::Instant,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, RingBuf},
-    programs::{trace_point::TracePointLink, TracePoint},
+    maps::{Array, HashMap, MapData, ProgramArray, RingBuf},
+    programs::{trace_point::TracePointLink, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use tracer_common::{FILTER_ALL, FILTER_TRACED};
 use tracing::{debug, info};
 
 use crate::host::preflight;
-use crate::kernel::catalogue::{uprobe_programs, TRACEPOINTS};
+use crate::kernel::catalogue::{uprobe_programs, TAILS, TAIL_ONLY, TRACEPOINTS};
 use crate::kernel::links::{Attacher, Links};
 use crate::kernel::multi;
 use crate::kernel::targets::FileId;
@@ -209,6 +209,7 @@ impl Probes {
             );
         }
         probes.links = Links::new(attacher, per_process);
+        probes.fill_tails(&maps)?;
         probes.links.sliced = filter.sliced;
         if per_process {
             // Linked by `attach_file`.
@@ -217,6 +218,39 @@ impl Probes {
             }
         }
         Ok(probes)
+    }
+
+    /// Fills `TAILS`, where the lock programs tail-call each other (before
+    /// any of them is attached: a failed tail call loses what it was to
+    /// record or send).
+    fn fill_tails(&mut self, maps: &[(String, RawFd)]) -> Result<()> {
+        if !matches!(self.programs, ProbePrograms::Tracer) {
+            return Ok(()); // the floors' programs make no tail call
+        }
+        for (index, &name) in (0u32..).zip(TAILS) {
+            let context = || format!("cannot put program {name} in map TAILS");
+            if let Attacher::Multi(programs) = &self.links.attacher {
+                let program = programs
+                    .get(name)
+                    .ok_or_else(|| anyhow!("program {name} was not loaded"))?;
+                let (_, map) = maps
+                    .iter()
+                    .find(|(map, _)| map == "TAILS")
+                    .ok_or_else(|| anyhow!("the eBPF object has no map TAILS"))?;
+                multi::set_tail(*map, index, program.as_fd()).with_context(context)?;
+                continue;
+            }
+            let program: &mut UProbe = self.program(name)?.try_into()?;
+            if program.fd().is_err() {
+                program
+                    .load()
+                    .with_context(|| format!("cannot load program {name}"))?;
+            }
+            let fd = program.fd()?.try_clone()?;
+            let mut tails = ProgramArray::try_from(self.map_mut("TAILS")?)?;
+            tails.set(index, &fd, 0).with_context(context)?;
+        }
+        Ok(())
     }
 
     fn install_filter(&mut self, filter: &Filter) -> Result<()> {
@@ -422,6 +456,7 @@ fn attacher(maps: &[(String, RawFd)], policy: ProbePlacement, programs: ProbePro
         ProbePrograms::Tracer => uprobe_programs()
             .into_iter()
             .filter(|p| !p.starts_with("floor_"))
+            .chain(TAIL_ONLY.iter().copied())
             .collect(),
         ProbePrograms::Floor | ProbePrograms::OneHitFloor => vec!["floor_entry", "floor_return"],
     };

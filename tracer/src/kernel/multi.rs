@@ -209,6 +209,33 @@ pub fn check_support(program: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// Puts `program` at `index` of the program array `map` (for tail calls).
+pub fn set_tail(map: RawFd, index: u32, program: BorrowedFd<'_>) -> io::Result<()> {
+    let key = index;
+    let value = program.as_raw_fd() as u32;
+    // SAFETY: plain data, as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: the BPF_MAP_*_ELEM member of the union.
+    let elem = unsafe { &mut attr.__bindgen_anon_2 };
+    elem.map_fd = map as u32;
+    elem.key = std::ptr::addr_of!(key) as u64;
+    elem.__bindgen_anon_1.value = std::ptr::addr_of!(value) as u64;
+    // SAFETY: `attr` is a valid bpf_attr for the command, and `key` and
+    // `value` outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_MAP_UPDATE_ELEM as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Closes `links` on several threads at once: each close waits for a grace
 /// period, and concurrent waits share one.
 pub fn close_concurrently<T: Send>(links: Vec<T>) {
