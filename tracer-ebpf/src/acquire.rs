@@ -13,7 +13,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    cookie_request, Counter, EventKind, HeldLock, HeldStack, LockKind, HELD_FLAG_TIMED,
+    cookie_request, Counter, EventKind, HeldLock, HeldStack, LockKind, PyFrameRaw, HELD_FLAG_TIMED,
     MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET, MUTEX_KIND_RECURSIVE,
 };
 
@@ -23,6 +23,7 @@ use crate::{
     emit::{emit_new_dependencies, emit_self_deadlock},
     filter::{current_traced, is_armed},
     handoff::is_handoff,
+    python::note_python_site,
     held::{
         drop_stale, existing_held_stack, find_held, held_stack, push, release, remove_at,
         surely_owned, Released,
@@ -40,7 +41,7 @@ pub use tracer_common::Pending;
 /// new for this process, then record `to` as held. `entry_ip` is non-zero
 /// when called at the return of a condition wait (see `DependencyEvent`).
 #[inline(always)]
-pub fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
+pub fn acquire_blocking(regs: &pt_regs, mut to: HeldLock, entry_ip: u64) -> u32 {
     if !is_armed() {
         return 0;
     }
@@ -70,6 +71,7 @@ pub fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
         };
         emit_new_dependencies(regs, held, tgid, tid, &to, entry_ip, event);
     }
+    note_python_site(tgid, tid, &mut to);
     push(held, to);
     0
 }
@@ -146,6 +148,7 @@ pub fn requested(ctx: &ProbeContext, kind: u32, flags: u32) -> HeldLock {
         sp: regs(ctx).rsp,
         bp: regs(ctx).rbp,
         above,
+        py: PyFrameRaw::default(),
     }
 }
 
@@ -271,6 +274,8 @@ pub fn try_return(ctx: RetProbeContext) -> u32 {
             remove_at(held, i);
         }
     }
+    let mut pending = pending;
+    note_python_site(tgid, tid, &mut pending);
     push(held, pending);
     0
 }
