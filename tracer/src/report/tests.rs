@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tracer_analysis::detector;
-use tracer_analysis::model::{
-    Dependency, Frame, Level, LockInstance as LockId, LockKind, PyFrame,
-};
+use tracer_analysis::model::{Dependency, Frame, Level, LockInstance as LockId, LockKind, PyFrame};
 use tracer_common::Counter;
 
 pub(crate) use crate::report::build::inversion;
@@ -473,7 +471,10 @@ fn python_edges_say_where_python_took_the_held_lock() {
     // A lock Python code did not take has no such field.
     let (cycle, mut r) = ab_ba();
     let json: Value = serde_json::to_value(inversion(&cycle, &mut r)).unwrap();
-    assert!(json["cycle"][0].get("held_python_stack").is_none(), "{json}");
+    assert!(
+        json["cycle"][0].get("held_python_stack").is_none(),
+        "{json}"
+    );
 }
 
 #[test]
