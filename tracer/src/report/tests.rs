@@ -468,6 +468,20 @@ fn python_edges_say_where_python_took_the_held_lock() {
     let held = &json["cycle"][1]["held_python_stack"];
     assert_eq!(held[0]["function"], "take_b_then_a", "{json}");
     assert_eq!(held[0]["line"], 45, "{json}");
+    let mut page = Vec::new();
+    let entry = crate::report::Entry {
+        finding: finding.clone(),
+        time: None,
+    };
+    crate::report::html::write(&mut page, &[], &[&entry], "").unwrap();
+    let page = String::from_utf8(page).unwrap();
+    let held = page
+        .find("mutex_b was taken at</h4><table class=\"stack python\">")
+        .unwrap_or_else(|| panic!("no Python table for the held lock in\n{page}"));
+    assert!(
+        page[held..].contains("take_b_then_a</td><td class=\"at\">app/locks.py:45<"),
+        "{page}"
+    );
     // A lock Python code did not take has no such field.
     let (cycle, mut r) = ab_ba();
     let json: Value = serde_json::to_value(inversion(&cycle, &mut r)).unwrap();
