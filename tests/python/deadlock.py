@@ -15,14 +15,14 @@ both_hold = threading.Barrier(2)
 
 
 def first_a_then_b():
-    with lock_a:
+    with lock_a:  # TAKE_A
         both_hold.wait()
         if lock_b.acquire(timeout=wait):  # WAIT_B
             lock_b.release()
 
 
 def first_b_then_a():
-    with lock_b:
+    with lock_b:  # TAKE_B
         both_hold.wait()
         if lock_a.acquire(timeout=wait):  # WAIT_A
             lock_a.release()

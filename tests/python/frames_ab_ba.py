@@ -23,26 +23,26 @@ class Accounts:
         self.second = threading.Lock()  # CREATE_SECOND
 
     def forward(self):
-        self.first.acquire()
+        self.first.acquire()  # FORWARD_FIRST
         self.second.acquire()  # FORWARD_SECOND
         self.second.release()
         self.first.release()
 
     def backward(self):
-        self.second.acquire()
+        self.second.acquire()  # BACKWARD_SECOND
         self.first.acquire()  # BACKWARD_FIRST
         self.first.release()
         self.second.release()
 
 
 def take_a_then_b():
-    with lock_a:
+    with lock_a:  # HOLD_A
         with lock_b:  # A_THEN_B
             pass
 
 
 def take_b_then_a():
-    with lock_b:
+    with lock_b:  # HOLD_B
         with lock_a:  # B_THEN_A
             pass
 

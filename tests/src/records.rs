@@ -190,6 +190,10 @@ pub struct Edge {
     /// Written only when the thread ran Python code.
     #[serde(default)]
     pub python_stack: Vec<PyFrame>,
+    /// Where Python code took `from` (its innermost frame); written only
+    /// when it did.
+    #[serde(default)]
+    pub held_python_stack: Vec<PyFrame>,
 }
 
 /// Instance or class cycle.
@@ -369,6 +373,10 @@ pub struct Held {
     pub lock: Lock,
     /// The call site that took it (empty if taken before tracing began).
     pub taken_at: Vec<Frame>,
+    /// The Python line that took it (its innermost frame); written only
+    /// when Python code took it while traced.
+    #[serde(default)]
+    pub taken_at_python: Vec<PyFrame>,
 }
 
 /// A contended futex word of the summary.

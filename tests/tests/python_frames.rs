@@ -75,6 +75,36 @@ fn assert_requested_in(frames: &[PyFrame], function: &str, marker: &str, run: &J
     );
 }
 
+/// The text report of `run`'s capture (`locktrace report`).
+fn finding_text(run: &JsonRun) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("capture.jsonl");
+    std::fs::write(&capture, &run.report.raw).unwrap();
+    let report = locktrace_e2e::locktrace_report(&[], &[&capture]);
+    report.assert_exit(0);
+    report.stdout
+}
+
+/// Where Python code took an edge's held lock: one frame, `function` at
+/// the `marker` line of the script (beside the native call site).
+fn assert_held_in(frames: &[PyFrame], function: &str, marker: &str, run: &JsonRun) {
+    match frames {
+        [top] => {
+            assert_eq!(
+                (top.function.as_str(), top.line),
+                (function, line_of(marker)),
+                "where Python took the held lock\n{}",
+                run.describe()
+            );
+            assert!(top.file.ends_with("frames_ab_ba.py"), "{top:?}");
+        }
+        _ => panic!(
+            "the held lock of {function}'s edge should have one Python frame, has {frames:?}\n{}",
+            run.describe()
+        ),
+    }
+}
+
 fn check_module_locks(kind: &str) {
     check_module_locks_with(PYTHON, kind);
 }
@@ -91,8 +121,25 @@ fn check_module_locks_with(python: &str, kind: &str) {
     );
     let ab = edge(finding, &a, &b, &run);
     assert_requested_in(&ab.python_stack, "take_a_then_b", "A_THEN_B", &run);
+    assert_held_in(&ab.held_python_stack, "take_a_then_b", "HOLD_A", &run);
     let ba = edge(finding, &b, &a, &run);
     assert_requested_in(&ba.python_stack, "take_b_then_a", "B_THEN_A", &run);
+    assert_held_in(&ba.held_python_stack, "take_b_then_a", "HOLD_B", &run);
+    // The text report says it too, beside the native call site.
+    let text = finding_text(&run);
+    for (function, marker) in [("take_a_then_b", "HOLD_A"), ("take_b_then_a", "HOLD_B")] {
+        let line = format!("#0  {function}  ");
+        let at = format!("frames_ab_ba.py:{}\n", line_of(marker));
+        assert!(
+            text.lines()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w[0].ends_with("was taken at (Python):")
+                    && w[1].contains(&line)
+                    && w[1].ends_with(at.trim_end())),
+            "the text report says where {function} took its first lock\n{text}"
+        );
+    }
 }
 
 #[test]
@@ -147,11 +194,23 @@ fn instance_locks_with_acquire_and_release() {
         "FORWARD_SECOND",
         &run,
     );
+    assert_held_in(
+        &fwd.held_python_stack,
+        "Accounts.forward",
+        "FORWARD_FIRST",
+        &run,
+    );
     let back = edge(finding, &second, &first, &run);
     assert_requested_in(
         &back.python_stack,
         "Accounts.backward",
         "BACKWARD_FIRST",
+        &run,
+    );
+    assert_held_in(
+        &back.held_python_stack,
+        "Accounts.backward",
+        "BACKWARD_SECOND",
         &run,
     );
 }
@@ -181,8 +240,8 @@ fn python_deadlock_shows_both_python_stacks() {
     );
     for t in threads {
         let waits_for = t.waits_for_name().unwrap_or_default().to_string();
-        let (function, marker) = if waits_for == b {
-            ("first_a_then_b", "WAIT_B")
+        let (function, marker, holds, took) = if waits_for == b {
+            ("first_a_then_b", "WAIT_B", &a, "TAKE_A")
         } else {
             assert_eq!(
                 waits_for,
@@ -190,8 +249,23 @@ fn python_deadlock_shows_both_python_stacks() {
                 "waits for one of the two locks\n{}",
                 run.describe()
             );
-            ("first_b_then_a", "WAIT_A")
+            ("first_b_then_a", "WAIT_A", &b, "TAKE_B")
         };
+        // Where it took what it holds: its `with` line.
+        let held = t
+            .holds
+            .iter()
+            .find(|h| h.lock.label() == *holds)
+            .unwrap_or_else(|| panic!("holds {holds}\n{}", run.describe()));
+        assert_eq!(
+            held.taken_at_python
+                .iter()
+                .map(|f| (f.function.as_str(), f.line))
+                .collect::<Vec<_>>(),
+            [(function, line_in("deadlock.py", took))],
+            "where Python took {holds}\n{}",
+            run.describe()
+        );
         let top = t
             .python_stack
             .first()

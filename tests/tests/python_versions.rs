@@ -2,7 +2,8 @@
 //! AB/BA of `tests/python/frames_ab_ba.py` (with `Lock`, and with `RLock`)
 //! under `locktrace run -- PYTHON` is one inversion, the report's only one,
 //! whose locks are named by their creation lines and whose edges name the
-//! script's functions and lines.
+//! script's functions and lines, on both sides: where each lock is
+//! requested, and where the lock held was taken.
 
 use std::path::PathBuf;
 
@@ -76,6 +77,30 @@ fn assert_requested_in(frames: &[PyFrame], function: &str, marker: &str, run: &J
     );
 }
 
+/// Where Python code took an edge's held lock: one frame, and what `held`
+/// says of it.
+fn assert_held(frames: &[PyFrame], held: &dyn Fn(&PyFrame), what: &str, run: &JsonRun) {
+    match frames {
+        [top] => held(top),
+        _ => panic!(
+            "the held lock of {what} should have one Python frame, has {frames:?}\n{}",
+            run.describe()
+        ),
+    }
+}
+
+/// The script's `function` at its `marker` line.
+fn at_script_line(function: &'static str, marker: &'static str) -> impl Fn(&PyFrame) {
+    move |top: &PyFrame| {
+        assert_eq!(
+            (top.function.as_str(), top.line),
+            (function, line_of(marker)),
+            "where Python took the held lock: {top:?}"
+        );
+        assert!(top.file.ends_with("frames_ab_ba.py"), "{top:?}");
+    }
+}
+
 /// `Lock` and `RLock` (a C `_thread.RLock` in 3.x) under `version`.
 fn check(version: &str) {
     for kind in ["Lock", "RLock"] {
@@ -109,15 +134,25 @@ fn run_script(version: &str, kind: &str) -> JsonRun {
 /// The script's inversion: its two locks named by their creation lines,
 /// each edge requested in the script's function and line.
 fn check_inversion(finding: &Inversion, run: &JsonRun) {
-    check_inversion_under(finding, run, |frames| frames);
+    check_inversion_under(
+        finding,
+        run,
+        |frames| frames,
+        [
+            &at_script_line("take_a_then_b", "HOLD_A"),
+            &at_script_line("take_b_then_a", "HOLD_B"),
+        ],
+    );
 }
 
 /// As `check_inversion`, the script's frames being what `ours` leaves of
-/// each request's Python stack (a library's lock: its frames above).
+/// each request's Python stack (a library's lock: its frames above), and
+/// `held` checking where Python took each edge's held lock (AB's, BA's).
 fn check_inversion_under(
     finding: &Inversion,
     run: &JsonRun,
     ours: impl Fn(&[PyFrame]) -> &[PyFrame],
+    held: [&dyn Fn(&PyFrame); 2],
 ) {
     let (a, b) = (created_at("CREATE_A"), created_at("CREATE_B"));
     assert_eq!(
@@ -128,8 +163,10 @@ fn check_inversion_under(
     );
     let ab = edge(finding, &a, &b, run);
     assert_requested_in(ours(&ab.python_stack), "take_a_then_b", "A_THEN_B", run);
+    assert_held(&ab.held_python_stack, held[0], "take_a_then_b", run);
     let ba = edge(finding, &b, &a, run);
     assert_requested_in(ours(&ba.python_stack), "take_b_then_a", "B_THEN_A", run);
+    assert_held(&ba.held_python_stack, held[1], "take_b_then_a", run);
 }
 
 /// Every supported version is installed: a missing one fails here rather
@@ -202,16 +239,25 @@ fn cpython_2_7() {
     check_kind("2.7.18", "Lock");
     // 2.7's RLock is Python code (`threading._RLock`, over a `Lock`): its
     // `acquire` is the innermost frame of each request, the script's
-    // function the next.
+    // function the next; and the innermost frame that took each held lock
+    // (only that one is kept).
     let run = run_script("2.7.18", "RLock");
     let ours = locktrace_e2e::script_findings(&run, "python/frames_ab_ba.py:");
     assert_eq!(ours.len(), 1, "exactly one inversion\n{}", run.describe());
-    check_inversion_under(ours[0], &run, |frames| {
-        let (top, callers) = frames
-            .split_first()
-            .unwrap_or_else(|| panic!("no Python frames in a request\n{}", run.describe()));
-        assert_eq!(top.function, "acquire", "{}", run.describe());
+    let in_rlock_acquire = |top: &PyFrame| {
+        assert_eq!(top.function, "acquire", "{top:?}");
         assert!(top.file.ends_with("threading.py"), "{top:?}");
-        callers
-    });
+    };
+    check_inversion_under(
+        ours[0],
+        &run,
+        |frames| {
+            let (top, callers) = frames
+                .split_first()
+                .unwrap_or_else(|| panic!("no Python frames in a request\n{}", run.describe()));
+            in_rlock_acquire(top);
+            callers
+        },
+        [&in_rlock_acquire, &in_rlock_acquire],
+    );
 }

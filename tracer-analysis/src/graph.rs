@@ -648,6 +648,7 @@ mod tests {
             thread: "t".into(),
             timestamp_ns: 0,
             held_stack: vec![0x1000 + from].into(),
+            held_python: None,
             stack: vec![0x2000 + to].into(),
             gates: vec![],
             chain_key: 0,

@@ -251,6 +251,9 @@ pub struct HeldAt {
     /// wrappers. The last entry is the site that stands for the lock's first
     /// use (its class when it has no better one).
     pub taken_at: Vec<u64>,
+    /// The innermost Python frame that took it, for a lock Python code
+    /// took (resolved when the record was read).
+    pub python: Option<PyFrame>,
 }
 
 impl HeldAt {
@@ -303,6 +306,9 @@ pub struct Dependency {
     /// Where `from` was taken: its call site, and through lock wrappers
     /// (see [`HeldAt::taken_at`]).
     pub held_stack: Box<[u64]>,
+    /// Where Python code took `from` (its innermost frame), for a lock
+    /// Python code took.
+    pub held_python: Option<Box<PyFrame>>,
     /// Where `to` was requested: the probe's instruction pointer first (inside
     /// the lock function), then return addresses, innermost first.
     pub stack: Arc<[u64]>,

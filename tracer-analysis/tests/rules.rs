@@ -105,6 +105,7 @@ impl L {
             // A call site per lock: each lock is its own first-use class
             // unless a test says otherwise.
             taken_at: vec![self.addr + 0x1000],
+            python: None,
         }
     }
 }
@@ -809,6 +810,7 @@ fn first_use_classes_make_no_class_level_finding() {
         addr: l.addr,
         kind: l.kind,
         taken_at: vec![at],
+        python: None,
     };
     let req = |tid, held: HeldAt, to: HeldAt| {
         Event::Request(Request {

@@ -1,5 +1,7 @@
 //! Lock kinds and the held-lock stack the kernel side keeps per thread.
 
+use crate::PyFrameRaw;
+
 /// Locks one thread can hold at once that the kernel side tracks; deeper
 /// nesting is counted in [`Counter::HeldOverflow`](crate::Counter::HeldOverflow),
 /// never silently ignored.
@@ -85,6 +87,11 @@ pub struct HeldLock {
     pub sp: u64,
     pub bp: u64,
     pub above: [u64; CALLER_WORDS],
+    /// For a semaphore taken in a CPython process: the innermost Python
+    /// frame of the acquisition (its code object and instruction; zero when
+    /// no Python code ran it), so that a report shows where Python code took
+    /// each held lock, not only the interpreter's native call site.
+    pub py: PyFrameRaw,
 }
 
 /// Stack words kept above a held lock's return address: a wrapper frame of

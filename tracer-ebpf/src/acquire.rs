@@ -13,7 +13,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    cookie_request, Counter, EventKind, HeldLock, HeldStack, LockKind, HELD_FLAG_TIMED,
+    cookie_request, Counter, EventKind, HeldLock, HeldStack, LockKind, PyFrameRaw, HELD_FLAG_TIMED,
     MUTEX_KIND_ERRORCHECK, MUTEX_KIND_MASK, MUTEX_KIND_OFFSET, MUTEX_KIND_RECURSIVE,
 };
 
@@ -23,6 +23,7 @@ use crate::{
     emit::{emit_new_dependencies, emit_self_deadlock},
     filter::{current_traced, is_armed},
     handoff::is_handoff,
+    python::note_python_site,
     held::{
         drop_stale, existing_held_stack, find_held, held_stack, push, release, remove_at,
         surely_owned, Released,
@@ -41,7 +42,7 @@ pub use tracer_common::Pending;
 /// new for this process, then record `to` as held. `entry_ip` is non-zero
 /// when called at the return of a condition wait (see `DependencyEvent`).
 #[inline(always)]
-pub fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
+pub fn acquire_blocking(regs: &pt_regs, mut to: HeldLock, entry_ip: u64) -> u32 {
     if !is_armed() {
         return 0;
     }
@@ -63,6 +64,8 @@ pub fn acquire_blocking(regs: &pt_regs, to: HeldLock, entry_ip: u64) -> u32 {
             return 0;
         }
     }
+    // Before the hand-over: `lock_nested` pushes the `to` it is given.
+    note_python_site(tgid, tid, &mut to);
     if held.depth > 0 {
         // `lock_nested` finds the new dependencies and pushes `to`: a program
         // of its own for the verifier (see `tails`).
@@ -167,6 +170,7 @@ pub fn requested(ctx: &ProbeContext, kind: u32, flags: u32) -> HeldLock {
         sp: regs(ctx).rsp,
         bp: regs(ctx).rbp,
         above,
+        py: PyFrameRaw::default(),
     }
 }
 
@@ -334,6 +338,8 @@ pub fn try_return(ctx: RetProbeContext) -> u32 {
             remove_at(held, i);
         }
     }
+    let mut pending = pending;
+    note_python_site(tgid, tid, &mut pending);
     push(held, pending);
     0
 }

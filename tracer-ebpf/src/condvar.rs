@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{HeldLock, LockKind};
+use tracer_common::{HeldLock, LockKind, PyFrameRaw};
 
 use crate::{
     acquire::{acquire_later, Pending},
@@ -45,6 +45,7 @@ pub fn cond_wait(ctx: ProbeContext) -> u32 {
             sp: regs(&ctx).rsp,
             bp: regs(&ctx).rbp,
             above,
+            py: PyFrameRaw::default(),
         },
         entry_ip: regs(&ctx).rip,
     };

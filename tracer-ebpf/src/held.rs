@@ -84,6 +84,8 @@ pub fn copy_lock(dst: &mut HeldLock, src: &HeldLock) {
         for i in 0..CALLER_WORDS {
             core::ptr::write_volatile(&mut dst.above[i], src.above[i]);
         }
+        core::ptr::write_volatile(&mut dst.py.code, src.py.code);
+        core::ptr::write_volatile(&mut dst.py.prev_instr, src.py.prev_instr);
     }
 }
 

@@ -9,7 +9,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use tracer_common::{
-    PyCodeCopy, PyFrameRaw, PyProcess, PyStack, PY_CODE_COPIES, PY_CREATOR_FRAMES,
+    HeldLock, LockKind, PyCodeCopy, PyFrameRaw, PyProcess, PyStack, PY_CODE_COPIES,
+    PY_CREATOR_FRAMES,
 };
 
 use crate::context::{read_user_bytes, read_user_u32, read_user_u64, BPF_F_NO_PREALLOC};
@@ -25,13 +26,15 @@ static PY_PROCESSES: HashMap<u32, PyProcess> = HashMap::with_max_entries(65536, 
 static PY_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0);
 
 /// The current thread's `PyThreadState` in CPython process `py`: the GIL
-/// holder's if that is this thread (remembered for later), else the one
-/// remembered.
+/// holder's if that is this thread (remembered for later if `remember`),
+/// else the one remembered.
 #[inline(always)]
-fn py_thread_state(py: &PyProcess, tid: u32) -> u64 {
+fn py_thread_state(py: &PyProcess, tid: u32, remember: bool) -> u64 {
     let current = read_user_u64(py.tstate_current);
     if current != 0 && native_tid(py, current) == tid {
-        let _ = PY_THREADS.insert(&tid, &current, 0);
+        if remember {
+            let _ = PY_THREADS.insert(&tid, &current, 0);
+        }
         return current;
     }
     // SAFETY: map value, copied.
@@ -62,7 +65,7 @@ fn read_user_u8(addr: u64) -> u8 {
 pub fn note_py_thread(tgid: u32, tid: u32) {
     // SAFETY: map value, read only.
     if let Some(py) = unsafe { PY_PROCESSES.get(&tgid) } {
-        py_thread_state(py, tid);
+        py_thread_state(py, tid, true);
     }
 }
 
@@ -82,6 +85,69 @@ pub fn is_gil(tgid: u32, sem: u64) -> bool {
     py.gil_lock != 0 && sem != 0 && read_user_u64(py.gil_lock) == sem
 }
 
+/// The innermost `_PyInterpreterFrame` (or `PyFrameObject`) of the
+/// current thread of CPython process `py` (0: none, or not known).
+#[inline(always)]
+fn current_frame(py: &PyProcess, tid: u32, remember: bool) -> u64 {
+    let tstate = py_thread_state(py, tid, remember);
+    if tstate == 0 {
+        return 0;
+    }
+    // Versions differ as data: 3.11 and 3.12 reach the frame through a
+    // `_PyCFrame`, 3.13 and those up to 3.10 point to it directly.
+    let cframe = read_user_u64(tstate + py.tstate_cframe);
+    if cframe == 0 || py.tstate_frame_direct != 0 {
+        cframe
+    } else {
+        read_user_u64(cframe + py.cframe_current_frame)
+    }
+}
+
+/// `frame`, or if it is a shim frame the Python frame that made the C call
+/// (3.12+ only: `frame_owner_cstack` is 0 before). A shim's `previous` is
+/// never another shim: one hop (in the caller's slot: a variable slot index
+/// would multiply the verifier's states).
+#[inline(always)]
+fn past_shim(py: &PyProcess, frame: u64) -> u64 {
+    if frame != 0
+        && py.frame_owner_cstack != 0
+        && read_user_u8(frame + py.frame_owner) as u64 == py.frame_owner_cstack
+    {
+        read_user_u64(frame + py.frame_previous)
+    } else {
+        frame
+    }
+}
+
+/// The code object and instruction of frame `frame`.
+#[inline(always)]
+fn frame_at(py: &PyProcess, frame: u64) -> PyFrameRaw {
+    PyFrameRaw {
+        code: read_user_u64(frame + py.frame_code),
+        prev_instr: read_user_u64(frame + py.frame_prev_instr),
+    }
+}
+
+/// Notes in `lock`, a semaphore the current thread takes, the innermost
+/// Python frame taking it, if its process runs CPython: where Python code
+/// took a held lock (`threading.Lock`, `RLock` and the import locks are
+/// semaphores). Only that frame (a few reads), and no read at all for other
+/// lock kinds or processes.
+#[inline(always)]
+pub fn note_python_site(tgid: u32, tid: u32, lock: &mut HeldLock) {
+    if lock.kind != LockKind::Semaphore as u32 {
+        return;
+    }
+    // SAFETY: map value, read only.
+    let Some(py) = (unsafe { PY_PROCESSES.get(&tgid) }) else {
+        return;
+    };
+    let frame = past_shim(py, current_frame(py, tid, false));
+    if frame != 0 {
+        lock.py = frame_at(py, frame);
+    }
+}
+
 /// Reads the current thread's innermost Python frames into `out`
 /// (innermost first), if its process runs CPython: returns the process's
 /// description and how many frames were read. Slots past them are left as
@@ -94,38 +160,14 @@ fn python_frames<const N: usize>(
 ) -> Option<(&'static PyProcess, u32)> {
     // SAFETY: map value, read only.
     let py = unsafe { PY_PROCESSES.get(&tgid) }?;
-    let tstate = py_thread_state(py, tid);
-    if tstate == 0 {
-        return Some((py, 0));
-    }
-    // Versions differ as data: 3.11 and 3.12 reach the frame through a
-    // `_PyCFrame`, 3.13 and those up to 3.10 point to it directly.
-    let cframe = read_user_u64(tstate + py.tstate_cframe);
-    let mut frame = if cframe == 0 || py.tstate_frame_direct != 0 {
-        cframe
-    } else {
-        read_user_u64(cframe + py.cframe_current_frame)
-    };
+    let mut frame = current_frame(py, tid, true);
     let mut depth = 0u32;
     for slot in out.iter_mut() {
-        // 3.12+ only (`frame_owner_cstack` is 0 before): a shim frame,
-        // where C called Python, is skipped. Its `previous` is the Python
-        // frame that made the C call, never another shim: one hop, in the
-        // same slot (a variable slot index would multiply the verifier's
-        // states).
-        if frame != 0
-            && py.frame_owner_cstack != 0
-            && read_user_u8(frame + py.frame_owner) as u64 == py.frame_owner_cstack
-        {
-            frame = read_user_u64(frame + py.frame_previous);
-        }
+        frame = past_shim(py, frame);
         if frame == 0 {
             break;
         }
-        *slot = PyFrameRaw {
-            code: read_user_u64(frame + py.frame_code),
-            prev_instr: read_user_u64(frame + py.frame_prev_instr),
-        };
+        *slot = frame_at(py, frame);
         depth += 1;
         frame = read_user_u64(frame + py.frame_previous);
     }

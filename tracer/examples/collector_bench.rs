@@ -185,6 +185,7 @@ impl Workload {
                 sp: 0,
                 bp: 0,
                 above: [0; 6],
+                py: Default::default(),
             };
             ev.to = lock(to);
             (ev.ip, ev.sp, ev.bp) = (0x7f00_0000_1000, 0x7ffc_0000_0000, 0);
@@ -248,6 +249,7 @@ fn held_at(h: &HeldLock) -> HeldAt {
         addr: h.addr,
         kind: lock_kind(h.kind),
         taken_at: vec![h.callsite],
+        python: None,
     }
 }
 
@@ -359,6 +361,7 @@ fn request(pid: u32, from: u64, to: u64) -> Event {
         addr: Workload::addr(pid, rank),
         kind: lock_kind(1),
         taken_at: vec![Workload::addr(pid, rank) + 0x10_0000_0000],
+        python: None,
     };
     Event::Request(Request {
         pid,

@@ -28,6 +28,8 @@ pub enum Pending {
     Request {
         raw: Box<RawRequest>,
         python: Vec<PyFrame>,
+        /// Where Python code took each lock of `raw.from` (in its order).
+        held_python: Vec<Option<PyFrame>>,
         self_deadlock: bool,
     },
     LockReset {
@@ -68,7 +70,12 @@ impl Pending {
         use std::mem::size_of;
         size_of::<Self>()
             + match self {
-                Pending::Request { raw, python, .. } => {
+                Pending::Request {
+                    raw,
+                    python,
+                    held_python,
+                    ..
+                } => {
                     size_of::<RawRequest>()
                         + raw.stack.len()
                         + raw.thread.len()
@@ -76,6 +83,7 @@ impl Pending {
                         + raw.held.len() * 8
                         + raw.python.len() * size_of::<tracer_common::PyFrameRaw>()
                         + python.len() * (size_of::<PyFrame>() + 64)
+                        + held_python.len() * (size_of::<Option<PyFrame>>() + 64)
                 }
                 Pending::LockReset {
                     creator,
@@ -116,26 +124,8 @@ impl Enricher {
     /// The first pass, as soon as a record is read: its Python frames.
     pub fn resolve_python(&mut self, record: Record) -> Pending {
         match record {
-            Record::Dependency(raw) => {
-                let python = self.pythons.resolve(raw.pid, &raw.python);
-                // While the process surely runs: a finding about this
-                // dependency may be built after it exited.
-                self.symbolizer.spaces().note_origin(raw.pid, raw.cgroup_id);
-                Pending::Request {
-                    raw: Box::new(raw),
-                    python,
-                    self_deadlock: false,
-                }
-            }
-            Record::SelfDeadlock(raw) => {
-                let python = self.pythons.resolve(raw.pid, &raw.python);
-                self.symbolizer.spaces().note_origin(raw.pid, raw.cgroup_id);
-                Pending::Request {
-                    raw: Box::new(raw),
-                    python,
-                    self_deadlock: true,
-                }
-            }
+            Record::Dependency(raw) => self.request_python(raw, false),
+            Record::SelfDeadlock(raw) => self.request_python(raw, true),
             Record::LockReset {
                 pid,
                 addr,
@@ -155,6 +145,26 @@ impl Enricher {
         }
     }
 
+    /// A request's Python frames, and where Python code took each lock it
+    /// held.
+    fn request_python(&mut self, raw: RawRequest, self_deadlock: bool) -> Pending {
+        let python = self.pythons.resolve(raw.pid, &raw.python);
+        let held_python = raw
+            .from
+            .iter()
+            .map(|h| self.pythons.resolve_frame(raw.pid, h.py))
+            .collect();
+        // While the process surely runs: a finding about this dependency may
+        // be built after it exited.
+        self.symbolizer.spaces().note_origin(raw.pid, raw.cgroup_id);
+        Pending::Request {
+            raw: Box::new(raw),
+            python,
+            held_python,
+            self_deadlock,
+        }
+    }
+
     /// The second pass: the detection event (stacks unwound; the Python
     /// registry learns which locks Python code made).
     pub fn event(&mut self, pending: Pending) -> Event {
@@ -162,9 +172,10 @@ impl Enricher {
             Pending::Request {
                 raw,
                 python,
+                held_python,
                 self_deadlock,
             } => {
-                let request = self.request(*raw, python);
+                let request = self.request(*raw, python, held_python);
                 if self_deadlock {
                     Event::SelfDeadlock(request)
                 } else {
@@ -203,7 +214,12 @@ impl Enricher {
         }
     }
 
-    fn request(&mut self, raw: RawRequest, python: Vec<PyFrame>) -> Request {
+    fn request(
+        &mut self,
+        raw: RawRequest,
+        python: Vec<PyFrame>,
+        held_python: Vec<Option<PyFrame>>,
+    ) -> Request {
         let mut stack = self
             .symbolizer
             .unwind(raw.pid, raw.ip, raw.sp, raw.bp, &raw.stack);
@@ -213,8 +229,13 @@ impl Enricher {
             // reads like any other request.
             stack.insert(0, raw.entry_ip);
         }
-        let to = self.held_at(raw.pid, &raw.to);
-        let from = raw.from.iter().map(|h| self.held_at(raw.pid, h)).collect();
+        let to = self.held_at(raw.pid, &raw.to, None);
+        let mut held_python = held_python.into_iter();
+        let from = raw
+            .from
+            .iter()
+            .map(|h| self.held_at(raw.pid, h, held_python.next().flatten()))
+            .collect();
         Request {
             pid: raw.pid,
             tid: raw.tid,
@@ -233,11 +254,12 @@ impl Enricher {
     /// and, when that is in a lock wrapper, the wrapper's callers (unwound
     /// from the stack words the kernel kept) up to the first one outside
     /// wrappers.
-    fn held_at(&mut self, pid: u32, h: &HeldLock) -> HeldAt {
+    fn held_at(&mut self, pid: u32, h: &HeldLock, python: Option<PyFrame>) -> HeldAt {
         HeldAt {
             addr: h.addr,
             kind: lock_kind(h.kind),
             taken_at: self.taken_at(pid, h),
+            python,
         }
     }
 

@@ -210,6 +210,7 @@ mod tests {
             thread: "prog".into(),
             stack: vec![libc.clone(), frame(function, base + 0x1100)],
             held_stack: vec![frame(function, base + 0x10f0)],
+            held_python_stack: vec![],
             python_stack: vec![],
         };
         let (la, lb) = (lock(a, base + 0x4080), lock(b, base + 0x40c0));

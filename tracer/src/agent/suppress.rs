@@ -84,7 +84,7 @@ fn frames(finding: &Finding) -> (Vec<&Frame>, Vec<&PyFrame>) {
         Finding::LockOrderInversion(f) => {
             for e in &f.cycle {
                 native.extend(e.stack.iter().chain(&e.held_stack));
-                python.extend(&e.python_stack);
+                python.extend(e.python_stack.iter().chain(&e.held_python_stack));
             }
         }
         Finding::SelfDeadlock(f) => native.extend(f.stack.iter().chain(&f.held_stack)),

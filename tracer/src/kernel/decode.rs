@@ -150,10 +150,15 @@ fn held_lock_at(b: &[u8], at: usize) -> HeldLock {
         sp: f.get_u64_ne(),
         bp: f.get_u64_ne(),
         above: [0; CALLER_WORDS],
+        py: PyFrameRaw::default(),
     };
     for word in &mut lock.above {
         *word = f.get_u64_ne();
     }
+    lock.py = PyFrameRaw {
+        code: f.get_u64_ne(),
+        prev_instr: f.get_u64_ne(),
+    };
     lock
 }
 
@@ -331,6 +336,10 @@ mod tests {
             from + size_of::<HeldLock>(),
             &0x2000u64.to_ne_bytes(),
         );
+        // Where Python code took the first held lock (its innermost frame).
+        let py = from + offset_of!(HeldLock, py);
+        put(&mut b, py, &0x7f00_1000u64.to_ne_bytes());
+        put(&mut b, py + 8, &0x7f00_1040u64.to_ne_bytes());
         put(
             &mut b,
             offset_of!(DependencyEvent, n_held),
@@ -356,6 +365,11 @@ mod tests {
             vec![0x1000, 0x2000]
         );
         assert_eq!((d.to.addr, d.to.callsite, d.to.kind), (0x3000, 0x400, 1));
+        assert_eq!(
+            (d.from[0].py.code, d.from[0].py.prev_instr),
+            (0x7f00_1000, 0x7f00_1040)
+        );
+        assert_eq!(d.from[1].py, PyFrameRaw::default());
         assert_eq!(d.held, vec![0x1000]);
         assert_eq!(&d.stack[..], &[7; 16]);
         assert!(!d.handoff);

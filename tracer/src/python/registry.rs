@@ -272,6 +272,15 @@ impl Pythons {
         frames
     }
 
+    /// One Python frame of process `pid` (where a held lock was taken),
+    /// resolved; None when there is none (`code` 0) or it cannot be read.
+    pub fn resolve_frame(&mut self, pid: u32, raw: PyFrameRaw) -> Option<PyFrame> {
+        if raw.code == 0 {
+            return None;
+        }
+        self.resolve(pid, &[raw]).pop()
+    }
+
     /// The frames of Python code that created a lock in process `pid`,
     /// resolved now (innermost first; None for a frame that cannot be
     /// read). The kernel's copy of a code object first: a module's

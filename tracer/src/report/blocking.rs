@@ -220,6 +220,9 @@ fn describe(
         .map(|h| HeldReport {
             lock: lock(en, pid, h.addr, lock_kind(h.kind)),
             taken_at: en.frames(pid, &[h.callsite], false),
+            // The thread is blocked: the frame that took the lock still
+            // runs (or its code object is alive), readable now.
+            taken_at_python: en.pythons.resolve_frame(pid, h.py).into_iter().collect(),
         })
         .collect();
     // Locks it holds that the tracer did not see taken (before it started):
@@ -231,6 +234,7 @@ fn describe(
             holds.push(HeldReport {
                 lock: lock(en, w.blocked.pid, w.lock, w.kind),
                 taken_at: Vec::new(),
+                taken_at_python: Vec::new(),
             });
         }
     }

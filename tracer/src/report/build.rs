@@ -136,6 +136,7 @@ impl Names<'_> {
             thread: d.thread.to_string(),
             stack: self.resolve.frames(d.pid, &d.stack, true),
             held_stack: self.resolve.frames(d.pid, &d.held_stack, false),
+            held_python_stack: d.held_python.iter().map(|f| (**f).clone()).collect(),
             python_stack: d.python.to_vec(),
         }
     }

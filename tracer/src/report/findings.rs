@@ -196,6 +196,10 @@ pub struct HeldReport {
     pub lock: Lock,
     /// The call site that took it (empty if taken before the tracer started).
     pub taken_at: Vec<Frame>,
+    /// The Python line that took it (its innermost frame), for a lock
+    /// Python code took while traced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taken_at_python: Vec<PyFrame>,
 }
 
 /// A thread requested, with a blocking or timed operation, a non-recursive
@@ -303,6 +307,10 @@ pub struct Edge {
     pub stack: Vec<Frame>,
     /// Where `from` was taken (its call site).
     pub held_stack: Vec<Frame>,
+    /// Where Python code took `from` (its innermost frame), when it did:
+    /// what `held_stack`'s interpreter call site was running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_python_stack: Vec<PyFrame>,
     /// The Python frames of the request (innermost first), when the thread
     /// ran Python code: what `stack`'s interpreter frames were running.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

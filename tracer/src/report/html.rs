@@ -275,6 +275,10 @@ fn edge(page: &mut String, e: &Edge, open_heading: bool) {
     page.push_str("<div class=\"stacks\">");
     page.push_str("<div>");
     let _ = write!(page, "<h4>{} was taken at</h4>", esc(&e.from.label()));
+    if !e.held_python_stack.is_empty() {
+        python_stack(page, &e.held_python_stack);
+        page.push_str("<h4>native frames</h4>");
+    }
     stack(page, &e.held_stack);
     page.push_str("</div><div>");
     let _ = write!(page, "<h4>{} requested at</h4>", esc(&e.to.label()));
@@ -325,6 +329,9 @@ fn thread(page: &mut String, t: &ThreadReport) {
     }
     for h in &t.holds {
         let _ = write!(page, "<div><h4>holds {}, taken at</h4>", lock_cell(&h.lock));
+        if !h.taken_at_python.is_empty() {
+            python_stack(page, &h.taken_at_python);
+        }
         if h.taken_at.is_empty() {
             page.push_str("<p class=\"muted\">(taken before tracing began)</p>");
         } else {

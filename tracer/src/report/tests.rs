@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tracer_analysis::detector;
-use tracer_analysis::model::{Dependency, Frame, Level, LockInstance as LockId, LockKind};
+use tracer_analysis::model::{Dependency, Frame, Level, LockInstance as LockId, LockKind, PyFrame};
 use tracer_common::Counter;
 
 pub(crate) use crate::report::build::inversion;
@@ -95,6 +95,7 @@ fn dep(
         thread: thread.into(),
         timestamp_ns: 1,
         held_stack: vec![held].into(),
+        held_python: None,
         stack: stack.into(),
         gates: vec![],
         chain_key: 0,
@@ -430,6 +431,66 @@ fn text_frames_without_symbols() {
     );
     assert!(text.contains("#2  0x7f0000089134  ??\n"), "{text}");
     assert!(text.contains("between 2 locks in ? [4242]"), "{text}");
+}
+
+/// The ab_ba cycle as Python code made it: each edge with the request's
+/// Python frames and the Python line that took the held lock.
+fn python_ab_ba() -> (detector::Inversion, FakeResolve) {
+    let (mut cycle, r) = ab_ba();
+    let py = |function: &str, line: u32| PyFrame {
+        function: function.into(),
+        file: "app/locks.py".into(),
+        line,
+    };
+    for (e, function, line) in cycle
+        .edges
+        .iter_mut()
+        .zip([("take_a_then_b", 39), ("take_b_then_a", 45)])
+        .map(|(e, (f, l))| (e, f, l))
+    {
+        e.python = vec![py(function, line + 1)].into();
+        e.held_python = Some(Box::new(py(function, line)));
+    }
+    (cycle, r)
+}
+
+#[test]
+fn python_edges_say_where_python_took_the_held_lock() {
+    let (cycle, mut r) = python_ab_ba();
+    let finding = inversion(&cycle, &mut r);
+    let text = finding.to_string();
+    for needle in [
+        "     mutex_a was taken at (Python):\n       #0  take_a_then_b  app/locks.py:39\n       #0  0x55d0c0a00100  worker_ab+0x1a",
+        "     mutex_b requested at (Python):\n       #0  take_a_then_b  app/locks.py:40\n",
+        "     mutex_b was taken at (Python):\n       #0  take_b_then_a  app/locks.py:45\n",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    let json: Value = serde_json::to_value(&finding).unwrap();
+    let held = &json["cycle"][1]["held_python_stack"];
+    assert_eq!(held[0]["function"], "take_b_then_a", "{json}");
+    assert_eq!(held[0]["line"], 45, "{json}");
+    let mut page = Vec::new();
+    let entry = crate::report::Entry {
+        finding: finding.clone(),
+        time: None,
+    };
+    crate::report::html::write(&mut page, &[], &[&entry], "").unwrap();
+    let page = String::from_utf8(page).unwrap();
+    let held = page
+        .find("mutex_b was taken at</h4><table class=\"stack python\">")
+        .unwrap_or_else(|| panic!("no Python table for the held lock in\n{page}"));
+    assert!(
+        page[held..].contains("take_b_then_a</td><td class=\"at\">app/locks.py:45<"),
+        "{page}"
+    );
+    // A lock Python code did not take has no such field.
+    let (cycle, mut r) = ab_ba();
+    let json: Value = serde_json::to_value(inversion(&cycle, &mut r)).unwrap();
+    assert!(
+        json["cycle"][0].get("held_python_stack").is_none(),
+        "{json}"
+    );
 }
 
 #[test]

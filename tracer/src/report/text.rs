@@ -143,9 +143,14 @@ impl ThreadReport {
             write_origin(f, &format!("{indent}  "), self.origin.as_ref())?;
         }
         for h in &self.holds {
+            let python = if h.taken_at_python.is_empty() {
+                ""
+            } else {
+                " (Python)"
+            };
             writeln!(
                 f,
-                "{indent}  holds {} ({} {:#x}), taken at:",
+                "{indent}  holds {} ({} {:#x}), taken at{python}:",
                 h.lock.label(),
                 h.lock.kind,
                 h.lock.addr
@@ -153,6 +158,7 @@ impl ThreadReport {
             if h.taken_at.is_empty() {
                 writeln!(f, "{indent}    (taken before tracing began)")?;
             }
+            write_python_stack(f, &format!("{indent}    "), &h.taken_at_python)?;
             write_stack_if_any(f, &format!("{indent}    "), &h.taken_at)?;
         }
         if !self.python_stack.is_empty() {
@@ -388,6 +394,14 @@ impl fmt::Display for Inversion {
             } else {
                 // The interpreter's native frames say nothing to a Python
                 // programmer; the JSON report keeps them.
+                if e.held_python_stack.is_empty() {
+                    writeln!(f, "     {from} was taken at:")?;
+                    write_stack(f, "       ", &e.held_stack)?;
+                } else {
+                    writeln!(f, "     {from} was taken at (Python):")?;
+                    write_python_stack(f, "       ", &e.held_python_stack)?;
+                    write_stack_if_any(f, "       ", &e.held_stack)?;
+                }
                 writeln!(f, "     {to} requested at (Python):")?;
                 write_python_stack(f, "       ", &e.python_stack)?;
                 if let Some(top) = e.stack.first() {

@@ -325,6 +325,7 @@ fn thread(tid: u32, holds: &Lock, waits_for: &Lock, holder: u32) -> ThreadReport
         holds: vec![HeldReport {
             lock: holds.clone(),
             taken_at: vec![],
+            taken_at_python: vec![],
         }],
         stack: vec![Frame {
             addr: 0x10,
