@@ -190,6 +190,18 @@ pub struct Edge {
     /// Written only when the thread ran Python code.
     #[serde(default)]
     pub python_stack: Vec<PyFrame>,
+    /// Written only for a dependency an earlier run of the agent learned,
+    /// restored from its state.
+    #[serde(default)]
+    pub restored: Option<Restored>,
+}
+
+/// Where a restored dependency comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restored {
+    /// When the earlier run learned it (RFC 3339).
+    pub learned: String,
 }
 
 /// Instance or class cycle.

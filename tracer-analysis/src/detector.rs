@@ -87,7 +87,26 @@ pub struct Inversion {
     pub level: Level,
     /// The classes of the cycle's locks, for a class-level cycle.
     pub classes: Vec<String>,
+    /// For each edge restored from an earlier run's state (see
+    /// [`Detector::restore_class_dependency`]), the tag it was restored
+    /// with; `None` for an edge seen in this run. Empty when none is.
+    pub restored: Vec<Option<u64>>,
 }
+
+/// A class dependency new to the class graph, between two classes that
+/// outlive the run (see [`ClassKey::outlives_the_run`]): what an agent
+/// saves so that a restart keeps the lock order learned.
+#[derive(Clone, Debug)]
+pub struct Learned {
+    pub from: ClassKey,
+    pub to: ClassKey,
+    /// The occurrence that taught it.
+    pub dep: Dependency,
+}
+
+/// New class dependencies kept for [`Detector::take_learned`] at most;
+/// beyond, the newest are not kept (a caller that never takes them).
+const MAX_LEARNED_WAITING: usize = 10_000;
 
 /// What the detector concluded; each has its finding's id.
 #[derive(Clone, Debug)]
@@ -216,6 +235,12 @@ pub struct Detector {
     /// [`limits::DEPENDENCIES`] (smaller in tests).
     lock_limit: limits::Limit,
     dependency_limit: limits::Limit,
+    /// Class dependencies restored from an earlier run, with their tags,
+    /// until seen live.
+    restored: crate::FastMap<(ClassId, ClassId), u64>,
+    /// New lasting class dependencies are kept for [`Self::take_learned`].
+    learning: bool,
+    learned: Vec<Learned>,
 }
 
 impl Detector {
@@ -240,7 +265,62 @@ impl Detector {
             thread_names: Names::default(),
             lock_limit: limits::LOCKS,
             dependency_limit: limits::DEPENDENCIES,
+            restored: Default::default(),
+            learning: false,
+            learned: Vec::new(),
         }
+    }
+
+    /// From now on, keeps each new class dependency between classes that
+    /// outlive the run for [`Self::take_learned`].
+    pub fn learn_class_dependencies(&mut self) {
+        self.learning = true;
+    }
+
+    /// The class dependencies learned since the last call.
+    pub fn take_learned(&mut self) -> Vec<Learned> {
+        std::mem::take(&mut self.learned)
+    }
+
+    /// Adds `from -> to` to the class graph as an earlier run learned it,
+    /// with a stand-in occurrence (no process of this run made it), named
+    /// `tag` in the verdicts whose cycles go through it. The cycles it
+    /// closes with other restored dependencies are not reported: the
+    /// earlier run judged them. A restored dependency seen live takes the
+    /// live occurrence as its evidence.
+    pub fn restore_class_dependency(
+        &mut self,
+        from: ClassKey,
+        to: ClassKey,
+        kinds: (LockKind, LockKind),
+        tag: u64,
+    ) {
+        if from == to || !from.outlives_the_run() || !to.outlives_the_run() {
+            return;
+        }
+        let (a, b) = (self.classes.intern(from), self.classes.intern(to));
+        if self.class_graph.dependency(a, b).is_some() {
+            return;
+        }
+        let nowhere = LockInstance { pid: 0, addr: 0 };
+        let stand_in = Dependency {
+            from: nowhere,
+            to: nowhere,
+            from_kind: kinds.0,
+            to_kind: kinds.1,
+            pid: 0,
+            tid: 0,
+            thread: self.thread_names.intern(""),
+            timestamp_ns: 0,
+            held_stack: Box::new([]),
+            stack: self.no_stack.clone(),
+            gates: Vec::new(),
+            chain_key: 0,
+            python: self.no_python.clone(),
+            handoff: false,
+        };
+        let _judged_before = self.class_graph.insert(a, b, stand_in);
+        self.restored.insert((a, b), tag);
     }
 
     /// A detector whose instance graph holds at most `locks` and
@@ -588,6 +668,7 @@ impl Detector {
                     gate: cycle.gate,
                     level: Level::Instance,
                     classes: Vec::new(),
+                    restored: Vec::new(),
                 }));
             }
         }
@@ -654,7 +735,24 @@ impl Detector {
         if from == to {
             return self.on_same_class(from, dep).into_iter().collect();
         }
-        *self.class_seen.entry((from, to)).or_default() += 1;
+        let seen = self.class_seen.entry((from, to)).or_default();
+        *seen += 1;
+        let first = *seen == 1;
+        if self.restored.remove(&(from, to)).is_some() {
+            self.class_graph.replace_evidence(from, to, dep);
+        }
+        if first
+            && self.learning
+            && self.learned.len() < MAX_LEARNED_WAITING
+            && self.classes.key(from).outlives_the_run()
+            && self.classes.key(to).outlives_the_run()
+        {
+            self.learned.push(Learned {
+                from: self.classes.key(from).clone(),
+                to: self.classes.key(to).clone(),
+                dep: dep.clone(),
+            });
+        }
         let mut verdicts = Vec::new();
         for cycle in self.class_graph.insert(from, to, dep.clone()) {
             let n = cycle.edges.len();
@@ -699,12 +797,23 @@ impl Detector {
             let Some(id) = self.admit(Shape::Classes(shape, false), dep.pid) else {
                 continue;
             };
+            let restored = cycle
+                .nodes
+                .iter()
+                .zip(cycle.nodes.iter().cycle().skip(1))
+                .map(|(&a, &b)| self.restored.get(&(a, b)).copied())
+                .collect::<Vec<_>>();
             verdicts.push(Verdict::Inversion(Inversion {
                 id,
                 edges: cycle.edges,
                 gate: None,
                 level: Level::Class,
                 classes,
+                restored: if restored.iter().any(Option::is_some) {
+                    restored
+                } else {
+                    Vec::new()
+                },
             }));
         }
         verdicts

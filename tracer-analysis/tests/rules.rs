@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use tracer_analysis::detector::Stats;
 use tracer_analysis::model::{
-    Blocked, CodeSite, HeldAt, Level, LockInstance, LockKind, PyFrame, Request, SharedLock, Waiter,
+    Blocked, ClassKey, CodeSite, HeldAt, Level, LockInstance, LockKind, PyFrame, Request,
+    SharedLock, Waiter,
 };
 use tracer_analysis::waits::{WaitScan, WaitStarts};
 use tracer_analysis::{Detector, Event, GlobalSymbol, Host, InitStack, Verdict};
@@ -246,6 +247,113 @@ fn the_same_globals_of_two_builds_are_other_classes() {
     }
     let verdicts = run.feed(request(3, 3, &[y], x));
     assert_eq!(inversion(&verdicts).level, Level::Class);
+}
+
+/// The class of global `symbol` of build `build` of `prefork_demo`.
+fn global_class(symbol: &str, build: &str) -> ClassKey {
+    ClassKey::Global {
+        module: "prefork_demo".into(),
+        symbol: symbol.into(),
+        build: Some(build.into()),
+    }
+}
+
+/// A run whose process `pid` has the globals mutex_x (0xa0) and mutex_y
+/// (0xb0) of build `build`.
+fn with_globals(run: &mut Run, pid: u32, build: &str) {
+    for (addr, symbol) in [(0xa0, "mutex_x"), (0xb0, "mutex_y")] {
+        run.host.globals.insert(
+            (pid, addr),
+            GlobalSymbol {
+                module: "prefork_demo".into(),
+                symbol: symbol.into(),
+                build: Some(build.into()),
+            },
+        );
+    }
+}
+
+/// A class dependency learned by an earlier run (an agent's state) closes
+/// a cycle with this run's other order: one class inversion, naming the
+/// restored edge by its tag. Cycles of restored dependencies alone are not
+/// reported; another build's globals are other classes.
+#[test]
+fn a_restored_class_dependency_closes_a_cycle_with_a_live_one() {
+    let mutexes = (LockKind::Mutex, LockKind::Mutex);
+    let (x, y) = (mutex(0xa0), mutex(0xb0));
+    let mut run = Run::new();
+    run.detector.learn_class_dependencies();
+    run.detector.restore_class_dependency(
+        global_class("mutex_x", "b1"),
+        global_class("mutex_y", "b1"),
+        mutexes,
+        7,
+    );
+    with_globals(&mut run, 1, "b1");
+    let verdicts = run.feed(request(1, 1, &[y], x));
+    let inv = inversion(&verdicts);
+    assert_eq!(inv.level, Level::Class);
+    assert_eq!(
+        inv.classes,
+        ["prefork_demo:mutex_x", "prefork_demo:mutex_y"]
+    );
+    let live: Vec<u32> = inv.edges.iter().map(|e| e.pid).collect();
+    assert_eq!(inv.restored, [Some(7), None], "pids {live:?}");
+    // What this run learned: y -> x, not the restored x -> y.
+    let learned = run.detector.take_learned();
+    assert_eq!(learned.len(), 1);
+    assert_eq!(
+        (&learned[0].from, &learned[0].to),
+        (
+            &global_class("mutex_y", "b1"),
+            &global_class("mutex_x", "b1")
+        )
+    );
+
+    // Both orders restored: judged before, not reported again.
+    let mut run = Run::new();
+    for (from, to, tag) in [("mutex_x", "mutex_y", 1), ("mutex_y", "mutex_x", 2)] {
+        run.detector.restore_class_dependency(
+            global_class(from, "b1"),
+            global_class(to, "b1"),
+            mutexes,
+            tag,
+        );
+    }
+    with_globals(&mut run, 1, "b1");
+    assert!(run.feed(request(1, 1, &[y], x)).is_empty());
+
+    // Another build: other classes, no cycle.
+    let mut run = Run::new();
+    run.detector.restore_class_dependency(
+        global_class("mutex_x", "b1"),
+        global_class("mutex_y", "b1"),
+        mutexes,
+        7,
+    );
+    with_globals(&mut run, 1, "b2");
+    assert!(run.feed(request(1, 1, &[y], x)).is_empty());
+}
+
+/// A restored dependency seen again live takes the live occurrence: an
+/// inversion in one process is then reported at instance level, as
+/// without the state.
+#[test]
+fn a_restored_dependency_seen_live_is_judged_as_live() {
+    let mut run = Run::new();
+    run.detector.restore_class_dependency(
+        global_class("mutex_x", "b1"),
+        global_class("mutex_y", "b1"),
+        (LockKind::Mutex, LockKind::Mutex),
+        7,
+    );
+    with_globals(&mut run, 1, "b1");
+    let (x, y) = (mutex(0xa0), mutex(0xb0));
+    assert!(run.feed(request(1, 1, &[x], y)).is_empty());
+    let verdicts = run.feed(request(1, 2, &[y], x));
+    let inv = inversion(&verdicts);
+    assert_eq!(inv.level, Level::Instance);
+    assert!(inv.restored.is_empty());
 }
 
 #[test]

@@ -97,6 +97,28 @@ fn class_level_inversion() {
         ["class_split_nofp:mutex_x", "class_split_nofp:mutex_y"]
     );
     assert_ne!(inv.cycle[0].pid, inv.cycle[1].pid);
+    assert!(inv.cycle.iter().all(|e| e.restored.is_none()));
+}
+
+/// An agent's class inversion, one side of which an earlier run learned
+/// (restored from its state, `agent_state.rs`): that edge says when.
+#[test]
+fn class_level_inversion_with_a_restored_edge() {
+    let held = r#""held_stack":[{"addr":"0x559b2ae1f1ac","module":"target/fixtures/class_split_nofp","function":"x_then_y","offset":19,"file":"tests/fixtures/class_split.c","line":15,"build_id":null,"file_offset":null}]"#;
+    let line = CLASS_INVERSION.replacen(
+        held,
+        &format!(r#"{held},"restored":{{"learned":"2026-12-07T23:18:16.626Z"}}"#),
+        1,
+    );
+    assert_ne!(line, CLASS_INVERSION);
+    let inv = inversion(&line);
+    assert_eq!(
+        inv.cycle[0].restored,
+        Some(Restored {
+            learned: "2026-12-07T23:18:16.626Z".into()
+        })
+    );
+    assert_eq!(inv.cycle[1].restored, None);
 }
 
 #[test]

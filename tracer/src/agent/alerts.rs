@@ -211,6 +211,7 @@ mod tests {
             stack: vec![libc.clone(), frame(function, base + 0x1100)],
             held_stack: vec![frame(function, base + 0x10f0)],
             python_stack: vec![],
+            restored: None,
         };
         let (la, lb) = (lock(a, base + 0x4080), lock(b, base + 0x40c0));
         Finding::LockOrderInversion(Inversion {

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub alerts_sent: Counter,
     pub alerts_failed: Counter,
     pub alerts_dropped: Counter,
+    /// Class dependencies the state stopped keeping (the oldest, beyond
+    /// its bound).
+    pub saved_dependencies_dropped: Counter,
     /// By sink (`file`, `journald`, `webhook`): findings a sink failed to
     /// take (a write, a send, an attempt, a full queue).
     sink_failures: Family<SinkLabel, Counter>,
@@ -90,6 +93,7 @@ impl Metrics {
             alerts_sent: Counter::default(),
             alerts_failed: Counter::default(),
             alerts_dropped: Counter::default(),
+            saved_dependencies_dropped: Counter::default(),
             sink_failures: Family::default(),
             ready: AtomicBool::new(false),
             started: Instant::now(),
@@ -166,6 +170,11 @@ impl Metrics {
             "alerts_dropped",
             "Alerts dropped undelivered: the queue was full while Alertmanager was down",
             m.alerts_dropped.clone(),
+        );
+        registry.register(
+            "saved_dependencies_dropped",
+            "Class dependencies learned that the state file no longer keeps (the oldest, beyond its bound): a restart forgets them",
+            m.saved_dependencies_dropped.clone(),
         );
         registry.register(
             "sink_failures",

@@ -38,7 +38,7 @@ pub use config::Config;
 use crate::kernel::load::Filter;
 use crate::report::json;
 use crate::report::Finding;
-use crate::session::{Change, Live, Observer};
+use crate::session::{Change, LearnedOrder, Live, Observer};
 use alerts::Alert;
 use journal::Journal;
 use metrics::Metrics;
@@ -233,6 +233,22 @@ impl Agent {
     pub fn ready(&self) {
         self.metrics.set_ready();
         notify::notify("READY=1\nSTATUS=tracing");
+    }
+
+    /// The class dependencies earlier runs learned, for the session to
+    /// restore before it starts.
+    pub fn restored_class_graph(&self) -> Vec<LearnedOrder> {
+        let orders = self
+            .state
+            .as_ref()
+            .map_or_else(Vec::new, |(state, _)| state.restored_orders());
+        if !orders.is_empty() {
+            info!(
+                "{} class dependencies learned before restored from the state",
+                orders.len()
+            );
+        }
+        orders
     }
 
     /// What the session takes its reloads from.
@@ -711,6 +727,16 @@ impl Observer for AgentObserver {
         self.resolve_exited();
         self.resend();
         self.save_state();
+    }
+
+    fn learned(&mut self, orders: &[LearnedOrder]) {
+        let now = crate::report::walltime::now();
+        for order in orders {
+            self.state.learn(order, &now);
+        }
+        self.metrics
+            .saved_dependencies_dropped
+            .inc_by(self.state.take_orders_dropped());
     }
 
     fn waits(&mut self, blocked: &[(u32, u32, u64)]) {

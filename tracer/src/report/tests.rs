@@ -149,6 +149,7 @@ pub(crate) fn ab_ba() -> (detector::Inversion, FakeResolve) {
         gate: None,
         level: Level::Instance,
         classes: Vec::new(),
+        restored: Vec::new(),
     };
     (cycle, r)
 }
