@@ -480,6 +480,10 @@ pub struct Summary {
     pub repeated_findings: u64,
     pub suppressed_findings: u64,
     pub dropped_dependencies: u64,
+    /// Cold lock instances evicted from the full instance graph, and the
+    /// dependencies that left with them.
+    pub evicted_locks: u64,
+    pub evicted_dependencies: u64,
     pub lock_facts_not_kept: u64,
     /// Dependencies kept out because a lock's memory may have been reused
     /// unseen, and the processes whose frees were watched.

@@ -895,11 +895,12 @@ fn sighup_changes_the_trace_filters_and_keeps_the_graphs() {
 }
 
 /// The memory cap: an agent keeping at most one dependency in its instance
-/// graph (`[trace] max_dependencies = 1`) drops the second order of an
-/// AB/BA, counts it in /metrics and the summary, and still reports the
-/// inversion, from the class graph (which the cap does not bound).
+/// graph (`[trace] max_dependencies = 1`) evicts the colder lock of an
+/// AB/BA's first order (with that dependency) to keep the second, counts
+/// both in /metrics and the summary, and still reports the inversion, from
+/// the class graph (which the cap does not bound).
 #[test]
-fn memory_cap_drops_and_counts_and_keeps_the_class_graph() {
+fn memory_cap_evicts_cold_locks_and_keeps_the_class_graph() {
     require_root();
     let metrics = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
@@ -925,7 +926,7 @@ fn memory_cap_drops_and_counts_and_keeps_the_class_graph() {
     // The next scan (every 0.4 s) counts it.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut text = http_get(&metrics, "/metrics").1;
-    while !text.contains("locktrace_dependencies_dropped_total 1") && Instant::now() < deadline {
+    while !text.contains("locktrace_locks_evicted_total 1") && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
         text = http_get(&metrics, "/metrics").1;
     }
@@ -941,17 +942,24 @@ fn memory_cap_drops_and_counts_and_keeps_the_class_graph() {
         })
         .collect();
     assert_eq!(levels, [Level::Class], "{}", run.run.describe());
+    let summary = &run.report.summary;
     assert_eq!(
-        run.report.summary.dropped_dependencies,
-        1,
+        (
+            summary.evicted_locks,
+            summary.evicted_dependencies,
+            summary.dropped_dependencies
+        ),
+        (1, 1, 0),
         "{}",
         run.run.describe()
     );
-    assert_eq!(
-        counter(&text, "locktrace_dependencies_dropped_total"),
-        1.0,
-        "{text}"
-    );
+    for (name, value) in [
+        ("locktrace_locks_evicted_total", 1.0),
+        ("locktrace_dependencies_evicted_total", 1.0),
+        ("locktrace_dependencies_dropped_total", 0.0),
+    ] {
+        assert_eq!(counter(&text, name), value, "{name}\n{text}");
+    }
 }
 
 /// A config file for the agent in `dir` (its state in `dir/state`); its

@@ -91,7 +91,12 @@ mod tests {
     #[test]
     fn the_coldest_is_the_one_used_longest_ago() {
         let mut r = Recency::default();
-        for l in [lock(1, 0xa), lock(2, 0xb), lock(1, 0xc), LockIdentity::Shared(0)] {
+        for l in [
+            lock(1, 0xa),
+            lock(2, 0xb),
+            lock(1, 0xc),
+            LockIdentity::Shared(0),
+        ] {
             r.touch(l);
         }
         assert_eq!(r.coldest(None), Some(lock(1, 0xa)));

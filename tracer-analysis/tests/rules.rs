@@ -815,24 +815,47 @@ fn a_storm_of_cycles_in_one_process_is_budgeted_and_counted() {
     assert_eq!(run.feed(request(2, 4, &[b], a)).len(), 1);
 }
 
+/// At its share of lock instances, a process's coldest locks are evicted
+/// (with their dependencies, which the kernel side forgets too) to make
+/// room for its new ones: the graph stays bounded, nothing is dropped.
 #[test]
 fn a_process_cannot_grow_the_graph_without_bound() {
     use tracer_analysis::detector::MAX_LOCKS_PER_PROCESS;
     let mut run = Run::new();
     let n = MAX_LOCKS_PER_PROCESS as u64 / 2 + 10;
+    let pair = |i: u64| (mutex(0x10_0000 + i * 0x80), mutex(0x10_0040 + i * 0x80));
     for i in 0..n {
-        run.feed(request(
-            1,
-            1,
-            &[mutex(0x10_0000 + i * 0x80)],
-            mutex(0x10_0040 + i * 0x80),
-        ));
+        let (a, b) = pair(i);
+        run.feed(request(1, 1, &[a], b));
     }
-    assert_eq!(run.stats().locks, MAX_LOCKS_PER_PROCESS as u64);
-    assert_eq!(run.stats().dropped_dependencies, 10);
-    // Another process still has room.
+    let s = run.stats();
+    assert_eq!(s.graph_locks, MAX_LOCKS_PER_PROCESS as u64);
+    assert_eq!(
+        (
+            s.evicted_locks,
+            s.evicted_dependencies,
+            s.dropped_dependencies
+        ),
+        (20, 10, 0)
+    );
+    // The oldest went first, and leave the kernel's cache.
+    let evicted: Vec<u64> = run
+        .detector
+        .take_forgotten()
+        .iter()
+        .map(|d| d.from.addr)
+        .collect();
+    let oldest: Vec<u64> = (0..10).map(|i| pair(i).0.addr).collect();
+    assert_eq!(evicted, oldest);
+    // The newest pair is kept: again, it is no new edge.
+    let (a, b) = pair(n - 1);
+    run.feed(request(1, 1, &[a], b));
+    assert_eq!(run.stats().evicted_locks, 20);
+    // Another process has its own share: it evicts nothing.
     run.feed(request(2, 2, &[mutex(0xa0)], mutex(0xb0)));
-    assert_eq!(run.stats().locks, MAX_LOCKS_PER_PROCESS as u64 + 2);
+    let s = run.stats();
+    assert_eq!(s.graph_locks, MAX_LOCKS_PER_PROCESS as u64 + 2);
+    assert_eq!(s.evicted_locks, 20);
 }
 
 #[test]
@@ -859,27 +882,45 @@ fn a_process_cannot_fill_the_graph_with_dependencies() {
             fed += 1;
         }
     }
-    assert_eq!(run.stats().dependencies, 1_000);
-    assert_eq!(run.stats().dropped_dependencies, fed - 1_000);
-    // A dependency already in the graph is no new edge: still taken.
-    run.feed(request(1, 2, &[lock(0)], lock(1)));
-    assert_eq!(run.stats().dropped_dependencies, fed - 1_000);
-    // Another process has its share, up to the total.
+    let s = run.stats();
+    assert!(s.graph_dependencies <= 1_000, "{s:?}");
+    assert_eq!(s.graph_dependencies + s.evicted_dependencies, fed, "{s:?}");
+    assert_eq!(s.dropped_dependencies, 0);
+    let kept = s.graph_dependencies;
+    // The last one taken is kept: again, it is no new edge.
+    run.feed(request(1, 2, &[lock(58)], lock(59)));
+    assert_eq!(run.stats().graph_dependencies, kept);
+    run.detector.take_forgotten();
+    // Another process has its share, up to the total: once the total is
+    // full, the first process's coldest locks make room.
     for i in 0..600 {
         run.feed(request(2, 3, &[mutex(0xa0 + i * 0x40)], mutex(0xb0_0000)));
     }
-    assert_eq!(run.stats().dependencies, 1_500);
+    let s = run.stats();
+    assert!(s.graph_dependencies <= 1_500, "{s:?}");
+    let from: HashSet<u32> = run
+        .detector
+        .take_forgotten()
+        .iter()
+        .map(|d| d.pid)
+        .collect();
+    assert_eq!(from, HashSet::from([1]));
+    // All 600 of the second process's are in the graph: again, none is new.
+    let evicted = s.evicted_dependencies;
+    for i in 0..600 {
+        run.feed(request(2, 3, &[mutex(0xa0 + i * 0x40)], mutex(0xb0_0000)));
+    }
+    assert_eq!(run.stats().evicted_dependencies, evicted);
     // The first one's exit gives its share back.
     run.feed(Event::ProcessExit { pid: 1 });
-    run.feed(request(3, 4, &[mutex(0xa0)], mutex(0xb0)));
-    assert_eq!(run.stats().dependencies, 1_501);
+    assert_eq!(run.stats().graph_dependencies, 600);
 }
 
 #[test]
 fn an_inversion_past_the_cap_is_reported_by_the_class_graph() {
     // The instance graph capped at one dependency: the second order of an
-    // AB/BA in one process is not kept there, so no instance cycle
-    // reports it; the class graph (kept whole) does, once.
+    // AB/BA in one process evicts the first (with its colder lock), so no
+    // instance cycle reports it; the class graph (kept whole) does, once.
     let mut run = Run::new();
     run.detector.set_limits(10, 1);
     run.host
@@ -891,7 +932,16 @@ fn an_inversion_past_the_cap_is_reported_by_the_class_graph() {
     let inv = inversion(&verdicts);
     assert_eq!(inv.level, Level::Class);
     assert_eq!(inv.classes, ["ab_ba:mutex_a", "ab_ba:mutex_b"]);
-    assert_eq!(run.stats().dropped_dependencies, 1);
+    let s = run.stats();
+    assert_eq!(
+        (
+            s.evicted_locks,
+            s.evicted_dependencies,
+            s.dropped_dependencies
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(s.graph_dependencies, 1);
     assert!(run.feed(request(1, 3, &[b], a)).is_empty());
     // Uncapped, the instance graph reports it (and the class graph not
     // again).

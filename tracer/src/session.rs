@@ -108,6 +108,10 @@ pub struct Live {
     pub lock_classes: u64,
     /// Dependencies not kept in the instance graph (at its cap).
     pub dropped_dependencies: u64,
+    /// Lock instances evicted from the instance graph at its cap, and the
+    /// dependencies that left with them.
+    pub evicted_locks: u64,
+    pub evicted_dependencies: u64,
     pub traced_processes: u64,
     pub probed_files: u64,
     /// Threads in a deadlock reported and still blocked, at the last scan.
@@ -886,6 +890,8 @@ impl Session {
             locks: stats.locks,
             lock_classes: stats.classes,
             dropped_dependencies: stats.dropped_dependencies,
+            evicted_locks: stats.evicted_locks,
+            evicted_dependencies: stats.evicted_dependencies,
             traced_processes: traced_processes as u64,
             probed_files: self.probes.probed_files().count() as u64,
             deadlocked_threads: blocked.deadlocked_threads,
@@ -1037,6 +1043,8 @@ impl Session {
             repeated_findings: stats.repeated_findings,
             suppressed_findings: stats.suppressed_findings,
             dropped_dependencies: stats.dropped_dependencies,
+            evicted_locks: stats.evicted_locks,
+            evicted_dependencies: stats.evicted_dependencies,
             lock_facts_not_kept: stats.lock_facts_not_kept,
             lock_memory: self.reuse.stats,
             unprocessed_records: self.unprocessed,
