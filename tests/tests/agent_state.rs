@@ -8,13 +8,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use locktrace_e2e::records::{Inversion, Level, Record};
-use locktrace_e2e::services::{agent_config, free_port, poll, wait_ready};
+use locktrace_e2e::services::{agent_config, counter, free_port, http_get, poll, wait_ready};
 use locktrace_e2e::tracer::{locktrace_report, JsonRun, Watcher};
 use locktrace_e2e::{comm_of, copy_executable, fixture, require_root, Variant};
 
 /// One agent run on `config`: `program ORDER` runs once traced, and the
-/// agent stops once its state holds what the run learned (`ORDER` is the
-/// function that took the second lock: it is in the saved stack).
+/// agent stops once it took the dependency in (/metrics counts it); it
+/// saves its state as it stops, where what the run learned must be
+/// (`ORDER` is the function that took the second lock: it is in the saved
+/// stack).
 fn agent_round(
     config: &str,
     metrics: &str,
@@ -27,15 +29,15 @@ fn agent_round(
     let child = Command::new(program).arg(order).spawn().unwrap();
     let pid = child.id();
     assert!(child.wait_with_output().unwrap().status.success());
-    let saved = poll(Duration::from_secs(20), || {
-        let text = std::fs::read_to_string(state).ok()?;
-        text.contains(&format!("\"function\":\"{order}\""))
-            .then_some(())
+    let taken = poll(Duration::from_secs(20), || {
+        let text = http_get(metrics, "/metrics").1;
+        (counter(&text, "locktrace_lock_dependencies") >= 1.0).then_some(())
     });
     let run = agent.stop();
+    let saved = std::fs::read_to_string(state).unwrap_or_default();
     assert!(
-        saved.is_some(),
-        "{order} not saved in {}\n{}",
+        taken.is_some() && saved.contains(&format!("\"function\":\"{order}\"")),
+        "{order} not saved in {}:\n{saved}\n{}",
         state.display(),
         run.describe()
     );

@@ -720,7 +720,7 @@ impl AgentObserver {
     /// Saves the state if it changed: the fingerprints alerted on, and the
     /// active alerts that outlive a restart (those of deadlocks and hangs
     /// are found again by the next run if their threads still wait).
-    fn save_state(&mut self) {
+    fn save_state(&mut self, now: bool) {
         let saved = self
             .active
             .iter()
@@ -729,13 +729,13 @@ impl AgentObserver {
                 alert: a.alert.clone(),
                 until: state::unix(a.until),
             });
-        self.state.save(saved);
+        self.state.save(saved, now);
     }
 }
 
 impl Drop for AgentObserver {
     fn drop(&mut self) {
-        self.save_state();
+        self.save_state(true);
     }
 }
 
@@ -825,7 +825,7 @@ impl Observer for AgentObserver {
         self.before = live.clone();
         self.resolve_exited();
         self.resend();
-        self.save_state();
+        self.save_state(false);
     }
 
     fn learned(&mut self, orders: &[LearnedOrder]) {

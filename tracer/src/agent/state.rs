@@ -37,6 +37,10 @@ const MAX_ORDERS: usize = 10_000;
 /// program's own frame past libc's lock functions (the report's site, the
 /// fingerprint's key), few enough for a state of 10,000 dependencies.
 const SAVED_FRAMES: usize = 6;
+/// A state whose only change is newly learned dependencies is written at
+/// most this often (and at exit): on a busy host's first hours new class
+/// dependencies come continually, and the state of 10,000 is megabytes.
+const ORDERS_SAVED_EVERY: Duration = Duration::from_secs(30);
 /// The state file is read only up to this size: anything larger is not
 /// one the agent wrote.
 const MAX_STATE_BYTES: u64 = 256 << 20;
@@ -140,6 +144,10 @@ pub struct State {
     orders_dropped: u64,
     /// Changed since the last save.
     dirty: bool,
+    /// Dependencies learned since the last save (written with the next
+    /// save, or once [`ORDERS_SAVED_EVERY`] has passed).
+    orders_changed: bool,
+    last_write: std::time::Instant,
     /// The last save failed (warned once until one succeeds).
     failing: bool,
 }
@@ -158,6 +166,8 @@ impl State {
             pairs: HashSet::new(),
             orders_dropped: 0,
             dirty: false,
+            orders_changed: false,
+            last_write: std::time::Instant::now(),
             failing: false,
         };
         let file = match read(&state.path) {
@@ -219,7 +229,7 @@ impl State {
             learned: time.to_string(),
             edge,
         });
-        self.dirty = true;
+        self.orders_changed = true;
     }
 
     fn keep_order(&mut self, order: SavedOrder) {
@@ -268,10 +278,15 @@ impl State {
 
     /// Writes the state if it changed. A failure is a warning (once until a
     /// save succeeds again): the agent goes on with what it has in memory.
-    pub fn save(&mut self, active: impl Iterator<Item = Saved>) {
-        if !self.dirty {
+    /// `now`: at exit, whatever changed; otherwise learned dependencies
+    /// alone wait for [`ORDERS_SAVED_EVERY`].
+    pub fn save(&mut self, active: impl Iterator<Item = Saved>, now: bool) {
+        let orders_due =
+            self.orders_changed && (now || self.last_write.elapsed() >= ORDERS_SAVED_EVERY);
+        if !self.dirty && !orders_due {
             return;
         }
+        self.last_write = std::time::Instant::now();
         let file = File {
             version: VERSION,
             reported: self.reported.iter().cloned().collect(),
@@ -281,6 +296,7 @@ impl State {
         match write(&self.path, &file) {
             Ok(()) => {
                 self.dirty = false;
+                self.orders_changed = false;
                 self.failing = false;
             }
             Err(e) => {
@@ -403,7 +419,7 @@ mod tests {
                 until: 1,
             },
         ];
-        state.save(saved.iter().cloned());
+        state.save(saved.iter().cloned(), true);
         let path = dir.as_path().join(STATE_FILE);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -436,7 +452,7 @@ mod tests {
         let (mut state, _) = State::load(dir.as_path());
         assert!(!state.reported("aa"));
         state.remember("cc".into());
-        state.save(std::iter::empty());
+        state.save(std::iter::empty(), true);
         assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
         assert_eq!(
             std::fs::read(&elsewhere).unwrap(),
@@ -499,7 +515,7 @@ mod tests {
         let mut unnamed = order("mutex_y", "mutex_x", 2);
         unnamed.to = ClassKey::FirstUse(tracer_analysis::model::CodeSite::unmapped(0x10));
         state.learn(&unnamed, "2026-12-07T23:00:02.000Z");
-        state.save(std::iter::empty());
+        state.save(std::iter::empty(), true);
         let (again, _) = State::load(dir.as_path());
         let restored = again.restored_orders();
         assert_eq!(restored.len(), 1);
