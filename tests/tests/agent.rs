@@ -1678,6 +1678,7 @@ fn a_deleted_program_is_read_through_map_files_with_checkpoint_restore() {
         };
         assert_eq!(capabilities(&status)["CapEff"], expected, "{status}");
         let mut child = Command::new(&program)
+            .arg("hold")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -1685,9 +1686,13 @@ fn a_deleted_program_is_read_through_map_files_with_checkpoint_restore() {
         let pid = child.id();
         // Its file is gone: only /proc/PID/map_files leads to it.
         std::fs::remove_file(&program).unwrap();
-        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        assert!(child.wait_with_output().unwrap().status.success());
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        // It stays until its finding is made (its files are read while it
+        // runs: a process gone takes its map_files with it).
         agent.wait_for_finding_of(pid, Duration::from_secs(20));
+        drop(stdin);
+        assert!(child.wait_with_output().unwrap().status.success());
         let run = agent.stop();
         let found = one_inversion_of(&run, pid, &format!("keep: {keep}"));
         let functions: Vec<&str> = found
