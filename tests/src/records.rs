@@ -194,6 +194,18 @@ pub struct Edge {
     /// when it did.
     #[serde(default)]
     pub held_python_stack: Vec<PyFrame>,
+    /// Written only for a dependency an earlier run of the agent learned,
+    /// restored from its state.
+    #[serde(default)]
+    pub restored: Option<Restored>,
+}
+
+/// Where a restored dependency comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restored {
+    /// When the earlier run learned it (RFC 3339).
+    pub learned: String,
 }
 
 /// Instance or class cycle.
@@ -478,6 +490,10 @@ pub struct Summary {
     pub repeated_findings: u64,
     pub suppressed_findings: u64,
     pub dropped_dependencies: u64,
+    /// Cold lock instances evicted from the full instance graph, and the
+    /// dependencies that left with them.
+    pub evicted_locks: u64,
+    pub evicted_dependencies: u64,
     pub lock_facts_not_kept: u64,
     /// Dependencies kept out because a lock's memory may have been reused
     /// unseen, and the processes whose frees were watched.

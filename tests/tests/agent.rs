@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use locktrace_e2e::records::{Level, Record};
 use locktrace_e2e::services::{
-    counter, free_port, http_get, http_get_with_headers, wait_ready, Alertmanager, Receiver,
+    counter, free_port, http_get, http_get_with_headers, poll, wait_ready, Alertmanager, Receiver,
 };
 use locktrace_e2e::tracer::{Tracer, Watcher};
 use locktrace_e2e::{
@@ -895,11 +895,12 @@ fn sighup_changes_the_trace_filters_and_keeps_the_graphs() {
 }
 
 /// The memory cap: an agent keeping at most one dependency in its instance
-/// graph (`[trace] max_dependencies = 1`) drops the second order of an
-/// AB/BA, counts it in /metrics and the summary, and still reports the
-/// inversion, from the class graph (which the cap does not bound).
+/// graph (`[trace] max_dependencies = 1`) evicts the colder lock of an
+/// AB/BA's first order (with that dependency) to keep the second, counts
+/// both in /metrics and the summary, and still reports the inversion, from
+/// the class graph (which the cap does not bound).
 #[test]
-fn memory_cap_drops_and_counts_and_keeps_the_class_graph() {
+fn memory_cap_evicts_cold_locks_and_keeps_the_class_graph() {
     require_root();
     let metrics = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
@@ -925,7 +926,7 @@ fn memory_cap_drops_and_counts_and_keeps_the_class_graph() {
     // The next scan (every 0.4 s) counts it.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut text = http_get(&metrics, "/metrics").1;
-    while !text.contains("locktrace_dependencies_dropped_total 1") && Instant::now() < deadline {
+    while !text.contains("locktrace_locks_evicted_total 1") && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
         text = http_get(&metrics, "/metrics").1;
     }
@@ -941,17 +942,24 @@ fn memory_cap_drops_and_counts_and_keeps_the_class_graph() {
         })
         .collect();
     assert_eq!(levels, [Level::Class], "{}", run.run.describe());
+    let summary = &run.report.summary;
     assert_eq!(
-        run.report.summary.dropped_dependencies,
-        1,
+        (
+            summary.evicted_locks,
+            summary.evicted_dependencies,
+            summary.dropped_dependencies
+        ),
+        (1, 1, 0),
         "{}",
         run.run.describe()
     );
-    assert_eq!(
-        counter(&text, "locktrace_dependencies_dropped_total"),
-        1.0,
-        "{text}"
-    );
+    for (name, value) in [
+        ("locktrace_locks_evicted_total", 1.0),
+        ("locktrace_dependencies_evicted_total", 1.0),
+        ("locktrace_dependencies_dropped_total", 0.0),
+    ] {
+        assert_eq!(counter(&text, name), value, "{name}\n{text}");
+    }
 }
 
 /// A config file for the agent in `dir` (its state in `dir/state`); its
@@ -1509,6 +1517,194 @@ fn capabilities_after_the_start_are_the_documented_set_and_tracing_goes_on() {
         assert!(
             !run.run.stderr.contains("Operation not permitted"),
             "{}",
+            run.run.describe()
+        );
+    }
+}
+
+/// SIGHUP switches the sinks: a bad file keeps the running ones (the next
+/// finding still goes to the first webhook), a good one moves the webhook
+/// to another receiver, turns journald on and shrinks the findings file's
+/// rotation size, all from the next finding on, without a restart.
+#[test]
+fn sighup_switches_the_sinks_and_a_bad_reload_keeps_them() {
+    require_root();
+    let journald = Journald::start();
+    let (first, second) = (Receiver::start(), Receiver::start());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    // Three copies of one program under three names: three lock classes
+    // (a global's class is its binary's name and symbol), three findings.
+    let programs = [1, 2, 3].map(|n| {
+        let program = dir.path().join(format!("ab_ba_swap{n}"));
+        copy_executable(&fixture("ab_ba", Variant::Fp), &program);
+        program
+    });
+    let comms: Vec<String> = programs.iter().map(|p| comm_of(p)).collect();
+    let write = |sinks: &str| {
+        write_sinks_config(
+            dir.path(),
+            &metrics,
+            &format!("[trace]\ncomms = {comms:?}\n{sinks}"),
+        )
+    };
+    let config = write(&format!(
+        "[journald]\nenabled = false\n[webhook]\nurl = \"{}\"\n",
+        first.url()
+    ));
+    let enter = journald.enter();
+    let enter: Vec<&str> = enter.iter().map(String::as_str).collect();
+    let agent = Watcher::start_agent_wrapped(&enter, &["--config", &config], &[]);
+    wait_ready(&metrics);
+    let run = |program: &Path| {
+        let child = Command::new(program).spawn().unwrap();
+        let pid = child.id();
+        assert!(child.wait_with_output().unwrap().status.success());
+        pid
+    };
+    let posted_pids = |receiver: &Receiver| -> Vec<u32> {
+        receiver
+            .notifications()
+            .iter()
+            .filter_map(|p| p["pid"].as_u64().map(|p| p as u32))
+            .collect()
+    };
+    let wait_posts = |receiver: &Receiver, n: usize| {
+        poll(Duration::from_secs(20), || {
+            (receiver.notifications().len() >= n).then_some(())
+        })
+    };
+    let hup = || {
+        // SAFETY: kill(2) on the test's own unreaped child.
+        assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) }, 0);
+    };
+    let p1 = run(&programs[0]);
+    wait_posts(&first, 1);
+
+    // A bad file: the sinks in force stay.
+    write("[webhook]\nurl = \"ftp://127.0.0.1/hook\"\n");
+    hup();
+    let refused = agent.wait_for_log(
+        &["keeping the configuration in force"],
+        Duration::from_secs(5),
+    );
+    let p2 = run(&programs[1]);
+    wait_posts(&first, 2);
+
+    // Another webhook, journald on, a findings file rotated past 2000 bytes.
+    write(&format!(
+        "[journald]\nenabled = true\n[report]\nmax_size = 2000\n[webhook]\nurl = \"{}\"\n",
+        second.url()
+    ));
+    hup();
+    let reloaded = agent.wait_for_log(&["new sinks"], Duration::from_secs(5));
+    // The observer takes them at the session's next scan (0.4 s).
+    thread::sleep(Duration::from_secs(1));
+    let p3 = run(&programs[2]);
+    wait_posts(&second, 1);
+    let entries = poll(Duration::from_secs(20), || {
+        let e = journald.entries(&format!("MESSAGE_ID={INVERSION_MESSAGE_ID}"));
+        (!e.is_empty()).then_some(e)
+    })
+    .unwrap_or_default();
+    // Anything more would come within a second.
+    thread::sleep(Duration::from_secs(1));
+    let report = agent.report_path().to_path_buf();
+    let (run, _report_dir) = agent.stop_keeping_dir();
+    eprintln!("{refused}\n{reloaded}");
+    let describe = || run.run.describe();
+    assert!(
+        reloaded.contains("new sinks: report, webhook, journald"),
+        "{reloaded}"
+    );
+    assert!(!reloaded.contains("a restart applies it"), "{reloaded}");
+    assert_eq!(posted_pids(&first), [p1, p2], "{}", describe());
+    assert_eq!(posted_pids(&second), [p3], "{}", describe());
+    let journaled: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["MESSAGE"].as_str())
+        .collect();
+    assert_eq!(journaled.len(), 1, "{entries:#?}");
+    assert!(journaled[0].contains(&format!("[{p3}]")), "{entries:#?}");
+    // The file: rotated before the third finding's record (the first two
+    // make more than 2000 bytes), and before the end's records (the third
+    // alone is more).
+    let files = rotated_files(&report);
+    assert_eq!(files.len(), 3, "{files:?}\n{}", describe());
+    let pids_in = |path: &Path| -> Vec<u32> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["type"] == "lock_order_inversion")
+            .filter_map(|v| v["pid"].as_u64().map(|p| p as u32))
+            .collect()
+    };
+    assert_eq!(pids_in(&files[2].0), [p1, p2], "{files:?}");
+    assert_eq!(pids_in(&files[1].0), [p3], "{files:?}");
+    assert!(pids_in(&files[0].0).is_empty(), "{files:?}");
+}
+
+/// CAP_CHECKPOINT_RESTORE is kept for `/proc/PID/map_files/`: a program
+/// whose file was deleted after it started (an upgrade replacing it) is
+/// read through it. With the capability, the inversion's stacks name the
+/// program's functions; the agent started without it (`setpriv
+/// --bounding-set -checkpoint_restore`) reports the inversion with them
+/// unnamed.
+#[test]
+fn a_deleted_program_is_read_through_map_files_with_checkpoint_restore() {
+    require_root();
+    for keep in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("late_deleted");
+        copy_executable(&fixture("late_ab_ba", Variant::Fp), &program);
+        let comm = comm_of(&program);
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let config = write_sinks_config(dir.path(), &metrics, "[journald]\nenabled = false\n");
+        let args = ["--config", config.as_str(), "--comm", comm.as_str()];
+        let agent = match keep {
+            true => Watcher::start_agent(&args, &[]),
+            false => Watcher::start_agent_wrapped(
+                &["setpriv", "--bounding-set", "-checkpoint_restore", "--"],
+                &args,
+                &[],
+            ),
+        };
+        wait_ready(&metrics);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+        let expected = match keep {
+            true => KEPT_CAPABILITIES,
+            false => KEPT_CAPABILITIES & !(1 << 40),
+        };
+        assert_eq!(capabilities(&status)["CapEff"], expected, "{status}");
+        let mut child = Command::new(&program)
+            .arg("hold")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Its file is gone: only /proc/PID/map_files leads to it.
+        std::fs::remove_file(&program).unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        // It stays until its finding is made (its files are read while it
+        // runs: a process gone takes its map_files with it).
+        agent.wait_for_finding_of(pid, Duration::from_secs(20));
+        drop(stdin);
+        assert!(child.wait_with_output().unwrap().status.success());
+        let run = agent.stop();
+        let found = one_inversion_of(&run, pid, &format!("keep: {keep}"));
+        let functions: Vec<&str> = found
+            .cycle
+            .iter()
+            .flat_map(|e| &e.stack)
+            .filter_map(|f| f.function.as_deref())
+            .collect();
+        assert_eq!(
+            functions.contains(&"take_ab"),
+            keep,
+            "CAP_CHECKPOINT_RESTORE kept: {keep}; functions {functions:?}\n{}",
             run.run.describe()
         );
     }

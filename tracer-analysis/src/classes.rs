@@ -157,7 +157,7 @@ impl Classes {
         self.keys.len()
     }
 
-    fn intern(&mut self, key: ClassKey) -> ClassId {
+    pub fn intern(&mut self, key: ClassKey) -> ClassId {
         let hash = self.hasher.hash_one(&key);
         let next = ClassId(self.keys.len() as u32);
         let id = match self.by_hash.get(&hash) {

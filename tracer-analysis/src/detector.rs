@@ -19,6 +19,7 @@ use crate::model::{
     ClassId, ClassKey, Cycle, Dependency, Level, LockIdentity, LockInstance, LockKind, PyFrame,
     Request,
 };
+use crate::recency::Recency;
 use crate::waits::{BlockedNow, Holder, WaitScan, WaitVerdict, Waiting, Watchdog};
 
 /// What the kernel side saw, decoded and enriched (stacks unwound, Python
@@ -87,7 +88,29 @@ pub struct Inversion {
     pub level: Level,
     /// The classes of the cycle's locks, for a class-level cycle.
     pub classes: Vec<String>,
+    /// For each edge restored from an earlier run's state (see
+    /// [`Detector::restore_class_dependency`]), the tag it was restored
+    /// with; `None` for an edge seen in this run. Empty when none is.
+    pub restored: Vec<Option<u64>>,
 }
+
+/// A class dependency new to the class graph, between two classes that
+/// outlive the run (see [`ClassKey::outlives_the_run`]): what an agent
+/// saves so that a restart keeps the lock order learned.
+#[derive(Clone, Debug)]
+pub struct Learned {
+    pub from: ClassKey,
+    pub to: ClassKey,
+    /// The occurrence that taught it.
+    pub dep: Dependency,
+}
+
+/// Locks remembered as having lost dependencies to eviction, at most.
+const MAX_EVICTED_KEPT: usize = 1_000_000;
+
+/// New class dependencies kept for [`Detector::take_learned`] at most;
+/// beyond, the newest are not kept (a caller that never takes them).
+const MAX_LEARNED_WAITING: usize = 10_000;
 
 /// What the detector concluded; each has its finding's id.
 #[derive(Clone, Debug)]
@@ -171,8 +194,17 @@ pub struct Stats {
     pub suppressed_findings: u64,
     /// Dependencies not added because the instance graph was full (locks
     /// or dependencies, for the process or in total; see
-    /// [`crate::limits`]): counted, memory stays bounded.
+    /// [`crate::limits`]) and evicting made no room: counted, memory stays
+    /// bounded.
     pub dropped_dependencies: u64,
+    /// Lock instances evicted from the full instance graph (the coldest
+    /// first), and the dependencies that left with them.
+    pub evicted_locks: u64,
+    pub evicted_dependencies: u64,
+    /// Lock instances (by holding mode) and dependencies in the instance
+    /// graph now.
+    pub graph_locks: u64,
+    pub graph_dependencies: u64,
     /// Times a lock's class or init site was not kept (see
     /// [`crate::limits::LOCK_FACTS`]).
     pub lock_facts_not_kept: u64,
@@ -216,6 +248,20 @@ pub struct Detector {
     /// [`limits::DEPENDENCIES`] (smaller in tests).
     lock_limit: limits::Limit,
     dependency_limit: limits::Limit,
+    /// Class dependencies restored from an earlier run, with their tags,
+    /// until seen live.
+    restored: crate::FastMap<(ClassId, ClassId), u64>,
+    /// The instance graph's locks by last use, for eviction.
+    recency: Recency,
+    /// Locks that lost dependencies to eviction, while they live: a class
+    /// cycle through such a dependency is one the instance graph no longer
+    /// sees (bounded: beyond [`MAX_EVICTED_KEPT`], the oldest are
+    /// forgotten, and such a cycle goes unreported: lost, never false).
+    evicted: HashSet<LockIdentity>,
+    evicted_order: std::collections::VecDeque<LockIdentity>,
+    /// New lasting class dependencies are kept for [`Self::take_learned`].
+    learning: bool,
+    learned: Vec<Learned>,
 }
 
 impl Detector {
@@ -240,7 +286,66 @@ impl Detector {
             thread_names: Names::default(),
             lock_limit: limits::LOCKS,
             dependency_limit: limits::DEPENDENCIES,
+            restored: Default::default(),
+            recency: Recency::default(),
+            evicted: HashSet::new(),
+            evicted_order: Default::default(),
+            learning: false,
+            learned: Vec::new(),
         }
+    }
+
+    /// From now on, keeps each new class dependency between classes that
+    /// outlive the run for [`Self::take_learned`].
+    pub fn learn_class_dependencies(&mut self) {
+        self.learning = true;
+    }
+
+    /// The class dependencies learned since the last call.
+    pub fn take_learned(&mut self) -> Vec<Learned> {
+        std::mem::take(&mut self.learned)
+    }
+
+    /// Adds `from -> to` to the class graph as an earlier run learned it,
+    /// with a stand-in occurrence (no process of this run made it), named
+    /// `tag` in the verdicts whose cycles go through it. The cycles it
+    /// closes with other restored dependencies are not reported: the
+    /// earlier run judged them. A restored dependency seen live takes the
+    /// live occurrence as its evidence.
+    pub fn restore_class_dependency(
+        &mut self,
+        from: ClassKey,
+        to: ClassKey,
+        kinds: (LockKind, LockKind),
+        tag: u64,
+    ) {
+        if from == to || !from.outlives_the_run() || !to.outlives_the_run() {
+            return;
+        }
+        let (a, b) = (self.classes.intern(from), self.classes.intern(to));
+        if self.class_graph.dependency(a, b).is_some() {
+            return;
+        }
+        let nowhere = LockInstance { pid: 0, addr: 0 };
+        let stand_in = Dependency {
+            from: nowhere,
+            to: nowhere,
+            from_kind: kinds.0,
+            to_kind: kinds.1,
+            pid: 0,
+            tid: 0,
+            thread: self.thread_names.intern(""),
+            timestamp_ns: 0,
+            held_stack: Box::new([]),
+            stack: self.no_stack.clone(),
+            gates: Vec::new(),
+            chain_key: 0,
+            python: self.no_python.clone(),
+            held_python: None,
+            handoff: false,
+        };
+        let _judged_before = self.class_graph.insert(a, b, stand_in);
+        self.restored.insert((a, b), tag);
     }
 
     /// A detector whose instance graph holds at most `locks` and
@@ -259,9 +364,9 @@ impl Detector {
 
     /// The instance graph holds at most `locks` and `dependencies` from
     /// now on (in all, each process at most its usual share of them):
-    /// beyond, new dependencies are dropped and counted (the class graph
-    /// still takes them). Lower than what it holds, nothing is evicted:
-    /// it only takes no more.
+    /// beyond, the coldest locks are evicted with their dependencies to
+    /// make room (the class graph keeps what they taught). Lower than what
+    /// it holds, the graph shrinks as new dependencies come.
     pub fn set_limits(&mut self, locks: usize, dependencies: usize) {
         let cap = |usual: limits::Limit, total: usize| limits::Limit {
             per_process: usual.per_process.min(total),
@@ -414,6 +519,8 @@ impl Detector {
             truncated_cycle_searches: self.instances.truncated_searches(),
             handoff_cycles: self.instances.handoff_cycles() + self.stats.handoff_cycles,
             classes: self.classes.class_count() as u64,
+            graph_locks: self.instances.lock_count() as u64,
+            graph_dependencies: self.instances.dependency_count() as u64,
             lock_facts_not_kept: self.classes.not_kept() + self.identities.not_kept(),
             ..self.stats
         }
@@ -481,6 +588,43 @@ impl Detector {
             && deps.admits(g.dependencies_of(pid), g.dependency_count(), new_edges)
     }
 
+    /// Evicts the coldest locks of the instance graph, with their
+    /// dependencies, until a dependency of process `pid` between `a` and
+    /// `b` fits: the process's own when its share is what is full (a
+    /// process cannot push out another's), anyone's otherwise. Their
+    /// dependencies leave the kernel's cache too: taken again, they are
+    /// sent and judged afresh. Whether it fits now.
+    fn make_room(&mut self, pid: u32, a: LockIdentity, b: LockIdentity, to_kind: LockKind) -> bool {
+        loop {
+            if self.has_room(pid, a, b, to_kind) {
+                return true;
+            }
+            let g = &self.instances;
+            let own_share_full = !self.lock_limit.admits(g.locks_of(pid), 0, 2)
+                || !self.dependency_limit.admits(g.dependencies_of(pid), 0, 2);
+            let victim = match own_share_full {
+                true => self.recency.coldest(Some(pid)),
+                false => self.recency.coldest(None),
+            };
+            let Some(victim) = victim else {
+                return false;
+            };
+            self.recency.remove(victim);
+            let removed = self.instances.forget_lock(victim);
+            self.stats.evicted_locks += 1;
+            self.stats.evicted_dependencies += removed.len() as u64;
+            if self.evicted.insert(victim) {
+                self.evicted_order.push_back(victim);
+                if self.evicted_order.len() > MAX_EVICTED_KEPT {
+                    if let Some(old) = self.evicted_order.pop_front() {
+                        self.evicted.remove(&old);
+                    }
+                }
+            }
+            self.forgotten.extend(removed);
+        }
+    }
+
     /// The program image of process `pid` is gone (the process exited, or
     /// exec'd another program): its lock instances leave the instance
     /// graph (their dependencies the kernel's cache too), and its
@@ -489,6 +633,9 @@ impl Detector {
     /// in the next process or image that runs that code.
     fn forget_image(&mut self, pid: u32) {
         let removed = self.instances.forget_process(pid);
+        self.recency.remove_process(pid);
+        self.evicted
+            .retain(|l| !matches!(l, LockIdentity::Private(l) if l.pid == pid));
         self.identities.forget_process(pid);
         self.classes.forget_process(pid);
         self.stats.forgotten_dependencies += removed.len() as u64;
@@ -508,6 +655,8 @@ impl Detector {
     fn forget_lock(&mut self, lock: LockInstance) {
         let node = self.identities.of(lock);
         self.identities.forget_lock(lock);
+        self.recency.remove(node);
+        self.evicted.remove(&node);
         let removed = self.instances.forget_lock(node);
         self.forgotten.extend(removed);
     }
@@ -566,12 +715,15 @@ impl Detector {
                 }
             };
             let (a, b) = (self.identities.of(dep.from), self.identities.of(dep.to));
-            let room = self.has_room(r.pid, a, b, dep.to_kind);
+            let room =
+                self.has_room(r.pid, a, b, dep.to_kind) || self.make_room(r.pid, a, b, dep.to_kind);
             verdicts.extend(self.on_class_dependency(from_class, to_class, &dep, room));
             if !room {
                 self.stats.dropped_dependencies += 1;
                 continue;
             }
+            self.recency.touch(a);
+            self.recency.touch(b);
             for cycle in self.instances.insert(a, b, dep) {
                 if is_handoff_cycle(&cycle, host) {
                     self.stats.handoff_cycles += 1;
@@ -589,6 +741,7 @@ impl Detector {
                     gate: cycle.gate,
                     level: Level::Instance,
                     classes: Vec::new(),
+                    restored: Vec::new(),
                 }));
             }
         }
@@ -656,7 +809,24 @@ impl Detector {
         if from == to {
             return self.on_same_class(from, dep).into_iter().collect();
         }
-        *self.class_seen.entry((from, to)).or_default() += 1;
+        let seen = self.class_seen.entry((from, to)).or_default();
+        *seen += 1;
+        let first = *seen == 1;
+        if self.restored.remove(&(from, to)).is_some() {
+            self.class_graph.replace_evidence(from, to, dep);
+        }
+        if first
+            && self.learning
+            && self.learned.len() < MAX_LEARNED_WAITING
+            && self.classes.key(from).outlives_the_run()
+            && self.classes.key(to).outlives_the_run()
+        {
+            self.learned.push(Learned {
+                from: self.classes.key(from).clone(),
+                to: self.classes.key(to).clone(),
+                dep: dep.clone(),
+            });
+        }
         let mut verdicts = Vec::new();
         for cycle in self.class_graph.insert(from, to, dep.clone()) {
             let n = cycle.edges.len();
@@ -673,21 +843,27 @@ impl Detector {
                 ) || self.identities.of(cycle.edges[i].to)
                     == self.identities.of(cycle.edges[next].from)
             });
-            // Unless the instance graph, at its cap, did not take `dep`
-            // while it holds the cycle's other edges (live locks, not
-            // destroyed since): then no instance cycle reports it, and the
-            // class level does. An edge missing otherwise (its lock
-            // destroyed, its memory another lock now) is no cycle of
-            // instances: not reported, as before.
+            // Unless the instance graph, at its cap, does not hold the
+            // whole cycle: it did not take `dep`, or evicted another of its
+            // edges, of live locks (not destroyed since): then no instance
+            // cycle reports it, and the class level does. An edge missing
+            // otherwise (its lock destroyed, its memory another lock now)
+            // is no cycle of instances: not reported, as before.
             let current = |e: &Dependency| {
                 (e.from, e.to, e.pid, e.tid) == (dep.from, dep.to, dep.pid, dep.tid)
             };
-            let closes = closes
-                && (kept
-                    || !cycle.edges.iter().filter(|e| !current(e)).all(|e| {
-                        let (a, b) = (self.identities.of(e.from), self.identities.of(e.to));
-                        self.instances.dependency(a, b).is_some()
-                    }));
+            let others = || cycle.edges.iter().filter(|e| !current(e));
+            let held = |e: &Dependency| {
+                let (a, b) = (self.identities.of(e.from), self.identities.of(e.to));
+                self.instances.dependency(a, b).is_some()
+            };
+            let evicted = |e: &Dependency| {
+                self.evicted.contains(&self.identities.of(e.from))
+                    || self.evicted.contains(&self.identities.of(e.to))
+            };
+            let instance_graph_holds_it = kept && others().all(held);
+            let lost_to_the_cap = others().all(|e| held(e) || evicted(e));
+            let closes = closes && (instance_graph_holds_it || !lost_to_the_cap);
             if n < 2 || closes {
                 continue;
             }
@@ -701,12 +877,23 @@ impl Detector {
             let Some(id) = self.admit(Shape::Classes(shape, false), dep.pid) else {
                 continue;
             };
+            let restored = cycle
+                .nodes
+                .iter()
+                .zip(cycle.nodes.iter().cycle().skip(1))
+                .map(|(&a, &b)| self.restored.get(&(a, b)).copied())
+                .collect::<Vec<_>>();
             verdicts.push(Verdict::Inversion(Inversion {
                 id,
                 edges: cycle.edges,
                 gate: None,
                 level: Level::Class,
                 classes,
+                restored: if restored.iter().any(Option::is_some) {
+                    restored
+                } else {
+                    Vec::new()
+                },
             }));
         }
         verdicts

@@ -246,6 +246,32 @@ impl<N: GraphNode> LockOrderGraph<N> {
         self.store.edge(a, b).map(|e| self.store.dependency(e))
     }
 
+    /// Keeps `dep` as the evidence of every edge `from -> to` (in any
+    /// holding mode) instead of the one kept: a class dependency restored
+    /// from an earlier run's state, seen again live. Judges nothing.
+    pub fn replace_evidence(&mut self, from: N, to: N, dep: &Dependency) {
+        for (held, requested) in [(false, false), (false, true), (true, false), (true, true)] {
+            let a = self.store.id(&Vertex {
+                node: from,
+                shared: held,
+            });
+            let b = self.store.id(&Vertex {
+                node: to,
+                shared: requested,
+            });
+            let Some(e) = a.zip(b).and_then(|(a, b)| self.store.edge(a, b)) else {
+                continue;
+            };
+            let kept = self.store.dependency_mut(e);
+            let was = kept.pid;
+            *kept = dep.clone();
+            if was != dep.pid {
+                self.uncount_one(was);
+                *self.edges_by_pid.entry(dep.pid).or_default() += 1;
+            }
+        }
+    }
+
     /// Adds `dep` as an edge `from -> to` and returns the cycles it closes
     /// that were not reported before (a cycle is identified by its nodes,
     /// whatever their modes). A dependency already in the graph is a no-op;

@@ -11,6 +11,7 @@ pub mod host;
 pub mod identity;
 pub mod limits;
 pub mod model;
+pub mod recency;
 pub mod waits;
 
 pub use detector::{Detector, Event, Verdict};

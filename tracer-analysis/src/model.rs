@@ -183,6 +183,17 @@ impl ClassKey {
         }
     }
 
+    /// Whether the key names the same code in another run: a global lock
+    /// of a binary with a build-id (another build is other code), or a
+    /// Python line. Other keys are file offsets without a build, or
+    /// depend on this run's processes.
+    pub fn outlives_the_run(&self) -> bool {
+        matches!(
+            self,
+            ClassKey::Global { build: Some(_), .. } | ClassKey::PythonLine { .. }
+        )
+    }
+
     /// Whether the class is made by a shared library's own code (a class
     /// `init@libX.so+...`): its per-object locks nest by design.
     pub fn is_library_init(&self) -> bool {

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use tracer_analysis::detector::Stats;
 use tracer_analysis::model::{
-    Blocked, CodeSite, HeldAt, Level, LockInstance, LockKind, PyFrame, Request, SharedLock, Waiter,
+    Blocked, ClassKey, CodeSite, HeldAt, Level, LockInstance, LockKind, PyFrame, Request,
+    SharedLock, Waiter,
 };
 use tracer_analysis::waits::{WaitScan, WaitStarts};
 use tracer_analysis::{Detector, Event, GlobalSymbol, Host, InitStack, Verdict};
@@ -247,6 +248,113 @@ fn the_same_globals_of_two_builds_are_other_classes() {
     }
     let verdicts = run.feed(request(3, 3, &[y], x));
     assert_eq!(inversion(&verdicts).level, Level::Class);
+}
+
+/// The class of global `symbol` of build `build` of `prefork_demo`.
+fn global_class(symbol: &str, build: &str) -> ClassKey {
+    ClassKey::Global {
+        module: "prefork_demo".into(),
+        symbol: symbol.into(),
+        build: Some(build.into()),
+    }
+}
+
+/// A run whose process `pid` has the globals mutex_x (0xa0) and mutex_y
+/// (0xb0) of build `build`.
+fn with_globals(run: &mut Run, pid: u32, build: &str) {
+    for (addr, symbol) in [(0xa0, "mutex_x"), (0xb0, "mutex_y")] {
+        run.host.globals.insert(
+            (pid, addr),
+            GlobalSymbol {
+                module: "prefork_demo".into(),
+                symbol: symbol.into(),
+                build: Some(build.into()),
+            },
+        );
+    }
+}
+
+/// A class dependency learned by an earlier run (an agent's state) closes
+/// a cycle with this run's other order: one class inversion, naming the
+/// restored edge by its tag. Cycles of restored dependencies alone are not
+/// reported; another build's globals are other classes.
+#[test]
+fn a_restored_class_dependency_closes_a_cycle_with_a_live_one() {
+    let mutexes = (LockKind::Mutex, LockKind::Mutex);
+    let (x, y) = (mutex(0xa0), mutex(0xb0));
+    let mut run = Run::new();
+    run.detector.learn_class_dependencies();
+    run.detector.restore_class_dependency(
+        global_class("mutex_x", "b1"),
+        global_class("mutex_y", "b1"),
+        mutexes,
+        7,
+    );
+    with_globals(&mut run, 1, "b1");
+    let verdicts = run.feed(request(1, 1, &[y], x));
+    let inv = inversion(&verdicts);
+    assert_eq!(inv.level, Level::Class);
+    assert_eq!(
+        inv.classes,
+        ["prefork_demo:mutex_x", "prefork_demo:mutex_y"]
+    );
+    let live: Vec<u32> = inv.edges.iter().map(|e| e.pid).collect();
+    assert_eq!(inv.restored, [Some(7), None], "pids {live:?}");
+    // What this run learned: y -> x, not the restored x -> y.
+    let learned = run.detector.take_learned();
+    assert_eq!(learned.len(), 1);
+    assert_eq!(
+        (&learned[0].from, &learned[0].to),
+        (
+            &global_class("mutex_y", "b1"),
+            &global_class("mutex_x", "b1")
+        )
+    );
+
+    // Both orders restored: judged before, not reported again.
+    let mut run = Run::new();
+    for (from, to, tag) in [("mutex_x", "mutex_y", 1), ("mutex_y", "mutex_x", 2)] {
+        run.detector.restore_class_dependency(
+            global_class(from, "b1"),
+            global_class(to, "b1"),
+            mutexes,
+            tag,
+        );
+    }
+    with_globals(&mut run, 1, "b1");
+    assert!(run.feed(request(1, 1, &[y], x)).is_empty());
+
+    // Another build: other classes, no cycle.
+    let mut run = Run::new();
+    run.detector.restore_class_dependency(
+        global_class("mutex_x", "b1"),
+        global_class("mutex_y", "b1"),
+        mutexes,
+        7,
+    );
+    with_globals(&mut run, 1, "b2");
+    assert!(run.feed(request(1, 1, &[y], x)).is_empty());
+}
+
+/// A restored dependency seen again live takes the live occurrence: an
+/// inversion in one process is then reported at instance level, as
+/// without the state.
+#[test]
+fn a_restored_dependency_seen_live_is_judged_as_live() {
+    let mut run = Run::new();
+    run.detector.restore_class_dependency(
+        global_class("mutex_x", "b1"),
+        global_class("mutex_y", "b1"),
+        (LockKind::Mutex, LockKind::Mutex),
+        7,
+    );
+    with_globals(&mut run, 1, "b1");
+    let (x, y) = (mutex(0xa0), mutex(0xb0));
+    assert!(run.feed(request(1, 1, &[x], y)).is_empty());
+    let verdicts = run.feed(request(1, 2, &[y], x));
+    let inv = inversion(&verdicts);
+    assert_eq!(inv.level, Level::Instance);
+    assert!(inv.restored.is_empty());
 }
 
 #[test]
@@ -708,24 +816,47 @@ fn a_storm_of_cycles_in_one_process_is_budgeted_and_counted() {
     assert_eq!(run.feed(request(2, 4, &[b], a)).len(), 1);
 }
 
+/// At its share of lock instances, a process's coldest locks are evicted
+/// (with their dependencies, which the kernel side forgets too) to make
+/// room for its new ones: the graph stays bounded, nothing is dropped.
 #[test]
 fn a_process_cannot_grow_the_graph_without_bound() {
     use tracer_analysis::detector::MAX_LOCKS_PER_PROCESS;
     let mut run = Run::new();
     let n = MAX_LOCKS_PER_PROCESS as u64 / 2 + 10;
+    let pair = |i: u64| (mutex(0x10_0000 + i * 0x80), mutex(0x10_0040 + i * 0x80));
     for i in 0..n {
-        run.feed(request(
-            1,
-            1,
-            &[mutex(0x10_0000 + i * 0x80)],
-            mutex(0x10_0040 + i * 0x80),
-        ));
+        let (a, b) = pair(i);
+        run.feed(request(1, 1, &[a], b));
     }
-    assert_eq!(run.stats().locks, MAX_LOCKS_PER_PROCESS as u64);
-    assert_eq!(run.stats().dropped_dependencies, 10);
-    // Another process still has room.
+    let s = run.stats();
+    assert_eq!(s.graph_locks, MAX_LOCKS_PER_PROCESS as u64);
+    assert_eq!(
+        (
+            s.evicted_locks,
+            s.evicted_dependencies,
+            s.dropped_dependencies
+        ),
+        (20, 10, 0)
+    );
+    // The oldest went first, and leave the kernel's cache.
+    let evicted: Vec<u64> = run
+        .detector
+        .take_forgotten()
+        .iter()
+        .map(|d| d.from.addr)
+        .collect();
+    let oldest: Vec<u64> = (0..10).map(|i| pair(i).0.addr).collect();
+    assert_eq!(evicted, oldest);
+    // The newest pair is kept: again, it is no new edge.
+    let (a, b) = pair(n - 1);
+    run.feed(request(1, 1, &[a], b));
+    assert_eq!(run.stats().evicted_locks, 20);
+    // Another process has its own share: it evicts nothing.
     run.feed(request(2, 2, &[mutex(0xa0)], mutex(0xb0)));
-    assert_eq!(run.stats().locks, MAX_LOCKS_PER_PROCESS as u64 + 2);
+    let s = run.stats();
+    assert_eq!(s.graph_locks, MAX_LOCKS_PER_PROCESS as u64 + 2);
+    assert_eq!(s.evicted_locks, 20);
 }
 
 #[test]
@@ -752,27 +883,45 @@ fn a_process_cannot_fill_the_graph_with_dependencies() {
             fed += 1;
         }
     }
-    assert_eq!(run.stats().dependencies, 1_000);
-    assert_eq!(run.stats().dropped_dependencies, fed - 1_000);
-    // A dependency already in the graph is no new edge: still taken.
-    run.feed(request(1, 2, &[lock(0)], lock(1)));
-    assert_eq!(run.stats().dropped_dependencies, fed - 1_000);
-    // Another process has its share, up to the total.
+    let s = run.stats();
+    assert!(s.graph_dependencies <= 1_000, "{s:?}");
+    assert_eq!(s.graph_dependencies + s.evicted_dependencies, fed, "{s:?}");
+    assert_eq!(s.dropped_dependencies, 0);
+    let kept = s.graph_dependencies;
+    // The last one taken is kept: again, it is no new edge.
+    run.feed(request(1, 2, &[lock(58)], lock(59)));
+    assert_eq!(run.stats().graph_dependencies, kept);
+    run.detector.take_forgotten();
+    // Another process has its share, up to the total: once the total is
+    // full, the first process's coldest locks make room.
     for i in 0..600 {
         run.feed(request(2, 3, &[mutex(0xa0 + i * 0x40)], mutex(0xb0_0000)));
     }
-    assert_eq!(run.stats().dependencies, 1_500);
+    let s = run.stats();
+    assert!(s.graph_dependencies <= 1_500, "{s:?}");
+    let from: HashSet<u32> = run
+        .detector
+        .take_forgotten()
+        .iter()
+        .map(|d| d.pid)
+        .collect();
+    assert_eq!(from, HashSet::from([1]));
+    // All 600 of the second process's are in the graph: again, none is new.
+    let evicted = s.evicted_dependencies;
+    for i in 0..600 {
+        run.feed(request(2, 3, &[mutex(0xa0 + i * 0x40)], mutex(0xb0_0000)));
+    }
+    assert_eq!(run.stats().evicted_dependencies, evicted);
     // The first one's exit gives its share back.
     run.feed(Event::ProcessExit { pid: 1 });
-    run.feed(request(3, 4, &[mutex(0xa0)], mutex(0xb0)));
-    assert_eq!(run.stats().dependencies, 1_501);
+    assert_eq!(run.stats().graph_dependencies, 600);
 }
 
 #[test]
 fn an_inversion_past_the_cap_is_reported_by_the_class_graph() {
     // The instance graph capped at one dependency: the second order of an
-    // AB/BA in one process is not kept there, so no instance cycle
-    // reports it; the class graph (kept whole) does, once.
+    // AB/BA in one process evicts the first (with its colder lock), so no
+    // instance cycle reports it; the class graph (kept whole) does, once.
     let mut run = Run::new();
     run.detector.set_limits(10, 1);
     run.host
@@ -784,7 +933,16 @@ fn an_inversion_past_the_cap_is_reported_by_the_class_graph() {
     let inv = inversion(&verdicts);
     assert_eq!(inv.level, Level::Class);
     assert_eq!(inv.classes, ["ab_ba:mutex_a", "ab_ba:mutex_b"]);
-    assert_eq!(run.stats().dropped_dependencies, 1);
+    let s = run.stats();
+    assert_eq!(
+        (
+            s.evicted_locks,
+            s.evicted_dependencies,
+            s.dropped_dependencies
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(s.graph_dependencies, 1);
     assert!(run.feed(request(1, 3, &[b], a)).is_empty());
     // Uncapped, the instance graph reports it (and the class graph not
     // again).

@@ -484,6 +484,10 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
     let mut session = start_watch(&watch, true, || {
         Ok(Reporter::new(format, agent.report_output()?))
     })?;
+    // The lock order earlier runs learned, and what this one learns, kept
+    // across restarts (`state_dir`).
+    session.restore_class_graph(agent.restored_class_graph());
+    session.learn_class_dependencies();
     session.observe(agent.observer());
     session.take_changes(agent.changes());
     session.cap_instances(config.max_locks, config.max_dependencies);

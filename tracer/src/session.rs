@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tracer_analysis::limits::{self, Tally};
-use tracer_analysis::model::{Blocked, LockInstance, Waiter};
+use tracer_analysis::model::{Blocked, ClassKey, LockInstance, Waiter};
 use tracer_analysis::waits::WaitScan;
 use tracer_analysis::{Detector, Verdict};
 use tracer_common::{Counter, DependencyKey};
@@ -84,6 +84,18 @@ pub trait Observer {
     /// lock now, as (pid, tid, lock address). A deadlock or hang whose
     /// waits are gone has cleared.
     fn waits(&mut self, _blocked: &[(u32, u32, u64)]) {}
+    /// Class dependencies new to the class graph between classes that
+    /// outlive the run (see [`Session::learn_class_dependencies`]).
+    fn learned(&mut self, _orders: &[LearnedOrder]) {}
+}
+
+/// A class dependency with its occurrence, named and symbolized: what the
+/// agent saves (`learned`), and what it restores at its next start.
+#[derive(Clone, Debug)]
+pub struct LearnedOrder {
+    pub from: ClassKey,
+    pub to: ClassKey,
+    pub edge: report::Edge,
 }
 
 /// The session's counts so far (those of the end-of-run [`Summary`]).
@@ -96,6 +108,10 @@ pub struct Live {
     pub lock_classes: u64,
     /// Dependencies not kept in the instance graph (at its cap).
     pub dropped_dependencies: u64,
+    /// Lock instances evicted from the instance graph at its cap, and the
+    /// dependencies that left with them.
+    pub evicted_locks: u64,
+    pub evicted_dependencies: u64,
     pub traced_processes: u64,
     pub probed_files: u64,
     /// Threads in a deadlock reported and still blocked, at the last scan.
@@ -166,6 +182,9 @@ pub struct Session {
     /// The frees of every traced process are watched from its fork on
     /// (`run`), rather than from its first heap lock's dependency.
     watch_frees_at_fork: bool,
+    /// The evidence of the class dependencies restored from an earlier
+    /// run, by tag (see [`Session::restore_class_graph`]).
+    restored: HashMap<u64, report::Edge>,
 }
 
 impl Session {
@@ -199,7 +218,55 @@ impl Session {
             slicer: None,
             reuse: ReuseGate::default(),
             watch_frees_at_fork: false,
+            restored: HashMap::new(),
         }
+    }
+
+    /// Tells the observer of every class dependency new to the class graph
+    /// between classes that outlive the run (a global lock of a binary with
+    /// a build-id, a Python line): what the agent saves.
+    pub fn learn_class_dependencies(&mut self) {
+        self.detector.learn_class_dependencies();
+    }
+
+    /// Puts the class dependencies an earlier run learned in the class
+    /// graph: a cycle one of them closes with this run's dependencies is
+    /// reported, with their evidence (`edge.restored` says so); cycles of
+    /// restored dependencies alone are not (the earlier run judged them).
+    pub fn restore_class_graph(&mut self, orders: Vec<LearnedOrder>) {
+        for (tag, order) in (0u64..).zip(orders) {
+            let kinds = (
+                report::findings::kind_named(order.edge.from.kind),
+                report::findings::kind_named(order.edge.to.kind),
+            );
+            let (Some(from_kind), Some(to_kind)) = kinds else {
+                continue;
+            };
+            self.detector
+                .restore_class_dependency(order.from, order.to, (from_kind, to_kind), tag);
+            self.restored.insert(tag, order.edge);
+        }
+    }
+
+    /// Symbolizes the class dependencies the detector learned, for the
+    /// observer (while their processes still run).
+    fn tell_learned(&mut self) {
+        let learned = self.detector.take_learned();
+        let Some(observer) = &mut self.observer else {
+            return;
+        };
+        if learned.is_empty() {
+            return;
+        }
+        let orders: Vec<LearnedOrder> = learned
+            .into_iter()
+            .map(|l| LearnedOrder {
+                edge: report::build::edge(&l.dep, &mut self.enricher),
+                from: l.from,
+                to: l.to,
+            })
+            .collect();
+        observer.learned(&orders);
     }
 
     /// Watches the frees of `pid` (`run`'s command, before it runs) and of
@@ -739,6 +806,7 @@ impl Session {
             },
         );
         self.forget_in_kernel()?;
+        self.tell_learned();
         let no_scan = Scan {
             held: &HeldByThread::new(),
             waiters: &[],
@@ -752,7 +820,10 @@ impl Session {
             if verdict.is_alarm() {
                 self.alarms += 1;
             }
-            let finding = report::finding(verdict, &mut self.enricher, scan);
+            let restored = &self.restored;
+            let finding = report::finding(verdict, &mut self.enricher, scan, &|tag| {
+                restored.get(&tag).cloned()
+            });
             let time = report::walltime::now();
             self.reporter
                 .finding(&finding, &time)
@@ -819,6 +890,8 @@ impl Session {
             locks: stats.locks,
             lock_classes: stats.classes,
             dropped_dependencies: stats.dropped_dependencies,
+            evicted_locks: stats.evicted_locks,
+            evicted_dependencies: stats.evicted_dependencies,
             traced_processes: traced_processes as u64,
             probed_files: self.probes.probed_files().count() as u64,
             deadlocked_threads: blocked.deadlocked_threads,
@@ -970,6 +1043,8 @@ impl Session {
             repeated_findings: stats.repeated_findings,
             suppressed_findings: stats.suppressed_findings,
             dropped_dependencies: stats.dropped_dependencies,
+            evicted_locks: stats.evicted_locks,
+            evicted_dependencies: stats.evicted_dependencies,
             lock_facts_not_kept: stats.lock_facts_not_kept,
             lock_memory: ReuseStats {
                 watches_refused: self.probes.processes_refused_watches(),

@@ -7,7 +7,7 @@ use super::*;
 
 const INVERSION: &str = r#"{"type":"lock_order_inversion","id":1,"pid":13740,"comm":"ab_ba_nofp","origin":{"cgroup":"/system.slice/apache2.service","unit":"apache2.service","container":null},"locks":[{"addr":"0x5626e3beb080","kind":"mutex","name":"mutex_a"},{"addr":"0x5626e3beb0c0","kind":"mutex","name":"mutex_b"}],"cycle":[{"from":{"addr":"0x5626e3beb080","kind":"mutex","name":"mutex_a"},"to":{"addr":"0x5626e3beb0c0","kind":"mutex","name":"mutex_b"},"pid":13740,"tid":13751,"comm":"ab_ba_nofp","origin":{"cgroup":"/system.slice/apache2.service","unit":"apache2.service","container":null},"thread":"ab_ba_nofp","stack":[{"addr":"0x7fac9a56d37e","module":"/usr/lib/x86_64-linux-gnu/libc.so.6","function":"___pthread_mutex_lock","offset":14,"file":"./nptl/pthread_mutex_lock.c","line":84,"build_id":null,"file_offset":null},{"addr":"0x5626e3be81cb","module":"target/fixtures/ab_ba_nofp","function":"lock_ab","offset":34,"file":"tests/fixtures/ab_ba.c","line":14,"build_id":null,"file_offset":null}],"held_stack":[{"addr":"0x5626e3be81bc","module":"target/fixtures/ab_ba_nofp","function":"lock_ab","offset":19,"file":"tests/fixtures/ab_ba.c","line":13,"build_id":null,"file_offset":null}]},{"from":{"addr":"0x5626e3beb0c0","kind":"mutex","name":"mutex_b"},"to":{"addr":"0x5626e3beb080","kind":"mutex","name":"mutex_a"},"pid":13740,"tid":13753,"comm":"ab_ba_nofp","origin":{"cgroup":"/system.slice/apache2.service","unit":"apache2.service","container":null},"thread":"ab_ba_nofp","stack":[{"addr":"0x7fac9a56d37e","module":"/usr/lib/x86_64-linux-gnu/libc.so.6","function":"___pthread_mutex_lock","offset":14,"file":"./nptl/pthread_mutex_lock.c","line":84,"build_id":null,"file_offset":null},{"addr":"0x5626e3be8211","module":"target/fixtures/ab_ba_nofp","function":"lock_ba","offset":34,"file":"tests/fixtures/ab_ba.c","line":22,"build_id":null,"file_offset":null}],"held_stack":[{"addr":"0x5626e3be8202","module":"target/fixtures/ab_ba_nofp","function":"lock_ba","offset":19,"file":"tests/fixtures/ab_ba.c","line":21,"build_id":null,"file_offset":null}]}],"guarded":false,"gate":null,"level":"instance","classes":[],"time":"2026-12-07T17:04:21.123Z","fingerprint":"0123456789abcdef"}"#;
 
-const SUMMARY: &str = r#"{"type":"summary","events":6,"dependencies":0,"locks":0,"cycles":0,"lost_events":0,"truncated_cycle_searches":0,"counters":{"acquisitions":3,"dependency_cache_full":0,"dependency_events":0,"futex_wait_ns":745327402,"futex_waits":9,"held_overflow":0,"lost_events":0,"releases":3,"stack_truncated":0,"unmatched_releases":0},"contention":[{"pid":15128,"comm":"futex_lock_nofp","addr":"0x5598dbcba03c","name":"futex_lock_word","waits":7,"wait_ns":343256883,"lock_waits":0},{"pid":15128,"comm":"futex_lock_nofp","addr":"0x7f47c8540990","name":null,"waits":1,"wait_ns":352025972,"lock_waits":0}],"coverage":{"futex_waits":8,"lock_waits":0,"untraced_waits":8,"untraced":[{"pid":15128,"comm":"futex_lock_nofp","addr":"0x5598dbcba03c","name":"futex_lock_word","waits":7,"wait_ns":343256883,"site":[]}]},"forgotten_processes":1,"forgotten_dependencies":0,"library_same_class_nesting":0,"same_class_notes":0,"repeated_findings":0,"suppressed_findings":0,"dropped_dependencies":0,"lock_facts_not_kept":0,"lock_memory":{"before_free_watch":0,"on_stack":0,"unwatched":0,"processes_watched":1,"watches_refused":0},"unprocessed_records":0,"handoff_cycles":0,"unparsable_processes":0,"stalled_memory_reads":0,"probed_files":["/usr/lib/x86_64-linux-gnu/libc.so.6"],"processes_probed_late":0,"probe_delay_max_ms":0.0,"processes_not_probed":0,"duration_s":0.41170457,"dropped_records":0,"unopened_files":0,"schema":1}"#;
+const SUMMARY: &str = r#"{"type":"summary","events":6,"dependencies":0,"locks":0,"cycles":0,"lost_events":0,"truncated_cycle_searches":0,"counters":{"acquisitions":3,"dependency_cache_full":0,"dependency_events":0,"futex_wait_ns":745327402,"futex_waits":9,"held_overflow":0,"lost_events":0,"releases":3,"stack_truncated":0,"unmatched_releases":0},"contention":[{"pid":15128,"comm":"futex_lock_nofp","addr":"0x5598dbcba03c","name":"futex_lock_word","waits":7,"wait_ns":343256883,"lock_waits":0},{"pid":15128,"comm":"futex_lock_nofp","addr":"0x7f47c8540990","name":null,"waits":1,"wait_ns":352025972,"lock_waits":0}],"coverage":{"futex_waits":8,"lock_waits":0,"untraced_waits":8,"untraced":[{"pid":15128,"comm":"futex_lock_nofp","addr":"0x5598dbcba03c","name":"futex_lock_word","waits":7,"wait_ns":343256883,"site":[]}]},"forgotten_processes":1,"forgotten_dependencies":0,"library_same_class_nesting":0,"same_class_notes":0,"repeated_findings":0,"suppressed_findings":0,"dropped_dependencies":0,"evicted_locks":0,"evicted_dependencies":0,"lock_facts_not_kept":0,"lock_memory":{"before_free_watch":0,"on_stack":0,"unwatched":0,"processes_watched":1,"watches_refused":0},"unprocessed_records":0,"handoff_cycles":0,"unparsable_processes":0,"stalled_memory_reads":0,"probed_files":["/usr/lib/x86_64-linux-gnu/libc.so.6"],"processes_probed_late":0,"probe_delay_max_ms":0.0,"processes_not_probed":0,"duration_s":0.41170457,"dropped_records":0,"unopened_files":0,"schema":1}"#;
 
 const SELF_DEADLOCK: &str = r#"{"type":"self_deadlock","id":1,"pid":14177,"comm":"self_deadlock_n","origin":{"cgroup":"/","unit":null,"container":null},"tid":14205,"thread":"self_deadlock_n","lock":{"addr":"0x55e69c3c10c0","kind":"mutex","name":"mutex_a"},"stack":[{"addr":"0x55e69c3be2e4","module":"target/fixtures/self_deadlock_nofp","function":"relock_a","offset":219,"file":"tests/fixtures/self_deadlock.c","line":41,"build_id":null,"file_offset":null}],"held_stack":[{"addr":"0x55e69c3be21c","module":"target/fixtures/self_deadlock_nofp","function":"relock_a","offset":19,"file":"tests/fixtures/self_deadlock.c","line":27,"build_id":null,"file_offset":null}],"time":"2026-12-07T17:04:21.123Z","fingerprint":"0123456789abcdef"}"#;
 
@@ -97,6 +97,28 @@ fn class_level_inversion() {
         ["class_split_nofp:mutex_x", "class_split_nofp:mutex_y"]
     );
     assert_ne!(inv.cycle[0].pid, inv.cycle[1].pid);
+    assert!(inv.cycle.iter().all(|e| e.restored.is_none()));
+}
+
+/// An agent's class inversion, one side of which an earlier run learned
+/// (restored from its state, `agent_state.rs`): that edge says when.
+#[test]
+fn class_level_inversion_with_a_restored_edge() {
+    let held = r#""held_stack":[{"addr":"0x559b2ae1f1ac","module":"target/fixtures/class_split_nofp","function":"x_then_y","offset":19,"file":"tests/fixtures/class_split.c","line":15,"build_id":null,"file_offset":null}]"#;
+    let line = CLASS_INVERSION.replacen(
+        held,
+        &format!(r#"{held},"restored":{{"learned":"2026-12-07T23:18:16.626Z"}}"#),
+        1,
+    );
+    assert_ne!(line, CLASS_INVERSION);
+    let inv = inversion(&line);
+    assert_eq!(
+        inv.cycle[0].restored,
+        Some(Restored {
+            learned: "2026-12-07T23:18:16.626Z".into()
+        })
+    );
+    assert_eq!(inv.cycle[1].restored, None);
 }
 
 #[test]

@@ -212,6 +212,7 @@ mod tests {
             held_stack: vec![frame(function, base + 0x10f0)],
             held_python_stack: vec![],
             python_stack: vec![],
+            restored: None,
         };
         let (la, lb) = (lock(a, base + 0x4080), lock(b, base + 0x40c0));
         Finding::LockOrderInversion(Inversion {

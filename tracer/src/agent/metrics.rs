@@ -48,6 +48,8 @@ pub struct Metrics {
     events: Counter,
     events_lost: Counter,
     dependencies_dropped: Counter,
+    locks_evicted: Counter,
+    dependencies_evicted: Counter,
     lock_dependencies: Gauge,
     locks: Gauge,
     lock_classes: Gauge,
@@ -59,6 +61,9 @@ pub struct Metrics {
     pub alerts_sent: Counter,
     pub alerts_failed: Counter,
     pub alerts_dropped: Counter,
+    /// Class dependencies the state stopped keeping (the oldest, beyond
+    /// its bound).
+    pub saved_dependencies_dropped: Counter,
     /// By sink (`file`, `journald`, `webhook`): findings a sink failed to
     /// take (a write, a send, an attempt, a full queue).
     sink_failures: Family<SinkLabel, Counter>,
@@ -79,6 +84,8 @@ impl Metrics {
             events: Counter::default(),
             events_lost: Counter::default(),
             dependencies_dropped: Counter::default(),
+            locks_evicted: Counter::default(),
+            dependencies_evicted: Counter::default(),
             lock_dependencies: Gauge::default(),
             locks: Gauge::default(),
             lock_classes: Gauge::default(),
@@ -90,6 +97,7 @@ impl Metrics {
             alerts_sent: Counter::default(),
             alerts_failed: Counter::default(),
             alerts_dropped: Counter::default(),
+            saved_dependencies_dropped: Counter::default(),
             sink_failures: Family::default(),
             ready: AtomicBool::new(false),
             started: Instant::now(),
@@ -117,8 +125,18 @@ impl Metrics {
         );
         registry.register(
             "dependencies_dropped",
-            "Dependencies not kept in the instance graph, at its cap ([trace] max_locks, max_dependencies); the class graph still has them",
+            "Dependencies not kept in the instance graph, at its cap ([trace] max_locks, max_dependencies), where evicting made no room; the class graph still has them",
             m.dependencies_dropped.clone(),
+        );
+        registry.register(
+            "locks_evicted",
+            "Cold lock instances evicted from the instance graph at its cap (the least recently used first); the class graph keeps what they taught",
+            m.locks_evicted.clone(),
+        );
+        registry.register(
+            "dependencies_evicted",
+            "Dependencies that left the instance graph with the lock instances evicted at its cap",
+            m.dependencies_evicted.clone(),
         );
         registry.register(
             "lock_dependencies",
@@ -168,6 +186,11 @@ impl Metrics {
             m.alerts_dropped.clone(),
         );
         registry.register(
+            "saved_dependencies_dropped",
+            "Class dependencies learned that the state file no longer keeps (the oldest, beyond its bound): a restart forgets them",
+            m.saved_dependencies_dropped.clone(),
+        );
+        registry.register(
             "sink_failures",
             "Findings a sink failed to take (a failed write, send or delivery attempt, a full queue), by sink",
             m.sink_failures.clone(),
@@ -213,6 +236,12 @@ impl Metrics {
         self.dependencies_dropped.inc_by(
             live.dropped_dependencies
                 .saturating_sub(before.dropped_dependencies),
+        );
+        self.locks_evicted
+            .inc_by(live.evicted_locks.saturating_sub(before.evicted_locks));
+        self.dependencies_evicted.inc_by(
+            live.evicted_dependencies
+                .saturating_sub(before.evicted_dependencies),
         );
         self.lock_dependencies.set(live.dependencies as i64);
         self.locks.set(live.locks as i64);
@@ -379,6 +408,8 @@ mod tests {
             locks: 3,
             lock_classes: 4,
             dropped_dependencies: 6,
+            evicted_locks: 7,
+            evicted_dependencies: 8,
             traced_processes: 5,
             probed_files: 1,
             deadlocked_threads: 2,
@@ -404,6 +435,8 @@ mod tests {
             "locktrace_events_lost_total 1",
             "locktrace_lock_dependencies 2",
             "locktrace_dependencies_dropped_total 6",
+            "locktrace_locks_evicted_total 7",
+            "locktrace_dependencies_evicted_total 8",
             "locktrace_locks 3",
             "locktrace_lock_classes 4",
             "locktrace_traced_processes 5",

@@ -38,7 +38,7 @@ pub use config::Config;
 use crate::kernel::load::Filter;
 use crate::report::json;
 use crate::report::Finding;
-use crate::session::{Change, Live, Observer};
+use crate::session::{Change, LearnedOrder, Live, Observer};
 use alerts::Alert;
 use journal::Journal;
 use metrics::Metrics;
@@ -58,11 +58,17 @@ pub struct Agent {
     /// To the webhook's delivery: each finding's JSON line.
     webhook: Option<mpsc::Sender<Vec<u8>>>,
     journal: Option<Journal>,
-    /// The journald sink was started (its thread says when it is done).
-    journal_started: bool,
-    /// Told once by the deliveries (alerts, webhook) and once by the
-    /// journald thread when they are done.
+    /// Told once by the deliveries started with the agent (alerts,
+    /// webhook), once by each delivery a SIGHUP started and once by each
+    /// journald thread, when they are done.
     done: std::sync::mpsc::Receiver<()>,
+    done_tx: std::sync::mpsc::Sender<()>,
+    /// How many times `done` will be told.
+    expected_done: usize,
+    /// The agent's runtime, where the deliveries a SIGHUP starts run.
+    runtime: tokio::runtime::Handle,
+    /// The findings file (or standard output) the session writes to.
+    output: Option<rotate::Switchable>,
     host: String,
     inversion_active: Duration,
     resend_interval: Duration,
@@ -86,6 +92,16 @@ struct Reload {
     host: String,
     active_for: Duration,
     resend_every: Duration,
+    /// The sinks a SIGHUP changed: `Some(new)` replaces the running one
+    /// (whose delivery sends what it has queued, then ends).
+    sinks: Sinks,
+}
+
+#[derive(Default)]
+struct Sinks {
+    alerts: Option<Option<mpsc::Sender<Alert>>>,
+    webhook: Option<Option<mpsc::Sender<Vec<u8>>>>,
+    journal: Option<Option<Journal>>,
 }
 
 impl Reload {
@@ -102,6 +118,7 @@ impl Reload {
                 .alertmanager
                 .as_ref()
                 .map_or(Duration::MAX, |a| a.resend_interval),
+            sinks: Sinks::default(),
         })
     }
 }
@@ -145,6 +162,8 @@ impl Agent {
         } else {
             None
         };
+        let expected_done = 1 + usize::from(journal.is_some());
+        let delivered = done_tx.clone();
         let hook_failures = metrics.sink_failures("webhook");
         if config.output.is_some() {
             metrics.sink_failures("file");
@@ -154,6 +173,7 @@ impl Agent {
             .enable_all()
             .build()
             .context("cannot start the agent's async runtime")?;
+        let handle = runtime.handle().clone();
         std::thread::Builder::new()
             .name("locktrace-agent".into())
             .spawn(move || {
@@ -170,7 +190,7 @@ impl Agent {
                     for delivery in [alerts, hook].into_iter().flatten() {
                         let _ = delivery.await;
                     }
-                    let _ = done_tx.send(());
+                    let _ = delivered.send(());
                     // Serving goes on until the process exits.
                     if let Ok(Err(e)) = server.await {
                         warn!("the metrics endpoint stopped: {e}");
@@ -191,9 +211,12 @@ impl Agent {
             page,
             alerts,
             webhook,
-            journal_started: journal.is_some(),
             journal,
             done,
+            done_tx,
+            expected_done,
+            runtime: handle,
+            output: None,
             host: config.host.clone(),
             inversion_active: config
                 .alertmanager
@@ -215,8 +238,14 @@ impl Agent {
     /// Where the session writes its report: `[report] output`, appended to
     /// and rotated by size (failures counted, never fatal once open), else
     /// standard output.
-    pub fn report_output(&self) -> Result<Box<dyn Write + Send>> {
-        let c = &self.config;
+    /// A SIGHUP may put another file in its place.
+    pub fn report_output(&mut self) -> Result<Box<dyn Write + Send>> {
+        let output = rotate::Switchable::new(self.open_output(&self.config)?);
+        self.output = Some(output.clone());
+        Ok(Box::new(output))
+    }
+
+    fn open_output(&self, c: &Config) -> Result<Box<dyn Write + Send>> {
         Ok(match &c.output {
             Some(path) => Box::new(rotate::RotatingFile::open(
                 path,
@@ -229,10 +258,83 @@ impl Agent {
         })
     }
 
+    /// The sinks `new` changes, started (an error, a findings file
+    /// refused, changes nothing): the findings file to switch to, and the
+    /// deliveries and journald sink the observer is to take.
+    fn new_sinks(&mut self, new: &Config) -> Result<(Option<Box<dyn Write + Send>>, Sinks)> {
+        let old = &self.config;
+        let file = |c: &Config| (c.output.clone(), c.force, c.max_size, c.keep);
+        let am = |c: &Config| c.alertmanager.as_ref().map(|a| (a.base.clone(), a.queue));
+        let (file_changed, journald_changed, webhook_changed, am_changed) = (
+            file(old) != file(new),
+            old.journald != new.journald,
+            old.webhook != new.webhook,
+            am(old) != am(new),
+        );
+        let output = match file_changed {
+            true => Some(self.open_output(new).context("[report] output")?),
+            false => None,
+        };
+        let mut sinks = Sinks::default();
+        if journald_changed {
+            let journal = match new.journald {
+                true => {
+                    Journal::start(self.metrics.sink_failures("journald"), self.done_tx.clone())?
+                }
+                false => None,
+            };
+            self.expected_done += usize::from(journal.is_some());
+            sinks.journal = Some(journal);
+        }
+        if webhook_changed {
+            sinks.webhook = Some(new.webhook.as_ref().map(|w| {
+                let (tx, rx) = mpsc::channel(w.queue);
+                let failures = self.metrics.sink_failures("webhook");
+                self.spawn_delivery(webhook::deliver(w.url.clone(), w.queue, rx, failures));
+                tx
+            }));
+        }
+        if am_changed {
+            sinks.alerts = Some(new.alertmanager.as_ref().map(|a| {
+                let (tx, rx) = mpsc::channel(a.queue);
+                let metrics = self.metrics.clone();
+                self.spawn_delivery(sender::deliver(a.base.clone(), a.queue, rx, metrics));
+                tx
+            }));
+        }
+        Ok((output, sinks))
+    }
+
+    /// Runs `delivery` on the agent's runtime; it says when it is done.
+    fn spawn_delivery(&mut self, delivery: impl std::future::Future<Output = ()> + Send + 'static) {
+        let done = self.done_tx.clone();
+        self.expected_done += 1;
+        self.runtime.spawn(async move {
+            delivery.await;
+            let _ = done.send(());
+        });
+    }
+
     /// The probes are attached: /readyz says so, and systemd is told.
     pub fn ready(&self) {
         self.metrics.set_ready();
         notify::notify("READY=1\nSTATUS=tracing");
+    }
+
+    /// The class dependencies earlier runs learned, for the session to
+    /// restore before it starts.
+    pub fn restored_class_graph(&self) -> Vec<LearnedOrder> {
+        let orders = self
+            .state
+            .as_ref()
+            .map_or_else(Vec::new, |(state, _)| state.restored_orders());
+        if !orders.is_empty() {
+            info!(
+                "{} class dependencies learned before restored from the state",
+                orders.len()
+            );
+        }
+        orders
     }
 
     /// What the session takes its reloads from.
@@ -283,33 +385,43 @@ impl Agent {
     /// SIGHUP: `new` (the config file read again, the flags applied) takes
     /// over what can change while tracing goes on: the trace filters, the
     /// hang threshold, the memory caps, suppressions, the `host` label,
-    /// `inversion_active` and `resend_interval`. A key that takes a restart
-    /// keeps its running value, with a warning naming it. Whatever is wrong
-    /// with the new values (a pid gone, a cgroup that is none, a report
-    /// file refused) keeps the whole configuration in force.
+    /// `inversion_active`, `resend_interval` and the sinks (the findings
+    /// file and its rotation, the Alertmanager and webhook URLs and queues,
+    /// journald on or off: a replaced delivery sends what it has queued,
+    /// then ends). A key that takes a restart keeps its running value, with
+    /// a warning naming it. Whatever is wrong with the new values (a pid
+    /// gone, a cgroup that is none, a report file refused) keeps the whole
+    /// configuration in force.
     pub fn reload(&mut self, new: Config) {
-        let prepared = Reload::of(&new).and_then(|r| Ok((r, self.change(&new)?)));
-        let (reload, (change, kept_filter)) = match prepared {
+        let prepared = Reload::of(&new)
+            .and_then(|r| Ok((r, self.change(&new)?)))
+            .and_then(|r| Ok((r, self.new_sinks(&new)?)));
+        let ((mut reload, (change, kept_filter)), (output, sinks)) = match prepared {
             Ok(r) => r,
             Err(e) => {
                 error!("SIGHUP: {e:#}; keeping the configuration in force");
                 return;
             }
         };
+        let new_sinks: Vec<&str> = [
+            ("report", output.is_some()),
+            ("alertmanager", sinks.alerts.is_some()),
+            ("webhook", sinks.webhook.is_some()),
+            ("journald", sinks.journal.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(sink, changed)| changed.then_some(sink))
+        .collect();
+        if let (Some(out), Some(running)) = (output, &self.output) {
+            running.switch(out);
+        }
+        reload.sinks = sinks;
         let old = &self.config;
-        let am = |c: &Config| c.alertmanager.as_ref().map(|a| (a.base.clone(), a.queue));
         let restart: Vec<&str> = [
             ("trace filters (host-wide or not)", kept_filter),
             ("trace.watch_free", old.watch_free != new.watch_free),
             ("metrics.listen", old.metrics_listen != new.metrics_listen),
-            ("alertmanager.url/queue", am(old) != am(&new)),
-            (
-                "report",
-                (&old.output, old.format, old.force, old.max_size, old.keep)
-                    != (&new.output, new.format, new.force, new.max_size, new.keep),
-            ),
-            ("webhook", old.webhook != new.webhook),
-            ("journald.enabled", old.journald != new.journald),
+            ("report.format", old.format != new.format),
             ("agent.state_dir", old.state_dir != new.state_dir),
         ]
         .into_iter()
@@ -322,7 +434,7 @@ impl Agent {
             );
         }
         info!(
-            "SIGHUP: configuration reloaded ({} suppressions{}{}{})",
+            "SIGHUP: configuration reloaded ({} suppressions{}{}{}{})",
             reload.suppressions.len(),
             if change.filter.is_some() {
                 ", new trace filters"
@@ -339,6 +451,11 @@ impl Agent {
             } else {
                 ""
             },
+            if new_sinks.is_empty() {
+                String::new()
+            } else {
+                format!(", new sinks: {}", new_sinks.join(", "))
+            },
         );
         let _ = self.reloads.send(reload);
         let _ = self.changes.send(change);
@@ -350,20 +467,8 @@ impl Agent {
         }
         config.watch_free = old.watch_free;
         config.metrics_listen = old.metrics_listen;
-        config.output = old.output.clone();
         config.format = old.format;
-        config.force = old.force;
-        config.max_size = old.max_size;
-        config.keep = old.keep;
-        config.webhook = old.webhook.clone();
-        config.journald = old.journald;
         config.state_dir = old.state_dir.clone();
-        if let (Some(now), Some(was)) = (&mut config.alertmanager, &old.alertmanager) {
-            now.base = was.base.clone();
-            now.queue = was.queue;
-        } else {
-            config.alertmanager = old.alertmanager.clone();
-        }
         self.config = config;
     }
 
@@ -404,13 +509,12 @@ impl Agent {
     /// still queued to be delivered, for a bounded time.
     pub fn finish(self) {
         notify::notify("STOPPING=1");
-        let journal = self.journal_started;
         drop(self.alerts);
         drop(self.webhook);
         drop(self.journal);
         let deadline = Instant::now() + sender::FLUSH_LIMIT + Duration::from_secs(1);
-        // The deliveries' word, and the journald thread's if it ran.
-        for _ in 0..(1 + usize::from(journal)) {
+        // The deliveries' word, and each journald thread's.
+        for _ in 0..self.expected_done {
             let left = deadline.saturating_duration_since(Instant::now());
             if self.done.recv_timeout(left).is_err() {
                 break;
@@ -506,6 +610,17 @@ impl AgentObserver {
             self.host = r.host;
             self.active_for = r.active_for;
             self.resend_every = r.resend_every;
+            // A sink replaced: the old one's delivery (or thread) sends
+            // what it has queued, then ends.
+            if let Some(alerts) = r.sinks.alerts {
+                self.alerts = alerts;
+            }
+            if let Some(webhook) = r.sinks.webhook {
+                self.webhook = webhook;
+            }
+            if let Some(journal) = r.sinks.journal {
+                self.journal = journal;
+            }
         }
     }
 
@@ -605,7 +720,7 @@ impl AgentObserver {
     /// Saves the state if it changed: the fingerprints alerted on, and the
     /// active alerts that outlive a restart (those of deadlocks and hangs
     /// are found again by the next run if their threads still wait).
-    fn save_state(&mut self) {
+    fn save_state(&mut self, now: bool) {
         let saved = self
             .active
             .iter()
@@ -614,13 +729,13 @@ impl AgentObserver {
                 alert: a.alert.clone(),
                 until: state::unix(a.until),
             });
-        self.state.save(saved);
+        self.state.save(saved, now);
     }
 }
 
 impl Drop for AgentObserver {
     fn drop(&mut self) {
-        self.save_state();
+        self.save_state(true);
     }
 }
 
@@ -710,7 +825,17 @@ impl Observer for AgentObserver {
         self.before = live.clone();
         self.resolve_exited();
         self.resend();
-        self.save_state();
+        self.save_state(false);
+    }
+
+    fn learned(&mut self, orders: &[LearnedOrder]) {
+        let now = crate::report::walltime::now();
+        for order in orders {
+            self.state.learn(order, &now);
+        }
+        self.metrics
+            .saved_dependencies_dropped
+            .inc_by(self.state.take_orders_dropped());
     }
 
     fn waits(&mut self, blocked: &[(u32, u32, u64)]) {

@@ -13,12 +13,44 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use prometheus_client::metrics::counter::Counter;
 use tracing::{info, warn};
 
 use crate::host::outfile;
+
+/// The findings output as the session's reporter holds it: a SIGHUP puts
+/// another in its place (another file, other rotation limits) between two
+/// records (the reporter writes and flushes each record at once, on the
+/// thread that handles the SIGHUP).
+#[derive(Clone)]
+pub struct Switchable(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl Switchable {
+    pub fn new(out: Box<dyn Write + Send>) -> Switchable {
+        Switchable(Arc::new(Mutex::new(out)))
+    }
+
+    /// Findings go to `out` from the next record on (the old output is
+    /// flushed and closed).
+    pub fn switch(&self, out: Box<dyn Write + Send>) {
+        let mut now = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = now.flush();
+        *now = out;
+    }
+}
+
+impl Write for Switchable {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
 
 pub struct RotatingFile {
     path: PathBuf,
@@ -167,6 +199,35 @@ impl Write for RotatingFile {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A record written after a switch goes to the new output only; the
+    /// reporter's handle (a clone) sees the switch.
+    #[test]
+    fn a_switch_takes_the_next_record() {
+        let dir = tempfile_dir("switch");
+        let (one, two) = (dir.join("one.jsonl"), dir.join("two.jsonl"));
+        let open = |p: &Path| -> Box<dyn Write + Send> {
+            Box::new(RotatingFile::open(p, 1 << 20, 2, false, Counter::default()).unwrap())
+        };
+        let running = Switchable::new(open(&one));
+        let mut reporter = running.clone();
+        writeln!(reporter, "first").unwrap();
+        reporter.flush().unwrap();
+        running.switch(open(&two));
+        writeln!(reporter, "second").unwrap();
+        reporter.flush().unwrap();
+        assert_eq!(lines_of(&one), ["first"]);
+        assert_eq!(lines_of(&two), ["second"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("locktrace-rotate-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 
     fn lines_of(path: &Path) -> Vec<String> {
         std::fs::read_to_string(path)

@@ -15,9 +15,16 @@ use crate::symbolize::Resolve;
 
 /// The finding of a verdict. Deadlocks and hangs describe live threads
 /// (their state, stacks and held locks) as the last scan saw them.
-pub fn finding(verdict: &Verdict, enricher: &mut Enricher, scan: &Scan<'_>) -> Finding {
+/// `restored` gives the evidence of a class dependency restored from an
+/// earlier run's state by its tag.
+pub fn finding(
+    verdict: &Verdict,
+    enricher: &mut Enricher,
+    scan: &Scan<'_>,
+    restored: &dyn Fn(u64) -> Option<Edge>,
+) -> Finding {
     match verdict {
-        Verdict::Inversion(inv) => inversion(inv, enricher),
+        Verdict::Inversion(inv) => inversion_with(inv, enricher, restored),
         Verdict::SameClassNesting {
             id,
             dep,
@@ -138,6 +145,7 @@ impl Names<'_> {
             held_stack: self.resolve.frames(d.pid, &d.held_stack, false),
             held_python_stack: d.held_python.iter().map(|f| (**f).clone()).collect(),
             python_stack: d.python.to_vec(),
+            restored: None,
         }
     }
 
@@ -150,20 +158,52 @@ impl Names<'_> {
     }
 }
 
+/// One dependency, named and symbolized (for the agent's state).
+pub fn edge(dep: &Dependency, resolve: &mut dyn Resolve) -> Edge {
+    Names {
+        resolve,
+        locks: HashMap::new(),
+        comms: HashMap::new(),
+    }
+    .edge(dep)
+}
+
 /// The finding for a cycle, symbolized with `resolve`.
 pub fn inversion(cycle: &detector::Inversion, resolve: &mut dyn Resolve) -> Finding {
+    inversion_with(cycle, resolve, &|_| None)
+}
+
+/// The finding for a cycle, some of whose class dependencies may have been
+/// restored from an earlier run: `restored` gives their evidence by tag
+/// (a tag it does not know is named as a dependency of this run would be).
+pub fn inversion_with(
+    cycle: &detector::Inversion,
+    resolve: &mut dyn Resolve,
+    restored: &dyn Fn(u64) -> Option<Edge>,
+) -> Finding {
     let mut names = Names {
         resolve,
         locks: HashMap::new(),
         comms: HashMap::new(),
     };
-    let locks = cycle
+    let edges: Vec<Edge> = cycle
         .edges
         .iter()
-        .map(|d| names.lock(d.from, d.from_kind))
+        .enumerate()
+        .map(
+            |(i, d)| match cycle.restored.get(i).copied().flatten().and_then(restored) {
+                Some(saved) => saved,
+                None => names.edge(d),
+            },
+        )
         .collect();
-    let edges: Vec<Edge> = cycle.edges.iter().map(|d| names.edge(d)).collect();
-    let (pid, comm, origin) = match edges.first() {
+    let locks = edges.iter().map(|e| e.from.clone()).collect();
+    // The finding's process is one of this run's, when one took part.
+    let live = edges
+        .iter()
+        .find(|e| e.restored.is_none())
+        .or(edges.first());
+    let (pid, comm, origin) = match live {
         Some(e) => (e.pid, e.comm.clone(), e.origin.clone()),
         None => (0, String::new(), None),
     };

@@ -19,6 +19,20 @@ pub fn kind_name(kind: LockKind) -> &'static str {
     }
 }
 
+/// The kind [`kind_name`] names `name`.
+pub fn kind_named(name: &str) -> Option<LockKind> {
+    [
+        LockKind::Mutex,
+        LockKind::RecursiveMutex,
+        LockKind::RwlockRead,
+        LockKind::RwlockWrite,
+        LockKind::Spinlock,
+        LockKind::Semaphore,
+    ]
+    .into_iter()
+    .find(|&k| kind_name(k) == name)
+}
+
 /// Every name [`kind_name`] gives.
 const KIND_NAMES: [&str; 6] = [
     "mutex",
@@ -315,6 +329,18 @@ pub struct Edge {
     /// ran Python code: what `stack`'s interpreter frames were running.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub python_stack: Vec<PyFrame>,
+    /// A dependency an earlier run of the agent learned, restored from its
+    /// state: its process, thread and stacks are those of that run (the
+    /// process may be long gone). Absent for a dependency seen in this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<Restored>,
+}
+
+/// Where a restored dependency comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    /// When the earlier run learned it (RFC 3339).
+    pub learned: String,
 }
 
 /// A finding with the wall-clock time it was reported: read back from a

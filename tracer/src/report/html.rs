@@ -272,6 +272,13 @@ fn edge(page: &mut String, e: &Edge, open_heading: bool) {
         esc(&e.to.label()),
         esc(&e.from.label())
     );
+    if let Some(restored) = &e.restored {
+        let _ = writeln!(
+            page,
+            "<p>From the saved state: learned {} by the agent before it restarted.</p>",
+            esc(&restored.learned)
+        );
+    }
     page.push_str("<div class=\"stacks\">");
     page.push_str("<div>");
     let _ = write!(page, "<h4>{} was taken at</h4>", esc(&e.from.label()));

@@ -57,8 +57,16 @@ pub struct Summary {
     /// Findings beyond a process's budget (a storm of cycles): counted.
     pub suppressed_findings: u64,
     /// Dependencies not added because the graph was full (per process or
-    /// in total): memory stays bounded, the loss is counted.
+    /// in total) and evicting made no room: memory stays bounded, the loss
+    /// is counted.
     pub dropped_dependencies: u64,
+    /// Lock instances evicted from the full graph (the coldest first), and
+    /// the dependencies that left with them (the class graph keeps what
+    /// they taught).
+    #[serde(default)]
+    pub evicted_locks: u64,
+    #[serde(default)]
+    pub evicted_dependencies: u64,
     /// Times a lock's class or init site was not kept, for want of room
     /// (per process or in all): its class is worked out again at each
     /// dependency, and a lost init site only costs class-level findings.
@@ -269,6 +277,14 @@ impl fmt::Display for Summary {
                 f,
                 "; {} beyond a process's budget (a storm), counted, not reported",
                 plural(self.suppressed_findings, "finding", "findings")
+            )?;
+        }
+        if self.evicted_locks != 0 {
+            write!(
+                f,
+                "; {} evicted from the full graph with {}",
+                plural(self.evicted_locks, "cold lock", "cold locks"),
+                plural(self.evicted_dependencies, "dependency", "dependencies")
             )?;
         }
         if self.dropped_dependencies != 0 {

@@ -150,6 +150,7 @@ pub(crate) fn ab_ba() -> (detector::Inversion, FakeResolve) {
         gate: None,
         level: Level::Instance,
         classes: Vec::new(),
+        restored: Vec::new(),
     };
     (cycle, r)
 }
@@ -199,6 +200,8 @@ pub(super) fn summary() -> Summary {
         repeated_findings: 0,
         suppressed_findings: 0,
         dropped_dependencies: 0,
+        evicted_locks: 0,
+        evicted_dependencies: 0,
         lock_facts_not_kept: 0,
         lock_memory: Default::default(),
         unprocessed_records: 0,
@@ -535,6 +538,8 @@ fn summary_text() {
         repeated_findings: 0,
         suppressed_findings: 0,
         dropped_dependencies: 0,
+        evicted_locks: 0,
+        evicted_dependencies: 0,
         lock_facts_not_kept: 0,
         lock_memory: Default::default(),
         unprocessed_records: 0,

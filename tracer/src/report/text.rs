@@ -296,17 +296,25 @@ fn write_stack(f: &mut fmt::Formatter<'_>, indent: &str, frames: &[Frame]) -> fm
 
 impl fmt::Display for Inversion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Processes of the cycle, in order of appearance.
-        let mut procs: Vec<(u32, &str)> = Vec::new();
+        // Processes of the cycle, in order of appearance; those of
+        // dependencies restored from the agent's state ran before it
+        // restarted.
+        let mut procs: Vec<(u32, &str, bool)> = Vec::new();
         for e in &self.cycle {
-            if !procs.iter().any(|(p, _)| *p == e.pid) {
-                procs.push((e.pid, &e.comm));
+            if !procs.iter().any(|(p, _, _)| *p == e.pid) {
+                procs.push((e.pid, &e.comm, e.restored.is_some()));
             }
         }
         if procs.is_empty() {
-            procs.push((self.pid, &self.comm));
+            procs.push((self.pid, &self.comm, false));
         }
-        let where_: Vec<String> = procs.iter().map(|(p, c)| format!("{c} [{p}]")).collect();
+        let where_: Vec<String> = procs
+            .iter()
+            .map(|(p, c, restored)| match restored {
+                true => format!("{c} [{p}, before the agent restarted]"),
+                false => format!("{c} [{p}]"),
+            })
+            .collect();
         match &self.gate {
             Some(gate) => writeln!(
                 f,
@@ -386,6 +394,13 @@ impl fmt::Display for Inversion {
                 write!(f, " of {} [{}]", e.comm, e.pid)?;
             }
             writeln!(f, " requested {to} while holding {from}")?;
+            if let Some(restored) = &e.restored {
+                writeln!(
+                    f,
+                    "     from the saved state: learned {} by the agent before it restarted",
+                    restored.learned
+                )?;
+            }
             if e.python_stack.is_empty() {
                 writeln!(f, "     {from} was taken at:")?;
                 write_stack(f, "       ", &e.held_stack)?;
