@@ -467,6 +467,7 @@ mod forged {
             offsets: offsets_for(3, 11).unwrap(),
             pthread_tid: 0,
             gil: Ok(None),
+            import_lock: None,
         }
     }
 
