@@ -61,6 +61,82 @@ fn main() {
     }
 
     println!("cargo:rustc-env=FIXTURE_DIR={}", out_dir.display());
+
+    let embed_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("embed");
+    build_embed_hosts(&manifest_dir.join("python/embed_host.c"), &embed_dir);
+    println!("cargo:rustc-env=EMBED_HOST_DIR={}", embed_dir.display());
+}
+
+/// `$(pyenv root)/versions`, where the image's CPythons 2.7 to 3.13 are.
+fn pyenv_versions() -> PathBuf {
+    let root = env::var_os("PYENV_ROOT").unwrap_or_else(|| "/root/.pyenv".into());
+    PathBuf::from(root).join("versions")
+}
+
+/// The mod_wsgi shape for each pyenv CPython: `embed_host.c` linked with
+/// that version's libpython, as `EMBED_DIR/VERSION/embed_host`. A version
+/// that does not build is said (a warning) and has no host: the test that
+/// needs it fails, naming it.
+fn build_embed_hosts(source: &Path, embed_dir: &Path) {
+    let versions = pyenv_versions();
+    println!("cargo:rerun-if-changed={}", source.display());
+    println!("cargo:rerun-if-changed={}", versions.display());
+    let Ok(dir) = fs::read_dir(&versions) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let prefix = entry.path();
+        let config = prefix.join("bin/python-config");
+        if !config.exists() {
+            continue;
+        }
+        let out = embed_dir.join(entry.file_name());
+        fs::create_dir_all(&out).expect("create embed host dir");
+        if let Err(e) = build_embed_host(source, &prefix, &config, &out.join("embed_host")) {
+            println!(
+                "cargo:warning=no embedding host for {}: {e}",
+                prefix.display()
+            );
+        }
+    }
+}
+
+fn build_embed_host(
+    source: &Path,
+    prefix: &Path,
+    config: &Path,
+    output: &Path,
+) -> Result<(), String> {
+    let flags = |args: &[&str]| -> Option<Vec<String>> {
+        let out = Command::new(config).args(args).output().ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        })
+    };
+    let cflags = flags(&["--cflags"]).ok_or("python-config --cflags failed")?;
+    // 3.8+ links libpython into programs with --embed only; older
+    // python-configs do not know the option.
+    let ldflags = flags(&["--ldflags", "--embed"])
+        .or_else(|| flags(&["--ldflags"]))
+        .ok_or("python-config --ldflags failed")?;
+    let mut cmd = Command::new("gcc");
+    cmd.args(["-O1", "-g", "-w", "-o"])
+        .arg(output)
+        .arg(source)
+        .args(cflags)
+        .args(ldflags)
+        .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
+    let result = cmd.output().map_err(|e| format!("cannot run gcc: {e}"))?;
+    if !result.status.success() {
+        return Err(format!(
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        ));
+    }
+    Ok(())
 }
 
 fn compile_rust(source: &Path, output: &Path) {

@@ -1,8 +1,9 @@
-"""The import-lock deadlock that hung many Django sites, in Python 3: thread
-`importer` imports slow_module first (owning its module import lock); its top
-level takes the application lock L, which thread `holder` took before
-importing slow_module. Each waits for the other until slow_module's timed
-acquire of L gives up: `import_deadlock.py WAIT`."""
+"""The import-lock deadlock that hung many Django sites: thread `importer`
+imports slow_module first (owning Python 3's per-module import lock, or
+Python 2's global import lock); its top level takes the application lock L,
+which thread `holder` took before importing slow_module. Each waits for the
+other for good; the main thread ends the process after WAIT seconds
+(`import_deadlock.py WAIT`)."""
 import os
 import signal
 import sys
@@ -25,8 +26,9 @@ def holder():
         import slow_module  # IMPORT_UNDER_L
 
 
-threads = [threading.Thread(target=f, name=f.__name__) for f in (importer, holder)]
-for t in threads:
+for f in (importer, holder):
+    t = threading.Thread(target=f, name=f.__name__)
+    t.daemon = True
     t.start()
-for t in threads:
-    t.join()
+time.sleep(float(sys.argv[1]))
+os._exit(0)

@@ -291,6 +291,9 @@ pub struct SameClassNesting {
     pub requested: Lock,
     pub stack: Vec<Frame>,
     pub held_stack: Vec<Frame>,
+    /// The request's Python frames (absent outside Python processes).
+    #[serde(default)]
+    pub python_stack: Vec<PyFrame>,
     /// Every nesting of the class so far went one address order: a note.
     pub note: bool,
     /// The first nesting of two locks of the class the other way (then a

@@ -223,6 +223,7 @@ impl Classes {
                     return Some(ClassKey::PythonLine {
                         file: frame.file,
                         line: frame.line,
+                        function: frame.function,
                     })
                 }
                 Some(None) => return Some(ClassKey::PythonUnnamed(lock)),

@@ -901,9 +901,13 @@ impl Detector {
 
     /// Two locks of one class, one requested while holding the other.
     fn on_same_class(&mut self, class: ClassId, dep: &Dependency) -> Option<Verdict> {
-        // CPython creates every lock through one sem_init call site: its
-        // locks are all one class until Python-level classes exist.
-        if dep.from_kind == LockKind::Semaphore {
+        // A semaphore's class is judged only when Python code made it (the
+        // line that created it): CPython creates every lock through one
+        // sem_init call site, which would make all its locks one class, and
+        // a C program's semaphore is a count, not a lock, as often as not.
+        if dep.from_kind == LockKind::Semaphore
+            && !matches!(self.classes.key(class), ClassKey::PythonLine { .. })
+        {
             return None;
         }
         // A library's own per-object locks (mod_wsgi's per-thread mutexes,

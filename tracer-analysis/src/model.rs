@@ -144,8 +144,14 @@ impl fmt::Display for CodeSite {
 /// preference (see `classes.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ClassKey {
-    /// A lock created by Python code: the line that created it.
-    PythonLine { file: String, line: u32 },
+    /// A lock created by Python code: the line that created it, and its
+    /// function (qualified from 3.11), so that the same lock made in two
+    /// workers, or once per request, is one class.
+    PythonLine {
+        file: String,
+        line: u32,
+        function: String,
+    },
     /// A lock created by Python code at a line that could not be read: a
     /// class of its own, never merged with unrelated locks.
     PythonUnnamed(LockInstance),
@@ -195,16 +201,26 @@ impl ClassKey {
     }
 
     /// Whether the class is made by a shared library's own code (a class
-    /// `init@libX.so+...`): its per-object locks nest by design.
+    /// `init@libX.so+...`), or by Python's `threading.py` for itself (a
+    /// thread's tstate lock, which `join` takes while the joining thread
+    /// holds its own): its per-object locks nest by design.
     pub fn is_library_init(&self) -> bool {
-        matches!(self, ClassKey::InitSite { site, .. } if site.module.contains(".so"))
+        match self {
+            ClassKey::InitSite { site, .. } => site.module.contains(".so"),
+            ClassKey::PythonLine { file, .. } => file.ends_with("/threading.py"),
+            _ => false,
+        }
     }
 }
 
 impl fmt::Display for ClassKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClassKey::PythonLine { file, line } => write!(f, "python:{file}:{line}"),
+            ClassKey::PythonLine {
+                file,
+                line,
+                function,
+            } => write!(f, "python:{file}:{line} ({function})"),
             ClassKey::PythonUnnamed(l) => write!(f, "python-lock@{}:{:#x}", l.pid, l.addr),
             ClassKey::InitSite { site, caller } => {
                 write!(f, "init@{site}")?;
@@ -458,6 +474,21 @@ mod tests {
         };
         assert_eq!(global.to_string(), "prefork_demo:mutex_x");
         assert!(!global.is_library_init());
+        let python = |file: &str, line, function: &str| ClassKey::PythonLine {
+            file: file.into(),
+            line,
+            function: function.into(),
+        };
+        let app = python("/srv/app.py", 7, "new_lock");
+        assert_eq!(app.to_string(), "python:/srv/app.py:7 (new_lock)");
+        assert!(!app.is_library_init());
+        // Made by threading for itself (tstate locks): nest by design.
+        let tstate = python(
+            "/usr/lib/python3.11/threading.py",
+            1020,
+            "Thread._set_tstate_lock",
+        );
+        assert!(tstate.is_library_init());
         let shared = SharedLock {
             dev: libc_makedev(0, 1),
             inode: 1035,

@@ -185,6 +185,12 @@ pub struct Interpreter {
     /// not found; `Ok(None)` for a version whose GIL is no semaphore (see
     /// [`gil_variable`]).
     pub gil: Result<Option<u64>, &'static str>,
+    /// 2.7 to 3.11: the address of `import_lock` (a static of
+    /// `Python/import.c`), the pointer to the global import lock, made on
+    /// first use by `_PyImport_AcquireLock` (3.12 moved it into the
+    /// interpreter's state; 3.13 made it a PyMutex, which takes no C library
+    /// lock). The lock it points to is named `import lock`.
+    pub import_lock: Option<u64>,
 }
 
 /// Finds a CPython interpreter in process `pid` by the symbols of its main
@@ -311,6 +317,10 @@ fn probe(pid: u32, m: &Mapping) -> Result<Option<Interpreter>, Unsupported> {
         offsets,
         pthread_tid,
         gil,
+        import_lock: match symbols.import_lock {
+            StaticSymbol::One(addr) => Some(bias.wrapping_add(addr)),
+            StaticSymbol::None | StaticSymbol::Several => None,
+        },
     }))
 }
 
@@ -331,20 +341,20 @@ fn probe(pid: u32, m: &Mapping) -> Result<Option<Interpreter>, Unsupported> {
 /// all: its `interp_head` is local too). Exactly one is trusted; none or
 /// several is an error, and the GIL then stays an ordinary lock: false
 /// alerts through it, never a hidden one.
-fn gil_variable(major: u32, symbols: InterpreterLock) -> Result<Option<u64>, &'static str> {
+fn gil_variable(major: u32, symbols: StaticSymbol) -> Result<Option<u64>, &'static str> {
     if major != 2 {
         return Ok(None);
     }
     match symbols {
-        InterpreterLock::One(addr) => Ok(Some(addr)),
-        InterpreterLock::None => Err("no interpreter_lock symbol"),
-        InterpreterLock::Several => Err("several interpreter_lock symbols"),
+        StaticSymbol::One(addr) => Ok(Some(addr)),
+        StaticSymbol::None => Err("no interpreter_lock symbol"),
+        StaticSymbol::Several => Err("several interpreter_lock symbols"),
     }
 }
 
-/// The definitions of `interpreter_lock` (a data object) in a file.
+/// The definitions of a static variable (`interpreter_lock`) in a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum InterpreterLock {
+enum StaticSymbol {
     None,
     One(u64),
     Several,
@@ -359,7 +369,9 @@ struct FileSymbols {
     /// Before 3.7: `_PyThreadState_Current` and `interp_head`.
     no_runtime: Option<(u64, u64)>,
     /// 2.7's GIL pointer (see [`gil_variable`]).
-    interpreter_lock: InterpreterLock,
+    interpreter_lock: StaticSymbol,
+    /// The global import lock's pointer (see [`Interpreter::import_lock`]).
+    import_lock: StaticSymbol,
 }
 
 /// The largest symbol and string tables read to find `_PyRuntime`
@@ -415,23 +427,29 @@ fn file_symbols(pid: u32, m: &Mapping) -> Option<std::sync::Arc<FileSymbols>> {
                     .find(|s| s.is_definition() && s.name() == Ok(name))
                     .map(|s| s.address())
             };
+            // A static variable, local to its C file: exactly one
+            // definition is trusted.
+            let static_symbol = |name: &str| {
+                (elf.dynamic_symbols().chain(elf.symbols()))
+                    .filter(|s| {
+                        s.is_definition()
+                            && s.kind() == object::SymbolKind::Data
+                            && s.name() == Ok(name)
+                    })
+                    .map(|s| s.address())
+                    .fold(StaticSymbol::None, |found, addr| match found {
+                        StaticSymbol::None => StaticSymbol::One(addr),
+                        StaticSymbol::One(a) if a == addr => found,
+                        _ => StaticSymbol::Several,
+                    })
+            };
             Arc::new(FileSymbols {
                 runtime: symbol("_PyRuntime"),
                 py_version: symbol("Py_Version"),
                 segments: elf::load_segments(&elf),
                 no_runtime: symbol("_PyThreadState_Current").zip(symbol("interp_head")),
-                interpreter_lock: (elf.dynamic_symbols().chain(elf.symbols()))
-                    .filter(|s| {
-                        s.is_definition()
-                            && s.kind() == object::SymbolKind::Data
-                            && s.name() == Ok("interpreter_lock")
-                    })
-                    .map(|s| s.address())
-                    .fold(InterpreterLock::None, |found, addr| match found {
-                        InterpreterLock::None => InterpreterLock::One(addr),
-                        InterpreterLock::One(a) if a == addr => found,
-                        _ => InterpreterLock::Several,
-                    }),
+                interpreter_lock: static_symbol("interpreter_lock"),
+                import_lock: static_symbol("import_lock"),
             })
         });
     let mut files = FILES.lock().unwrap_or_else(|e| e.into_inner());
@@ -934,7 +952,8 @@ pub fn import_state(
     {
         if let Some(f) = cache.resolve(interp, mem, code, prev_instr)? {
             let bootstrap = f.file == "<frozen importlib._bootstrap>";
-            if bootstrap && f.function == "_ModuleLock.acquire" {
+            // (`acquire` before 3.11: no qualified names.)
+            if bootstrap && (f.function == "_ModuleLock.acquire" || f.function == "acquire") {
                 acquiring = true;
             } else if bootstrap
                 && (f.function == "_find_and_load" || f.function == "_lock_unlock_module")

@@ -468,13 +468,33 @@ impl Pythons {
     }
 
     /// `file:line` where Python code created `lock`, if it did; for the
-    /// semaphore of a module import lock, `import of MODULE`.
+    /// semaphore of a module import lock, `import of MODULE`; for the global
+    /// import lock, `import lock` (C code makes it, maybe under whichever
+    /// Python line first imported something in a thread).
     pub fn lock_name(&self, lock: LockId) -> Option<String> {
         if let Some(module) = self.import_waits.get(&lock) {
             return Some(format!("import of {module}"));
         }
+        if self.is_import_lock(lock) {
+            return Some("import lock".into());
+        }
         let f = self.created_at.get(&lock)?.as_ref()?;
         Some(format!("{}:{}", short_path(&f.file), f.line))
+    }
+
+    /// Whether `lock` is the global import lock of its process: the lock
+    /// its `import_lock` variable points to now.
+    fn is_import_lock(&self, lock: LockId) -> bool {
+        let Some(Some(interp)) = self.interpreters.get(&lock.pid) else {
+            return false;
+        };
+        let Some(variable) = interp.import_lock else {
+            return false;
+        };
+        let mem = ProcessMemory(lock.pid);
+        Reader::new(&mem, memory::RECORD)
+            .u64(variable)
+            .is_ok_and(|points_to| points_to == lock.addr)
     }
 
     /// A thread's Python stack read now (it is blocked: its frames are

@@ -286,12 +286,12 @@ fn python27_gil_variable() {
 #[test]
 fn gil_variable_only_for_2_7_and_only_one() {
     for major in [3, 4] {
-        assert_eq!(gil_variable(major, InterpreterLock::One(0x10)), Ok(None));
-        assert_eq!(gil_variable(major, InterpreterLock::None), Ok(None));
+        assert_eq!(gil_variable(major, StaticSymbol::One(0x10)), Ok(None));
+        assert_eq!(gil_variable(major, StaticSymbol::None), Ok(None));
     }
-    assert_eq!(gil_variable(2, InterpreterLock::One(0x10)), Ok(Some(0x10)));
-    assert!(gil_variable(2, InterpreterLock::None).is_err());
-    assert!(gil_variable(2, InterpreterLock::Several).is_err());
+    assert_eq!(gil_variable(2, StaticSymbol::One(0x10)), Ok(Some(0x10)));
+    assert!(gil_variable(2, StaticSymbol::None).is_err());
+    assert!(gil_variable(2, StaticSymbol::Several).is_err());
 }
 
 /// Builds a C program in `dir` with `gcc` and extra (shell-expanded) flags.
@@ -467,6 +467,7 @@ mod forged {
             offsets: offsets_for(3, 11).unwrap(),
             pthread_tid: 0,
             gil: Ok(None),
+            import_lock: None,
         }
     }
 

@@ -74,6 +74,7 @@ pub fn same_class_nesting(
         requested,
         stack: names.resolve.frames(dep.pid, &dep.stack, true),
         held_stack: names.resolve.frames(dep.pid, &dep.held_stack, false),
+        python_stack: dep.python.to_vec(),
         note: opposite.is_none(),
         opposite: opposite.map(|o| Box::new(names.edge(o))),
     })

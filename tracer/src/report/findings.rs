@@ -126,6 +126,9 @@ pub struct SameClassNesting {
     pub requested: Lock,
     pub stack: Vec<Frame>,
     pub held_stack: Vec<Frame>,
+    /// The request's Python stack, innermost first, in a Python process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub python_stack: Vec<PyFrame>,
     /// Every such nesting of the class went one address order so far (an
     /// array locked in index order): it cannot deadlock. A note, not a
     /// warning; it does not count for `--exit-code`.

@@ -87,8 +87,21 @@ impl fmt::Display for SameClassNesting {
         writeln!(f)?;
         writeln!(f, "     {} was taken at:", self.held.label())?;
         write_stack(f, "       ", &self.held_stack)?;
-        writeln!(f, "     {} requested at:", self.requested.label())?;
-        write_stack(f, "       ", &self.stack)?;
+        if self.python_stack.is_empty() {
+            writeln!(f, "     {} requested at:", self.requested.label())?;
+            write_stack(f, "       ", &self.stack)?;
+        } else {
+            writeln!(f, "     {} requested at (Python):", self.requested.label())?;
+            write_python_stack(f, "       ", &self.python_stack)?;
+            if let Some(top) = self.stack.first() {
+                write_frame(f, "       ", 0, top)?;
+                writeln!(
+                    f,
+                    "       ({} native frames in --format json)",
+                    self.stack.len()
+                )?;
+            }
+        }
         if let Some(o) = &self.opposite {
             writeln!(f, "     {} was taken at:", o.from.label())?;
             write_stack(f, "       ", &o.held_stack)?;
