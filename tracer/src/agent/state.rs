@@ -64,8 +64,14 @@ pub enum SavedClass {
         symbol: String,
         build_id: String,
     },
-    /// A lock Python code created: the line that created it.
-    PythonLine { file: String, line: u32 },
+    /// A lock Python code created: the line that created it, and its
+    /// function (empty in states saved before classes had it).
+    PythonLine {
+        file: String,
+        line: u32,
+        #[serde(default)]
+        function: String,
+    },
 }
 
 impl SavedClass {
@@ -80,9 +86,14 @@ impl SavedClass {
                 symbol: symbol.clone(),
                 build_id: build.to_string(),
             }),
-            ClassKey::PythonLine { file, line } => Some(SavedClass::PythonLine {
+            ClassKey::PythonLine {
+                file,
+                line,
+                function,
+            } => Some(SavedClass::PythonLine {
                 file: file.clone(),
                 line: *line,
+                function: function.clone(),
             }),
             _ => None,
         }
@@ -99,9 +110,14 @@ impl SavedClass {
                 symbol: symbol.clone(),
                 build: Some(build_id.as_str().into()),
             },
-            SavedClass::PythonLine { file, line } => ClassKey::PythonLine {
+            SavedClass::PythonLine {
+                file,
+                line,
+                function,
+            } => ClassKey::PythonLine {
                 file: file.clone(),
                 line: *line,
+                function: function.clone(),
             },
         }
     }
