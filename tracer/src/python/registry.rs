@@ -331,7 +331,9 @@ impl Pythons {
     /// A lock created by Python code (`frames`: see [`Self::creating_frames`]):
     /// the creating frame names it, the first one outside `threading.py`
     /// (`RLock()` and `Condition()` are Python wrappers there; their caller
-    /// is the creation site).
+    /// is the creation site) and `queue.py` (a `Queue`'s lock is made in its
+    /// `__init__`: by queue's line, every queue of a process would be one
+    /// class, and two unrelated queues could close a class-level cycle).
     pub fn note_created(&mut self, lock: LockId, frames: &[Option<PyFrame>]) {
         if frames.is_empty() {
             return;
@@ -359,6 +361,9 @@ impl Pythons {
                 Some(f) if f.file.ends_with("/threading.py") => {
                     in_threading.get_or_insert(f.clone());
                     outermost_threading = Some(f.clone());
+                }
+                Some(f) if f.file.ends_with("/queue.py") => {
+                    in_threading.get_or_insert(f.clone());
                 }
                 Some(f)
                     if f.file.starts_with("<frozen importlib") && outermost_threading.is_some() =>
@@ -657,5 +662,24 @@ mod tests {
             frame(threading, "<module>", 0),
         ];
         assert_eq!(named(&main_unread).unwrap().line, 1013);
+    }
+
+    /// A `queue.Queue`'s lock is named by the line that made the queue, so
+    /// that two queues are two classes.
+    #[test]
+    fn a_queues_lock_is_named_by_the_line_that_made_the_queue() {
+        let queue = "/usr/lib/python3.11/queue.py";
+        let made = |line| {
+            [
+                frame(queue, "Queue.__init__", 40),
+                frame("/srv/app.py", "Worker.__init__", line),
+            ]
+        };
+        let (a, b) = (named(&made(12)).unwrap(), named(&made(13)).unwrap());
+        assert_eq!((a.file.as_str(), a.line), ("/srv/app.py", 12));
+        assert_eq!(b.line, 13);
+        // A queue queue.py makes for itself: its own line.
+        let own = [frame(queue, "Queue.__init__", 40), None];
+        assert_eq!(named(&own).unwrap().line, 40);
     }
 }
