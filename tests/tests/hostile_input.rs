@@ -527,6 +527,24 @@ fn shared_memory_of_another_user_is_not_kept_after_it_exits() {
     );
 }
 
+/// Runs the AB/BA fixture beside `watcher`'s tracing: its pid, and whether
+/// a finding of it came within 20 s.
+fn ab_ba_beside(watcher: &Watcher) -> (u32, bool) {
+    let out = Command::new(fixture("ab_ba", Variant::NoFp))
+        .output()
+        .expect("ab_ba");
+    assert!(out.status.success());
+    let pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("ab_ba prints its pid");
+    (
+        pid,
+        watcher.wait_for_finding_of(pid, Duration::from_secs(20)),
+    )
+}
+
 #[test]
 fn a_tracer_short_of_descriptors_keeps_tracing_and_writes_its_summary() {
     require_root();
@@ -537,16 +555,7 @@ fn a_tracer_short_of_descriptors_keeps_tracing_and_writes_its_summary() {
     let watcher = Watcher::start_wrapped(&["prlimit", "--nofile=256:256", "--"], &[]);
     std::thread::sleep(Duration::from_secs(2));
     // A real inversion beside it is still found.
-    let out = Command::new(fixture("ab_ba", Variant::NoFp))
-        .output()
-        .expect("ab_ba");
-    assert!(out.status.success());
-    let pid: u32 = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("pid "))
-        .and_then(|p| p.trim().parse().ok())
-        .expect("ab_ba prints its pid");
-    let found = watcher.wait_for_finding_of(pid, Duration::from_secs(20));
+    let (pid, found) = ab_ba_beside(&watcher);
     let fds = open_fds(watcher.pid());
     let (run, took) = watcher.terminate();
     drop(memfds);
@@ -580,16 +589,7 @@ fn a_tracer_short_of_descriptors_for_free_watches_keeps_tracing() {
     let nesters = start_as_nobody(&fixture("heap_nesters", Variant::NoFp), &["300", "40"]);
     let watcher = Watcher::start_wrapped(&["prlimit", "--nofile=256:256", "--"], &[]);
     std::thread::sleep(Duration::from_secs(4));
-    let out = Command::new(fixture("ab_ba", Variant::NoFp))
-        .output()
-        .expect("ab_ba");
-    assert!(out.status.success());
-    let pid: u32 = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("pid "))
-        .and_then(|p| p.trim().parse().ok())
-        .expect("ab_ba prints its pid");
-    let found = watcher.wait_for_finding_of(pid, Duration::from_secs(20));
+    let (pid, found) = ab_ba_beside(&watcher);
     let fds = open_fds(watcher.pid());
     let (run, took) = watcher.terminate();
     drop(nesters);
