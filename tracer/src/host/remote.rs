@@ -9,8 +9,9 @@
 //! uninterruptibly (even by a thread being killed), and checking the
 //! mapping first races with the process remapping it. So the reads are
 //! made by a helper process (`locktrace __read-memory`, this binary,
-//! holding nothing but two pipes) and waited for with a deadline: a read
-//! that blocks in the kernel costs a helper, which is left behind (it ends
+//! holding nothing but two pipes) and waited for with a deadline (0.3 s
+//! when the helper waits for a FUSE daemon, 2 s otherwise): a read that
+//! blocks in the kernel costs a helper, which is left behind (it ends
 //! when the file system answers or goes away), never the collector. The
 //! process whose memory stalled is not read again; after [`MAX_ABANDONED`]
 //! helpers left behind, no process's memory is read any more.
@@ -33,13 +34,18 @@ pub const SUBCOMMAND: &str = "__read-memory";
 /// Bytes per request: larger reads are split.
 const CHUNK: usize = 64 << 10;
 
-/// How long a read may take before the helper is looked at: one blocked
-/// in the kernel (not running) is then given up.
+/// How long a read may take before the helper is looked at: one waiting
+/// for a FUSE daemon's answer is then given up.
 const DEADLINE: Duration = Duration::from_millis(300);
 
-/// How long a helper that is running (not blocked: a loaded machine) may
-/// take.
-const RUNNING_DEADLINE: Duration = Duration::from_secs(2);
+/// How long any other read may take: a helper that is running (a loaded
+/// machine) or waits for something else (a slow disk, a network file
+/// system).
+const LONG_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Where a thread waiting for a FUSE daemon's answer sleeps
+/// (`fs/fuse/dev.c`), as `/proc/PID/wchan` names it.
+const FUSE_WAIT: &str = "request_wait_answer";
 
 /// Helpers left blocked before reading stops for good.
 pub const MAX_ABANDONED: usize = 8;
@@ -216,8 +222,8 @@ enum Ready {
     Blocked,
 }
 
-/// Waits for the helper's answer: until [`DEADLINE`], and on to
-/// [`RUNNING_DEADLINE`] while the helper is running rather than blocked.
+/// Waits for the helper's answer: until [`DEADLINE`] if it then waits for
+/// a FUSE daemon, else until [`LONG_DEADLINE`].
 fn wait_readable(helper: &Helper) -> Ready {
     let started = Instant::now();
     let mut limit = DEADLINE;
@@ -244,24 +250,17 @@ fn wait_readable(helper: &Helper) -> Ready {
         if started.elapsed() < limit {
             continue;
         }
-        if limit == DEADLINE && is_running(helper.child.id()) {
-            limit = RUNNING_DEADLINE;
+        if limit == DEADLINE && !waits_for_fuse(helper.child.id()) {
+            limit = LONG_DEADLINE;
             continue;
         }
         return Ready::Blocked;
     }
 }
 
-/// Whether process `pid` is running or runnable (not sleeping in the
-/// kernel).
-fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1;
-            after.split_whitespace().next().map(|state| state == "R")
-        })
-        .unwrap_or(false)
+/// Whether process `pid` sleeps waiting for a FUSE daemon's answer.
+fn waits_for_fuse(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.trim() == FUSE_WAIT)
 }
 
 /// `process_vm_readv` of `buf.len()` bytes at `addr` in `pid`: the bytes
@@ -340,19 +339,21 @@ mod tests {
     }
 
     #[test]
-    fn a_running_process_is_told_from_a_sleeping_one() {
-        let mut spinner = Command::new("sh")
+    fn a_sleeping_or_running_process_does_not_wait_for_fuse() {
+        let spinner = Command::new("sh")
             .args(["-c", "while :; do :; done"])
             .spawn()
             .unwrap();
+        let sleeper = Command::new("sleep").arg("5").spawn().unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        assert!(is_running(spinner.id()));
-        spinner.kill().unwrap();
-        spinner.wait().unwrap();
-        let mut sleeper = Command::new("sleep").arg("5").spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(!is_running(sleeper.id()));
-        sleeper.kill().unwrap();
-        sleeper.wait().unwrap();
+        assert!(!waits_for_fuse(spinner.id()));
+        assert!(!waits_for_fuse(sleeper.id()));
+        // wchan names where a sleeper sleeps (root reads it).
+        let wchan = std::fs::read_to_string(format!("/proc/{}/wchan", sleeper.id())).unwrap();
+        assert!(wchan.contains("sleep"), "{wchan}");
+        for mut child in [spinner, sleeper] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
     }
 }
