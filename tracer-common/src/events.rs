@@ -37,6 +37,9 @@ pub enum EventKind {
     /// (a statically initialized or zeroed heap mutex) must not inherit
     /// their dependencies.
     MemoryFreed = 7,
+    /// A [`crate::PyCodeSnapshot`]: a code object of a CPython process, as
+    /// the next records may name it.
+    PyCode = 8,
 }
 
 impl EventKind {
@@ -49,6 +52,7 @@ impl EventKind {
             5 => Some(Self::Handoff),
             6 => Some(Self::ProcessExec),
             7 => Some(Self::MemoryFreed),
+            8 => Some(Self::PyCode),
             _ => None,
         }
     }

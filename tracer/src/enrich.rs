@@ -142,6 +142,17 @@ impl Enricher {
             Record::ProcessExit { pid } => Pending::ProcessExit { pid },
             Record::ProcessExec { pid } => Pending::ProcessExec { pid },
             Record::MemoryFreed { pid, start, end } => Pending::MemoryFreed { pid, start, end },
+            // The session keeps these (`Pythons::note_code_copy`) before
+            // any record reaches here; one that did is kept now, and the
+            // record that follows is all the same an exit of no process.
+            Record::PyCode { pid, parts } => {
+                self.pythons.note_code_copy(pid, parts);
+                Pending::MemoryFreed {
+                    pid,
+                    start: 0,
+                    end: 0,
+                }
+            }
         }
     }
 

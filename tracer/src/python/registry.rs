@@ -11,7 +11,9 @@ use tracing::{debug, info, warn};
 use tracer_analysis::model::{LockInstance as LockId, Waiter};
 
 use crate::host::proc::children_of;
-use crate::python::memory::{self, ProcessMemory, ReadError, Reader, Unparsable};
+use crate::python::memory::{
+    self, CopiedFirst, ProcessMemory, ReadError, Reader, Snapshots, Unparsable,
+};
 use crate::python::{self, CodeCache, Interpreter, PyFrame};
 
 /// Failures to parse a process's memory after which it is marked and its
@@ -26,6 +28,11 @@ const MAX_REASONS: usize = 256;
 /// own).
 const CREATED_PROCESS_BYTES: usize = 16 << 20;
 const CREATED_BYTES: usize = 128 << 20;
+/// Bytes of code-object copies kept per process and in total (see
+/// `PyCodeSnapshot`; a few KiB per code object): past them, a new copy is
+/// not kept, and its frames are read from the process as before.
+const COPIES_PROCESS_BYTES: usize = 16 << 20;
+const COPIES_BYTES: usize = 128 << 20;
 
 /// What the kernel side needs to know of a CPython process: where its
 /// threads' stacks are. Written into the kernel by the stage that owns it.
@@ -67,6 +74,10 @@ pub struct Pythons {
     /// How many processes were marked so (the summary's
     /// `unparsable_processes`).
     unparsable_count: u64,
+    /// Code objects the kernel side copied, by process: read before the
+    /// process's memory (it may have freed them, or exited).
+    copies: HashMap<u32, Snapshots>,
+    copies_total: usize,
 }
 
 /// The kernel side's view of an interpreter.
@@ -95,6 +106,7 @@ fn kernel_view(i: &Interpreter) -> PyProcess {
         frame_owner: o.frame_owner,
         frame_owner_cstack: o.frame_owner_cstack,
         gil_lock: i.gil.ok().flatten().unwrap_or(0),
+        code_header: o.code_adaptive,
     }
 }
 
@@ -241,6 +253,21 @@ impl Pythons {
             .as_ref()
     }
 
+    /// Keeps memory of a code object of process `pid` that the kernel side
+    /// copied (`Record::PyCode`), within the bounds.
+    pub fn note_code_copy(&mut self, pid: u32, parts: Vec<(u64, Vec<u8>)>) {
+        let size: usize = parts.iter().map(|(_, b)| b.len()).sum();
+        let copies = self.copies.entry(pid).or_default();
+        if copies.bytes() + size > COPIES_PROCESS_BYTES || self.copies_total + size > COPIES_BYTES {
+            debug!(pid, "Python code copy not kept: at the bound");
+            return;
+        }
+        for (addr, bytes) in parts {
+            let added = copies.put(addr, bytes);
+            self.copies_total = self.copies_total.saturating_add_signed(added);
+        }
+    }
+
     /// Python frames of process `pid`, resolved (innermost first); frames
     /// that cannot be read are left out.
     pub fn resolve(&mut self, pid: u32, raw: &[PyFrameRaw]) -> Vec<PyFrame> {
@@ -250,11 +277,30 @@ impl Pythons {
         let Some(interp) = self.interpreter(pid).cloned() else {
             return Vec::new();
         };
-        let mem = ProcessMemory(pid);
+        // Out of the map while read (`strike` needs `self`).
+        let copies = self.copies.remove(&pid);
+        let frames = self.resolve_with(pid, &interp, copies.as_ref(), raw);
+        if let Some(copies) = copies {
+            self.copies.insert(pid, copies);
+        }
+        frames
+    }
+
+    fn resolve_with(
+        &mut self,
+        pid: u32,
+        interp: &Interpreter,
+        copies: Option<&Snapshots>,
+        raw: &[PyFrameRaw],
+    ) -> Vec<PyFrame> {
+        let mem = CopiedFirst {
+            copies,
+            process: ProcessMemory(pid),
+        };
         let reader = Reader::new(&mem, memory::RECORD);
         let mut frames = Vec::new();
         for f in raw {
-            match self.cache.resolve(&interp, &reader, f.code, f.prev_instr) {
+            match self.cache.resolve(interp, &reader, f.code, f.prev_instr) {
                 Ok(Some(frame)) => frames.push(frame),
                 Ok(None) => {}
                 Err(e) => {
@@ -559,6 +605,9 @@ impl Pythons {
         self.without_python.remove(&pid);
         self.unsupported_pids.remove(&pid);
         self.cache.forget_process(pid);
+        if let Some(copies) = self.copies.remove(&pid) {
+            self.copies_total = self.copies_total.saturating_sub(copies.bytes());
+        }
         self.strikes.remove(&pid);
         self.unparsable.remove(&pid);
         if let Some(used) = self.created_bytes.remove(&pid) {
