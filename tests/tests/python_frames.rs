@@ -175,8 +175,8 @@ fn rlock_inversion_names_python_functions_and_lines() {
 fn check_exit_right_after(how: &str) {
     for attempt in 1..=20 {
         let run = run_args(PYTHON, &["Lock", how]);
-        eprintln!("run {attempt} of 20 ({how}): Python frames named");
         assert_module_lock_edges(&run);
+        eprintln!("run {attempt} of 20 ({how}): Python frames named");
     }
 }
 

@@ -9,12 +9,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, RingBuf},
 };
 use tracer_common::{
-    Counter, EventKind, HeldLock, HeldStack, LockKind, PyCodeCopy, PyCodeKey, PyCodeSnapshot,
+    EventKind, HeldLock, HeldStack, LockKind, PyCodeCopy, PyCodeKey, PyCodeSnapshot,
     PyFrameRaw, PyProcess, PyStack, MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES,
     PY_SNAPSHOT_STR,
 };
-
-use crate::counters::count;
 
 use crate::context::{read_user_bytes, read_user_u32, read_user_u64, BPF_F_NO_PREALLOC};
 
@@ -318,8 +316,9 @@ fn copy_code_once(events: &RingBuf, tgid: u32, py: &PyProcess, code: u64) {
         return;
     }
     let Some(mut entry) = events.reserve::<PyCodeSnapshot>(0) else {
-        // Not marked sent: the next event tries again.
-        count(Counter::LostEvents);
+        // A full ring buffer (the event is deferred): not marked sent, the
+        // next event naming it tries again; the collector reads this one's
+        // frames from the process, as it can.
         return;
     };
     let s = entry.as_mut_ptr();

@@ -66,6 +66,8 @@ pub enum Record {
     /// A traced process exec'd a new program (a new address space).
     ProcessExec {
         pid: u32,
+        /// When (CLOCK_MONOTONIC ns; 0: unknown).
+        at_ns: u64,
     },
     /// Memory of a code object of CPython process `pid` (the object, its
     /// names, its location table: `(address, bytes)`), copied before the
@@ -119,6 +121,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
             check_len::<LockEvent>(bytes, "process exec")?;
             Ok(Record::ProcessExec {
                 pid: u32_at(bytes, offset_of!(LockEvent, pid)),
+                at_ns: u64_at(bytes, offset_of!(LockEvent, addr)),
             })
         }
         EventKind::LockReset => decode_lock_reset(bytes),

@@ -78,6 +78,9 @@ pub struct Pythons {
     /// process's memory (it may have freed them, or exited).
     copies: HashMap<u32, Snapshots>,
     copies_total: usize,
+    /// When each interpreter was found (CLOCK_MONOTONIC ns): one found
+    /// after an exec is the new program's (see [`Pythons::forget_exec`]).
+    found_at: HashMap<u32, u64>,
 }
 
 /// The kernel side's view of an interpreter.
@@ -219,6 +222,8 @@ impl Pythons {
             }
         }
         self.interpreters.insert(pid, Some(interp));
+        self.found_at
+            .insert(pid, crate::host::proc::clock_ns(libc::CLOCK_MONOTONIC));
         for child in children_of(pid) {
             if !self.is_checked(child) {
                 self.check_into(child, found);
@@ -600,8 +605,35 @@ impl Pythons {
         self.unparsable_count
     }
 
+    /// Process `pid` exec'd at `at_ns` (CLOCK_MONOTONIC): what belongs to its
+    /// old program goes. Not an interpreter found after the exec (`run`
+    /// describes its command once exec'd, often before this record is
+    /// read), nor the code copies sent after it: a script that exits at
+    /// once could not be looked at again.
+    pub fn forget_exec(&mut self, pid: u32, at_ns: u64) {
+        let found_after = at_ns != 0 && self.found_at.get(&pid).is_some_and(|&t| t > at_ns);
+        if !found_after {
+            self.forget_process(pid);
+            return;
+        }
+        let interpreter = self.interpreters.remove(&pid);
+        let copies = self.copies.remove(&pid);
+        let found_at = self.found_at.remove(&pid);
+        self.forget_process(pid);
+        if let Some(interpreter) = interpreter {
+            self.interpreters.insert(pid, interpreter);
+        }
+        if let Some(copies) = copies {
+            self.copies.insert(pid, copies);
+        }
+        if let Some(t) = found_at {
+            self.found_at.insert(pid, t);
+        }
+    }
+
     pub fn forget_process(&mut self, pid: u32) {
         self.interpreters.remove(&pid);
+        self.found_at.remove(&pid);
         self.without_python.remove(&pid);
         self.unsupported_pids.remove(&pid);
         self.cache.forget_process(pid);
