@@ -1,9 +1,15 @@
 """A lock-order inversion between two Python locks, taken by two threads one
-after the other (it never hangs): `frames_ab_ba.py Lock|RLock|instance`.
+after the other (it never hangs): `frames_ab_ba.py Lock|RLock|instance
+[exit|_exit]`.
 
 Lock, RLock: module-level locks taken with `with`; instance: two locks of a
 class instance taken with acquire()/release(). The lines marked `# NAME`
-are what the test expects in the report."""
+are what the test expects in the report.
+
+With `exit` the script exits right after its threads (the interpreter frees
+its code objects at shutdown), with `_exit` at once (`os._exit(0)`): the
+tracer must have copied what names the frames while the process lived."""
+import os
 import signal
 import sys
 import threading
@@ -56,6 +62,9 @@ for target in targets:
     t = threading.Thread(target=target)
     t.start()
     t.join()
-# The tracer reads the code objects named in its events from this process's
-# memory: stay a moment, as any service would.
+if len(sys.argv) > 2 and sys.argv[2] == "_exit":
+    os._exit(0)
+if len(sys.argv) > 2 and sys.argv[2] == "exit":
+    sys.exit(0)
+# Otherwise stay a moment, as any service would.
 time.sleep(0.5)

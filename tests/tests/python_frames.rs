@@ -32,12 +32,21 @@ fn run(kind: &str) -> JsonRun {
 /// `frames_ab_ba.py KIND` run by `python` (an interpreter, or a program
 /// embedding one).
 fn run_with(python: &str, kind: &str) -> JsonRun {
+    run_args(python, &[kind])
+}
+
+/// `frames_ab_ba.py ARGS...` run by `python`: exactly one inversion
+/// between the script's locks.
+fn run_args(python: &str, args: &[&str]) -> JsonRun {
     require_root();
     assert!(
         Path::new(python).exists(),
         "{python} is missing: apt-get install python3"
     );
-    let run = run_json(&[], &[python, script().to_str().unwrap(), kind]);
+    let script = script();
+    let mut command = vec![python, script.to_str().unwrap()];
+    command.extend_from_slice(args);
+    let run = run_json(&[], &command);
     assert_eq!(run.run.code(), 0, "python exit status\n{}", run.describe());
     let ours = script_findings(&run);
     assert_eq!(ours.len(), 1, "exactly one inversion\n{}", run.describe());
@@ -111,20 +120,7 @@ fn check_module_locks(kind: &str) {
 
 fn check_module_locks_with(python: &str, kind: &str) {
     let run = run_with(python, kind);
-    let finding = script_findings(&run)[0];
-    let (a, b) = (created_at("CREATE_A"), created_at("CREATE_B"));
-    assert_eq!(
-        lock_names(finding, &run),
-        [a.clone(), b.clone()].into_iter().collect(),
-        "locks named by their creation lines\n{}",
-        run.describe()
-    );
-    let ab = edge(finding, &a, &b, &run);
-    assert_requested_in(&ab.python_stack, "take_a_then_b", "A_THEN_B", &run);
-    assert_held_in(&ab.held_python_stack, "take_a_then_b", "HOLD_A", &run);
-    let ba = edge(finding, &b, &a, &run);
-    assert_requested_in(&ba.python_stack, "take_b_then_a", "B_THEN_A", &run);
-    assert_held_in(&ba.held_python_stack, "take_b_then_a", "HOLD_B", &run);
+    assert_module_lock_edges(&run);
     // The text report says it too, beside the native call site.
     let text = finding_text(&run);
     for (function, marker) in [("take_a_then_b", "HOLD_A"), ("take_b_then_a", "HOLD_B")] {
@@ -142,6 +138,26 @@ fn check_module_locks_with(python: &str, kind: &str) {
     }
 }
 
+/// The one inversion of `frames_ab_ba.py Lock|RLock`: its locks named by
+/// their creation lines, both edges' request and held sides by the script's
+/// functions and lines.
+fn assert_module_lock_edges(run: &JsonRun) {
+    let finding = script_findings(run)[0];
+    let (a, b) = (created_at("CREATE_A"), created_at("CREATE_B"));
+    assert_eq!(
+        lock_names(finding, run),
+        [a.clone(), b.clone()].into_iter().collect(),
+        "locks named by their creation lines\n{}",
+        run.describe()
+    );
+    let ab = edge(finding, &a, &b, run);
+    assert_requested_in(&ab.python_stack, "take_a_then_b", "A_THEN_B", run);
+    assert_held_in(&ab.held_python_stack, "take_a_then_b", "HOLD_A", run);
+    let ba = edge(finding, &b, &a, run);
+    assert_requested_in(&ba.python_stack, "take_b_then_a", "B_THEN_A", run);
+    assert_held_in(&ba.held_python_stack, "take_b_then_a", "HOLD_B", run);
+}
+
 #[test]
 fn lock_inversion_names_python_functions_and_lines() {
     check_module_locks("Lock");
@@ -150,6 +166,28 @@ fn lock_inversion_names_python_functions_and_lines() {
 #[test]
 fn rlock_inversion_names_python_functions_and_lines() {
     check_module_locks("RLock");
+}
+
+/// A script that exits right after its threads: the interpreter frees its
+/// code objects at shutdown, or the process is gone at once, before the
+/// collector reads its records. The kernel side copied them at the event:
+/// every run names both edges' Python frames.
+fn check_exit_right_after(how: &str) {
+    for attempt in 1..=20 {
+        let run = run_args(PYTHON, &["Lock", how]);
+        assert_module_lock_edges(&run);
+        eprintln!("run {attempt} of 20 ({how}): Python frames named");
+    }
+}
+
+#[test]
+fn a_script_that_calls_os_exit_right_after_has_python_frames() {
+    check_exit_right_after("_exit");
+}
+
+#[test]
+fn a_script_that_exits_right_after_has_python_frames() {
+    check_exit_right_after("exit");
 }
 
 /// The mod_wsgi shape: a C program that embeds libpython and runs the same

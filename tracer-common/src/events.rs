@@ -27,8 +27,8 @@ pub enum EventKind {
     /// own a mutex and lock the next idle one's to wake it). Sent apart from
     /// ordinary occurrences of the same dependency (its own dedup key).
     Handoff = 5,
-    /// A [`LockEvent`] (only `pid` is meaningful): a traced process exec'd a
-    /// new program. Its address space is new: the lock instances of the
+    /// A [`LockEvent`] (only `pid`, and `addr`: the exec's CLOCK_MONOTONIC
+    /// ns, are meaningful): a traced process exec'd a new program. Its address space is new: the lock instances of the
     /// previous image (the same addresses, in a non-PIE program) are other
     /// locks, and their dependencies must not join the new image's.
     ProcessExec = 6,
@@ -37,6 +37,9 @@ pub enum EventKind {
     /// (a statically initialized or zeroed heap mutex) must not inherit
     /// their dependencies.
     MemoryFreed = 7,
+    /// A [`crate::PyCodeSnapshot`]: a code object of a CPython process, as
+    /// the next records may name it.
+    PyCode = 8,
 }
 
 impl EventKind {
@@ -49,6 +52,7 @@ impl EventKind {
             5 => Some(Self::Handoff),
             6 => Some(Self::ProcessExec),
             7 => Some(Self::MemoryFreed),
+            8 => Some(Self::PyCode),
             _ => None,
         }
     }

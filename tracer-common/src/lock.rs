@@ -126,6 +126,9 @@ pub struct HeldStack {
     pub tail_entry_ip: u64,
     pub tail_event: u32,
     pub tail_push: u32,
+    /// Non-zero while `py_copy` runs between two passes of `emit_deps`: the
+    /// event's code objects are being copied, then it is sent.
+    pub tail_py_copied: u64,
 }
 
 /// A try, timed or condition-wait operation between its entry and its

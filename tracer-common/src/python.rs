@@ -59,6 +59,9 @@ pub struct PyProcess {
     /// semaphore is not taken as a lock: it orders nothing (no Python code
     /// can deadlock on the GIL, a blocking acquire releases it first).
     pub gil_lock: u64,
+    /// Bytes of a `PyCodeObject` before its instructions (`code_adaptive`):
+    /// the part of a code object copied (see [`PyCodeSnapshot`]).
+    pub code_header: u64,
 }
 
 /// Bytes of a code object's location table copied (enough for a module's
@@ -112,3 +115,52 @@ pub struct PyStack {
 #[cfg(feature = "user")]
 // SAFETY: plain `#[repr(C)]` data, valid for any bit pattern.
 unsafe impl aya::Pod for PyProcess {}
+
+/// Bytes copied of a code object's header (at most: `PyProcess::code_header`
+/// is 128 to 200 bytes), of each of its name objects (the `str` header and
+/// its first characters) and of its location table (the `bytes` header and
+/// the table: a function's table is a few hundred bytes).
+pub const PY_SNAPSHOT_CODE: usize = 256;
+pub const PY_SNAPSHOT_STR: usize = 256;
+pub const PY_SNAPSHOT_TABLE: usize = 2048;
+
+/// Raw memory of one code object of a process, copied by the kernel side
+/// (`py_copy`) when an event first names it, before the event is sent: a
+/// process that exits right after its event frees its code objects (an
+/// interpreter frees them all at shutdown) before the collector reads them.
+/// Each part is the bytes at its address as the process had them; the
+/// collector reads a frame from these first (`memory::Snapshots`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PyCodeSnapshot {
+    /// `EventKind::PyCode`.
+    pub event: u32,
+    pub pid: u32,
+    /// Addresses: the code object, its file name, qualified name and
+    /// location table objects.
+    pub code: u64,
+    pub filename: u64,
+    pub qualname: u64,
+    pub linetable: u64,
+    /// Bytes copied of each (0: none).
+    pub code_len: u32,
+    pub filename_len: u32,
+    pub qualname_len: u32,
+    pub linetable_len: u32,
+    pub code_bytes: [u8; PY_SNAPSHOT_CODE],
+    pub filename_bytes: [u8; PY_SNAPSHOT_STR],
+    pub qualname_bytes: [u8; PY_SNAPSHOT_STR],
+    pub linetable_bytes: [u8; PY_SNAPSHOT_TABLE],
+}
+
+/// Key of the code objects already copied (map `PY_CODE_COPIED`): the
+/// value is the code object's `[filename, qualname, linetable]` pointers
+/// when it was, so that a code object freed and another made at its
+/// address is copied again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PyCodeKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub code: u64,
+}

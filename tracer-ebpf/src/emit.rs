@@ -27,9 +27,9 @@ use crate::{
     counters::count,
     held::{copy_lock, existing_held_stack, push},
     instances::flush_init,
-    python::python_stack,
+    python::{copy_event_codes, is_python, python_stack},
     semaphores::is_signal_sem,
-    tails::{hand_over, EMIT_DEPS},
+    tails::{hand_over, tail_call, EMIT_DEPS, PY_COPY},
 };
 
 #[map]
@@ -134,6 +134,13 @@ pub fn emit_deps(ctx: ProbeContext) -> u32 {
     let Some(held) = existing_held_stack(&tid) else {
         return 0;
     };
+    // The code objects the event names are copied first (`py_copy`, which
+    // comes back here): the collector reads the copies before the event.
+    if held.tail_py_copied == 0 && is_python(tgid) {
+        held.tail_py_copied = 1;
+        tail_call(&ctx, PY_COPY);
+    }
+    held.tail_py_copied = 0;
     // SAFETY: the context's registers are valid for the program's run.
     let regs = unsafe { &*ctx.regs };
     let to = held.tail_to;
@@ -149,6 +156,25 @@ pub fn emit_deps(ctx: ProbeContext) -> u32 {
     }
     send_new_dependencies(regs, held, tgid, tid, &to, entry_ip, event);
     push(held, to);
+    0
+}
+
+/// Copies the code objects of the Python frames that the event `emit_deps`
+/// is sending names (see `python::copy_event_codes`), then goes back to it.
+/// A program of its own: verified once, and never in `emit_deps`'s paths.
+#[uprobe]
+pub fn py_copy(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let Some(held) = existing_held_stack(&tid) else {
+        return 0;
+    };
+    copy_event_codes(&EVENTS, tgid, tid, held);
+    tail_call(&ctx, EMIT_DEPS);
+    // Only if the tail call failed (`TAILS` is filled before any probe is
+    // attached): the event is not sent.
+    held.tail_py_copied = 0;
+    count(Counter::LostEvents);
     0
 }
 

@@ -89,7 +89,15 @@ fn announce(kind: EventKind, tgid: u32, tid: u32) {
     match EVENTS.reserve::<LockEvent>(0) {
         Some(mut entry) => {
             // SAFETY: a reserved, exclusively owned slot.
-            unsafe { write_lock_event(entry.as_mut_ptr(), kind, tgid, tid, 0, 0, 0) };
+            // An exec's time (CLOCK_MONOTONIC) in `addr`: the collector
+            // keeps what it learned of the new image after it.
+            let at = if kind as u32 == EventKind::ProcessExec as u32 {
+                // SAFETY: a helper with no argument.
+                unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+            } else {
+                0
+            };
+            unsafe { write_lock_event(entry.as_mut_ptr(), kind, tgid, tid, 0, at, 0) };
             entry.submit(0);
             count(Counter::LockRecords);
         }

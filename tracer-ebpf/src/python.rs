@@ -6,11 +6,12 @@
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, RingBuf},
 };
 use tracer_common::{
-    HeldLock, LockKind, PyCodeCopy, PyFrameRaw, PyProcess, PyStack, PY_CODE_COPIES,
-    PY_CREATOR_FRAMES,
+    EventKind, HeldLock, HeldStack, LockKind, PyCodeCopy, PyCodeKey, PyCodeSnapshot,
+    PyFrameRaw, PyProcess, PyStack, MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES, PY_MAX_FRAMES,
+    PY_SNAPSHOT_STR,
 };
 
 use crate::context::{read_user_bytes, read_user_u32, read_user_u64, BPF_F_NO_PREALLOC};
@@ -24,6 +25,12 @@ static PY_PROCESSES: HashMap<u32, PyProcess> = HashMap::with_max_entries(65536, 
 /// GIL: a thread that blocks on a lock has released it.
 #[map]
 static PY_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Code objects already copied for the collector (see `PyCodeSnapshot`),
+/// with their `[filename, qualname, linetable]` pointers then. LRU: one
+/// evicted is only copied again.
+#[map]
+static PY_CODE_COPIED: LruHashMap<PyCodeKey, [u64; 3]> = LruHashMap::with_max_entries(8192, 0);
 
 /// The current thread's `PyThreadState` in CPython process `py`: the GIL
 /// holder's if that is this thread (remembered for later if `remember`),
@@ -249,6 +256,104 @@ pub fn python_creator(
     for i in 0..PY_CODE_COPIES {
         copy_code(py, frames[i], &mut codes[i]);
     }
+}
+
+/// Whether process `tgid` runs a CPython the collector described.
+#[inline(always)]
+pub fn is_python(tgid: u32) -> bool {
+    // SAFETY: presence check only.
+    unsafe { PY_PROCESSES.get(&tgid) }.is_some()
+}
+
+/// Sends to `events`, before the event that names them, a copy of each
+/// code object of the current thread's Python frames and of the frames
+/// where its new dependencies' held locks were taken (`new_from[..n_new]`),
+/// unless it was sent already: the collector then names the frames of a
+/// process that exited right after its event.
+#[inline(always)]
+pub fn copy_event_codes(events: &RingBuf, tgid: u32, tid: u32, held: &HeldStack) {
+    // SAFETY: map value, read only.
+    let Some(py) = (unsafe { PY_PROCESSES.get(&tgid) }) else {
+        return;
+    };
+    let mut frame = current_frame(py, tid, false);
+    for _ in 0..PY_MAX_FRAMES {
+        frame = past_shim(py, frame);
+        if frame == 0 {
+            break;
+        }
+        copy_code_once(events, tgid, py, read_user_u64(frame + py.frame_code));
+        frame = read_user_u64(frame + py.frame_previous);
+    }
+    let n = held.n_new as usize;
+    for i in 0..MAX_HELD {
+        if i >= n {
+            break;
+        }
+        copy_code_once(events, tgid, py, held.new_from[i].py.code);
+    }
+}
+
+/// Sends a `PyCodeSnapshot` of code object `code` of process `tgid` unless
+/// one of it as it is now (same name and table objects) was sent.
+#[inline(always)]
+fn copy_code_once(events: &RingBuf, tgid: u32, py: &PyProcess, code: u64) {
+    if code == 0 {
+        return;
+    }
+    let ident = [
+        read_user_u64(code + py.code_filename),
+        read_user_u64(code + py.code_qualname),
+        read_user_u64(code + py.code_linetable),
+    ];
+    let key = PyCodeKey {
+        tgid,
+        _pad: 0,
+        code,
+    };
+    // SAFETY: map value, read only.
+    if unsafe { PY_CODE_COPIED.get(&key) }.is_some_and(|sent| *sent == ident) {
+        return;
+    }
+    let Some(mut entry) = events.reserve::<PyCodeSnapshot>(0) else {
+        // A full ring buffer (the event is deferred): not marked sent, the
+        // next event naming it tries again; the collector reads this one's
+        // frames from the process, as it can.
+        return;
+    };
+    let s = entry.as_mut_ptr();
+    // SAFETY: `s` points to a reserved, exclusively owned ring-buffer slot.
+    unsafe {
+        (*s).event = EventKind::PyCode as u32;
+        (*s).pid = tgid;
+        (*s).code = code;
+        (*s).filename = ident[0];
+        (*s).qualname = ident[1];
+        (*s).linetable = ident[2];
+        (*s).code_len = read_user_bytes(&mut (*s).code_bytes, code, py.code_header);
+        (*s).filename_len = copy_str(py, &mut (*s).filename_bytes, ident[0]);
+        (*s).qualname_len = copy_str(py, &mut (*s).qualname_bytes, ident[1]);
+        let table = py.bytes_data + read_user_u64(ident[2] + py.bytes_size);
+        (*s).linetable_len = read_user_bytes(&mut (*s).linetable_bytes, ident[2], table);
+    }
+    entry.submit(0);
+    let _ = PY_CODE_COPIED.insert(&key, &ident, 0);
+}
+
+/// Copies the start of `str` object `s` (its header and first characters;
+/// only the ASCII object itself when more cannot be read: it ends a
+/// mapping).
+#[inline(always)]
+fn copy_str(py: &PyProcess, dst: &mut [u8; PY_SNAPSHOT_STR], s: u64) -> u32 {
+    if s == 0 {
+        return 0;
+    }
+    let n = read_user_bytes(dst, s, PY_SNAPSHOT_STR as u64);
+    if n != 0 {
+        return n;
+    }
+    let len = py.unicode_ascii_data + read_user_u64(s + py.unicode_length) + 1;
+    read_user_bytes(dst, s, len)
 }
 
 /// Process `tgid` forked `child`: a child of a CPython process runs the

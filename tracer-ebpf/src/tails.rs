@@ -10,6 +10,8 @@
 //!   that holds other locks: it finds the new dependencies.
 //! - `emit_deps` (index [`EMIT_DEPS`]) sends new dependencies or a
 //!   self-deadlock.
+//! - `py_copy` (index [`PY_COPY`]) copies the code objects of the Python
+//!   frames `emit_deps` is about to send, and tail-calls it back.
 //!
 //! What a program hands over is in the thread's held stack (`tail_*`).
 //! The collector fills `TAILS` before it attaches any lock probe.
@@ -20,13 +22,23 @@ use tracer_common::{EventKind, HeldLock, HeldStack};
 use crate::held::copy_lock;
 
 #[map]
-static TAILS: ProgramArray = ProgramArray::with_max_entries(3, 0);
+static TAILS: ProgramArray = ProgramArray::with_max_entries(4, 0);
 /// `emit_deps`.
 pub const EMIT_DEPS: u32 = 0;
 /// `lock`.
 pub const ACQUIRE: u32 = 1;
 /// `lock_nested`.
 pub const NESTED: u32 = 2;
+/// `py_copy`.
+pub const PY_COPY: u32 = 3;
+
+/// Tail-calls program `index` with this program's context; returns only if
+/// the call failed.
+#[inline(always)]
+pub fn tail_call(ctx: &ProbeContext, index: u32) {
+    // SAFETY: `ctx` is this program's own context.
+    unsafe { TAILS.tail_call(ctx, index) };
+}
 
 /// Leaves `to` and the rest in the thread's scratch and tail-calls program
 /// `index`; returns only if the call failed.

@@ -44,6 +44,8 @@ pub enum Pending {
     },
     ProcessExec {
         pid: u32,
+        /// When (CLOCK_MONOTONIC ns; 0: unknown).
+        at_ns: u64,
     },
     MemoryFreed {
         pid: u32,
@@ -59,7 +61,7 @@ impl Pending {
             Pending::Request { raw, .. } => raw.pid,
             Pending::LockReset { lock, .. } => lock.pid,
             Pending::ProcessExit { pid }
-            | Pending::ProcessExec { pid }
+            | Pending::ProcessExec { pid, .. }
             | Pending::MemoryFreed { pid, .. } => *pid,
         }
     }
@@ -140,8 +142,19 @@ impl Enricher {
                 init_stack,
             },
             Record::ProcessExit { pid } => Pending::ProcessExit { pid },
-            Record::ProcessExec { pid } => Pending::ProcessExec { pid },
+            Record::ProcessExec { pid, at_ns } => Pending::ProcessExec { pid, at_ns },
             Record::MemoryFreed { pid, start, end } => Pending::MemoryFreed { pid, start, end },
+            // The session keeps these (`Pythons::note_code_copy`) before
+            // any record reaches here; one that did is kept now, and the
+            // record that follows is all the same an exit of no process.
+            Record::PyCode { pid, parts } => {
+                self.pythons.note_code_copy(pid, parts);
+                Pending::MemoryFreed {
+                    pid,
+                    start: 0,
+                    end: 0,
+                }
+            }
         }
     }
 
@@ -206,8 +219,8 @@ impl Enricher {
                 self.pythons.forget_process(pid);
                 Event::ProcessExit { pid }
             }
-            Pending::ProcessExec { pid } => {
-                self.pythons.forget_process(pid);
+            Pending::ProcessExec { pid, at_ns } => {
+                self.pythons.forget_exec(pid, at_ns);
                 Event::ProcessExec { pid }
             }
             Pending::MemoryFreed { pid, start, end } => Event::MemoryFreed { pid, start, end },

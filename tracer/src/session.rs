@@ -656,6 +656,14 @@ impl Session {
         let mut records = Vec::new();
         let n = streams.read(READ_BATCH, |r| records.push(r));
         for record in records {
+            // A code object's copy: kept for the records after it.
+            let record = match record {
+                Record::PyCode { pid, parts } => {
+                    self.enricher.pythons.note_code_copy(pid, parts);
+                    continue;
+                }
+                record => record,
+            };
             // A destroy or an exit forgets locks: the deferred records (older)
             // go before it.
             let forgets = matches!(

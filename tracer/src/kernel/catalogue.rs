@@ -167,15 +167,16 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 /// The programs that the lock programs tail-call and that are not attached
 /// themselves (loaded with them).
-pub const TAIL_ONLY: &[&str] = &[EMIT_DEPS, "lock_nested"];
+pub const TAIL_ONLY: &[&str] = &[EMIT_DEPS, "lock_nested", "py_copy"];
 const EMIT_DEPS: &str = "emit_deps";
 
 /// Map `TAILS` of the kernel side, by index: the programs tail-called
 /// (`emit_deps` sends dependencies, `lock` records the acquisitions that
 /// return probes complete, `lock_nested` finds the new dependencies of an
-/// acquisition). Verified once each, instead of in every program that
+/// acquisition, `py_copy` copies the code objects an event's Python frames
+/// name before `emit_deps` sends it). Verified once each, instead of in every program that
 /// reaches them: the verifier is most of `locktrace run`'s start-up.
-pub const TAILS: &[&str] = &[EMIT_DEPS, "lock", "lock_nested"];
+pub const TAILS: &[&str] = &[EMIT_DEPS, "lock", "lock_nested", "py_copy"];
 
 /// Whether a program records acquisitions (a lock taken, or a try or timed
 /// request pending until its return). These are attached after every other

@@ -9,8 +9,8 @@ use std::mem::{offset_of, size_of};
 use tracer_analysis::InitStack;
 use tracer_common::{
     DeferredDependency, DependencyEvent, EventKind, FreeEvent, HeldLock, LockEvent, LockKind,
-    PyCodeCopy, PyFrameRaw, PyStack, CALLER_WORDS, MAX_HELD, PY_CODE_COPIES, PY_CREATOR_FRAMES,
-    PY_MAX_FRAMES, STACK_BYTES,
+    PyCodeCopy, PyCodeSnapshot, PyFrameRaw, PyStack, CALLER_WORDS, MAX_HELD, PY_CODE_COPIES,
+    PY_CREATOR_FRAMES, PY_MAX_FRAMES, STACK_BYTES,
 };
 
 /// A `DependencyEvent`, decoded: the lock `to` was requested while each lock
@@ -66,6 +66,15 @@ pub enum Record {
     /// A traced process exec'd a new program (a new address space).
     ProcessExec {
         pid: u32,
+        /// When (CLOCK_MONOTONIC ns; 0: unknown).
+        at_ns: u64,
+    },
+    /// Memory of a code object of CPython process `pid` (the object, its
+    /// names, its location table: `(address, bytes)`), copied before the
+    /// records that name it.
+    PyCode {
+        pid: u32,
+        parts: Vec<(u64, Vec<u8>)>,
     },
     /// Heap memory `[start, end)` that may have held a lock named in a
     /// dependency was freed.
@@ -85,7 +94,8 @@ impl Record {
             Record::LockReset { pid, .. } => Some(*pid),
             Record::ProcessExit { .. }
             | Record::ProcessExec { .. }
-            | Record::MemoryFreed { .. } => None,
+            | Record::MemoryFreed { .. }
+            | Record::PyCode { .. } => None,
         }
     }
 }
@@ -111,9 +121,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
             check_len::<LockEvent>(bytes, "process exec")?;
             Ok(Record::ProcessExec {
                 pid: u32_at(bytes, offset_of!(LockEvent, pid)),
+                at_ns: u64_at(bytes, offset_of!(LockEvent, addr)),
             })
         }
         EventKind::LockReset => decode_lock_reset(bytes),
+        EventKind::PyCode => decode_py_code(bytes),
         EventKind::MemoryFreed => {
             check_len::<FreeEvent>(bytes, "memory freed")?;
             Ok(Record::MemoryFreed {
@@ -123,6 +135,45 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
             })
         }
     }
+}
+
+fn decode_py_code(b: &[u8]) -> Result<Record> {
+    check_len::<PyCodeSnapshot>(b, "Python code")?;
+    let part = |addr_at: usize, len_at: usize, bytes_at: usize, max: usize| {
+        let addr = u64_at(b, addr_at);
+        let len = (u32_at(b, len_at) as usize).min(max);
+        (addr != 0 && len != 0).then(|| (addr, b[bytes_at..bytes_at + len].to_vec()))
+    };
+    let parts = [
+        part(
+            offset_of!(PyCodeSnapshot, code),
+            offset_of!(PyCodeSnapshot, code_len),
+            offset_of!(PyCodeSnapshot, code_bytes),
+            tracer_common::PY_SNAPSHOT_CODE,
+        ),
+        part(
+            offset_of!(PyCodeSnapshot, filename),
+            offset_of!(PyCodeSnapshot, filename_len),
+            offset_of!(PyCodeSnapshot, filename_bytes),
+            tracer_common::PY_SNAPSHOT_STR,
+        ),
+        part(
+            offset_of!(PyCodeSnapshot, qualname),
+            offset_of!(PyCodeSnapshot, qualname_len),
+            offset_of!(PyCodeSnapshot, qualname_bytes),
+            tracer_common::PY_SNAPSHOT_STR,
+        ),
+        part(
+            offset_of!(PyCodeSnapshot, linetable),
+            offset_of!(PyCodeSnapshot, linetable_len),
+            offset_of!(PyCodeSnapshot, linetable_bytes),
+            tracer_common::PY_SNAPSHOT_TABLE,
+        ),
+    ];
+    Ok(Record::PyCode {
+        pid: u32_at(b, offset_of!(PyCodeSnapshot, pid)),
+        parts: parts.into_iter().flatten().collect(),
+    })
 }
 
 fn check_len<T>(bytes: &[u8], what: &str) -> Result<()> {

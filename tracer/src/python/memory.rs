@@ -13,6 +13,7 @@
 //! address space.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 
 use crate::host::remote::{self, Outcome};
 use std::time::{Duration, Instant};
@@ -214,6 +215,66 @@ impl Memory for Segments {
     }
 }
 
+/// Byte ranges of one process's memory as the kernel side copied them
+/// (code objects and what names them, see `PyCodeSnapshot`), by address:
+/// the newest copy of a range replaces an older one at the same address.
+#[derive(Debug, Default)]
+pub struct Snapshots {
+    ranges: BTreeMap<u64, Vec<u8>>,
+    bytes: usize,
+}
+
+impl Snapshots {
+    /// Keeps `bytes` copied at `addr`; returns how many bytes more are kept.
+    pub fn put(&mut self, addr: u64, bytes: Vec<u8>) -> isize {
+        let added = bytes.len() as isize;
+        let removed = self.ranges.insert(addr, bytes).map_or(0, |old| old.len()) as isize;
+        self.bytes = (self.bytes as isize + added - removed) as usize;
+        added - removed
+    }
+
+    /// Bytes kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Memory for Snapshots {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let Some(end) = addr.checked_add(buf.len() as u64) else {
+            return false;
+        };
+        // The range starting nearest below: ranges may overlap (a copied
+        // string runs past its object), each is the memory it covers.
+        let Some((base, range)) = self.ranges.range(..=addr).next_back() else {
+            return false;
+        };
+        if end > base + range.len() as u64 {
+            return false;
+        }
+        let at = (addr - base) as usize;
+        buf.copy_from_slice(&range[at..at + buf.len()]);
+        true
+    }
+}
+
+/// The kernel side's copies first (the memory as it was at the event: the
+/// process may have freed it since, or exited), then the process.
+pub struct CopiedFirst<'a, M: Memory> {
+    pub copies: Option<&'a Snapshots>,
+    pub process: M,
+}
+
+impl<M: Memory> Memory for CopiedFirst<'_, M> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.copies.is_some_and(|c| c.read(addr, buf)) || self.process.read(addr, buf)
+    }
+
+    fn stalled(&self) -> bool {
+        self.process.stalled()
+    }
+}
+
 /// Little-endian u64 at `off` in `buf`.
 pub fn word(buf: &[u8], off: u64) -> u64 {
     u64::from_le_bytes(buf[off as usize..][..8].try_into().unwrap())
@@ -233,6 +294,29 @@ mod tests {
             }
             true
         }
+    }
+
+    #[test]
+    fn copies_are_read_first_and_whole() {
+        let mut copies = Snapshots::default();
+        assert_eq!(copies.put(0x1000, vec![1; 16]), 16);
+        assert_eq!(copies.put(0x1008, vec![2; 16]), 16);
+        assert_eq!(copies.put(0x1000, vec![3; 8]), -8);
+        assert_eq!(copies.bytes(), 24);
+        let mem = CopiedFirst {
+            copies: Some(&copies),
+            process: Everywhere,
+        };
+        let mut buf = [0u8; 8];
+        assert!(mem.read(0x1000, &mut buf));
+        assert_eq!(buf, [3; 8]);
+        assert!(mem.read(0x1010, &mut buf));
+        assert_eq!(buf, [2; 8]);
+        // Past every copy: the process's memory.
+        assert!(mem.read(0x1014, &mut buf));
+        assert_eq!(buf[0], 0x14);
+        assert!(!copies.read(0x1014, &mut buf));
+        assert!(!copies.read(0x0fff, &mut buf));
     }
 
     #[test]

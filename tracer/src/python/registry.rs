@@ -11,7 +11,9 @@ use tracing::{debug, info, warn};
 use tracer_analysis::model::{LockInstance as LockId, Waiter};
 
 use crate::host::proc::children_of;
-use crate::python::memory::{self, ProcessMemory, ReadError, Reader, Unparsable};
+use crate::python::memory::{
+    self, CopiedFirst, ProcessMemory, ReadError, Reader, Snapshots, Unparsable,
+};
 use crate::python::{self, CodeCache, Interpreter, PyFrame};
 
 /// Failures to parse a process's memory after which it is marked and its
@@ -26,6 +28,11 @@ const MAX_REASONS: usize = 256;
 /// own).
 const CREATED_PROCESS_BYTES: usize = 16 << 20;
 const CREATED_BYTES: usize = 128 << 20;
+/// Bytes of code-object copies kept per process and in total (see
+/// `PyCodeSnapshot`; a few KiB per code object): past them, a new copy is
+/// not kept, and its frames are read from the process as before.
+const COPIES_PROCESS_BYTES: usize = 16 << 20;
+const COPIES_BYTES: usize = 128 << 20;
 
 /// What the kernel side needs to know of a CPython process: where its
 /// threads' stacks are. Written into the kernel by the stage that owns it.
@@ -67,6 +74,13 @@ pub struct Pythons {
     /// How many processes were marked so (the summary's
     /// `unparsable_processes`).
     unparsable_count: u64,
+    /// Code objects the kernel side copied, by process: read before the
+    /// process's memory (it may have freed them, or exited).
+    copies: HashMap<u32, Snapshots>,
+    copies_total: usize,
+    /// When each interpreter was found (CLOCK_MONOTONIC ns): one found
+    /// after an exec is the new program's (see [`Pythons::forget_exec`]).
+    found_at: HashMap<u32, u64>,
 }
 
 /// The kernel side's view of an interpreter.
@@ -95,6 +109,7 @@ fn kernel_view(i: &Interpreter) -> PyProcess {
         frame_owner: o.frame_owner,
         frame_owner_cstack: o.frame_owner_cstack,
         gil_lock: i.gil.ok().flatten().unwrap_or(0),
+        code_header: o.code_adaptive,
     }
 }
 
@@ -124,6 +139,7 @@ impl Pythons {
             Ok(None) => {
                 self.interpreters.insert(pid, None);
                 self.without_python.insert(pid);
+                self.checked_now(pid);
             }
             Err(unsupported) => {
                 // One note per process (a second look at a process that is
@@ -143,6 +159,7 @@ impl Pythons {
                     );
                 }
                 self.interpreters.insert(pid, None);
+                self.checked_now(pid);
             }
         }
     }
@@ -207,6 +224,7 @@ impl Pythons {
             }
         }
         self.interpreters.insert(pid, Some(interp));
+        self.checked_now(pid);
         for child in children_of(pid) {
             if !self.is_checked(child) {
                 self.check_into(child, found);
@@ -241,6 +259,21 @@ impl Pythons {
             .as_ref()
     }
 
+    /// Keeps memory of a code object of process `pid` that the kernel side
+    /// copied (`Record::PyCode`), within the bounds.
+    pub fn note_code_copy(&mut self, pid: u32, parts: Vec<(u64, Vec<u8>)>) {
+        let size: usize = parts.iter().map(|(_, b)| b.len()).sum();
+        let copies = self.copies.entry(pid).or_default();
+        if copies.bytes() + size > COPIES_PROCESS_BYTES || self.copies_total + size > COPIES_BYTES {
+            debug!(pid, "Python code copy not kept: at the bound");
+            return;
+        }
+        for (addr, bytes) in parts {
+            let added = copies.put(addr, bytes);
+            self.copies_total = self.copies_total.saturating_add_signed(added);
+        }
+    }
+
     /// Python frames of process `pid`, resolved (innermost first); frames
     /// that cannot be read are left out.
     pub fn resolve(&mut self, pid: u32, raw: &[PyFrameRaw]) -> Vec<PyFrame> {
@@ -250,11 +283,30 @@ impl Pythons {
         let Some(interp) = self.interpreter(pid).cloned() else {
             return Vec::new();
         };
-        let mem = ProcessMemory(pid);
+        // Out of the map while read (`strike` needs `self`).
+        let copies = self.copies.remove(&pid);
+        let frames = self.resolve_with(pid, &interp, copies.as_ref(), raw);
+        if let Some(copies) = copies {
+            self.copies.insert(pid, copies);
+        }
+        frames
+    }
+
+    fn resolve_with(
+        &mut self,
+        pid: u32,
+        interp: &Interpreter,
+        copies: Option<&Snapshots>,
+        raw: &[PyFrameRaw],
+    ) -> Vec<PyFrame> {
+        let mem = CopiedFirst {
+            copies,
+            process: ProcessMemory(pid),
+        };
         let reader = Reader::new(&mem, memory::RECORD);
         let mut frames = Vec::new();
         for f in raw {
-            match self.cache.resolve(&interp, &reader, f.code, f.prev_instr) {
+            match self.cache.resolve(interp, &reader, f.code, f.prev_instr) {
                 Ok(Some(frame)) => frames.push(frame),
                 Ok(None) => {}
                 Err(e) => {
@@ -554,11 +606,57 @@ impl Pythons {
         self.unparsable_count
     }
 
+    /// `pid` was just checked: what was found is the program it runs now.
+    fn checked_now(&mut self, pid: u32) {
+        self.found_at
+            .insert(pid, crate::host::proc::clock_ns(libc::CLOCK_MONOTONIC));
+    }
+
+    /// Process `pid` exec'd at `at_ns` (CLOCK_MONOTONIC): what belongs to its
+    /// old program goes. Not an interpreter found after the exec (`run`
+    /// describes its command once exec'd, often before this record is
+    /// read), nor the code copies sent after it: a script that exits at
+    /// once could not be looked at again.
+    pub fn forget_exec(&mut self, pid: u32, at_ns: u64) {
+        let found_after = at_ns != 0 && self.found_at.get(&pid).is_some_and(|&t| t > at_ns);
+        if !found_after {
+            self.forget_process(pid);
+            return;
+        }
+        let interpreter = self.interpreters.remove(&pid);
+        let copies = self.copies.remove(&pid);
+        let found_at = self.found_at.remove(&pid);
+        // An unsupported one was said once (a second look, at an exiting
+        // process, failed for another reason: a second note).
+        let said = self.unsupported_pids.contains(&pid);
+        let without = self.without_python.contains(&pid);
+        self.forget_process(pid);
+        if said {
+            self.unsupported_pids.insert(pid);
+        }
+        if without {
+            self.without_python.insert(pid);
+        }
+        if let Some(interpreter) = interpreter {
+            self.interpreters.insert(pid, interpreter);
+        }
+        if let Some(copies) = copies {
+            self.copies.insert(pid, copies);
+        }
+        if let Some(t) = found_at {
+            self.found_at.insert(pid, t);
+        }
+    }
+
     pub fn forget_process(&mut self, pid: u32) {
         self.interpreters.remove(&pid);
+        self.found_at.remove(&pid);
         self.without_python.remove(&pid);
         self.unsupported_pids.remove(&pid);
         self.cache.forget_process(pid);
+        if let Some(copies) = self.copies.remove(&pid) {
+            self.copies_total = self.copies_total.saturating_sub(copies.bytes());
+        }
         self.strikes.remove(&pid);
         self.unparsable.remove(&pid);
         if let Some(used) = self.created_bytes.remove(&pid) {
