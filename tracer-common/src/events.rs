@@ -204,12 +204,13 @@ mod tests {
             (EventKind::Handoff, 5),
             (EventKind::ProcessExec, 6),
             (EventKind::MemoryFreed, 7),
+            (EventKind::PyCode, 8),
         ];
         for (kind, raw) in kinds {
             assert_eq!(kind as u32, raw);
             assert_eq!(EventKind::from_raw(raw), Some(kind));
         }
         assert_eq!(EventKind::from_raw(0), None);
-        assert_eq!(EventKind::from_raw(8), None);
+        assert_eq!(EventKind::from_raw(9), None);
     }
 }
