@@ -1,11 +1,13 @@
 //! The ring-buffer record decoder on any bytes: a record is the kernel
 //! side's, but a decoder that panics or loops on a short or garbled one
 //! would stop the collector. Then what the collector makes of a decoded
-//! record's Python code copies (location tables, names).
+//! record's Python code copies (location tables, names), and the copies of
+//! code objects the collector reads frames from.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use locktrace::kernel::decode::{decode, Record};
+use locktrace::python::memory::{Memory, Snapshots};
 use locktrace::python::{frame_from_copy, offsets_for};
 use std::mem::size_of;
 use tracer_common::{DependencyEvent, LockEvent};
@@ -37,6 +39,25 @@ fuzz_target!(|data: &[u8]| {
             assert!(r.from.len() <= tracer_common::MAX_HELD);
             assert!(r.stack.len() <= tracer_common::STACK_BYTES);
             assert!(r.python.len() <= tracer_common::PY_MAX_FRAMES);
+        }
+        Record::PyCode { parts, .. } => {
+            // Kept as the collector keeps them, then read back anywhere in
+            // and around each part (the addresses are the process's).
+            let mut copies = Snapshots::default();
+            for (addr, bytes) in &parts {
+                copies.put(*addr, bytes.clone());
+            }
+            let mut word = [0u8; 8];
+            for (addr, bytes) in &parts {
+                for at in [
+                    *addr,
+                    addr.wrapping_add(bytes.len() as u64).wrapping_sub(8),
+                    addr.wrapping_sub(1),
+                    addr.wrapping_add(bytes.len() as u64),
+                ] {
+                    let _ = copies.read(at, &mut word);
+                }
+            }
         }
         Record::ProcessExit { .. } | Record::ProcessExec { .. } | Record::MemoryFreed { .. } => {}
     }

@@ -61,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
             0
         },
         gil: Ok(None),
+        import_lock: None,
     };
     let mut cache = CodeCache::new();
     let reader = Reader::new(&mem, RECORD);

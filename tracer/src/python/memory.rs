@@ -249,7 +249,11 @@ impl Memory for Snapshots {
         let Some((base, range)) = self.ranges.range(..=addr).next_back() else {
             return false;
         };
-        if end > base + range.len() as u64 {
+        // (Addresses are the traced process's to choose: no overflow.)
+        if base
+            .checked_add(range.len() as u64)
+            .is_none_or(|range_end| end > range_end)
+        {
             return false;
         }
         let at = (addr - base) as usize;
