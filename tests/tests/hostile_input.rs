@@ -802,6 +802,30 @@ impl Drop for Fixture {
     }
 }
 
+/// The tracer stopped within a second of SIGTERM, with exit status 0.
+fn assert_stopped_in_a_second(run: &locktrace_e2e::JsonRun, took: Duration) {
+    assert!(
+        took < Duration::from_secs(1),
+        "took {took:?} after SIGTERM\n{}",
+        run.describe()
+    );
+    run.assert_exit(0);
+}
+
+/// Exactly one inversion of each of `pids` (the real program and the
+/// forged one) in `run`'s report.
+fn assert_one_inversion_each(run: &locktrace_e2e::JsonRun, pids: [u32; 2]) {
+    let inversions = run.report.inversions();
+    for pid in pids {
+        assert_eq!(
+            inversions.iter().filter(|i| i.pid == pid).count(),
+            1,
+            "one inversion of {pid}\n{}",
+            run.describe()
+        );
+    }
+}
+
 /// `forged_python VARIANT` run as nobody (from a copy nobody can run),
 /// its structures forged.
 fn forged_python(dir: &Path, variant: &str) -> Fixture {
@@ -872,27 +896,14 @@ fn traced_beside_a_real_program(variant: &str) {
     );
     println!("-v: {marked}");
     let (run, took) = watcher.terminate();
-    assert!(
-        took < Duration::from_secs(1),
-        "took {took:?} after SIGTERM\n{}",
-        run.describe()
-    );
-    run.assert_exit(0);
+    assert_stopped_in_a_second(&run, took);
     assert_eq!(
         run.report.summary.unparsable_processes,
         1,
         "{}",
         run.describe()
     );
-    let inversions = run.report.inversions();
-    for pid in [real.pid, forged.pid] {
-        assert_eq!(
-            inversions.iter().filter(|i| i.pid == pid).count(),
-            1,
-            "one inversion of {pid}\n{}",
-            run.describe()
-        );
-    }
+    assert_one_inversion_each(&run, [real.pid, forged.pid]);
 }
 
 #[test]
@@ -1060,25 +1071,12 @@ fn a_forged_python_whose_memory_never_answers_cannot_hold_the_tracer() {
         held.iter().any(|l| l == "held a read of uid 0"),
         "the tracer's read reached the trap and was held: {held:?}"
     );
-    assert!(
-        took < Duration::from_secs(1),
-        "took {took:?} after SIGTERM\n{}",
-        run.describe()
-    );
-    run.assert_exit(0);
+    assert_stopped_in_a_second(&run, took);
     assert_eq!(
         run.report.summary.stalled_memory_reads,
         1,
         "{}",
         run.describe()
     );
-    let inversions = run.report.inversions();
-    for pid in [real.pid, forged.pid] {
-        assert_eq!(
-            inversions.iter().filter(|i| i.pid == pid).count(),
-            1,
-            "one inversion of {pid}\n{}",
-            run.describe()
-        );
-    }
+    assert_one_inversion_each(&run, [real.pid, forged.pid]);
 }
