@@ -1073,7 +1073,7 @@ impl Session {
                 .collect(),
             processes_probed_late: self.probes.late_links().processes,
             probe_delay_max_ms: self.probes.late_links().max_delay.as_secs_f64() * 1e3,
-            processes_not_probed: self.probes.late_links().refused,
+            processes_not_probed: self.probes.processes_refused_links(),
             budget: self
                 .slicer
                 .as_ref()

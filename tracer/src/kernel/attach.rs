@@ -31,11 +31,6 @@ use crate::kernel::multi;
 use crate::kernel::placement;
 use crate::kernel::targets::Target;
 
-/// How long a traced process refused its links for lack of descriptors
-/// waits before it is tried again (other processes' links close as they
-/// exit).
-const REFUSED_RETRY: Duration = Duration::from_secs(10);
-
 impl Probes {
     /// Attaches every lock probe to `target` (a libc, or a program with its
     /// own copy of the lock functions), for every process or for each
@@ -89,15 +84,12 @@ impl Probes {
             .sum();
         if !crate::host::descriptors::room_for_links(needed) {
             // Tried again by `sweep_processes` after a while.
-            if self.links.refused.insert(pid, Instant::now()).is_none() {
-                self.links.late.refused += 1;
-                if self.links.late.refused == 1 {
-                    warn!(
-                        pid,
-                        "no file descriptor to spare for a traced process's probes: it is \
-                         not traced until one is (counted in the summary)"
-                    );
-                }
+            if self.links.refused.refuse(pid) {
+                warn!(
+                    pid,
+                    "no file descriptor to spare for a traced process's probes: it is \
+                     not traced until one is (counted in the summary)"
+                );
             }
             return Ok(false);
         }
@@ -122,11 +114,7 @@ impl Probes {
         if !self.links.per_process
             || self.links.by_process.contains_key(&Some(pid))
             || !self.may_trace(pid)
-            || self
-                .links
-                .refused
-                .get(&pid)
-                .is_some_and(|at| at.elapsed() < REFUSED_RETRY)
+            || self.links.refused.recently_refused(pid)
         {
             return;
         }
@@ -136,7 +124,7 @@ impl Probes {
         match self.link_process(pid) {
             Ok(false) => {}
             Ok(true) => {
-                self.links.refused.remove(&pid);
+                self.links.refused.forget(pid);
                 let now = crate::host::proc::clock_ns(libc::CLOCK_MONOTONIC);
                 let delay = Duration::from_nanos(started_ns.map_or(0, |t| now.saturating_sub(t)));
                 debug!(
@@ -198,12 +186,16 @@ impl Probes {
         self.links.late
     }
 
+    /// Traced processes left without probes for a while so far: no
+    /// descriptor to spare for their links (see `host::descriptors`).
+    pub fn processes_refused_links(&self) -> u64 {
+        self.links.refused.processes
+    }
+
     /// Closes the links of processes that exited (in the background: each
     /// close waits for a grace period).
     pub(super) fn unlink_exited(&mut self) {
-        self.links
-            .refused
-            .retain(|&pid, _| crate::host::proc::is_process(pid));
+        self.links.refused.forget_exited();
         let gone: Vec<Option<u32>> = self
             .links
             .by_process

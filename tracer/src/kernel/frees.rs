@@ -32,10 +32,6 @@ use crate::kernel::targets::FileId;
 /// How long the watch of an exited process stays known.
 const GONE_KEPT: Duration = Duration::from_secs(60);
 
-/// How long a process refused a watch for lack of descriptors waits before
-/// it is tried again (other processes' links close as they exit).
-const REFUSED_RETRY: Duration = Duration::from_secs(10);
-
 /// Whether a process's frees are seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Watched {
@@ -73,13 +69,7 @@ impl Probes {
                 until: w.until,
             },
             None if watches.unwatchable.contains_key(&pid) => Watched::Never,
-            None if watches
-                .refused
-                .get(&pid)
-                .is_some_and(|at| at.elapsed() < REFUSED_RETRY) =>
-            {
-                Watched::Refused
-            }
+            None if watches.refused.recently_refused(pid) => Watched::Refused,
             None => Watched::No,
         }
     }
@@ -121,16 +111,12 @@ impl Probes {
             Attacher::Single => groups.iter().map(|(_, _, g)| g.offsets.len()).sum(),
         };
         if !crate::host::descriptors::room_for_links(needed as u64) {
-            let watches = &mut self.links.frees;
-            if watches.refused.insert(pid, Instant::now()).is_none() {
-                watches.processes_refused += 1;
-                if watches.processes_refused == 1 {
-                    warn!(
-                        pid,
-                        "no file descriptor to spare for watching a process's frees: its heap \
-                         locks are not judged until one is (counted in the summary's lock_memory)"
-                    );
-                }
+            if self.links.frees.refused.refuse(pid) {
+                warn!(
+                    pid,
+                    "no file descriptor to spare for watching a process's frees: its heap \
+                     locks are not judged until one is (counted in the summary's lock_memory)"
+                );
             }
             return Ok(Watched::Refused);
         }
@@ -194,7 +180,7 @@ impl Probes {
 
     /// Processes refused a watch for lack of descriptors so far.
     pub fn processes_refused_watches(&self) -> u64 {
-        self.links.frees.processes_refused
+        self.links.frees.refused.processes
     }
 
     /// Closes the `free` links of processes that exited (in the background:
@@ -210,9 +196,7 @@ impl Probes {
         watches
             .unwatchable
             .retain(|&pid, _| crate::host::proc::is_process(pid));
-        watches
-            .refused
-            .retain(|&pid, _| crate::host::proc::is_process(pid));
+        watches.refused.forget_exited();
         let mut closing: Vec<FreeLink> = Vec::new();
         for (&pid, w) in watches.by_process.iter_mut() {
             if w.gone_at.is_none() && !crate::host::proc::is_process(pid) {

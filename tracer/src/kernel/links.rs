@@ -7,7 +7,7 @@ use std::{
     os::fd::OwnedFd,
     path::PathBuf,
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::programs::uprobe::UProbeLink;
@@ -54,9 +54,6 @@ pub struct FilePlan {
 pub struct LateLinks {
     pub processes: u64,
     pub max_delay: Duration,
-    /// Processes left without probes for a while: no descriptor to spare
-    /// for their links (see `host::descriptors`).
-    pub refused: u64,
 }
 
 /// Every link, and what they were made from.
@@ -86,9 +83,8 @@ pub struct Links {
     pub sliced: bool,
     /// The processes whose frees are watched (see `frees`).
     pub frees: FreeWatches,
-    /// Traced processes refused their links for lack of descriptors, when
-    /// (tried again after a while).
-    pub refused: HashMap<u32, std::time::Instant>,
+    /// Traced processes refused their links for lack of descriptors.
+    pub refused: Refusals,
 }
 
 /// Which groups of a plan to link.
@@ -136,7 +132,7 @@ impl Links {
             traffic_on: true,
             sliced: false,
             frees: FreeWatches::default(),
-            refused: HashMap::new(),
+            refused: Refusals::default(),
         }
     }
 
@@ -216,7 +212,7 @@ pub struct Watch {
     /// Closed once the process is gone (`gone_at`); the watch stays known
     /// a while after (see `frees`).
     pub links: Vec<FreeLink>,
-    pub gone_at: Option<std::time::Instant>,
+    pub gone_at: Option<Instant>,
 }
 
 /// Processes whose frees are watched, since when.
@@ -226,11 +222,8 @@ pub struct FreeWatches {
     /// Processes where no probed file has a `free` to probe (glibc before
     /// 2.34 keeps the lock functions in libpthread): never watched.
     pub unwatchable: HashMap<u32, ()>,
-    /// Processes refused a watch for lack of descriptors (see
-    /// `host::descriptors`), when: tried again after a while.
-    pub refused: HashMap<u32, std::time::Instant>,
-    /// Processes refused a watch at least once.
-    pub processes_refused: u64,
+    /// Processes refused a watch for lack of descriptors.
+    pub refused: Refusals,
 }
 
 impl FreeWatches {
@@ -241,6 +234,46 @@ impl FreeWatches {
             .values_mut()
             .flat_map(|w| std::mem::take(&mut w.links))
             .collect()
+    }
+}
+
+/// Processes refused links for lack of descriptors (see
+/// `host::descriptors`). Each is left alone for [`Refusals::RETRY`], then
+/// tried again: other processes' links close as they exit.
+#[derive(Default)]
+pub struct Refusals {
+    at: HashMap<u32, Instant>,
+    /// Processes refused at least once (for the summary).
+    pub processes: u64,
+}
+
+impl Refusals {
+    pub const RETRY: Duration = Duration::from_secs(10);
+
+    /// Notes that `pid` was refused now; returns whether it is the first
+    /// process ever refused (worth one warning).
+    pub fn refuse(&mut self, pid: u32) -> bool {
+        if self.at.insert(pid, Instant::now()).is_some() {
+            return false;
+        }
+        self.processes += 1;
+        self.processes == 1
+    }
+
+    /// Whether `pid` was refused less than [`Refusals::RETRY`] ago.
+    pub fn recently_refused(&self, pid: u32) -> bool {
+        self.at
+            .get(&pid)
+            .is_some_and(|at| at.elapsed() < Self::RETRY)
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.at.remove(&pid);
+    }
+
+    /// Forgets the processes that exited (their pid may be reused).
+    pub fn forget_exited(&mut self) {
+        self.at.retain(|&pid, _| crate::host::proc::is_process(pid));
     }
 }
 
@@ -255,5 +288,28 @@ impl FreeWatches {
 pub fn close_singles(links: Vec<UProbeLink>) {
     for link in links.into_iter().rev() {
         drop(link);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One warning for the first process refused, one count per process
+    /// however often it is refused, and a refused process is left alone
+    /// until it is forgotten or its retry delay passed.
+    #[test]
+    fn refusals_count_each_process_once_and_warn_once() {
+        let mut refusals = Refusals::default();
+        assert!(refusals.refuse(10));
+        assert!(!refusals.refuse(10));
+        assert!(!refusals.refuse(11));
+        assert_eq!(refusals.processes, 2);
+        assert!(refusals.recently_refused(10));
+        assert!(!refusals.recently_refused(12));
+        refusals.forget(10);
+        assert!(!refusals.recently_refused(10));
+        refusals.at.insert(11, Instant::now() - Refusals::RETRY);
+        assert!(!refusals.recently_refused(11));
     }
 }
