@@ -9,6 +9,13 @@
 //! 5/40 = 12.5 % with a 5 % budget; one that takes few locks stays probed.
 //! The gaps between slices are jittered, so that a workload with a period
 //! of its own is not always probed in the same phase.
+//!
+//! Periods that teach something are preferred: a slice that found new
+//! dependencies is followed by another at once (up to [`MAX_RUN`] in a
+//! row), and the gap after the run pays for all of it, so the duty cycle
+//! is the same while the probing lands where the graph still grows (a
+//! service's start, a burst of a rare request) and a dependency whose two
+//! acquisitions are far apart is less often cut by a switch.
 
 use std::collections::VecDeque;
 use std::thread::JoinHandle;
@@ -30,6 +37,8 @@ const HIT_COST: Duration = Duration::from_micros(2);
 const MAX_GAP: Duration = Duration::from_secs(60);
 /// Slices whose new dependencies the summary reports.
 const RECENT: usize = 10;
+/// The most slices probed in a row because each found new dependencies.
+const MAX_RUN: u32 = 4;
 
 /// The duty-cycle controller: pure arithmetic, no I/O.
 #[derive(Debug)]
@@ -41,6 +50,9 @@ pub struct Controller {
     slices: u64,
     probed: Duration,
     recent_new: VecDeque<u64>,
+    /// The slices probed in a row since the last gap, and their length.
+    run_slices: u32,
+    run: Duration,
     /// xorshift state for the jitter.
     seed: u64,
 }
@@ -53,6 +65,8 @@ impl Controller {
             slices: 0,
             probed: Duration::ZERO,
             recent_new: VecDeque::new(),
+            run_slices: 0,
+            run: Duration::ZERO,
             seed: 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
         }
     }
@@ -85,13 +99,30 @@ impl Controller {
             None => cost,
         };
         self.cost = Some(smoothed);
+        self.run_slices += 1;
+        self.run += length;
         if smoothed <= self.budget {
+            self.end_run();
             return Duration::ZERO;
         }
-        // duty = budget / cost = length / (length + gap)
-        let gap = length.as_secs_f64() * (smoothed / self.budget - 1.0);
+        // duty = budget / cost = run / (run + gap)
+        let gap_per_probed = smoothed / self.budget - 1.0;
+        let learning = new_dependencies > 0 && self.run_slices < MAX_RUN;
+        // Probing on must leave a gap that pays for it within MAX_GAP
+        // (with the jitter's 20 %), or the budget would be overspent.
+        let next_gap = (self.run + length).as_secs_f64() * gap_per_probed * 1.2;
+        if learning && next_gap <= MAX_GAP.as_secs_f64() {
+            return Duration::ZERO;
+        }
+        let gap = self.run.as_secs_f64() * gap_per_probed;
+        self.end_run();
         let jitter = 0.8 + 0.4 * self.random();
         Duration::from_secs_f64(gap * jitter).min(MAX_GAP)
+    }
+
+    fn end_run(&mut self) {
+        self.run_slices = 0;
+        self.run = Duration::ZERO;
     }
 
     fn random(&mut self) -> f64 {
@@ -308,6 +339,36 @@ mod tests {
             stats.duty_cycle > 0.10 && stats.duty_cycle < 0.16,
             "{stats:?}"
         );
+    }
+
+    #[test]
+    fn slices_that_learn_are_extended_and_paid_for_after() {
+        let mut c = Controller::new(5.0);
+        // 40 % while probed: one slice of 250 ms would be followed by
+        // 1.75 s. Each of these found new dependencies: probed on.
+        for _ in 0..MAX_RUN - 1 {
+            assert_eq!(c.after_slice(250 * MS, 50_000, 250 * MS, 7), Duration::ZERO);
+        }
+        // The run is long enough: the gap pays for all four slices.
+        let gap = c.after_slice(250 * MS, 50_000, 250 * MS, 7);
+        assert!(gap >= 5600 * MS && gap <= 8400 * MS, "{gap:?}");
+        let stats = c.stats(1000 * MS + gap);
+        assert!(
+            stats.duty_cycle > 0.10 && stats.duty_cycle < 0.16,
+            "{stats:?}"
+        );
+        // A slice that learns nothing is not extended.
+        assert!(c.after_slice(250 * MS, 50_000, 250 * MS, 0) > Duration::ZERO);
+    }
+
+    #[test]
+    fn a_run_stops_where_its_gap_would_pass_the_longest() {
+        let mut c = Controller::new(1.0);
+        // 100 % while probed against 1 %: a 1 s slice needs a 99 s gap,
+        // so even a learning slice is not extended (the gap is cut to a
+        // minute, which already overspends).
+        let gap = c.after_slice(1000 * MS, 10_000_000, 1000 * MS, 5);
+        assert_eq!(gap, MAX_GAP);
     }
 
     #[test]
