@@ -10,8 +10,10 @@
 //! - for a lock in shared memory: its identity;
 //! - otherwise: the call site of its first acquisition seen.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
 
 use crate::host::{GlobalSymbol, Host, InitStack};
 use crate::limits::{self, Limit, Tally};
@@ -31,9 +33,8 @@ pub struct Classes {
     /// `ordered`'s entries by process, under [`limits::LOCK_FACTS`].
     kept: Tally,
     /// Interned class keys: each key is kept once, in `keys`, and found by
-    /// its hash (keys whose hash another key has are in `collided`).
-    by_hash: FastMap<u64, ClassId>,
-    collided: HashMap<ClassKey, ClassId>,
+    /// its hash in `index` (which holds ids only).
+    index: HashTable<ClassId>,
     hasher: foldhash::fast::RandomState,
     keys: Vec<ClassKey>,
 }
@@ -56,8 +57,7 @@ impl Classes {
             init_sites: FastMap::default(),
             ordered: BTreeSet::new(),
             kept: Tally::new(limit),
-            by_hash: FastMap::default(),
-            collided: HashMap::new(),
+            index: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
             keys: Vec::new(),
         }
@@ -159,18 +159,15 @@ impl Classes {
 
     pub fn intern(&mut self, key: ClassKey) -> ClassId {
         let hash = self.hasher.hash_one(&key);
-        let next = ClassId(self.keys.len() as u32);
-        let id = match self.by_hash.get(&hash) {
-            Some(&id) if self.keys[id.0 as usize] == key => return id,
-            Some(_) => *self.collided.entry(key.clone()).or_insert(next),
-            None => {
-                self.by_hash.insert(hash, next);
-                next
-            }
-        };
-        if id == next {
-            self.keys.push(key);
+        let keys = &self.keys;
+        if let Some(&id) = self.index.find(hash, |id| keys[id.0 as usize] == key) {
+            return id;
         }
+        let id = ClassId(self.keys.len() as u32);
+        let hasher = &self.hasher;
+        let rehash = |id: &ClassId| hasher.hash_one(&keys[id.0 as usize]);
+        self.index.insert_unique(hash, id, rehash);
+        self.keys.push(key);
         id
     }
 

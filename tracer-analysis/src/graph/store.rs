@@ -3,10 +3,12 @@
 //! hashed once per insert; walks of the graph follow indices.
 
 use std::cell::Cell;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
+
+use hashbrown::HashTable;
 
 use crate::model::Dependency;
-use crate::FastMap;
+use crate::slab::Slab;
 
 pub type NodeId = u32;
 type EdgeId = u32;
@@ -31,7 +33,10 @@ pub(super) struct Node<K> {
 }
 
 pub struct Store<K> {
-    index: FastMap<K, NodeId>,
+    /// Vertex ids by their key's hash: the key is kept once, in its vertex
+    /// (a map would keep a second copy of it per vertex).
+    index: HashTable<NodeId>,
+    hasher: foldhash::fast::RandomState,
     nodes: Slab<Node<K>>,
     edges: Slab<Dependency>,
     /// The ends of the order: a new source goes before `low`, a new target
@@ -45,7 +50,8 @@ pub struct Store<K> {
 impl<K> Default for Store<K> {
     fn default() -> Self {
         Store {
-            index: FastMap::default(),
+            index: HashTable::new(),
+            hasher: Default::default(),
             nodes: Slab::default(),
             edges: Slab::default(),
             low: 0,
@@ -57,7 +63,10 @@ impl<K> Default for Store<K> {
 
 impl<K: Copy + Eq + Hash> Store<K> {
     pub fn id(&self, key: &K) -> Option<NodeId> {
-        self.index.get(key).copied()
+        let hash = self.hasher.hash_one(key);
+        self.index
+            .find(hash, |&n| self.node(n).key == *key)
+            .copied()
     }
 
     pub fn node_count(&self) -> usize {
@@ -94,7 +103,7 @@ impl<K: Copy + Eq + Hash> Store<K> {
     }
 
     pub(super) fn clear_stamps(&self) {
-        for &n in self.index.values() {
+        for &n in self.index.iter() {
             self.node(n).seen.iter().for_each(|s| s.set(0));
         }
     }
@@ -121,7 +130,9 @@ impl<K: Copy + Eq + Hash> Store<K> {
         });
         let node = self.node_mut(n);
         (node.rep, node.next) = (n, n);
-        self.index.insert(key, n);
+        let (nodes, hasher) = (&self.nodes, &self.hasher);
+        let rehash = |&m: &NodeId| hasher.hash_one(nodes.get(m).expect("live vertex").key);
+        self.index.insert_unique(hasher.hash_one(key), n, rehash);
         n
     }
 
@@ -167,7 +178,10 @@ impl<K: Copy + Eq + Hash> Store<K> {
     pub fn remove_node(&mut self, n: NodeId) -> Vec<Dependency> {
         self.leave_block(n);
         let node = self.nodes.take(n).expect("live vertex");
-        self.index.remove(&node.key);
+        let hash = self.hasher.hash_one(node.key);
+        if let Ok(entry) = self.index.find_entry(hash, |&m| m == n) {
+            entry.remove();
+        }
         let mut removed = Vec::with_capacity(node.out.len() + node.inc.len());
         for &(w, e) in &node.out {
             if w != n {
@@ -203,69 +217,4 @@ fn push_small<T>(list: &mut Vec<T>, item: T) {
         list.reserve_exact(1);
     }
     list.push(item);
-}
-
-/// Slots allocated this many at a time: a `Vec` of all of them would keep
-/// up to twice the room they need after it grows.
-const CHUNK: usize = 1024;
-
-/// Values addressed by a `u32`, with the slots of removed ones reused.
-struct Slab<T> {
-    chunks: Vec<Vec<Option<T>>>,
-    free: Vec<u32>,
-    /// Slots ever used, and slots holding a value.
-    slots: usize,
-    live: usize,
-}
-
-impl<T> Default for Slab<T> {
-    fn default() -> Self {
-        Slab {
-            chunks: Vec::new(),
-            free: Vec::new(),
-            slots: 0,
-            live: 0,
-        }
-    }
-}
-
-impl<T> Slab<T> {
-    fn insert(&mut self, value: T) -> u32 {
-        self.live += 1;
-        if let Some(i) = self.free.pop() {
-            self.chunks[i as usize / CHUNK][i as usize % CHUNK] = Some(value);
-            return i;
-        }
-        if self.slots.is_multiple_of(CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
-        }
-        self.chunks.last_mut().expect("a chunk").push(Some(value));
-        self.slots += 1;
-        (self.slots - 1) as u32
-    }
-
-    fn get(&self, i: u32) -> Option<&T> {
-        self.chunks
-            .get(i as usize / CHUNK)?
-            .get(i as usize % CHUNK)?
-            .as_ref()
-    }
-
-    fn get_mut(&mut self, i: u32) -> Option<&mut T> {
-        self.chunks
-            .get_mut(i as usize / CHUNK)?
-            .get_mut(i as usize % CHUNK)?
-            .as_mut()
-    }
-
-    fn take(&mut self, i: u32) -> Option<T> {
-        let value = self
-            .chunks
-            .get_mut(i as usize / CHUNK)?
-            .get_mut(i as usize % CHUNK)?
-            .take()?;
-        self.live -= 1;
-        self.free.push(i);
-        Some(value)
-    }
 }
