@@ -218,3 +218,21 @@ fn push_small<T>(list: &mut Vec<T>, item: T) {
     }
     list.push(item);
 }
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        use crate::model::*;
+        eprintln!(
+            "node inst {} class {} dep {} optdep {} classkey {} codesite {} lockid {} pyframe {}",
+            size_of::<Option<super::Node<super::super::Vertex<LockIdentity>>>>(),
+            size_of::<Option<super::Node<super::super::Vertex<ClassId>>>>(),
+            size_of::<Dependency>(),
+            size_of::<Option<Dependency>>(),
+            size_of::<ClassKey>(),
+            size_of::<CodeSite>(),
+            size_of::<LockIdentity>(),
+            size_of::<PyFrame>()
+        );
+    }
+}
