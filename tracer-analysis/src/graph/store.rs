@@ -271,7 +271,7 @@ mod tests {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let (a, b) = (((x >> 33) % N as u64) as u32, ((x >> 45) % N as u64) as u32);
-            if (x >> 20) % 8 == 0 {
+            if (x >> 20).is_multiple_of(8) {
                 let Some(n) = ids[a as usize].take() else {
                     continue;
                 };
