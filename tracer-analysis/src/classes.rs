@@ -10,8 +10,10 @@
 //! - for a lock in shared memory: its identity;
 //! - otherwise: the call site of its first acquisition seen.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
 
 use crate::host::{GlobalSymbol, Host, InitStack};
 use crate::limits::{self, Limit, Tally};
@@ -20,20 +22,21 @@ use crate::FastMap;
 
 pub struct Classes {
     /// The class of each lock instance seen.
-    by_lock: FastMap<LockInstance, ClassId>,
+    /// Every instance with a class or an init site, by process and in
+    /// address order (the locks in a range of freed memory), with its
+    /// class once given. One small tree per process: a lock costs its
+    /// address and class there, where a map of instances and a set of them
+    /// in order kept the instance twice, in tables of twice its size.
+    locks: FastMap<u32, BTreeMap<u64, Option<ClassId>>>,
     /// Init call sites of locks set up by an init function, with the stack
     /// copied at the init (to find the caller of a library's lock-creating
     /// function when the class is first needed).
     init_sites: FastMap<LockInstance, (u64, Option<InitStack>)>,
-    /// Every instance in `by_lock` or `init_sites`, in address order: the
-    /// locks in a range of freed memory.
-    ordered: BTreeSet<LockInstance>,
-    /// `ordered`'s entries by process, under [`limits::LOCK_FACTS`].
+    /// `locks`' entries by process, under [`limits::LOCK_FACTS`].
     kept: Tally,
     /// Interned class keys: each key is kept once, in `keys`, and found by
-    /// its hash (keys whose hash another key has are in `collided`).
-    by_hash: FastMap<u64, ClassId>,
-    collided: HashMap<ClassKey, ClassId>,
+    /// its hash in `index` (which holds ids only).
+    index: HashTable<ClassId>,
     hasher: foldhash::fast::RandomState,
     keys: Vec<ClassKey>,
 }
@@ -52,12 +55,10 @@ impl Classes {
     /// Classes keeping the facts of at most `limit` locks (tests).
     pub fn with_limit(limit: Limit) -> Self {
         Classes {
-            by_lock: FastMap::default(),
+            locks: FastMap::default(),
             init_sites: FastMap::default(),
-            ordered: BTreeSet::new(),
             kept: Tally::new(limit),
-            by_hash: FastMap::default(),
-            collided: HashMap::new(),
+            index: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
             keys: Vec::new(),
         }
@@ -71,19 +72,38 @@ impl Classes {
 
     /// Whether `lock`'s facts are kept (it takes a place if it has none).
     fn keep(&mut self, lock: LockInstance) -> bool {
-        if self.ordered.contains(&lock) {
+        if self.known(lock).is_some() {
             return true;
         }
         if !self.kept.take(lock.pid, 1) {
             return false;
         }
-        self.ordered.insert(lock);
+        self.locks
+            .entry(lock.pid)
+            .or_default()
+            .insert(lock.addr, None);
         true
+    }
+
+    /// `lock`'s entry in `locks`: `Some(its class, if given)`.
+    fn known(&self, lock: LockInstance) -> Option<Option<ClassId>> {
+        self.locks.get(&lock.pid)?.get(&lock.addr).copied()
+    }
+
+    /// Forgets `lock`'s class (it keeps its place in `locks`).
+    fn unclass(&mut self, lock: LockInstance) {
+        if let Some(class) = self
+            .locks
+            .get_mut(&lock.pid)
+            .and_then(|of_pid| of_pid.get_mut(&lock.addr))
+        {
+            *class = None;
+        }
     }
 
     /// A lock was initialized at `site`: that is its class from now on.
     pub fn note_init(&mut self, lock: LockInstance, site: u64, stack: Option<InitStack>) {
-        self.by_lock.remove(&lock);
+        self.unclass(lock);
         if self.keep(lock) {
             self.init_sites.insert(lock, (site, stack));
         }
@@ -91,19 +111,23 @@ impl Classes {
 
     /// A lock was destroyed: its memory may become another lock.
     pub fn forget_lock(&mut self, lock: LockInstance) {
-        self.by_lock.remove(&lock);
         self.init_sites.remove(&lock);
-        if self.ordered.remove(&lock) {
+        let Some(of_pid) = self.locks.get_mut(&lock.pid) else {
+            return;
+        };
+        if of_pid.remove(&lock.addr).is_some() {
             self.kept.give_back(lock.pid, 1);
+        }
+        if of_pid.is_empty() {
+            self.locks.remove(&lock.pid);
         }
     }
 
     /// Forget the instances of an exited process (its classes stay: an
     /// order seen in a dead worker still counts).
     pub fn forget_process(&mut self, pid: u32) {
-        self.by_lock.retain(|l, _| l.pid != pid);
+        self.locks.remove(&pid);
         self.init_sites.retain(|l, _| l.pid != pid);
-        self.ordered.retain(|l| l.pid != pid);
         self.kept.give_back(pid, self.kept.of(pid));
     }
 
@@ -113,9 +137,12 @@ impl Classes {
         if start >= end {
             return Vec::new();
         }
-        self.ordered
-            .range(LockInstance { pid, addr: start }..LockInstance { pid, addr: end })
-            .copied()
+        let Some(of_pid) = self.locks.get(&pid) else {
+            return Vec::new();
+        };
+        of_pid
+            .range(start..end)
+            .map(|(&addr, _)| LockInstance { pid, addr })
             .collect()
     }
 
@@ -129,7 +156,7 @@ impl Classes {
         shared: Option<&SharedLock>,
         host: &mut dyn Host,
     ) -> ClassId {
-        if let Some(&class) = self.by_lock.get(&lock) {
+        if let Some(Some(class)) = self.known(lock) {
             return class;
         }
         let key = match shared {
@@ -138,14 +165,15 @@ impl Classes {
         };
         let class = self.intern(key);
         if self.keep(lock) {
-            self.by_lock.insert(lock, class);
+            let of_pid = self.locks.get_mut(&lock.pid).expect("kept");
+            of_pid.insert(lock.addr, Some(class));
         }
         class
     }
 
     /// The class `lock` was given, if it has one yet.
     pub fn class_of_known(&self, lock: LockInstance) -> Option<ClassId> {
-        self.by_lock.get(&lock).copied()
+        self.known(lock).flatten()
     }
 
     /// The key of a class.
@@ -159,18 +187,15 @@ impl Classes {
 
     pub fn intern(&mut self, key: ClassKey) -> ClassId {
         let hash = self.hasher.hash_one(&key);
-        let next = ClassId(self.keys.len() as u32);
-        let id = match self.by_hash.get(&hash) {
-            Some(&id) if self.keys[id.0 as usize] == key => return id,
-            Some(_) => *self.collided.entry(key.clone()).or_insert(next),
-            None => {
-                self.by_hash.insert(hash, next);
-                next
-            }
-        };
-        if id == next {
-            self.keys.push(key);
+        let keys = &self.keys;
+        if let Some(&id) = self.index.find(hash, |id| keys[id.0 as usize] == key) {
+            return id;
         }
+        let id = ClassId(self.keys.len() as u32);
+        let hasher = &self.hasher;
+        let rehash = |id: &ClassId| hasher.hash_one(&keys[id.0 as usize]);
+        self.index.insert_unique(hash, id, rehash);
+        self.keys.push(key);
         id
     }
 

@@ -338,7 +338,7 @@ impl Detector {
             timestamp_ns: 0,
             held_stack: Box::new([]),
             stack: self.no_stack.clone(),
-            gates: Vec::new(),
+            gates: Box::new([]),
             chain_key: 0,
             python: self.no_python.clone(),
             held_python: None,
@@ -688,6 +688,7 @@ impl Detector {
                 .collect();
             gates.sort_unstable();
             gates.dedup();
+            let gates = gates.into_boxed_slice();
             let dep = Dependency {
                 from: instance(from.addr),
                 to: instance(r.to.addr),
@@ -766,7 +767,7 @@ impl Detector {
             held_stack: held.taken_at.as_slice().into(),
             held_python: held.python.clone().map(Box::new),
             stack: r.stack.into(),
-            gates: Vec::new(),
+            gates: Box::new([]),
             chain_key: 0,
             python: r.python.into(),
             handoff: r.handoff,

@@ -229,7 +229,7 @@ impl<N: GraphNode> LockOrderGraph<N> {
         let mut pairs = HashSet::new();
         let mut out = Vec::new();
         for (_, node) in self.store.all_nodes() {
-            for &(target, edge) in &node.out {
+            for &(target, edge) in node.out() {
                 let (from, to) = (node.key.node, self.store.key(target).node);
                 if pairs.insert((from, to)) {
                     out.push((from, to, self.store.dependency(edge)));
@@ -328,7 +328,7 @@ impl<N: GraphNode> LockOrderGraph<N> {
             }
             let (was, now) = (kept.pid, dep.pid);
             *kept = Dependency {
-                gates: always,
+                gates: always.into(),
                 handoff,
                 ..dep
             };
@@ -676,7 +676,7 @@ mod tests {
             held_stack: vec![0x1000 + from].into(),
             held_python: None,
             stack: vec![0x2000 + to].into(),
-            gates: vec![],
+            gates: Box::new([]),
             chain_key: 0,
             python: vec![].into(),
             handoff: false,

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod limits;
 pub mod model;
 pub mod recency;
+mod slab;
 pub mod waits;
 
 pub use detector::{Detector, Event, Verdict};

@@ -341,7 +341,7 @@ pub struct Dependency {
     pub stack: Arc<[u64]>,
     /// The other locks the thread held (besides `from` and `to`), sorted: a
     /// lock held at every occurrence of every edge of a cycle is its gate.
-    pub gates: Vec<LockInstance>,
+    pub gates: Box<[LockInstance]>,
     /// The kernel's chain key of the held locks (part of its dedup key).
     pub chain_key: u64,
     /// The requesting thread's Python frames (innermost first), for a

@@ -54,12 +54,12 @@ impl<K: Copy + Eq + std::hash::Hash> Store<K> {
             return false;
         }
         // Nothing leads to `a`, or nothing leaves `b`: moved to an end.
-        if self.alone(a) && self.node(a).inc.is_empty() {
+        if self.alone(a) && self.node(a).inc().is_empty() {
             self.low -= 1;
             self.node_mut(a).ord = self.low;
             return false;
         }
-        if self.alone(b) && self.node(b).out.is_empty() {
+        if self.alone(b) && self.node(b).out().is_empty() {
             self.high += 1;
             self.node_mut(b).ord = self.high;
             return false;
@@ -145,7 +145,7 @@ impl<K: Copy + Eq + std::hash::Hash> Store<K> {
             let mut m = x;
             loop {
                 let member = self.node(m);
-                let edges = if forward { &member.out } else { &member.inc };
+                let edges = if forward { member.out() } else { member.inc() };
                 for &(w, _) in edges {
                     let w = self.node(w).rep;
                     let block = self.node(w);
@@ -227,7 +227,7 @@ mod tests {
         for (i, node) in s.all_nodes() {
             assert_eq!(s.node(node.rep).rep, node.rep, "vertex {i}");
             assert!(s.members(node.rep).contains(&i));
-            for &(w, _) in &node.out {
+            for &(w, _) in node.out() {
                 let (a, b) = (node.rep, s.node(w).rep);
                 assert!(a == b || s.ord(a) < s.ord(b), "edge {i} -> {w} backward");
             }

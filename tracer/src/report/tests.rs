@@ -97,7 +97,7 @@ fn dep(
         held_stack: vec![held].into(),
         held_python: None,
         stack: stack.into(),
-        gates: vec![],
+        gates: Box::new([]),
         chain_key: 0,
         python: vec![].into(),
         handoff: false,
