@@ -1617,6 +1617,7 @@ Transfer/sec:     53.79MB
                 setup("full (watch --pid)", 900.04, Some(5210), None),
                 setup("budget 5%", 1300.0, Some(1200), Some(0.0625)),
             ],
+            disturbed_by: vec![],
         }
     }
 
@@ -1654,7 +1655,7 @@ Transfer/sec:     53.79MB
                 r#""throughput":900.0,"dependencies":5210,"findings":0,"lost_events":0,"#,
                 r#""duty_cycle":null,"estimated_cost_pct":null},{"setup":"budget 5%","#,
                 r#""throughput":1300.0,"dependencies":1200,"findings":0,"lost_events":0,"#,
-                r#""duty_cycle":0.0625,"estimated_cost_pct":41.5}]}}"#,
+                r#""duty_cycle":0.0625,"estimated_cost_pct":41.5}],"disturbed_by":[]}}"#,
                 "\n"
             )
         );

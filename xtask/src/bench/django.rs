@@ -15,7 +15,7 @@ use super::{
     server_rows::{self, ServerResults, Setup},
     web_seconds, Apache, Options, ScratchDir, WRK_CONNECTIONS, WRK_THREADS,
 };
-use crate::{step, workspace_root};
+use crate::{prereqs, step, workspace_root};
 
 /// The view's URL: customer 42's orders, page 2.
 const VIEW_PATH: &str = "/orders/42/?page=2";
@@ -59,15 +59,15 @@ pub fn django_bench(locktrace: &Path, opts: &Options) -> Result<ServerResults> {
     copy_project(dir.path())?;
     // Ready once the view answers 200 (Django imported and configured).
     let apache = Apache::start_conf(dir, "django.conf", VIEW_PATH)?;
-    let django_version =
-        std::fs::read_to_string("/usr/lib/python3/dist-packages/django/__init__.py")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VERSION = "))
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
+    let django_version = std::fs::read_to_string(prereqs::DJANGO)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VERSION = ("))
+                // "3, 2, 25, 'final', 0)": the first three numbers.
+                .map(|v| v.split(", ").take(3).collect::<Vec<_>>().join("."))
+        })
+        .unwrap_or_default();
     let server = format!(
         "{} + mod_wsgi (daemon mode, 2 processes of 8 threads), Django {django_version}",
         apache.version()
@@ -79,7 +79,7 @@ pub fn django_bench(locktrace: &Path, opts: &Options) -> Result<ServerResults> {
         Setup::traced("locktrace (watch --comm apache2)", &["--comm", "apache2"]),
     ];
     let url = apache.url();
-    let rows = server_rows::measure(locktrace, "django", &setups, opts, || {
+    let (rows, disturbed_by) = server_rows::measure(locktrace, "django", &setups, opts, || {
         let sample = run_wrk(&url, seconds)?;
         if sample.socket_errors > 0 {
             step(format!(
@@ -95,6 +95,7 @@ pub fn django_bench(locktrace: &Path, opts: &Options) -> Result<ServerResults> {
         unit: "requests/s",
         seconds,
         setups: rows,
+        disturbed_by,
     })
 }
 

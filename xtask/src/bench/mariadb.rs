@@ -39,8 +39,13 @@ impl MariaDb {
         let dir = ScratchDir::new("mariadb")?;
         let data = dir.path().join("data");
         std::fs::create_dir(&data)?;
-        // mariadbd runs as mysql (it refuses root): its datadir is mysql's.
-        cmd::run(Command::new("chown").args(["-R", "mysql:mysql"]).arg(&data))?;
+        // mariadbd runs as mysql (it refuses root): its datadir, socket,
+        // pid file and log are mysql's.
+        cmd::run(
+            Command::new("chown")
+                .args(["-R", "mysql:mysql"])
+                .arg(dir.path()),
+        )?;
         run_bounded(
             Command::new(prereqs::MARIADB_INSTALL_DB)
                 .arg("--no-defaults")
@@ -212,7 +217,8 @@ pub fn mariadb_bench(locktrace: &Path, opts: &Options) -> Result<ServerResults> 
         Setup::traced("full (watch --pid)", &["--pid", &pid]),
         Setup::traced("budget 5%", &["--pid", &pid, "--budget", "5"]),
     ];
-    let rows = server_rows::measure(locktrace, "mariadb", &setups, opts, || server.load(seconds))?;
+    let (rows, disturbed_by) =
+        server_rows::measure(locktrace, "mariadb", &setups, opts, || server.load(seconds))?;
     Ok(ServerResults {
         server: version,
         load: format!(
@@ -222,6 +228,7 @@ pub fn mariadb_bench(locktrace: &Path, opts: &Options) -> Result<ServerResults> 
         unit: "transactions/s",
         seconds,
         setups: rows,
+        disturbed_by,
     })
 }
 

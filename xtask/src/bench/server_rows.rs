@@ -44,6 +44,9 @@ pub struct ServerResults {
     pub unit: &'static str,
     pub seconds: u64,
     pub setups: Vec<SetupResult>,
+    /// Other tracers seen running between measurements (their probe hits
+    /// slow every setup).
+    pub disturbed_by: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -129,13 +132,28 @@ pub fn measure(
     setups: &[Setup],
     opts: &Options,
     mut load: impl FnMut() -> Result<f64>,
-) -> Result<Vec<SetupResult>> {
+) -> Result<(Vec<SetupResult>, Vec<String>)> {
+    let mut disturbed = Vec::new();
+    // Someone else's tracer started meanwhile: say so rather than hide it.
+    // Looked for before and after each measurement (never while ours runs:
+    // it has the same name).
+    let look_for_others = |disturbed: &mut Vec<String>| {
+        for other in super::other_tracers() {
+            if !disturbed.contains(&other) {
+                step(format!(
+                    "warning: {other} is running: the {label} numbers are disturbed"
+                ));
+                disturbed.push(other);
+            }
+        }
+    };
     let scratch = ScratchDir::new(&format!("{label}-traces"))?;
     let mut throughput: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     let mut runs: Vec<Vec<Learned>> = setups.iter().map(|_| Vec::new()).collect();
     for round in 1..=opts.rounds {
         for (i, setup) in setups.iter().enumerate() {
             let output = scratch.path().join(format!("{i}.{round}.jsonl"));
+            look_for_others(&mut disturbed);
             let tracer = match &setup.watch_args {
                 None => {
                     // The same pause as after a tracer's start.
@@ -149,9 +167,13 @@ pub fn measure(
             };
             // On an error, dropping `tracer` stops it.
             let value = load().with_context(|| format!("{label}, {}", setup.name))?;
+            if tracer.is_none() {
+                look_for_others(&mut disturbed);
+            }
             let note = match tracer {
                 Some(tracer) => {
                     tracer.stop()?;
+                    look_for_others(&mut disturbed);
                     let l = learned(&output);
                     let note = format!(
                         ", {} dependencies, {} findings, {} lost{}",
@@ -173,7 +195,7 @@ pub fn measure(
             throughput[i].push(value);
         }
     }
-    Ok(setups
+    let rows = setups
         .iter()
         .zip(throughput)
         .zip(runs)
@@ -195,7 +217,8 @@ pub fn measure(
                 estimated_cost_pct: (!cost.is_empty()).then(|| median(&mut cost)),
             }
         })
-        .collect())
+        .collect();
+    Ok((rows, disturbed))
 }
 
 /// The table: per setup its throughput, the ratio to untraced (the first
@@ -229,6 +252,16 @@ pub fn render_table(r: &ServerResults) -> String {
             s.throughput,
             or_blank(s.dependencies),
             or_blank(s.lost_events),
+        ));
+    }
+    if !r.disturbed_by.is_empty() {
+        md.push_str(&format!(
+            "\n**Disturbed**: other tracers ran during the measurement ({}); their probes slow \
+             every setup.\n",
+            match r.disturbed_by.len() {
+                n @ 0..=3 => r.disturbed_by[..n].join(", "),
+                n => format!("{}, and {} more", r.disturbed_by[..3].join(", "), n - 3),
+            }
         ));
     }
     md

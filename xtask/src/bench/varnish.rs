@@ -162,7 +162,7 @@ pub fn varnish_bench(locktrace: &Path, opts: &Options) -> Result<ServerResults> 
         Setup::traced("budget 5%", &["--pid", &pid, "--budget", "5"]),
     ];
     let url = varnish.url();
-    let rows = server_rows::measure(locktrace, "varnish", &setups, opts, || {
+    let (rows, disturbed_by) = server_rows::measure(locktrace, "varnish", &setups, opts, || {
         Ok(run_wrk(&url, seconds)?.requests_per_s)
     })?;
     drop(varnish);
@@ -173,6 +173,7 @@ pub fn varnish_bench(locktrace: &Path, opts: &Options) -> Result<ServerResults> 
         unit: "requests/s",
         seconds,
         setups: rows,
+        disturbed_by,
     })
 }
 
