@@ -15,6 +15,12 @@
 //! small static file on loopback to Debian's wrk, under the same four
 //! setups, traced host-wide with `locktrace watch` as a production host
 //! would be (so wrk is traced too); requests/s and p99 latency.
+//!
+//! Real servers (`bench/server_rows.rs` and one module each), untraced
+//! against traced: a Django view under Apache + mod_wsgi; memcached, MariaDB
+//! and varnish in full and under `--budget 5`; and whether `--budget 5`
+//! learns memcached's lock orders (`bench/convergence.rs`). `--only` picks
+//! parts ([`Part`]).
 
 use std::{
     collections::VecDeque,
