@@ -15,6 +15,12 @@
 //! small static file on loopback to Debian's wrk, under the same four
 //! setups, traced host-wide with `locktrace watch` as a production host
 //! would be (so wrk is traced too); requests/s and p99 latency.
+//!
+//! Real servers (`bench/server_rows.rs` and one module each), untraced
+//! against traced: a Django view under Apache + mod_wsgi; memcached, MariaDB
+//! and varnish in full and under `--budget 5`; and whether `--budget 5`
+//! learns memcached's lock orders (`bench/convergence.rs`). `--only` picks
+//! parts ([`Part`]).
 
 use std::{
     collections::VecDeque,
@@ -33,16 +39,50 @@ use serde_json::value::RawValue;
 use crate::{cmd, prereqs, run, step, target_dir, workspace_root};
 
 mod attach;
+mod convergence;
+mod django;
+mod mariadb;
 mod memcached;
+mod server_rows;
+mod varnish;
 
 pub struct Options {
     pub rounds: usize,
     pub seconds: f64,
     pub quick: bool,
-    /// Only the attach, detach and bystander rows (`attach`).
-    pub attach_only: bool,
-    /// Only the web-server table (Apache under wrk, the agent row included).
-    pub web_only: bool,
+    /// The parts to measure (all when empty).
+    pub only: Vec<Part>,
+}
+
+impl Options {
+    fn wants(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+}
+
+/// A part of the benchmark, as `--only` names it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Part {
+    /// `run` of a trivial program, exit after SIGTERM, a bystander.
+    Attach,
+    /// ns per lock+unlock pair in C and Python loops.
+    ProbeCost,
+    /// The `--watch-free` table.
+    FreeWatch,
+    /// Apache serving a static file under wrk, traced host-wide.
+    Web,
+    /// A Django view under Apache + mod_wsgi, untraced and traced.
+    Django,
+    /// memcached under memcaslap: untraced, full, budget 5%.
+    Memcached,
+    /// memcached: which of full mode's lock orders `--budget 5` learns, and when.
+    Convergence,
+    /// MariaDB under sysbench oltp_read_write: untraced, full, budget 5%.
+    Mariadb,
+    /// varnish under wrk: untraced, full, budget 5%.
+    Varnish,
+    /// The collector's own throughput (no kernel).
+    Collector,
 }
 
 #[derive(Clone, Copy)]
@@ -212,53 +252,83 @@ pub fn bench(opts: &Options) -> Result<()> {
             others.join(", ")
         );
     }
-    if opts.web_only {
+    let mut results = Results::default();
+    let mut markdown = String::new();
+    let mut add = |md: String| {
+        if !markdown.is_empty() {
+            markdown.push('\n');
+        }
+        markdown.push_str(&md);
+    };
+    if opts.wants(Part::Attach) {
+        step("attach, detach and bystanders");
+        let attach = attach::attach_bench(&locktrace, &lockloop, opts)?;
+        add(attach::render(&attach, opts));
+        results.attach = Some(attach);
+    }
+    if opts.wants(Part::ProbeCost) {
+        let rows = probe_cost_rows(&locktrace, &lockloop, WORKLOADS, &Setup::PROBE_COST, opts)?;
+        add(render_probe_cost(&rows, opts));
+        results.probe_cost = Some(rows);
+    }
+    if opts.wants(Part::FreeWatch) {
+        let free_rows = probe_cost_rows(
+            &locktrace,
+            &lockloop,
+            FREE_WORKLOADS,
+            &Setup::FREE_WATCH,
+            opts,
+        )?;
+        add(render_free_watch(&free_rows, opts));
+        results.free_watch = Some(free_rows);
+    }
+    if opts.wants(Part::Web) {
         let web = web_bench(&locktrace, opts)?;
-        let markdown = render_web(&web, opts);
-        println!("{markdown}");
-        let json = serde_json::to_string(&serde_json::json!({ "web_server": web }))? + "\n";
-        std::fs::write(out_dir.join("results.json"), json)?;
-        std::fs::write(out_dir.join("results.md"), &markdown)?;
-        return Ok(());
+        add(render_web(&web, opts));
+        results.web_server = Some(web);
     }
-    step("attach, detach and bystanders");
-    let attach = attach::attach_bench(&locktrace, &lockloop, opts)?;
-    if opts.attach_only {
-        let markdown = attach::render(&attach, opts);
-        println!("{markdown}");
-        let json = serde_json::to_string(&serde_json::json!({ "attach": attach }))? + "\n";
-        std::fs::write(out_dir.join("results.json"), json)?;
-        std::fs::write(out_dir.join("results.md"), &markdown)?;
-        return Ok(());
+    if opts.wants(Part::Django) {
+        step("a Django view under Apache + mod_wsgi: untraced, traced");
+        let django = django::django_bench(&locktrace, opts)?;
+        add(django::render(&django, opts));
+        results.django = Some(django);
     }
-    let rows = probe_cost_rows(&locktrace, &lockloop, WORKLOADS, &Setup::PROBE_COST, opts)?;
-    let free_rows = probe_cost_rows(
-        &locktrace,
-        &lockloop,
-        FREE_WORKLOADS,
-        &Setup::FREE_WATCH,
-        opts,
-    )?;
-
-    let web = web_bench(&locktrace, opts)?;
-
-    step("memcached under memcaslap: untraced, full, budget 5%");
-    let memcached = memcached::memcached_bench(&locktrace, opts)?;
-
-    step("collector throughput (tracer/examples/collector_bench.rs)");
-    let collector = collector_bench(opts.quick)?;
-
-    let mut markdown = render(&rows, &web, &collector, opts);
-    markdown.push('\n');
-    markdown.push_str(&render_free_watch(&free_rows, opts));
-    markdown.push('\n');
-    markdown.push_str(&memcached::render(&memcached, opts));
-    markdown.push('\n');
-    markdown.push_str(&attach::render(&attach, opts));
+    if opts.wants(Part::Memcached) {
+        step("memcached under memcaslap: untraced, full, budget 5%");
+        let memcached = memcached::memcached_bench(&locktrace, opts)?;
+        add(memcached::render(&memcached, opts));
+        results.memcached = Some(memcached);
+    }
+    if opts.wants(Part::Convergence) {
+        step("memcached: full mode's lock orders learned by --budget 5, over time");
+        let convergence = convergence::convergence_bench(&locktrace, opts)?;
+        add(convergence::render(&convergence));
+        results.memcached_convergence = Some(convergence);
+    }
+    if opts.wants(Part::Mariadb) {
+        step("MariaDB under sysbench oltp_read_write: untraced, full, budget 5%");
+        let mariadb = mariadb::mariadb_bench(&locktrace, opts)?;
+        add(mariadb::render(&mariadb, opts));
+        results.mariadb = Some(mariadb);
+    }
+    if opts.wants(Part::Varnish) {
+        step("varnish under wrk: untraced, full, budget 5%");
+        let varnish = varnish::varnish_bench(&locktrace, opts)?;
+        add(varnish::render(&varnish, opts));
+        results.varnish = Some(varnish);
+    }
+    if opts.wants(Part::Collector) {
+        step("collector throughput (tracer/examples/collector_bench.rs)");
+        let collector = collector_bench(opts.quick)?;
+        add(format!(
+            "Collector (one thread, no kernel): `{}`\n",
+            collector.get()
+        ));
+        results.collector = Some(collector);
+    }
     println!("{markdown}");
-    let json = results_json(&rows, &free_rows, &web, &collector, &attach, &memcached)?;
     let json_path = out_dir.join("results.json");
-    std::fs::write(&json_path, json)?;
+    std::fs::write(&json_path, results_json(&results)?)?;
     std::fs::write(out_dir.join("results.md"), &markdown)?;
     step(format!("results: {} and results.md", json_path.display()));
     Ok(())
@@ -415,7 +485,7 @@ fn collector_bench(quick: bool) -> Result<Box<RawValue>> {
         .with_context(|| format!("collector_bench printed malformed JSON: {json}"))
 }
 
-fn render(rows: &[Row], web: &WebResults, collector: &RawValue, opts: &Options) -> String {
+fn render_probe_cost(rows: &[Row], opts: &Options) -> String {
     let mut md = String::new();
     md.push_str(&format!(
         "Probe cost: ns per uncontended lock+unlock pair, median of {} interleaved rounds of {} s each.\n\n",
@@ -433,12 +503,6 @@ fn render(rows: &[Row], web: &WebResults, collector: &RawValue, opts: &Options) 
             e / l
         ));
     }
-    md.push('\n');
-    md.push_str(&render_web(web, opts));
-    md.push_str(&format!(
-        "\nCollector (one thread, no kernel): `{}`\n",
-        collector.get()
-    ));
     md
 }
 
@@ -464,34 +528,34 @@ fn render_free_watch(rows: &[Row], opts: &Options) -> String {
     md
 }
 
-/// `results.json`: the probe costs, the web server's rows and the
-/// collector's own line, one JSON object.
-fn results_json(
-    rows: &[Row],
-    free_rows: &[Row],
-    web: &WebResults,
-    collector: &RawValue,
-    attach: &attach::AttachResults,
-    memcached: &memcached::MemcachedResults,
-) -> Result<String> {
-    #[derive(Serialize)]
-    struct Results<'a> {
-        probe_cost: &'a [Row],
-        free_watch: &'a [Row],
-        web_server: &'a WebResults,
-        collector: &'a RawValue,
-        attach: &'a attach::AttachResults,
-        memcached: &'a memcached::MemcachedResults,
-    }
-    let results = Results {
-        probe_cost: rows,
-        free_watch: free_rows,
-        web_server: web,
-        collector,
-        attach,
-        memcached,
-    };
-    Ok(serde_json::to_string(&results)? + "\n")
+/// `results.json`: one key per part measured (the parts not measured are
+/// left out), one JSON object.
+#[derive(Serialize, Default)]
+struct Results {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probe_cost: Option<Vec<Row>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    free_watch: Option<Vec<Row>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    web_server: Option<WebResults>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collector: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attach: Option<attach::AttachResults>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memcached: Option<memcached::MemcachedResults>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memcached_convergence: Option<convergence::ConvergenceResults>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    django: Option<server_rows::ServerResults>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mariadb: Option<server_rows::ServerResults>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    varnish: Option<server_rows::ServerResults>,
+}
+
+fn results_json(results: &Results) -> Result<String> {
+    Ok(serde_json::to_string(results)? + "\n")
 }
 
 /// `v` written with exactly `decimals` decimals (as the tables show it),
@@ -934,18 +998,27 @@ fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 struct Apache {
     child: Child,
     port: u16,
+    /// What [`Apache::url`] names and readiness is checked with.
+    path: String,
     // Dropped after `child` is stopped (Drop::drop runs first).
     dir: ScratchDir,
 }
 
 impl Apache {
+    /// Apache serving [`WEB_FILE`] with `xtask/bench/apache2.conf`.
     fn start() -> Result<Apache> {
         let dir = ScratchDir::new("web")?;
         let htdocs = dir.path.join("htdocs");
         std::fs::create_dir(&htdocs)?;
         std::fs::write(htdocs.join(WEB_FILE), web_page())?;
+        Apache::start_conf(dir, "apache2.conf", &format!("/{WEB_FILE}"))
+    }
+
+    /// Apache with the configuration `xtask/bench/TEMPLATE` (`@DIR@` and
+    /// `@PORT@` filled in) in `dir`, ready once `GET path` answers 200.
+    fn start_conf(dir: ScratchDir, template: &str, path: &str) -> Result<Apache> {
         let port = free_port()?;
-        let template = workspace_root().join("xtask/bench/apache2.conf");
+        let template = workspace_root().join("xtask/bench").join(template);
         let conf = std::fs::read_to_string(&template)
             .with_context(|| format!("cannot read {}", template.display()))?
             .replace("@DIR@", &dir.path.to_string_lossy())
@@ -970,7 +1043,12 @@ impl Apache {
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("cannot start {}", prereqs::APACHE2))?;
-        let mut apache = Apache { child, port, dir };
+        let mut apache = Apache {
+            child,
+            port,
+            path: path.to_owned(),
+            dir,
+        };
         apache.wait_ready()?;
         Ok(apache)
     }
@@ -980,7 +1058,7 @@ impl Apache {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/{WEB_FILE}", self.port)
+        format!("http://127.0.0.1:{}{}", self.port, self.path)
     }
 
     /// "Apache/2.4.62 (Debian)".
@@ -994,7 +1072,7 @@ impl Apache {
             .unwrap_or_else(|| "Apache".to_owned())
     }
 
-    /// Until `GET /file.html` answers 200.
+    /// Until `GET path` answers 200.
     fn wait_ready(&mut self) -> Result<()> {
         let start = Instant::now();
         loop {
@@ -1016,20 +1094,7 @@ impl Apache {
     }
 
     fn get_ok(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let request = format!("GET /{WEB_FILE} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-        if stream.write_all(request.as_bytes()).is_err() {
-            return false;
-        }
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        response
-            .lines()
-            .next()
-            .is_some_and(|status| status.split_whitespace().nth(1) == Some("200"))
+        http_get_ok(self.port, &self.path)
     }
 
     /// Apache's stderr and error log.
@@ -1078,6 +1143,24 @@ impl Drop for Apache {
         }
         let _ = self.child.wait();
     }
+}
+
+/// Whether `GET path` on 127.0.0.1:`port` answers 200.
+fn http_get_ok(port: u16, path: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .lines()
+        .next()
+        .is_some_and(|status| status.split_whitespace().nth(1) == Some("200"))
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked: Apache binds it soon after).
@@ -1443,12 +1526,12 @@ Transfer/sec:     53.79MB
     /// The exact text the hand-written JSON of earlier versions had.
     #[test]
     fn writes_results_json() {
-        let rows = [Row {
+        let rows = vec![Row {
             workload: "mutex, 1 thread".into(),
             setups: &Setup::PROBE_COST,
             median_ns: vec![17.0, 60.123, 40.25, 80.5, 640.0],
         }];
-        let free_rows = [Row {
+        let free_rows = vec![Row {
             workload: "malloc, 1 thread".into(),
             setups: &Setup::FREE_WATCH,
             median_ns: vec![20.0, 700.0, 1300.0],
@@ -1487,8 +1570,17 @@ Transfer/sec:     53.79MB
             findings: vec![0, 0],
             budget_duty_cycle: 0.0625,
         };
+        let results = Results {
+            probe_cost: Some(rows),
+            free_watch: Some(free_rows),
+            web_server: Some(web),
+            collector: Some(collector),
+            attach: Some(attach),
+            memcached: Some(memcached),
+            ..Results::default()
+        };
         assert_eq!(
-            results_json(&rows, &free_rows, &web, &collector, &attach, &memcached).unwrap(),
+            results_json(&results).unwrap(),
             concat!(
                 r#"{"probe_cost":[{"workload":"mutex, 1 thread","untraced_ns":17.00,"#,
                 r#""floor_ns":60.12,"one_hit_floor_ns":40.25,"locktrace_ns":80.50,"#,
@@ -1508,6 +1600,82 @@ Transfer/sec:     53.79MB
                 r#""findings":[0,0],"budget_duty_cycle":0.0625}}"#,
                 "\n"
             )
+        );
+    }
+
+    fn server_results() -> server_rows::ServerResults {
+        let setup = |setup, throughput, deps, duty| server_rows::SetupResult {
+            setup,
+            throughput,
+            dependencies: deps,
+            findings: 0,
+            lost_events: deps.map(|_| 0),
+            duty_cycle: duty,
+            estimated_cost_pct: duty.map(|_| 41.5),
+        };
+        server_rows::ServerResults {
+            server: "MariaDB 10.11.19".into(),
+            load: "sysbench oltp_read_write --time=20".into(),
+            unit: "transactions/s",
+            seconds: 20,
+            setups: vec![
+                setup("untraced", 1356.36, None, None),
+                setup("full (watch --pid)", 900.04, Some(5210), None),
+                setup("budget 5%", 1300.0, Some(1200), Some(0.0625)),
+            ],
+            disturbed_by: vec![],
+        }
+    }
+
+    /// A rows-only run writes only its parts, the new rows included.
+    #[test]
+    fn writes_rows_only_json() {
+        let results = Results {
+            mariadb: Some(server_results()),
+            memcached_convergence: Some(convergence::ConvergenceResults {
+                full_seconds: 20,
+                full_orders: 12,
+                full_instance_dependencies: 48630,
+                budget_runs: vec![convergence::BudgetRun {
+                    seconds: 60,
+                    learned: 11,
+                    extra: 1,
+                    instance_dependencies: 20000,
+                    duty_cycle: Some(0.09),
+                }],
+                missing: vec!["a -> b".into()],
+            }),
+            ..Results::default()
+        };
+        assert_eq!(
+            results_json(&results).unwrap(),
+            concat!(
+                r#"{"memcached_convergence":{"full_seconds":20,"full_orders":12,"#,
+                r#""full_instance_dependencies":48630,"budget_runs":[{"seconds":60,"#,
+                r#""learned":11,"extra":1,"instance_dependencies":20000,"duty_cycle":0.09}],"#,
+                r#""missing":["a -> b"]},"mariadb":{"server":"MariaDB 10.11.19","#,
+                r#""load":"sysbench oltp_read_write --time=20","unit":"transactions/s","#,
+                r#""seconds":20,"setups":[{"setup":"untraced","throughput":1356.4,"#,
+                r#""dependencies":null,"findings":0,"lost_events":null,"duty_cycle":null,"#,
+                r#""estimated_cost_pct":null},{"setup":"full (watch --pid)","#,
+                r#""throughput":900.0,"dependencies":5210,"findings":0,"lost_events":0,"#,
+                r#""duty_cycle":null,"estimated_cost_pct":null},{"setup":"budget 5%","#,
+                r#""throughput":1300.0,"dependencies":1200,"findings":0,"lost_events":0,"#,
+                r#""duty_cycle":0.0625,"estimated_cost_pct":41.5}],"disturbed_by":[]}}"#,
+                "\n"
+            )
+        );
+    }
+
+    #[test]
+    fn renders_server_rows() {
+        assert_eq!(
+            server_rows::render_table(&server_results()),
+            "| setup | transactions/s | kept | dependencies learned | findings | lost events | duty cycle |\n\
+             |---|---|---|---|---|---|---|\n\
+             | untraced | 1356.4 | 1.00x |  |  |  |  |\n\
+             | full (watch --pid) | 900.0 | 0.66x | 5210 | 0 | 0 | 100% |\n\
+             | budget 5% | 1300.0 | 0.96x | 1200 | 0 | 0 | 6.2% |\n"
         );
     }
 }

@@ -90,8 +90,10 @@ enum Command {
     /// Measure the cost of tracing side by side (probe cost per lock
     /// operation in C and Python loops, and Apache under wrk, each untraced,
     /// with empty programs on the same probes (the floor), with locktrace,
-    /// and with probes at offset 0; collector throughput) and print Markdown
-    /// tables (needs root; installs apache2 and wrk).
+    /// and with probes at offset 0; collector throughput; real servers
+    /// untraced, traced in full and under `--budget 5`: memcached, MariaDB,
+    /// varnish, a Django view under mod_wsgi) and print Markdown tables
+    /// (needs root; installs the servers and their load generators).
     Bench {
         /// Interleaved rounds per workload (the median is reported).
         #[arg(long, default_value_t = 3)]
@@ -111,6 +113,10 @@ enum Command {
         /// and under `locktrace agent` (its CPU and peak RSS).
         #[arg(long)]
         web_only: bool,
+        /// Only these parts (repeatable or comma-separated; with
+        /// --attach-only and --web-only, their parts too).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Part>,
     },
 }
 
@@ -157,22 +163,27 @@ fn real_main() -> Result<()> {
             quick,
             attach_only,
             web_only,
+            mut only,
         } => {
+            if attach_only {
+                only.push(bench::Part::Attach);
+            }
+            if web_only {
+                only.push(bench::Part::Web);
+            }
             let opts = if quick {
                 bench::Options {
                     rounds: 1,
                     seconds: 0.3,
                     quick,
-                    attach_only,
-                    web_only,
+                    only,
                 }
             } else {
                 bench::Options {
                     rounds,
                     seconds,
                     quick,
-                    attach_only,
-                    web_only,
+                    only,
                 }
             };
             bench::bench(&opts)

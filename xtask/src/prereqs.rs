@@ -68,6 +68,22 @@ pub const WRK: &str = "/usr/bin/wrk";
 pub const APT_BENCH_MEMCACHED: &[&str] = &["memcached", "libmemcached-tools"];
 pub const MEMCACHED: &str = "/usr/bin/memcached";
 pub const MEMCASLAP: &str = "/usr/bin/memcaslap";
+/// `cargo xtask bench`'s WSGI application: a Django view (Debian's
+/// python3-django) under Debian's Apache and mod_wsgi.
+pub const APT_BENCH_DJANGO: &[&str] = &["python3-django", "libapache2-mod-wsgi-py3"];
+/// Where python3-django's package lands.
+pub const DJANGO: &str = "/usr/lib/python3/dist-packages/django/__init__.py";
+/// `cargo xtask bench`'s database: Debian's MariaDB server (and its client,
+/// which creates the benchmark's database) loaded by Debian's sysbench.
+pub const APT_BENCH_MARIADB: &[&str] = &["mariadb-server", "mariadb-client", "sysbench"];
+pub const MARIADBD: &str = "/usr/sbin/mariadbd";
+pub const MARIADB_INSTALL_DB: &str = "/usr/bin/mariadb-install-db";
+pub const MARIADB: &str = "/usr/bin/mariadb";
+pub const SYSBENCH: &str = "/usr/bin/sysbench";
+/// `cargo xtask bench`'s HTTP cache: Debian's varnish (it compiles its VCL
+/// with the C compiler of [`APT_CC`]).
+pub const APT_BENCH_VARNISH: &[&str] = &["varnish"];
+pub const VARNISHD: &str = "/usr/sbin/varnishd";
 
 /// `cargo xtask vm-test`: Debian's kernels boot under KVM
 /// (qemu-system-x86) on a bookworm root filesystem built by debootstrap and
@@ -241,6 +257,33 @@ pub fn ensure(scope: Scope) -> Result<Toolchain> {
             "the benchmark runs its own memcached on loopback under memcaslap (a lock-heavy \
              server: full tracing against the overhead budget; where apt starts the memcached \
              system service too, the benchmark neither uses nor stops it)",
+        ));
+    }
+    if scope == Scope::Bench && [DJANGO, MOD_WSGI].iter().any(|p| !Path::new(p).exists()) {
+        apt.push((
+            APT_BENCH_DJANGO,
+            "the benchmark serves a Django view from its own Apache + mod_wsgi on loopback \
+             (python3-django, libapache2-mod-wsgi-py3)",
+        ));
+    }
+    if scope == Scope::Bench
+        && [MARIADBD, MARIADB_INSTALL_DB, MARIADB, SYSBENCH]
+            .iter()
+            .any(|p| !Path::new(p).exists())
+    {
+        apt.push((
+            APT_BENCH_MARIADB,
+            "the benchmark runs its own MariaDB server (its own datadir in a temp dir, on \
+             127.0.0.1) under sysbench oltp_read_write (where apt starts the mariadb system \
+             service too, the benchmark neither uses nor stops it)",
+        ));
+    }
+    if scope == Scope::Bench && !Path::new(VARNISHD).exists() {
+        apt.push((
+            APT_BENCH_VARNISH,
+            "the benchmark runs its own varnishd (its own -n workdir, on 127.0.0.1) in front of \
+             its Apache, loaded by wrk (where apt starts the varnish system service too, the \
+             benchmark neither uses nor stops it)",
         ));
     }
     if !bpf_linker_ok && !Path::new(LLVM_PREFIX).join("lib/libLLVM.so").exists() {

@@ -34,13 +34,13 @@ pub struct MemcachedResults {
 }
 
 /// memcached on a free loopback port, stopped when dropped.
-struct Memcached {
-    child: Child,
-    port: u16,
+pub(super) struct Memcached {
+    pub(super) child: Child,
+    pub(super) port: u16,
 }
 
 impl Memcached {
-    fn start() -> Result<Memcached> {
+    pub(super) fn start() -> Result<Memcached> {
         let port = free_port()?;
         let child = Command::new(prereqs::MEMCACHED)
             .args([
@@ -86,7 +86,7 @@ impl Drop for Memcached {
 }
 
 /// memcaslap's operations per second over `seconds`.
-fn load(port: u16, seconds: u64) -> Result<f64> {
+pub(super) fn load(port: u16, seconds: u64) -> Result<f64> {
     let out = run_bounded(
         Command::new(prereqs::MEMCASLAP)
             .arg("-s")
