@@ -38,6 +38,9 @@ pub struct PyProcess {
     pub bytes_data: u64,
     pub unicode_length: u64,
     pub unicode_state: u64,
+    /// 0: no ASCII state to test (2.7's byte strings, whose length and
+    /// characters the collector then puts at `unicode_length` and
+    /// `unicode_ascii_data`).
     pub unicode_ascii_mask: u64,
     pub unicode_ascii_data: u64,
     /// Non-zero: the `PyThreadState` word at `tstate_cframe` is the current
