@@ -3,8 +3,9 @@
 //! program through its libpython (`tests/python/embed_host.c`, built for
 //! each version by `tests/build.rs`: the mod_wsgi shape), under
 //! `locktrace run`. Two runs each:
-//! - `matrix_orders.py`: an AB/BA with `Lock` and one with `RLock`, the
-//!   report's only inversions, their locks named by their creation lines and
+//! - `matrix_orders.py`: an AB/BA with `Lock`, one with `RLock` and one
+//!   with `Lock` in threads of `start_new_thread`, the report's only
+//!   inversions, their locks named by their creation lines and
 //!   each request in the script's function and line; and two locks made by
 //!   one line taken one inside the other, the report's only same-class
 //!   nesting;
@@ -13,7 +14,9 @@
 //!   slow_module` or Python 2's global `import lock`.
 //!
 //! Both sides of each AB/BA edge are asserted: where the lock is
-//! requested, and where Python took the lock held.
+//! requested, and where Python took the lock held. `matrix_orders.py` runs
+//! a third time as a program ending with `os._exit` right after its threads
+//! joined: the same findings, every frame named from the kernel's copies.
 
 use std::path::{Path, PathBuf};
 
@@ -105,6 +108,19 @@ fn created_at(marker: &str) -> String {
 /// line of `file`, and the thread's outer frames reach threading's `run`
 /// (`Thread.run` from 3.11, `run` before: no `co_qualname`).
 fn assert_requested_in(frames: &[PyFrame], function: &str, file: &str, line: u32, run: &JsonRun) {
+    assert_innermost_is(frames, function, file, line, run);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.function.ends_with("run") && f.file.ends_with("threading.py")),
+        "the stack goes up to threading.Thread.run\n{}",
+        run.describe()
+    );
+}
+
+/// The innermost Python frame of a request is `function` at `line` of
+/// `file`.
+fn assert_innermost_is(frames: &[PyFrame], function: &str, file: &str, line: u32, run: &JsonRun) {
     let top = frames.first().unwrap_or_else(|| {
         panic!(
             "no Python frames in the request of {function}\n{}",
@@ -118,13 +134,15 @@ fn assert_requested_in(frames: &[PyFrame], function: &str, file: &str, line: u32
         run.describe()
     );
     assert!(top.file.ends_with(file), "{top:?}");
-    assert!(
-        frames
-            .iter()
-            .any(|f| f.function.ends_with("run") && f.file.ends_with("threading.py")),
-        "the stack goes up to threading.Thread.run\n{}",
-        run.describe()
-    );
+}
+
+/// How the threads of an AB/BA were started.
+#[derive(Clone, Copy, PartialEq)]
+enum Started {
+    /// By `threading.Thread`: their stacks reach its `run`.
+    Threading,
+    /// By `(_)thread.start_new_thread`: the function is the outermost frame.
+    Raw,
 }
 
 /// One AB/BA of `matrix_orders.py`: the inversion between the locks made
@@ -138,6 +156,7 @@ fn check_ab_ba(
     requests: [(&str, &str); 2],
     holds: [(&str, &str); 2],
     in_acquire: bool,
+    started: Started,
     run: &JsonRun,
 ) {
     let (a, b) = (created_at(create[0]), created_at(create[1]));
@@ -161,11 +180,16 @@ fn check_ab_ba(
             frames = callers;
         }
         let line = orders_line(marker);
-        assert_requested_in(frames, function, "matrix_orders.py", line, run);
+        match started {
+            Started::Threading => {
+                assert_requested_in(frames, function, "matrix_orders.py", line, run)
+            }
+            Started::Raw => assert_innermost_is(frames, function, "matrix_orders.py", line, run),
+        }
     }
-    // Where Python took each edge's held lock: its `with` line, or (2.7's
-    // RLock, Python code) threading's `acquire`, the innermost frame being
-    // all that is kept.
+    // Where Python took each edge's held lock: its `with` line, on every
+    // version (2.7's RLock is Python code: the kernel keeps threading's
+    // `acquire` and its caller, the report shows the caller).
     for ((from, to), (function, marker)) in [(&a, &b), (&b, &a)].into_iter().zip(holds) {
         let held = &edge(finding, from, to, run).held_python_stack;
         let [top] = held.as_slice() else {
@@ -174,32 +198,30 @@ fn check_ab_ba(
                 run.describe()
             );
         };
-        if in_acquire {
-            assert_eq!(top.function, "acquire", "{top:?}");
-            assert!(top.file.ends_with("threading.py"), "{top:?}");
-        } else {
-            assert_eq!(
-                (top.function.as_str(), top.line),
-                (function, orders_line(marker)),
-                "where Python took the held lock\n{}",
-                run.describe()
-            );
-            assert!(top.file.ends_with("matrix_orders.py"), "{top:?}");
-        }
+        assert_eq!(
+            (top.function.as_str(), top.line),
+            (function, orders_line(marker)),
+            "where Python took the held lock\n{}",
+            run.describe()
+        );
+        assert!(top.file.ends_with("matrix_orders.py"), "{top:?}");
     }
 }
 
-/// `matrix_orders.py` under `version` as `host`.
-fn orders(version: &str, host: Host) {
-    let run = run_script(version, host, "matrix_orders.py", &[]);
+/// `matrix_orders.py` under `version` as `host` (`args`: `["_exit"]` for
+/// a process that ends with `os._exit` right after its threads joined:
+/// every frame is named from the kernel's copies).
+fn orders(version: &str, host: Host, args: &[&str]) {
+    let run = run_script(version, host, "matrix_orders.py", args);
     let findings = script_findings(&run, "python/matrix_orders.py:");
-    assert_eq!(findings.len(), 2, "two inversions\n{}", run.describe());
+    assert_eq!(findings.len(), 3, "three inversions\n{}", run.describe());
     check_ab_ba(
         &findings,
         ["CREATE_A", "CREATE_B"],
         [("take_a_then_b", "A_THEN_B"), ("take_b_then_a", "B_THEN_A")],
         [("take_a_then_b", "HOLD_A"), ("take_b_then_a", "HOLD_B")],
         false,
+        Started::Threading,
         &run,
     );
     // 3.x's RLock is C; 2.7's is Python code.
@@ -215,6 +237,18 @@ fn orders(version: &str, host: Host) {
             ("take_rb_then_ra", "HOLD_RB"),
         ],
         version.starts_with("2."),
+        Started::Threading,
+        &run,
+    );
+    // 2.7 takes no lock holding the GIL: a raw thread's state is found in
+    // the interpreter's list (see `PyProcess::interp_head`).
+    check_ab_ba(
+        &findings,
+        ["CREATE_C", "CREATE_D"],
+        [("raw_c_then_d", "C_THEN_D"), ("raw_d_then_c", "D_THEN_C")],
+        [("raw_c_then_d", "HOLD_C"), ("raw_d_then_c", "HOLD_D")],
+        false,
+        Started::Raw,
         &run,
     );
     check_same_class(&run);
@@ -373,21 +407,20 @@ fn check_import_deadlock(d: &Deadlock, python2: bool, run: &JsonRun) {
             "the importer holds the import lock\n{}",
             run.describe()
         );
-    } else {
-        // L was made by a module's top-level code, freed once it ran: the
-        // kernel's copy of that code object still names it. (Not in 2.7:
-        // see the README's table.)
-        let l = format!(
-            "imports/shared_lock.py:{}",
-            deadlocks_line("imports/shared_lock.py", "CREATE_L")
-        );
-        assert_eq!(
-            importer.waits_for_name(),
-            Some(l.as_str()),
-            "L is named by its creation line\n{}",
-            run.describe()
-        );
     }
+    // L was made by a module's top-level code, freed once it ran: the
+    // kernel's copy of that code object still names it (2.7's byte-string
+    // names too).
+    let l = format!(
+        "imports/shared_lock.py:{}",
+        deadlocks_line("imports/shared_lock.py", "CREATE_L")
+    );
+    assert_eq!(
+        importer.waits_for_name(),
+        Some(l.as_str()),
+        "L is named by its creation line\n{}",
+        run.describe()
+    );
 }
 
 /// Every supported version is installed: a missing one fails here rather
@@ -421,12 +454,17 @@ macro_rules! matrix {
 
             #[test]
             fn orders_program() {
-                orders($version, Host::Program);
+                orders($version, Host::Program, &[]);
             }
 
             #[test]
             fn orders_embedded() {
-                orders($version, Host::Embedded);
+                orders($version, Host::Embedded, &[]);
+            }
+
+            #[test]
+            fn orders_program_exiting_at_once() {
+                orders($version, Host::Program, &["_exit"]);
             }
 
             #[test]
@@ -458,7 +496,12 @@ mod debian_python3 {
 
     #[test]
     fn orders_program() {
-        orders("debian", Host::Program);
+        orders("debian", Host::Program, &[]);
+    }
+
+    #[test]
+    fn orders_program_exiting_at_once() {
+        orders("debian", Host::Program, &["_exit"]);
     }
 
     #[test]

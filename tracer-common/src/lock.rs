@@ -92,6 +92,10 @@ pub struct HeldLock {
     /// no Python code ran it), so that a report shows where Python code took
     /// each held lock, not only the interpreter's native call site.
     pub py: PyFrameRaw,
+    /// The frame that called `py` (zero when none): where Python code
+    /// took a lock through a Python-level lock (2.7's `RLock.acquire` in
+    /// `threading.py` takes its `Lock`), the script's line is this one.
+    pub py_caller: PyFrameRaw,
 }
 
 /// Stack words kept above a held lock's return address: a wrapper frame of

@@ -38,6 +38,9 @@ pub struct PyProcess {
     pub bytes_data: u64,
     pub unicode_length: u64,
     pub unicode_state: u64,
+    /// 0: no ASCII state to test (2.7's byte strings, whose length and
+    /// characters the collector then puts at `unicode_length` and
+    /// `unicode_ascii_data`).
     pub unicode_ascii_mask: u64,
     pub unicode_ascii_data: u64,
     /// Non-zero: the `PyThreadState` word at `tstate_cframe` is the current
@@ -62,6 +65,16 @@ pub struct PyProcess {
     /// Bytes of a `PyCodeObject` before its instructions (`code_adaptive`):
     /// the part of a code object copied (see [`PyCodeSnapshot`]).
     pub code_header: u64,
+    /// CPython 2.7: the address of `interp_head` (the pointer to the first
+    /// `PyInterpreterState`), whose thread states (`tstate_head`, then
+    /// `next`) are searched for a thread seen neither holding the GIL nor
+    /// before (2.7 releases the GIL before every lock acquisition: a
+    /// `thread.start_new_thread` thread whose first act is to take a lock
+    /// is found only there). 0 for other versions: no search.
+    pub interp_head: u64,
+    /// Offsets of `PyInterpreterState.tstate_head` and `PyThreadState.next`.
+    pub interp_tstate_head: u64,
+    pub tstate_next: u64,
 }
 
 /// Bytes of a code object's location table copied (enough for a module's

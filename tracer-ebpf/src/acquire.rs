@@ -171,6 +171,7 @@ pub fn requested(ctx: &ProbeContext, kind: u32, flags: u32) -> HeldLock {
         bp: regs(ctx).rbp,
         above,
         py: PyFrameRaw::default(),
+        py_caller: PyFrameRaw::default(),
     }
 }
 

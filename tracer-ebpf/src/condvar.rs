@@ -46,6 +46,7 @@ pub fn cond_wait(ctx: ProbeContext) -> u32 {
             bp: regs(&ctx).rbp,
             above,
             py: PyFrameRaw::default(),
+            py_caller: PyFrameRaw::default(),
         },
         entry_ip: regs(&ctx).rip,
     };

@@ -86,6 +86,8 @@ pub fn copy_lock(dst: &mut HeldLock, src: &HeldLock) {
         }
         core::ptr::write_volatile(&mut dst.py.code, src.py.code);
         core::ptr::write_volatile(&mut dst.py.prev_instr, src.py.prev_instr);
+        core::ptr::write_volatile(&mut dst.py_caller.code, src.py_caller.code);
+        core::ptr::write_volatile(&mut dst.py_caller.prev_instr, src.py_caller.prev_instr);
     }
 }
 

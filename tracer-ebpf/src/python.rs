@@ -45,7 +45,44 @@ fn py_thread_state(py: &PyProcess, tid: u32, remember: bool) -> u64 {
         return current;
     }
     // SAFETY: map value, copied.
-    unsafe { PY_THREADS.get(&tid) }.copied().unwrap_or(0)
+    if let Some(known) = unsafe { PY_THREADS.get(&tid) }.copied() {
+        return known;
+    }
+    let listed = listed_thread_state(py, tid);
+    if listed != 0 {
+        let _ = PY_THREADS.insert(&tid, &listed, 0);
+    }
+    listed
+}
+
+/// Thread states searched for one thread's (see `PyProcess::interp_head`):
+/// a new thread's is put first in the list, so the threads a program just
+/// started are found.
+const LISTED_THREADS: usize = 8;
+
+/// The `PyThreadState` of thread `tid` in the main interpreter's list of
+/// CPython 2.7 process `py`, searched among its first `LISTED_THREADS`
+/// (0: not found, or not 2.7).
+#[inline(always)]
+fn listed_thread_state(py: &PyProcess, tid: u32) -> u64 {
+    if py.interp_head == 0 {
+        return 0;
+    }
+    let interp = read_user_u64(py.interp_head);
+    if interp == 0 {
+        return 0;
+    }
+    let mut tstate = read_user_u64(interp + py.interp_tstate_head);
+    for _ in 0..LISTED_THREADS {
+        if tstate == 0 {
+            return 0;
+        }
+        if native_tid(py, tstate) == tid {
+            return tstate;
+        }
+        tstate = read_user_u64(tstate + py.tstate_next);
+    }
+    0
 }
 
 /// The Linux tid of `PyThreadState` `tstate`: its `native_thread_id`, or
@@ -136,10 +173,12 @@ fn frame_at(py: &PyProcess, frame: u64) -> PyFrameRaw {
 }
 
 /// Notes in `lock`, a semaphore the current thread takes, the innermost
-/// Python frame taking it, if its process runs CPython: where Python code
-/// took a held lock (`threading.Lock`, `RLock` and the import locks are
-/// semaphores). Only that frame (a few reads), and no read at all for other
-/// lock kinds or processes.
+/// Python frame taking it and that frame's caller, if its process runs
+/// CPython: where Python code took a held lock (`threading.Lock`, `RLock`
+/// and the import locks are semaphores; 2.7's `RLock` is Python code whose
+/// `acquire` takes a `Lock`: its caller is the script's line, which the
+/// collector shows). Only those two frames (a few reads), and no read at
+/// all for other lock kinds or processes.
 #[inline(always)]
 pub fn note_python_site(tgid: u32, tid: u32, lock: &mut HeldLock) {
     if lock.kind != LockKind::Semaphore as u32 {
@@ -150,8 +189,13 @@ pub fn note_python_site(tgid: u32, tid: u32, lock: &mut HeldLock) {
         return;
     };
     let frame = past_shim(py, current_frame(py, tid, false));
-    if frame != 0 {
-        lock.py = frame_at(py, frame);
+    if frame == 0 {
+        return;
+    }
+    lock.py = frame_at(py, frame);
+    let caller = past_shim(py, read_user_u64(frame + py.frame_previous));
+    if caller != 0 {
+        lock.py_caller = frame_at(py, caller);
     }
 }
 
@@ -189,7 +233,8 @@ pub fn python_stack(tgid: u32, tid: u32, out: &mut PyStack) {
 }
 
 /// The length of an ASCII `str` object at `s` with its characters copied
-/// into `dst` (0 if it is not ASCII or cannot be read).
+/// into `dst` (0 if it is not ASCII or cannot be read). A mask of 0 tests
+/// nothing: 2.7's byte strings (see `kernel_view`).
 #[inline(always)]
 fn copy_ascii<const N: usize>(py: &PyProcess, s: u64, dst: &mut [u8; N]) -> u32 {
     if s == 0 {
@@ -198,7 +243,7 @@ fn copy_ascii<const N: usize>(py: &PyProcess, s: u64, dst: &mut [u8; N]) -> u32 
     // SAFETY: the helper handles faults (0 then).
     let state: u32 =
         unsafe { bpf_probe_read_user((s + py.unicode_state) as *const u32) }.unwrap_or(0);
-    if u64::from(state) & py.unicode_ascii_mask == 0 {
+    if py.unicode_ascii_mask != 0 && u64::from(state) & py.unicode_ascii_mask == 0 {
         return 0;
     }
     let len = read_user_u64(s + py.unicode_length);
@@ -291,6 +336,7 @@ pub fn copy_event_codes(events: &RingBuf, tgid: u32, tid: u32, held: &HeldStack)
             break;
         }
         copy_code_once(events, tgid, py, held.new_from[i].py.code);
+        copy_code_once(events, tgid, py, held.new_from[i].py_caller.code);
     }
 }
 

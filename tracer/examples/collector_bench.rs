@@ -186,6 +186,7 @@ impl Workload {
                 bp: 0,
                 above: [0; 6],
                 py: Default::default(),
+                py_caller: Default::default(),
             };
             ev.to = lock(to);
             (ev.ip, ev.sp, ev.bp) = (0x7f00_0000_1000, 0x7ffc_0000_0000, 0);

@@ -165,7 +165,7 @@ impl Enricher {
         let held_python = raw
             .from
             .iter()
-            .map(|h| self.pythons.resolve_frame(raw.pid, h.py))
+            .map(|h| self.pythons.resolve_held(raw.pid, h))
             .collect();
         // While the process surely runs: a finding about this dependency may
         // be built after it exited.

@@ -202,11 +202,16 @@ fn held_lock_at(b: &[u8], at: usize) -> HeldLock {
         bp: f.get_u64_ne(),
         above: [0; CALLER_WORDS],
         py: PyFrameRaw::default(),
+        py_caller: PyFrameRaw::default(),
     };
     for word in &mut lock.above {
         *word = f.get_u64_ne();
     }
     lock.py = PyFrameRaw {
+        code: f.get_u64_ne(),
+        prev_instr: f.get_u64_ne(),
+    };
+    lock.py_caller = PyFrameRaw {
         code: f.get_u64_ne(),
         prev_instr: f.get_u64_ne(),
     };

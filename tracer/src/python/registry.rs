@@ -5,12 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tracer_common::{LockKind, PyCodeCopy, PyFrameRaw, PyProcess};
+use tracer_common::{HeldLock, LockKind, PyCodeCopy, PyFrameRaw, PyProcess};
 use tracing::{debug, info, warn};
 
 use tracer_analysis::model::{LockInstance as LockId, Waiter};
 
 use crate::host::proc::children_of;
+use crate::python::layout::FrameKind;
 use crate::python::memory::{
     self, CopiedFirst, ProcessMemory, ReadError, Reader, Snapshots, Unparsable,
 };
@@ -86,6 +87,14 @@ pub struct Pythons {
 /// The kernel side's view of an interpreter.
 fn kernel_view(i: &Interpreter) -> PyProcess {
     let o = i.offsets;
+    // 2.7's names are byte strings (`PyStringObject`): its characters and
+    // length are where the kernel side reads an ASCII `str`'s, and no state
+    // bits are tested (mask 0).
+    let (unicode_length, unicode_ascii_data) = if o.frames == FrameKind::Object27 {
+        (o.bytes_size, o.bytes_data)
+    } else {
+        (o.unicode_length, o.unicode_ascii_data)
+    };
     PyProcess {
         tstate_current: i.runtime + o.runtime_tstate_current,
         tstate_native_thread_id: o.tstate_native_thread_id,
@@ -100,16 +109,23 @@ fn kernel_view(i: &Interpreter) -> PyProcess {
         code_linetable: o.code_linetable,
         bytes_size: o.bytes_size,
         bytes_data: o.bytes_data,
-        unicode_length: o.unicode_length,
+        unicode_length,
         unicode_state: o.unicode_state,
         unicode_ascii_mask: o.unicode_ascii_mask,
-        unicode_ascii_data: o.unicode_ascii_data,
+        unicode_ascii_data,
         tstate_frame_direct: o.tstate_frame_direct.into(),
         pthread_tid: i.pthread_tid,
         frame_owner: o.frame_owner,
         frame_owner_cstack: o.frame_owner_cstack,
         gil_lock: i.gil.ok().flatten().unwrap_or(0),
         code_header: o.code_adaptive,
+        interp_head: if o.frames == FrameKind::Object27 {
+            i.runtime + o.runtime_interp_head
+        } else {
+            0
+        },
+        interp_tstate_head: o.interp_tstate_head,
+        tstate_next: o.tstate_next,
     }
 }
 
@@ -324,13 +340,23 @@ impl Pythons {
         frames
     }
 
-    /// One Python frame of process `pid` (where a held lock was taken),
-    /// resolved; None when there is none (`code` 0) or it cannot be read.
-    pub fn resolve_frame(&mut self, pid: u32, raw: PyFrameRaw) -> Option<PyFrame> {
-        if raw.code == 0 {
+    /// Where Python code took held lock `held` of process `pid`: its
+    /// innermost frame, or that frame's caller when the innermost is in
+    /// `threading.py` and the caller is not (2.7's `RLock` is Python code:
+    /// its `acquire` takes the lock the kernel sees, for the script's line,
+    /// the caller). None when there is no frame (`code` 0) or it cannot be
+    /// read.
+    pub fn resolve_held(&mut self, pid: u32, held: &HeldLock) -> Option<PyFrame> {
+        let in_threading = |f: &PyFrame| f.file.ends_with("/threading.py");
+        if held.py.code == 0 {
             return None;
         }
-        self.resolve(pid, &[raw]).pop()
+        let innermost = self.resolve(pid, &[held.py]).pop()?;
+        if !in_threading(&innermost) || held.py_caller.code == 0 {
+            return Some(innermost);
+        }
+        let caller = self.resolve(pid, &[held.py_caller]).pop();
+        Some(caller.filter(|c| !in_threading(c)).unwrap_or(innermost))
     }
 
     /// The frames of Python code that created a lock in process `pid`,

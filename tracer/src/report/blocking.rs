@@ -222,7 +222,7 @@ fn describe(
             taken_at: en.frames(pid, &[h.callsite], false),
             // The thread is blocked: the frame that took the lock still
             // runs (or its code object is alive), readable now.
-            taken_at_python: en.pythons.resolve_frame(pid, h.py).into_iter().collect(),
+            taken_at_python: en.pythons.resolve_held(pid, h).into_iter().collect(),
         })
         .collect();
     // Locks it holds that the tracer did not see taken (before it started):
