@@ -11,8 +11,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::server_rows::learned;
 use super::{
     free_port, median, run_bounded, signal_child, wait_for_exit, Options, ScratchDir, Tracer,
 };
@@ -109,21 +110,6 @@ pub(super) fn load(port: u16, seconds: u64) -> Result<f64> {
         .with_context(|| format!("memcaslap printed no TPS:\n{out}"))
 }
 
-#[derive(Deserialize)]
-struct Summary {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    dependencies: u64,
-    #[serde(default)]
-    budget: Option<Budget>,
-}
-
-#[derive(Deserialize)]
-struct Budget {
-    duty_cycle: f64,
-}
-
 pub fn memcached_bench(locktrace: &Path, opts: &Options) -> Result<MemcachedResults> {
     let seconds = if opts.quick { 3 } else { 20 };
     let server = Memcached::start()?;
@@ -149,20 +135,10 @@ pub fn memcached_bench(locktrace: &Path, opts: &Options) -> Result<MemcachedResu
             let tps = load(server.port, seconds).with_context(|| format!("memcached, {setup}"))?;
             if let Some(tracer) = tracer {
                 tracer.stop()?;
-                let text = std::fs::read_to_string(&output).unwrap_or_default();
-                let lines: Vec<Summary> = text
-                    .lines()
-                    .filter_map(|l| serde_json::from_str(l).ok())
-                    .collect();
-                let summary = lines.iter().rev().find(|s| s.kind == "summary");
-                deps[i - 1].push(summary.map_or(f64::NAN, |s| s.dependencies as f64));
-                findings[i - 1] += lines
-                    .iter()
-                    .filter(|s| s.kind != "summary" && s.kind != "lock_graph")
-                    .count();
-                if let Some(b) = summary.and_then(|s| s.budget.as_ref()) {
-                    duty.push(b.duty_cycle);
-                }
+                let learned = learned(&output);
+                deps[i - 1].push(learned.dependencies.map_or(f64::NAN, |d| d as f64));
+                findings[i - 1] += learned.findings;
+                duty.extend(learned.duty_cycle);
             }
             step(format!("memcached round {round} {setup}: {tps:.0} ops/s"));
             ops[i].push(tps);

@@ -92,15 +92,16 @@ struct Budget {
 }
 
 /// What one traced run learned.
-struct Learned {
-    dependencies: Option<u64>,
-    lost_events: Option<u64>,
-    findings: usize,
-    duty_cycle: Option<f64>,
-    estimated_cost_pct: Option<f64>,
+pub struct Learned {
+    pub dependencies: Option<u64>,
+    pub lost_events: Option<u64>,
+    pub findings: usize,
+    pub duty_cycle: Option<f64>,
+    pub estimated_cost_pct: Option<f64>,
 }
 
-fn learned(output: &Path) -> Learned {
+/// What the JSON output of one traced run at `output` says it learned.
+pub fn learned(output: &Path) -> Learned {
     let text = std::fs::read_to_string(output).unwrap_or_default();
     let lines: Vec<Summary> = text
         .lines()
