@@ -495,13 +495,6 @@ fn run_agent(args: AgentArgs) -> Result<i32> {
     session.observe(agent.observer());
     session.take_changes(agent.changes());
     session.cap_instances(config.max_locks, config.max_dependencies);
-    // `py_copy` is verified on a thread spawned at arming, which holds
-    // every capability it was born with: loaded and that thread gone
-    // before the drop, so that no thread keeps more than the drop leaves.
-    session
-        .probes
-        .load_py_copy_now()
-        .context("cannot load the program that copies Python code objects")?;
     // Attached: what only the start needed goes (before READY, so that
     // what systemd and a test see after it is the final set).
     let kept = agent::privileges::drop_after_attach(session.probes.uses_multi_links())

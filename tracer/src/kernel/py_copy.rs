@@ -55,12 +55,6 @@ impl Probes {
         Ok(())
     }
 
-    /// Loads `py_copy` and puts it in `TAILS` now, waiting for its loader
-    /// thread (the agent, before it drops its capabilities).
-    pub fn load_py_copy_now(&mut self) -> Result<()> {
-        self.install_py_copy()
-    }
-
     /// Puts `py_copy` in `TAILS` if it is not there yet: before a process
     /// is described as Python, `emit_deps` never tail-calls it.
     pub(super) fn install_py_copy(&mut self) -> Result<()> {
