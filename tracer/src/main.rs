@@ -276,9 +276,7 @@ fn run(args: RunArgs) -> Result<i32> {
     // (A current-thread runtime starts no thread: the fork below stays safe.)
     let rt = runtime()?;
     let (mut term, mut int) = stop_signals(&rt)?;
-    let started = std::time::Instant::now();
     let (mut targets, follow) = preflight(&args.common)?;
-    tracing::debug!(elapsed = ?started.elapsed(), "preflight done");
     if let Some(program) = targets::static_program(&args.command[0])? {
         targets.push(program);
     }
@@ -287,9 +285,7 @@ fn run(args: RunArgs) -> Result<i32> {
     let child = launch::spawn_suspended(&args.command)?;
     let pid = child.pid;
     let setup = (|| {
-        let started = std::time::Instant::now();
         let symbolizer = Symbolizer::new()?;
-        tracing::debug!(elapsed = ?started.elapsed(), "symbolizer ready");
         let filter = Filter {
             pids: vec![pid.as_raw() as u32],
             comms: vec![],

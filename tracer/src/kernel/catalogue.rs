@@ -167,12 +167,8 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 /// The programs that the lock programs tail-call and that are not attached
 /// themselves (loaded with them).
-pub const TAIL_ONLY: &[&str] = &[EMIT_DEPS, "lock_nested"];
+pub const TAIL_ONLY: &[&str] = &[EMIT_DEPS, "lock_nested", "py_copy"];
 const EMIT_DEPS: &str = "emit_deps";
-
-/// Tail-called only for a process described as Python: loaded when the
-/// first one is (see `kernel::py_copy`), not with the others.
-pub const PY_COPY: &str = "py_copy";
 
 /// Map `TAILS` of the kernel side, by index: the programs tail-called
 /// (`emit_deps` sends dependencies, `lock` records the acquisitions that
@@ -180,7 +176,7 @@ pub const PY_COPY: &str = "py_copy";
 /// acquisition, `py_copy` copies the code objects an event's Python frames
 /// name before `emit_deps` sends it). Verified once each, instead of in every program that
 /// reaches them: the verifier is most of `locktrace run`'s start-up.
-pub const TAILS: &[&str] = &[EMIT_DEPS, "lock", "lock_nested", PY_COPY];
+pub const TAILS: &[&str] = &[EMIT_DEPS, "lock", "lock_nested", "py_copy"];
 
 /// Whether a program records acquisitions (a lock taken, or a try or timed
 /// request pending until its return). These are attached after every other

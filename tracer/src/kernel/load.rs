@@ -20,7 +20,7 @@ use tracer_common::{FILTER_ALL, FILTER_TRACED};
 use tracing::{debug, info};
 
 use crate::host::preflight;
-use crate::kernel::catalogue::{uprobe_programs, PY_COPY, TAILS, TAIL_ONLY, TRACEPOINTS};
+use crate::kernel::catalogue::{uprobe_programs, TAILS, TAIL_ONLY, TRACEPOINTS};
 use crate::kernel::links::{Attacher, Links};
 use crate::kernel::multi;
 use crate::kernel::targets::FileId;
@@ -53,8 +53,7 @@ pub enum ProbePrograms {
 
 /// The eBPF object built by `cargo xtask build-ebpf` and embedded by build.rs
 /// (empty when the crate was built without it).
-pub(super) static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"));
 
 /// Which processes the kernel side traces.
 #[derive(Clone, Debug, Default)]
@@ -94,18 +93,6 @@ impl Filter {
     }
 }
 
-/// Where `py_copy` stands (see `kernel::py_copy`).
-#[derive(Default)]
-pub enum PyCopy {
-    /// Not loaded yet.
-    #[default]
-    Absent,
-    /// Being verified on another thread (multi-uprobe links).
-    Loading(std::thread::JoinHandle<Result<std::os::fd::OwnedFd>>),
-    /// In `TAILS`, or not needed (the floors' programs make no tail call).
-    Installed,
-}
-
 pub struct Probes {
     /// `None` only while dropping.
     ebpf: Option<Ebpf>,
@@ -126,8 +113,6 @@ pub struct Probes {
     pub(super) deferred_left: bool,
     /// Our pid namespace (device, inode), as the kernel side has it.
     pub(super) pid_ns: (u64, u64),
-    /// `py_copy`, loaded on demand (see `kernel::py_copy`).
-    pub(super) py_copy: PyCopy,
 }
 
 impl Probes {
@@ -170,13 +155,7 @@ impl Probes {
         let (pidns_dev, pidns_ino) = crate::host::proc::pid_namespace("self")
             .context("cannot read our pid namespace (/proc/self/ns/pid)")?;
         let cgroup_filter = u32::from(reloadable || !filter.cgroups.is_empty());
-        let started = Instant::now();
-        // aya reads and parses the kernel's BTF here (for CO-RE
-        // relocations, which this object has none of).
-        let mut loader = EbpfLoader::new();
-        debug!(elapsed = ?started.elapsed(), "kernel BTF parsed");
-        let started = Instant::now();
-        let ebpf = loader
+        let ebpf = EbpfLoader::new()
             .override_global("TRACER_TGID", &tgid, true)
             // The lock programs note the memory of locks named in
             // dependencies: `free` may be probed in any process later.
@@ -194,7 +173,6 @@ impl Probes {
             .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead, true)
             .load(EBPF_OBJECT)
             .context("cannot load the eBPF programs")?;
-        debug!(elapsed = ?started.elapsed(), "maps created");
         let maps = multi::map_fds(&ebpf);
         let mut probes = Probes {
             ebpf: Some(ebpf),
@@ -210,17 +188,14 @@ impl Probes {
             deferred_taken: 0,
             deferred_left: false,
             pid_ns: (pidns_dev, pidns_ino),
-            py_copy: PyCopy::default(),
         };
         // The verifier takes most of the start-up time: the uprobe programs
         // load on other threads while the tracepoints attach here.
-        let started = Instant::now();
         let attacher = std::thread::scope(|s| {
             let uprobes = s.spawn(|| attacher(&maps, policy, programs));
             let tracepoints = probes
                 .install_filter(filter)
                 .and_then(|()| probes.attach_tracepoints());
-            debug!(elapsed = ?started.elapsed(), "tracepoints attached");
             let attacher = uprobes.join().expect("uprobe program loader");
             tracepoints.map(|()| attacher)
         })?;
@@ -253,9 +228,6 @@ impl Probes {
             return Ok(()); // the floors' programs make no tail call
         }
         for (index, &name) in (0u32..).zip(TAILS) {
-            if name == PY_COPY {
-                continue; // on demand
-            }
             let context = || format!("cannot put program {name} in map TAILS");
             if let Attacher::Multi(programs) = &self.links.attacher {
                 let program = programs
@@ -325,9 +297,7 @@ impl Probes {
         let mut armed: Array<_, u32> = Array::try_from(self.map_mut("ARMED")?)?;
         armed.set(0, 1, 0).context("cannot arm the kernel side")?;
         info!("armed: acquisitions are recorded from now on");
-        // Off the start-up's path: ready, most likely, before any Python
-        // process needs it.
-        self.start_loading_py_copy()
+        Ok(())
     }
 
     /// Probes go on with multi-uprobe links (Linux 6.6+). Such a link is
@@ -363,7 +333,7 @@ impl Probes {
         Ok(())
     }
 
-    pub(super) fn ebpf(&self) -> &Ebpf {
+    fn ebpf(&self) -> &Ebpf {
         self.ebpf.as_ref().expect("present until dropped")
     }
 

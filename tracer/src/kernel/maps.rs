@@ -33,8 +33,6 @@ impl Probes {
     /// Describes CPython process `pid` to the kernel side, with the
     /// `PyThreadState` of each of its threads (tid, address) known now.
     pub fn set_python(&mut self, pid: u32, py: &PyProcess, threads: &[(u32, u64)]) -> Result<()> {
-        // Its events are sent through `py_copy` from now on.
-        self.install_py_copy()?;
         let mut procs: HashMap<_, u32, PyProcess> =
             HashMap::try_from(self.map_mut("PY_PROCESSES")?)?;
         procs.insert(pid, py, 0)?;

@@ -15,7 +15,6 @@ pub mod load;
 pub mod maps;
 pub mod multi;
 pub mod placement;
-pub mod py_copy;
 pub mod retrace;
 pub mod slices;
 pub mod targets;
