@@ -207,7 +207,7 @@ impl ClassKey {
     pub fn is_library_init(&self) -> bool {
         match self {
             ClassKey::InitSite { site, .. } => site.module.contains(".so"),
-            ClassKey::PythonLine { file, .. } => file.ends_with("/threading.py"),
+            ClassKey::PythonLine { file, .. } => is_threading_module(file),
             _ => false,
         }
     }
@@ -254,6 +254,13 @@ impl Level {
             Level::Class => "class",
         }
     }
+}
+
+/// Whether `file` is CPython's `threading` module: Python code that makes
+/// and takes locks on the script's behalf (a thread's tstate lock, 2.7's
+/// `RLock`), so that its own frames name no script line.
+pub fn is_threading_module(file: &str) -> bool {
+    file.ends_with("/threading.py")
 }
 
 /// One Python frame, resolved.

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use tracer_common::{HeldLock, LockKind, PyCodeCopy, PyFrameRaw, PyProcess};
 use tracing::{debug, info, warn};
 
-use tracer_analysis::model::{LockInstance as LockId, Waiter};
+use tracer_analysis::model::{is_threading_module, LockInstance as LockId, Waiter};
 
 use crate::host::proc::children_of;
 use crate::python::layout::FrameKind;
@@ -347,7 +347,7 @@ impl Pythons {
     /// the caller). None when there is no frame (`code` 0) or it cannot be
     /// read.
     pub fn resolve_held(&mut self, pid: u32, held: &HeldLock) -> Option<PyFrame> {
-        let in_threading = |f: &PyFrame| f.file.ends_with("/threading.py");
+        let in_threading = |f: &PyFrame| is_threading_module(&f.file);
         if held.py.code == 0 {
             return None;
         }
@@ -436,7 +436,7 @@ impl Pythons {
                 // file alone it would make every lock that module creates
                 // one class. Unnamed, the lock is a class of its own.
                 Some(f) if f.line == 0 => break,
-                Some(f) if f.file.ends_with("/threading.py") => {
+                Some(f) if is_threading_module(&f.file) => {
                     in_threading.get_or_insert(f.clone());
                     outermost_threading = Some(f.clone());
                 }
